@@ -1,0 +1,6 @@
+
+pub mod images;
+pub mod guestcheck;
+pub mod qmp;
+pub mod procs;
+pub mod qemu;

@@ -1,0 +1,397 @@
+//! Child processes and files that always get cleaned up.
+//!
+//! * [`ChildGuard`] runs a command in its own process group; dropping it
+//!   SIGKILLs the whole group and reaps the leader.
+//! * [`PathGuard`] removes a file/socket/directory on drop.
+//! * Both register themselves in a process-wide registry so that
+//!   [`install_signal_cleanup`] can clean up on SIGINT/SIGTERM.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::OwnedFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Mutex, Once};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+// ---------------------------------------------------------------------------
+// registry
+
+#[derive(Default)]
+struct Registry {
+    pgids: HashSet<i32>,
+    /// path -> number of live guards for it
+    paths: HashMap<PathBuf, usize>,
+}
+
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+fn with_registry<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+    let mut g = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    f(g.get_or_insert_with(Registry::default))
+}
+
+/// Process groups currently registered (live [`ChildGuard`]s).
+pub fn registered_pgids() -> Vec<i32> {
+    with_registry(|r| r.pgids.iter().copied().collect())
+}
+
+/// Paths currently registered (live [`PathGuard`]s).
+pub fn registered_paths() -> Vec<PathBuf> {
+    with_registry(|r| r.paths.keys().cloned().collect())
+}
+
+/// Kill every registered process group and remove every registered path.
+/// Used by the signal handler; may also be called explicitly.
+pub fn cleanup_all() {
+    let (pgids, paths) = with_registry(|r| {
+        (
+            r.pgids.drain().collect::<Vec<_>>(),
+            r.paths.drain().map(|(p, _)| p).collect::<Vec<_>>(),
+        )
+    });
+    for pg in pgids {
+        let _ = killpg(Pid::from_raw(pg), Signal::SIGKILL);
+    }
+    for p in paths {
+        remove_path(&p);
+    }
+}
+
+static SIGNAL_FD: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // async-signal-safe: just write the signal number to the self-pipe
+    let fd = SIGNAL_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = sig as u8;
+        unsafe {
+            libc::write(fd, &b as *const u8 as *const libc::c_void, 1);
+        }
+    }
+}
+
+/// Install SIGINT/SIGTERM handlers that kill all registered process groups,
+/// remove all registered paths and exit with status 130. Idempotent.
+pub fn install_signal_cleanup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let (r, w): (OwnedFd, OwnedFd) = match nix::unistd::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("install_signal_cleanup: pipe failed: {e}");
+                return;
+            }
+        };
+        // the write end lives for the rest of the process
+        SIGNAL_FD.store(std::os::fd::IntoRawFd::into_raw_fd(w), Ordering::SeqCst);
+        std::thread::Builder::new()
+            .name("crossmig-signal-cleanup".into())
+            .spawn(move || {
+                let mut f = File::from(r);
+                let mut b = [0u8; 1];
+                loop {
+                    match f.read(&mut b) {
+                        Ok(1) => break,
+                        Ok(_) => return,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => return,
+                    }
+                }
+                eprintln!("crossmig: caught signal {}, cleaning up", b[0]);
+                cleanup_all();
+                std::process::exit(130);
+            })
+            .expect("spawning signal cleanup thread");
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_signal),
+            nix::sys::signal::SaFlags::SA_RESTART,
+            nix::sys::signal::SigSet::empty(),
+        );
+        for sig in [Signal::SIGINT, Signal::SIGTERM] {
+            unsafe {
+                if let Err(e) = nix::sys::signal::sigaction(sig, &action) {
+                    tracing::warn!("install_signal_cleanup: sigaction({sig}) failed: {e}");
+                }
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------
+// ChildGuard
+
+/// A child process running in its own process group, with stdout+stderr
+/// redirected to a log file. Dropping the guard SIGKILLs the whole group and
+/// reaps the leader.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: Child,
+    pid: u32,
+    log: PathBuf,
+    status: Option<ExitStatus>,
+    registered: bool,
+}
+
+impl ChildGuard {
+    /// Spawn `cmd` in a new process group, stdin from /dev/null, stdout and
+    /// stderr written to `log` (created or truncated).
+    ///
+    /// Because the child is in its own process group, a terminal's Ctrl-C
+    /// does not reach it; the first spawn therefore calls
+    /// [`install_signal_cleanup`].
+    pub fn spawn(mut cmd: Command, log: &Path) -> Result<ChildGuard> {
+        install_signal_cleanup();
+        let out = File::create(log).with_context(|| format!("creating log file {}", log.display()))?;
+        let err = out.try_clone()?;
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        let child = cmd.spawn().with_context(|| format!("spawning {:?}", cmd))?;
+        let pid = child.id();
+        with_registry(|r| r.pgids.insert(pid as i32));
+        Ok(ChildGuard { child, pid, log: log.to_owned(), status: None, registered: true })
+    }
+
+    /// PID of the child (= its process group id).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The last `n_bytes` of the log (lossy UTF-8).
+    pub fn log_tail(&self, n_bytes: usize) -> String {
+        file_tail(&self.log, n_bytes)
+    }
+
+    /// Exit status if the child has been reaped already.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.status
+    }
+
+    /// Whether the group leader is still alive (exited-but-unreaped counts
+    /// as not running). Does not reap.
+    pub fn is_running(&self) -> bool {
+        if self.status.is_some() {
+            return false;
+        }
+        matches!(
+            waitid(Id::Pid(Pid::from_raw(self.pid as i32)), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT),
+            Ok(WaitStatus::StillAlive)
+        )
+    }
+
+    /// Non-blocking: if the leader has exited, kill the rest of its group
+    /// (while the zombie still pins the pgid), reap it and return the status.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.status.is_some() {
+            return self.status;
+        }
+        if self.is_running() {
+            return None;
+        }
+        self.kill_group();
+        match self.child.wait() {
+            Ok(st) => self.finish(st),
+            Err(_) => self.finish(ExitStatus::from_raw(0x7f00)), // should not happen
+        }
+        self.status
+    }
+
+    /// Wait (blocking, polling every 10 ms) up to `timeout` for the child to
+    /// exit. Returns `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Like [`wait_exit`](Self::wait_exit) but sleeps on the tokio timer.
+    pub async fn wait_exit_async(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Send a signal to the whole process group.
+    pub fn signal_group(&self, sig: Signal) -> Result<()> {
+        if self.status.is_some() {
+            anyhow::bail!("process {} already reaped", self.pid);
+        }
+        killpg(Pid::from_raw(self.pid as i32), sig)?;
+        Ok(())
+    }
+
+    /// SIGKILL the whole group and reap the leader.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.kill_group();
+            if let Ok(st) = self.child.wait() {
+                self.finish(st);
+            }
+        }
+        self.status
+    }
+
+    fn kill_group(&self) {
+        // Only valid while the leader is not yet reaped (it pins the pgid).
+        if self.status.is_none() {
+            let _ = killpg(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+
+    fn finish(&mut self, st: ExitStatus) {
+        self.status = Some(st);
+        if self.registered {
+            with_registry(|r| r.pgids.remove(&(self.pid as i32)));
+            self.registered = false;
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+        if self.registered {
+            with_registry(|r| r.pgids.remove(&(self.pid as i32)));
+            self.registered = false;
+        }
+    }
+}
+
+/// The last `n_bytes` of a file (lossy UTF-8), or an empty string.
+pub fn file_tail(path: &Path, n_bytes: usize) -> String {
+    let Ok(mut f) = File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(n_bytes as u64);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(n_bytes as u64).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// PathGuard
+
+/// Removes a file, socket or directory (recursively) when dropped;
+/// a missing path is not an error.
+#[derive(Debug)]
+pub struct PathGuard(PathBuf);
+
+impl PathGuard {
+    pub fn new(path: impl Into<PathBuf>) -> PathGuard {
+        let p = path.into();
+        with_registry(|r| *r.paths.entry(p.clone()).or_insert(0) += 1);
+        PathGuard(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Stop guarding: the path is kept and returned.
+    pub fn keep(self) -> PathBuf {
+        let p = self.0.clone();
+        unregister_path(&p);
+        std::mem::forget(self);
+        p
+    }
+}
+
+fn unregister_path(p: &Path) {
+    with_registry(|r| {
+        if let Some(n) = r.paths.get_mut(p) {
+            *n -= 1;
+            if *n == 0 {
+                r.paths.remove(p);
+            }
+        }
+    });
+}
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        remove_path(&self.0);
+        unregister_path(&self.0);
+    }
+}
+
+impl AsRef<Path> for PathGuard {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn remove_path(p: &Path) {
+    let res = match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = res {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!("removing {}: {e}", p.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// names and ports
+
+/// A name unique across processes and threads:
+/// `<prefix>-<pid>-<counter>-<random hex>`.
+pub fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}-{:08x}", std::process::id(), random_u32())
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    let r = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, 4, 0) };
+    if r == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        (xxhash_rust::xxh3::xxh3_64(&t.to_ne_bytes()) ^ std::process::id() as u64) as u32
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Does a process with this pid exist (including zombies)?
+pub fn pid_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}

@@ -1,0 +1,326 @@
+//! rust-dest's command line: QEMU's syntax (single- or double-dash options,
+//! `key=value,...` property lists), so that a QEMU destination's command line
+//! can be reused as is. Options rust-dest has no use for are accepted and
+//! ignored with one warning each.
+
+use std::path::PathBuf;
+
+use crate::fault::{Pattern, VcpuConfig};
+use crate::ram::Backend;
+
+pub const USAGE: &str = "\
+rust-dest: a QEMU-compatible live-migration destination (precopy and postcopy)
+
+Usage: rust-dest [QEMU-style options] [rust-dest options]
+
+QEMU-style options (same syntax as qemu-system-x86_64):
+  -incoming tcp:HOST:PORT | unix:PATH | defer
+                        where to accept the migration ('defer': wait for the
+                        QMP command migrate-incoming)
+  -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
+                        QMP monitor (may be given several times)
+  -machine TYPE[,memory-backend=ID][,suppress-vmdesc=on|off]
+                        machine type; a versioned type (pc-q35-10.0) must match
+                        the stream's, an alias (q35, pc) its family
+  -m SIZE               guest RAM size (accepted; the stream's RAMBlock list
+                        decides the real layout)
+  -object memory-backend-file,id=ID,size=SIZE,mem-path=PATH[,share=on]
+  -object memory-backend-ram,id=ID,size=SIZE
+                        the RAMBlock named ID lives in this file, byte for byte
+                        from block offset 0
+  -S                    stay paused after the migration until QMP 'cont'
+  -global migration.send-configuration=off | migration.send-section-footer=off
+                        old-machine-type stream variants
+  Other QEMU options (-accel, -nodefaults, -display, -serial, -drive, -name,
+  -device, -cpu, -smp, ...) are accepted and ignored with a warning.
+
+rust-dest options:
+  --max-ram SIZE        refuse streams announcing more RAM than this
+                        (default 64G); checked before any allocation
+  --vcpu-pattern P      postcopy guest simulation: sweep (default), random,
+                        hot, none
+  --vcpu-threads N      simulated vCPU threads (default 1)
+  --vcpu-rate N         page touches per second per thread (0 = unlimited)
+  --log LEVEL           error, warn, info (default), debug, trace
+  -h, --help            this text
+  -V, --version         print version
+
+SIZE takes QEMU's suffixes: K, M, G, T (a bare -m number means MiB).
+";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub incoming: Option<String>,
+    pub qmp: Vec<String>,
+    pub machine: Option<String>,
+    pub suppress_vmdesc: bool,
+    pub mem_size: Option<u64>,
+    pub backends: Vec<Backend>,
+    pub start_paused: bool,
+    pub send_configuration: bool,
+    pub send_section_footer: bool,
+    pub max_ram: u64,
+    pub vcpu: VcpuConfig,
+    pub log: String,
+    pub warnings: Vec<String>,
+    pub pidfile: Option<PathBuf>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            incoming: None,
+            qmp: Vec::new(),
+            machine: None,
+            suppress_vmdesc: false,
+            mem_size: None,
+            backends: Vec::new(),
+            start_paused: false,
+            send_configuration: true,
+            send_section_footer: true,
+            max_ram: 64 << 30,
+            vcpu: VcpuConfig::default(),
+            log: "info".into(),
+            warnings: Vec::new(),
+            pidfile: None,
+        }
+    }
+}
+
+pub enum Parsed {
+    Run(Options),
+    Help,
+    Version,
+}
+
+/// QEMU options that take an argument and that rust-dest ignores.
+const IGNORED_WITH_ARG: &[&str] = &[
+    "accel", "display", "serial", "drive", "name", "device", "cpu", "smp", "chardev", "mon", "monitor", "vga", "net",
+    "netdev", "boot", "bios", "L", "rtc", "d", "D", "trace", "uuid", "overcommit", "msg", "k", "sandbox", "numa",
+    "blockdev", "fsdev", "hda", "hdb", "cdrom", "kernel", "initrd", "append", "icount", "audiodev", "parallel", "smbios",
+    "action", "run-with", "cpu-throttle", "fw_cfg", "mem-path", "usbdevice", "watchdog-action", "vnc", "spice", "qtest",
+    "qtest-log", "tpmdev", "plugin", "semihosting-config", "compat", "object-ignored",
+];
+/// QEMU flags without an argument that rust-dest ignores.
+const IGNORED_FLAGS: &[&str] = &[
+    "nodefaults", "nographic", "no-user-config", "no-reboot", "no-shutdown", "enable-kvm", "no-hpet", "no-acpi",
+    "mem-prealloc", "snapshot", "daemonize", "preconfig", "usb", "no-fd-bootchk", "full-screen", "s",
+];
+
+/// Parse a QEMU size: plain bytes or with K/M/G/T suffix (also KiB, MB...).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let idx = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (num, suf) = s.split_at(idx);
+    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mult: u64 = match suf.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("invalid size suffix in {s:?}")),
+    };
+    Ok((n * mult as f64) as u64)
+}
+
+/// Split a QEMU property list `a,b=c,d=e` into (first bare value, pairs).
+/// `,,` escapes a comma.
+pub fn parse_props(s: &str) -> (Option<String>, Vec<(String, String)>) {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                cur.push(',');
+            } else {
+                items.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    items.push(cur);
+    let mut first = None;
+    let mut pairs = Vec::new();
+    for (i, it) in items.into_iter().enumerate() {
+        match it.split_once('=') {
+            Some((k, v)) => pairs.push((k.to_string(), v.to_string())),
+            None if i == 0 => first = Some(it),
+            None => pairs.push((it, "on".into())),
+        }
+    }
+    (first, pairs)
+}
+
+fn on_off(v: &str, what: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "true" | "y" => Ok(true),
+        "off" | "no" | "false" | "n" => Ok(false),
+        _ => Err(format!("{what}: expected on or off, got {v:?}")),
+    }
+}
+
+pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> {
+    let mut o = Options::default();
+    let mut it = args.into_iter().peekable();
+    while let Some(a) = it.next() {
+        if !a.starts_with('-') || a == "-" {
+            return Err(format!("unexpected argument {a:?} (QEMU-style options start with '-')"));
+        }
+        let name_full = a.trim_start_matches('-');
+        let (name, inline) = match name_full.split_once('=') {
+            Some((n, v)) if a.starts_with("--") => (n.to_string(), Some(v.to_string())),
+            _ => (name_full.to_string(), None),
+        };
+        let val = |it: &mut std::iter::Peekable<I::IntoIter>| -> Result<String, String> {
+            if let Some(v) = inline.clone() {
+                return Ok(v);
+            }
+            it.next().ok_or_else(|| format!("option -{name} requires an argument"))
+        };
+        match name.as_str() {
+            "h" | "help" => return Ok(Parsed::Help),
+            "V" | "version" => return Ok(Parsed::Version),
+            "incoming" => o.incoming = Some(val(&mut it)?),
+            "qmp" => o.qmp.push(val(&mut it)?),
+            "S" => o.start_paused = true,
+            "m" => {
+                let v = val(&mut it)?;
+                let (first, pairs) = parse_props(&v);
+                let sz = match first {
+                    Some(f) => f,
+                    None => pairs.iter().find(|(k, _)| k == "size").map(|(_, v)| v.clone()).unwrap_or_default(),
+                };
+                let bytes = if sz.chars().all(|c| c.is_ascii_digit()) {
+                    sz.parse::<u64>().map_err(|_| format!("-m: invalid size {sz:?}"))? << 20
+                } else {
+                    parse_size(&sz).map_err(|e| format!("-m: {e}"))?
+                };
+                o.mem_size = Some(bytes);
+            }
+            "machine" | "M" => {
+                let v = val(&mut it)?;
+                let (first, pairs) = parse_props(&v);
+                let mut ty = first;
+                for (k, v) in pairs {
+                    match k.as_str() {
+                        "type" => ty = Some(v),
+                        "suppress-vmdesc" => o.suppress_vmdesc = on_off(&v, "-machine suppress-vmdesc")?,
+                        "memory-backend" | "accel" => {}
+                        other => o.warnings.push(format!("-machine property {other}={v} ignored")),
+                    }
+                }
+                o.machine = ty;
+            }
+            "object" => {
+                let v = val(&mut it)?;
+                let (first, pairs) = parse_props(&v);
+                let qom = first.or_else(|| pairs.iter().find(|(k, _)| k == "qom-type").map(|(_, v)| v.clone()));
+                match qom.as_deref() {
+                    Some(t @ ("memory-backend-file" | "memory-backend-ram" | "memory-backend-memfd")) => {
+                        let get = |k: &str| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+                        let id = get("id").ok_or_else(|| format!("-object {t}: missing id"))?;
+                        let size = parse_size(&get("size").ok_or_else(|| format!("-object {t},id={id}: missing size"))?)
+                            .map_err(|e| format!("-object {t},id={id}: {e}"))?;
+                        let mem_path = if t == "memory-backend-file" {
+                            Some(PathBuf::from(
+                                get("mem-path").ok_or_else(|| format!("-object {t},id={id}: missing mem-path"))?,
+                            ))
+                        } else {
+                            None
+                        };
+                        let share = get("share").map(|s| on_off(&s, "share")).transpose()?.unwrap_or(false);
+                        if t == "memory-backend-file" && !share {
+                            o.warnings.push(format!(
+                                "-object {t},id={id}: share=off; rust-dest maps the file shared anyway so it holds the guest RAM"
+                            ));
+                        }
+                        if o.backends.iter().any(|b| b.id == id) {
+                            return Err(format!("-object: duplicate id {id:?}"));
+                        }
+                        o.backends.push(Backend { id, size, mem_path, share });
+                    }
+                    Some(other) => o.warnings.push(format!("-object {other} ignored")),
+                    None => return Err("-object: missing object type".into()),
+                }
+            }
+            "global" => {
+                let v = val(&mut it)?;
+                match v.split_once('=') {
+                    Some(("migration.send-configuration", x)) => o.send_configuration = on_off(x, "-global")?,
+                    Some(("migration.send-section-footer", x)) => o.send_section_footer = on_off(x, "-global")?,
+                    _ => o.warnings.push(format!("-global {v} ignored")),
+                }
+            }
+            "pidfile" => o.pidfile = Some(PathBuf::from(val(&mut it)?)),
+            "max-ram" => o.max_ram = parse_size(&val(&mut it)?).map_err(|e| format!("--max-ram: {e}"))?,
+            "vcpu-pattern" => o.vcpu.pattern = val(&mut it)?.parse::<Pattern>()?,
+            "vcpu-threads" => {
+                o.vcpu.threads = val(&mut it)?.parse().map_err(|_| "--vcpu-threads: expected a number".to_string())?
+            }
+            "vcpu-rate" => o.vcpu.rate = val(&mut it)?.parse().map_err(|_| "--vcpu-rate: expected a number".to_string())?,
+            "log" => o.log = val(&mut it)?,
+            n if IGNORED_WITH_ARG.contains(&n) => {
+                let v = val(&mut it)?;
+                o.warnings.push(format!("option -{n} {v} ignored"));
+            }
+            n if IGNORED_FLAGS.contains(&n) => o.warnings.push(format!("option -{n} ignored")),
+            other => return Err(format!("-{other}: invalid option (see --help)")),
+        }
+    }
+    if o.qmp.is_empty() && o.incoming.is_none() {
+        return Err("nothing to do: give -incoming and/or -qmp (see --help)".into());
+    }
+    Ok(Parsed::Run(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Options, String> {
+        match parse(s.split_whitespace().map(String::from))? {
+            Parsed::Run(o) => Ok(o),
+            _ => Err("help".into()),
+        }
+    }
+
+    #[test]
+    fn qemu_destination_line() {
+        let o = p("-accel tcg -machine q35,memory-backend=mem0 -m 256M -object memory-backend-file,id=mem0,size=256M,mem-path=/dev/shm/x,share=on -nodefaults -display none -serial none -qmp unix:/tmp/q.sock,server=on,wait=off -incoming tcp:127.0.0.1:4444 -S -name dst").unwrap();
+        assert_eq!(o.incoming.as_deref(), Some("tcp:127.0.0.1:4444"));
+        assert_eq!(o.machine.as_deref(), Some("q35"));
+        assert_eq!(o.mem_size, Some(256 << 20));
+        assert_eq!(o.backends.len(), 1);
+        assert_eq!(o.backends[0].id, "mem0");
+        assert_eq!(o.backends[0].size, 256 << 20);
+        assert!(o.start_paused);
+        assert_eq!(o.warnings.len(), 5, "{:?}", o.warnings);
+    }
+
+    #[test]
+    fn sizes_and_errors() {
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512k").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12X").is_err());
+        assert!(p("-bogus").unwrap_err().contains("invalid option"));
+        assert!(p("-incoming").unwrap_err().contains("requires an argument"));
+        assert!(p("--max-ram 2G -incoming defer").unwrap().max_ram == 2 << 30);
+        assert!(p("--max-ram=2G -incoming defer").unwrap().max_ram == 2 << 30);
+        assert_eq!(p("-m 128 -incoming defer").unwrap().mem_size, Some(128 << 20));
+        assert!(p("-machine pc-q35-10.0,suppress-vmdesc=on -incoming defer").unwrap().suppress_vmdesc);
+        assert!(p("--vcpu-pattern zigzag -incoming defer").is_err());
+    }
+
+    #[test]
+    fn props_escape() {
+        let (f, kv) = parse_props("memory-backend-file,id=a,mem-path=/x,,y");
+        assert_eq!(f.as_deref(), Some("memory-backend-file"));
+        assert_eq!(kv[1], ("mem-path".to_string(), "/x,y".to_string()));
+    }
+}

@@ -1,0 +1,28 @@
+//! The pure wire codec for QEMU's migration stream: bytes in, records out,
+//! and records back to bytes. No sockets, no threads, no clocks.
+//!
+//! Decoders work on a [`Cursor`] over a byte slice that knows its absolute
+//! stream offset. When the slice ends inside a record they return
+//! [`DecodeError::Incomplete`] and leave the cursor where the record began, so
+//! an I/O layer can read more bytes and retry. Every other error names the
+//! absolute byte offset and what was wrong.
+//!
+//! Layout (see `docs/wire-format.md` in the shared docs for the byte layouts):
+//! - [`consts`]: magic numbers, section types, command and flag values.
+//! - [`stream`]: header, configuration, section headers/footers, EOF, vmdesc,
+//!   command framing.
+//! - [`command`]: typed `MIG_CMD_*` payloads.
+//! - [`ramrec`]: RAM section records (MEM_SIZE, PAGE, ZERO, ...).
+//! - [`rp`]: return-path messages.
+//! - [`vmdesc`]: locating the trailing vmdesc JSON and splitting device
+//!   sections with it.
+
+pub mod command;
+pub mod consts;
+pub mod cursor;
+pub mod ramrec;
+pub mod rp;
+pub mod stream;
+pub mod vmdesc;
+
+pub use cursor::{Cursor, DecodeError, Encoder};

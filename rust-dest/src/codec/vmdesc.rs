@@ -1,0 +1,272 @@
+//! Delimiting device sections.
+//!
+//! Device data carries no lengths. Two pure strategies:
+//! - precopy: the stream ends with `EOF (0x00) 0x06 be32 L <L bytes JSON>`;
+//!   [`find_vmdesc_tail`] finds it in a buffered tail and
+//!   [`split_with_vmdesc`] walks the buffered FULL sections with the JSON's
+//!   field sizes (as QEMU's analyze-migration does);
+//! - postcopy (no vmdesc): [`split_by_footers`] finds each FULL section's end
+//!   by its footer and validates that a plausible record follows.
+
+use serde_json::Value;
+
+use super::consts::*;
+use super::cursor::{Cursor, DecodeError, Result};
+
+/// Where the vmdesc tail starts in `buf`: returns `(eof_pos, json)` where
+/// `buf[eof_pos] == 0x00` (EOF), `buf[eof_pos+1] == 0x06`, and the JSON
+/// (which must parse) ends exactly at the end of `buf`.
+pub fn find_vmdesc_tail(buf: &[u8]) -> Option<(usize, Value)> {
+    if buf.last() != Some(&b'}') || buf.len() < 7 {
+        return None;
+    }
+    // Candidate positions p of the 0x06 byte, scanning backwards: the JSON
+    // contains no NUL byte, so the EOF byte before 0x06 is the last NUL that
+    // can qualify; try each 0x06 preceded by 0x00.
+    let mut p = buf.len() - 6;
+    loop {
+        if buf[p] == QEMU_VM_VMDESCRIPTION && p >= 1 && buf[p - 1] == QEMU_VM_EOF {
+            let l = u32::from_be_bytes(buf[p + 1..p + 5].try_into().unwrap()) as usize;
+            if p + 5 + l == buf.len() {
+                if let Ok(v) = serde_json::from_slice::<Value>(&buf[p + 5..]) {
+                    return Some((p - 1, v));
+                }
+            }
+        }
+        if p == 0 {
+            return None;
+        }
+        p -= 1;
+    }
+}
+
+/// A FULL section delimited in a buffer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SplitSection {
+    pub section_id: u32,
+    pub idstr: String,
+    pub instance_id: u32,
+    pub version_id: u32,
+    /// Offset of the header within the buffer.
+    pub header_pos: usize,
+    /// Range of the device data within the buffer.
+    pub data: std::ops::Range<usize>,
+    pub vmdesc: Option<Value>,
+}
+
+/// Byte size of a vmdesc description (fields + subsections), as written.
+pub fn described_size(desc: &Value) -> std::result::Result<usize, String> {
+    let mut total = 0usize;
+    if let Some(fields) = desc.get("fields").and_then(|f| f.as_array()) {
+        for f in fields {
+            let size = f.get("size").and_then(|s| s.as_u64()).ok_or_else(|| format!("field without size: {f}"))? as usize;
+            let n = f.get("array_len").and_then(|s| s.as_u64()).unwrap_or(1) as usize;
+            total += size * n;
+        }
+    } else if let Some(s) = desc.get("size").and_then(|s| s.as_u64()) {
+        return Ok(s as usize);
+    }
+    if let Some(subs) = desc.get("subsections").and_then(|s| s.as_array()) {
+        for s in subs {
+            let name = s.get("vmsd_name").and_then(|n| n.as_str()).ok_or("subsection without vmsd_name")?;
+            // 0x05, counted name, be32 version_id, then the data.
+            total += 1 + 1 + name.len() + 4 + described_size(s)?;
+        }
+    }
+    Ok(total)
+}
+
+fn section_header(c: &mut Cursor, start: u64) -> Result<(u32, String, u32, u32)> {
+    let t = c.u8(start)?;
+    if t != QEMU_VM_SECTION_FULL {
+        return Err(DecodeError::invalid(start, format!("expected a FULL section (0x04), found type {t:#04x}")));
+    }
+    let id = c.be32(start)?;
+    let name = c.counted_str(start, "section idstr")?.to_string();
+    let inst = c.be32(start)?;
+    let ver = c.be32(start)?;
+    Ok((id, name, inst, ver))
+}
+
+/// Split `buf` (a run of FULL sections with footers, ending exactly at
+/// `buf.len()`) using the vmdesc `devices` list. `base` is `buf[0]`'s
+/// absolute stream offset (for errors).
+pub fn split_with_vmdesc(buf: &[u8], base: u64, vmdesc: &Value) -> Result<Vec<SplitSection>> {
+    let devices = vmdesc
+        .get("devices")
+        .and_then(|d| d.as_array())
+        .ok_or_else(|| DecodeError::invalid(base, "vmdesc JSON has no \"devices\" array"))?;
+    let mut c = Cursor::new(buf, base);
+    let mut out = Vec::new();
+    let mut di = 0usize;
+    while c.remaining() > 0 {
+        let header_pos = c.pos();
+        let start = c.offset();
+        let (id, name, inst, ver) = section_header(&mut c, start).map_err(|e| e.context("device state"))?;
+        // Find the description: devices are in stream order; early-setup
+        // devices described earlier are skipped by name match.
+        let mut found = None;
+        while di < devices.len() {
+            let d = &devices[di];
+            di += 1;
+            if d.get("name").and_then(|n| n.as_str()) == Some(name.as_str())
+                && d.get("instance_id").and_then(|n| n.as_u64()) == Some(inst as u64)
+            {
+                found = Some(d.clone());
+                break;
+            }
+        }
+        let desc = found.ok_or_else(|| {
+            DecodeError::invalid(start, format!("device section {name:?} instance {inst} is not described in the vmdesc"))
+        })?;
+        let size = described_size(&desc).map_err(|e| DecodeError::invalid(start, format!("vmdesc for {name:?}: {e}")))?;
+        let dstart = c.pos();
+        c.bytes(size, start).map_err(|_| {
+            DecodeError::invalid(start, format!("device section {name:?}: vmdesc size {size} runs past the buffered device state"))
+        })?;
+        let dend = c.pos();
+        super::stream::decode_footer(&mut c, id).map_err(|e| e.context(&format!("device section {name:?} (vmdesc size {size})")))?;
+        out.push(SplitSection {
+            section_id: id,
+            idstr: name,
+            instance_id: inst,
+            version_id: ver,
+            header_pos,
+            data: dstart..dend,
+            vmdesc: Some(desc),
+        });
+    }
+    Ok(out)
+}
+
+/// True if `b[p..]` starts with something that may follow a FULL section:
+/// another FULL header with a printable idstr, a known command, EOF, or the
+/// end of the buffer.
+fn plausible_next(b: &[u8], p: usize) -> bool {
+    if p == b.len() {
+        return true;
+    }
+    match b[p] {
+        QEMU_VM_SECTION_FULL => {
+            if p + 6 > b.len() {
+                return false;
+            }
+            let n = b[p + 5] as usize;
+            if n == 0 || p + 6 + n + 8 > b.len() {
+                return false;
+            }
+            b[p + 6..p + 6 + n].iter().all(|&ch| (0x20..0x7f).contains(&ch))
+        }
+        QEMU_VM_COMMAND => {
+            if p + 5 > b.len() {
+                return false;
+            }
+            let cmd = u16::from_be_bytes([b[p + 1], b[p + 2]]);
+            let len = u16::from_be_bytes([b[p + 3], b[p + 4]]) as usize;
+            cmd > 0 && cmd < MIG_CMD_MAX && p + 5 + len <= b.len()
+        }
+        QEMU_VM_EOF => true,
+        _ => false,
+    }
+}
+
+/// Delimit the FULL section starting at `buf[pos]` by its footer (heuristic:
+/// the first `0x7e <be32 id>` followed by a plausible next record). Returns
+/// the section and the position after its footer.
+pub fn split_one_by_footer(buf: &[u8], pos: usize, base: u64) -> Result<(SplitSection, usize)> {
+    let mut c = Cursor::new(buf, base);
+    c.set_pos(pos);
+    let start = c.offset();
+    let (id, name, inst, ver) = section_header(&mut c, start)?;
+    let dstart = c.pos();
+    let mut pat = [QEMU_VM_SECTION_FOOTER, 0, 0, 0, 0];
+    pat[1..].copy_from_slice(&id.to_be_bytes());
+    let mut q = dstart;
+    while q + 5 <= buf.len() {
+        if buf[q..q + 5] == pat && plausible_next(buf, q + 5) {
+            return Ok((
+                SplitSection {
+                    section_id: id,
+                    idstr: name,
+                    instance_id: inst,
+                    version_id: ver,
+                    header_pos: pos,
+                    data: dstart..q,
+                    vmdesc: None,
+                },
+                q + 5,
+            ));
+        }
+        q += 1;
+    }
+    Err(DecodeError::invalid(start, format!("device section {name:?} (id {id}): no footer found before the end of the data")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::cursor::Encoder;
+    use super::super::stream::*;
+    use super::*;
+    use serde_json::json;
+
+    fn full(e: &mut Encoder, id: u32, name: &str, data: &[u8]) {
+        encode_section_open(e, SectionKind::Full, id, name, 0, 1);
+        e.bytes(data);
+        encode_footer(e, id);
+    }
+
+    #[test]
+    fn tail_and_split() {
+        let desc = json!({"page_size": 4096, "devices": [
+            {"name": "timer", "instance_id": 0, "vmsd_name": "timer", "version": 2,
+             "fields": [{"name": "a", "type": "int64", "size": 8}, {"name": "b", "array_len": 3, "type": "uint8", "size": 1}],
+             "subsections": [{"vmsd_name": "timer/dticks", "version": 1, "fields": [{"name": "c", "type": "int64", "size": 8}]}]},
+            {"name": "globalstate", "instance_id": 0, "vmsd_name": "globalstate", "version": 1,
+             "fields": [{"name": "size", "type": "uint32", "size": 4}, {"name": "runstate", "type": "buffer", "size": 100}]}
+        ]});
+        let mut e = Encoder::new();
+        let mut timer = vec![0x7eu8; 11]; // contains footer-like bytes on purpose
+        timer.push(5);
+        timer.push(12);
+        timer.extend_from_slice(b"timer/dticks");
+        timer.extend_from_slice(&1u32.to_be_bytes());
+        timer.extend_from_slice(&[1; 8]);
+        full(&mut e, 3, "timer", &timer);
+        let mut gs = 8u32.to_be_bytes().to_vec();
+        let mut rs = b"running".to_vec();
+        rs.resize(100, 0);
+        gs.extend_from_slice(&rs);
+        full(&mut e, 9, "globalstate", &gs);
+        let dev_len = e.buf.len();
+        encode_eof(&mut e);
+        let js = serde_json::to_vec(&desc).unwrap();
+        encode_vmdesc(&mut e, &js);
+        let (eofp, v) = find_vmdesc_tail(&e.buf).unwrap();
+        assert_eq!(eofp, dev_len);
+        assert_eq!(v, desc);
+        let secs = split_with_vmdesc(&e.buf[..eofp], 1000, &v).unwrap();
+        assert_eq!(secs.len(), 2);
+        assert_eq!(&e.buf[secs[0].data.clone()], &timer[..]);
+        assert_eq!(&e.buf[secs[1].data.clone()], &gs[..]);
+        // Not yet complete: no tail.
+        assert!(find_vmdesc_tail(&e.buf[..e.buf.len() - 1]).is_none());
+        // Wrong description size → footer mismatch error naming the device.
+        let mut bad = desc.clone();
+        bad["devices"][1]["fields"][1]["size"] = json!(99);
+        let err = split_with_vmdesc(&e.buf[..eofp], 1000, &bad).unwrap_err().to_string();
+        assert!(err.contains("globalstate"), "{err}");
+    }
+
+    #[test]
+    fn footer_split() {
+        let mut e = Encoder::new();
+        let mut d = vec![0x7e, 0, 0, 0, 4, 0x99]; // a fake footer not followed by a plausible record
+        d.extend_from_slice(&[1, 2, 3]);
+        full(&mut e, 4, "dev", &d);
+        Command::PostcopyRun.encode(&mut e);
+        let (s, next) = split_one_by_footer(&e.buf, 0, 0).unwrap();
+        assert_eq!(&e.buf[s.data.clone()], &d[..]);
+        assert_eq!(e.buf[next], QEMU_VM_COMMAND);
+        use super::super::command::Command;
+    }
+}

@@ -1,0 +1,370 @@
+//! Postcopy at run time: userfaultfd registration, atomic page placement,
+//! the fault thread that turns missing-page faults into page requests on the
+//! return path, and the simulated vCPUs that touch guest RAM.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use userfaultfd::{Event, FeatureFlags, Uffd, UffdBuilder};
+
+use crate::codec::rp::RpMessage;
+use crate::incoming::ReturnPath;
+use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
+use crate::state::{Counters, RunState, Shared};
+
+/// How the simulated vCPUs touch guest RAM after POSTCOPY_RUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    /// Address order through every block, over and over (like the test guest).
+    Sweep,
+    /// Uniformly random pages.
+    Random,
+    /// A small hot set (the first 256 pages of the largest block) plus a slow sweep.
+    Hot,
+    /// No accesses.
+    None,
+}
+
+impl std::str::FromStr for Pattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sweep" => Ok(Pattern::Sweep),
+            "random" => Ok(Pattern::Random),
+            "hot" => Ok(Pattern::Hot),
+            "none" => Ok(Pattern::None),
+            o => Err(format!("unknown vCPU pattern {o:?} (expected sweep, random, hot or none)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct VcpuConfig {
+    pub pattern: Pattern,
+    pub threads: usize,
+    /// Page touches per second per thread (0 = as fast as possible).
+    pub rate: u64,
+}
+
+impl Default for VcpuConfig {
+    fn default() -> Self {
+        VcpuConfig { pattern: Pattern::Sweep, threads: 1, rate: 0 }
+    }
+}
+
+struct Outstanding {
+    /// (block index, page) → time the fault was read.
+    map: HashMap<(usize, u64), Instant>,
+    /// Block of the last page request (for REQ_PAGES vs REQ_PAGES_ID).
+    last_block: Option<usize>,
+}
+
+struct Inner {
+    shared: Shared,
+    uffd: Uffd,
+    blocks: Vec<Arc<RamBlock>>,
+    rp: Option<Arc<ReturnPath>>,
+    out: Mutex<Outstanding>,
+    n_out: AtomicUsize,
+    stop: AtomicBool,
+    run: AtomicBool,
+}
+
+/// Postcopy run-time state, created at POSTCOPY_LISTEN.
+pub struct PostcopyRuntime {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    vcpu: VcpuConfig,
+    finished: AtomicBool,
+}
+
+impl PostcopyRuntime {
+    /// Register every RAMBlock with a new userfaultfd and start the fault
+    /// thread. Received pages stay; missing ones fault from now on.
+    pub fn start(shared: Shared, rp: Option<Arc<ReturnPath>>, vcpu: VcpuConfig) -> Result<PostcopyRuntime, String> {
+        let blocks = shared.ram().blocks();
+        let needs_shmem = blocks.iter().any(|b| b.backing_path().is_some());
+        let mut builder = UffdBuilder::new();
+        builder.close_on_exec(true).non_blocking(true).user_mode_only(true);
+        if needs_shmem {
+            builder.require_features(FeatureFlags::MISSING_SHMEM);
+        }
+        let uffd = builder.create().map_err(|e| format!("userfaultfd: {e}"))?;
+        for b in &blocks {
+            // Pages not yet received must fault: drop whatever is mapped
+            // there (fresh memory reads as zero but may be populated).
+            for p in 0..b.pages() {
+                if !b.received.get(p) {
+                    // Coalesce runs of missing pages.
+                    let _ = p;
+                }
+            }
+            drop_missing(b).map_err(|e| format!("RAMBlock {:?}: {e}", b.name))?;
+            b.mapping.uffd_register(&uffd).map_err(|e| format!("RAMBlock {:?}: {e}", b.name))?;
+        }
+        let inner = Arc::new(Inner {
+            shared,
+            uffd,
+            blocks,
+            rp,
+            out: Mutex::new(Outstanding { map: HashMap::new(), last_block: None }),
+            n_out: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            run: AtomicBool::new(false),
+        });
+        let i2 = inner.clone();
+        let h = std::thread::Builder::new()
+            .name("postcopy-fault".into())
+            .spawn(move || fault_thread(i2))
+            .map_err(|e| format!("spawning fault thread: {e}"))?;
+        Ok(PostcopyRuntime { inner, threads: Mutex::new(vec![h]), vcpu, finished: AtomicBool::new(false) })
+    }
+
+    fn block_index(&self, b: &RamBlock) -> usize {
+        self.inner.blocks.iter().position(|x| std::ptr::eq(x.as_ref(), b)).unwrap_or(usize::MAX)
+    }
+
+    /// Place a page atomically (`None` = zero page), mark it received, and
+    /// account for the fault it may answer.
+    pub fn place(&self, b: &Arc<RamBlock>, addr: u64, data: Option<&[u8]>, _ch: usize) -> Result<(), String> {
+        let page = addr / TARGET_PAGE_SIZE;
+        let placed = match data {
+            Some(d) => b.mapping.uffd_copy(&self.inner.uffd, addr as usize, d),
+            None => b.mapping.uffd_zero(&self.inner.uffd, addr as usize, TARGET_PAGE_SIZE as usize),
+        }
+        .map_err(|e| format!("placing page {addr:#x} of {:?}: {e}", b.name))?;
+        b.received.set(page);
+        let c = self.inner.shared.counters();
+        if !placed {
+            return Ok(());
+        }
+        if self.inner.n_out.load(Ordering::Acquire) > 0 {
+            let bi = self.block_index(b);
+            let t = {
+                let mut o = self.inner.out.lock().unwrap();
+                let t = o.map.remove(&(bi, page));
+                self.inner.n_out.store(o.map.len(), Ordering::Release);
+                t
+            };
+            if let Some(t0) = t {
+                let us = t0.elapsed().as_micros() as u64;
+                Counters::add(&c.pages_placed_requested, 1);
+                Counters::add(&c.fault_latency_us_total, us);
+                self.inner.shared.lock().fault_latencies_us.push(us);
+                return Ok(());
+            }
+        }
+        Counters::add(&c.pages_placed_stream, 1);
+        Ok(())
+    }
+
+    /// POSTCOPY_RUN: start the simulated vCPUs.
+    pub fn run(&self) {
+        self.inner.run.store(true, Ordering::Release);
+        if self.vcpu.pattern == Pattern::None {
+            return;
+        }
+        let mut th = self.threads.lock().unwrap();
+        for i in 0..self.vcpu.threads.max(1) {
+            let inner = self.inner.clone();
+            let cfg = self.vcpu.clone();
+            if let Ok(h) = std::thread::Builder::new().name(format!("vcpu{i}")).spawn(move || vcpu_thread(inner, cfg, i)) {
+                th.push(h);
+            }
+        }
+    }
+
+    /// Postcopy ended (EOF): stop threads and unregister RAM.
+    pub fn finish(&self) {
+        self.stop_all();
+    }
+
+    /// Migration failed: the same teardown.
+    pub fn shutdown(&self) {
+        self.stop_all();
+    }
+
+    fn stop_all(&self) {
+        if self.finished.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.inner.stop.store(true, Ordering::Release);
+        // Unregistering wakes any thread blocked on a missing page.
+        for b in &self.inner.blocks {
+            let _ = b.mapping.uffd_unregister(&self.inner.uffd);
+        }
+        let hs: Vec<_> = std::mem::take(&mut *self.threads.lock().unwrap());
+        for h in hs {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for PostcopyRuntime {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+/// Discard pages that were never received so they fault once registered.
+fn drop_missing(b: &RamBlock) -> std::io::Result<()> {
+    let n = b.pages();
+    let mut p = 0;
+    while p < n {
+        if b.received.get(p) {
+            p += 1;
+            continue;
+        }
+        let s = p;
+        while p < n && !b.received.get(p) {
+            p += 1;
+        }
+        b.mapping.discard((s * TARGET_PAGE_SIZE) as usize, ((p - s) * TARGET_PAGE_SIZE) as usize)?;
+    }
+    Ok(())
+}
+
+fn fault_thread(inner: Arc<Inner>) {
+    let mut buf = userfaultfd::EventBuffer::new(64);
+    while !inner.stop.load(Ordering::Acquire) {
+        let ready = {
+            let fd = inner.uffd.as_fd();
+            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)).unwrap_or(0)
+        };
+        if ready == 0 {
+            continue;
+        }
+        let events: Vec<_> = match inner.uffd.read_events(&mut buf) {
+            Ok(it) => it.filter_map(|e| e.ok()).collect(),
+            Err(e) => {
+                tracing::warn!("userfaultfd read: {e}");
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            }
+        };
+        for ev in events {
+            if let Event::Pagefault { addr, .. } = ev {
+                handle_fault(&inner, addr as usize);
+            }
+        }
+    }
+}
+
+fn handle_fault(inner: &Inner, addr: usize) {
+    let Some((bi, b)) = inner
+        .blocks
+        .iter()
+        .enumerate()
+        .find(|(_, b)| addr >= b.mapping.host_addr() && addr < b.mapping.host_addr() + b.mapping.len())
+    else {
+        tracing::warn!("fault at {addr:#x} outside guest RAM");
+        return;
+    };
+    let c = inner.shared.counters();
+    Counters::add(&c.faults, 1);
+    let off = (addr - b.mapping.host_addr()) as u64 & !(TARGET_PAGE_SIZE - 1);
+    let page = off / TARGET_PAGE_SIZE;
+    if b.received.get(page) {
+        let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
+        return;
+    }
+    let msg = {
+        let mut o = inner.out.lock().unwrap();
+        if o.map.contains_key(&(bi, page)) {
+            return;
+        }
+        o.map.insert((bi, page), Instant::now());
+        inner.n_out.store(o.map.len(), Ordering::Release);
+        // The page may have landed between the check and the insert.
+        if b.received.get(page) {
+            o.map.remove(&(bi, page));
+            inner.n_out.store(o.map.len(), Ordering::Release);
+            drop(o);
+            let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
+            return;
+        }
+        let m = if o.last_block == Some(bi) {
+            RpMessage::ReqPages { start: off, len: TARGET_PAGE_SIZE as u32 }
+        } else {
+            RpMessage::ReqPagesId { start: off, len: TARGET_PAGE_SIZE as u32, block: b.name.clone() }
+        };
+        o.last_block = Some(bi);
+        m
+    };
+    if let Some(rp) = &inner.rp {
+        if let Err(e) = rp.send(&msg) {
+            tracing::warn!("return path: page request failed: {e}");
+        } else {
+            Counters::add(&c.page_requests, 1);
+        }
+    }
+}
+
+fn vcpu_thread(inner: Arc<Inner>, cfg: VcpuConfig, idx: usize) {
+    let blocks: Vec<_> = inner.blocks.clone();
+    let total: u64 = blocks.iter().map(|b| b.pages()).sum();
+    if total == 0 {
+        return;
+    }
+    let largest = blocks.iter().enumerate().max_by_key(|(_, b)| b.used_length).map(|(i, _)| i).unwrap_or(0);
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15 ^ (idx as u64 + 1);
+    let mut next = |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let interval = if cfg.rate > 0 { Some(Duration::from_nanos(1_000_000_000 / cfg.rate)) } else { None };
+    // Sweep threads start at different offsets of the RAM.
+    let mut cursor: u64 = (total / cfg.threads.max(1) as u64) * idx as u64;
+    let mut sink = 0u8;
+    let mut touched: u64 = 0;
+    while !inner.stop.load(Ordering::Acquire) {
+        if inner.shared.lock().run_state != RunState::Running {
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
+        }
+        // A batch between checks of the stop flag.
+        for _ in 0..64 {
+            let g = match cfg.pattern {
+                Pattern::Sweep => {
+                    cursor = (cursor + 1) % total;
+                    cursor
+                }
+                Pattern::Random => next(total),
+                Pattern::Hot => {
+                    if touched % 8 == 0 {
+                        cursor = (cursor + 1) % total;
+                        cursor
+                    } else {
+                        let hot = blocks[largest].pages().min(256);
+                        let base: u64 = blocks[..largest].iter().map(|b| b.pages()).sum();
+                        base + next(hot.max(1))
+                    }
+                }
+                Pattern::None => return,
+            };
+            touched += 1;
+            let mut rem = g;
+            for b in &blocks {
+                if rem < b.pages() {
+                    sink ^= b.mapping.touch((rem * TARGET_PAGE_SIZE) as usize);
+                    break;
+                }
+                rem -= b.pages();
+            }
+            if let Some(iv) = interval {
+                std::thread::sleep(iv);
+            }
+            if inner.stop.load(Ordering::Relaxed) {
+                break;
+            }
+        }
+    }
+    std::hint::black_box(sink);
+}

@@ -1,0 +1,104 @@
+//! rust-dest binary: QEMU-style command line → listener + QMP server.
+
+use std::sync::Arc;
+
+use rust_dest::cli::{self, Parsed};
+use rust_dest::incoming::Config;
+use rust_dest::ram::RamTable;
+use rust_dest::state::Shared;
+use rust_dest::{listen, qmp};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match cli::parse(args) {
+        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Help) => {
+            print!("{}", cli::USAGE);
+            return;
+        }
+        Ok(Parsed::Version) => {
+            println!("rust-dest {} (speaks the QEMU 7.2-10.x migration stream)", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        Err(e) => {
+            eprintln!("rust-dest: {e}");
+            std::process::exit(1);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_DEST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&opts.log));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    for w in &opts.warnings {
+        tracing::warn!("{w}");
+    }
+    // Block SIGINT/SIGTERM in every thread; one thread waits for them.
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGINT);
+    set.add(nix::sys::signal::Signal::SIGTERM);
+    let _ = set.thread_block();
+
+    let ram = Arc::new(RamTable::new(opts.backends.clone(), opts.max_ram));
+    let shared = Shared::new(ram, opts.start_paused);
+    let (qtx, qrx) = std::sync::mpsc::channel();
+    shared.set_quit_sender(qtx.clone());
+    let cfg = Arc::new(Config {
+        expect_configuration: opts.send_configuration,
+        section_footers: opts.send_section_footer,
+        suppress_vmdesc: opts.suppress_vmdesc,
+        machine: opts.machine.clone(),
+        vcpu: opts.vcpu.clone(),
+        ..Config::default()
+    });
+    let deferred = opts.incoming.as_deref() == Some("defer");
+    {
+        let sh = shared.clone();
+        let cfg = cfg.clone();
+        shared.set_incoming_starter(Box::new(move |uri: &str| {
+            if !deferred {
+                return Err("The incoming migration has already been started (or -incoming defer was not given)".into());
+            }
+            listen::start(sh.clone(), cfg.clone(), uri)
+        }));
+    }
+    for q in &opts.qmp {
+        if let Err(e) = qmp::spawn(shared.clone(), q) {
+            eprintln!("rust-dest: -qmp {q}: {e}");
+            std::process::exit(1);
+        }
+    }
+    if let Some(p) = &opts.pidfile {
+        let _ = std::fs::write(p, format!("{}\n", std::process::id()));
+    }
+    if let Some(uri) = &opts.incoming {
+        if !deferred {
+            if let Err(e) = listen::start(shared.clone(), cfg.clone(), uri) {
+                eprintln!("rust-dest: -incoming {uri}: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    std::thread::spawn(move || {
+        if let Ok(sig) = set.wait() {
+            tracing::info!("terminating on signal {sig:?}");
+            let _ = qtx.send(());
+        }
+    });
+    let _ = qrx.recv();
+    // Remove sockets we created (QEMU removes its QMP unix sockets on exit).
+    for q in &opts.qmp {
+        if let Ok(a) = qmp::parse_spec(q) {
+            if let qmp::QmpEndpoint::Unix(p) = a.endpoint {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    if let Some(uri) = shared.lock().incoming_uri.clone() {
+        if let Ok(listen::IncomingUri::Unix(p)) = listen::parse_uri(&uri) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+    if let Some(p) = &opts.pidfile {
+        let _ = std::fs::remove_file(p);
+    }
+    std::process::exit(0);
+}

@@ -1,0 +1,180 @@
+//! The postcopy incoming state machine (pure): which postcopy command is
+//! legal in which state, following QEMU's rules.
+//!
+//! States: NONE → ADVISE → DISCARD → LISTENING → RUNNING → END.
+
+use crate::codec::command::{Advise, Command};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PcState {
+    None,
+    Advise,
+    Discard,
+    Listening,
+    Running,
+    End,
+}
+
+impl PcState {
+    pub fn name(self) -> &'static str {
+        match self {
+            PcState::None => "none",
+            PcState::Advise => "advise",
+            PcState::Discard => "discard",
+            PcState::Listening => "listening",
+            PcState::Running => "running",
+            PcState::End => "end",
+        }
+    }
+    pub const ALL: [PcState; 6] =
+        [PcState::None, PcState::Advise, PcState::Discard, PcState::Listening, PcState::Running, PcState::End];
+
+    /// Incoming RAM is placed atomically (userfaultfd) in these states.
+    pub fn is_postcopy_running(self) -> bool {
+        self >= PcState::Listening && self < PcState::End
+    }
+}
+
+/// What the destination must do after a legal transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// ADVISE accepted: postcopy RAM structures may be prepared.
+    Advised,
+    /// A discard; `first` when it is the first one (ADVISE → DISCARD).
+    Discard { first: bool },
+    /// LISTEN: register RAM with userfaultfd, start the fault thread.
+    /// `discarded` is false when no discard command preceded it.
+    Listen { discarded: bool },
+    /// RUN: the guest may start.
+    Run,
+    /// Not a postcopy state command.
+    None,
+}
+
+/// Local facts the ADVISE check compares against.
+#[derive(Clone, Copy, Debug)]
+pub struct Local {
+    /// postcopy-ram capability on this side.
+    pub postcopy_ram: bool,
+    pub host_page_size: u64,
+    pub target_page_size: u64,
+}
+
+/// Apply `cmd` in `state`. Returns the new state and the action, or an error
+/// text naming the command and the state.
+pub fn step(state: PcState, cmd: &Command, local: &Local) -> Result<(PcState, Action), String> {
+    let bad = |name: &str| Err(format!("{name} received in postcopy state {} (not allowed there)", state.name()));
+    match cmd {
+        Command::PostcopyAdvise(adv) => {
+            if state != PcState::None {
+                return bad("POSTCOPY_ADVISE");
+            }
+            match adv {
+                None => {
+                    if local.postcopy_ram {
+                        return Err("POSTCOPY_ADVISE without page sizes (dirty-bitmaps only) but postcopy-ram is enabled on the destination".into());
+                    }
+                }
+                Some(Advise { ram_pagesize_summary, target_page_size }) => {
+                    if !local.postcopy_ram {
+                        return Err("POSTCOPY_ADVISE for postcopy-ram but the postcopy-ram capability is not enabled on the destination".into());
+                    }
+                    if *ram_pagesize_summary != local.host_page_size {
+                        return Err(format!(
+                            "POSTCOPY_ADVISE: source RAM page size summary {ram_pagesize_summary:#x} does not match destination host page size {:#x}",
+                            local.host_page_size
+                        ));
+                    }
+                    if *target_page_size != local.target_page_size {
+                        return Err(format!(
+                            "POSTCOPY_ADVISE: source target page size {target_page_size:#x} does not match destination target page size {:#x}",
+                            local.target_page_size
+                        ));
+                    }
+                }
+            }
+            Ok((PcState::Advise, Action::Advised))
+        }
+        Command::PostcopyRamDiscard(_) => match state {
+            PcState::Advise => Ok((PcState::Discard, Action::Discard { first: true })),
+            PcState::Discard => Ok((PcState::Discard, Action::Discard { first: false })),
+            _ => bad("POSTCOPY_RAM_DISCARD"),
+        },
+        Command::PostcopyListen => match state {
+            PcState::Advise => Ok((PcState::Listening, Action::Listen { discarded: false })),
+            PcState::Discard => Ok((PcState::Listening, Action::Listen { discarded: true })),
+            _ => bad("POSTCOPY_LISTEN"),
+        },
+        Command::PostcopyRun => match state {
+            PcState::Listening => Ok((PcState::Running, Action::Run)),
+            _ => bad("POSTCOPY_RUN"),
+        },
+        _ => Ok((state, Action::None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::command::Discard;
+
+    const L: Local = Local { postcopy_ram: true, host_page_size: 4096, target_page_size: 4096 };
+
+    fn cmds() -> Vec<(&'static str, Command)> {
+        vec![
+            ("advise", Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: 4096, target_page_size: 4096 }))),
+            ("discard", Command::PostcopyRamDiscard(Discard { block: "pc.ram".into(), ranges: vec![] })),
+            ("listen", Command::PostcopyListen),
+            ("run", Command::PostcopyRun),
+        ]
+    }
+
+    /// Every (state, command) pair against the table in QEMU's rules.
+    #[test]
+    fn full_table() {
+        use PcState::*;
+        let expect = |s: PcState, c: &str| -> Option<PcState> {
+            match (s, c) {
+                (None, "advise") => Some(Advise),
+                (Advise, "discard") | (Discard, "discard") => Some(Discard),
+                (Advise, "listen") | (Discard, "listen") => Some(Listening),
+                (Listening, "run") => Some(Running),
+                _ => Option::None,
+            }
+        };
+        for s in PcState::ALL {
+            for (n, c) in cmds() {
+                let r = step(s, &c, &L);
+                match expect(s, n) {
+                    Some(ns) => assert_eq!(r.unwrap().0, ns, "{s:?} {n}"),
+                    Option::None => {
+                        let e = r.unwrap_err();
+                        assert!(e.contains(s.name()), "{e}");
+                        assert!(e.contains("POSTCOPY_"), "{e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn advise_checks() {
+        let c = Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: 0x201000, target_page_size: 4096 }));
+        let e = step(PcState::None, &c, &L).unwrap_err();
+        assert!(e.contains("0x201000") && e.contains("0x1000"), "{e}");
+        let c = Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: 4096, target_page_size: 1024 }));
+        let e = step(PcState::None, &c, &L).unwrap_err();
+        assert!(e.contains("target page size 0x400"), "{e}");
+        assert!(step(PcState::None, &Command::PostcopyAdvise(None), &L).is_err());
+        let l2 = Local { postcopy_ram: false, ..L };
+        assert!(step(PcState::None, &Command::PostcopyAdvise(None), &l2).is_ok());
+        assert!(step(PcState::None, &cmds()[0].1, &l2).is_err());
+    }
+
+    #[test]
+    fn listen_reports_discards() {
+        assert_eq!(step(PcState::Advise, &Command::PostcopyListen, &L).unwrap().1, Action::Listen { discarded: false });
+        assert_eq!(step(PcState::Discard, &Command::PostcopyListen, &L).unwrap().1, Action::Listen { discarded: true });
+        assert_eq!(step(PcState::Advise, &cmds()[1].1, &L).unwrap().1, Action::Discard { first: true });
+    }
+}

@@ -1,0 +1,249 @@
+//! Guest RAM: the table of RAMBlocks announced by the source's MEM_SIZE list,
+//! each backed by a [`Mapping`], with a per-target-page "received" bitmap.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::digest;
+use crate::mem::Mapping;
+
+/// Target page size for x86-64.
+pub const TARGET_PAGE_SIZE: u64 = 4096;
+
+/// A `-object memory-backend-file` (or `memory-backend-ram`) from the
+/// command line: the RAMBlock with this id lives in this file.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    pub id: String,
+    pub size: u64,
+    pub mem_path: Option<PathBuf>,
+    pub share: bool,
+}
+
+/// A bitmap with atomic bit operations (one bit per target page).
+pub struct AtomicBitmap {
+    words: Vec<AtomicU64>,
+    nbits: u64,
+}
+
+impl AtomicBitmap {
+    pub fn new(nbits: u64) -> AtomicBitmap {
+        let n = nbits.div_ceil(64) as usize;
+        AtomicBitmap { words: (0..n).map(|_| AtomicU64::new(0)).collect(), nbits }
+    }
+    pub fn len(&self) -> u64 {
+        self.nbits
+    }
+    pub fn is_empty(&self) -> bool {
+        self.nbits == 0
+    }
+    /// Set a bit; returns its previous value.
+    pub fn set(&self, i: u64) -> bool {
+        let m = 1u64 << (i % 64);
+        self.words[(i / 64) as usize].fetch_or(m, Ordering::AcqRel) & m != 0
+    }
+    pub fn clear(&self, i: u64) {
+        let m = 1u64 << (i % 64);
+        self.words[(i / 64) as usize].fetch_and(!m, Ordering::AcqRel);
+    }
+    pub fn get(&self, i: u64) -> bool {
+        self.words[(i / 64) as usize].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0
+    }
+    pub fn count(&self) -> u64 {
+        self.words.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as u64).sum()
+    }
+    /// The bitmap as little-endian 64-bit words (QEMU's recv-bitmap layout).
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.words.len() * 8);
+        for w in &self.words {
+            out.extend_from_slice(&w.load(Ordering::Acquire).to_le_bytes());
+        }
+        out
+    }
+}
+
+/// One RAMBlock.
+pub struct RamBlock {
+    pub name: String,
+    pub used_length: u64,
+    /// The block's page size (host page size for normal RAM).
+    pub page_size: u64,
+    pub mapping: Mapping,
+    pub received: AtomicBitmap,
+}
+
+impl std::fmt::Debug for RamBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RamBlock").field("name", &self.name).field("used_length", &self.used_length).finish()
+    }
+}
+
+impl RamBlock {
+    pub fn pages(&self) -> u64 {
+        self.used_length / TARGET_PAGE_SIZE
+    }
+
+    pub fn backing_path(&self) -> Option<&std::path::Path> {
+        self.mapping.file_path()
+    }
+
+    /// xxh3-64 digest of every target page, in order.
+    pub fn page_digests(&self) -> Vec<u64> {
+        let mut buf = vec![0u8; TARGET_PAGE_SIZE as usize];
+        (0..self.pages())
+            .map(|p| {
+                self.mapping.read((p * TARGET_PAGE_SIZE) as usize, &mut buf);
+                digest::page_digest(&buf)
+            })
+            .collect()
+    }
+
+    /// Copy the whole block into `out`.
+    pub fn read_all(&self) -> Vec<u8> {
+        let mut v = vec![0u8; self.used_length as usize];
+        self.mapping.read(0, &mut v);
+        v
+    }
+}
+
+/// Errors creating RAMBlocks.
+#[derive(Debug, thiserror::Error)]
+pub enum RamError {
+    #[error("RAMBlock {name:?}: used length {len:#x} is not a multiple of the target page size")]
+    Unaligned { name: String, len: u64 },
+    #[error("RAM total {total:#x} bytes exceeds the configured cap (--max-ram) of {cap:#x} bytes (block {name:?})")]
+    OverCap { name: String, total: u64, cap: u64 },
+    #[error("RAMBlock {name:?}: length {len:#x} does not match memory backend size {backend:#x}")]
+    BackendSize { name: String, len: u64, backend: u64 },
+    #[error("RAMBlock {name:?} announced twice")]
+    Duplicate { name: String },
+    #[error("RAMBlock {name:?}: cannot map memory: {err}")]
+    Map { name: String, err: std::io::Error },
+}
+
+/// The RAMBlock table. Blocks are added while the stream announces them.
+pub struct RamTable {
+    blocks: RwLock<Vec<Arc<RamBlock>>>,
+    backends: Vec<Backend>,
+    max_ram: u64,
+}
+
+impl RamTable {
+    pub fn new(backends: Vec<Backend>, max_ram: u64) -> RamTable {
+        RamTable { blocks: RwLock::new(Vec::new()), backends, max_ram }
+    }
+
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    pub fn max_ram(&self) -> u64 {
+        self.max_ram
+    }
+
+    pub fn blocks(&self) -> Vec<Arc<RamBlock>> {
+        self.blocks.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<RamBlock>> {
+        self.blocks.read().unwrap_or_else(|e| e.into_inner()).iter().find(|b| b.name == name).cloned()
+    }
+
+    pub fn total(&self) -> u64 {
+        self.blocks().iter().map(|b| b.used_length).sum()
+    }
+
+    /// Create a RAMBlock. A block whose name is a memory backend's id lives in
+    /// that backend's file; others are anonymous memory.
+    pub fn add(&self, name: &str, used_length: u64, page_size: u64) -> Result<Arc<RamBlock>, RamError> {
+        if used_length % TARGET_PAGE_SIZE != 0 || used_length == 0 {
+            return Err(RamError::Unaligned { name: name.into(), len: used_length });
+        }
+        let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());
+        if blocks.iter().any(|b| b.name == name) {
+            return Err(RamError::Duplicate { name: name.into() });
+        }
+        let total: u64 = blocks.iter().map(|b| b.used_length).sum::<u64>().saturating_add(used_length);
+        if total > self.max_ram {
+            return Err(RamError::OverCap { name: name.into(), total, cap: self.max_ram });
+        }
+        let backend = self.backends.iter().find(|b| b.id == name);
+        let mapping = match backend {
+            Some(be) => {
+                if be.size != used_length {
+                    return Err(RamError::BackendSize { name: name.into(), len: used_length, backend: be.size });
+                }
+                match &be.mem_path {
+                    Some(p) => Mapping::file_shared(p, used_length as usize),
+                    None => Mapping::anonymous(used_length as usize),
+                }
+            }
+            None => Mapping::anonymous(used_length as usize),
+        }
+        .map_err(|err| RamError::Map { name: name.into(), err })?;
+        let b = Arc::new(RamBlock {
+            name: name.into(),
+            used_length,
+            page_size,
+            mapping,
+            received: AtomicBitmap::new(used_length / TARGET_PAGE_SIZE),
+        });
+        blocks.push(b.clone());
+        Ok(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cap_enforced_before_allocation() {
+        let t = RamTable::new(vec![], 1 << 20);
+        t.add("a", 512 << 10, 4096).unwrap();
+        let e = t.add("b", 1 << 20, 4096).unwrap_err();
+        assert!(e.to_string().contains("exceeds the configured cap"), "{e}");
+        assert!(t.get("b").is_none());
+    }
+
+    #[test]
+    fn duplicate_and_unaligned() {
+        let t = RamTable::new(vec![], 1 << 30);
+        t.add("a", 8192, 4096).unwrap();
+        assert!(matches!(t.add("a", 8192, 4096), Err(RamError::Duplicate { .. })));
+        assert!(matches!(t.add("c", 100, 4096), Err(RamError::Unaligned { .. })));
+    }
+
+    #[test]
+    fn backend_file_holds_block() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("mem0");
+        let t = RamTable::new(
+            vec![Backend { id: "mem0".into(), size: 1 << 20, mem_path: Some(p.clone()), share: true }],
+            1 << 30,
+        );
+        assert!(matches!(t.add("mem0", 2 << 20, 4096), Err(RamError::BackendSize { .. })));
+        let b = t.add("mem0", 1 << 20, 4096).unwrap();
+        b.mapping.write(4096, b"xyz");
+        assert_eq!(&std::fs::read(&p).unwrap()[4096..4099], b"xyz");
+        assert_eq!(b.backing_path(), Some(p.as_path()));
+    }
+
+    #[test]
+    fn bitmap_le_layout() {
+        let bm = AtomicBitmap::new(70);
+        bm.set(0);
+        bm.set(9);
+        bm.set(69);
+        let b = bm.to_le_bytes();
+        assert_eq!(b.len(), 16);
+        assert_eq!(b[0], 1);
+        assert_eq!(b[1], 2);
+        assert_eq!(b[8], 0x20);
+        assert_eq!(bm.count(), 3);
+        assert!(bm.set(9));
+        bm.clear(9);
+        assert!(!bm.get(9));
+    }
+}

@@ -1,0 +1,372 @@
+//! Shared, thread-safe view of one incoming migration: status, counters,
+//! capabilities/parameters, kept device state, and the event bus that the QMP
+//! server turns into QEMU-style `MIGRATION`/`STOP`/`RESUME` events.
+//!
+//! The loader thread(s) write here; the QMP server reads and (for
+//! capabilities, parameters, run state) writes.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use crate::ram::RamTable;
+
+/// QEMU's `MigrationStatus` values that an incoming side can be in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MigStatus {
+    None,
+    Setup,
+    Active,
+    PostcopyActive,
+    PostcopyPaused,
+    PostcopyRecover,
+    Completed,
+    Failed,
+}
+
+impl MigStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MigStatus::None => "none",
+            MigStatus::Setup => "setup",
+            MigStatus::Active => "active",
+            MigStatus::PostcopyActive => "postcopy-active",
+            MigStatus::PostcopyPaused => "postcopy-paused",
+            MigStatus::PostcopyRecover => "postcopy-recover",
+            MigStatus::Completed => "completed",
+            MigStatus::Failed => "failed",
+        }
+    }
+    pub fn is_terminal(self) -> bool {
+        matches!(self, MigStatus::Completed | MigStatus::Failed)
+    }
+}
+
+/// QEMU's `RunState` as reported by `query-status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// Waiting for / receiving an incoming migration.
+    InMigrate,
+    /// Migration done, `-S` given (or `stop` issued).
+    Paused,
+    /// The simulated vCPUs run.
+    Running,
+    /// Migration failed; the VM cannot run.
+    PostMigrate,
+}
+
+impl RunState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunState::InMigrate => "inmigrate",
+            RunState::Paused => "paused",
+            RunState::Running => "running",
+            RunState::PostMigrate => "postmigrate",
+        }
+    }
+}
+
+/// Something the QMP server should emit as an asynchronous event.
+#[derive(Clone, Debug)]
+pub struct Event {
+    /// QMP event name, e.g. `MIGRATION`, `STOP`, `RESUME`.
+    pub name: &'static str,
+    /// The `data` member.
+    pub data: Value,
+}
+
+/// Counters updated on the data path without taking the state lock.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Bytes read from the main channel (and other channels).
+    pub transferred: AtomicU64,
+    /// Full pages written (PAGE records).
+    pub normal_pages: AtomicU64,
+    /// ZERO records.
+    pub zero_pages: AtomicU64,
+    /// RAM section iterations seen (START/PART/END "ram" sections).
+    pub ram_sections: AtomicU64,
+    /// PINGs answered.
+    pub pings: AtomicU64,
+    // --- postcopy ---
+    pub discard_commands: AtomicU64,
+    pub discarded_pages: AtomicU64,
+    pub faults: AtomicU64,
+    pub page_requests: AtomicU64,
+    pub pages_placed_stream: AtomicU64,
+    pub pages_placed_requested: AtomicU64,
+    /// Sum of fault-to-placement latencies in microseconds.
+    pub fault_latency_us_total: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+/// One device section kept from the stream (FULL sections of non-RAM
+/// handlers), with its vmdesc layout when the stream carried one.
+#[derive(Clone, Debug)]
+pub struct DeviceSection {
+    pub section_id: u32,
+    pub idstr: String,
+    pub instance_id: u32,
+    pub version_id: u32,
+    /// The device data bytes (between header and footer).
+    pub data: Vec<u8>,
+    /// Byte offset of the section header in the main stream (or inside the
+    /// PACKAGED blob, see `in_package`).
+    pub stream_offset: u64,
+    pub in_package: bool,
+    /// The vmdesc JSON entry describing this section, if known.
+    pub vmdesc: Option<Value>,
+}
+
+/// Callback used by `migrate-incoming` (with `-incoming defer`) to start
+/// listening on a URI. Returns a QMP-style error text on failure.
+pub type IncomingStarter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+pub struct Inner {
+    pub status: MigStatus,
+    pub error_desc: Option<String>,
+    pub run_state: RunState,
+    /// `-S` was given: stay paused after migration until `cont`.
+    pub start_paused: bool,
+    /// Migration capabilities (QEMU names) and their values.
+    pub capabilities: BTreeMap<String, bool>,
+    /// Migration parameters (QEMU names), as JSON values.
+    pub parameters: serde_json::Map<String, Value>,
+    /// URI we listen on (after `-incoming` or `migrate-incoming`).
+    pub incoming_uri: Option<String>,
+    /// True once a listener was started (a second migrate-incoming is refused).
+    pub incoming_started: bool,
+    pub started_at: Option<Instant>,
+    pub finished_at: Option<Instant>,
+    pub devices: Vec<DeviceSection>,
+    /// The machine type named in the stream's configuration section.
+    pub stream_machine: Option<String>,
+    /// Decoded `globalstate` runstate (e.g. "running").
+    pub globalstate: Option<String>,
+    /// The whole vmdesc JSON, if one was received.
+    pub vmdesc: Option<Value>,
+    /// Postcopy incoming state name ("none", "advise", ...).
+    pub postcopy_state: &'static str,
+    /// Latencies of served faults in microseconds (for percentiles).
+    pub fault_latencies_us: Vec<u64>,
+}
+
+/// The shared state. Cheap to clone (`Arc`).
+#[derive(Clone)]
+pub struct Shared(Arc<SharedInner>);
+
+pub struct SharedInner {
+    inner: Mutex<Inner>,
+    pub counters: Counters,
+    events: tokio::sync::broadcast::Sender<Event>,
+    /// Guest RAM, once the RAMBlock list has been received (or pre-created
+    /// from `-object memory-backend-file`).
+    pub ram: Arc<RamTable>,
+    starter: Mutex<Option<IncomingStarter>>,
+    /// Signals process exit (`quit`).
+    quit: Mutex<Option<std::sync::mpsc::Sender<()>>>,
+}
+
+/// The capabilities rust-dest knows (QEMU 10.x names), all off by default.
+pub const KNOWN_CAPABILITIES: &[&str] = &[
+    "xbzrle",
+    "rdma-pin-all",
+    "auto-converge",
+    "zero-blocks",
+    "events",
+    "postcopy-ram",
+    "x-colo",
+    "release-ram",
+    "return-path",
+    "pause-before-switchover",
+    "multifd",
+    "dirty-bitmaps",
+    "postcopy-blocktime",
+    "late-block-activate",
+    "x-ignore-shared",
+    "validate-uuid",
+    "background-snapshot",
+    "zero-copy-send",
+    "postcopy-preempt",
+    "switchover-ack",
+    "dirty-limit",
+    "mapped-ram",
+];
+
+impl Shared {
+    pub fn new(ram: Arc<RamTable>, start_paused: bool) -> Shared {
+        let (tx, _) = tokio::sync::broadcast::channel(1024);
+        let capabilities = KNOWN_CAPABILITIES.iter().map(|c| (c.to_string(), false)).collect();
+        Shared(Arc::new(SharedInner {
+            inner: Mutex::new(Inner {
+                status: MigStatus::None,
+                error_desc: None,
+                run_state: RunState::InMigrate,
+                start_paused,
+                capabilities,
+                parameters: default_parameters(),
+                incoming_uri: None,
+                incoming_started: false,
+                started_at: None,
+                finished_at: None,
+                devices: Vec::new(),
+                stream_machine: None,
+                globalstate: None,
+                vmdesc: None,
+                postcopy_state: "none",
+                fault_latencies_us: Vec::new(),
+            }),
+            counters: Counters::default(),
+            events: tx,
+            ram,
+            starter: Mutex::new(None),
+            quit: Mutex::new(None),
+        }))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.0.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.0.counters
+    }
+
+    pub fn ram(&self) -> &Arc<RamTable> {
+        &self.0.ram
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.0.events.subscribe()
+    }
+
+    pub fn emit(&self, name: &'static str, data: Value) {
+        let _ = self.0.events.send(Event { name, data });
+    }
+
+    pub fn capability(&self, name: &str) -> bool {
+        self.lock().capabilities.get(name).copied().unwrap_or(false)
+    }
+
+    /// Change the migration status and emit a `MIGRATION` event (QEMU emits
+    /// one per change regardless of the `events` capability on the incoming
+    /// side).
+    pub fn set_status(&self, st: MigStatus) {
+        {
+            let mut g = self.lock();
+            if g.status == st {
+                return;
+            }
+            g.status = st;
+            if st == MigStatus::Setup || (st == MigStatus::Active && g.started_at.is_none()) {
+                g.started_at.get_or_insert_with(Instant::now);
+            }
+            if st.is_terminal() {
+                g.finished_at = Some(Instant::now());
+            }
+        }
+        tracing::info!(status = st.as_str(), "migration status");
+        self.emit("MIGRATION", json!({ "status": st.as_str() }));
+    }
+
+    /// Fail the migration with a message (kept as `error-desc`).
+    pub fn fail(&self, msg: String) {
+        tracing::error!("incoming migration failed: {msg}");
+        {
+            let mut g = self.lock();
+            if g.status.is_terminal() {
+                return;
+            }
+            g.error_desc = Some(msg);
+            g.run_state = RunState::PostMigrate;
+        }
+        self.set_status(MigStatus::Failed);
+    }
+
+    /// Set the run state, emitting `STOP`/`RESUME` as QEMU does.
+    pub fn set_run_state(&self, rs: RunState) {
+        let old = {
+            let mut g = self.lock();
+            std::mem::replace(&mut g.run_state, rs)
+        };
+        if old == rs {
+            return;
+        }
+        match rs {
+            RunState::Running => self.emit("RESUME", json!({})),
+            RunState::Paused if old == RunState::Running => self.emit("STOP", json!({})),
+            _ => {}
+        }
+    }
+
+    pub fn set_incoming_starter(&self, f: IncomingStarter) {
+        *self.0.starter.lock().unwrap() = Some(f);
+    }
+
+    /// Start listening on `uri` (used by `migrate-incoming`).
+    pub fn start_incoming(&self, uri: &str) -> Result<(), String> {
+        let g = self.0.starter.lock().unwrap();
+        match g.as_ref() {
+            Some(f) => f(uri),
+            None => Err("incoming migration is not available".into()),
+        }
+    }
+
+    pub fn set_quit_sender(&self, tx: std::sync::mpsc::Sender<()>) {
+        *self.0.quit.lock().unwrap() = Some(tx);
+    }
+
+    /// Ask the process to exit (QMP `quit`).
+    pub fn request_quit(&self) {
+        if let Some(tx) = self.0.quit.lock().unwrap().as_ref() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+fn default_parameters() -> serde_json::Map<String, Value> {
+    let v = json!({
+        "announce-initial": 50,
+        "announce-max": 550,
+        "announce-rounds": 5,
+        "announce-step": 100,
+        "throttle-trigger-threshold": 50,
+        "cpu-throttle-initial": 20,
+        "cpu-throttle-increment": 10,
+        "cpu-throttle-tailslow": false,
+        "tls-creds": "",
+        "tls-hostname": "",
+        "tls-authz": "",
+        "max-bandwidth": 134217728u64,
+        "avail-switchover-bandwidth": 0,
+        "downtime-limit": 300,
+        "x-checkpoint-delay": 20000,
+        "multifd-channels": 2,
+        "xbzrle-cache-size": 67108864u64,
+        "max-postcopy-bandwidth": 0,
+        "max-cpu-throttle": 99,
+        "multifd-compression": "none",
+        "multifd-zlib-level": 1,
+        "multifd-zstd-level": 1,
+        "x-vcpu-dirty-limit-period": 1000,
+        "vcpu-dirty-limit": 1,
+        "mode": "normal",
+        "zero-page-detection": "multifd",
+        "direct-io": false
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!(),
+    }
+}
