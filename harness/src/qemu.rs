@@ -158,7 +158,7 @@ fn opt_escape(s: &str) -> String {
 
 fn mem_arg(bytes: u64) -> String {
     const MIB: u64 = 1 << 20;
-    if bytes % MIB == 0 {
+    if bytes.is_multiple_of(MIB) {
         format!("{}M", bytes / MIB)
     } else {
         format!("{bytes}B")
@@ -248,7 +248,6 @@ impl QemuVm {
                 }
             }
         };
-        drop(connect);
         match res {
             Ok(qmp) => Ok(QemuVm { child, qmp, cfg, _guards: guards }),
             Err(e) => {

@@ -37,10 +37,11 @@ QEMU-style options (same syntax as qemu-system-x86_64):
 rust-dest options:
   --max-ram SIZE        refuse streams announcing more RAM than this
                         (default 64G); checked before any allocation
-  --vcpu-pattern P      postcopy guest simulation: sweep (default), random,
-                        hot, none
+  --vcpu-pattern P      postcopy guest simulation: random (default), sweep
+                        (address order, like the test guest), hot, none
   --vcpu-threads N      simulated vCPU threads (default 1)
-  --vcpu-rate N         page touches per second per thread (0 = unlimited)
+  --vcpu-rate N         page touches per second per thread (default 50000;
+                        0 = unlimited)
   --log LEVEL           error, warn, info (default), debug, trace
   -h, --help            this text
   -V, --version         print version

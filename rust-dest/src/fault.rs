@@ -52,7 +52,7 @@ pub struct VcpuConfig {
 
 impl Default for VcpuConfig {
     fn default() -> Self {
-        VcpuConfig { pattern: Pattern::Sweep, threads: 1, rate: 0 }
+        VcpuConfig { pattern: Pattern::Random, threads: 1, rate: 50_000 }
     }
 }
 
@@ -270,7 +270,10 @@ fn handle_fault(inner: &Inner, addr: usize) {
     let off = (addr - b.mapping.host_addr()) as u64 & !(TARGET_PAGE_SIZE - 1);
     let page = off / TARGET_PAGE_SIZE;
     if b.received.get(page) {
-        let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
+        // Received but not present: a zero page that precopy never had to
+        // write (fresh memory), or a page placed while this fault was
+        // queued. Place zeros; EEXIST means it is there, so just wake.
+        resolve_present_or_zero(inner, b, off);
         return;
     }
     let msg = {
@@ -285,7 +288,7 @@ fn handle_fault(inner: &Inner, addr: usize) {
             o.map.remove(&(bi, page));
             inner.n_out.store(o.map.len(), Ordering::Release);
             drop(o);
-            let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
+            resolve_present_or_zero(inner, b, off);
             return;
         }
         let m = if o.last_block == Some(bi) {
@@ -305,6 +308,16 @@ fn handle_fault(inner: &Inner, addr: usize) {
     }
 }
 
+fn resolve_present_or_zero(inner: &Inner, b: &RamBlock, off: u64) {
+    match b.mapping.uffd_zero(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize) {
+        Ok(true) => Counters::add(&inner.shared.counters().zero_pages_on_fault, 1),
+        Ok(false) => {
+            let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
+        }
+        Err(e) => tracing::warn!("resolving fault at {off:#x} of {:?}: {e}", b.name),
+    }
+}
+
 fn vcpu_thread(inner: Arc<Inner>, cfg: VcpuConfig, idx: usize) {
     let blocks: Vec<_> = inner.blocks.clone();
     let total: u64 = blocks.iter().map(|b| b.pages()).sum();
@@ -319,7 +332,8 @@ fn vcpu_thread(inner: Arc<Inner>, cfg: VcpuConfig, idx: usize) {
         rng ^= rng << 17;
         rng % n
     };
-    let interval = if cfg.rate > 0 { Some(Duration::from_nanos(1_000_000_000 / cfg.rate)) } else { None };
+    // Sleep once per batch of 64 touches to honour the rate.
+    let interval = if cfg.rate > 0 { Some(Duration::from_nanos(64 * 1_000_000_000 / cfg.rate)) } else { None };
     // Sweep threads start at different offsets of the RAM.
     let mut cursor: u64 = (total / cfg.threads.max(1) as u64) * idx as u64;
     let mut sink = 0u8;
@@ -358,12 +372,12 @@ fn vcpu_thread(inner: Arc<Inner>, cfg: VcpuConfig, idx: usize) {
                 }
                 rem -= b.pages();
             }
-            if let Some(iv) = interval {
-                std::thread::sleep(iv);
-            }
             if inner.stop.load(Ordering::Relaxed) {
                 break;
             }
+        }
+        if let Some(iv) = interval {
+            std::thread::sleep(iv);
         }
     }
     std::hint::black_box(sink);

@@ -98,6 +98,9 @@ pub struct Counters {
     pub page_requests: AtomicU64,
     pub pages_placed_stream: AtomicU64,
     pub pages_placed_requested: AtomicU64,
+    /// Faults on pages already received as zero and never written
+    /// (resolved locally with a zero page, no request).
+    pub zero_pages_on_fault: AtomicU64,
     /// Sum of fault-to-placement latencies in microseconds.
     pub fault_latency_us_total: AtomicU64,
 }
