@@ -4,3 +4,6 @@ pub mod guestcheck;
 pub mod qmp;
 pub mod procs;
 pub mod qemu;
+pub mod dest;
+pub mod memcheck;
+pub mod migrate;

@@ -620,6 +620,8 @@ fn percentiles(lat: &[u64]) -> Value {
 fn query_migrate(shared: &Shared) -> Value {
     use crate::state::Counters as C;
     let c = shared.counters();
+    // Taken before the state lock (never hold both).
+    let ram_total = shared.ram().total();
     let g = shared.lock();
     let mut out = Map::new();
     if let Some(sa) = g.incoming_uri.as_deref().and_then(uri_socket_address) {
@@ -645,7 +647,7 @@ fn query_migrate(shared: &Shared) -> Value {
         json!({
             "transferred": transferred,
             "remaining": 0,
-            "total": shared.ram().total(),
+            "total": ram_total,
             "duplicate": C::get(&c.zero_pages),
             "normal": normal,
             "normal-bytes": normal * TARGET_PAGE_SIZE,

@@ -1,0 +1,91 @@
+//! Starting a migration destination: rust-dest or a real QEMU, with the same
+//! QEMU-style command line and driven through the same QMP client.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+
+use crate::qemu::{QemuBinary, QemuVm, VmConfig};
+
+/// Which destination receives the migration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DestKind {
+    Rust,
+    Qemu,
+}
+
+impl DestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            DestKind::Rust => "rust",
+            DestKind::Qemu => "qemu",
+        }
+    }
+}
+
+impl std::str::FromStr for DestKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rust" | "rust-dest" => Ok(DestKind::Rust),
+            "qemu" => Ok(DestKind::Qemu),
+            o => Err(format!("unknown destination {o:?} (expected rust or qemu)")),
+        }
+    }
+}
+
+impl std::fmt::Display for DestKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Locate the rust-dest binary: `$CROSSMIG_RUST_DEST`, else next to the
+/// running executable (target/<profile>/ or target/<profile>/deps/..).
+pub fn rust_dest_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("CROSSMIG_RUST_DEST") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        bail!("CROSSMIG_RUST_DEST={} does not exist", p.display());
+    }
+    let exe = std::env::current_exe()?;
+    let mut dirs = Vec::new();
+    if let Some(d) = exe.parent() {
+        dirs.push(d.to_path_buf());
+        if let Some(dd) = d.parent() {
+            dirs.push(dd.to_path_buf());
+        }
+    }
+    for d in &dirs {
+        let c = d.join("rust-dest");
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    bail!(
+        "rust-dest binary not found next to {} (build it with `cargo build -p rust-dest`, or set CROSSMIG_RUST_DEST)",
+        exe.display()
+    )
+}
+
+/// The binary to run for a destination kind (`qemu` is the QEMU binary
+/// used for QEMU destinations).
+pub fn dest_binary(kind: DestKind, qemu: &QemuBinary) -> Result<QemuBinary> {
+    Ok(match kind {
+        DestKind::Qemu => qemu.clone(),
+        DestKind::Rust => QemuBinary::new(rust_dest_binary()?),
+    })
+}
+
+/// Start a destination with `-incoming defer -S` (capabilities are set
+/// before `migrate-incoming`, as QEMU requires for some of them).
+pub async fn start_dest(kind: DestKind, qemu: &QemuBinary, mut cfg: VmConfig, log: PathBuf) -> Result<QemuVm> {
+    cfg.incoming = Some("defer".into());
+    cfg.paused = true;
+    cfg.disk = None;
+    cfg.serial_log = None;
+    let bin = dest_binary(kind, qemu)?;
+    QemuVm::start(&bin, cfg, log).await
+}
