@@ -245,11 +245,12 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
     let src_rs = src.qmp.run_state().await.unwrap_or_else(|e| format!("? ({e})"));
     push("source run state", src_rs == "postmigrate", src_rs);
     let dst_rs = dst.qmp.run_state().await.unwrap_or_else(|e| format!("? ({e})"));
-    let want_rs = if opts.dest == DestKind::Rust && opts.mode == Mode::Postcopy { "running" } else { "paused" };
-    // rust-dest keeps "running" in postcopy only if started without -S;
-    // both destinations run with -S here.
-    let _ = want_rs;
-    push("destination run state", dst_rs == "paused", format!("{dst_rs} (started with -S)"));
+    let (want_rs, why) = if opts.dest == DestKind::Rust && opts.mode == Mode::Postcopy {
+        ("running", "started with -S, cont before postcopy")
+    } else {
+        ("paused", "started with -S")
+    };
+    push("destination run state", dst_rs == want_rs, format!("{dst_rs} ({why})"));
     if opts.mode == Mode::Postcopy {
         let reqs = u64_at(&src_final, &["ram", "postcopy-requests"]);
         push("postcopy page requests served by the source", true, format!("{reqs}"));
@@ -337,6 +338,13 @@ async fn run_migration(
     };
     src.qmp.set_parameters(params).await.context("source migrate-set-parameters")?;
 
+    if opts.dest == DestKind::Rust && opts.mode == Mode::Postcopy {
+        // Like libvirt: let the destination run as soon as postcopy starts,
+        // so rust-dest's simulated vCPUs fault on missing pages. (rust-dest's
+        // vCPUs only read, so its RAM stays comparable; a QEMU destination
+        // stays paused because its real guest would diverge.)
+        dst.execute("cont", Value::Null).await.context("destination cont")?;
+    }
     let port = free_tcp_port();
     let uri = format!("tcp:127.0.0.1:{port}");
     dst.execute("migrate-incoming", json!({ "uri": uri })).await.context("destination migrate-incoming")?;

@@ -185,7 +185,8 @@ pub fn vm_args(cfg: &VmConfig) -> Vec<String> {
     push(&["-nodefaults", "-display", "none"]);
     match &cfg.serial_log {
         Some(p) => push(&["-serial", &format!("file:{}", p.display())]),
-        None => push(&["-serial", "none"]),
+        // A serial device must exist on both sides (its state migrates).
+        None => push(&["-serial", "null"]),
     }
     if let Some(d) = &cfg.disk {
         push(&["-drive", &format!("file={},format=raw,if=ide", opt_escape(&d.to_string_lossy()))]);

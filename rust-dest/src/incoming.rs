@@ -823,10 +823,11 @@ impl Loader {
             (g.start_paused, g.globalstate.clone())
         };
         let run = !paused && gs.as_deref().is_none_or(|s| s == "running");
-        self.shared.set_status(MigStatus::Completed);
-        if self.pc_state == PcState::End || self.pc_state == PcState::None || !self.pc_state.is_postcopy_running() {
+        // Run state first, so a client that sees `completed` also sees it.
+        if self.shared.lock().run_state == RunState::InMigrate {
             self.shared.set_run_state(if run { RunState::Running } else { RunState::Paused });
         }
+        self.shared.set_status(MigStatus::Completed);
         if let Some(rp) = self.rp() {
             rp.send(&RpMessage::Shut(0)).map_err(|e| format!("return path: sending SHUT(0): {e}"))?;
             rp.close();
