@@ -7,3 +7,5 @@ pub mod qemu;
 pub mod dest;
 pub mod memcheck;
 pub mod migrate;
+pub mod proxy;
+pub mod provision;

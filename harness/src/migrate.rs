@@ -54,8 +54,15 @@ pub struct MigrateOpts {
     pub workdir: Option<PathBuf>,
     /// Extra arguments for the destination command line.
     pub dest_extra: Vec<String>,
-    /// Source capabilities/parameters on top of the defaults.
+    /// Capabilities set on both sides on top of the defaults.
     pub extra_caps: Vec<(String, bool)>,
+    /// Postcopy: pause (cut) and recover this many times.
+    pub recover_cuts: u32,
+    /// Issue `migrate-pause` on the destination instead of the source.
+    pub pause_on_dest: bool,
+    /// Postcopy bandwidth cap on the source (bytes/s, 0 = unlimited). Set
+    /// automatically to 16 MiB/s while recovery cuts are pending.
+    pub postcopy_bandwidth: u64,
 }
 
 impl MigrateOpts {
@@ -74,6 +81,9 @@ impl MigrateOpts {
             workdir: None,
             dest_extra: Vec::new(),
             extra_caps: Vec::new(),
+            recover_cuts: 0,
+            pause_on_dest: false,
+            postcopy_bandwidth: 0,
         }
     }
 }
@@ -107,6 +117,8 @@ pub struct MigrateReport {
     pub migration_ms: u64,
     /// RAM passes completed when postcopy was switched on.
     pub passes_at_postcopy: Option<u64>,
+    /// Postcopy pause/recover cycles completed.
+    pub recoveries: u32,
     pub source_final: Value,
     pub dest_final: Value,
     pub blocks: Vec<BlockCompare>,
@@ -216,7 +228,7 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
     dst.qmp.set_timeout(Duration::from_secs(30));
 
     let run = run_migration(opts, &src, &dst, &mut progress).await;
-    let (migration_ms, passes_at_postcopy, samples, src_final, dst_final) = match run {
+    let (migration_ms, passes_at_postcopy, recoveries, samples, src_final, dst_final) = match run {
         Ok(v) => v,
         Err(e) => {
             let msg = format!(
@@ -305,6 +317,7 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
         checks,
         migration_ms,
         passes_at_postcopy,
+        recoveries,
         source_final: src_final,
         dest_final: dst_final,
         blocks,
@@ -313,7 +326,7 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
     })
 }
 
-type RunOut = (u64, Option<u64>, Vec<Sample>, Value, Value);
+type RunOut = (u64, Option<u64>, u32, Vec<Sample>, Value, Value);
 
 async fn run_migration(
     opts: &MigrateOpts,
@@ -337,6 +350,10 @@ async fn run_migration(
         (Mode::Postcopy, false) => json!({"max-bandwidth": 256u64 << 20, "downtime-limit": 1}),
     };
     src.qmp.set_parameters(params).await.context("source migrate-set-parameters")?;
+    let pc_bw = if opts.recover_cuts > 0 && opts.postcopy_bandwidth == 0 { 16u64 << 20 } else { opts.postcopy_bandwidth };
+    if opts.mode == Mode::Postcopy && pc_bw > 0 {
+        src.qmp.set_parameters(json!({ "max-postcopy-bandwidth": pc_bw })).await?;
+    }
 
     if opts.dest == DestKind::Rust && opts.mode == Mode::Postcopy {
         // Like libvirt: let the destination run as soon as postcopy starts,
@@ -356,6 +373,8 @@ async fn run_migration(
     let mut samples = Vec::new();
     let mut first_sync: Option<u64> = None;
     let mut passes_at_postcopy = None;
+    let mut recoveries = 0u32;
+    let mut postcopy_since: Option<Instant> = None;
     let mut last_progress = Instant::now() - Duration::from_secs(1);
     let (sv, dv) = loop {
         let sv = src.qmp.query_migrate().await.context("source query-migrate")?;
@@ -392,6 +411,22 @@ async fn run_migration(
             src.execute("migrate-start-postcopy", Value::Null).await.context("migrate-start-postcopy")?;
             passes_at_postcopy = Some(passes);
         }
+        if ss == "postcopy-active" && postcopy_since.is_none() {
+            postcopy_since = Some(Instant::now());
+        }
+        if recoveries < opts.recover_cuts
+            && ss == "postcopy-active"
+            && ds == "postcopy-active"
+            && postcopy_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(300))
+        {
+            recover_once(src, dst, opts.pause_on_dest).await.with_context(|| format!("recovery #{}", recoveries + 1))?;
+            recoveries += 1;
+            postcopy_since = None;
+            if recoveries == opts.recover_cuts && opts.postcopy_bandwidth == 0 {
+                src.qmp.set_parameters(json!({ "max-postcopy-bandwidth": 0 })).await?;
+            }
+            continue;
+        }
         if ss == "completed" && ds == "completed" {
             break (sv, dv);
         }
@@ -404,5 +439,32 @@ async fn run_migration(
     if opts.mode == Mode::Postcopy && passes_at_postcopy.is_none() {
         bail!("precopy completed before postcopy could be started");
     }
-    Ok((ms, passes_at_postcopy, samples, sv, dv))
+    if recoveries < opts.recover_cuts {
+        bail!("postcopy completed after {recoveries} of {} recovery cycles", opts.recover_cuts);
+    }
+    Ok((ms, passes_at_postcopy, recoveries, samples, sv, dv))
+}
+
+/// Pause a running postcopy (migrate-pause on one side), wait until both
+/// sides are `postcopy-paused`, then recover: `migrate-recover` on the
+/// destination (a new listening address, sent out-of-band like QEMU's own
+/// tests and libvirt do) and `migrate resume=true` on the source.
+pub async fn recover_once(src: &QemuVm, dst: &QemuVm, pause_on_dest: bool) -> Result<()> {
+    let who = if pause_on_dest { dst } else { src };
+    who.execute("migrate-pause", Value::Null).await.context("migrate-pause")?;
+    let to = Duration::from_secs(30);
+    src.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await.context("source pausing")?;
+    dst.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await.context("destination pausing")?;
+    let uri = format!("tcp:127.0.0.1:{}", free_tcp_port());
+    dst.execute("migrate-recover", json!({ "uri": uri })).await.context("destination migrate-recover")?;
+    src.execute("migrate", json!({ "uri": uri, "resume": true })).await.context("source migrate resume=true")?;
+    src.qmp
+        .wait_migration_status(&["postcopy-active", "completed"], &["failed"], to)
+        .await
+        .context("source resuming")?;
+    dst.qmp
+        .wait_migration_status(&["postcopy-active", "completed"], &["failed"], to)
+        .await
+        .context("destination resuming")?;
+    Ok(())
 }

@@ -67,7 +67,7 @@ struct Inner {
     shared: Shared,
     uffd: Uffd,
     blocks: Vec<Arc<RamBlock>>,
-    rp: Option<Arc<ReturnPath>>,
+    rp: Mutex<Option<Arc<ReturnPath>>>,
     out: Mutex<Outstanding>,
     n_out: AtomicUsize,
     stop: AtomicBool,
@@ -110,7 +110,7 @@ impl PostcopyRuntime {
             shared,
             uffd,
             blocks,
-            rp,
+            rp: Mutex::new(rp),
             out: Mutex::new(Outstanding { map: HashMap::new(), last_block: None }),
             n_out: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -160,6 +160,38 @@ impl PostcopyRuntime {
         }
         Counters::add(&c.pages_placed_stream, 1);
         Ok(())
+    }
+
+    /// Swap the return path (None while postcopy is paused).
+    pub fn set_rp(&self, rp: Option<Arc<ReturnPath>>) {
+        *self.inner.rp.lock().unwrap() = rp;
+        if self.inner.rp.lock().unwrap().is_none() {
+            self.inner.out.lock().unwrap().last_block = None;
+        }
+    }
+
+    /// After POSTCOPY_RESUME: request every still-missing page again (the
+    /// first request names its block).
+    pub fn resend_outstanding(&self) {
+        let rp = self.inner.rp.lock().unwrap().clone();
+        let Some(rp) = rp else { return };
+        let mut o = self.inner.out.lock().unwrap();
+        o.last_block = None;
+        let mut keys: Vec<(usize, u64)> = o.map.keys().copied().collect();
+        keys.sort();
+        let mut sent = 0u64;
+        for (bi, page) in keys {
+            let b = &self.inner.blocks[bi];
+            if b.received.get(page) {
+                continue;
+            }
+            let m = request(&mut o, bi, &b.name, page * TARGET_PAGE_SIZE);
+            if rp.send(&m).is_ok() {
+                sent += 1;
+            }
+        }
+        Counters::add(&self.inner.shared.counters().page_requests, sent);
+        tracing::info!("postcopy resumed: re-requested {sent} page(s)");
     }
 
     /// POSTCOPY_RUN: start the simulated vCPUs.
@@ -291,21 +323,30 @@ fn handle_fault(inner: &Inner, addr: usize) {
             resolve_present_or_zero(inner, b, off);
             return;
         }
-        let m = if o.last_block == Some(bi) {
-            RpMessage::ReqPages { start: off, len: TARGET_PAGE_SIZE as u32 }
-        } else {
-            RpMessage::ReqPagesId { start: off, len: TARGET_PAGE_SIZE as u32, block: b.name.clone() }
-        };
-        o.last_block = Some(bi);
-        m
+        if inner.rp.lock().unwrap().is_none() {
+            // Paused: keep the request; it is sent after POSTCOPY_RESUME.
+            return;
+        }
+        request(&mut o, bi, &b.name, off)
     };
-    if let Some(rp) = &inner.rp {
+    let rp = inner.rp.lock().unwrap().clone();
+    if let Some(rp) = &rp {
         if let Err(e) = rp.send(&msg) {
             tracing::warn!("return path: page request failed: {e}");
         } else {
             Counters::add(&c.page_requests, 1);
         }
     }
+}
+
+fn request(o: &mut Outstanding, bi: usize, name: &str, off: u64) -> RpMessage {
+    let m = if o.last_block == Some(bi) {
+        RpMessage::ReqPages { start: off, len: TARGET_PAGE_SIZE as u32 }
+    } else {
+        RpMessage::ReqPagesId { start: off, len: TARGET_PAGE_SIZE as u32, block: name.to_string() }
+    };
+    o.last_block = Some(bi);
+    m
 }
 
 fn resolve_present_or_zero(inner: &Inner, b: &RamBlock, off: u64) {

@@ -19,6 +19,7 @@ use crate::codec::stream::{decode_footer, decode_header, decode_top, SectionKind
 use crate::codec::{vmdesc, Cursor, DecodeError, Encoder};
 use crate::fault::{PostcopyRuntime, VcpuConfig};
 use crate::postcopy::{self, Action, PcState};
+use crate::session::Session;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{DeviceSection, MigStatus, RunState, Shared};
 
@@ -95,13 +96,15 @@ pub struct Reader {
     /// Absolute offset of buf[0].
     base: u64,
     shared: Shared,
+    /// The connection failed or was closed (as opposed to a protocol error).
+    pub io_failed: bool,
 }
 
 const READ_CHUNK: usize = 1 << 20;
 
 impl Reader {
     pub fn new(src: Box<dyn Read + Send>, shared: Shared) -> Reader {
-        Reader { src, buf: vec![0; 4 * READ_CHUNK], start: 0, end: 0, base: 0, shared }
+        Reader { src, buf: vec![0; 4 * READ_CHUNK], start: 0, end: 0, base: 0, shared, io_failed: false }
     }
     pub fn window(&self) -> (&[u8], u64) {
         (&self.buf[self.start..self.end], self.base + self.start as u64)
@@ -129,14 +132,20 @@ impl Reader {
         }
         loop {
             match self.src.read(&mut self.buf[self.end..]) {
-                Ok(0) => return Ok(false),
+                Ok(0) => {
+                    self.io_failed = true;
+                    return Ok(false);
+                }
                 Ok(n) => {
                     self.end += n;
                     crate::state::Counters::add(&self.shared.counters().transferred, n as u64);
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.io_failed = true;
+                    return Err(e);
+                }
             }
         }
     }
@@ -199,6 +208,7 @@ pub const CH_PREEMPT: usize = 1;
 
 /// Per-connection loader state.
 pub struct Loader {
+    session: Arc<Session>,
     shared: Shared,
     cfg: Config,
     rp: Option<Arc<ReturnPath>>,
@@ -208,7 +218,7 @@ pub struct Loader {
     last_block: [Option<Arc<RamBlock>>; 2],
     ram_ctx: RamContext,
     pc_state: PcState,
-    postcopy: Option<PostcopyRuntime>,
+    postcopy: Option<Arc<PostcopyRuntime>>,
     /// SWITCHOVER_START or the ram END section was seen.
     final_phase: bool,
 }
@@ -223,10 +233,11 @@ enum Flow {
 }
 
 impl Loader {
-    pub fn new(shared: Shared, cfg: Config, rp_writer: Box<dyn Write + Send>) -> Loader {
+    pub fn new(session: Arc<Session>, rp_writer: Box<dyn Write + Send>) -> Loader {
         Loader {
-            shared,
-            cfg,
+            shared: session.shared.clone(),
+            cfg: (*session.cfg).clone(),
+            session,
             rp: None,
             rp_writer: Some(rp_writer),
             rp_open: false,
@@ -240,17 +251,82 @@ impl Loader {
     }
 
     /// Run the whole incoming migration on `src`. Marks the migration
-    /// completed or failed; never panics on bad input.
+    /// completed or failed; never panics on bad input. A connection lost
+    /// while postcopy runs pauses the migration (`postcopy-paused`) until a
+    /// recovery connection arrives (`migrate-recover`).
     pub fn run(mut self, src: Box<dyn Read + Send>) {
         self.shared.set_status(MigStatus::Active);
         let mut r = Reader::new(src, self.shared.clone());
-        let res = self.load(&mut r);
-        match res {
-            Ok(()) => {}
-            Err(msg) => self.fail(msg),
+        let mut with_header = true;
+        loop {
+            let res = self.load(&mut r, with_header);
+            match res {
+                Ok(()) => break,
+                Err(msg)
+                    if r.io_failed
+                        && self.pc_state == PcState::Running
+                        && self.shared.capability("postcopy-ram") =>
+                {
+                    tracing::warn!("postcopy paused: {msg}");
+                    self.pause(msg);
+                    match self.session.wait_recovery() {
+                        Some(sock) => {
+                            let w = match sock.try_clone() {
+                                Ok(w) => w,
+                                Err(e) => {
+                                    self.fail(format!("recovery channel: {e}"));
+                                    break;
+                                }
+                            };
+                            self.shared.set_status(MigStatus::PostcopyRecover);
+                            self.rp_writer = Some(Box::new(w));
+                            r = Reader::new(Box::new(sock), self.shared.clone());
+                            // The source opens the return path itself on the
+                            // recovery channel (no OPEN_RETURN_PATH command).
+                            self.open_rp();
+                            with_header = false;
+                        }
+                        None => break,
+                    }
+                }
+                Err(msg) => {
+                    self.fail(msg);
+                    break;
+                }
+            }
         }
+        self.session.set_runtime(None);
+        self.session.end();
         if let Some(pc) = self.postcopy.take() {
             pc.shutdown();
+        }
+    }
+
+    /// Postcopy-paused: drop the channel and return path; RAM stays
+    /// registered, faulting readers wait, requests are kept for resending.
+    fn pause(&mut self, msg: String) {
+        self.shared.lock().error_desc = Some(format!("postcopy paused: {msg}"));
+        if let Some(rp) = &self.rp {
+            rp.close();
+        }
+        self.rp = None;
+        self.rp_open = false;
+        self.last_block = [None, None];
+        if let Some(pc) = &self.postcopy {
+            pc.set_rp(None);
+        }
+        self.session.begin_pause();
+        self.shared.set_status(MigStatus::PostcopyPaused);
+    }
+
+    fn open_rp(&mut self) {
+        if let Some(w) = self.rp_writer.take() {
+            let rp = Arc::new(ReturnPath::new(w));
+            self.rp = Some(rp.clone());
+            self.rp_open = true;
+            if let Some(pc) = &self.postcopy {
+                pc.set_rp(Some(rp));
+            }
         }
     }
 
@@ -270,7 +346,14 @@ impl Loader {
         self.shared.lock().postcopy_state = s.name();
     }
 
-    fn load(&mut self, r: &mut Reader) -> Result<(), String> {
+    fn load(&mut self, r: &mut Reader, with_header: bool) -> Result<(), String> {
+        if with_header {
+            self.load_header(r)?;
+        }
+        self.load_records(r)
+    }
+
+    fn load_header(&mut self, r: &mut Reader) -> Result<(), String> {
         let expect_cfg = self.cfg.expect_configuration;
         let hdr = decode_with(r, |c| decode_header(c, expect_cfg))?;
         if let Some(cfg) = &hdr.configuration {
@@ -290,6 +373,10 @@ impl Loader {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn load_records(&mut self, r: &mut Reader) -> Result<(), String> {
         loop {
             let rec_off = r.offset();
             let flow = {
@@ -424,9 +511,10 @@ impl Loader {
         match &c {
             Command::OpenReturnPath => {
                 if !self.rp_open {
-                    let w = self.rp_writer.take().ok_or("return path writer unavailable")?;
-                    self.rp = Some(Arc::new(ReturnPath::new(w)));
-                    self.rp_open = true;
+                    self.open_rp();
+                    if !self.rp_open {
+                        return Err("return path writer unavailable".into());
+                    }
                     if self.shared.capability("switchover-ack") {
                         self.rp().unwrap().send(&RpMessage::SwitchoverAck).map_err(|e| format!("return path: {e}"))?;
                     }
@@ -444,10 +532,34 @@ impl Loader {
             }
             Command::EnableColo => return Err(format!("ENABLE_COLO at byte offset {off}: COLO is not supported")),
             Command::PostcopyResume => {
-                tracing::warn!("POSTCOPY_RESUME outside postcopy recovery ignored (byte offset {off})");
+                if self.shared.lock().status != MigStatus::PostcopyRecover {
+                    tracing::warn!("POSTCOPY_RESUME outside postcopy recovery ignored (byte offset {off})");
+                } else {
+                    self.shared.lock().error_desc = None;
+                    self.shared.set_status(MigStatus::PostcopyActive);
+                    let rp = self.rp().ok_or("POSTCOPY_RESUME without a return path")?.clone();
+                    rp.send(&RpMessage::ResumeAck(MIGRATION_RESUME_ACK_VALUE))
+                        .map_err(|e| format!("return path: sending RESUME_ACK: {e}"))?;
+                    if let Some(pc) = &self.postcopy {
+                        pc.resend_outstanding();
+                    }
+                }
             }
             Command::RecvBitmap(b) => {
-                tracing::warn!("RECV_BITMAP for {b:?} outside postcopy recovery ignored (byte offset {off})");
+                if self.shared.lock().status != MigStatus::PostcopyRecover {
+                    tracing::warn!("RECV_BITMAP for {b:?} outside postcopy recovery ignored (byte offset {off})");
+                } else {
+                    let blk = self
+                        .shared
+                        .ram()
+                        .get(b)
+                        .ok_or_else(|| format!("RECV_BITMAP for unknown RAMBlock {b:?} at byte offset {off}"))?;
+                    let rp = self.rp().ok_or("RECV_BITMAP without a return path")?.clone();
+                    let mut e = Encoder::new();
+                    RpMessage::RecvBitmap { block: b.clone() }.encode(&mut e);
+                    crate::codec::rp::encode_recv_bitmap_data(&mut e, &blk.received.to_le_bytes());
+                    rp.send_raw(&e.buf).map_err(|e| format!("return path: sending the received bitmap of {b:?}: {e}"))?;
+                }
             }
             Command::Packaged(len) => {
                 if in_package {
@@ -475,6 +587,8 @@ impl Loader {
                         self.shared.set_status(MigStatus::PostcopyActive);
                         let rt = PostcopyRuntime::start(self.shared.clone(), self.rp.clone(), self.cfg.vcpu.clone())
                             .map_err(|e| format!("POSTCOPY_LISTEN at byte offset {off}: cannot set up userfaultfd: {e}"))?;
+                        let rt = Arc::new(rt);
+                        self.session.set_runtime(Some(rt.clone()));
                         self.postcopy = Some(rt);
                         return Ok(());
                     }

@@ -22,3 +22,5 @@ pub mod incoming;
 pub mod postcopy;
 pub mod cli;
 pub mod listen;
+pub mod preempt;
+pub mod session;

@@ -6,8 +6,8 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::incoming::{Config, Loader};
-use crate::state::{MigStatus, Shared};
+use crate::session::{Session, Sock};
+use crate::state::MigStatus;
 
 /// A parsed incoming URI.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,103 +39,62 @@ pub fn parse_uri(uri: &str) -> Result<IncomingUri, String> {
 }
 
 /// Bind the listener now (so errors are reported to the caller) and accept
-/// connections on a background thread.
-pub fn start(shared: Shared, cfg: Arc<Config>, uri: &str) -> Result<(), String> {
-    let u = parse_uri(uri)?;
+/// connections on a background thread. Marks the incoming migration started
+/// (status `setup`).
+pub fn start(session: Arc<Session>, uri: &str) -> Result<(), String> {
     {
-        let g = shared.lock();
+        let g = session.shared.lock();
         if g.incoming_started {
             return Err("The incoming migration has already been started".into());
         }
     }
-    match u {
-        IncomingUri::Defer => return Err("'defer' cannot be used with migrate-incoming".into()),
+    bind(session.clone(), uri)?;
+    {
+        let mut g = session.shared.lock();
+        g.incoming_started = true;
+        g.incoming_uri = Some(uri.to_string());
+    }
+    session.shared.set_status(MigStatus::Setup);
+    Ok(())
+}
+
+/// Bind another listener for the same session (`migrate-recover URI`).
+pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), String> {
+    match parse_uri(uri)? {
+        IncomingUri::Defer => Err("'defer' cannot be used here".into()),
         IncomingUri::Tcp(addr) => {
             let l = TcpListener::bind(&addr).map_err(|e| format!("Failed to bind socket {addr}: {e}"))?;
-            mark_started(&shared, uri);
-            let sh = shared.clone();
             std::thread::Builder::new()
                 .name("incoming-accept".into())
-                .spawn(move || accept_tcp(sh, cfg, l))
+                .spawn(move || {
+                    for s in l.incoming() {
+                        match s {
+                            Ok(s) => {
+                                let _ = s.set_nodelay(true);
+                                session.on_connection(Sock::Tcp(s));
+                            }
+                            Err(e) => tracing::warn!("accept: {e}"),
+                        }
+                    }
+                })
                 .map_err(|e| e.to_string())?;
+            Ok(())
         }
         IncomingUri::Unix(p) => {
             let _ = std::fs::remove_file(&p);
             let l = UnixListener::bind(&p).map_err(|e| format!("Failed to bind socket {}: {e}", p.display()))?;
-            mark_started(&shared, uri);
-            let sh = shared.clone();
             std::thread::Builder::new()
                 .name("incoming-accept".into())
-                .spawn(move || accept_unix(sh, cfg, l, p))
+                .spawn(move || {
+                    for s in l.incoming() {
+                        match s {
+                            Ok(s) => session.on_connection(Sock::Unix(s)),
+                            Err(e) => tracing::warn!("accept: {e}"),
+                        }
+                    }
+                })
                 .map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(())
-}
-
-fn mark_started(shared: &Shared, uri: &str) {
-    {
-        let mut g = shared.lock();
-        g.incoming_started = true;
-        g.incoming_uri = Some(uri.to_string());
-    }
-    shared.set_status(MigStatus::Setup);
-}
-
-fn accept_tcp(shared: Shared, cfg: Arc<Config>, l: TcpListener) {
-    let mut main_taken = false;
-    for s in l.incoming() {
-        match s {
-            Ok(s) => {
-                let _ = s.set_nodelay(true);
-                if main_taken {
-                    tracing::warn!("extra incoming connection from {:?} ignored (no multifd/preempt configured)", s.peer_addr());
-                    continue;
-                }
-                main_taken = true;
-                let w = match s.try_clone() {
-                    Ok(w) => w,
-                    Err(e) => {
-                        shared.fail(format!("cannot clone the main channel socket: {e}"));
-                        continue;
-                    }
-                };
-                let sh = shared.clone();
-                let c = (*cfg).clone();
-                let _ = std::thread::Builder::new()
-                    .name("incoming-main".into())
-                    .spawn(move || Loader::new(sh, c, Box::new(w)).run(Box::new(s)));
-            }
-            Err(e) => tracing::warn!("accept: {e}"),
-        }
-    }
-}
-
-fn accept_unix(shared: Shared, cfg: Arc<Config>, l: UnixListener, path: PathBuf) {
-    let mut main_taken = false;
-    for s in l.incoming() {
-        match s {
-            Ok(s) => {
-                if main_taken {
-                    tracing::warn!("extra incoming connection on {} ignored", path.display());
-                    continue;
-                }
-                main_taken = true;
-                // QEMU removes nothing here; the socket file stays until exit.
-                let w = match s.try_clone() {
-                    Ok(w) => w,
-                    Err(e) => {
-                        shared.fail(format!("cannot clone the main channel socket: {e}"));
-                        continue;
-                    }
-                };
-                let sh = shared.clone();
-                let c = (*cfg).clone();
-                let _ = std::thread::Builder::new()
-                    .name("incoming-main".into())
-                    .spawn(move || Loader::new(sh, c, Box::new(w)).run(Box::new(s)));
-            }
-            Err(e) => tracing::warn!("accept: {e}"),
+            Ok(())
         }
     }
 }

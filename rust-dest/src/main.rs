@@ -50,15 +50,17 @@ fn main() {
         ..Config::default()
     });
     let deferred = opts.incoming.as_deref() == Some("defer");
+    let session = rust_dest::session::Session::new(shared.clone(), cfg.clone());
     {
-        let sh = shared.clone();
-        let cfg = cfg.clone();
+        let se = session.clone();
         shared.set_incoming_starter(Box::new(move |uri: &str| {
             if !deferred {
                 return Err("The incoming migration has already been started (or -incoming defer was not given)".into());
             }
-            listen::start(sh.clone(), cfg.clone(), uri)
+            listen::start(se.clone(), uri)
         }));
+        let se = session.clone();
+        shared.set_recover_handler(Box::new(move |uri: &str| listen::bind(se.clone(), uri)));
     }
     for q in &opts.qmp {
         if let Err(e) = qmp::spawn(shared.clone(), q) {
@@ -71,7 +73,7 @@ fn main() {
     }
     if let Some(uri) = &opts.incoming {
         if !deferred {
-            if let Err(e) = listen::start(shared.clone(), cfg.clone(), uri) {
+            if let Err(e) = listen::start(session.clone(), uri) {
                 eprintln!("rust-dest: -incoming {uri}: {e}");
                 std::process::exit(1);
             }

@@ -570,8 +570,17 @@ async fn dispatch(shared: &Shared, name: &str, args: Map<String, Value>) -> QRes
         }
         // The connection asks the process to quit after sending the reply.
         "quit" => no_args(a).map(|_| json!({}))?,
-        "migrate-pause" | "migrate-recover" => {
-            return Err(QmpErr::generic(format!("'{name}' is not supported yet by rust-dest")));
+        "migrate-pause" => {
+            no_args(a)?;
+            shared.pause().map_err(QmpErr::generic)?;
+            json!({})
+        }
+        "migrate-recover" => {
+            let mut a = a;
+            let uri = a.str("uri")?;
+            a.finish()?;
+            shared.recover(&uri).map_err(QmpErr::generic)?;
+            json!({})
         }
         "x-crossmig-query-ramblocks" => no_args(a).map(|_| ramblocks(shared))?,
         "x-crossmig-ram-digests" => ram_digests(shared, a).await?,
@@ -678,6 +687,8 @@ fn query_migrate(shared: &Shared) -> Value {
             "page-requests": C::get(&c.page_requests),
             "pages-placed-stream": C::get(&c.pages_placed_stream),
             "pages-placed-requested": C::get(&c.pages_placed_requested),
+            "zero-pages-on-fault": C::get(&c.zero_pages_on_fault),
+            "preempt-pages": C::get(&c.preempt_pages),
             "discard-commands": C::get(&c.discard_commands),
             "discarded-pages": C::get(&c.discarded_pages),
             "pings": C::get(&c.pings),

@@ -101,6 +101,8 @@ pub struct Counters {
     /// Faults on pages already received as zero and never written
     /// (resolved locally with a zero page, no request).
     pub zero_pages_on_fault: AtomicU64,
+    /// Pages received on the postcopy-preempt channel.
+    pub preempt_pages: AtomicU64,
     /// Sum of fault-to-placement latencies in microseconds.
     pub fault_latency_us_total: AtomicU64,
 }
@@ -177,6 +179,10 @@ pub struct SharedInner {
     /// from `-object memory-backend-file`).
     pub ram: Arc<RamTable>,
     starter: Mutex<Option<IncomingStarter>>,
+    /// `migrate-recover URI`: listen for the recovery channel.
+    recover: Mutex<Option<IncomingStarter>>,
+    /// `migrate-pause`: shut the incoming main channel down.
+    pause: Mutex<Option<Box<dyn Fn() -> Result<(), String> + Send + Sync>>>,
     /// Signals process exit (`quit`).
     quit: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
@@ -234,6 +240,8 @@ impl Shared {
             events: tx,
             ram,
             starter: Mutex::new(None),
+            recover: Mutex::new(None),
+            pause: Mutex::new(None),
             quit: Mutex::new(None),
         }))
     }
@@ -323,6 +331,39 @@ impl Shared {
         match g.as_ref() {
             Some(f) => f(uri),
             None => Err("incoming migration is not available".into()),
+        }
+    }
+
+    pub fn set_recover_handler(&self, f: IncomingStarter) {
+        *self.0.recover.lock().unwrap() = Some(f);
+    }
+
+    /// `migrate-recover URI` (only in postcopy-paused).
+    pub fn recover(&self, uri: &str) -> Result<(), String> {
+        if self.lock().status != MigStatus::PostcopyPaused {
+            return Err("Migrate recover can only be run when postcopy is paused.".into());
+        }
+        let g = self.0.recover.lock().unwrap();
+        match g.as_ref() {
+            Some(f) => f(uri),
+            None => Err("postcopy recovery is not available".into()),
+        }
+    }
+
+    pub fn set_pause_handler(&self, f: Box<dyn Fn() -> Result<(), String> + Send + Sync>) {
+        *self.0.pause.lock().unwrap() = Some(f);
+    }
+
+    /// `migrate-pause` on the destination: only during postcopy.
+    pub fn pause(&self) -> Result<(), String> {
+        let st = self.lock().status;
+        if st != MigStatus::PostcopyActive && st != MigStatus::PostcopyRecover {
+            return Err(format!("migrate-pause is currently only supported during postcopy-active or postcopy-recover state (current: {})", st.as_str()));
+        }
+        let g = self.0.pause.lock().unwrap();
+        match g.as_ref() {
+            Some(f) => f(),
+            None => Err("no incoming migration to pause".into()),
         }
     }
 

@@ -1,0 +1,781 @@
+//! A TCP proxy owned by the harness, placed between a migration source and
+//! its destination: it forwards every accepted connection to an upstream
+//! address and can record or damage the source→destination direction.
+//!
+//! * Every accepted connection gets its own upstream connection; connections
+//!   are numbered 0, 1, 2, … in accept order (a source may open several:
+//!   main channel, multifd, postcopy-preempt).
+//! * A [`ProxyPlan`] applies to the source→destination ("forward") direction
+//!   of one connection ([`ProxyPlan::conn`], default 0): record the forwarded
+//!   bytes, XOR bytes at given offsets, truncate or cut at an offset, stall
+//!   once, throttle. The destination→source direction (the return path) is
+//!   always forwarded untouched. Connections without a plan are forwarded
+//!   untouched.
+//! * [`ProxyHandle`] gives runtime control and statistics: bytes forwarded
+//!   per direction per connection, how each connection ended, and
+//!   [`ProxyHandle::cut_now`].
+//! * Dropping the [`Proxy`] aborts every task and closes every socket.
+//!
+//! Offsets are byte offsets in the forward byte stream of that connection
+//! (0 = the first byte the source sent on it).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+/// How long a truncated connection keeps draining the destination's side
+/// (so the destination sees a clean FIN after the last byte, not a reset).
+const TRUNCATE_DRAIN: Duration = Duration::from_secs(10);
+/// How long a cut waits for the forwarded bytes to leave the send queue
+/// before resetting the connection.
+const CUT_FLUSH: Duration = Duration::from_millis(500);
+/// Read/forward chunk size.
+const CHUNK: usize = 64 * 1024;
+
+/// What to do with the source→destination direction of one connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyPlan {
+    /// Index of the connection (accept order) this plan applies to.
+    pub conn: usize,
+    /// Write every forwarded byte (after `flip`, i.e. exactly what the
+    /// destination is sent) to this file. The file is created (truncated)
+    /// by [`Proxy::start`].
+    pub record: Option<PathBuf>,
+    /// `(offset, xor)`: XOR the byte at `offset` with `xor` on the way.
+    pub flip: Vec<(u64, u8)>,
+    /// Forward exactly this many bytes, then close both directions: the
+    /// destination gets a FIN right after the last byte (it sees a
+    /// truncated stream), the source's socket is closed.
+    pub truncate_at: Option<u64>,
+    /// Forward exactly this many bytes, then "cut the network": both
+    /// sockets are reset (RST). The proxy waits up to 500 ms for the bytes
+    /// to leave its send queue first, so the destination normally receives
+    /// all of them and then a reset. See also [`ProxyHandle::cut_now`].
+    pub cut_at: Option<u64>,
+    /// Once `at_offset` bytes have been forwarded, pause forwarding (this
+    /// direction) for the given time.
+    pub stall: Option<(u64, Duration)>,
+    /// Forward at most this many bytes per second (this direction).
+    pub throttle: Option<u64>,
+}
+
+impl ProxyPlan {
+    /// A plan for connection 0 that changes nothing.
+    pub fn new() -> ProxyPlan {
+        ProxyPlan::default()
+    }
+    pub fn on_connection(mut self, conn: usize) -> Self {
+        self.conn = conn;
+        self
+    }
+    pub fn record(mut self, path: impl Into<PathBuf>) -> Self {
+        self.record = Some(path.into());
+        self
+    }
+    pub fn flip(mut self, offset: u64, xor: u8) -> Self {
+        self.flip.push((offset, xor));
+        self
+    }
+    pub fn truncate_at(mut self, n: u64) -> Self {
+        self.truncate_at = Some(n);
+        self
+    }
+    pub fn cut_at(mut self, n: u64) -> Self {
+        self.cut_at = Some(n);
+        self
+    }
+    pub fn stall(mut self, at: u64, d: Duration) -> Self {
+        self.stall = Some((at, d));
+        self
+    }
+    pub fn throttle(mut self, bytes_per_sec: u64) -> Self {
+        self.throttle = Some(bytes_per_sec);
+        self
+    }
+}
+
+/// How a proxied connection ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConnEnd {
+    /// Both directions ended with EOF and were shut down in turn.
+    Closed,
+    /// `truncate_at` reached.
+    Truncated,
+    /// `cut_at` reached or [`ProxyHandle::cut_now`]/[`ProxyHandle::cut_conn`].
+    Cut,
+    /// Connecting upstream failed, or a socket error.
+    Error(String),
+}
+
+/// Runtime statistics of one proxied connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Accept order, from 0.
+    pub index: usize,
+    /// The source's address.
+    pub peer: SocketAddr,
+    /// Bytes forwarded source → destination (written upstream).
+    pub src_to_dst: u64,
+    /// Bytes forwarded destination → source.
+    pub dst_to_src: u64,
+    /// `None` while the connection is open.
+    pub end: Option<ConnEnd>,
+}
+
+struct ConnState {
+    index: usize,
+    peer: SocketAddr,
+    up: AtomicU64,
+    down: AtomicU64,
+    end: Mutex<Option<ConnEnd>>,
+    cut: Notify,
+}
+
+impl ConnState {
+    fn finish(&self, e: ConnEnd) {
+        let mut g = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        if g.is_none() {
+            tracing::debug!(conn = self.index, end = ?e, "proxy connection ended");
+            *g = Some(e);
+        }
+    }
+    fn ended(&self) -> bool {
+        self.end.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+    fn stats(&self) -> ConnStats {
+        ConnStats {
+            index: self.index,
+            peer: self.peer,
+            src_to_dst: self.up.load(Ordering::Relaxed),
+            dst_to_src: self.down.load(Ordering::Relaxed),
+            end: self.end.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}
+
+struct Inner {
+    upstream: SocketAddr,
+    plans: Vec<ProxyPlan>,
+    /// Record files created at start, taken by their connection.
+    records: Mutex<HashMap<usize, File>>,
+    conns: Mutex<Vec<Arc<ConnState>>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+    /// Signalled on every accept and every connection end.
+    changed: Notify,
+}
+
+/// Runtime control of a [`Proxy`] (cheap to clone). Does nothing once the
+/// proxy is dropped.
+#[derive(Clone)]
+pub struct ProxyHandle(Arc<Inner>);
+
+impl ProxyHandle {
+    /// Statistics of every connection accepted so far, in accept order.
+    pub fn stats(&self) -> Vec<ConnStats> {
+        self.0.conns.lock().unwrap().iter().map(|c| c.stats()).collect()
+    }
+
+    /// Statistics of connection `i`, if it was accepted.
+    pub fn conn(&self, i: usize) -> Option<ConnStats> {
+        self.0.conns.lock().unwrap().get(i).map(|c| c.stats())
+    }
+
+    /// `(src_to_dst, dst_to_src)` bytes of connection `i` (zeros if not accepted).
+    pub fn bytes(&self, i: usize) -> (u64, u64) {
+        self.conn(i).map(|s| (s.src_to_dst, s.dst_to_src)).unwrap_or((0, 0))
+    }
+
+    /// Number of connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.0.conns.lock().unwrap().len()
+    }
+
+    /// Cut (reset) every open connection now. Connections accepted later
+    /// are forwarded normally.
+    pub fn cut_now(&self) {
+        for c in self.0.conns.lock().unwrap().iter() {
+            if !c.ended() {
+                c.cut.notify_one();
+            }
+        }
+    }
+
+    /// Cut (reset) connection `i` now, if it is open.
+    pub fn cut_conn(&self, i: usize) {
+        if let Some(c) = self.0.conns.lock().unwrap().get(i) {
+            if !c.ended() {
+                c.cut.notify_one();
+            }
+        }
+    }
+
+    /// Wait until `pred(stats)` holds (re-checked on every accept and every
+    /// connection end, and every 50 ms). Fails on timeout.
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&[ConnStats]) -> bool, timeout: Duration) -> Result<Vec<ConnStats>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.0.changed.notified();
+            let s = self.stats();
+            if pred(&s) {
+                return Ok(s);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                anyhow::bail!("proxy: timed out after {timeout:?} waiting for {what}; connections: {s:?}");
+            }
+            let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(50)), notified).await;
+        }
+    }
+
+    /// Wait until connection `i` was accepted and has ended.
+    pub async fn wait_ended(&self, i: usize, timeout: Duration) -> Result<ConnStats> {
+        let s = self
+            .wait_for(&format!("connection {i} to end"), |s| s.get(i).is_some_and(|c| c.end.is_some()), timeout)
+            .await?;
+        Ok(s[i].clone())
+    }
+}
+
+/// A running proxy. Dropping it stops everything.
+pub struct Proxy {
+    addr: SocketAddr,
+    handle: ProxyHandle,
+    accept: AbortHandle,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy").field("addr", &self.addr).field("upstream", &self.handle.0.upstream).finish()
+    }
+}
+
+impl Proxy {
+    /// Listen on `listen` (e.g. `"127.0.0.1:0"`) and forward to `upstream`
+    /// with `plan` applied to connection `plan.conn`. Must be called inside
+    /// a tokio runtime.
+    pub async fn start(listen: &str, upstream: SocketAddr, plan: ProxyPlan) -> Result<Proxy> {
+        Self::start_plans(listen, upstream, vec![plan]).await
+    }
+
+    /// Like [`start`](Self::start) with one plan per connection (each
+    /// names its connection; at most one plan per connection).
+    pub async fn start_plans(listen: &str, upstream: SocketAddr, plans: Vec<ProxyPlan>) -> Result<Proxy> {
+        let mut records = HashMap::new();
+        for (i, p) in plans.iter().enumerate() {
+            if plans[..i].iter().any(|q| q.conn == p.conn) {
+                anyhow::bail!("proxy: two plans for connection {}", p.conn);
+            }
+            if let Some(path) = &p.record {
+                let f = File::create(path).with_context(|| format!("proxy: creating record file {}", path.display()))?;
+                records.insert(p.conn, f);
+            }
+        }
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("proxy: binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            upstream,
+            plans,
+            records: Mutex::new(records),
+            conns: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+        });
+        let accept = tokio::spawn(accept_loop(listener, inner.clone())).abort_handle();
+        tracing::debug!(%addr, %upstream, "proxy started");
+        Ok(Proxy { addr, handle: ProxyHandle(inner), accept })
+    }
+
+    /// The address the proxy listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `tcp:HOST:PORT` URI of [`addr`](Self::addr), for QMP `migrate`.
+    pub fn uri(&self) -> String {
+        format!("tcp:{}", self.addr)
+    }
+
+    pub fn upstream(&self) -> SocketAddr {
+        self.handle.0.upstream
+    }
+
+    pub fn handle(&self) -> ProxyHandle {
+        self.handle.clone()
+    }
+
+    pub fn stats(&self) -> Vec<ConnStats> {
+        self.handle.stats()
+    }
+
+    pub fn cut_now(&self) {
+        self.handle.cut_now()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for t in self.handle.0.tasks.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
+    loop {
+        let (sock, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("proxy accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let st = {
+            let mut conns = inner.conns.lock().unwrap();
+            let st = Arc::new(ConnState {
+                index: conns.len(),
+                peer,
+                up: AtomicU64::new(0),
+                down: AtomicU64::new(0),
+                end: Mutex::new(None),
+                cut: Notify::new(),
+            });
+            conns.push(st.clone());
+            st
+        };
+        let plan = inner.plans.iter().find(|p| p.conn == st.index).cloned().unwrap_or_default();
+        let record = inner.records.lock().unwrap().remove(&st.index);
+        let inner2 = inner.clone();
+        let t = tokio::spawn(async move {
+            run_conn(sock, &st, inner2.upstream, &plan, record).await;
+            inner2.changed.notify_waiters();
+        });
+        inner.tasks.lock().unwrap().push(t.abort_handle());
+        inner.changed.notify_waiters();
+    }
+}
+
+/// Result of the forward pump.
+enum Fwd {
+    Eof,
+    Truncated,
+    Cut,
+    Error(String),
+}
+
+async fn run_conn(client: TcpStream, st: &ConnState, upstream: SocketAddr, plan: &ProxyPlan, mut record: Option<File>) {
+    let _ = client.set_nodelay(true);
+    let up = match TcpStream::connect(upstream).await {
+        Ok(s) => s,
+        Err(e) => {
+            st.finish(ConnEnd::Error(format!("connecting upstream {upstream}: {e}")));
+            return;
+        }
+    };
+    let _ = up.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = up.into_split();
+
+    let end = {
+        let fwd = pump_forward(&mut cr, &mut uw, plan, st, &mut record);
+        let back = pump_plain(&mut ur, &mut cw, &st.down);
+        tokio::pin!(fwd);
+        tokio::pin!(back);
+        let (mut fwd_eof, mut back_eof) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut fwd, if !fwd_eof => match r {
+                    Fwd::Eof => {
+                        fwd_eof = true;
+                        if back_eof { break ConnEnd::Closed; }
+                    }
+                    Fwd::Truncated => break ConnEnd::Truncated,
+                    Fwd::Cut => break ConnEnd::Cut,
+                    Fwd::Error(e) => break ConnEnd::Error(e),
+                },
+                r = &mut back, if !back_eof => match r {
+                    Ok(()) => {
+                        back_eof = true;
+                        if fwd_eof { break ConnEnd::Closed; }
+                    }
+                    Err(e) => break ConnEnd::Error(e),
+                },
+                _ = st.cut.notified() => break ConnEnd::Cut,
+            }
+        }
+    };
+    if let Some(f) = record.as_mut() {
+        let _ = f.flush();
+    }
+    match &end {
+        ConnEnd::Truncated => {
+            // FIN to the destination right after the last forwarded byte,
+            // close the source's side, and drain what the destination still
+            // sends until it closes (closing with unread data would reset).
+            let _ = uw.shutdown().await;
+            drop((cr, cw));
+            st.finish(ConnEnd::Truncated);
+            let mut sink = vec![0u8; CHUNK];
+            let _ = tokio::time::timeout(TRUNCATE_DRAIN, async {
+                while let Ok(n) = ur.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+        ConnEnd::Cut => {
+            wait_send_queue_empty(uw.as_ref(), CUT_FLUSH).await;
+            let _ = cr.as_ref().set_zero_linger();
+            let _ = uw.as_ref().set_zero_linger();
+            st.finish(ConnEnd::Cut);
+        }
+        ConnEnd::Closed => st.finish(ConnEnd::Closed),
+        ConnEnd::Error(e) => st.finish(ConnEnd::Error(e.clone())),
+    }
+}
+
+/// Wait (polling) until the kernel send queue of `s` is empty, at most `max`.
+async fn wait_send_queue_empty(s: &TcpStream, max: Duration) {
+    let deadline = Instant::now() + max;
+    loop {
+        let mut n: libc::c_int = 0;
+        // SIOCOUTQ: bytes not yet acknowledged by the peer.
+        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        if r != 0 || n == 0 || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The forward direction with the plan applied.
+async fn pump_forward(
+    r: &mut OwnedReadHalf,
+    w: &mut OwnedWriteHalf,
+    plan: &ProxyPlan,
+    st: &ConnState,
+    record: &mut Option<File>,
+) -> Fwd {
+    let mut buf = vec![0u8; CHUNK];
+    let mut off: u64 = 0;
+    let mut stalled = false;
+    // Throttle: the earliest time the next chunk may start.
+    let mut next_slot = Instant::now();
+    loop {
+        if let Some((at, d)) = plan.stall {
+            if !stalled && off >= at {
+                stalled = true;
+                tokio::time::sleep(d).await;
+            }
+        }
+        if plan.truncate_at.is_some_and(|n| off >= n) {
+            return Fwd::Truncated;
+        }
+        if plan.cut_at.is_some_and(|n| off >= n) {
+            return Fwd::Cut;
+        }
+        // Never read past the next event offset, so events happen exactly.
+        let mut max = buf.len() as u64;
+        let stall_at = plan.stall.filter(|_| !stalled).map(|(a, _)| a);
+        for l in [plan.truncate_at, plan.cut_at, stall_at].into_iter().flatten() {
+            if l > off {
+                max = max.min(l - off);
+            }
+        }
+        if let Some(rate) = plan.throttle {
+            max = max.min((rate / 20).max(1));
+        }
+        let n = match r.read(&mut buf[..max as usize]).await {
+            Ok(0) => {
+                let _ = w.shutdown().await;
+                return Fwd::Eof;
+            }
+            Ok(n) => n,
+            Err(e) => return Fwd::Error(format!("reading from the source at byte offset {off}: {e}")),
+        };
+        let chunk = &mut buf[..n];
+        for &(fo, x) in &plan.flip {
+            if fo >= off && fo < off + n as u64 {
+                chunk[(fo - off) as usize] ^= x;
+            }
+        }
+        if let Some(rate) = plan.throttle {
+            let start = next_slot.max(Instant::now());
+            next_slot = start + Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
+            tokio::time::sleep_until(next_slot.into()).await;
+        }
+        if let Some(f) = record.as_mut() {
+            if let Err(e) = f.write_all(chunk) {
+                tracing::warn!("proxy: writing the record file: {e}");
+                *record = None;
+            }
+        }
+        if let Err(e) = w.write_all(chunk).await {
+            return Fwd::Error(format!("writing to the destination at byte offset {off}: {e}"));
+        }
+        off += n as u64;
+        st.up.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+/// Forward untouched until EOF (then shut down the write side).
+async fn pump_plain(r: &mut OwnedReadHalf, w: &mut OwnedWriteHalf, count: &AtomicU64) -> std::result::Result<(), String> {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => {
+                let _ = w.shutdown().await;
+                return Ok(());
+            }
+            Ok(n) => n,
+            Err(e) => return Err(format!("reading from the destination: {e}")),
+        };
+        w.write_all(&buf[..n]).await.map_err(|e| format!("writing to the source: {e}"))?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::oneshot;
+
+    /// An upstream that reads everything of its first connection (returned
+    /// through the oneshot with how it ended) and optionally writes
+    /// `reply` right after accepting.
+    async fn sink(reply: Vec<u8>) -> (SocketAddr, oneshot::Receiver<(Vec<u8>, std::io::Result<()>)>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            if !reply.is_empty() {
+                s.write_all(&reply).await.unwrap();
+            }
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            let res = loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => break Err(e),
+                }
+            };
+            let _ = tx.send((got, res));
+        });
+        (addr, rx)
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    async fn send_all(addr: SocketAddr, data: &[u8]) -> TcpStream {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let _ = c.write_all(data).await;
+        c
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn forwards_both_ways_and_counts() {
+        let (up, rx) = sink(b"hello from upstream".to_vec()).await;
+        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new()).await.unwrap();
+        let data = pattern(300_000);
+        let mut c = send_all(p.addr(), &data).await;
+        let mut back = vec![0u8; 19];
+        c.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"hello from upstream");
+        c.shutdown().await.unwrap();
+        let (got, res) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+        res.unwrap();
+        assert_eq!(got, data);
+        // upstream closed after reading EOF -> client sees EOF too
+        let mut rest = Vec::new();
+        tokio::time::timeout(T, c.read_to_end(&mut rest)).await.unwrap().unwrap();
+        let s = p.handle().wait_ended(0, T).await.unwrap();
+        assert_eq!(s.src_to_dst, data.len() as u64);
+        assert_eq!(s.dst_to_src, 19);
+        assert_eq!(s.end, Some(ConnEnd::Closed));
+        assert_eq!(p.handle().bytes(0), (300_000, 19));
+    }
+
+    #[tokio::test]
+    async fn flip_and_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = dir.path().join("rec.bin");
+        let (up, rx) = sink(vec![]).await;
+        let plan = ProxyPlan::new().record(&rec).flip(0, 0xff).flip(65_535, 0x01).flip(65_536, 0x80).flip(199_999, 0x0f).flip(5_000_000, 1);
+        let p = Proxy::start("127.0.0.1:0", up, plan).await.unwrap();
+        let data = pattern(200_000);
+        let mut c = send_all(p.addr(), &data).await;
+        c.shutdown().await.unwrap();
+        let (got, _) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+        let mut want = data.clone();
+        want[0] ^= 0xff;
+        want[65_535] ^= 0x01;
+        want[65_536] ^= 0x80;
+        want[199_999] ^= 0x0f;
+        assert_eq!(got.len(), want.len());
+        let diff: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
+        assert!(diff.is_empty(), "bytes differ at {diff:?}");
+        p.handle().wait_ended(0, T).await.unwrap();
+        assert_eq!(std::fs::read(&rec).unwrap(), want, "record holds the forwarded (damaged) bytes");
+    }
+
+    #[tokio::test]
+    async fn plan_applies_to_its_connection_only() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up = l.local_addr().unwrap();
+        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new().on_connection(1).flip(1, 0xff)).await.unwrap();
+        let mut outs = Vec::new();
+        for _ in 0..3 {
+            let mut c = TcpStream::connect(p.addr()).await.unwrap();
+            c.write_all(&[1, 2, 3]).await.unwrap();
+            c.shutdown().await.unwrap();
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await.unwrap();
+            outs.push(got);
+            drop(c);
+        }
+        assert_eq!(outs, vec![vec![1, 2, 3], vec![1, 0xfd, 3], vec![1, 2, 3]]);
+        assert_eq!(p.handle().connections(), 3);
+    }
+
+    #[tokio::test]
+    async fn truncate_exact() {
+        for n in [0u64, 1, 65_536, 100_001] {
+            let (up, rx) = sink(vec![]).await;
+            let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new().truncate_at(n)).await.unwrap();
+            let data = pattern(300_000);
+            let mut c = TcpStream::connect(p.addr()).await.unwrap();
+            // the proxy closes the source side: writing fails eventually, or
+            // succeeds into buffers; either way reading sees the close
+            let _ = tokio::time::timeout(T, c.write_all(&data)).await.unwrap();
+            let (got, res) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+            assert!(res.is_ok(), "destination must see a clean EOF, got {res:?}");
+            assert_eq!(got, data[..n as usize], "truncate_at {n}");
+            let mut b = Vec::new();
+            let r = tokio::time::timeout(T, c.read_to_end(&mut b)).await.unwrap();
+            assert!(b.is_empty(), "{r:?}");
+            let s = p.handle().wait_ended(0, T).await.unwrap();
+            assert_eq!(s.end, Some(ConnEnd::Truncated));
+            assert_eq!(s.src_to_dst, n);
+        }
+    }
+
+    #[tokio::test]
+    async fn cut_at_and_cut_now() {
+        // cut_at: exactly n bytes, then reset
+        let (up, rx) = sink(vec![]).await;
+        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new().cut_at(12_345)).await.unwrap();
+        let mut c = TcpStream::connect(p.addr()).await.unwrap();
+        let _ = tokio::time::timeout(T, c.write_all(&pattern(100_000))).await.unwrap();
+        let (got, _res) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+        assert_eq!(got, pattern(12_345));
+        let s = p.handle().wait_ended(0, T).await.unwrap();
+        assert_eq!(s.end, Some(ConnEnd::Cut));
+        let mut b = Vec::new();
+        let r = tokio::time::timeout(T, c.read_to_end(&mut b)).await.unwrap();
+        assert!(r.is_err(), "source side must be reset, got {r:?}");
+
+        // cut_now on an idle open connection
+        let (up, rx) = sink(vec![]).await;
+        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new()).await.unwrap();
+        let mut c = send_all(p.addr(), b"abc").await;
+        p.handle().wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T).await.unwrap();
+        p.cut_now();
+        let (got, res) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+        assert_eq!(got, b"abc");
+        assert!(res.is_err(), "destination must see a reset, got {res:?}");
+        let mut b = Vec::new();
+        assert!(tokio::time::timeout(T, c.read_to_end(&mut b)).await.unwrap().is_err());
+        assert_eq!(p.handle().wait_ended(0, T).await.unwrap().end, Some(ConnEnd::Cut));
+    }
+
+    #[tokio::test]
+    async fn throttle_and_stall_timing() {
+        // 200 KB at 400 KB/s: ~0.5 s
+        let (up, rx) = sink(vec![]).await;
+        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new().throttle(400_000)).await.unwrap();
+        let t0 = Instant::now();
+        let mut c = send_all(p.addr(), &pattern(200_000)).await;
+        c.shutdown().await.unwrap();
+        let (got, _) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+        let dt = t0.elapsed();
+        assert_eq!(got.len(), 200_000);
+        assert!(dt >= Duration::from_millis(400) && dt <= Duration::from_millis(1500), "throttled transfer took {dt:?}");
+
+        // stall 300 ms after 1000 bytes
+        let (up, rx) = sink(vec![]).await;
+        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new().stall(1000, Duration::from_millis(300))).await.unwrap();
+        let t0 = Instant::now();
+        let mut c = send_all(p.addr(), &pattern(5000)).await;
+        p.handle()
+            .wait_for("1000 bytes", |s| s.first().is_some_and(|c| c.src_to_dst >= 1000), T)
+            .await
+            .unwrap();
+        assert_eq!(p.handle().bytes(0).0, 1000, "stall must happen at exactly 1000 bytes");
+        c.shutdown().await.unwrap();
+        let (got, _) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+        let dt = t0.elapsed();
+        assert_eq!(got, pattern(5000));
+        assert!(dt >= Duration::from_millis(280) && dt <= Duration::from_millis(2000), "stalled transfer took {dt:?}");
+    }
+
+    #[tokio::test]
+    async fn drop_stops_everything() {
+        let (up, rx) = sink(vec![]).await;
+        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new()).await.unwrap();
+        let addr = p.addr();
+        let mut c = send_all(addr, b"xyz").await;
+        p.handle().wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T).await.unwrap();
+        drop(p);
+        // both sides of the open connection are closed
+        let (got, _) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+        assert_eq!(got, b"xyz");
+        let mut b = Vec::new();
+        let _ = tokio::time::timeout(T, c.read_to_end(&mut b)).await.unwrap();
+        // and the listener is gone
+        let mut refused = false;
+        for _ in 0..100 {
+            if TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "listener still accepting after drop");
+    }
+
+    #[tokio::test]
+    async fn upstream_refused() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = l.local_addr().unwrap();
+        drop(l);
+        let p = Proxy::start("127.0.0.1:0", dead, ProxyPlan::new()).await.unwrap();
+        let mut c = TcpStream::connect(p.addr()).await.unwrap();
+        let s = p.handle().wait_ended(0, T).await.unwrap();
+        assert!(matches!(s.end, Some(ConnEnd::Error(ref e)) if e.contains("connecting upstream")), "{s:?}");
+        let mut b = Vec::new();
+        let _ = tokio::time::timeout(T, c.read_to_end(&mut b)).await.unwrap();
+    }
+}
