@@ -14,6 +14,7 @@ use crate::guestcheck;
 use crate::images::{self, Workload};
 use crate::memcheck::{self, BlockCompare};
 use crate::procs::{free_tcp_port, unique_name, PathGuard};
+use crate::proxy::{Proxy, ProxyPlan};
 use crate::qemu::{QemuBinary, QemuVm, VmConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -63,6 +64,11 @@ pub struct MigrateOpts {
     /// Postcopy bandwidth cap on the source (bytes/s, 0 = unlimited). Set
     /// automatically to 16 MiB/s while recovery cuts are pending.
     pub postcopy_bandwidth: u64,
+    /// Route every connection through the harness's proxy and record what
+    /// the source sent, so that every RAMBlock (also ROMs, which the source
+    /// keeps in process memory) can be checked against a replay of the wire
+    /// bytes. Default: on for rust-dest.
+    pub record: bool,
 }
 
 impl MigrateOpts {
@@ -84,6 +90,7 @@ impl MigrateOpts {
             recover_cuts: 0,
             pause_on_dest: false,
             postcopy_bandwidth: 0,
+            record: dest == DestKind::Rust,
         }
     }
 }
@@ -227,7 +234,8 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
     let dst = start_dest(opts.dest, &dq, dcfg, workdir.join(format!("{tag}-dst-{}.log", opts.dest.name()))).await?;
     dst.qmp.set_timeout(Duration::from_secs(30));
 
-    let run = run_migration(opts, &src, &dst, &mut progress).await;
+    let mut rec = Recorder { dir: workdir.clone(), tag: tag.clone(), enabled: opts.record, proxies: Vec::new(), files: Vec::new() };
+    let run = run_migration(opts, &src, &dst, &mut rec, &mut progress).await;
     let (migration_ms, passes_at_postcopy, recoveries, samples, src_final, dst_final) = match run {
         Ok(v) => v,
         Err(e) => {
@@ -289,7 +297,35 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
             names.push(format!("{name} ({} KiB)", b["used-length"].as_u64().unwrap_or(0) >> 10));
         }
         push("RAMBlocks created from the stream", !names.is_empty(), names.join(", "));
+        if opts.record {
+            // Every RAMBlock against an offline replay of the recorded wire bytes.
+            let replay = rec.replay()?;
+            let mut bad = Vec::new();
+            let mut n = 0;
+            for b in d["blocks"].as_array().cloned().unwrap_or_default() {
+                let name = b["name"].as_str().unwrap_or("?").to_string();
+                let pd = rust_dest::digest::from_hex(b["page-digests"].as_str().unwrap_or("")).unwrap_or_default();
+                let want = replay.page_digests(&name).unwrap_or_default();
+                let c = memcheck::compare_digests(&name, &want, &pd, "replay of the recorded stream vs rust-dest QMP page digests");
+                n += 1;
+                if !c.ok() {
+                    bad.push(c.to_string());
+                }
+                blocks.push(c);
+            }
+            let missing: Vec<_> = replay.blocks.keys().filter(|k| !d["blocks"].as_array().is_some_and(|a| a.iter().any(|b| b["name"] == **k))).cloned().collect();
+            push(
+                "every RAMBlock matches the recorded stream",
+                bad.is_empty() && missing.is_empty() && n > 0,
+                if bad.is_empty() && missing.is_empty() {
+                    format!("{n} blocks, {} connection(s) recorded, {} pages + {} zero pages replayed", rec.files.len(), replay.pages, replay.zero_pages)
+                } else {
+                    format!("{}{}", bad.join("; "), if missing.is_empty() { String::new() } else { format!(" missing on rust-dest: {missing:?}") })
+                },
+            );
+        }
     }
+    drop(rec);
     // The guest's own invariant on the destination's copy.
     let dram = std::fs::read(&dst.cfg.mem_path)?;
     match opts.workload {
@@ -328,10 +364,75 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
 
 type RunOut = (u64, Option<u64>, u32, Vec<Sample>, Value, Value);
 
+/// Optional recording proxies in front of the destination.
+pub struct Recorder {
+    pub dir: PathBuf,
+    pub tag: String,
+    pub enabled: bool,
+    pub proxies: Vec<Proxy>,
+    pub files: Vec<PathBuf>,
+}
+
+impl Recorder {
+    /// The URI the source should connect to for a destination listening on
+    /// `port` (a new recording proxy when enabled).
+    pub async fn uri_for(&mut self, port: u16) -> Result<String> {
+        if !self.enabled {
+            return Ok(format!("tcp:127.0.0.1:{port}"));
+        }
+        let k = self.proxies.len();
+        let plans: Vec<ProxyPlan> = (0..4)
+            .map(|c| {
+                let f = self.dir.join(format!("{}-rec{k}-conn{c}.bin", self.tag));
+                self.files.push(f.clone());
+                ProxyPlan::new().on_connection(c).record(f)
+            })
+            .collect();
+        let p = Proxy::start_plans("127.0.0.1:0", ([127, 0, 0, 1], port).into(), plans).await?;
+        let uri = p.uri();
+        self.proxies.push(p);
+        Ok(uri)
+    }
+
+    /// Replay everything recorded: main channels (the first with the stream
+    /// header, recovery channels without), then preempt channels.
+    pub fn replay(&self) -> Result<crate::streamcheck::Replay> {
+        let mut r = crate::streamcheck::Replay::default();
+        let mut preempt = Vec::new();
+        for f in &self.files {
+            let b = match std::fs::read(f) {
+                Ok(b) if !b.is_empty() => b,
+                _ => continue,
+            };
+            if b.starts_with(b"QEVM") {
+                r.main_channel(&b)?;
+            } else if b[0] == rust_dest::codec::consts::QEMU_VM_COMMAND {
+                r.recovery_channel(&b)?;
+            } else {
+                preempt.push(b);
+            }
+        }
+        for b in preempt {
+            r.preempt_channel(&b)?;
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.proxies.clear();
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
 async fn run_migration(
     opts: &MigrateOpts,
     src: &QemuVm,
     dst: &QemuVm,
+    rec: &mut Recorder,
     progress: &mut impl FnMut(&Progress),
 ) -> Result<RunOut> {
     let mut caps: Vec<(String, bool)> = vec![("events".into(), true)];
@@ -363,9 +464,10 @@ async fn run_migration(
         dst.execute("cont", Value::Null).await.context("destination cont")?;
     }
     let port = free_tcp_port();
-    let uri = format!("tcp:127.0.0.1:{port}");
-    dst.execute("migrate-incoming", json!({ "uri": uri })).await.context("destination migrate-incoming")?;
+    let dst_uri = format!("tcp:127.0.0.1:{port}");
+    dst.execute("migrate-incoming", json!({ "uri": dst_uri })).await.context("destination migrate-incoming")?;
     dst.qmp.wait_migration_status(&["setup"], &["failed"], Duration::from_secs(10)).await?;
+    let uri = rec.uri_for(port).await?;
 
     let t0 = Instant::now();
     src.execute("migrate", json!({ "uri": uri })).await.context("source migrate")?;
@@ -419,7 +521,7 @@ async fn run_migration(
             && ds == "postcopy-active"
             && postcopy_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(300))
         {
-            recover_once(src, dst, opts.pause_on_dest).await.with_context(|| format!("recovery #{}", recoveries + 1))?;
+            recover_once(src, dst, opts.pause_on_dest, rec).await.with_context(|| format!("recovery #{}", recoveries + 1))?;
             recoveries += 1;
             postcopy_since = None;
             if recoveries == opts.recover_cuts && opts.postcopy_bandwidth == 0 {
@@ -449,14 +551,17 @@ async fn run_migration(
 /// sides are `postcopy-paused`, then recover: `migrate-recover` on the
 /// destination (a new listening address, sent out-of-band like QEMU's own
 /// tests and libvirt do) and `migrate resume=true` on the source.
-pub async fn recover_once(src: &QemuVm, dst: &QemuVm, pause_on_dest: bool) -> Result<()> {
+pub async fn recover_once(src: &QemuVm, dst: &QemuVm, pause_on_dest: bool, rec: &mut Recorder) -> Result<()> {
     let who = if pause_on_dest { dst } else { src };
     who.execute("migrate-pause", Value::Null).await.context("migrate-pause")?;
     let to = Duration::from_secs(30);
     src.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await.context("source pausing")?;
     dst.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await.context("destination pausing")?;
-    let uri = format!("tcp:127.0.0.1:{}", free_tcp_port());
-    dst.execute("migrate-recover", json!({ "uri": uri })).await.context("destination migrate-recover")?;
+    let port = free_tcp_port();
+    dst.execute("migrate-recover", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))
+        .await
+        .context("destination migrate-recover")?;
+    let uri = rec.uri_for(port).await?;
     src.execute("migrate", json!({ "uri": uri, "resume": true })).await.context("source migrate resume=true")?;
     src.qmp
         .wait_migration_status(&["postcopy-active", "completed"], &["failed"], to)

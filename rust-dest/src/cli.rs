@@ -14,9 +14,10 @@ rust-dest: a QEMU-compatible live-migration destination (precopy and postcopy)
 Usage: rust-dest [QEMU-style options] [rust-dest options]
 
 QEMU-style options (same syntax as qemu-system-x86_64):
-  -incoming tcp:HOST:PORT | unix:PATH | defer
-                        where to accept the migration ('defer': wait for the
-                        QMP command migrate-incoming)
+  -incoming tcp:HOST:PORT | unix:PATH | file:PATH | defer
+                        where to accept the migration ('file:' reads a
+                        recorded stream; 'defer': wait for the QMP command
+                        migrate-incoming)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
                         QMP monitor (may be given several times)
   -machine TYPE[,memory-backend=ID][,suppress-vmdesc=on|off]

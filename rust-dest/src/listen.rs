@@ -14,6 +14,8 @@ use crate::state::MigStatus;
 pub enum IncomingUri {
     Tcp(String),
     Unix(PathBuf),
+    /// A recorded stream file (`file:PATH`): read once, no return path.
+    File(PathBuf),
     Defer,
 }
 
@@ -29,13 +31,20 @@ pub fn parse_uri(uri: &str) -> Result<IncomingUri, String> {
         }
         return Ok(IncomingUri::Tcp(addr));
     }
+    if let Some(p) = uri.strip_prefix("file:") {
+        let p = p.split(',').next().unwrap_or("");
+        if p.is_empty() {
+            return Err("file: URI without a path".into());
+        }
+        return Ok(IncomingUri::File(PathBuf::from(p)));
+    }
     if let Some(p) = uri.strip_prefix("unix:") {
         if p.is_empty() {
             return Err("unix: URI without a path".into());
         }
         return Ok(IncomingUri::Unix(PathBuf::from(p)));
     }
-    Err(format!("unknown migration protocol: {uri:?} (rust-dest supports tcp:, unix: and defer)"))
+    Err(format!("unknown migration protocol: {uri:?} (rust-dest supports tcp:, unix:, file: and defer)"))
 }
 
 /// Bind the listener now (so errors are reported to the caller) and accept
@@ -62,6 +71,11 @@ pub fn start(session: Arc<Session>, uri: &str) -> Result<(), String> {
 pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), String> {
     match parse_uri(uri)? {
         IncomingUri::Defer => Err("'defer' cannot be used here".into()),
+        IncomingUri::File(p) => {
+            let f = std::fs::File::open(&p).map_err(|e| format!("Failed to open file {}: {e}", p.display()))?;
+            session.on_file(f);
+            Ok(())
+        }
         IncomingUri::Tcp(addr) => {
             let l = TcpListener::bind(&addr).map_err(|e| format!("Failed to bind socket {addr}: {e}"))?;
             std::thread::Builder::new()

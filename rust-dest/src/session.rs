@@ -138,6 +138,16 @@ impl Session {
         }
     }
 
+    /// A recorded stream from a file: the main channel, no return path
+    /// (writes go nowhere).
+    pub fn on_file(self: &Arc<Session>, f: std::fs::File) {
+        self.lock().main_taken = true;
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("incoming-file".into())
+            .spawn(move || Loader::new(me, Box::new(io::sink())).run(Box::new(f)));
+    }
+
     pub fn set_runtime(&self, rt: Option<Arc<PostcopyRuntime>>) {
         self.lock().runtime = rt;
         self.cv.notify_all();
