@@ -9,3 +9,6 @@ pub mod memcheck;
 pub mod migrate;
 pub mod proxy;
 pub mod provision;
+pub mod synth;
+pub mod streamcheck;
+pub mod scenario;

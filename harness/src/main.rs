@@ -20,6 +20,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run scenario files (or directories of them): every variant, with live progress and a result table.
+    Run {
+        /// Scenario files or directories (default: scenarios/).
+        files: Vec<PathBuf>,
+        /// Only variants whose name contains this text.
+        #[arg(long)]
+        filter: Option<String>,
+        /// List the variants and exit.
+        #[arg(long)]
+        list: bool,
+        /// Check the files (parse, expand, validate) and exit.
+        #[arg(long)]
+        check: bool,
+        /// Write a JSON report (steps with timings, query-migrate samples of both sides, verdicts).
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Run one verified migration from a real QEMU source with a live test guest.
     Migrate {
         /// Destination: rust (rust-dest) or qemu (a real QEMU destination).
@@ -84,6 +101,58 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
+        Cmd::Run { files, filter, list, check, json } => {
+            let files = if files.is_empty() { vec![PathBuf::from("scenarios")] } else { files };
+            let files = harness::scenario::find_files(&files)?;
+            let mut variants = Vec::new();
+            let mut load_errors = 0;
+            for f in &files {
+                match harness::scenario::load(f) {
+                    Ok(v) => variants.extend(v),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        load_errors += 1;
+                    }
+                }
+            }
+            if let Some(fl) = &filter {
+                variants.retain(|v| v.name().contains(fl.as_str()));
+            }
+            if list || check {
+                for v in &variants {
+                    println!("{}", v.name());
+                }
+                eprintln!("{} file(s), {} variant(s), {} load error(s)", files.len(), variants.len(), load_errors);
+                return Ok(load_errors == 0);
+            }
+            let mut outcomes = Vec::new();
+            let t0 = std::time::Instant::now();
+            for (i, v) in variants.iter().enumerate() {
+                eprint!("[{}/{}] {} ... ", i + 1, variants.len(), v.name());
+                let o = if let Some(m) = harness::scenario::missing_prerequisite(v) {
+                    eprintln!("SKIPPED ({m})");
+                    continue;
+                } else {
+                    harness::scenario::run_variant(v).await
+                };
+                eprintln!("{} ({} ms)", if o.ok { "ok" } else { "FAILED" }, o.ms);
+                if !o.ok {
+                    eprintln!("    {}", o.error.clone().unwrap_or_default().replace('\n', "\n    "));
+                }
+                outcomes.push(o);
+            }
+            println!("\n{:<60} {:>8} {:>9}", "variant", "result", "time");
+            for o in &outcomes {
+                println!("{:<60} {:>8} {:>7}ms", o.name, if o.ok { "ok" } else { "FAILED" }, o.ms);
+            }
+            let passed = outcomes.iter().filter(|o| o.ok).count();
+            println!("{} passed, {} failed ({} load errors) in {:.1}s", passed, outcomes.len() - passed, load_errors, t0.elapsed().as_secs_f64());
+            if let Some(j) = json {
+                std::fs::write(&j, serde_json::to_vec_pretty(&outcomes)?)?;
+                eprintln!("report written to {}", j.display());
+            }
+            Ok(passed == outcomes.len() && load_errors == 0)
+        }
         Cmd::Migrate { dest, mode, stopped, mem, workload, postcopy_after, qemu, machine, timeout, logs, json } => {
             let qemu = match qemu {
                 Some(p) => QemuBinary::new(p),

@@ -1,0 +1,66 @@
+//! The conformance suite: every variant of every scenario in `scenarios/`
+//! as one test named `scenario[axis=value,...]`, run through libtest-mimic
+//! (usual filters, `--list`, `--exact`, `--skip`, `--test-threads`).
+//!
+//! Variants that need a QEMU build that is not installed are ignored, except
+//! under CI (`CI=true`), where they fail and say what to install.
+//! `CROSSMIG_REPORT_DIR=DIR` writes one JSON report per variant.
+
+use std::path::PathBuf;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+
+fn main() {
+    let args = Arguments::from_args();
+    let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../scenarios"));
+    let files = harness::scenario::find_files(&[dir]).expect("reading scenarios/");
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    let report_dir = std::env::var_os("CROSSMIG_REPORT_DIR").map(PathBuf::from);
+    let mut trials = Vec::new();
+    for f in files {
+        match harness::scenario::load(&f) {
+            Err(e) => {
+                let name = format!("{}[load]", f.file_stem().unwrap().to_string_lossy());
+                trials.push(Trial::test(name, move || Err(Failed::from(e.to_string()))));
+            }
+            Ok(variants) => {
+                for v in variants {
+                    let kind = match v.doc.kind {
+                        harness::scenario::Kind::Migration => "migration",
+                        harness::scenario::Kind::Stream => "stream",
+                    };
+                    let missing = harness::scenario::missing_prerequisite(&v);
+                    let ignored = missing.is_some() && !ci;
+                    let rd = report_dir.clone();
+                    let t = Trial::test(v.name(), move || {
+                        if let Some(m) = missing {
+                            return Err(Failed::from(format!("cannot run here: {m}")));
+                        }
+                        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                        let out = rt.block_on(harness::scenario::run_variant(&v));
+                        drop(rt);
+                        if let Some(d) = rd {
+                            let _ = std::fs::create_dir_all(&d);
+                            let p = d.join(format!("{}.json", out.name.replace(['/', ' '], "_")));
+                            let _ = std::fs::write(p, serde_json::to_vec_pretty(&out).unwrap_or_default());
+                        }
+                        if out.ok {
+                            Ok(())
+                        } else {
+                            let steps: Vec<String> = out
+                                .steps
+                                .iter()
+                                .map(|s| format!("  [{}] {} ({} ms) {}", if s.ok { "ok" } else { "FAIL" }, s.step, s.ms, s.detail))
+                                .collect();
+                            Err(Failed::from(format!("{}\n{}", out.error.unwrap_or_default(), steps.join("\n"))))
+                        }
+                    })
+                    .with_kind(kind)
+                    .with_ignored_flag(ignored);
+                    trials.push(t);
+                }
+            }
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}
