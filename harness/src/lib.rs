@@ -12,3 +12,4 @@ pub mod provision;
 pub mod synth;
 pub mod streamcheck;
 pub mod scenario;
+pub mod bench;

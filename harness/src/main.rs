@@ -20,6 +20,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Provision and list QEMU builds (7.2, 10.0, 11.1) side by side in a cache folder.
+    #[command(subcommand)]
+    Qemu(harness::provision::QemuCmd),
     /// Run scenario files (or directories of them): every variant, with live progress and a result table.
     Run {
         /// Scenario files or directories (default: scenarios/).
@@ -101,6 +104,10 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
+        Cmd::Qemu(c) => {
+            harness::provision::run_qemu_cmd(c)?;
+            Ok(true)
+        }
         Cmd::Run { files, filter, list, check, json } => {
             let files = if files.is_empty() { vec![PathBuf::from("scenarios")] } else { files };
             let files = harness::scenario::find_files(&files)?;

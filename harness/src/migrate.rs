@@ -61,8 +61,9 @@ pub struct MigrateOpts {
     pub recover_cuts: u32,
     /// Issue `migrate-pause` on the destination instead of the source.
     pub pause_on_dest: bool,
-    /// Postcopy bandwidth cap on the source (bytes/s, 0 = unlimited). Set
-    /// automatically to 16 MiB/s while recovery cuts are pending.
+    /// Postcopy bandwidth cap on the source (bytes/s, 0 = unlimited;
+    /// default 64 MiB/s so the postcopy phase lasts long enough for
+    /// demand faults). 16 MiB/s while recovery cuts are pending.
     pub postcopy_bandwidth: u64,
     /// Route every connection through the harness's proxy and record what
     /// the source sent, so that every RAMBlock (also ROMs, which the source
@@ -89,7 +90,7 @@ impl MigrateOpts {
             extra_caps: Vec::new(),
             recover_cuts: 0,
             pause_on_dest: false,
-            postcopy_bandwidth: 0,
+            postcopy_bandwidth: if mode == Mode::Postcopy { 64 << 20 } else { 0 },
             record: dest == DestKind::Rust,
         }
     }
@@ -364,6 +365,27 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
 
 type RunOut = (u64, Option<u64>, u32, Vec<Sample>, Value, Value);
 
+/// Wait until a destination listens after `migrate-incoming`: status
+/// `setup` (QEMU 8+, rust-dest), or QEMU 7.2's status-less reply that only
+/// lists its `socket-address`.
+pub async fn wait_incoming_listening(dst: &QemuVm) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = dst.qmp.query_migrate().await?;
+        let st = status_of(&v);
+        if st == "setup" || (st == "none" && v.get("socket-address").is_some()) {
+            return Ok(());
+        }
+        if st == "failed" {
+            bail!("destination failed after migrate-incoming: {v}");
+        }
+        if Instant::now() > deadline {
+            bail!("destination is not listening 10 s after migrate-incoming: {v}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Optional recording proxies in front of the destination.
 pub struct Recorder {
     pub dir: PathBuf,
@@ -451,7 +473,7 @@ async fn run_migration(
         (Mode::Postcopy, false) => json!({"max-bandwidth": 256u64 << 20, "downtime-limit": 1}),
     };
     src.qmp.set_parameters(params).await.context("source migrate-set-parameters")?;
-    let pc_bw = if opts.recover_cuts > 0 && opts.postcopy_bandwidth == 0 { 16u64 << 20 } else { opts.postcopy_bandwidth };
+    let pc_bw = if opts.recover_cuts > 0 { 16u64 << 20 } else { opts.postcopy_bandwidth };
     if opts.mode == Mode::Postcopy && pc_bw > 0 {
         src.qmp.set_parameters(json!({ "max-postcopy-bandwidth": pc_bw })).await?;
     }
@@ -466,7 +488,7 @@ async fn run_migration(
     let port = free_tcp_port();
     let dst_uri = format!("tcp:127.0.0.1:{port}");
     dst.execute("migrate-incoming", json!({ "uri": dst_uri })).await.context("destination migrate-incoming")?;
-    dst.qmp.wait_migration_status(&["setup"], &["failed"], Duration::from_secs(10)).await?;
+    wait_incoming_listening(dst).await?;
     let uri = rec.uri_for(port).await?;
 
     let t0 = Instant::now();
@@ -524,8 +546,8 @@ async fn run_migration(
             recover_once(src, dst, opts.pause_on_dest, rec).await.with_context(|| format!("recovery #{}", recoveries + 1))?;
             recoveries += 1;
             postcopy_since = None;
-            if recoveries == opts.recover_cuts && opts.postcopy_bandwidth == 0 {
-                src.qmp.set_parameters(json!({ "max-postcopy-bandwidth": 0 })).await?;
+            if recoveries == opts.recover_cuts {
+                src.qmp.set_parameters(json!({ "max-postcopy-bandwidth": opts.postcopy_bandwidth })).await?;
             }
             continue;
         }

@@ -158,6 +158,7 @@ pub struct Installed {
 
 /// State of one series in the cache.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Status {
     Complete(Installed),
     /// Nothing there (no manifest, no partial files).
@@ -467,7 +468,19 @@ pub fn install_with_progress(series: &str, progress: &mut dyn FnMut(&str)) -> Re
     let mut m = match series {
         "7.2" => install_bookworm_72(&dir, progress)?,
         "10.0" => install_host(progress)?,
-        "11.1" => install_sid(&dir, progress)?,
+        "11.1" => {
+            // A bootstrapped root left by an earlier run is reused; if the
+            // result does not verify, start again from an empty folder.
+            let reusable = dir.join(".debootstrap-done").is_file();
+            match install_sid(&dir, progress, true).and_then(|m| verify_manifest(series, &m).map(|_| m)) {
+                Ok(m) => m,
+                Err(e) if reusable => {
+                    progress(&format!("the reused sid root failed ({e:#}); starting from scratch"));
+                    install_sid(&dir, progress, false)?
+                }
+                Err(e) => return Err(e),
+            }
+        }
         _ => unreachable!(),
     };
     m.install_seconds = (t0.elapsed().as_secs_f64() * 10.0).round() / 10.0;
@@ -679,7 +692,8 @@ fn install_bookworm_72(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Man
 
     let is72 = |v: &str| is_upstream_series(v, "7.2");
     let any = |_: &str| true;
-    let wants: [(&str, &dyn Fn(&str) -> bool); 5] = [
+    type Want<'a> = (&'a str, &'a dyn Fn(&str) -> bool);
+    let wants: [Want; 5] = [
         ("qemu-system-x86", &is72),
         ("qemu-system-common", &is72),
         ("qemu-system-data", &is72),
@@ -931,7 +945,7 @@ fn chroot_cmd(root: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn install_sid(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Manifest> {
+fn install_sid(dir: &Path, progress: &mut dyn FnMut(&str), allow_reuse: bool) -> Result<Manifest> {
     let log = dir.join("install.log");
     let root = dir.join("root");
     let bootstrapped = dir.join(".debootstrap-done");
@@ -947,7 +961,7 @@ fn install_sid(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Manifest> {
     }
 
     let mirror = std::env::var("CROSSMIG_DEBIAN_MIRROR").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_MIRROR.into());
-    if bootstrapped.is_file() && root.join("usr/bin/apt-get").is_file() {
+    if allow_reuse && bootstrapped.is_file() && root.join("usr/bin/apt-get").is_file() {
         progress(&format!("reusing the bootstrapped sid root {}", root.display()));
     } else {
         let _ = fs::remove_file(&bootstrapped);
@@ -1157,8 +1171,16 @@ pub fn list_table() -> String {
                 details.push(d);
             }
             st => {
-                rows.push([s.clone(), "-".into(), "-".into(), "-".into(), st.reason().unwrap_or_default()]);
-                details.push(Vec::new());
+                // One line in the table, the full reason below it.
+                let reason = st.reason().unwrap_or_default();
+                let first = reason.lines().next().unwrap_or("").to_string();
+                let short = if first.chars().count() > 100 { format!("{}…", first.chars().take(100).collect::<String>()) } else { first };
+                rows.push([s.clone(), "-".into(), "-".into(), "-".into(), short]);
+                details.push(if reason.contains('\n') || reason.chars().count() > 100 {
+                    reason.lines().map(|l| format!("| {l}")).collect()
+                } else {
+                    Vec::new()
+                });
             }
         }
     }

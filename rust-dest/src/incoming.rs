@@ -172,6 +172,27 @@ fn io_err(e: io::Error, at: u64) -> String {
     format!("read error on the main channel at byte offset {at}: {e}")
 }
 
+/// The configuration section carries no length, so at the very end of the
+/// stream the header decoder cannot tell a complete header from one whose
+/// subsections are missing and reports a truncation at the header's start.
+/// If the bytes received form a complete header, say the stream ended there.
+fn header_error(r: &Reader, expect_cfg: bool, e: String) -> String {
+    if !e.starts_with("stream truncated") {
+        return e;
+    }
+    let (w, base) = r.window();
+    let mut probe = w.to_vec();
+    probe.push(QEMU_VM_EOF);
+    let mut c = Cursor::new(&probe, base);
+    match decode_header(&mut c, expect_cfg) {
+        Ok(_) if c.pos() == w.len() => format!(
+            "stream truncated: connection closed by the source right after the stream header, at byte offset {} (no section or command followed)",
+            base + w.len() as u64
+        ),
+        _ => e,
+    }
+}
+
 /// Decode with `f` from the reader's window, reading more as needed.
 fn decode_with<T>(
     r: &mut Reader,
@@ -221,6 +242,10 @@ pub struct Loader {
     postcopy: Option<Arc<PostcopyRuntime>>,
     /// SWITCHOVER_START or the ram END section was seen.
     final_phase: bool,
+    /// RAM is registered with userfaultfd and placed atomically (from
+    /// LISTEN until END). Kept apart from the legality state, which QEMU can
+    /// leave at DISCARD after a LISTEN (see postcopy.rs).
+    placing: bool,
 }
 
 /// Outcome of processing one top-level record.
@@ -247,6 +272,7 @@ impl Loader {
             pc_state: PcState::None,
             postcopy: None,
             final_phase: false,
+            placing: false,
         }
     }
 
@@ -262,10 +288,10 @@ impl Loader {
             let res = self.load(&mut r, with_header);
             match res {
                 Ok(()) => break,
-                Err(msg)
-                    if r.io_failed
-                        && self.pc_state == PcState::Running
-                        && self.shared.capability("postcopy-ram") =>
+                // Like QEMU: any load error once postcopy runs (the guest
+                // runs here and the source no longer can) pauses instead of
+                // failing, so the migration can be recovered.
+                Err(msg) if self.pc_state == PcState::Running && self.shared.capability("postcopy-ram") =>
                 {
                     tracing::warn!("postcopy paused: {msg}");
                     self.pause(msg);
@@ -355,7 +381,10 @@ impl Loader {
 
     fn load_header(&mut self, r: &mut Reader) -> Result<(), String> {
         let expect_cfg = self.cfg.expect_configuration;
-        let hdr = decode_with(r, |c| decode_header(c, expect_cfg))?;
+        let hdr = match decode_with(r, |c| decode_header(c, expect_cfg)) {
+            Ok(h) => h,
+            Err(e) => return Err(header_error(r, expect_cfg, e)),
+        };
         if let Some(cfg) = &hdr.configuration {
             self.check_machine(&cfg.machine)?;
             self.shared.lock().stream_machine = Some(cfg.machine.clone());
@@ -383,7 +412,7 @@ impl Loader {
                 let (w, base) = r.window();
                 let mut c = Cursor::new(w, base);
                 match decode_top(&mut c) {
-                    Ok(TopRecord::SectionOpen { kind: SectionKind::Full, .. }) if !self.pc_state.is_postcopy_running() => {
+                    Ok(TopRecord::SectionOpen { kind: SectionKind::Full, .. }) if !self.placing => {
                         // Device state without lengths: buffer up to the vmdesc.
                         Some(Flow::DeviceTail)
                     }
@@ -395,7 +424,7 @@ impl Loader {
                     }
                     Err(DecodeError::Incomplete { at, needed }) => {
                         if !r.fill(needed).map_err(|e| io_err(e, r.offset()))? {
-                            if self.pc_state.is_postcopy_running() && needed > 0 && r.window().0.is_empty() {
+                            if self.placing && needed > 0 && r.window().0.is_empty() {
                                 return Err(format!(
                                     "main channel closed by the source during postcopy at byte offset {at} (postcopy state {})",
                                     self.pc_state.name()
@@ -590,6 +619,7 @@ impl Loader {
                         let rt = Arc::new(rt);
                         self.session.set_runtime(Some(rt.clone()));
                         self.postcopy = Some(rt);
+                        self.placing = true;
                         return Ok(());
                     }
                     Action::Run => {
@@ -614,6 +644,12 @@ impl Loader {
     }
 
     fn discard(&mut self, d: &crate::codec::command::Discard, off: u64) -> Result<(), String> {
+        // QEMU requires at least one range's worth of payload: version, name
+        // length, name, NUL, 16 bytes (len >= 20; wire-format §3.2).
+        let plen = 3 + d.block.len() + 16 * d.ranges.len();
+        if plen < 20 {
+            return Err(format!("POSTCOPY_RAM_DISCARD {:?}: invalid length {plen} (at least 20 expected) at byte offset {off}", d.block));
+        }
         let b = self.shared.ram().get(&d.block).ok_or_else(|| {
             format!("POSTCOPY_RAM_DISCARD for unknown RAMBlock {:?} at byte offset {off}", d.block)
         })?;
@@ -674,16 +710,29 @@ impl Loader {
                     let is_run = matches!(cmd, Command::PostcopyRun);
                     self.command(cmd, rec_off, r, true)?;
                     if is_run {
+                        // RUN ends the package (QEMU quits all nested load
+                        // loops); whatever follows inside it is not processed.
                         if pos != blob.len() {
-                            return Err(format!(
-                                "PACKAGED at byte offset {off}: {} byte(s) after POSTCOPY_RUN inside the package",
+                            tracing::warn!(
+                                "PACKAGED at byte offset {off}: {} byte(s) after POSTCOPY_RUN inside the package ignored",
                                 blob.len() - pos
-                            ));
+                            );
                         }
                         return Ok(());
                     }
                 }
-                TopRecord::Eof => return Err(format!("PACKAGED at byte offset {off}: EOF inside the package at byte offset {rec_off}")),
+                TopRecord::Eof => {
+                    // EOF ends the current level of the stream: the package
+                    // (QEMU ignores the rest of the blob and goes on with the
+                    // main stream).
+                    if c.pos() != blob.len() {
+                        tracing::warn!(
+                            "PACKAGED at byte offset {off}: {} byte(s) after EOF inside the package ignored",
+                            blob.len() - c.pos()
+                        );
+                    }
+                    return Ok(());
+                }
                 other => {
                     return Err(format!(
                         "PACKAGED at byte offset {off}: unexpected record {other:?} inside the package at byte offset {rec_off}"
@@ -691,8 +740,11 @@ impl Loader {
                 }
             }
         }
-        // QEMU processes the package until RUN; a package without RUN just ends.
-        Ok(())
+        // The record loop runs until RUN or EOF; running off the end of the
+        // blob is a read past its end (QEMU: I/O error).
+        Err(format!(
+            "PACKAGED at byte offset {off}: the package (length {len}) ends without POSTCOPY_RUN or EOF"
+        ))
     }
 
     fn keep_device(&mut self, buf: &[u8], s: &vmdesc::SplitSection, base: u64, in_package: bool) {
@@ -721,6 +773,8 @@ impl Loader {
         loop {
             let mut eos = false;
             let consumed;
+            // bytes still missing from the record at the end of the window
+            let mut need = 1usize;
             {
                 let (w, base) = r.window();
                 let mut c = Cursor::new(w, base);
@@ -737,7 +791,10 @@ impl Loader {
                                 break;
                             }
                         }
-                        Err(DecodeError::Incomplete { .. }) => break,
+                        Err(DecodeError::Incomplete { needed, .. }) => {
+                            need = needed;
+                            break;
+                        }
                         Err(e) => return Err(format!("section 'ram' (id {section_id}): {e}")),
                     }
                 }
@@ -749,12 +806,12 @@ impl Loader {
             }
             let at = r.offset();
             if !r.fill(64).map_err(|e| io_err(e, at))? {
-                if self.pc_state.is_postcopy_running() {
+                if self.placing {
                     return Err(format!(
                         "main channel closed by the source during postcopy inside section 'ram' (id {section_id}) at byte offset {at}"
                     ));
                 }
-                return Err(format!("section 'ram' (id {section_id}): {}", truncated(at, r.window().0.len().max(1))));
+                return Err(format!("section 'ram' (id {section_id}): {}", truncated(at, need)));
             }
         }
     }
@@ -813,7 +870,7 @@ impl Loader {
             RamRecord::Page { addr, block, data } => {
                 let b = self.resolve(block, ch, off)?;
                 Self::check_addr(&b, addr, off)?;
-                if self.pc_state.is_postcopy_running() {
+                if self.placing {
                     self.postcopy.as_ref().expect("postcopy runtime").place(&b, addr, Some(data), ch)?;
                 } else {
                     b.mapping.write(addr as usize, data);
@@ -824,7 +881,7 @@ impl Loader {
             RamRecord::Zero { addr, block, fill } => {
                 let b = self.resolve(block, ch, off)?;
                 Self::check_addr(&b, addr, off)?;
-                if self.pc_state.is_postcopy_running() {
+                if self.placing {
                     if fill != 0 {
                         return Err(format!("zero page record with fill byte {fill:#04x} during postcopy at byte offset {off}"));
                     }
@@ -840,7 +897,7 @@ impl Loader {
             RamRecord::Xbzrle { addr, block, data } => {
                 let b = self.resolve(block, ch, off)?;
                 Self::check_addr(&b, addr, off)?;
-                if self.pc_state.is_postcopy_running() {
+                if self.placing {
                     return Err(format!("XBZRLE page during postcopy at byte offset {off}"));
                 }
                 let mut page = vec![0u8; TARGET_PAGE_SIZE as usize];
@@ -899,8 +956,9 @@ impl Loader {
     }
 
     fn finish_after_eof(&mut self, r: &mut Reader) -> Result<(), String> {
-        if self.pc_state.is_postcopy_running() {
+        if self.placing {
             self.set_pc_state(PcState::End);
+            self.placing = false;
             return self.complete();
         }
         if !self.cfg.suppress_vmdesc {

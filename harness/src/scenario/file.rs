@@ -112,7 +112,8 @@ pub struct DestSpec {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct StreamExpect {
-    /// "completed" or "failed".
+    /// "completed", "failed" or "postcopy-paused" (the destination waits for
+    /// recovery: QEMU pauses on any load error once postcopy runs).
     pub verdict: String,
     /// Regex the error text must match on both destinations.
     pub error: Option<String>,
@@ -355,8 +356,11 @@ fn validate(v: &Variant) -> Result<(), FileError> {
                 return Err(v.err(find_key_line(&v.text, "steps"), "[[steps]] belong to kind = \"migration\" scenarios"));
             }
             let e = d.expect.as_ref().ok_or_else(|| v.err(None, "a stream scenario needs an [expect] table"))?;
-            if e.verdict != "completed" && e.verdict != "failed" {
-                return Err(v.err(find_key_line(&v.text, "verdict"), format!("expect.verdict must be \"completed\" or \"failed\", not {:?}", e.verdict)));
+            if !["completed", "failed", "postcopy-paused"].contains(&e.verdict.as_str()) {
+                return Err(v.err(
+                    find_key_line(&v.text, "verdict"),
+                    format!("expect.verdict must be \"completed\", \"failed\" or \"postcopy-paused\", not {:?}", e.verdict),
+                ));
             }
             for re in [&e.error, &e.rust_error, &e.qemu_error].into_iter().flatten() {
                 regex::Regex::new(re).map_err(|er| v.err(find_key_line(&v.text, "error"), format!("bad regex {re:?}: {er}")))?;

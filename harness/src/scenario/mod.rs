@@ -385,7 +385,12 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                     }
                     // A side that failed without failure being awaited ends the wait.
                     if !wants.contains(&"failed") {
-                        for (n, v) in [("source", &s), ("destination", &d)] {
+                        let awaited: Vec<(&str, &Value)> = match side {
+                            Side::Source => vec![("source", &s)],
+                            Side::Dest => vec![("destination", &d)],
+                            Side::Both => vec![("source", &s), ("destination", &d)],
+                        };
+                        for (n, v) in awaited {
                             if status_of(v) == "failed" {
                                 bail!("{n} failed while waiting for {want}: {}", v.get("error-desc").cloned().unwrap_or(Value::Null));
                             }
@@ -590,8 +595,12 @@ async fn run_stream(v: &Variant, out: &mut Outcome) -> Result<()> {
     let mut problems = Vec::new();
     for (run, re) in [(&q, exp.qemu_error.as_ref().or(exp.error.as_ref())), (&r, exp.rust_error.as_ref().or(exp.error.as_ref()))] {
         let name = run.kind.name();
-        if run.verdict.kind() != exp.verdict {
-            problems.push(format!("{name}: verdict {} but the script expects {}", run.verdict.kind(), exp.verdict));
+        let got = match &run.verdict {
+            synth::Verdict::Stuck { status, .. } => status.clone(),
+            v => v.kind().to_string(),
+        };
+        if got != exp.verdict {
+            problems.push(format!("{name}: verdict {got} but the script expects {}", exp.verdict));
         }
         if let (Some(re), "failed") = (re, run.verdict.kind()) {
             if !regex::Regex::new(re)?.is_match(run.verdict.error()) {
