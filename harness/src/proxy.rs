@@ -51,8 +51,11 @@ pub struct ProxyPlan {
     /// Index of the connection (accept order) this plan applies to.
     pub conn: usize,
     /// Write every forwarded byte (after `flip`, i.e. exactly what the
-    /// destination is sent) to this file. The file is created (truncated)
-    /// by [`Proxy::start`].
+    /// destination is sent) to this file. Each chunk is written to the file
+    /// before it is sent upstream, so the file is complete as soon as the
+    /// destination has the bytes (if sending fails, the file may hold one
+    /// chunk more than was delivered). The file is created (truncated) by
+    /// [`Proxy::start`].
     pub record: Option<PathBuf>,
     /// `(offset, xor)`: XOR the byte at `offset` with `xor` on the way.
     pub flip: Vec<(u64, u8)>,

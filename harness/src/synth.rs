@@ -1450,6 +1450,9 @@ async fn drive(
 pub enum Expect {
     Completed,
     Failed,
+    /// Neither: the destination waits (e.g. in postcopy-paused after a load
+    /// error once postcopy runs, as QEMU does).
+    Stuck,
 }
 
 impl Expect {
@@ -1457,6 +1460,7 @@ impl Expect {
         match self {
             Expect::Completed => "completed",
             Expect::Failed => "failed",
+            Expect::Stuck => "stuck",
         }
     }
 }

@@ -137,11 +137,16 @@ impl PostcopyRuntime {
             None => b.mapping.uffd_zero(&self.inner.uffd, addr as usize, TARGET_PAGE_SIZE as usize),
         }
         .map_err(|e| format!("placing page {addr:#x} of {:?}: {e}", b.name))?;
+        if !placed {
+            // Like QEMU: a correct source never sends a page the destination
+            // already holds (it clears the dirty bit when sending).
+            return Err(format!(
+                "page {addr:#x} of RAMBlock {:?} arrived but is already present (placed twice)",
+                b.name
+            ));
+        }
         b.received.set(page);
         let c = self.inner.shared.counters();
-        if !placed {
-            return Ok(());
-        }
         if self.inner.n_out.load(Ordering::Acquire) > 0 {
             let bi = self.block_index(b);
             let t = {
@@ -155,6 +160,9 @@ impl PostcopyRuntime {
                 Counters::add(&c.pages_placed_requested, 1);
                 Counters::add(&c.fault_latency_us_total, us);
                 self.inner.shared.lock().fault_latencies_us.push(us);
+                // Per-fault record for latency histograms (`crossmig bench`);
+                // off unless enabled with `--log info,fault_latency=trace`.
+                tracing::trace!(target: "fault_latency", "fault-latency-us={us} block={bi} page={page:#x}");
                 return Ok(());
             }
         }

@@ -887,8 +887,12 @@ impl Loader {
                     }
                     self.postcopy.as_ref().expect("postcopy runtime").place(&b, addr, None, ch)?;
                 } else {
+                    if fill != 0 {
+                        // QEMU 10 rejects it too; modern sources always send 0.
+                        return Err(format!("zero page record with fill byte {fill:#04x} at byte offset {off} (only 0 is valid)"));
+                    }
                     let was = b.received.set(addr / TARGET_PAGE_SIZE);
-                    if fill != 0 || was {
+                    if was {
                         b.mapping.fill(addr as usize, TARGET_PAGE_SIZE as usize, fill);
                     }
                 }

@@ -237,6 +237,13 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
             axes.push((k.clone(), arr.clone()));
         }
     }
+    // The QEMU version is an implicit axis: every provisioned version (or
+    // $CROSSMIG_QEMU_VERSIONS), unless the scenario has its own `qemu` axis
+    // or fixes `source.qemu`.
+    let fixed_qemu = raw.get("source").and_then(|s| s.get("qemu")).is_some();
+    if !fixed_qemu && !axes.iter().any(|(k, _)| k == "qemu") {
+        axes.push(("qemu".into(), matrix_versions().into_iter().map(Value::String).collect()));
+    }
     let excludes: Vec<toml::Table> = match raw.get("exclude") {
         None => vec![],
         Some(Value::Array(a)) => a
@@ -373,6 +380,31 @@ fn validate(v: &Variant) -> Result<(), FileError> {
     Ok(())
 }
 
+/// The QEMU versions every scenario runs against: `$CROSSMIG_QEMU_VERSIONS`
+/// (comma separated, e.g. "10.0,11.1"), else every provisioned version
+/// (`crossmig qemu list`), else the host's QEMU ("system").
+pub fn matrix_versions() -> Vec<String> {
+    if let Ok(v) = std::env::var("CROSSMIG_QEMU_VERSIONS") {
+        let v: Vec<String> = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        if !v.is_empty() {
+            return v;
+        }
+    }
+    static CACHE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| {
+            let mut v: Vec<String> = crate::provision::installed().into_iter().map(|i| i.series).collect();
+            v.sort_by_key(|s| s.split('.').map(|x| x.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>());
+            v.dedup();
+            if v.is_empty() {
+                vec!["system".into()]
+            } else {
+                v
+            }
+        })
+        .clone()
+}
+
 /// "500ms", "2s", "1.5s", "3m", or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
@@ -414,7 +446,8 @@ status = "completed"
 
     #[test]
     fn expands_axes_with_filters() {
-        let v = load_str(Path::new("demo.toml"), F).unwrap();
+        let f = F.replace("[dest]\nkind", "[source]\nqemu = \"system\"\n[dest]\nkind");
+        let v = load_str(Path::new("demo.toml"), &f).unwrap();
         let names: Vec<_> = v.iter().map(|x| x.name()).collect();
         assert_eq!(names.len(), 5, "{names:?}");
         assert!(names.contains(&"demo[dest=rust,passes=5]".to_string()));
@@ -427,6 +460,7 @@ status = "completed"
     #[test]
     fn errors_name_file_line_and_key() {
         let bad = F.replace("[dest]\nkind", "[dest]\nknd");
+        // (the implicit qemu axis adds no lines)
         let e = load_str(Path::new("demo.toml"), &bad).unwrap_err().to_string();
         assert!(e.starts_with("demo.toml:11:"), "{e}");
         assert!(e.contains("knd"), "{e}");

@@ -78,10 +78,33 @@ pub fn resolve_qemu(spec: Option<&str>) -> Result<QemuBinary> {
     }
 }
 
+/// The source QEMU of a variant: `source.qemu`, else the `qemu` axis.
+pub fn source_qemu(v: &Variant) -> Option<String> {
+    v.doc.source.qemu.clone().or_else(|| v.value("qemu").map(file::plain))
+}
+
+/// A machine type both binaries agree on: the oldest versioned q35 type
+/// when the versions differ or 7.2 is involved, else the `q35` alias.
+pub fn common_machine(a: &QemuBinary, b: &QemuBinary) -> String {
+    let (va, vb) = (a.version().ok(), b.version().ok());
+    match (va, vb) {
+        (Some(x), Some(y)) => {
+            let old = x.min(y);
+            if x != y || (old.0, old.1) == (7, 2) {
+                format!("pc-q35-{}.{}", old.0, old.1)
+            } else {
+                "q35".into()
+            }
+        }
+        _ => "q35".into(),
+    }
+}
+
 /// Why a variant cannot run here (a QEMU it names is missing), if so.
 pub fn missing_prerequisite(v: &Variant) -> Option<String> {
     let d = &v.doc;
-    for q in [d.source.qemu.as_deref(), d.dest.qemu.as_deref()] {
+    let src = source_qemu(v);
+    for q in [src.as_deref(), d.dest.qemu.as_deref()] {
         if let Err(e) = resolve_qemu(q) {
             return Some(format!("{e:#}"));
         }
@@ -170,7 +193,7 @@ struct Ctx<'a> {
 
 async fn run_migration(v: &Variant, out: &mut Outcome) -> Result<()> {
     let d = &v.doc;
-    let qemu = resolve_qemu(d.source.qemu.as_deref())?;
+    let qemu = resolve_qemu(source_qemu(v).as_deref())?;
     let dq = match &d.dest.qemu {
         Some(q) => resolve_qemu(Some(q))?,
         None => qemu.clone(),
@@ -178,7 +201,7 @@ async fn run_migration(v: &Variant, out: &mut Outcome) -> Result<()> {
     let dest_kind: DestKind = d.dest.kind.as_deref().unwrap_or("rust").parse().map_err(|e: String| anyhow!(e))?;
     let mem = d.source.memory.as_deref().map(rust_dest::cli::parse_size).transpose().map_err(|e| anyhow!(e))?.unwrap_or(256 << 20);
     let workload: Workload = d.source.workload.as_deref().unwrap_or("sweep").parse().map_err(|e| anyhow!("{e:?}"))?;
-    let machine = d.source.machine.clone().unwrap_or_else(|| "q35".into());
+    let machine = d.source.machine.clone().unwrap_or_else(|| common_machine(&qemu, &dq));
     let workdir = std::env::temp_dir();
     let tag = unique_name("scn");
     let disk = workdir.join(format!("{tag}.img"));
@@ -565,7 +588,7 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
 async fn run_stream(v: &Variant, out: &mut Outcome) -> Result<()> {
     let d = &v.doc;
     let exp = d.expect.as_ref().ok_or_else(|| anyhow!("stream scenario without [expect]"))?;
-    let qemu = resolve_qemu(d.source.qemu.as_deref())?;
+    let qemu = resolve_qemu(source_qemu(v).as_deref())?;
     let mut script: Vec<synth::Step> =
         d.records.iter().map(records::parse_record).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
     let layout = synth::source_layout(&qemu, synth::GUEST_MEM).await?;
