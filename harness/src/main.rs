@@ -20,6 +20,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Benchmarks: rust-dest against QEMU's own destination, side by side (A B A B), with ratios, JSON and an HTML report.
+    Bench(harness::bench::BenchArgs),
     /// Provision and list QEMU builds (7.2, 10.0, 11.1) side by side in a cache folder.
     #[command(subcommand)]
     Qemu(harness::provision::QemuCmd),
@@ -104,6 +106,7 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
+        Cmd::Bench(a) => harness::bench::run_bench(a).await,
         Cmd::Qemu(c) => {
             harness::provision::run_qemu_cmd(c)?;
             Ok(true)
