@@ -246,6 +246,10 @@ pub struct Loader {
     /// LISTEN until END). Kept apart from the legality state, which QEMU can
     /// leave at DISCARD after a LISTEN (see postcopy.rs).
     placing: bool,
+    /// SWITCHOVER_ACK still to be sent.
+    ack_pending: bool,
+    /// Machine type named by the stream's configuration section.
+    stream_machine: Option<String>,
 }
 
 /// Outcome of processing one top-level record.
@@ -273,6 +277,8 @@ impl Loader {
             postcopy: None,
             final_phase: false,
             placing: false,
+            ack_pending: false,
+            stream_machine: None,
         }
     }
 
@@ -388,6 +394,7 @@ impl Loader {
         if let Some(cfg) = &hdr.configuration {
             self.check_machine(&cfg.machine)?;
             self.shared.lock().stream_machine = Some(cfg.machine.clone());
+            self.stream_machine = Some(cfg.machine.clone());
             if let Some(caps) = &cfg.capabilities {
                 if caps.iter().any(|c| c == "x-ignore-shared") {
                     self.ram_ctx.ignore_shared = true;
@@ -519,6 +526,16 @@ impl Loader {
         }
     }
 
+    fn send_ack(&mut self) -> Result<(), String> {
+        if self.ack_pending {
+            if let Some(rp) = self.rp() {
+                rp.send(&RpMessage::SwitchoverAck).map_err(|e| format!("return path: sending SWITCHOVER_ACK: {e}"))?;
+                self.ack_pending = false;
+            }
+        }
+        Ok(())
+    }
+
     fn footer(&mut self, r: &mut Reader, section_id: u32) -> Result<(), String> {
         if self.cfg.section_footers {
             decode_with(r, |c| decode_footer(c, section_id))?;
@@ -544,8 +561,15 @@ impl Loader {
                     if !self.rp_open {
                         return Err("return path writer unavailable".into());
                     }
-                    if self.shared.capability("switchover-ack") {
-                        self.rp().unwrap().send(&RpMessage::SwitchoverAck).map_err(|e| format!("return path: {e}"))?;
+                    // switchover-ack: up to machine type 11.0 the destination
+                    // acks as soon as the return path opens (when no device
+                    // delays it; rust-dest has none). From pc-*-11.1 on, QEMU
+                    // (verified on 11.1.3) only acks for devices that asked,
+                    // and an unsolicited ack underflows the source's pending
+                    // count and stalls it: rust-dest then sends none.
+                    if self.shared.capability("switchover-ack") && !machine_at_least(self.stream_machine.as_deref(), (11, 1)) {
+                        self.ack_pending = true;
+                        self.send_ack()?;
                     }
                 }
             }
@@ -555,6 +579,7 @@ impl Loader {
                     .ok_or_else(|| format!("PING ({v:#x}) received with no return path open at byte offset {off}"))?;
                 rp.send(&RpMessage::Pong(*v)).map_err(|e| format!("return path: sending PONG {v:#x}: {e}"))?;
                 crate::state::Counters::add(&self.shared.counters().pings, 1);
+
             }
             Command::SwitchoverStart => {
                 self.final_phase = true;
@@ -683,6 +708,9 @@ impl Loader {
     fn packaged(&mut self, len: u32, off: u64, r: &mut Reader) -> Result<(), String> {
         let blob_off = r.offset();
         let blob = r.take_vec(len as usize).map_err(|e| format!("PACKAGED (length {len}) at byte offset {off}: {e}"))?;
+        // Where each device section ends, from the one parse of the whole
+        // blob that ends with RUN (robust against footer-like device bytes).
+        let ends = vmdesc::package_section_ends(&blob);
         let mut pos = 0usize;
         while pos < blob.len() {
             let mut c = Cursor::new(&blob, blob_off);
@@ -699,8 +727,11 @@ impl Loader {
             };
             match rec {
                 TopRecord::SectionOpen { kind: SectionKind::Full, .. } => {
-                    let (s, next) = vmdesc::split_one_by_footer(&blob, pos, blob_off)
-                        .map_err(|e| format!("PACKAGED at byte offset {off}: {e}"))?;
+                    let (s, next) = match ends.as_ref().and_then(|m| m.get(&pos)) {
+                        Some(&end) => vmdesc::split_exact(&blob, pos, end, blob_off),
+                        None => vmdesc::split_one_by_footer(&blob, pos, blob_off),
+                    }
+                    .map_err(|e| format!("PACKAGED at byte offset {off}: {e}"))?;
                     self.keep_device(&blob, &s, blob_off, true);
                     pos = next;
                 }
@@ -1009,6 +1040,30 @@ impl Loader {
             rp.close();
         }
         Ok(())
+    }
+}
+
+/// The version of a versioned machine type (`pc-q35-10.0` → (10, 0)).
+pub fn machine_version(m: &str) -> Option<(u32, u32)> {
+    let v = m.rsplit('-').next()?;
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+fn machine_at_least(m: Option<&str>, v: (u32, u32)) -> bool {
+    m.and_then(machine_version).is_some_and(|mv| mv >= v)
+}
+
+#[cfg(test)]
+mod machine_tests {
+    #[test]
+    fn machine_versions() {
+        assert_eq!(super::machine_version("pc-q35-10.0"), Some((10, 0)));
+        assert_eq!(super::machine_version("pc-i440fx-7.2"), Some((7, 2)));
+        assert_eq!(super::machine_version("q35"), None);
+        assert!(super::machine_at_least(Some("pc-q35-11.1"), (11, 1)));
+        assert!(!super::machine_at_least(Some("pc-q35-11.0"), (11, 1)));
+        assert!(!super::machine_at_least(None, (11, 1)));
     }
 }
 

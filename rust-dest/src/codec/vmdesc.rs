@@ -202,6 +202,129 @@ pub fn split_one_by_footer(buf: &[u8], pos: usize, base: u64) -> Result<(SplitSe
     Err(DecodeError::invalid(start, format!("device section {name:?} (id {id}): no footer found before the end of the data")))
 }
 
+/// The FULL section at `pos` whose footer ends at `end` (known boundaries).
+pub fn split_exact(buf: &[u8], pos: usize, end: usize, base: u64) -> Result<(SplitSection, usize)> {
+    let mut c = Cursor::new(&buf[..end], base);
+    c.set_pos(pos);
+    let start = c.offset();
+    let (id, name, inst, ver) = section_header(&mut c, start)?;
+    let dstart = c.pos();
+    let mut f = Cursor::new(buf, base);
+    f.set_pos(end - 5);
+    super::stream::decode_footer(&mut f, id)?;
+    Ok((
+        SplitSection { section_id: id, idstr: name, instance_id: inst, version_id: ver, header_pos: pos, data: dstart..end - 5, vmdesc: None },
+        end,
+    ))
+}
+
+/// Delimit every FULL section of a PACKAGED blob at once: find the one
+/// parse of the whole blob as commands and FULL sections (each ending at a
+/// `0x7e <be32 id>` footer) that ends exactly at the blob's end with
+/// POSTCOPY_RUN, trying footer candidates with backtracking. Device data can
+/// contain footer-like bytes; only the parse that consumes the whole blob is
+/// right. Returns section start → position after its footer, or None when no
+/// such parse exists (the caller then falls back to [`split_one_by_footer`]).
+pub fn package_section_ends(buf: &[u8]) -> Option<std::collections::HashMap<usize, usize>> {
+    fn full_header(b: &[u8], p: usize) -> Option<(u32, usize)> {
+        if p + 6 > b.len() || b[p] != QEMU_VM_SECTION_FULL {
+            return None;
+        }
+        let id = u32::from_be_bytes(b[p + 1..p + 5].try_into().unwrap());
+        let n = b[p + 5] as usize;
+        let after = p + 6 + n + 8;
+        if n == 0 || after > b.len() || !b[p + 6..p + 6 + n].iter().all(|&c| (0x20..0x7f).contains(&c)) {
+            return None;
+        }
+        Some((id, after))
+    }
+    // Iterative DFS with memoised dead ends. Each frame: (position, next
+    // footer candidate to try when the position is a FULL section).
+    let len = buf.len();
+    let mut dead = std::collections::HashSet::new();
+    let mut stack: Vec<(usize, usize)> = vec![(0, 0)];
+    let mut chosen: Vec<(usize, usize)> = Vec::new(); // (section start, end) along the path
+    let mut steps = 0usize;
+    while let Some(&(p, cand)) = stack.last() {
+        steps += 1;
+        if steps > 1_000_000 {
+            return None;
+        }
+        if dead.contains(&p) && cand == 0 {
+            stack.pop();
+            continue;
+        }
+        let next: Option<(usize, usize)> = if p < len && buf[p] == QEMU_VM_COMMAND && cand == 0 {
+            // A command: one way forward.
+            if p + 5 > len {
+                None
+            } else {
+                let cmd = u16::from_be_bytes([buf[p + 1], buf[p + 2]]);
+                let l = u16::from_be_bytes([buf[p + 3], buf[p + 4]]) as usize;
+                let fixed_ok = command_fixed_len(cmd).is_none_or(|f| f as usize == l);
+                let end = p + 5 + l;
+                if cmd == 0 || cmd >= MIG_CMD_MAX || cmd == MIG_CMD_PACKAGED || !fixed_ok || end > len {
+                    None
+                } else if cmd == MIG_CMD_POSTCOPY_RUN {
+                    if end == len {
+                        let mut m = std::collections::HashMap::new();
+                        for (s, e) in &chosen {
+                            m.insert(*s, *e);
+                        }
+                        return Some(m);
+                    }
+                    None
+                } else {
+                    Some((end, usize::MAX)) // marker: a command step
+                }
+            }
+        } else if let Some((id, dstart)) = full_header(buf, p) {
+            // Next footer candidate at or after max(dstart, cand).
+            let mut q = dstart.max(cand);
+            let mut found = None;
+            while q + 5 <= len {
+                if buf[q] == QEMU_VM_SECTION_FOOTER && buf[q + 1..q + 5] == id.to_be_bytes() {
+                    found = Some(q);
+                    break;
+                }
+                q += 1;
+            }
+            found.map(|q| (q + 5, q + 1))
+        } else {
+            None
+        };
+        match next {
+            Some((np, resume)) => {
+                // Remember where to resume this frame if the branch fails.
+                stack.last_mut().unwrap().1 = if resume == usize::MAX { usize::MAX } else { resume };
+                if resume != usize::MAX {
+                    chosen.push((p, np));
+                }
+                stack.push((np, 0));
+            }
+            None => {
+                dead.insert(p);
+                stack.pop();
+                // Backtrack into the parent: if it was a FULL section, drop
+                // its chosen end and try its next candidate (its frame keeps
+                // the resume point); if it was a command, it is dead too.
+                while let Some(&(pp, pc)) = stack.last() {
+                    if pc == usize::MAX {
+                        dead.insert(pp);
+                        stack.pop();
+                        continue;
+                    }
+                    if chosen.last().is_some_and(|(s, _)| *s == pp) {
+                        chosen.pop();
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::cursor::Encoder;
@@ -255,6 +378,34 @@ mod tests {
         bad["devices"][1]["fields"][1]["size"] = json!(99);
         let err = split_with_vmdesc(&e.buf[..eofp], 1000, &bad).unwrap_err().to_string();
         assert!(err.contains("globalstate"), "{err}");
+    }
+
+    #[test]
+    fn package_parse_backtracks_over_fake_footers() {
+        use super::super::command::Command;
+        // Device data with a fake footer for its own id followed by 0x00 (an
+        // "EOF") and by a plausible FULL header: the sequential heuristic
+        // stops early, the whole-blob parse does not.
+        let mut e = Encoder::new();
+        Command::PostcopyListen.encode(&mut e);
+        let mut d = vec![1u8, 2, 0x7e, 0, 0, 0, 5, 0x00, 9, 9];
+        d.extend_from_slice(&[0x7e, 0, 0, 0, 5, 0x04, 0, 0, 0, 9, 3, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 0, 1, 7]);
+        let s1 = e.buf.len();
+        full(&mut e, 5, "dev", &d);
+        let e1 = e.buf.len();
+        let s2 = e.buf.len();
+        full(&mut e, 6, "globalstate", &[0, 0, 0, 8, b'r']);
+        let e2 = e.buf.len();
+        Command::Ping(3).encode(&mut e);
+        Command::PostcopyRun.encode(&mut e);
+        let m = package_section_ends(&e.buf).expect("a full parse exists");
+        assert_eq!(m[&s1], e1);
+        assert_eq!(m[&s2], e2);
+        // The sequential heuristic is fooled by the first fake footer.
+        let (s, _) = split_one_by_footer(&e.buf, s1, 0).unwrap();
+        assert_ne!(s.data.end + 5, e1);
+        // No RUN at the end: no full parse.
+        assert!(package_section_ends(&e.buf[..e.buf.len() - 5]).is_none());
     }
 
     #[test]
