@@ -18,6 +18,7 @@
 //! 4. `overhead`: the harness's own cost per scenario (start-up, QMP
 //!    handshake, guest boot until its serial marker, teardown).
 
+use crate::sys::Mapping;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -303,9 +304,7 @@ pub fn proc_cpu_seconds(pid: u32) -> Option<f64> {
     // rest starts at field 3 (state); utime = field 14, stime = field 15.
     let ut: u64 = f.get(11)?.parse().ok()?;
     let st: u64 = f.get(12)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    let hz = crate::sys::clock_ticks_per_second() as f64;
     Some((ut + st) as f64 / hz)
 }
 
@@ -1055,57 +1054,27 @@ pub struct MemcpyResult {
     pub fresh_shmem_gb_s: Option<f64>,
 }
 
-struct MapGuard(*mut u8, usize);
-impl Drop for MapGuard {
-    fn drop(&mut self) {
-        // SAFETY: unmaps a mapping this guard created and nobody else uses.
-        unsafe { libc::munmap(self.0 as *mut libc::c_void, self.1) };
-    }
-}
-
-fn mmap_anon(n: usize) -> Result<MapGuard> {
-    // SAFETY: fresh private anonymous mapping.
-    let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), n, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
-    };
-    if p == libc::MAP_FAILED {
-        bail!("mmap {n} bytes: {}", std::io::Error::last_os_error());
-    }
-    Ok(MapGuard(p as *mut u8, n))
-}
-
-fn copy_gb_s(src: &MapGuard, dst: &MapGuard) -> f64 {
+fn copy_gb_s(src: &Mapping, dst: &mut Mapping) -> f64 {
     let t = Instant::now();
-    // SAFETY: two distinct live mappings of at least src.1 bytes each.
-    unsafe { std::ptr::copy_nonoverlapping(src.0, dst.0, src.1) };
-    std::hint::black_box(dst.0);
-    src.1 as f64 / t.elapsed().as_secs_f64() / 1e9
+    dst.copy_from(src);
+    src.len() as f64 / t.elapsed().as_secs_f64() / 1e9
 }
 
 pub fn measure_memcpy(bytes: u64, warm_runs: usize) -> Result<MemcpyResult> {
     let n = bytes as usize;
-    let src = mmap_anon(n)?;
-    // SAFETY: the mapping is n bytes long.
-    unsafe { std::ptr::write_bytes(src.0, 0x5a, n) };
-    let dst = mmap_anon(n)?;
-    let fresh_anon = copy_gb_s(&src, &dst);
-    let mut warm: Vec<f64> = (0..warm_runs.max(1)).map(|_| copy_gb_s(&src, &dst)).collect();
+    let mut src = Mapping::anonymous(n)?;
+    src.fill(0x5a);
+    let mut dst = Mapping::anonymous(n)?;
+    let fresh_anon = copy_gb_s(&src, &mut dst);
+    let mut warm: Vec<f64> = (0..warm_runs.max(1)).map(|_| copy_gb_s(&src, &mut dst)).collect();
     drop(dst);
     let shm = (|| -> Result<f64> {
         let path = PathBuf::from(format!("/dev/shm/{}.memcpy", unique_name("bench")));
         let _g = PathGuard::new(&path);
         let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         f.set_len(bytes)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: shared mapping of a file we own.
-        let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), n, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
-        };
-        if p == libc::MAP_FAILED {
-            bail!("mmap /dev/shm: {}", std::io::Error::last_os_error());
-        }
-        let m = MapGuard(p as *mut u8, n);
-        Ok(copy_gb_s(&src, &m))
+        let mut m = Mapping::shared_file(&f, n).map_err(|e| anyhow::anyhow!("mmap /dev/shm: {e}"))?;
+        Ok(copy_gb_s(&src, &mut m))
     })();
     let runs = warm.clone();
     warm.sort_by(|a, b| a.total_cmp(b));

@@ -13,3 +13,4 @@ pub mod synth;
 pub mod streamcheck;
 pub mod scenario;
 pub mod bench;
+pub mod sys;

@@ -77,6 +77,12 @@ enum Cmd {
         /// Write the full report (checks, query-migrate samples of both sides) as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Extra migration capability on both sides (repeatable), e.g. postcopy-preempt, switchover-ack, return-path.
+        #[arg(long = "capability", value_name = "NAME")]
+        capabilities: Vec<String>,
+        /// Postcopy: pause and recover this many times during postcopy (migrate-pause, migrate-recover, resume).
+        #[arg(long, default_value_t = 0)]
+        recover: u32,
     },
 }
 
@@ -163,7 +169,7 @@ async fn run(cli: Cli) -> Result<bool> {
             }
             Ok(passed == outcomes.len() && load_errors == 0)
         }
-        Cmd::Migrate { dest, mode, stopped, mem, workload, postcopy_after, qemu, machine, timeout, logs, json } => {
+        Cmd::Migrate { dest, mode, stopped, mem, workload, postcopy_after, qemu, machine, timeout, logs, json, capabilities, recover } => {
             let qemu = match qemu {
                 Some(p) => QemuBinary::new(p),
                 None => QemuBinary::system()?,
@@ -176,6 +182,8 @@ async fn run(cli: Cli) -> Result<bool> {
             o.machine = machine;
             o.timeout = Duration::from_secs(timeout);
             o.workdir = logs;
+            o.extra_caps = capabilities.into_iter().map(|c| (c, true)).collect();
+            o.recover_cuts = recover;
             eprintln!(
                 "crossmig: {} {} migration, {} MiB {} guest, into {}",
                 if stopped { "stopped" } else { "live" },

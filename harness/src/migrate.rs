@@ -274,7 +274,17 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
     push("destination run state", dst_rs == want_rs, format!("{dst_rs} ({why})"));
     if opts.mode == Mode::Postcopy {
         let reqs = u64_at(&src_final, &["ram", "postcopy-requests"]);
-        push("postcopy page requests served by the source", true, format!("{reqs}"));
+        let x = &dst_final["x-crossmig"];
+        let lat = if x.is_object() {
+            format!(
+                "; rust-dest: {} faults, fault latency p50 {} us, p99 {} us, max {} us, {} pages placed from the stream, {} on request, {} on the preempt channel",
+                x["faults"], x["fault-latency-us"]["p50"], x["fault-latency-us"]["p99"], x["fault-latency-us"]["max"],
+                x["pages-placed-stream"], x["pages-placed-requested"], x["preempt-pages"]
+            )
+        } else {
+            String::new()
+        };
+        push("postcopy page requests served by the source", true, format!("{reqs}{lat}"));
     }
 
     // Memory: the guest RAM block lives in both memory-backend files.

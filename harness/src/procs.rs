@@ -72,10 +72,7 @@ extern "C" fn on_signal(sig: libc::c_int) {
     // async-signal-safe: just write the signal number to the self-pipe
     let fd = SIGNAL_FD.load(Ordering::Relaxed);
     if fd >= 0 {
-        let b = sig as u8;
-        unsafe {
-            libc::write(fd, &b as *const u8 as *const libc::c_void, 1);
-        }
+        crate::sys::signal_safe_write_byte(fd, sig as u8);
     }
 }
 
@@ -117,10 +114,8 @@ pub fn install_signal_cleanup() {
             nix::sys::signal::SigSet::empty(),
         );
         for sig in [Signal::SIGINT, Signal::SIGTERM] {
-            unsafe {
-                if let Err(e) = nix::sys::signal::sigaction(sig, &action) {
-                    tracing::warn!("install_signal_cleanup: sigaction({sig}) failed: {e}");
-                }
+            if let Err(e) = crate::sys::sigaction(sig, &action) {
+                tracing::warn!("install_signal_cleanup: sigaction({sig}) failed: {e}");
             }
         }
     });
@@ -373,15 +368,12 @@ pub fn unique_name(prefix: &str) -> String {
 
 fn random_u32() -> u32 {
     let mut b = [0u8; 4];
-    let r = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, 4, 0) };
-    if r == 4 {
-        u32::from_ne_bytes(b)
-    } else {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        (xxhash_rust::xxh3::xxh3_64(&t.to_ne_bytes()) ^ std::process::id() as u64) as u32
+    match std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)) {
+        Ok(()) => u32::from_ne_bytes(b),
+        Err(_) => {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            t.subsec_nanos() ^ std::process::id()
+        }
     }
 }
 

@@ -462,10 +462,9 @@ async fn run_conn(client: TcpStream, st: &ConnState, upstream: SocketAddr, plan:
 async fn wait_send_queue_empty(s: &TcpStream, max: Duration) {
     let deadline = Instant::now() + max;
     loop {
-        let mut n: libc::c_int = 0;
         // SIOCOUTQ: bytes not yet acknowledged by the peer.
-        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
-        if r != 0 || n == 0 || Instant::now() >= deadline {
+        let q = crate::sys::socket_send_queue(s.as_raw_fd());
+        if q.is_none_or(|n| n == 0) || Instant::now() >= deadline {
             return;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;

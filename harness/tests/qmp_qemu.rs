@@ -68,7 +68,7 @@ fn version_and_args() {
     let a = vm_args(&cfg);
     let s = a.join(" ");
     assert!(s.starts_with("-accel tcg -machine q35,memory-backend=mem0 -m 128M -object memory-backend-file,id=mem0,size=134217728,mem-path=/dev/shm/args-"), "{s}");
-    assert!(s.contains("-nodefaults -display none -serial none -drive file=/tmp/disk.img,format=raw,if=ide -qmp unix:"), "{s}");
+    assert!(s.contains("-nodefaults -display none -serial null -drive file=/tmp/disk.img,format=raw,if=ide -qmp unix:"), "{s}");
     assert!(s.contains("-incoming tcp:127.0.0.1:4444 -S -name args-"), "{s}");
     assert_eq!(harness::qemu::parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1)\n"), Some((10, 0, 2)));
     assert_eq!(harness::qemu::parse_qemu_version("QEMU emulator version 7.2.15\n"), Some((7, 2, 15)));

@@ -126,10 +126,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64) as u64)
 }
 
-/// Split a QEMU property list `a,b=c,d=e` into (first bare value, pairs).
-/// `,,` escapes a comma.
-pub fn parse_props(s: &str) -> (Option<String>, Vec<(String, String)>) {
-    let mut items = Vec::new();
+/// Split a QemuOpts-style string on `,`, where `,,` is a literal comma.
+pub fn split_opts(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
     let mut cur = String::new();
     let mut chars = s.chars().peekable();
     while let Some(c) = chars.next() {
@@ -138,13 +137,20 @@ pub fn parse_props(s: &str) -> (Option<String>, Vec<(String, String)>) {
                 chars.next();
                 cur.push(',');
             } else {
-                items.push(std::mem::take(&mut cur));
+                out.push(std::mem::take(&mut cur));
             }
         } else {
             cur.push(c);
         }
     }
-    items.push(cur);
+    out.push(cur);
+    out
+}
+
+/// Split a QEMU property list `a,b=c,d=e` into (first bare value, pairs).
+/// `,,` escapes a comma.
+pub fn parse_props(s: &str) -> (Option<String>, Vec<(String, String)>) {
+    let items = split_opts(s);
     let mut first = None;
     let mut pairs = Vec::new();
     for (i, it) in items.into_iter().enumerate() {

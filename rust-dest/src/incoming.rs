@@ -848,30 +848,11 @@ impl Loader {
     }
 
     fn resolve(&mut self, b: BlockRef, ch: usize, off: u64) -> Result<Arc<RamBlock>, String> {
-        match b {
-            BlockRef::Continue => self.last_block[ch]
-                .clone()
-                .ok_or_else(|| format!("RAM record with CONTINUE flag but no previous block at byte offset {off}")),
-            BlockRef::Named(n) => {
-                let blk = self
-                    .shared
-                    .ram()
-                    .get(n)
-                    .ok_or_else(|| format!("RAM record names unknown RAMBlock {n:?} at byte offset {off}"))?;
-                self.last_block[ch] = Some(blk.clone());
-                Ok(blk)
-            }
-        }
+        resolve_block(&self.shared, &mut self.last_block[ch], b, off)
     }
 
     fn check_addr(b: &RamBlock, addr: u64, off: u64) -> Result<(), String> {
-        if addr.checked_add(TARGET_PAGE_SIZE).is_none_or(|e| e > b.used_length) {
-            return Err(format!(
-                "page address {addr:#x} is outside RAMBlock {:?} (length {:#x}) at byte offset {off}",
-                b.name, b.used_length
-            ));
-        }
-        Ok(())
+        check_page_addr(b, addr, off)
     }
 
     fn apply_ram(&mut self, rec: RamRecord, off: u64, ch: usize) -> Result<(), String> {
@@ -1041,6 +1022,32 @@ impl Loader {
         }
         Ok(())
     }
+}
+
+/// The RAMBlock a page record refers to: named (and remembered as the
+/// channel's last block), or the channel's last block for CONTINUE.
+pub fn resolve_block(shared: &Shared, last: &mut Option<Arc<RamBlock>>, b: BlockRef, off: u64) -> Result<Arc<RamBlock>, String> {
+    match b {
+        BlockRef::Continue => {
+            last.clone().ok_or_else(|| format!("RAM record with CONTINUE flag but no previous block at byte offset {off}"))
+        }
+        BlockRef::Named(n) => {
+            let blk = shared.ram().get(n).ok_or_else(|| format!("RAM record names unknown RAMBlock {n:?} at byte offset {off}"))?;
+            *last = Some(blk.clone());
+            Ok(blk)
+        }
+    }
+}
+
+/// A page address must lie inside its block.
+pub fn check_page_addr(b: &RamBlock, addr: u64, off: u64) -> Result<(), String> {
+    if addr.checked_add(TARGET_PAGE_SIZE).is_none_or(|e| e > b.used_length) {
+        return Err(format!(
+            "page address {addr:#x} is outside RAMBlock {:?} (length {:#x}) at byte offset {off}",
+            b.name, b.used_length
+        ));
+    }
+    Ok(())
 }
 
 /// The version of a versioned machine type (`pc-q35-10.0` → (10, 0)).

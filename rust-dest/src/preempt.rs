@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use crate::codec::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
+use crate::codec::ramrec::{decode_ram_record, RamContext, RamRecord};
 use crate::codec::{Cursor, DecodeError};
-use crate::incoming::{Reader, CH_PREEMPT};
-use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
+use crate::incoming::{check_page_addr, resolve_block, Reader, CH_PREEMPT};
+use crate::ram::RamBlock;
 use crate::session::{Session, Sock};
 use crate::state::MigStatus;
 
@@ -55,8 +55,8 @@ fn read_channel(session: &Arc<Session>, sock: Sock) -> Result<(), String> {
                                 break;
                             }
                             RamRecord::Page { addr, block, data } => {
-                                let b = resolve(&shared, &mut last, block, off)?;
-                                check(&b, addr, off)?;
+                                let b = resolve_block(&shared, &mut last, block, off).map_err(|e| format!("preempt channel: {e}"))?;
+                                check_page_addr(&b, addr, off).map_err(|e| format!("preempt channel: {e}"))?;
                                 if rt.is_none() {
                                     rt = session.wait_runtime();
                                 }
@@ -65,8 +65,8 @@ fn read_channel(session: &Arc<Session>, sock: Sock) -> Result<(), String> {
                                 crate::state::Counters::add(&shared.counters().preempt_pages, 1);
                             }
                             RamRecord::Zero { addr, block, fill } => {
-                                let b = resolve(&shared, &mut last, block, off)?;
-                                check(&b, addr, off)?;
+                                let b = resolve_block(&shared, &mut last, block, off).map_err(|e| format!("preempt channel: {e}"))?;
+                                check_page_addr(&b, addr, off).map_err(|e| format!("preempt channel: {e}"))?;
                                 if fill != 0 {
                                     return Err(format!("preempt channel: zero page with fill {fill:#04x} at byte offset {off}"));
                                 }
@@ -104,35 +104,4 @@ fn read_channel(session: &Arc<Session>, sock: Sock) -> Result<(), String> {
             Err(e) => return Err(format!("preempt channel read error at byte offset {at}: {e}")),
         }
     }
-}
-
-fn resolve(
-    shared: &crate::state::Shared,
-    last: &mut Option<Arc<RamBlock>>,
-    b: BlockRef,
-    off: u64,
-) -> Result<Arc<RamBlock>, String> {
-    match b {
-        BlockRef::Continue => {
-            last.clone().ok_or_else(|| format!("preempt channel: CONTINUE with no previous block at byte offset {off}"))
-        }
-        BlockRef::Named(n) => {
-            let blk = shared
-                .ram()
-                .get(n)
-                .ok_or_else(|| format!("preempt channel: unknown RAMBlock {n:?} at byte offset {off}"))?;
-            *last = Some(blk.clone());
-            Ok(blk)
-        }
-    }
-}
-
-fn check(b: &RamBlock, addr: u64, off: u64) -> Result<(), String> {
-    if addr.checked_add(TARGET_PAGE_SIZE).is_none_or(|e| e > b.used_length) {
-        return Err(format!(
-            "preempt channel: page address {addr:#x} outside RAMBlock {:?} (length {:#x}) at byte offset {off}",
-            b.name, b.used_length
-        ));
-    }
-    Ok(())
 }

@@ -62,26 +62,7 @@ pub struct QmpAddr {
     pub wait: bool,
 }
 
-/// Split a QemuOpts-style string on `,`, where `,,` is a literal comma.
-fn split_opts(s: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                cur.push(',');
-            } else {
-                out.push(std::mem::take(&mut cur));
-            }
-        } else {
-            cur.push(c);
-        }
-    }
-    out.push(cur);
-    out
-}
+use crate::cli::split_opts;
 
 fn parse_bool_opt(key: &str, v: &str) -> Result<bool, String> {
     match v {

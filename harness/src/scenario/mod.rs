@@ -493,7 +493,50 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
             }
             Ok(String::new())
         }
-        Step::Recover {} => {
+        Step::Recover { fail } => {
+            let to = Duration::from_secs(30);
+            let mut detail = String::new();
+            match fail.as_deref() {
+                Some("handshake") => {
+                    let port = free_tcp_port();
+                    ctx.dst.execute("migrate-recover", json!({ "uri": format!("tcp:127.0.0.1:{port}") })).await?;
+                    let cursor = ctx.dst.qmp.event_cursor();
+                    {
+                        use tokio::io::AsyncWriteExt;
+                        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                        s.write_all(&[rust_dest::codec::consts::QEMU_VM_COMMAND]).await?;
+                    }
+                    // The destination must take the connection as its
+                    // recovery channel (postcopy-recover) and fall back.
+                    // (QEMU 11.1 never adopts a connection that sends a
+                    // single byte, so for a QEMU destination this is optional.)
+                    let adopted = ctx
+                        .dst
+                        .qmp
+                        .wait_event_from(
+                            cursor,
+                            |e| e.name == "MIGRATION" && e.data_str("status") == Some("postcopy-recover"),
+                            if ctx.dest_kind == DestKind::Rust { to } else { Duration::from_secs(3) },
+                        )
+                        .await;
+                    if ctx.dest_kind == DestKind::Rust {
+                        adopted.context("destination taking the junk connection as its recovery channel")?;
+                    } else if adopted.is_err() {
+                        detail += "(QEMU did not adopt the junk connection) ";
+                    }
+                    ctx.dst.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await
+                        .context("destination back in postcopy-paused after the failed handshake")?;
+                    detail += "destination paused again after a failed handshake; ";
+                }
+                Some("reconnect") => {
+                    let dead = free_tcp_port();
+                    ctx.src.execute("migrate", json!({ "uri": format!("tcp:127.0.0.1:{dead}"), "resume": true })).await.ok();
+                    ctx.src.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await
+                        .context("source back in postcopy-paused after the failed reconnect")?;
+                    detail += "source paused again after a failed reconnect; ";
+                }
+                _ => {}
+            }
             let port = free_tcp_port();
             ctx.dst.execute("migrate-recover", json!({ "uri": format!("tcp:127.0.0.1:{port}") })).await?;
             let mut uri = format!("tcp:127.0.0.1:{port}");
@@ -504,10 +547,9 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                 ctx.proxy = Some(px);
             }
             ctx.src.execute("migrate", json!({ "uri": uri, "resume": true })).await?;
-            let to = Duration::from_secs(30);
             ctx.src.qmp.wait_migration_status(&["postcopy-active", "completed"], &["failed"], to).await?;
             ctx.dst.qmp.wait_migration_status(&["postcopy-active", "completed"], &["failed"], to).await?;
-            Ok(format!("resumed via {uri}"))
+            Ok(format!("{detail}resumed via {uri}"))
         }
         Step::Expect { side, status, error, counter, op, value } => {
             let mut detail = Vec::new();

@@ -97,7 +97,12 @@ pub enum Step {
     },
     /// `migrate-recover` on the destination and `migrate resume=true` on the
     /// source; waits until both are back in postcopy-active (or completed).
-    Recover {},
+    /// With `fail`, a failing attempt comes first, as in QEMU's own
+    /// double-failure tests: "handshake" (the recovery connection to the
+    /// destination sends one command byte and closes) or "reconnect" (the
+    /// source resumes towards an address where nothing listens); both sides
+    /// must be `postcopy-paused` again before the real recovery.
+    Recover { fail: Option<String> },
     /// Assert on `query-migrate` of `side`.
     Expect {
         #[serde(default = "both")]
@@ -161,6 +166,9 @@ pub fn parse_step(t: &toml::Table) -> Result<StepSpec, String> {
                 regex::Regex::new(e).map_err(|er| format!("expect: bad regex {e:?}: {er}"))?;
             }
         }
+        Step::Recover { fail: Some(f) } if f != "handshake" && f != "reconnect" => {
+            return Err(format!("recover: fail must be \"handshake\" or \"reconnect\", not {f:?}"));
+        }
         Step::Migrate { proxy: Some(p) } => {
             for s in [&p.stall_at, &p.throttle, &p.cut_at].into_iter().flatten() {
                 rust_dest::cli::parse_size(s)?;
@@ -194,7 +202,8 @@ impl Step {
             Step::Cancel {} => "cancel".into(),
             Step::Fault { fault, side } => format!("fault {fault:?} {side:?}"),
             Step::Pause { side } => format!("pause {side:?}"),
-            Step::Recover {} => "recover".into(),
+            Step::Recover { fail: None } => "recover".into(),
+            Step::Recover { fail: Some(f) } => format!("recover (after a failed {f})"),
             Step::Expect { side, status, error, counter, op, value } => {
                 let mut s = format!("expect {side:?}");
                 if let Some(st) = status {
