@@ -666,6 +666,11 @@ async fn run_stream(v: &Variant, out: &mut Outcome) -> Result<()> {
             synth::Verdict::Stuck { status, .. } if status == "?" && run.log_tail.contains("Migration paused") => {
                 "postcopy-paused".to_string()
             }
+            // A destination that told the source SHUT(non-zero) has failed,
+            // even if its status lags (seen with QEMU 11.1 in postcopy-device).
+            synth::Verdict::Stuck { .. } if run.play.as_ref().is_some_and(|p| p.shuts().iter().any(|v| *v != 0)) => {
+                "failed".to_string()
+            }
             synth::Verdict::Stuck { status, .. } => status.clone(),
             v => v.kind().to_string(),
         };
