@@ -83,6 +83,10 @@ enum Cmd {
         /// Postcopy: pause and recover this many times during postcopy (migrate-pause, migrate-recover, resume).
         #[arg(long, default_value_t = 0)]
         recover: u32,
+        /// Do not route the migration through the recording proxy (rust-dest's ROM blocks are then
+        /// not checked against the wire bytes); use for timings comparable with a QEMU destination.
+        #[arg(long)]
+        no_record: bool,
     },
 }
 
@@ -169,7 +173,7 @@ async fn run(cli: Cli) -> Result<bool> {
             }
             Ok(passed == outcomes.len() && load_errors == 0)
         }
-        Cmd::Migrate { dest, mode, stopped, mem, workload, postcopy_after, qemu, machine, timeout, logs, json, capabilities, recover } => {
+        Cmd::Migrate { dest, mode, stopped, mem, workload, postcopy_after, qemu, machine, timeout, logs, json, capabilities, recover, no_record } => {
             let qemu = match qemu {
                 Some(p) => QemuBinary::new(p),
                 None => QemuBinary::system()?,
@@ -184,6 +188,9 @@ async fn run(cli: Cli) -> Result<bool> {
             o.workdir = logs;
             o.extra_caps = capabilities.into_iter().map(|c| (c, true)).collect();
             o.recover_cuts = recover;
+            if no_record {
+                o.record = false;
+            }
             eprintln!(
                 "crossmig: {} {} migration, {} MiB {} guest, into {}",
                 if stopped { "stopped" } else { "live" },
