@@ -231,6 +231,11 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
     let mut dcfg = VmConfig::new(&format!("dst-{}", opts.dest.name()), opts.mem_bytes);
     dcfg.machine = opts.machine.clone();
     dcfg.extra = opts.dest_extra.clone();
+    if opts.dest == DestKind::Rust && opts.recover_cuts > 0 && !dcfg.extra.iter().any(|a| a == "--vcpu-rate") {
+        // Requested pages bypass the postcopy bandwidth cap: slower simulated
+        // vCPUs keep the postcopy phase long enough to cut it.
+        dcfg.extra.extend(["--vcpu-rate".to_string(), "5000".to_string()]);
+    }
     let dq = opts.dest_qemu.clone().unwrap_or_else(|| opts.qemu.clone());
     let dst = start_dest(opts.dest, &dq, dcfg, workdir.join(format!("{tag}-dst-{}.log", opts.dest.name()))).await?;
     dst.qmp.set_timeout(Duration::from_secs(30));
@@ -551,7 +556,7 @@ async fn run_migration(
         if recoveries < opts.recover_cuts
             && ss == "postcopy-active"
             && ds == "postcopy-active"
-            && postcopy_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(300))
+            && postcopy_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(50))
         {
             recover_once(src, dst, opts.pause_on_dest, rec).await.with_context(|| format!("recovery #{}", recoveries + 1))?;
             recoveries += 1;
