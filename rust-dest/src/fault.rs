@@ -363,7 +363,12 @@ fn resolve_present_or_zero(inner: &Inner, b: &RamBlock, off: u64) {
         Ok(false) => {
             let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
         }
-        Err(e) => tracing::warn!("resolving fault at {off:#x} of {:?}: {e}", b.name),
+        Err(e) => {
+            // Seen once after a recovery (ENOENT). Wake the faulting thread so
+            // it retries the access rather than waiting for ever.
+            tracing::warn!("resolving fault at {off:#x} of {:?}: {e}; waking the faulting thread", b.name);
+            let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
+        }
     }
 }
 

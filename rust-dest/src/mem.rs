@@ -19,6 +19,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
+/// How often a placement is retried while the kernel says EAGAIN (the
+/// address space is changing) before it is reported as an error.
+const EAGAIN_RETRIES: u32 = 10_000;
+
 /// One mmap'd region holding a RAMBlock.
 pub struct Mapping {
     ptr: NonNull<u8>,
@@ -200,6 +204,7 @@ impl Mapping {
     /// page was already present (EEXIST), which callers treat as success.
     pub fn uffd_copy(&self, uffd: &userfaultfd::Uffd, offset: usize, data: &[u8]) -> io::Result<bool> {
         self.check(offset, data.len());
+        let mut retries = 0;
         loop {
             // SAFETY: destination range checked and registered with this uffd;
             // the source buffer is valid for data.len() bytes.
@@ -214,7 +219,11 @@ impl Mapping {
             match r {
                 Ok(_) => return Ok(true),
                 Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => return Ok(false),
-                Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EAGAIN => continue,
+                Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EAGAIN && retries < EAGAIN_RETRIES => {
+                    retries += 1;
+                    std::thread::yield_now();
+                    continue;
+                }
                 Err(e) => return Err(io::Error::other(format!("UFFDIO_COPY at {offset:#x}: {e}"))),
             }
         }
@@ -223,13 +232,18 @@ impl Mapping {
     /// Atomically place a zero page with UFFDIO_ZEROPAGE (Ok(false) on EEXIST).
     pub fn uffd_zero(&self, uffd: &userfaultfd::Uffd, offset: usize, len: usize) -> io::Result<bool> {
         self.check(offset, len);
+        let mut retries = 0;
         loop {
             // SAFETY: range checked and registered with this uffd.
             let r = unsafe { uffd.zeropage(self.ptr.as_ptr().add(offset) as *mut libc::c_void, len, true) };
             match r {
                 Ok(_) => return Ok(true),
                 Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EEXIST => return Ok(false),
-                Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EAGAIN => continue,
+                Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EAGAIN && retries < EAGAIN_RETRIES => {
+                    retries += 1;
+                    std::thread::yield_now();
+                    continue;
+                }
                 Err(e) => return Err(io::Error::other(format!("UFFDIO_ZEROPAGE at {offset:#x}: {e}"))),
             }
         }
