@@ -97,12 +97,6 @@ impl PostcopyRuntime {
         for b in &blocks {
             // Pages not yet received must fault: drop whatever is mapped
             // there (fresh memory reads as zero but may be populated).
-            for p in 0..b.pages() {
-                if !b.received.get(p) {
-                    // Coalesce runs of missing pages.
-                    let _ = p;
-                }
-            }
             drop_missing(b).map_err(|e| format!("RAMBlock {:?}: {e}", b.name))?;
             b.mapping.uffd_register(&uffd).map_err(|e| format!("RAMBlock {:?}: {e}", b.name))?;
         }

@@ -240,8 +240,6 @@ pub struct Loader {
     ram_ctx: RamContext,
     pc_state: PcState,
     postcopy: Option<Arc<PostcopyRuntime>>,
-    /// SWITCHOVER_START or the ram END section was seen.
-    final_phase: bool,
     /// RAM is registered with userfaultfd and placed atomically (from
     /// LISTEN until END). Kept apart from the legality state, which QEMU can
     /// leave at DISCARD after a LISTEN (see postcopy.rs).
@@ -275,7 +273,6 @@ impl Loader {
             ram_ctx: RamContext::x86(),
             pc_state: PcState::None,
             postcopy: None,
-            final_phase: false,
             placing: false,
             ack_pending: false,
             stream_machine: None,
@@ -489,10 +486,8 @@ impl Loader {
                     self.footer(r, section_id)?;
                     Ok(Flow::Continue)
                 } else if kind == SectionKind::Full {
-                    // Inside postcopy the package carries device state; a bare
-                    // FULL section here is delimited by its footer.
-                    let (w, base) = r.window();
-                    let _ = (w, base);
+                    // Device state arrives in the precopy tail or the package,
+                    // never as a bare FULL section once postcopy runs.
                     Err(format!(
                         "device section '{idstr}' (FULL, id {section_id}) at byte offset {off} outside the device-state phase"
                     ))
@@ -506,9 +501,6 @@ impl Loader {
             OwnedTop::SectionCont { kind, section_id } => match self.sections.get(&section_id) {
                 Some(Handler::Ram) => {
                     crate::state::Counters::add(&self.shared.counters().ram_sections, 1);
-                    if kind == SectionKind::End {
-                        self.final_phase = true;
-                    }
                     self.ram_section(r, section_id, CH_MAIN)?;
                     self.footer(r, section_id)?;
                     Ok(Flow::Continue)
@@ -581,9 +573,8 @@ impl Loader {
                 crate::state::Counters::add(&self.shared.counters().pings, 1);
 
             }
-            Command::SwitchoverStart => {
-                self.final_phase = true;
-            }
+            // The final-phase marker: nothing to do (no device needs it).
+            Command::SwitchoverStart => {}
             Command::EnableColo => return Err(format!("ENABLE_COLO at byte offset {off}: COLO is not supported")),
             Command::PostcopyResume => {
                 if self.shared.lock().status != MigStatus::PostcopyRecover {
@@ -847,17 +838,9 @@ impl Loader {
         }
     }
 
-    fn resolve(&mut self, b: BlockRef, ch: usize, off: u64) -> Result<Arc<RamBlock>, String> {
-        resolve_block(&self.shared, &mut self.last_block[ch], b, off)
-    }
-
-    fn check_addr(b: &RamBlock, addr: u64, off: u64) -> Result<(), String> {
-        check_page_addr(b, addr, off)
-    }
 
     fn apply_ram(&mut self, rec: RamRecord, off: u64, ch: usize) -> Result<(), String> {
-        let shared = self.shared.clone();
-        let counters = shared.counters();
+        let counters = self.shared.counters();
         match rec {
             RamRecord::MemSize { total, blocks } => {
                 if !self.shared.ram().blocks().is_empty() {
@@ -880,8 +863,8 @@ impl Loader {
                 }
             }
             RamRecord::Page { addr, block, data } => {
-                let b = self.resolve(block, ch, off)?;
-                Self::check_addr(&b, addr, off)?;
+                let b = resolve_block(&self.shared, &mut self.last_block[ch], block, off)?;
+                check_page_addr(&b, addr, off)?;
                 if self.placing {
                     self.postcopy.as_ref().expect("postcopy runtime").place(&b, addr, Some(data), ch)?;
                 } else {
@@ -891,8 +874,8 @@ impl Loader {
                 crate::state::Counters::add(&counters.normal_pages, 1);
             }
             RamRecord::Zero { addr, block, fill } => {
-                let b = self.resolve(block, ch, off)?;
-                Self::check_addr(&b, addr, off)?;
+                let b = resolve_block(&self.shared, &mut self.last_block[ch], block, off)?;
+                check_page_addr(&b, addr, off)?;
                 if self.placing {
                     if fill != 0 {
                         return Err(format!("zero page record with fill byte {fill:#04x} during postcopy at byte offset {off}"));
@@ -911,8 +894,8 @@ impl Loader {
                 crate::state::Counters::add(&counters.zero_pages, 1);
             }
             RamRecord::Xbzrle { addr, block, data } => {
-                let b = self.resolve(block, ch, off)?;
-                Self::check_addr(&b, addr, off)?;
+                let b = resolve_block(&self.shared, &mut self.last_block[ch], block, off)?;
+                check_page_addr(&b, addr, off)?;
                 if self.placing {
                     return Err(format!("XBZRLE page during postcopy at byte offset {off}"));
                 }
@@ -1101,11 +1084,4 @@ impl OwnedTop {
             TopRecord::VmDescription { .. } => OwnedTop::VmDescription,
         }
     }
-}
-
-/// Encode helper used by tests and the synthetic source.
-pub fn rp_bytes(m: &RpMessage) -> Vec<u8> {
-    let mut e = Encoder::new();
-    m.encode(&mut e);
-    e.finish()
 }
