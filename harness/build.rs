@@ -55,18 +55,11 @@ fn build_image(src: &Path, out_dir: &Path, name: &str, mode: u32) -> PathBuf {
     let img = out_dir.join(format!("{name}.img"));
 
     let mut c = Command::new(&as_);
-    c.arg("--32")
-        .arg("--defsym")
-        .arg(format!("MODE={mode}"))
-        .arg("-o")
-        .arg(&obj)
-        .arg(src);
+    c.arg("--32").arg("--defsym").arg(format!("MODE={mode}")).arg("-o").arg(&obj).arg(src);
     run(c, &format!("assembling {name} (MODE={mode})"));
 
     let mut c = Command::new(&ld);
-    c.args(["-m", "elf_i386", "-Ttext=0x7c00", "-e", "_start", "-o"])
-        .arg(&elf)
-        .arg(&obj);
+    c.args(["-m", "elf_i386", "-Ttext=0x7c00", "-e", "_start", "-o"]).arg(&elf).arg(&obj);
     run(c, &format!("linking {name}"));
 
     // objcopy only .text so stray note sections can never end up in the image.

@@ -241,7 +241,8 @@ impl Vm {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+        let remaining =
+            deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
         let qmp = match Qmp::connect(&cfg.qmp_socket, remaining).await {
             Ok(q) => q,
             Err(e) => return Err(fail(&mut child, format!("QMP connection failed: {e:#}"))),
@@ -256,7 +257,10 @@ impl Vm {
     }
 
     async fn execute(&self, cmd: &str, args: Value) -> Result<Value> {
-        self.qmp.execute(cmd, args).await.with_context(|| format!("QMP {cmd} on {}", self.cfg.vm_name()))
+        self.qmp
+            .execute(cmd, args)
+            .await
+            .with_context(|| format!("QMP {cmd} on {}", self.cfg.vm_name()))
     }
 
     async fn status(&self) -> Result<Value> {
@@ -272,7 +276,10 @@ impl Vm {
                 return Ok(());
             }
             if !self.child.is_running() {
-                bail!("QEMU exited while waiting for serial {marker:?}; log:\n{}", file_tail(&self.log, 2048));
+                bail!(
+                    "QEMU exited while waiting for serial {marker:?}; log:\n{}",
+                    file_tail(&self.log, 2048)
+                );
             }
             if Instant::now() > deadline {
                 bail!("timed out after {timeout:?} waiting for serial {marker:?}");
@@ -323,7 +330,9 @@ pub fn proc_mem(pid: u32) -> Option<ProcMem> {
     let mut m = ProcMem::default();
     for l in s.lines() {
         let mut it = l.split_whitespace();
-        let (Some(k), Some(v)) = (it.next(), it.next()) else { continue };
+        let (Some(k), Some(v)) = (it.next(), it.next()) else {
+            continue;
+        };
         let v: u64 = v.parse().unwrap_or(0);
         match k {
             "VmHWM:" => m.vm_hwm_kib = v,
@@ -359,7 +368,9 @@ fn src_pages(v: &Value) -> u64 {
 fn event_time(qmp: &Qmp, status: &str, after: Instant) -> Option<Instant> {
     qmp.events()
         .into_iter()
-        .find(|e| e.name == "MIGRATION" && e.data_str("status") == Some(status) && e.received >= after)
+        .find(|e| {
+            e.name == "MIGRATION" && e.data_str("status") == Some(status) && e.received >= after
+        })
         .map(|e| e.received)
 }
 
@@ -539,7 +550,9 @@ async fn tcp_inner(
     let serial = ctx.workdir.join(format!("{tag}-src.serial"));
     scfg.serial_log = Some(serial.clone());
     let _serial = PathGuard::new(&serial);
-    let src = Vm::start(&ctx.qemu, scfg, slog.to_path_buf(), Duration::from_secs(60)).await.context("starting the source")?;
+    let src = Vm::start(&ctx.qemu, scfg, slog.to_path_buf(), Duration::from_secs(60))
+        .await
+        .context("starting the source")?;
     rec.set(&ov("src_start_ms"), ms(src.startup));
     let t = Instant::now();
     let marker = match sc.workload {
@@ -557,8 +570,15 @@ async fn tcp_inner(
     if sc.postcopy {
         match side {
             DestKind::Rust => dcfg.extra.extend(
-                ["--vcpu-pattern", ctx.rust_vcpu_pattern.as_str(), "--vcpu-rate", "0", "--log", RUST_FAULT_TRACE]
-                    .map(String::from),
+                [
+                    "--vcpu-pattern",
+                    ctx.rust_vcpu_pattern.as_str(),
+                    "--vcpu-rate",
+                    "0",
+                    "--log",
+                    RUST_FAULT_TRACE,
+                ]
+                .map(String::from),
             ),
             DestKind::Qemu => dcfg.extra.extend(
                 [
@@ -616,12 +636,14 @@ async fn tcp_inner(
     let (sv, dv) = poll.run(&src, &dst).await?;
     let Poller { samples, peak_nonshmem_kib, dst_done_poll, pc_seen, pc_pages_before, .. } = poll;
     rec.samples = samples.into_inner().map_err(|_| anyhow!("poisoned"))?;
-    let (peak_nonshmem_kib, dst_done_poll) = (peak_nonshmem_kib.into_inner()?, dst_done_poll.into_inner()?);
+    let (peak_nonshmem_kib, dst_done_poll) =
+        (peak_nonshmem_kib.into_inner()?, dst_done_poll.into_inner()?);
     let (pc_seen, pc_pages_before) = (pc_seen.into_inner()?, pc_pages_before.into_inner()?);
     let cpu1 = proc_cpu_seconds(dst.pid());
     let pm = proc_mem(dst.pid()).unwrap_or_default();
     // The destination's own completion event is precise; polling is the fallback.
-    let t_done = event_time(&dst.qmp, "completed", t0).or(dst_done_poll).unwrap_or_else(Instant::now);
+    let t_done =
+        event_time(&dst.qmp, "completed", t0).or(dst_done_poll).unwrap_or_else(Instant::now);
     let migration = t_done.saturating_duration_since(t0);
     rec.set(&ov("migration_ms"), ms(migration));
     let p = sc.name;
@@ -636,8 +658,14 @@ async fn tcp_inner(
     rec.detail("dest_peak_rss_anon_plus_file_kib_sampled", json!(peak_nonshmem_kib));
     rec.detail("dest_pid", json!(dst.pid()));
     if !sc.postcopy {
-        rec.set(&format!("{p}.throughput_mib_s"), transferred as f64 / MIB as f64 / migration.as_secs_f64().max(1e-9));
-        rec.set(&format!("{p}.dest_rss_beyond_mib"), (pm.vm_hwm_kib as f64 * 1024.0 - sc.mem as f64) / MIB as f64);
+        rec.set(
+            &format!("{p}.throughput_mib_s"),
+            transferred as f64 / MIB as f64 / migration.as_secs_f64().max(1e-9),
+        );
+        rec.set(
+            &format!("{p}.dest_rss_beyond_mib"),
+            (pm.vm_hwm_kib as f64 * 1024.0 - sc.mem as f64) / MIB as f64,
+        );
         rec.set(&format!("{p}.dest_vmhwm_mib"), pm.vm_hwm_kib as f64 / 1024.0);
         rec.set(&format!("{p}.dest_anon_file_peak_mib"), peak_nonshmem_kib as f64 / 1024.0);
         // Sanity: sampled pages identical on both sides.
@@ -654,7 +682,8 @@ async fn tcp_inner(
         let pc = t_done.saturating_duration_since(t_pc);
         // Pages sent before the switch (the first sample in postcopy may be a
         // little late; the last precopy sample is the better lower bound).
-        let before = if pc_pages_before > 0 { pc_pages_before.min(pages_at_pc) } else { pages_at_pc };
+        let before =
+            if pc_pages_before > 0 { pc_pages_before.min(pages_at_pc) } else { pages_at_pc };
         let placed = src_pages(&sv).saturating_sub(before);
         rec.set(&format!("{p}.postcopy_ms"), ms(pc));
         rec.set(&format!("{p}.pages_per_s"), placed as f64 / pc.as_secs_f64().max(1e-9));
@@ -663,8 +692,14 @@ async fn tcp_inner(
         if let Some(bt) = dv.get("postcopy-blocktime").and_then(Value::as_f64) {
             rec.set(&format!("{p}.blocktime_ms"), bt);
         }
-        rec.detail("postcopy_blocktime", dv.get("postcopy-blocktime").cloned().unwrap_or(Value::Null));
-        rec.detail("postcopy_vcpu_blocktime", dv.get("postcopy-vcpu-blocktime").cloned().unwrap_or(Value::Null));
+        rec.detail(
+            "postcopy_blocktime",
+            dv.get("postcopy-blocktime").cloned().unwrap_or(Value::Null),
+        );
+        rec.detail(
+            "postcopy_vcpu_blocktime",
+            dv.get("postcopy-vcpu-blocktime").cloned().unwrap_or(Value::Null),
+        );
     }
 
     // --- teardown ---
@@ -697,11 +732,18 @@ async fn tcp_inner(
                 if traced.is_empty() {
                     (None, None, None, Some(0.0))
                 } else {
-                    (Some(s.p50 as f64), Some(s.p99 as f64), Some(s.max as f64), Some(s.count as f64))
+                    (
+                        Some(s.p50 as f64),
+                        Some(s.p99 as f64),
+                        Some(s.max as f64),
+                        Some(s.count as f64),
+                    )
                 }
             }
         };
-        for (k, v) in [("fault_p50_us", p50), ("fault_p99_us", p99), ("fault_max_us", max), ("faults", n)] {
+        for (k, v) in
+            [("fault_p50_us", p50), ("fault_p99_us", p99), ("fault_max_us", max), ("faults", n)]
+        {
             if let Some(v) = v {
                 rec.set(&format!("{p}.{k}"), v);
             }
@@ -750,18 +792,26 @@ impl Poller {
     }
 
     fn both_done(&self) -> bool {
-        *self.src_status.lock().unwrap() == "completed" && *self.dst_status.lock().unwrap() == "completed"
+        *self.src_status.lock().unwrap() == "completed"
+            && *self.dst_status.lock().unwrap() == "completed"
     }
 
     fn check(&self, who: &str, v: &Value) -> Result<()> {
         let st = migrate_status_of(v);
         if ["failed", "cancelled"].contains(&st) {
             *self.stop.lock().unwrap() = true;
-            bail!("migration failed on the {who}: {st}{}", v.get("error-desc").map(|e| format!(" ({e})")).unwrap_or_default());
+            bail!(
+                "migration failed on the {who}: {st}{}",
+                v.get("error-desc").map(|e| format!(" ({e})")).unwrap_or_default()
+            );
         }
         if Instant::now() > self.deadline {
             *self.stop.lock().unwrap() = true;
-            bail!("timed out: source {}, destination {}", self.src_status.lock().unwrap(), self.dst_status.lock().unwrap());
+            bail!(
+                "timed out: source {}, destination {}",
+                self.src_status.lock().unwrap(),
+                self.dst_status.lock().unwrap()
+            );
         }
         Ok(())
     }
@@ -833,7 +883,11 @@ impl Poller {
         let (a, b) = tokio::join!(self.src_loop(src), self.dst_loop(dst));
         let (sv, dv) = (a?, b?);
         if !self.both_done() {
-            bail!("sampling stopped: source {}, destination {}", self.src_status.lock().unwrap(), self.dst_status.lock().unwrap());
+            bail!(
+                "sampling stopped: source {}, destination {}",
+                self.src_status.lock().unwrap(),
+                self.dst_status.lock().unwrap()
+            );
         }
         Ok((sv, dv))
     }
@@ -841,7 +895,9 @@ impl Poller {
 
 /// Per-fault latencies from rust-dest's `fault_latency` trace lines.
 pub fn parse_rust_fault_trace(log: &Path) -> Vec<u64> {
-    let Ok(s) = std::fs::read(log) else { return Vec::new() };
+    let Ok(s) = std::fs::read(log) else {
+        return Vec::new();
+    };
     let s = String::from_utf8_lossy(&s);
     s.lines()
         .filter_map(|l| {
@@ -857,24 +913,36 @@ pub fn parse_rust_fault_trace(log: &Path) -> Vec<u64> {
 /// `postcopy_page_req_del` (that page has been placed) trace points, with
 /// `-msg timestamp=on` (`pid@sec.usec:event ...`).
 pub fn parse_qemu_fault_trace(log: &Path) -> Vec<u64> {
-    let Ok(s) = std::fs::read(log) else { return Vec::new() };
+    let Ok(s) = std::fs::read(log) else {
+        return Vec::new();
+    };
     let s = String::from_utf8_lossy(&s);
     let mut open: HashMap<u64, u64> = HashMap::new();
     let mut out = Vec::new();
     for l in s.lines() {
-        let Some(i) = l.find(":postcopy_page_req_") else { continue };
+        let Some(i) = l.find(":postcopy_page_req_") else {
+            continue;
+        };
         let is_add = l[i..].starts_with(":postcopy_page_req_add");
         let is_del = l[i..].starts_with(":postcopy_page_req_del");
         if !is_add && !is_del {
             continue;
         }
-        let Some(ts) = l[..i].rsplit('@').next() else { continue };
-        let Some((sec, usec)) = ts.split_once('.') else { continue };
-        let (Ok(sec), Ok(usec)) = (sec.parse::<u64>(), usec.parse::<u64>()) else { continue };
+        let Some(ts) = l[..i].rsplit('@').next() else {
+            continue;
+        };
+        let Some((sec, usec)) = ts.split_once('.') else {
+            continue;
+        };
+        let (Ok(sec), Ok(usec)) = (sec.parse::<u64>(), usec.parse::<u64>()) else {
+            continue;
+        };
         let t = sec * 1_000_000 + usec;
         let Some(j) = l[i..].find("0x") else { continue };
         let hex: String = l[i + j + 2..].chars().take_while(|c| c.is_ascii_hexdigit()).collect();
-        let Ok(addr) = u64::from_str_radix(&hex, 16) else { continue };
+        let Ok(addr) = u64::from_str_radix(&hex, 16) else {
+            continue;
+        };
         if is_add {
             open.entry(addr).or_insert(t);
         } else if let Some(t0) = open.remove(&addr) {
@@ -938,7 +1006,10 @@ async fn record_stream(ctx: &Ctx, mem: u64, dir: &Path) -> Result<Recorded> {
     src.qmp.set_parameters(json!({"max-bandwidth": UNLIMITED_BW})).await?;
     let t = Instant::now();
     src.execute("migrate", json!({"uri": format!("file:{}", path.display())})).await?;
-    let fin = src.qmp.wait_migration_status(&["completed"], &["failed", "cancelled"], Duration::from_secs(600)).await?;
+    let fin = src
+        .qmp
+        .wait_migration_status(&["completed"], &["failed", "cancelled"], Duration::from_secs(600))
+        .await?;
     let record_ms = ms(t.elapsed());
     let pages = sample_pages(0, mem / PAGE, VERIFY_PAGES);
     let contents = read_pages(&src.cfg.mem_path, &pages)?;
@@ -973,7 +1044,11 @@ async fn run_ingest(ctx: &Ctx, r: &Recorded, side: DestKind, rep: u32) -> RunRec
     let (la, lb) = (ctx.log(&format!("{tag}-defer")), ctx.log(&format!("{tag}-file")));
     if let Err(e) = ingest_inner(ctx, r, side, &la, &lb, &mut rec).await {
         rec.ok = false;
-        rec.error = Some(format!("{e:#}\n--- log tails ---\n{}\n{}", file_tail(&la, 2000), file_tail(&lb, 2000)));
+        rec.error = Some(format!(
+            "{e:#}\n--- log tails ---\n{}\n{}",
+            file_tail(&la, 2000),
+            file_tail(&lb, 2000)
+        ));
     }
     rec
 }
@@ -986,7 +1061,10 @@ async fn wait_completed(vm: &Vm, timeout: Duration) -> Result<Instant> {
         let now = Instant::now();
         match migrate_status_of(&v) {
             "completed" => return Ok(now),
-            "failed" | "cancelled" => bail!("incoming migration failed: {}", v.get("error-desc").cloned().unwrap_or_default()),
+            "failed" | "cancelled" => bail!(
+                "incoming migration failed: {}",
+                v.get("error-desc").cloned().unwrap_or_default()
+            ),
             _ => {}
         }
         if now > deadline {
@@ -996,11 +1074,24 @@ async fn wait_completed(vm: &Vm, timeout: Duration) -> Result<Instant> {
     }
 }
 
-async fn ingest_inner(ctx: &Ctx, r: &Recorded, side: DestKind, la: &Path, lb: &Path, rec: &mut RunRecord) -> Result<()> {
+async fn ingest_inner(
+    ctx: &Ctx,
+    r: &Recorded,
+    side: DestKind,
+    la: &Path,
+    lb: &Path,
+    rec: &mut RunRecord,
+) -> Result<()> {
     let uri = format!("file:{}", r.path.display());
     let to = Duration::from_secs(600);
     // (a) start-up on its own (-incoming defer), then a QMP-triggered ingest.
-    let vm = Vm::start(&ctx.dest_bin(side), ctx.dest_cfg(side, r.mem, "defer"), la.to_path_buf(), Duration::from_secs(60)).await?;
+    let vm = Vm::start(
+        &ctx.dest_bin(side),
+        ctx.dest_cfg(side, r.mem, "defer"),
+        la.to_path_buf(),
+        Duration::from_secs(60),
+    )
+    .await?;
     let startup = vm.startup;
     let cpu0 = proc_cpu_seconds(vm.pid());
     let t1 = Instant::now();
@@ -1012,7 +1103,8 @@ async fn ingest_inner(ctx: &Ctx, r: &Recorded, side: DestKind, la: &Path, lb: &P
     vm.quit().await;
     // (b) end to end: a process started with -incoming file:PATH.
     let t_spawn = Instant::now();
-    let vm = Vm::start(&ctx.dest_bin(side), ctx.dest_cfg(side, r.mem, &uri), lb.to_path_buf(), to).await?;
+    let vm = Vm::start(&ctx.dest_bin(side), ctx.dest_cfg(side, r.mem, &uri), lb.to_path_buf(), to)
+        .await?;
     let t_done = wait_completed(&vm, to).await?;
     let bad_b = compare_pages(&vm.cfg.mem_path, &r.pages, &r.contents)?;
     vm.quit().await;
@@ -1071,9 +1163,15 @@ pub fn measure_memcpy(bytes: u64, warm_runs: usize) -> Result<MemcpyResult> {
     let shm = (|| -> Result<f64> {
         let path = PathBuf::from(format!("/dev/shm/{}.memcpy", unique_name("bench")));
         let _g = PathGuard::new(&path);
-        let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
         f.set_len(bytes)?;
-        let mut m = Mapping::shared_file(&f, n).map_err(|e| anyhow::anyhow!("mmap /dev/shm: {e}"))?;
+        let mut m =
+            Mapping::shared_file(&f, n).map_err(|e| anyhow::anyhow!("mmap /dev/shm: {e}"))?;
         Ok(copy_gb_s(&src, &mut m))
     })();
     let runs = warm.clone();
@@ -1101,49 +1199,187 @@ pub struct MetricDef {
     pub better: &'static str,
 }
 
-fn def(key: &str, part: &'static str, label: &str, unit: &'static str, better: &'static str) -> MetricDef {
+fn def(
+    key: &str,
+    part: &'static str,
+    label: &str,
+    unit: &'static str,
+    better: &'static str,
+) -> MetricDef {
     MetricDef { key: key.into(), part, label: label.into(), unit, better }
 }
 
 fn metric_defs(cfg: &BenchConfig, overhead_scenarios: &[&str]) -> Vec<MetricDef> {
     let mut d = Vec::new();
     if cfg.has(Part::Precopy) {
-        d.push(def("precopy.migration_ms", "precopy", "total migration time (migrate → destination completed)", "ms", "lower"));
-        d.push(def("precopy.throughput_mib_s", "precopy", "throughput (source ram.transferred / time)", "MiB/s", "higher"));
+        d.push(def(
+            "precopy.migration_ms",
+            "precopy",
+            "total migration time (migrate → destination completed)",
+            "ms",
+            "lower",
+        ));
+        d.push(def(
+            "precopy.throughput_mib_s",
+            "precopy",
+            "throughput (source ram.transferred / time)",
+            "MiB/s",
+            "higher",
+        ));
         d.push(def("precopy.dest_cpu_s", "precopy", "destination CPU, user+sys", "s", "lower"));
-        d.push(def("precopy.dest_rss_beyond_mib", "precopy", "destination peak RSS beyond guest RAM (VmHWM − guest RAM)", "MiB", "lower"));
+        d.push(def(
+            "precopy.dest_rss_beyond_mib",
+            "precopy",
+            "destination peak RSS beyond guest RAM (VmHWM − guest RAM)",
+            "MiB",
+            "lower",
+        ));
         d.push(def("precopy.dest_vmhwm_mib", "precopy", "destination VmHWM (raw)", "MiB", "info"));
-        d.push(def("precopy.dest_anon_file_peak_mib", "precopy", "destination peak RssAnon+RssFile (sampled)", "MiB", "lower"));
+        d.push(def(
+            "precopy.dest_anon_file_peak_mib",
+            "precopy",
+            "destination peak RssAnon+RssFile (sampled)",
+            "MiB",
+            "lower",
+        ));
     }
     if cfg.has(Part::Postcopy) {
         d.push(def("postcopy.fault_p50_us", "postcopy", "fault latency p50", "µs", "lower"));
         d.push(def("postcopy.fault_p99_us", "postcopy", "fault latency p99", "µs", "lower"));
         d.push(def("postcopy.fault_max_us", "postcopy", "fault latency max", "µs", "lower"));
         d.push(def("postcopy.faults", "postcopy", "faults measured", "", "info"));
-        d.push(def("postcopy.blocktime_ms", "postcopy", "postcopy-blocktime (see notes)", "ms", "info"));
-        d.push(def("postcopy.pages_per_s", "postcopy", "pages placed per second (postcopy phase)", "pages/s", "higher"));
-        d.push(def("postcopy.postcopy_ms", "postcopy", "total postcopy time (postcopy-active → destination completed)", "ms", "lower"));
-        d.push(def("postcopy.migration_ms", "postcopy", "migrate → destination completed", "ms", "lower"));
-        d.push(def("postcopy.dest_cpu_s", "postcopy", "destination CPU, user+sys (incl. its guest/vCPUs)", "s", "info"));
+        d.push(def(
+            "postcopy.blocktime_ms",
+            "postcopy",
+            "postcopy-blocktime (see notes)",
+            "ms",
+            "info",
+        ));
+        d.push(def(
+            "postcopy.pages_per_s",
+            "postcopy",
+            "pages placed per second (postcopy phase)",
+            "pages/s",
+            "higher",
+        ));
+        d.push(def(
+            "postcopy.postcopy_ms",
+            "postcopy",
+            "total postcopy time (postcopy-active → destination completed)",
+            "ms",
+            "lower",
+        ));
+        d.push(def(
+            "postcopy.migration_ms",
+            "postcopy",
+            "migrate → destination completed",
+            "ms",
+            "lower",
+        ));
+        d.push(def(
+            "postcopy.dest_cpu_s",
+            "postcopy",
+            "destination CPU, user+sys (incl. its guest/vCPUs)",
+            "s",
+            "info",
+        ));
     }
     if cfg.has(Part::Ingest) {
-        d.push(def("ingest.gb_s", "ingest", "ingest rate: stream bytes / ((spawn → completed) − start-up)", "GB/s", "higher"));
-        d.push(def("ingest.ingest_ms", "ingest", "ingest time ((spawn → completed) − start-up)", "ms", "lower"));
-        d.push(def("ingest.e2e_ms", "ingest", "spawn with -incoming file: → completed", "ms", "lower"));
-        d.push(def("ingest.startup_ms", "ingest", "start-up (spawn → QMP ready, -incoming defer)", "ms", "lower"));
-        d.push(def("ingest.gb_s_qmp", "ingest", "ingest rate, cross-check: migrate-incoming → completed", "GB/s", "higher"));
-        d.push(def("ingest.memcpy_fraction", "ingest", "ingest rate / warm memcpy rate", "×", "higher"));
-        d.push(def("ingest.dest_cpu_s", "ingest", "destination CPU, user+sys (QMP-triggered ingest)", "s", "lower"));
+        d.push(def(
+            "ingest.gb_s",
+            "ingest",
+            "ingest rate: stream bytes / ((spawn → completed) − start-up)",
+            "GB/s",
+            "higher",
+        ));
+        d.push(def(
+            "ingest.ingest_ms",
+            "ingest",
+            "ingest time ((spawn → completed) − start-up)",
+            "ms",
+            "lower",
+        ));
+        d.push(def(
+            "ingest.e2e_ms",
+            "ingest",
+            "spawn with -incoming file: → completed",
+            "ms",
+            "lower",
+        ));
+        d.push(def(
+            "ingest.startup_ms",
+            "ingest",
+            "start-up (spawn → QMP ready, -incoming defer)",
+            "ms",
+            "lower",
+        ));
+        d.push(def(
+            "ingest.gb_s_qmp",
+            "ingest",
+            "ingest rate, cross-check: migrate-incoming → completed",
+            "GB/s",
+            "higher",
+        ));
+        d.push(def(
+            "ingest.memcpy_fraction",
+            "ingest",
+            "ingest rate / warm memcpy rate",
+            "×",
+            "higher",
+        ));
+        d.push(def(
+            "ingest.dest_cpu_s",
+            "ingest",
+            "destination CPU, user+sys (QMP-triggered ingest)",
+            "s",
+            "lower",
+        ));
     }
     if cfg.has(Part::Overhead) {
         for sc in overhead_scenarios {
             let k = |x: &str| format!("overhead.{sc}.{x}");
-            d.push(def(&k("src_start_ms"), "overhead", &format!("{sc}: source QEMU start-up + QMP handshake"), "ms", "info"));
-            d.push(def(&k("guest_boot_ms"), "overhead", &format!("{sc}: guest boot until serial marker"), "ms", "info"));
-            d.push(def(&k("dest_start_ms"), "overhead", &format!("{sc}: destination start-up + QMP handshake"), "ms", "lower"));
-            d.push(def(&k("setup_ms"), "overhead", &format!("{sc}: capabilities, parameters, migrate-incoming"), "ms", "info"));
-            d.push(def(&k("to_migration_ms"), "overhead", &format!("{sc}: scenario start → migrate"), "ms", "info"));
-            d.push(def(&k("teardown_ms"), "overhead", &format!("{sc}: teardown (quit both)"), "ms", "info"));
+            d.push(def(
+                &k("src_start_ms"),
+                "overhead",
+                &format!("{sc}: source QEMU start-up + QMP handshake"),
+                "ms",
+                "info",
+            ));
+            d.push(def(
+                &k("guest_boot_ms"),
+                "overhead",
+                &format!("{sc}: guest boot until serial marker"),
+                "ms",
+                "info",
+            ));
+            d.push(def(
+                &k("dest_start_ms"),
+                "overhead",
+                &format!("{sc}: destination start-up + QMP handshake"),
+                "ms",
+                "lower",
+            ));
+            d.push(def(
+                &k("setup_ms"),
+                "overhead",
+                &format!("{sc}: capabilities, parameters, migrate-incoming"),
+                "ms",
+                "info",
+            ));
+            d.push(def(
+                &k("to_migration_ms"),
+                "overhead",
+                &format!("{sc}: scenario start → migrate"),
+                "ms",
+                "info",
+            ));
+            d.push(def(
+                &k("teardown_ms"),
+                "overhead",
+                &format!("{sc}: teardown (quit both)"),
+                "ms",
+                "info",
+            ));
             d.push(def(&k("total_ms"), "overhead", &format!("{sc}: scenario total"), "ms", "info"));
         }
     }
@@ -1212,7 +1448,13 @@ fn summarize(defs: &[MetricDef], runs: &[RunRecord], reps: u32) -> Vec<MetricSum
                 })
                 .collect();
             let rm = median(&ratios.iter().flatten().copied().collect::<Vec<_>>());
-            MetricSummary { def: d.clone(), rust: stats(a), qemu: stats(b), ratio_per_pair: ratios, ratio_median: rm }
+            MetricSummary {
+                def: d.clone(),
+                rust: stats(a),
+                qemu: stats(b),
+                ratio_per_pair: ratios,
+                ratio_median: rm,
+            }
         })
         .collect()
 }
@@ -1286,20 +1528,34 @@ fn notes() -> Vec<(String, String)> {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn host_info() -> Value {
     let mem_total = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("MemTotal:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|x| x.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|x| x.trim().to_string())
+        })
         .unwrap_or_default();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "cpu_model": cpu,
@@ -1311,7 +1567,8 @@ fn host_info() -> Value {
 
 /// Release or debug build, from the path (target/<profile>/...).
 fn build_profile(p: &Path) -> String {
-    let comps: Vec<String> = p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let comps: Vec<String> =
+        p.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
     if comps.iter().any(|c| c == "release") {
         "release".into()
     } else if comps.iter().any(|c| c == "debug") {
@@ -1327,7 +1584,8 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
     let cfg = BenchConfig::from_args(&args)?;
     let started = Instant::now();
     let mut host = host_info();
-    let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let started_unix =
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     let qemu = match &args.qemu {
         Some(p) => QemuBinary::new(p),
         None => QemuBinary::system()?,
@@ -1337,7 +1595,10 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
         None => rust_dest_binary()?,
     };
     let rust_dest = std::fs::canonicalize(&rust_dest).unwrap_or(rust_dest);
-    let qv = qemu.version().map(|(a, b, c)| format!("{a}.{b}.{c}")).unwrap_or_else(|e| format!("? ({e})"));
+    let qv = qemu
+        .version()
+        .map(|(a, b, c)| format!("{a}.{b}.{c}"))
+        .unwrap_or_else(|e| format!("? ({e})"));
     let rv = std::process::Command::new(&rust_dest)
         .arg("--version")
         .output()
@@ -1360,7 +1621,13 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
     } else {
         tmp.path().to_path_buf()
     };
-    let ctx = Ctx { rust_vcpu_pattern: cfg.rust_vcpu_pattern.clone(), qemu: qemu.clone(), rust_dest: rust_dest.clone(), machine: cfg.machine.clone(), workdir };
+    let ctx = Ctx {
+        rust_vcpu_pattern: cfg.rust_vcpu_pattern.clone(),
+        qemu: qemu.clone(),
+        rust_dest: rust_dest.clone(),
+        machine: cfg.machine.clone(),
+        workdir,
+    };
     let say = |s: String| eprintln!("bench: {s}");
     say(format!(
         "rust-dest {} ({profile}) vs QEMU {qv} destination; {} MiB guest (postcopy {} MiB), {} rep(s) per side; parts: {}",
@@ -1378,9 +1645,17 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
     let mut overhead_scenarios: Vec<&str> = Vec::new();
     let sides = [DestKind::Rust, DestKind::Qemu];
     let report_run = |r: &RunRecord| {
-        let head = format!("{} rep {} {:<9}", r.scenario, r.rep + 1, side_label(if r.side == "rust" { DestKind::Rust } else { DestKind::Qemu }));
+        let head = format!(
+            "{} rep {} {:<9}",
+            r.scenario,
+            r.rep + 1,
+            side_label(if r.side == "rust" { DestKind::Rust } else { DestKind::Qemu })
+        );
         if !r.ok {
-            eprintln!("bench: {head} FAILED: {}", r.error.as_deref().unwrap_or("?").lines().next().unwrap_or(""));
+            eprintln!(
+                "bench: {head} FAILED: {}",
+                r.error.as_deref().unwrap_or("?").lines().next().unwrap_or("")
+            );
             return;
         }
         let m: Vec<String> = r
@@ -1394,14 +1669,29 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
 
     let mut tcp: Vec<TcpScenario> = Vec::new();
     if cfg.has(Part::Precopy) {
-        tcp.push(TcpScenario { name: "precopy", postcopy: false, workload: Workload::Fill, mem: cfg.mem_bytes });
+        tcp.push(TcpScenario {
+            name: "precopy",
+            postcopy: false,
+            workload: Workload::Fill,
+            mem: cfg.mem_bytes,
+        });
     }
     if cfg.has(Part::Postcopy) {
-        tcp.push(TcpScenario { name: "postcopy", postcopy: true, workload: Workload::Sweep, mem: cfg.postcopy_mem_bytes });
+        tcp.push(TcpScenario {
+            name: "postcopy",
+            postcopy: true,
+            workload: Workload::Sweep,
+            mem: cfg.postcopy_mem_bytes,
+        });
     }
     if cfg.has(Part::Overhead) && tcp.is_empty() {
         // Overhead alone: a minimal scenario (stopped sweep guest, precopy).
-        tcp.push(TcpScenario { name: "minimal", postcopy: false, workload: Workload::Sweep, mem: cfg.mem_bytes });
+        tcp.push(TcpScenario {
+            name: "minimal",
+            postcopy: false,
+            workload: Workload::Sweep,
+            mem: cfg.mem_bytes,
+        });
     }
     for sc in &tcp {
         overhead_scenarios.push(sc.name);
@@ -1441,7 +1731,8 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
                 for rep in 0..cfg.reps {
                     for side in sides {
                         let mut r = run_ingest(&ctx, &rs, side, rep).await;
-                        if let (Some(m), Some(g)) = (&memcpy, r.metrics.get("ingest.gb_s").copied()) {
+                        if let (Some(m), Some(g)) = (&memcpy, r.metrics.get("ingest.gb_s").copied())
+                        {
                             r.set("ingest.memcpy_fraction", g / m.warm_gb_s);
                         }
                         report_run(&r);
@@ -1483,7 +1774,11 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
         config: cfg.clone(),
         host,
         rust_dest: BinaryInfo { path: rust_dest.display().to_string(), profile, version: rv },
-        qemu: BinaryInfo { path: qemu.path.display().to_string(), profile: "system".into(), version: qv },
+        qemu: BinaryInfo {
+            path: qemu.path.display().to_string(),
+            profile: "system".into(),
+            version: qv,
+        },
         warnings,
         notes: notes(),
         memcpy,
@@ -1496,9 +1791,11 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
     let table = render_table(&report);
     println!("{table}");
     let jp = cfg.out.join("bench.json");
-    std::fs::write(&jp, serde_json::to_vec_pretty(&report)?).with_context(|| format!("writing {}", jp.display()))?;
+    std::fs::write(&jp, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", jp.display()))?;
     let hp = cfg.out.join("bench.html");
-    std::fs::write(&hp, render_html(&report, &table)).with_context(|| format!("writing {}", hp.display()))?;
+    std::fs::write(&hp, render_html(&report, &table))
+        .with_context(|| format!("writing {}", hp.display()))?;
     say(format!("wrote {} and {}", jp.display(), hp.display()));
     drop(tmp);
     Ok(ok)
@@ -1522,17 +1819,25 @@ pub fn fmt_num(v: f64) -> String {
 
 fn fmt_side(s: &SideStats) -> String {
     match (s.median, s.min, s.max) {
-        (Some(m), Some(a), Some(b)) if (a - b).abs() > f64::EPSILON => format!("{} ({}–{})", fmt_num(m), fmt_num(a), fmt_num(b)),
+        (Some(m), Some(a), Some(b)) if (a - b).abs() > f64::EPSILON => {
+            format!("{} ({}–{})", fmt_num(m), fmt_num(a), fmt_num(b))
+        }
         (Some(m), _, _) => fmt_num(m),
         _ => "—".into(),
     }
 }
 
 fn fmt_ratio(m: &MetricSummary) -> String {
-    let Some(r) = m.ratio_median else { return "—".into() };
+    let Some(r) = m.ratio_median else {
+        return "—".into();
+    };
     let mut s = format!("{r:.2}");
     if m.ratio_per_pair.len() > 1 {
-        let pp: Vec<String> = m.ratio_per_pair.iter().map(|x| x.map(|x| format!("{x:.2}")).unwrap_or("—".into())).collect();
+        let pp: Vec<String> = m
+            .ratio_per_pair
+            .iter()
+            .map(|x| x.map(|x| format!("{x:.2}")).unwrap_or("—".into()))
+            .collect();
         s += &format!(" [{}]", pp.join(" "));
     }
     s
@@ -1549,7 +1854,11 @@ pub fn render_table(r: &BenchReport) -> String {
         c.postcopy_mem_bytes >> 20,
         c.reps
     );
-    let _ = writeln!(o, "rust-dest binary: {} ({} build) {}", r.rust_dest.path, r.rust_dest.profile, r.rust_dest.version);
+    let _ = writeln!(
+        o,
+        "rust-dest binary: {} ({} build) {}",
+        r.rust_dest.path, r.rust_dest.profile, r.rust_dest.version
+    );
     for w in &r.warnings {
         let _ = writeln!(o, "WARNING: {w}");
     }
@@ -1562,10 +1871,22 @@ pub fn render_table(r: &BenchReport) -> String {
                 "higher" => " ↑",
                 _ => "",
             };
-            [format!("{}{better}", m.def.label), m.def.unit.to_string(), fmt_side(&m.rust), fmt_side(&m.qemu), fmt_ratio(m)]
+            [
+                format!("{}{better}", m.def.label),
+                m.def.unit.to_string(),
+                fmt_side(&m.rust),
+                fmt_side(&m.qemu),
+                fmt_ratio(m),
+            ]
         })
         .collect();
-    let head = ["metric (↓ lower / ↑ higher is better)".to_string(), "unit".into(), "rust-dest median (min–max)".into(), "QEMU median (min–max)".into(), "rust/QEMU".into()];
+    let head = [
+        "metric (↓ lower / ↑ higher is better)".to_string(),
+        "unit".into(),
+        "rust-dest median (min–max)".into(),
+        "QEMU median (min–max)".into(),
+        "rust/QEMU".into(),
+    ];
     let mut w = [0usize; 5];
     for row in rows.iter().chain(std::iter::once(&head)) {
         for (i, x) in row.iter().enumerate() {
@@ -1620,11 +1941,7 @@ pub fn render_table(r: &BenchReport) -> String {
         let _ = writeln!(
             o,
             "postcopy fault latency from traces ({}): {} faults, p50 {} µs, p99 {} µs, max {} µs",
-            side,
-            h.total,
-            h.percentiles.p50,
-            h.percentiles.p99,
-            h.percentiles.max
+            side, h.total, h.percentiles.p50, h.percentiles.p99, h.percentiles.max
         );
     }
     let failed: Vec<&RunRecord> = r.runs.iter().filter(|x| !x.ok).collect();
@@ -1641,7 +1958,12 @@ pub fn render_table(r: &BenchReport) -> String {
             );
         }
     }
-    let _ = writeln!(o, "\nload average: start {}, end {}", r.host["loadavg_start"].as_str().unwrap_or("?"), r.host["loadavg_end"].as_str().unwrap_or("?"));
+    let _ = writeln!(
+        o,
+        "\nload average: start {}, end {}",
+        r.host["loadavg_start"].as_str().unwrap_or("?"),
+        r.host["loadavg_end"].as_str().unwrap_or("?")
+    );
     o
 }
 
@@ -1724,7 +2046,8 @@ pub fn svg_lines(id: &str, title: &str, xlabel: &str, ylabel: &str, series: &[Se
         if se.pts.is_empty() {
             continue;
         }
-        let pts: Vec<String> = se.pts.iter().map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y))).collect();
+        let pts: Vec<String> =
+            se.pts.iter().map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y))).collect();
         let _ = write!(
             s,
             "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.6\"{} points=\"{}\"/>",
@@ -1849,7 +2172,20 @@ pub fn svg_histogram(id: &str, title: &str, h: &Histogram, color: &str) -> Strin
     let (pw, ph) = (W - ML - MR, H - MT - MB);
     let px = |x: f64| ML + x / xmax * pw;
     let py = |y: f64| MT + ph - y / ymax * ph;
-    axes(&mut s, xmax, 1.0, ymax, ys, &px, &py, pw, ph, "fault latency (log scale)", "% of faults", true);
+    axes(
+        &mut s,
+        xmax,
+        1.0,
+        ymax,
+        ys,
+        &px,
+        &py,
+        pw,
+        ph,
+        "fault latency (log scale)",
+        "% of faults",
+        true,
+    );
     for (i, p) in pct.iter().enumerate() {
         if *p <= 0.0 {
             continue;
@@ -1882,9 +2218,19 @@ pub fn svg_histogram(id: &str, title: &str, h: &Histogram, color: &str) -> Strin
             );
         }
     } else {
-        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">no per-fault data</text>", ML + pw / 2.0, MT + ph / 2.0);
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">no per-fault data</text>",
+            ML + pw / 2.0,
+            MT + ph / 2.0
+        );
     }
-    let _ = write!(s, "<text x=\"{:.1}\" y=\"18\" text-anchor=\"end\">{} faults</text>", W - MR, h.total);
+    let _ = write!(
+        s,
+        "<text x=\"{:.1}\" y=\"18\" text-anchor=\"end\">{} faults</text>",
+        W - MR,
+        h.total
+    );
     s + "</svg>"
 }
 
@@ -1917,7 +2263,12 @@ pub fn svg_hbars(id: &str, title: &str, unit: &str, bars: &[(String, f64, &str)]
 }
 
 /// Stacked horizontal bars (phases), one row per run.
-pub fn svg_stacked(id: &str, title: &str, rows: &[(String, Vec<f64>)], phases: &[(&str, &str)]) -> String {
+pub fn svg_stacked(
+    id: &str,
+    title: &str,
+    rows: &[(String, Vec<f64>)],
+    phases: &[(&str, &str)],
+) -> String {
     let row = 22.0;
     let h = MT + rows.len() as f64 * row + 60.0;
     let mut s = svg_open(id, title, h);
@@ -1926,7 +2277,13 @@ pub fn svg_stacked(id: &str, title: &str, rows: &[(String, Vec<f64>)], phases: &
     let vmax = rows.iter().map(|r| r.1.iter().sum::<f64>()).fold(0.0, f64::max).max(1e-9);
     for (i, (label, vals)) in rows.iter().enumerate() {
         let y = MT + i as f64 * row;
-        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", lw - 6.0, y + row * 0.6, esc(label));
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            lw - 6.0,
+            y + row * 0.6,
+            esc(label)
+        );
         let mut x = lw;
         for (j, v) in vals.iter().enumerate() {
             let w = v / vmax * pw;
@@ -1941,7 +2298,13 @@ pub fn svg_stacked(id: &str, title: &str, rows: &[(String, Vec<f64>)], phases: &
             );
             x += w;
         }
-        let _ = write!(s, "<text x=\"{:.1}\" y=\"{:.1}\">{} ms</text>", x + 4.0, y + row * 0.6, fmt_num(vals.iter().sum()));
+        let _ = write!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\">{} ms</text>",
+            x + 4.0,
+            y + row * 0.6,
+            fmt_num(vals.iter().sum())
+        );
     }
     let mut x = ML;
     let y = MT + rows.len() as f64 * row + 24.0;
@@ -1960,7 +2323,12 @@ fn throughput_series(runs: &[&RunRecord]) -> Vec<Series> {
             for w in r.samples.windows(2) {
                 let dt = w[1].t - w[0].t;
                 if dt > 0.0 {
-                    pts.push((w[1].t, w[1].src_transferred.saturating_sub(w[0].src_transferred) as f64 / MIB as f64 / dt));
+                    pts.push((
+                        w[1].t,
+                        w[1].src_transferred.saturating_sub(w[0].src_transferred) as f64
+                            / MIB as f64
+                            / dt,
+                    ));
                 }
             }
             let rust = r.side == "rust";
@@ -2036,36 +2404,72 @@ pre{{background:#f8f8f8;padding:.6em;overflow-x:auto;font-size:12px}}svg{{displa
         let _ = write!(h, "<p class=warn>⚠ {}</p>", esc(w));
     }
     if !r.ok {
-        let _ = write!(h, "<p class=\"warn fail\">Some runs failed; see the run list at the end.</p>");
+        let _ =
+            write!(h, "<p class=\"warn fail\">Some runs failed; see the run list at the end.</p>");
     }
-    let note = |k: &str| r.notes.iter().find(|n| n.0 == k).map(|n| format!("<p><b>{}.</b> {}</p>", esc(&n.0), esc(&n.1))).unwrap_or_default();
+    let note = |k: &str| {
+        r.notes
+            .iter()
+            .find(|n| n.0 == k)
+            .map(|n| format!("<p><b>{}.</b> {}</p>", esc(&n.0), esc(&n.1)))
+            .unwrap_or_default()
+    };
 
     if c.has(Part::Precopy) {
         let _ = write!(h, "<h2>1. Precopy throughput</h2>{}", html_metric_rows(r, "precopy"));
-        let runs: Vec<&RunRecord> = r.runs.iter().filter(|x| x.scenario == "precopy" && x.ok).collect();
-        h += &svg_lines("tput-precopy", "Precopy: throughput over time (source ram.transferred, 50 ms samples)", "seconds since migrate", "MiB/s", &throughput_series(&runs));
+        let runs: Vec<&RunRecord> =
+            r.runs.iter().filter(|x| x.scenario == "precopy" && x.ok).collect();
+        h += &svg_lines(
+            "tput-precopy",
+            "Precopy: throughput over time (source ram.transferred, 50 ms samples)",
+            "seconds since migrate",
+            "MiB/s",
+            &throughput_series(&runs),
+        );
         h += &note("Precopy");
         h += &note("CPU");
         h += &note("RSS");
     }
     if c.has(Part::Postcopy) {
         let _ = write!(h, "<h2>2. Postcopy demand paging</h2>{}", html_metric_rows(r, "postcopy"));
-        for (side, color, label) in [("rust", RUST_COLOR, "rust-dest"), ("qemu", QEMU_COLOR, "QEMU")] {
+        for (side, color, label) in
+            [("rust", RUST_COLOR, "rust-dest"), ("qemu", QEMU_COLOR, "QEMU")]
+        {
             if let Some(hist) = r.latency_histograms.get(side) {
-                h += &svg_histogram(&format!("hist-{side}"), &format!("Postcopy fault latency: {label}"), hist, color);
+                h += &svg_histogram(
+                    &format!("hist-{side}"),
+                    &format!("Postcopy fault latency: {label}"),
+                    hist,
+                    color,
+                );
             }
         }
-        let runs: Vec<&RunRecord> = r.runs.iter().filter(|x| x.scenario == "postcopy" && x.ok).collect();
-        h += &svg_lines("tput-postcopy", "Postcopy: source throughput over time (50 ms samples)", "seconds since migrate", "MiB/s", &throughput_series(&runs));
+        let runs: Vec<&RunRecord> =
+            r.runs.iter().filter(|x| x.scenario == "postcopy" && x.ok).collect();
+        h += &svg_lines(
+            "tput-postcopy",
+            "Postcopy: source throughput over time (50 ms samples)",
+            "seconds since migrate",
+            "MiB/s",
+            &throughput_series(&runs),
+        );
         h += &note("Postcopy");
         h += &note("Fault latency");
         h += &note("postcopy-blocktime");
         h += &note("Pages placed per second");
     }
     if c.has(Part::Ingest) {
-        let _ = write!(h, "<h2>3. The codec's ceiling: ingest of a recorded stream</h2>{}", html_metric_rows(r, "ingest"));
+        let _ = write!(
+            h,
+            "<h2>3. The codec's ceiling: ingest of a recorded stream</h2>{}",
+            html_metric_rows(r, "ingest")
+        );
         let mut bars: Vec<(String, f64, &str)> = Vec::new();
-        for m in r.metrics.iter().filter(|m| m.def.key == "ingest.gb_s" || m.def.key == "ingest.gb_s_qmp") {
+        for m in r
+            .metrics
+            .iter()
+            .filter(|m| m.def.key == "ingest.gb_s" || m.def.key == "ingest.gb_s_qmp")
+        {
             let what = if m.def.key == "ingest.gb_s" { "ingest" } else { "ingest (QMP-triggered)" };
             if let Some(v) = m.rust.median {
                 bars.push((format!("rust-dest {what}"), v, RUST_COLOR));
@@ -2094,7 +2498,8 @@ pre{{background:#f8f8f8;padding:.6em;overflow-x:auto;font-size:12px}}svg{{displa
         h += &note("memcpy");
     }
     if c.has(Part::Overhead) {
-        let _ = write!(h, "<h2>4. The suite's own overhead</h2>{}", html_metric_rows(r, "overhead"));
+        let _ =
+            write!(h, "<h2>4. The suite's own overhead</h2>{}", html_metric_rows(r, "overhead"));
         let phases = [
             ("source start-up", "#74c0fc"),
             ("guest boot", "#4dabf7"),
@@ -2103,14 +2508,37 @@ pre{{background:#f8f8f8;padding:.6em;overflow-x:auto;font-size:12px}}svg{{displa
             ("migration", "#69db7c"),
             ("teardown", "#ced4da"),
         ];
-        let keys = ["src_start_ms", "guest_boot_ms", "dest_start_ms", "setup_ms", "migration_ms", "teardown_ms"];
+        let keys = [
+            "src_start_ms",
+            "guest_boot_ms",
+            "dest_start_ms",
+            "setup_ms",
+            "migration_ms",
+            "teardown_ms",
+        ];
         let rows: Vec<(String, Vec<f64>)> = r
             .runs
             .iter()
             .filter(|x| x.ok && x.metrics.keys().any(|k| k.starts_with("overhead.")))
             .map(|x| {
-                let vals = keys.iter().map(|k| x.metrics.get(&format!("overhead.{}.{k}", x.scenario)).copied().unwrap_or(0.0)).collect();
-                (format!("{} rep {} {}", x.scenario, x.rep + 1, if x.side == "rust" { "rust-dest" } else { "QEMU" }), vals)
+                let vals = keys
+                    .iter()
+                    .map(|k| {
+                        x.metrics
+                            .get(&format!("overhead.{}.{k}", x.scenario))
+                            .copied()
+                            .unwrap_or(0.0)
+                    })
+                    .collect();
+                (
+                    format!(
+                        "{} rep {} {}",
+                        x.scenario,
+                        x.rep + 1,
+                        if x.side == "rust" { "rust-dest" } else { "QEMU" }
+                    ),
+                    vals,
+                )
             })
             .collect();
         h += &svg_stacked("overhead-bars", "Where a scenario's wall time goes", &rows, &phases);
@@ -2126,7 +2554,11 @@ pre{{background:#f8f8f8;padding:.6em;overflow-x:auto;font-size:12px}}svg{{displa
             esc(&x.scenario),
             x.rep + 1,
             if x.side == "rust" { "rust-dest" } else { "QEMU" },
-            if x.ok { "ok".to_string() } else { format!("<pre>{}</pre>", esc(x.error.as_deref().unwrap_or("?"))) }
+            if x.ok {
+                "ok".to_string()
+            } else {
+                format!("<pre>{}</pre>", esc(x.error.as_deref().unwrap_or("?")))
+            }
         );
     }
     h += "</table><h2>Method</h2>";
@@ -2176,7 +2608,16 @@ mod tests {
 
     #[test]
     fn args() {
-        let a = parse_args(["--quick", "--only", "precopy,ingest", "--only", "overhead", "--mem", "256M"]).unwrap();
+        let a = parse_args([
+            "--quick",
+            "--only",
+            "precopy,ingest",
+            "--only",
+            "overhead",
+            "--mem",
+            "256M",
+        ])
+        .unwrap();
         let c = BenchConfig::from_args(&a).unwrap();
         assert_eq!(c.parts, vec![Part::Precopy, Part::Ingest, Part::Overhead]);
         assert_eq!((c.reps, c.mem_bytes, c.postcopy_mem_bytes), (1, 256 << 20, 128 << 20));
@@ -2194,7 +2635,18 @@ mod tests {
 
     #[test]
     fn svg_is_well_formed_enough() {
-        let s = svg_lines("x", "t<", "x", "y", &[Series { label: "a".into(), color: RUST_COLOR, dashed: false, pts: vec![(0.0, 0.0), (1.0, 5.0)] }]);
+        let s = svg_lines(
+            "x",
+            "t<",
+            "x",
+            "y",
+            &[Series {
+                label: "a".into(),
+                color: RUST_COLOR,
+                dashed: false,
+                pts: vec![(0.0, 0.0), (1.0, 5.0)],
+            }],
+        );
         assert!(s.starts_with("<svg") && s.ends_with("</svg>") && s.contains("t&lt;"));
         let h = svg_histogram("h", "t", &histogram(&[10, 20, 3000]), QEMU_COLOR);
         assert!(h.contains("<rect") && h.contains("p99"));

@@ -81,7 +81,12 @@ pub fn dest_binary(kind: DestKind, qemu: &QemuBinary) -> Result<QemuBinary> {
 
 /// Start a destination with `-incoming defer -S` (capabilities are set
 /// before `migrate-incoming`, as QEMU requires for some of them).
-pub async fn start_dest(kind: DestKind, qemu: &QemuBinary, mut cfg: VmConfig, log: PathBuf) -> Result<QemuVm> {
+pub async fn start_dest(
+    kind: DestKind,
+    qemu: &QemuBinary,
+    mut cfg: VmConfig,
+    log: PathBuf,
+) -> Result<QemuVm> {
     cfg.incoming = Some("defer".into());
     cfg.paused = true;
     cfg.disk = None;

@@ -392,8 +392,8 @@ mod tests {
 
         impl Vm {
             fn boot(w: Workload, mem_mib: u64) -> Vm {
-                let qemu = std::env::var("CROSSMIG_QEMU")
-                    .unwrap_or_else(|_| "qemu-system-x86_64".into());
+                let qemu =
+                    std::env::var("CROSSMIG_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
                 let dir = tempfile::Builder::new()
                     .prefix("crossmig-imgtest-")
                     .tempdir_in("/dev/shm")
@@ -444,8 +444,11 @@ mod tests {
                     if let Some(st) = self.child.try_wait().unwrap() {
                         panic!("qemu exited early: {st}");
                     }
-                    assert!(t0.elapsed() < timeout, "timeout; serial={:?}",
-                        String::from_utf8_lossy(&self.serial()));
+                    assert!(
+                        t0.elapsed() < timeout,
+                        "timeout; serial={:?}",
+                        String::from_utf8_lossy(&self.serial())
+                    );
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
@@ -530,7 +533,10 @@ mod tests {
             let mut vm = Vm::boot(Workload::Fill, mem);
             let t_a = vm.wait_serial(Duration::from_secs(30), |s| s.first() == Some(&b'A'));
             let t_f = vm.wait_serial(Duration::from_secs(300), |s| s.contains(&b'F'));
-            println!("fill @{mem} MiB: 'A' after {t_a:?}, 'F' after {t_f:?} (~{:?} filling)", t_f - t_a);
+            println!(
+                "fill @{mem} MiB: 'A' after {t_a:?}, 'F' after {t_f:?} (~{:?} filling)",
+                t_f - t_a
+            );
             vm.qmp_stop();
             assert_eq!(vm.serial(), b"AF");
             let ram = vm.ram();

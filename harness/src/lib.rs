@@ -1,16 +1,15 @@
-
-pub mod images;
-pub mod guestcheck;
-pub mod qmp;
-pub mod procs;
-pub mod qemu;
+pub mod bench;
 pub mod dest;
+pub mod guestcheck;
+pub mod images;
 pub mod memcheck;
 pub mod migrate;
-pub mod proxy;
+pub mod procs;
 pub mod provision;
-pub mod synth;
-pub mod streamcheck;
+pub mod proxy;
+pub mod qemu;
+pub mod qmp;
 pub mod scenario;
-pub mod bench;
+pub mod streamcheck;
+pub mod synth;
 pub mod sys;

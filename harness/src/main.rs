@@ -12,7 +12,11 @@ use harness::migrate::{migrate, MigrateOpts, Mode};
 use harness::qemu::QemuBinary;
 
 #[derive(Parser)]
-#[command(name = "crossmig", version, about = "QEMU live-migration interop test harness: real QEMU sources, rust-dest or QEMU destinations, memory verified page by page")]
+#[command(
+    name = "crossmig",
+    version,
+    about = "QEMU live-migration interop test harness: real QEMU sources, rust-dest or QEMU destinations, memory verified page by page"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -142,7 +146,12 @@ async fn run(cli: Cli) -> Result<bool> {
                 for v in &variants {
                     println!("{}", v.name());
                 }
-                eprintln!("{} file(s), {} variant(s), {} load error(s)", files.len(), variants.len(), load_errors);
+                eprintln!(
+                    "{} file(s), {} variant(s), {} load error(s)",
+                    files.len(),
+                    variants.len(),
+                    load_errors
+                );
                 return Ok(load_errors == 0);
             }
             let mut outcomes = Vec::new();
@@ -157,7 +166,10 @@ async fn run(cli: Cli) -> Result<bool> {
                 };
                 eprintln!("{} ({} ms)", if o.ok { "ok" } else { "FAILED" }, o.ms);
                 if !o.ok {
-                    eprintln!("    {}", o.error.clone().unwrap_or_default().replace('\n', "\n    "));
+                    eprintln!(
+                        "    {}",
+                        o.error.clone().unwrap_or_default().replace('\n', "\n    ")
+                    );
                 }
                 outcomes.push(o);
             }
@@ -166,14 +178,35 @@ async fn run(cli: Cli) -> Result<bool> {
                 println!("{:<60} {:>8} {:>7}ms", o.name, if o.ok { "ok" } else { "FAILED" }, o.ms);
             }
             let passed = outcomes.iter().filter(|o| o.ok).count();
-            println!("{} passed, {} failed ({} load errors) in {:.1}s", passed, outcomes.len() - passed, load_errors, t0.elapsed().as_secs_f64());
+            println!(
+                "{} passed, {} failed ({} load errors) in {:.1}s",
+                passed,
+                outcomes.len() - passed,
+                load_errors,
+                t0.elapsed().as_secs_f64()
+            );
             if let Some(j) = json {
                 std::fs::write(&j, serde_json::to_vec_pretty(&outcomes)?)?;
                 eprintln!("report written to {}", j.display());
             }
             Ok(passed == outcomes.len() && load_errors == 0)
         }
-        Cmd::Migrate { dest, mode, stopped, mem, workload, postcopy_after, qemu, machine, timeout, logs, json, capabilities, recover, no_record } => {
+        Cmd::Migrate {
+            dest,
+            mode,
+            stopped,
+            mem,
+            workload,
+            postcopy_after,
+            qemu,
+            machine,
+            timeout,
+            logs,
+            json,
+            capabilities,
+            recover,
+            no_record,
+        } => {
             let qemu = match qemu {
                 Some(p) => QemuBinary::new(p),
                 None => QemuBinary::system()?,
@@ -194,7 +227,10 @@ async fn run(cli: Cli) -> Result<bool> {
             eprintln!(
                 "crossmig: {} {} migration, {} MiB {} guest, into {}",
                 if stopped { "stopped" } else { "live" },
-                match mode { Mode::Precopy => "precopy", Mode::Postcopy => "postcopy" },
+                match mode {
+                    Mode::Precopy => "precopy",
+                    Mode::Postcopy => "postcopy",
+                },
                 mem >> 20,
                 workload.name(),
                 dest

@@ -66,7 +66,11 @@ impl std::fmt::Display for BlockCompare {
         if self.ok() {
             write!(f, "{}: {} pages identical ({})", self.block, self.pages, self.how)
         } else {
-            write!(f, "{}: {} of {} pages differ ({})", self.block, self.mismatched, self.pages, self.how)?;
+            write!(
+                f,
+                "{}: {} of {} pages differ ({})",
+                self.block, self.mismatched, self.pages, self.how
+            )?;
             for m in &self.mismatches {
                 write!(f, "\n    offset {:#x}: source {} dest {}", m.offset, m.source, m.dest)?;
             }
@@ -86,12 +90,24 @@ pub fn compare_digests(block: &str, src: &[u64], dst: &[u64], how: &str) -> Bloc
         if a != b {
             mismatched += 1;
             if mismatches.len() < 32 {
-                let fmt = |x: Option<&u64>| x.map(|v| format!("{v:016x}")).unwrap_or_else(|| "(missing)".into());
-                mismatches.push(PageMismatch { offset: (i * PAGE) as u64, source: fmt(a), dest: fmt(b) });
+                let fmt = |x: Option<&u64>| {
+                    x.map(|v| format!("{v:016x}")).unwrap_or_else(|| "(missing)".into())
+                };
+                mismatches.push(PageMismatch {
+                    offset: (i * PAGE) as u64,
+                    source: fmt(a),
+                    dest: fmt(b),
+                });
             }
         }
     }
-    BlockCompare { block: block.to_string(), pages: n as u64, mismatched, mismatches, how: how.into() }
+    BlockCompare {
+        block: block.to_string(),
+        pages: n as u64,
+        mismatched,
+        mismatches,
+        how: how.into(),
+    }
 }
 
 /// Compare two memory-backend files page by page.

@@ -154,7 +154,9 @@ impl MigrateReport {
             },
             self.dest,
             if self.stopped { "stopped" } else { "live" },
-            self.passes_at_postcopy.map(|p| format!(", switched after {p} pass(es)")).unwrap_or_default(),
+            self.passes_at_postcopy
+                .map(|p| format!(", switched after {p} pass(es)"))
+                .unwrap_or_default(),
             self.mem_bytes >> 20,
             self.workload,
             self.qemu_version,
@@ -192,7 +194,10 @@ fn u64_at(v: &Value, path: &[&str]) -> u64 {
 
 /// Run one verified migration. All processes and files are cleaned up when
 /// this returns (or unwinds).
-pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) -> Result<MigrateReport> {
+pub async fn migrate(
+    opts: &MigrateOpts,
+    mut progress: impl FnMut(&Progress),
+) -> Result<MigrateReport> {
     let tmp;
     let workdir = match &opts.workdir {
         Some(d) => {
@@ -204,7 +209,8 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
             tmp.path().to_path_buf()
         }
     };
-    let qv = opts.qemu.version().map(|(a, b, c)| format!("{a}.{b}.{c}")).unwrap_or_else(|_| "?".into());
+    let qv =
+        opts.qemu.version().map(|(a, b, c)| format!("{a}.{b}.{c}")).unwrap_or_else(|_| "?".into());
     let tag = unique_name("mig");
 
     // --- source ---
@@ -222,7 +228,9 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
         Workload::Sweep => 'B',
         Workload::Fill => 'F',
     };
-    src.wait_serial(|s| s.contains(want), Duration::from_secs(60)).await.context("waiting for the guest to run")?;
+    src.wait_serial(|s| s.contains(want), Duration::from_secs(60))
+        .await
+        .context("waiting for the guest to run")?;
     if opts.stopped {
         src.execute("stop", Value::Null).await?;
     }
@@ -231,16 +239,31 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
     let mut dcfg = VmConfig::new(&format!("dst-{}", opts.dest.name()), opts.mem_bytes);
     dcfg.machine = opts.machine.clone();
     dcfg.extra = opts.dest_extra.clone();
-    if opts.dest == DestKind::Rust && opts.recover_cuts > 0 && !dcfg.extra.iter().any(|a| a == "--vcpu-rate") {
+    if opts.dest == DestKind::Rust
+        && opts.recover_cuts > 0
+        && !dcfg.extra.iter().any(|a| a == "--vcpu-rate")
+    {
         // Requested pages bypass the postcopy bandwidth cap: slower simulated
         // vCPUs keep the postcopy phase long enough to cut it.
         dcfg.extra.extend(["--vcpu-rate".to_string(), "5000".to_string()]);
     }
     let dq = opts.dest_qemu.clone().unwrap_or_else(|| opts.qemu.clone());
-    let dst = start_dest(opts.dest, &dq, dcfg, workdir.join(format!("{tag}-dst-{}.log", opts.dest.name()))).await?;
+    let dst = start_dest(
+        opts.dest,
+        &dq,
+        dcfg,
+        workdir.join(format!("{tag}-dst-{}.log", opts.dest.name())),
+    )
+    .await?;
     dst.qmp.set_timeout(Duration::from_secs(30));
 
-    let mut rec = Recorder { dir: workdir.clone(), tag: tag.clone(), enabled: opts.record, proxies: Vec::new(), files: Vec::new() };
+    let mut rec = Recorder {
+        dir: workdir.clone(),
+        tag: tag.clone(),
+        enabled: opts.record,
+        proxies: Vec::new(),
+        files: Vec::new(),
+    };
     let run = run_migration(opts, &src, &dst, &mut rec, &mut progress).await;
     let (migration_ms, passes_at_postcopy, recoveries, samples, src_final, dst_final) = match run {
         Ok(v) => v,
@@ -259,14 +282,18 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
 
     // --- checks ---
     let mut checks = Vec::new();
-    let mut push = |name: &str, ok: bool, detail: String| checks.push(Check { name: name.into(), ok, detail });
+    let mut push =
+        |name: &str, ok: bool, detail: String| checks.push(Check { name: name.into(), ok, detail });
     let ss = status_of(&src_final);
     let ds = status_of(&dst_final);
     push("source status", ss == "completed", format!("{ss}"));
     push(
         "destination status",
         ds == "completed",
-        format!("{ds}{}", dst_final.get("error-desc").map(|e| format!(" ({e})")).unwrap_or_default()),
+        format!(
+            "{ds}{}",
+            dst_final.get("error-desc").map(|e| format!(" ({e})")).unwrap_or_default()
+        ),
     );
     let src_rs = src.qmp.run_state().await.unwrap_or_else(|e| format!("? ({e})"));
     push("source run state", src_rs == "postmigrate", src_rs);
@@ -305,8 +332,14 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
         for b in d["blocks"].as_array().cloned().unwrap_or_default() {
             let name = b["name"].as_str().unwrap_or("?").to_string();
             if name == src.cfg.backend_id {
-                let pd = rust_dest::digest::from_hex(b["page-digests"].as_str().unwrap_or("")).unwrap_or_default();
-                let c = memcheck::compare_digests(&name, &src_digests, &pd, "source file vs rust-dest QMP page digests");
+                let pd = rust_dest::digest::from_hex(b["page-digests"].as_str().unwrap_or(""))
+                    .unwrap_or_default();
+                let c = memcheck::compare_digests(
+                    &name,
+                    &src_digests,
+                    &pd,
+                    "source file vs rust-dest QMP page digests",
+                );
                 push("rust-dest QMP digests match the source (mem0)", c.ok(), c.to_string());
                 blocks.push(c);
             }
@@ -320,23 +353,49 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
             let mut n = 0;
             for b in d["blocks"].as_array().cloned().unwrap_or_default() {
                 let name = b["name"].as_str().unwrap_or("?").to_string();
-                let pd = rust_dest::digest::from_hex(b["page-digests"].as_str().unwrap_or("")).unwrap_or_default();
+                let pd = rust_dest::digest::from_hex(b["page-digests"].as_str().unwrap_or(""))
+                    .unwrap_or_default();
                 let want = replay.page_digests(&name).unwrap_or_default();
-                let c = memcheck::compare_digests(&name, &want, &pd, "replay of the recorded stream vs rust-dest QMP page digests");
+                let c = memcheck::compare_digests(
+                    &name,
+                    &want,
+                    &pd,
+                    "replay of the recorded stream vs rust-dest QMP page digests",
+                );
                 n += 1;
                 if !c.ok() {
                     bad.push(c.to_string());
                 }
                 blocks.push(c);
             }
-            let missing: Vec<_> = replay.blocks.keys().filter(|k| !d["blocks"].as_array().is_some_and(|a| a.iter().any(|b| b["name"] == **k))).cloned().collect();
+            let missing: Vec<_> = replay
+                .blocks
+                .keys()
+                .filter(|k| {
+                    !d["blocks"].as_array().is_some_and(|a| a.iter().any(|b| b["name"] == **k))
+                })
+                .cloned()
+                .collect();
             push(
                 "every RAMBlock matches the recorded stream",
                 bad.is_empty() && missing.is_empty() && n > 0,
                 if bad.is_empty() && missing.is_empty() {
-                    format!("{n} blocks, {} connection(s) recorded, {} pages + {} zero pages replayed", rec.files.len(), replay.pages, replay.zero_pages)
+                    format!(
+                        "{n} blocks, {} connection(s) recorded, {} pages + {} zero pages replayed",
+                        rec.files.len(),
+                        replay.pages,
+                        replay.zero_pages
+                    )
                 } else {
-                    format!("{}{}", bad.join("; "), if missing.is_empty() { String::new() } else { format!(" missing on rust-dest: {missing:?}") })
+                    format!(
+                        "{}{}",
+                        bad.join("; "),
+                        if missing.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" missing on rust-dest: {missing:?}")
+                        }
+                    )
                 },
             );
         }
@@ -351,7 +410,11 @@ pub async fn migrate(opts: &MigrateOpts, mut progress: impl FnMut(&Progress)) ->
             push("sweep guest invariant on the destination", c.ok(), c.to_string());
         }
         Workload::Fill => {
-            let c = guestcheck::check_fill(&dram, images::SWEEP_START, images::fill_end(opts.mem_bytes));
+            let c = guestcheck::check_fill(
+                &dram,
+                images::SWEEP_START,
+                images::fill_end(opts.mem_bytes),
+            );
             push("fill guest data on the destination", c.ok(), c.to_string());
         }
     }
@@ -482,7 +545,9 @@ async fn run_migration(
     dst.qmp.set_capabilities(&capr).await.context("destination migrate-set-capabilities")?;
     let params = match (opts.mode, opts.stopped) {
         // Converge quickly.
-        (Mode::Precopy, _) | (Mode::Postcopy, true) => json!({"max-bandwidth": 10u64 << 30, "downtime-limit": 300}),
+        (Mode::Precopy, _) | (Mode::Postcopy, true) => {
+            json!({"max-bandwidth": 10u64 << 30, "downtime-limit": 300})
+        }
         // Never converge in precopy: a pass takes a fraction of a second and
         // the sweeping guest redirties ~99 MiB per pass.
         (Mode::Postcopy, false) => json!({"max-bandwidth": 256u64 << 20, "downtime-limit": 1}),
@@ -502,7 +567,9 @@ async fn run_migration(
     }
     let port = free_tcp_port();
     let dst_uri = format!("tcp:127.0.0.1:{port}");
-    dst.execute("migrate-incoming", json!({ "uri": dst_uri })).await.context("destination migrate-incoming")?;
+    dst.execute("migrate-incoming", json!({ "uri": dst_uri }))
+        .await
+        .context("destination migrate-incoming")?;
     wait_incoming_listening(dst).await?;
     let uri = rec.uri_for(port).await?;
 
@@ -524,7 +591,11 @@ async fn run_migration(
             first_sync = Some(sync);
         }
         let passes = first_sync.map(|f| sync.saturating_sub(f)).unwrap_or(0);
-        samples.push(Sample { t_ms: t0.elapsed().as_millis() as u64, source: sv.clone(), dest: dv.clone() });
+        samples.push(Sample {
+            t_ms: t0.elapsed().as_millis() as u64,
+            source: sv.clone(),
+            dest: dv.clone(),
+        });
         if last_progress.elapsed() >= Duration::from_millis(250) {
             last_progress = Instant::now();
             progress(&Progress {
@@ -547,7 +618,9 @@ async fn run_migration(
             && ss == "active"
             && (opts.stopped || passes >= opts.postcopy_after_passes as u64)
         {
-            src.execute("migrate-start-postcopy", Value::Null).await.context("migrate-start-postcopy")?;
+            src.execute("migrate-start-postcopy", Value::Null)
+                .await
+                .context("migrate-start-postcopy")?;
             passes_at_postcopy = Some(passes);
         }
         if ss == "postcopy-active" && postcopy_since.is_none() {
@@ -558,11 +631,15 @@ async fn run_migration(
             && ds == "postcopy-active"
             && postcopy_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(50))
         {
-            recover_once(src, dst, opts.pause_on_dest, rec).await.with_context(|| format!("recovery #{}", recoveries + 1))?;
+            recover_once(src, dst, opts.pause_on_dest, rec)
+                .await
+                .with_context(|| format!("recovery #{}", recoveries + 1))?;
             recoveries += 1;
             postcopy_since = None;
             if recoveries == opts.recover_cuts {
-                src.qmp.set_parameters(json!({ "max-postcopy-bandwidth": opts.postcopy_bandwidth })).await?;
+                src.qmp
+                    .set_parameters(json!({ "max-postcopy-bandwidth": opts.postcopy_bandwidth }))
+                    .await?;
             }
             continue;
         }
@@ -588,18 +665,31 @@ async fn run_migration(
 /// sides are `postcopy-paused`, then recover: `migrate-recover` on the
 /// destination (a new listening address, sent out-of-band like QEMU's own
 /// tests and libvirt do) and `migrate resume=true` on the source.
-pub async fn recover_once(src: &QemuVm, dst: &QemuVm, pause_on_dest: bool, rec: &mut Recorder) -> Result<()> {
+pub async fn recover_once(
+    src: &QemuVm,
+    dst: &QemuVm,
+    pause_on_dest: bool,
+    rec: &mut Recorder,
+) -> Result<()> {
     let who = if pause_on_dest { dst } else { src };
     who.execute("migrate-pause", Value::Null).await.context("migrate-pause")?;
     let to = Duration::from_secs(30);
-    src.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await.context("source pausing")?;
-    dst.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await.context("destination pausing")?;
+    src.qmp
+        .wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to)
+        .await
+        .context("source pausing")?;
+    dst.qmp
+        .wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to)
+        .await
+        .context("destination pausing")?;
     let port = free_tcp_port();
     dst.execute("migrate-recover", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))
         .await
         .context("destination migrate-recover")?;
     let uri = rec.uri_for(port).await?;
-    src.execute("migrate", json!({ "uri": uri, "resume": true })).await.context("source migrate resume=true")?;
+    src.execute("migrate", json!({ "uri": uri, "resume": true }))
+        .await
+        .context("source migrate resume=true")?;
     src.qmp
         .wait_migration_status(&["postcopy-active", "completed"], &["failed"], to)
         .await

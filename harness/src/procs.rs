@@ -53,10 +53,7 @@ pub fn registered_paths() -> Vec<PathBuf> {
 /// Used by the signal handler; may also be called explicitly.
 pub fn cleanup_all() {
     let (pgids, paths) = with_registry(|r| {
-        (
-            r.pgids.drain().collect::<Vec<_>>(),
-            r.paths.drain().map(|(p, _)| p).collect::<Vec<_>>(),
-        )
+        (r.pgids.drain().collect::<Vec<_>>(), r.paths.drain().map(|(p, _)| p).collect::<Vec<_>>())
     });
     for pg in pgids {
         let _ = killpg(Pid::from_raw(pg), Signal::SIGKILL);
@@ -145,7 +142,8 @@ impl ChildGuard {
     /// [`install_signal_cleanup`].
     pub fn spawn(mut cmd: Command, log: &Path) -> Result<ChildGuard> {
         install_signal_cleanup();
-        let out = File::create(log).with_context(|| format!("creating log file {}", log.display()))?;
+        let out =
+            File::create(log).with_context(|| format!("creating log file {}", log.display()))?;
         let err = out.try_clone()?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let child = cmd.spawn().with_context(|| format!("spawning {:?}", cmd))?;
@@ -180,7 +178,10 @@ impl ChildGuard {
             return false;
         }
         matches!(
-            waitid(Id::Pid(Pid::from_raw(self.pid as i32)), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT),
+            waitid(
+                Id::Pid(Pid::from_raw(self.pid as i32)),
+                WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT
+            ),
             Ok(WaitStatus::StillAlive)
         )
     }
@@ -279,7 +280,9 @@ impl Drop for ChildGuard {
 
 /// The last `n_bytes` of a file (lossy UTF-8), or an empty string.
 pub fn file_tail(path: &Path, n_bytes: usize) -> String {
-    let Ok(mut f) = File::open(path) else { return String::new() };
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(n_bytes as u64);
     if f.seek(SeekFrom::Start(start)).is_err() {
@@ -368,10 +371,14 @@ pub fn unique_name(prefix: &str) -> String {
 
 fn random_u32() -> u32 {
     let mut b = [0u8; 4];
-    match std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b)) {
+    match std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))
+    {
         Ok(()) => u32::from_ne_bytes(b),
         Err(_) => {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             t.subsec_nanos() ^ std::process::id()
         }
     }

@@ -71,7 +71,8 @@ pub const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 pub const HOST_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 
 /// Packages whose versions are recorded for every series.
-const RECORDED_PACKAGES: [&str; 5] = ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios", "ipxe-qemu"];
+const RECORDED_PACKAGES: [&str; 5] =
+    ["qemu-system-x86", "qemu-system-common", "qemu-system-data", "seabios", "ipxe-qemu"];
 /// How long the TCG smoke test may take.
 const SMOKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -172,7 +173,10 @@ fn check_series(series: &str) -> Result<()> {
     if KNOWN_VERSIONS.contains(&series) {
         Ok(())
     } else {
-        bail!("unknown QEMU version {series:?}: crossmig can provision {}", KNOWN_VERSIONS.join(", "))
+        bail!(
+            "unknown QEMU version {series:?}: crossmig can provision {}",
+            KNOWN_VERSIONS.join(", ")
+        )
     }
 }
 
@@ -199,9 +203,15 @@ fn version_of(bin: &QemuBinary) -> Result<(String, String)> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {}{}", out.status, text.trim(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed ({}): {}{}",
+            out.status,
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
-    let (a, b, c) = parse_qemu_version(&text).ok_or_else(|| anyhow!("cannot parse the QEMU version from {text:?}"))?;
+    let (a, b, c) = parse_qemu_version(&text)
+        .ok_or_else(|| anyhow!("cannot parse the QEMU version from {text:?}"))?;
     Ok((format!("{a}.{b}.{c}"), text.lines().next().unwrap_or("").to_string()))
 }
 
@@ -211,7 +221,18 @@ fn version_of(bin: &QemuBinary) -> Result<(String, String)> {
 pub fn smoke_test_tcg(bin: &QemuBinary) -> Result<()> {
     let mut cmd = bin.command();
     cmd.args([
-        "-accel", "tcg", "-machine", "q35", "-m", "64M", "-display", "none", "-nodefaults", "-S", "-qmp", "stdio",
+        "-accel",
+        "tcg",
+        "-machine",
+        "q35",
+        "-m",
+        "64M",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-S",
+        "-qmp",
+        "stdio",
     ]);
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let desc = format!("{cmd:?}");
@@ -302,7 +323,9 @@ fn verify_manifest(series: &str, m: &Manifest) -> Result<QemuBinary> {
 fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
     let p = dir.join(MANIFEST_NAME);
     match fs::read(&p) {
-        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display()))?)),
+        Ok(b) => Ok(Some(
+            serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display()))?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
     }
@@ -316,7 +339,8 @@ fn write_manifest(dir: &Path, m: &Manifest) -> Result<()> {
     f.write_all(b"\n")?;
     f.sync_all()?;
     drop(f);
-    fs::rename(&tmp, &p).with_context(|| format!("renaming {} to {}", tmp.display(), p.display()))?;
+    fs::rename(&tmp, &p)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), p.display()))?;
     Ok(())
 }
 
@@ -329,20 +353,38 @@ pub fn status(series: &str) -> Status {
     let dir = version_dir(series);
     match read_manifest(&dir) {
         Ok(Some(m)) => match verify_manifest(series, &m) {
-            Ok(binary) => Status::Complete(Installed { series: series.into(), dir, manifest: m, recorded: true, binary }),
-            Err(e) => Status::Broken(format!("{} does not verify: {e:#}", dir.join(MANIFEST_NAME).display())),
+            Ok(binary) => Status::Complete(Installed {
+                series: series.into(),
+                dir,
+                manifest: m,
+                recorded: true,
+                binary,
+            }),
+            Err(e) => Status::Broken(format!(
+                "{} does not verify: {e:#}",
+                dir.join(MANIFEST_NAME).display()
+            )),
         },
         Ok(None) if series == "10.0" => match host_manifest(0.0) {
             // The host's QEMU is there: usable even before it is recorded.
             Ok(m) => match verify_manifest(series, &m) {
-                Ok(binary) => Status::Complete(Installed { series: series.into(), dir, manifest: m, recorded: false, binary }),
+                Ok(binary) => Status::Complete(Installed {
+                    series: series.into(),
+                    dir,
+                    manifest: m,
+                    recorded: false,
+                    binary,
+                }),
                 Err(e) => Status::Broken(format!("host QEMU does not verify: {e:#}")),
             },
             Err(e) => Status::Broken(format!("{e:#}")).missing_if_absent(Path::new(HOST_QEMU)),
         },
         Ok(None) => {
             if dir.exists() {
-                Status::Broken(format!("{} exists but has no {MANIFEST_NAME} (interrupted install?)", dir.display()))
+                Status::Broken(format!(
+                    "{} exists but has no {MANIFEST_NAME} (interrupted install?)",
+                    dir.display()
+                ))
             } else {
                 Status::Missing
             }
@@ -430,7 +472,8 @@ pub fn install(series: &str) -> Result<Installed> {
 pub fn install_with_progress(series: &str, progress: &mut dyn FnMut(&str)) -> Result<Installed> {
     check_series(series)?;
     let cache = cache_dir();
-    fs::create_dir_all(&cache).with_context(|| format!("creating the cache folder {}", cache.display()))?;
+    fs::create_dir_all(&cache)
+        .with_context(|| format!("creating the cache folder {}", cache.display()))?;
     let lock_path = cache.join(format!(".lock-{series}"));
     let lock_file = OpenOptions::new()
         .create(true)
@@ -438,14 +481,18 @@ pub fn install_with_progress(series: &str, progress: &mut dyn FnMut(&str)) -> Re
         .write(true)
         .open(&lock_path)
         .with_context(|| format!("opening {}", lock_path.display()))?;
-    let _lock = match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((f, _)) => {
-            progress(&format!("waiting for another install of QEMU {series} ({})", lock_path.display()));
-            nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-                .map_err(|(_, e)| anyhow!("locking {}: {e}", lock_path.display()))?
-        }
-    };
+    let _lock =
+        match nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((f, _)) => {
+                progress(&format!(
+                    "waiting for another install of QEMU {series} ({})",
+                    lock_path.display()
+                ));
+                nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+                    .map_err(|(_, e)| anyhow!("locking {}: {e}", lock_path.display()))?
+            }
+        };
 
     match status(series) {
         Status::Complete(i) if i.recorded => {
@@ -472,7 +519,9 @@ pub fn install_with_progress(series: &str, progress: &mut dyn FnMut(&str)) -> Re
             // A bootstrapped root left by an earlier run is reused; if the
             // result does not verify, start again from an empty folder.
             let reusable = dir.join(".debootstrap-done").is_file();
-            match install_sid(&dir, progress, true).and_then(|m| verify_manifest(series, &m).map(|_| m)) {
+            match install_sid(&dir, progress, true)
+                .and_then(|m| verify_manifest(series, &m).map(|_| m))
+            {
                 Ok(m) => m,
                 Err(e) if reusable => {
                     progress(&format!("the reused sid root failed ({e:#}); starting from scratch"));
@@ -528,7 +577,11 @@ fn cmd(prog: &str, args: &[&str]) -> Command {
 
 /// `dpkg --compare-versions a gt b`.
 fn dpkg_version_gt(a: &str, b: &str) -> bool {
-    Command::new("dpkg").args(["--compare-versions", a, "gt", b]).status().map(|s| s.success()).unwrap_or(false)
+    Command::new("dpkg")
+        .args(["--compare-versions", a, "gt", b])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
 }
 
 /// Candidates from `apt-cache madison` (binary packages only):
@@ -539,7 +592,8 @@ fn madison(pkg: &str) -> Result<Vec<(String, String)>> {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split('|').map(str::trim).collect();
-            (f.len() == 3 && f[0] == pkg && f[2].ends_with("Packages")).then(|| (f[1].to_string(), f[2].to_string()))
+            (f.len() == 3 && f[0] == pkg && f[2].ends_with("Packages"))
+                .then(|| (f[1].to_string(), f[2].to_string()))
         })
         .collect())
 }
@@ -572,7 +626,9 @@ fn is_upstream_series(v: &str, series: &str) -> bool {
 
 /// Paths mounted at or below `dir` (from /proc/self/mountinfo), deepest first.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let Ok(dir) = dir.canonicalize() else { return Vec::new() };
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut v: Vec<PathBuf> = info
         .lines()
@@ -591,7 +647,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push(((b[i + 1] - b'0') << 6) | ((b[i + 2] - b'0') << 3) | (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -643,7 +702,8 @@ fn resolve_in_root(root: &Path, path: &Path) -> Result<PathBuf> {
         }
         let target = fs::read_link(&cur)?;
         cur = if target.is_absolute() {
-            let rel: PathBuf = target.components().filter(|c| !matches!(c, Component::RootDir)).collect();
+            let rel: PathBuf =
+                target.components().filter(|c| !matches!(c, Component::RootDir)).collect();
             root.join(rel)
         } else {
             let mut p = cur.parent().unwrap_or(root).to_path_buf();
@@ -751,13 +811,18 @@ fn install_bookworm_72(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Man
     // Its libraries come from the host (bookworm sonames): install missing ones.
     let missing = ldd_missing(&binary, Some(&log))?;
     if !missing.is_empty() {
-        let deb = files.iter().find(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-x86_")));
+        let deb = files.iter().find(|f| {
+            f.file_name().is_some_and(|n| n.to_string_lossy().starts_with("qemu-system-x86_"))
+        });
         let libs = match deb {
             Some(d) => lib_depends(d)?,
             None => Vec::new(),
         };
         let absent: Vec<String> = libs.into_iter().filter(|l| !dpkg_installed(l)).collect();
-        progress(&format!("host lacks {missing:?}: apt-get install --no-install-recommends {}", absent.join(" ")));
+        progress(&format!(
+            "host lacks {missing:?}: apt-get install --no-install-recommends {}",
+            absent.join(" ")
+        ));
         if !absent.is_empty() {
             let mut c = cmd("apt-get", &["install", "-y", "--no-install-recommends"]);
             c.args(&absent);
@@ -790,7 +855,8 @@ fn install_bookworm_72(dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<Man
         source: InstallSource {
             kind: "bookworm debs (apt-get download + dpkg -x); host libraries".into(),
             packages: pkgs,
-            note: (!abs.is_empty()).then(|| format!("absolute symlinks in firmware folders: {}", abs.join(", "))),
+            note: (!abs.is_empty())
+                .then(|| format!("absolute symlinks in firmware folders: {}", abs.join(", "))),
         },
         installed_at: 0,
         install_seconds: 0.0,
@@ -828,7 +894,8 @@ fn dpkg_versions(admindir: Option<&Path>, pkgs: &[&str]) -> BTreeMap<String, Str
         c.arg(format!("--admindir={}", a.display()));
     }
     c.args(["-W", "-f=${Package}\t${Version}\t${db:Status-Status}\n"]).args(pkgs);
-    let out = c.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let out =
+        c.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     out.lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
@@ -872,13 +939,19 @@ fn host_manifest(install_seconds: f64) -> Result<Manifest> {
 
 fn host_is_10_0() -> bool {
     let bin = QemuBinary::new(HOST_QEMU);
-    Path::new(HOST_QEMU).is_file() && bin.version().map(|v| series_matches("10.0", v)).unwrap_or(false)
+    Path::new(HOST_QEMU).is_file()
+        && bin.version().map(|v| series_matches("10.0", v)).unwrap_or(false)
 }
 
 fn install_host(progress: &mut dyn FnMut(&str)) -> Result<Manifest> {
     if !host_is_10_0() {
         let has_bpo = Command::new("grep")
-            .args(["-rqs", "bookworm-backports", "/etc/apt/sources.list", "/etc/apt/sources.list.d/"])
+            .args([
+                "-rqs",
+                "bookworm-backports",
+                "/etc/apt/sources.list",
+                "/etc/apt/sources.list.d/",
+            ])
             .status()
             .map(|s| s.success())
             .unwrap_or(false);
@@ -888,11 +961,24 @@ fn install_host(progress: &mut dyn FnMut(&str)) -> Result<Manifest> {
         progress("apt-get update; apt-get install -t bookworm-backports --no-install-recommends qemu-system-x86");
         run_logged(&mut cmd("apt-get", &["update"]), None)?;
         run_logged(
-            &mut cmd("apt-get", &["install", "-y", "-t", "bookworm-backports", "--no-install-recommends", "qemu-system-x86"]),
+            &mut cmd(
+                "apt-get",
+                &[
+                    "install",
+                    "-y",
+                    "-t",
+                    "bookworm-backports",
+                    "--no-install-recommends",
+                    "qemu-system-x86",
+                ],
+            ),
             None,
         )?;
         if !host_is_10_0() {
-            let v = QemuBinary::new(HOST_QEMU).version().map(|v| format!("{v:?}")).unwrap_or_else(|e| format!("{e:#}"));
+            let v = QemuBinary::new(HOST_QEMU)
+                .version()
+                .map(|v| format!("{v:?}"))
+                .unwrap_or_else(|e| format!("{e:#}"));
             bail!("after installing from bookworm-backports, {HOST_QEMU} is {v}, not 10.0");
         }
     } else {
@@ -954,13 +1040,24 @@ fn install_sid(dir: &Path, progress: &mut dyn FnMut(&str), allow_reuse: bool) ->
 
     if !dpkg_installed("debootstrap") {
         progress("apt-get install debootstrap (host)");
-        if run_logged(&mut cmd("apt-get", &["install", "-y", "--no-install-recommends", "debootstrap"]), Some(&log)).is_err() {
+        if run_logged(
+            &mut cmd("apt-get", &["install", "-y", "--no-install-recommends", "debootstrap"]),
+            Some(&log),
+        )
+        .is_err()
+        {
             run_logged(&mut cmd("apt-get", &["update"]), Some(&log))?;
-            run_logged(&mut cmd("apt-get", &["install", "-y", "--no-install-recommends", "debootstrap"]), Some(&log))?;
+            run_logged(
+                &mut cmd("apt-get", &["install", "-y", "--no-install-recommends", "debootstrap"]),
+                Some(&log),
+            )?;
         }
     }
 
-    let mirror = std::env::var("CROSSMIG_DEBIAN_MIRROR").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| DEFAULT_MIRROR.into());
+    let mirror = std::env::var("CROSSMIG_DEBIAN_MIRROR")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| DEFAULT_MIRROR.into());
     if allow_reuse && bootstrapped.is_file() && root.join("usr/bin/apt-get").is_file() {
         progress(&format!("reusing the bootstrapped sid root {}", root.display()));
     } else {
@@ -995,13 +1092,27 @@ fn install_sid(dir: &Path, progress: &mut dyn FnMut(&str), allow_reuse: bool) ->
     {
         let mounts = ChrootMounts::mount(&root, &log)?;
         progress("apt-get update inside the sid root");
-        run_logged(&mut chroot_cmd(&root, &["apt-get", "-o", "Acquire::Check-Valid-Until=false", "update"]), Some(&log))?;
+        run_logged(
+            &mut chroot_cmd(
+                &root,
+                &["apt-get", "-o", "Acquire::Check-Valid-Until=false", "update"],
+            ),
+            Some(&log),
+        )?;
         progress("apt-get install --no-install-recommends qemu-system-x86 inside the sid root");
         let t = Instant::now();
         run_logged(
             &mut chroot_cmd(
                 &root,
-                &["apt-get", "-o", "Acquire::Check-Valid-Until=false", "install", "-y", "--no-install-recommends", "qemu-system-x86"],
+                &[
+                    "apt-get",
+                    "-o",
+                    "Acquire::Check-Valid-Until=false",
+                    "install",
+                    "-y",
+                    "--no-install-recommends",
+                    "qemu-system-x86",
+                ],
             ),
             Some(&log),
         )?;
@@ -1046,7 +1157,11 @@ fn install_sid(dir: &Path, progress: &mut dyn FnMut(&str), allow_reuse: bool) ->
         .map(|d| root.join(d))
         .filter(|d| d.is_dir())
         .collect();
-    let bin = QemuBinary { path: binary.clone(), data_dirs: data_dirs.clone(), loader: Some((ld_so.clone(), library_path.clone())) };
+    let bin = QemuBinary {
+        path: binary.clone(),
+        data_dirs: data_dirs.clone(),
+        loader: Some((ld_so.clone(), library_path.clone())),
+    };
     let (qemu_version, version_line) = version_of(&bin)?;
     let parsed = parse_qemu_version(&format!("version {qemu_version}")).unwrap_or_default();
     if parsed.0 != 11 {
@@ -1054,7 +1169,8 @@ fn install_sid(dir: &Path, progress: &mut dyn FnMut(&str), allow_reuse: bool) ->
     }
     let mut notes = Vec::new();
     if parsed.1 != 1 {
-        notes.push(format!("sid ships QEMU {qemu_version}, accepted for series 11.1 (any 11.x is)"));
+        notes
+            .push(format!("sid ships QEMU {qemu_version}, accepted for series 11.1 (any 11.x is)"));
     }
     let abs = absolute_symlinks(&data_dirs);
     if !abs.is_empty() {
@@ -1101,11 +1217,12 @@ pub enum QemuCmd {
 pub fn run_qemu_cmd(cmd: QemuCmd) -> Result<()> {
     match cmd {
         QemuCmd::Install { versions } => {
-            let versions: Vec<String> = if versions.is_empty() || versions.iter().any(|v| v == "all") {
-                KNOWN_VERSIONS.iter().map(|s| s.to_string()).collect()
-            } else {
-                versions
-            };
+            let versions: Vec<String> =
+                if versions.is_empty() || versions.iter().any(|v| v == "all") {
+                    KNOWN_VERSIONS.iter().map(|s| s.to_string()).collect()
+                } else {
+                    versions
+                };
             for v in &versions {
                 check_series(v)?;
             }
@@ -1118,7 +1235,12 @@ pub fn run_qemu_cmd(cmd: QemuCmd) -> Result<()> {
                         "[qemu {v}] ok: QEMU {} ({:.1} s){}",
                         i.manifest.qemu_version,
                         t.elapsed().as_secs_f64(),
-                        i.manifest.source.note.as_ref().map(|n| format!(" — note: {n}")).unwrap_or_default()
+                        i.manifest
+                            .source
+                            .note
+                            .as_ref()
+                            .map(|n| format!(" — note: {n}"))
+                            .unwrap_or_default()
                     ),
                     Err(e) => {
                         eprintln!("[qemu {v}] FAILED: {e:#}");
@@ -1140,8 +1262,13 @@ pub fn run_qemu_cmd(cmd: QemuCmd) -> Result<()> {
 
 /// The `crossmig qemu list` table.
 pub fn list_table() -> String {
-    let mut rows: Vec<[String; 5]> =
-        vec![["VERSION".into(), "QEMU".into(), "INSTALLED AT (UTC)".into(), "BINARY".into(), "STATUS".into()]];
+    let mut rows: Vec<[String; 5]> = vec![[
+        "VERSION".into(),
+        "QEMU".into(),
+        "INSTALLED AT (UTC)".into(),
+        "BINARY".into(),
+        "STATUS".into(),
+    ]];
     let mut details: Vec<Vec<String>> = vec![Vec::new()];
     for s in cached_series() {
         match status(&s) {
@@ -1152,15 +1279,27 @@ pub fn list_table() -> String {
                     m.qemu_version.clone(),
                     if m.installed_at > 0 { fmt_utc(m.installed_at) } else { "?".into() },
                     m.binary.display().to_string(),
-                    if i.recorded { "ok".into() } else { "ok (host, not recorded: `crossmig qemu install 10.0`)".into() },
+                    if i.recorded {
+                        "ok".into()
+                    } else {
+                        "ok (host, not recorded: `crossmig qemu install 10.0`)".into()
+                    },
                 ]);
                 let mut d = Vec::new();
                 let fw: Vec<String> = m.data_dirs.iter().map(|p| p.display().to_string()).collect();
-                d.push(format!("firmware (-L): {}", if fw.is_empty() { "(built-in paths)".into() } else { fw.join(" ") }));
+                d.push(format!(
+                    "firmware (-L): {}",
+                    if fw.is_empty() { "(built-in paths)".into() } else { fw.join(" ") }
+                ));
                 if let Some(l) = &m.loader {
-                    d.push(format!("loader: {} --library-path {}", l.ld_so.display(), l.library_path.display()));
+                    d.push(format!(
+                        "loader: {} --library-path {}",
+                        l.ld_so.display(),
+                        l.library_path.display()
+                    ));
                 }
-                let pk: Vec<String> = m.source.packages.iter().map(|p| format!("{}={}", p.name, p.version)).collect();
+                let pk: Vec<String> =
+                    m.source.packages.iter().map(|p| format!("{}={}", p.name, p.version)).collect();
                 d.push(format!("source: {}: {}", m.source.kind, pk.join(", ")));
                 if m.install_seconds > 0.0 {
                     d.push(format!("install took {:.1} s", m.install_seconds));
@@ -1174,7 +1313,11 @@ pub fn list_table() -> String {
                 // One line in the table, the full reason below it.
                 let reason = st.reason().unwrap_or_default();
                 let first = reason.lines().next().unwrap_or("").to_string();
-                let short = if first.chars().count() > 100 { format!("{}…", first.chars().take(100).collect::<String>()) } else { first };
+                let short = if first.chars().count() > 100 {
+                    format!("{}…", first.chars().take(100).collect::<String>())
+                } else {
+                    first
+                };
                 rows.push([s.clone(), "-".into(), "-".into(), "-".into(), short]);
                 details.push(if reason.contains('\n') || reason.chars().count() > 100 {
                     reason.lines().map(|l| format!("| {l}")).collect()
@@ -1192,7 +1335,18 @@ pub fn list_table() -> String {
     }
     let mut out = format!("cache: {}\n", cache_dir().display());
     for (r, d) in rows.iter().zip(&details) {
-        out += &format!("{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}\n", r[0], r[1], r[2], r[3], r[4], w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3]);
+        out += &format!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}\n",
+            r[0],
+            r[1],
+            r[2],
+            r[3],
+            r[4],
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
         for l in d {
             out += &format!("    {l}\n");
         }
@@ -1259,8 +1413,10 @@ mod tests {
         fs::create_dir_all(root.join("usr/lib/x86_64-linux-gnu")).unwrap();
         fs::create_dir_all(root.join("usr/lib64")).unwrap();
         fs::write(root.join("usr/lib/x86_64-linux-gnu/ld.so"), b"").unwrap();
-        std::os::unix::fs::symlink("/usr/lib/x86_64-linux-gnu/ld.so", root.join("usr/lib64/abs")).unwrap();
-        std::os::unix::fs::symlink("../lib/x86_64-linux-gnu/ld.so", root.join("usr/lib64/rel")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib/x86_64-linux-gnu/ld.so", root.join("usr/lib64/abs"))
+            .unwrap();
+        std::os::unix::fs::symlink("../lib/x86_64-linux-gnu/ld.so", root.join("usr/lib64/rel"))
+            .unwrap();
         let want = root.join("usr/lib/x86_64-linux-gnu/ld.so");
         assert_eq!(resolve_in_root(root, &root.join("usr/lib64/abs")).unwrap(), want);
         assert_eq!(resolve_in_root(root, &root.join("usr/lib64/rel")).unwrap(), want);

@@ -227,7 +227,12 @@ impl ProxyHandle {
 
     /// Wait until `pred(stats)` holds (re-checked on every accept and every
     /// connection end, and every 50 ms). Fails on timeout.
-    pub async fn wait_for(&self, what: &str, pred: impl Fn(&[ConnStats]) -> bool, timeout: Duration) -> Result<Vec<ConnStats>> {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        pred: impl Fn(&[ConnStats]) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<ConnStats>> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.0.changed.notified();
@@ -237,16 +242,23 @@ impl ProxyHandle {
             }
             let now = Instant::now();
             if now >= deadline {
-                anyhow::bail!("proxy: timed out after {timeout:?} waiting for {what}; connections: {s:?}");
+                anyhow::bail!(
+                    "proxy: timed out after {timeout:?} waiting for {what}; connections: {s:?}"
+                );
             }
-            let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(50)), notified).await;
+            let _ = tokio::time::timeout((deadline - now).min(Duration::from_millis(50)), notified)
+                .await;
         }
     }
 
     /// Wait until connection `i` was accepted and has ended.
     pub async fn wait_ended(&self, i: usize, timeout: Duration) -> Result<ConnStats> {
         let s = self
-            .wait_for(&format!("connection {i} to end"), |s| s.get(i).is_some_and(|c| c.end.is_some()), timeout)
+            .wait_for(
+                &format!("connection {i} to end"),
+                |s| s.get(i).is_some_and(|c| c.end.is_some()),
+                timeout,
+            )
             .await?;
         Ok(s[i].clone())
     }
@@ -261,7 +273,10 @@ pub struct Proxy {
 
 impl std::fmt::Debug for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy").field("addr", &self.addr).field("upstream", &self.handle.0.upstream).finish()
+        f.debug_struct("Proxy")
+            .field("addr", &self.addr)
+            .field("upstream", &self.handle.0.upstream)
+            .finish()
     }
 }
 
@@ -275,18 +290,24 @@ impl Proxy {
 
     /// Like [`start`](Self::start) with one plan per connection (each
     /// names its connection; at most one plan per connection).
-    pub async fn start_plans(listen: &str, upstream: SocketAddr, plans: Vec<ProxyPlan>) -> Result<Proxy> {
+    pub async fn start_plans(
+        listen: &str,
+        upstream: SocketAddr,
+        plans: Vec<ProxyPlan>,
+    ) -> Result<Proxy> {
         let mut records = HashMap::new();
         for (i, p) in plans.iter().enumerate() {
             if plans[..i].iter().any(|q| q.conn == p.conn) {
                 anyhow::bail!("proxy: two plans for connection {}", p.conn);
             }
             if let Some(path) = &p.record {
-                let f = File::create(path).with_context(|| format!("proxy: creating record file {}", path.display()))?;
+                let f = File::create(path)
+                    .with_context(|| format!("proxy: creating record file {}", path.display()))?;
                 records.insert(p.conn, f);
             }
         }
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("proxy: binding {listen}"))?;
+        let listener =
+            TcpListener::bind(listen).await.with_context(|| format!("proxy: binding {listen}"))?;
         let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             upstream,
@@ -380,7 +401,13 @@ enum Fwd {
     Error(String),
 }
 
-async fn run_conn(client: TcpStream, st: &ConnState, upstream: SocketAddr, plan: &ProxyPlan, mut record: Option<File>) {
+async fn run_conn(
+    client: TcpStream,
+    st: &ConnState,
+    upstream: SocketAddr,
+    plan: &ProxyPlan,
+    mut record: Option<File>,
+) {
     let _ = client.set_nodelay(true);
     let up = match TcpStream::connect(upstream).await {
         Ok(s) => s,
@@ -514,7 +541,9 @@ async fn pump_forward(
                 return Fwd::Eof;
             }
             Ok(n) => n,
-            Err(e) => return Fwd::Error(format!("reading from the source at byte offset {off}: {e}")),
+            Err(e) => {
+                return Fwd::Error(format!("reading from the source at byte offset {off}: {e}"))
+            }
         };
         let chunk = &mut buf[..n];
         for &(fo, x) in &plan.flip {
@@ -542,7 +571,11 @@ async fn pump_forward(
 }
 
 /// Forward untouched until EOF (then shut down the write side).
-async fn pump_plain(r: &mut OwnedReadHalf, w: &mut OwnedWriteHalf, count: &AtomicU64) -> std::result::Result<(), String> {
+async fn pump_plain(
+    r: &mut OwnedReadHalf,
+    w: &mut OwnedWriteHalf,
+    count: &AtomicU64,
+) -> std::result::Result<(), String> {
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = match r.read(&mut buf).await {
@@ -566,7 +599,9 @@ mod tests {
     /// An upstream that reads everything of its first connection (returned
     /// through the oneshot with how it ended) and optionally writes
     /// `reply` right after accepting.
-    async fn sink(reply: Vec<u8>) -> (SocketAddr, oneshot::Receiver<(Vec<u8>, std::io::Result<()>)>) {
+    async fn sink(
+        reply: Vec<u8>,
+    ) -> (SocketAddr, oneshot::Receiver<(Vec<u8>, std::io::Result<()>)>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
@@ -629,7 +664,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rec = dir.path().join("rec.bin");
         let (up, rx) = sink(vec![]).await;
-        let plan = ProxyPlan::new().record(&rec).flip(0, 0xff).flip(65_535, 0x01).flip(65_536, 0x80).flip(199_999, 0x0f).flip(5_000_000, 1);
+        let plan = ProxyPlan::new()
+            .record(&rec)
+            .flip(0, 0xff)
+            .flip(65_535, 0x01)
+            .flip(65_536, 0x80)
+            .flip(199_999, 0x0f)
+            .flip(5_000_000, 1);
         let p = Proxy::start("127.0.0.1:0", up, plan).await.unwrap();
         let data = pattern(200_000);
         let mut c = send_all(p.addr(), &data).await;
@@ -644,14 +685,20 @@ mod tests {
         let diff: Vec<usize> = (0..got.len()).filter(|&i| got[i] != want[i]).collect();
         assert!(diff.is_empty(), "bytes differ at {diff:?}");
         p.handle().wait_ended(0, T).await.unwrap();
-        assert_eq!(std::fs::read(&rec).unwrap(), want, "record holds the forwarded (damaged) bytes");
+        assert_eq!(
+            std::fs::read(&rec).unwrap(),
+            want,
+            "record holds the forwarded (damaged) bytes"
+        );
     }
 
     #[tokio::test]
     async fn plan_applies_to_its_connection_only() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let up = l.local_addr().unwrap();
-        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new().on_connection(1).flip(1, 0xff)).await.unwrap();
+        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new().on_connection(1).flip(1, 0xff))
+            .await
+            .unwrap();
         let mut outs = Vec::new();
         for _ in 0..3 {
             let mut c = TcpStream::connect(p.addr()).await.unwrap();
@@ -709,7 +756,10 @@ mod tests {
         let (up, rx) = sink(vec![]).await;
         let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new()).await.unwrap();
         let mut c = send_all(p.addr(), b"abc").await;
-        p.handle().wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T).await.unwrap();
+        p.handle()
+            .wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T)
+            .await
+            .unwrap();
         p.cut_now();
         let (got, res) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
         assert_eq!(got, b"abc");
@@ -730,11 +780,20 @@ mod tests {
         let (got, _) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
         let dt = t0.elapsed();
         assert_eq!(got.len(), 200_000);
-        assert!(dt >= Duration::from_millis(400) && dt <= Duration::from_millis(1500), "throttled transfer took {dt:?}");
+        assert!(
+            dt >= Duration::from_millis(400) && dt <= Duration::from_millis(1500),
+            "throttled transfer took {dt:?}"
+        );
 
         // stall 300 ms after 1000 bytes
         let (up, rx) = sink(vec![]).await;
-        let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new().stall(1000, Duration::from_millis(300))).await.unwrap();
+        let p = Proxy::start(
+            "127.0.0.1:0",
+            up,
+            ProxyPlan::new().stall(1000, Duration::from_millis(300)),
+        )
+        .await
+        .unwrap();
         let t0 = Instant::now();
         let mut c = send_all(p.addr(), &pattern(5000)).await;
         p.handle()
@@ -746,7 +805,10 @@ mod tests {
         let (got, _) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
         let dt = t0.elapsed();
         assert_eq!(got, pattern(5000));
-        assert!(dt >= Duration::from_millis(280) && dt <= Duration::from_millis(2000), "stalled transfer took {dt:?}");
+        assert!(
+            dt >= Duration::from_millis(280) && dt <= Duration::from_millis(2000),
+            "stalled transfer took {dt:?}"
+        );
     }
 
     #[tokio::test]
@@ -755,7 +817,10 @@ mod tests {
         let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new()).await.unwrap();
         let addr = p.addr();
         let mut c = send_all(addr, b"xyz").await;
-        p.handle().wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T).await.unwrap();
+        p.handle()
+            .wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T)
+            .await
+            .unwrap();
         drop(p);
         // both sides of the open connection are closed
         let (got, _) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
@@ -782,7 +847,10 @@ mod tests {
         let p = Proxy::start("127.0.0.1:0", dead, ProxyPlan::new()).await.unwrap();
         let mut c = TcpStream::connect(p.addr()).await.unwrap();
         let s = p.handle().wait_ended(0, T).await.unwrap();
-        assert!(matches!(s.end, Some(ConnEnd::Error(ref e)) if e.contains("connecting upstream")), "{s:?}");
+        assert!(
+            matches!(s.end, Some(ConnEnd::Error(ref e)) if e.contains("connecting upstream")),
+            "{s:?}"
+        );
         let mut b = Vec::new();
         let _ = tokio::time::timeout(T, c.read_to_end(&mut b)).await.unwrap();
     }

@@ -85,7 +85,9 @@ impl QemuBinary {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
 }
 
 /// Parse `"QEMU emulator version 10.0.2 (Debian ...)"`.
@@ -280,14 +282,20 @@ impl QemuVm {
     /// Whole serial log so far (empty if none).
     pub fn serial_contents(&self) -> String {
         match &self.cfg.serial_log {
-            Some(p) => std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default(),
+            Some(p) => std::fs::read(p)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
             None => String::new(),
         }
     }
 
     /// Poll the serial log every 50 ms until `pred(contents)` holds.
     /// Returns the contents; fails on timeout or if QEMU exits.
-    pub async fn wait_serial(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Result<String> {
+    pub async fn wait_serial(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String> {
         if self.cfg.serial_log.is_none() {
             bail!("VM has no serial log configured");
         }
@@ -307,7 +315,10 @@ impl QemuVm {
                 );
             }
             if Instant::now() >= deadline {
-                bail!("timed out after {timeout:?} waiting for serial output; serial tail:\n{}", tail(&s));
+                bail!(
+                    "timed out after {timeout:?} waiting for serial output; serial tail:\n{}",
+                    tail(&s)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -46,11 +46,7 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum QmpError {
     /// QEMU answered with `{"error": {"class": ..., "desc": ...}}`.
     #[error("QMP command '{cmd}' failed: {class}: {desc}")]
-    Command {
-        cmd: String,
-        class: String,
-        desc: String,
-    },
+    Command { cmd: String, class: String, desc: String },
     /// No answer within the timeout.
     #[error("QMP command '{cmd}' timed out after {timeout:?}")]
     Timeout { cmd: String, timeout: Duration },
@@ -203,14 +199,18 @@ impl Qmp {
                     );
                     if !retry || Instant::now() >= deadline {
                         return Err(anyhow!(e)).with_context(|| {
-                            format!("connecting to QMP socket {} (timeout {timeout:?})", path.display())
+                            format!(
+                                "connecting to QMP socket {} (timeout {timeout:?})",
+                                path.display()
+                            )
                         });
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
         };
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+        let remaining =
+            deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
         tokio::time::timeout(remaining, Self::handshake(path, stream))
             .await
             .map_err(|_| anyhow!("QMP handshake on {} timed out", path.display()))?
@@ -326,9 +326,10 @@ impl Qmp {
         C: qapi::qmp::QmpCommand,
     {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let msg = serde_json::to_value(qapi::Execute::<C, u64>::with_id(command, id)).map_err(|e| {
-            QmpError::Protocol { cmd: C::NAME.into(), msg: format!("serializing: {e}") }
-        })?;
+        let msg =
+            serde_json::to_value(qapi::Execute::<C, u64>::with_id(command, id)).map_err(|e| {
+                QmpError::Protocol { cmd: C::NAME.into(), msg: format!("serializing: {e}") }
+            })?;
         let ret = self.send_and_wait(C::NAME, id, msg, self.timeout()).await?;
         serde_json::from_value(ret).map_err(|e| QmpError::Protocol {
             cmd: C::NAME.into(),
@@ -417,7 +418,11 @@ impl Qmp {
     /// (events that arrived before this call are considered too). On success
     /// the cursor moves just past the matched event, so consecutive calls
     /// consume events in order.
-    pub async fn wait_event(&self, pred: impl Fn(&QmpEvent) -> bool, timeout: Duration) -> Result<QmpEvent> {
+    pub async fn wait_event(
+        &self,
+        pred: impl Fn(&QmpEvent) -> bool,
+        timeout: Duration,
+    ) -> Result<QmpEvent> {
         let start = self.event_cursor();
         let ev = self.wait_event_from(start, pred, timeout).await?;
         let mut c = self.cursor.lock().unwrap();
@@ -473,7 +478,15 @@ impl Qmp {
         let evs = self.shared.events.lock().unwrap();
         evs.iter()
             .skip(start)
-            .map(|e| if e.data.is_null() { e.name.clone() } else { format!("{} {}", e.name, e.data) })
+            .map(
+                |e| {
+                    if e.data.is_null() {
+                        e.name.clone()
+                    } else {
+                        format!("{} {}", e.name, e.data)
+                    }
+                },
+            )
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -495,7 +508,12 @@ impl Qmp {
     /// Poll `query-migrate` every 15 ms until its status is one of `goals`
     /// (returns the reply), or one of `fail_on` (error), or `timeout`
     /// expires (error). Errors name the last status and `error-desc`.
-    pub async fn wait_migration_status(&self, goals: &[&str], fail_on: &[&str], timeout: Duration) -> Result<Value> {
+    pub async fn wait_migration_status(
+        &self,
+        goals: &[&str],
+        fail_on: &[&str],
+        timeout: Duration,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.query_migrate().await?;
@@ -524,12 +542,9 @@ impl Qmp {
 
     /// `migrate-set-capabilities` with `[(name, state)]`.
     pub async fn set_capabilities(&self, caps: &[(&str, bool)]) -> Result<()> {
-        let caps: Vec<Value> = caps
-            .iter()
-            .map(|(c, s)| json!({ "capability": c, "state": s }))
-            .collect();
-        self.execute("migrate-set-capabilities", json!({ "capabilities": caps }))
-            .await?;
+        let caps: Vec<Value> =
+            caps.iter().map(|(c, s)| json!({ "capability": c, "state": s })).collect();
+        self.execute("migrate-set-capabilities", json!({ "capabilities": caps })).await?;
         Ok(())
     }
 
@@ -551,7 +566,10 @@ pub fn migrate_status_of(v: &Value) -> &str {
     v.get("status").and_then(Value::as_str).unwrap_or("none")
 }
 
-async fn reader_task(mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>, shared: Arc<Shared>) {
+async fn reader_task(
+    mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    shared: Arc<Shared>,
+) {
     let reason = loop {
         let line = match lines.next_line().await {
             Ok(Some(l)) => l,

@@ -37,7 +37,9 @@ impl Replay {
                     *last = Some(n.to_string());
                     Ok(n.to_string())
                 }
-                BlockRef::Continue => last.clone().ok_or_else(|| anyhow!("CONTINUE without a block at {off}")),
+                BlockRef::Continue => {
+                    last.clone().ok_or_else(|| anyhow!("CONTINUE without a block at {off}"))
+                }
             }
         };
         match rec {
@@ -48,13 +50,19 @@ impl Replay {
             }
             RamRecord::Page { addr, block, data } => {
                 let n = name(block)?;
-                let b = self.blocks.get_mut(&n).ok_or_else(|| anyhow!("page for unknown block {n:?} at {off}"))?;
+                let b = self
+                    .blocks
+                    .get_mut(&n)
+                    .ok_or_else(|| anyhow!("page for unknown block {n:?} at {off}"))?;
                 b[addr as usize..addr as usize + data.len()].copy_from_slice(data);
                 self.pages += 1;
             }
             RamRecord::Zero { addr, block, fill } => {
                 let n = name(block)?;
-                let b = self.blocks.get_mut(&n).ok_or_else(|| anyhow!("zero page for unknown block {n:?} at {off}"))?;
+                let b = self
+                    .blocks
+                    .get_mut(&n)
+                    .ok_or_else(|| anyhow!("zero page for unknown block {n:?} at {off}"))?;
                 b[addr as usize..addr as usize + 4096].fill(fill);
                 self.zero_pages += 1;
             }
@@ -62,8 +70,15 @@ impl Replay {
             RamRecord::MultifdFlush => {}
             RamRecord::Xbzrle { addr, block, data } => {
                 let n = name(block)?;
-                let b = self.blocks.get_mut(&n).ok_or_else(|| anyhow!("xbzrle page for unknown block {n:?}"))?;
-                rust_dest::codec::ramrec::xbzrle_decode(data, &mut b[addr as usize..addr as usize + 4096], off)?;
+                let b = self
+                    .blocks
+                    .get_mut(&n)
+                    .ok_or_else(|| anyhow!("xbzrle page for unknown block {n:?}"))?;
+                rust_dest::codec::ramrec::xbzrle_decode(
+                    data,
+                    &mut b[addr as usize..addr as usize + 4096],
+                    off,
+                )?;
             }
             RamRecord::CompressPage { .. } => bail!("compressed pages are not supported in replay"),
         }
@@ -97,7 +112,9 @@ impl Replay {
                 Err(e) => bail!("replay: {e}"),
             };
             match rec {
-                TopRecord::SectionOpen { kind, section_id, idstr, .. } if idstr == "ram" && kind == SectionKind::Start => {
+                TopRecord::SectionOpen { kind, section_id, idstr, .. }
+                    if idstr == "ram" && kind == SectionKind::Start =>
+                {
                     self.ram_ids.push(section_id);
                     if !self.ram_section(&mut c, &ctx, &mut last)? || c.bytes(5, 0).is_err() {
                         return Ok(()); // the recording ends inside the section
@@ -142,7 +159,12 @@ impl Replay {
     }
 
     /// Returns false if the recording ends inside the section.
-    fn ram_section(&mut self, c: &mut Cursor, ctx: &RamContext, last: &mut Option<String>) -> Result<bool> {
+    fn ram_section(
+        &mut self,
+        c: &mut Cursor,
+        ctx: &RamContext,
+        last: &mut Option<String>,
+    ) -> Result<bool> {
         loop {
             let off = c.offset();
             let rec = match decode_ram_record(c, ctx) {
@@ -194,23 +216,54 @@ mod tests {
     fn replays_pages_zero_and_discards() {
         let ctx = RamContext::x86();
         let mut e = Encoder::new();
-        encode_header(&mut e, &Header { version: 3, configuration: Some(Configuration { machine: "pc-q35-10.0".into(), ..Default::default() }) });
+        encode_header(
+            &mut e,
+            &Header {
+                version: 3,
+                configuration: Some(Configuration {
+                    machine: "pc-q35-10.0".into(),
+                    ..Default::default()
+                }),
+            },
+        );
         encode_section_open(&mut e, SectionKind::Start, 2, "ram", 0, 4);
-        let blocks = vec![BlockEntry { name: "a".into(), used_length: 4 * 4096, page_size: None, gpa: None }];
+        let blocks = vec![BlockEntry {
+            name: "a".into(),
+            used_length: 4 * 4096,
+            page_size: None,
+            gpa: None,
+        }];
         encode_ram_record(&mut e, &RamRecord::MemSize { total: 4 * 4096, blocks }, &ctx);
         encode_ram_record(&mut e, &RamRecord::Eos, &ctx);
         encode_footer(&mut e, 2);
         encode_section_cont(&mut e, SectionKind::Part, 2);
         let p1 = vec![1u8; 4096];
         let p2 = vec![2u8; 4096];
-        encode_ram_record(&mut e, &RamRecord::Page { addr: 0, block: BlockRef::Named("a"), data: &p1 }, &ctx);
-        encode_ram_record(&mut e, &RamRecord::Page { addr: 4096, block: BlockRef::Continue, data: &p2 }, &ctx);
-        encode_ram_record(&mut e, &RamRecord::Page { addr: 8192, block: BlockRef::Continue, data: &p2 }, &ctx);
+        encode_ram_record(
+            &mut e,
+            &RamRecord::Page { addr: 0, block: BlockRef::Named("a"), data: &p1 },
+            &ctx,
+        );
+        encode_ram_record(
+            &mut e,
+            &RamRecord::Page { addr: 4096, block: BlockRef::Continue, data: &p2 },
+            &ctx,
+        );
+        encode_ram_record(
+            &mut e,
+            &RamRecord::Page { addr: 8192, block: BlockRef::Continue, data: &p2 },
+            &ctx,
+        );
         encode_ram_record(&mut e, &RamRecord::Eos, &ctx);
         encode_footer(&mut e, 2);
-        Command::PostcopyRamDiscard(Discard { block: "a".into(), ranges: vec![(4096, 4096)] }).encode(&mut e);
+        Command::PostcopyRamDiscard(Discard { block: "a".into(), ranges: vec![(4096, 4096)] })
+            .encode(&mut e);
         encode_section_cont(&mut e, SectionKind::Part, 2);
-        encode_ram_record(&mut e, &RamRecord::Zero { addr: 0, block: BlockRef::Named("a"), fill: 0 }, &ctx);
+        encode_ram_record(
+            &mut e,
+            &RamRecord::Zero { addr: 0, block: BlockRef::Named("a"), fill: 0 },
+            &ctx,
+        );
         encode_ram_record(&mut e, &RamRecord::Eos, &ctx);
         encode_footer(&mut e, 2);
         encode_eof(&mut e);
@@ -223,7 +276,11 @@ mod tests {
         assert_eq!((r.pages, r.zero_pages, r.discarded_pages), (3, 1, 1));
         // The preempt channel: bare records.
         let mut p = Encoder::new();
-        encode_ram_record(&mut p, &RamRecord::Page { addr: 4096, block: BlockRef::Named("a"), data: &p1 }, &ctx);
+        encode_ram_record(
+            &mut p,
+            &RamRecord::Page { addr: 4096, block: BlockRef::Named("a"), data: &p1 },
+            &ctx,
+        );
         r.preempt_channel(&p.buf).unwrap();
         assert!(r.blocks["a"][4096..8192].iter().all(|&x| x == 1));
     }

@@ -30,7 +30,9 @@ use tokio::sync::mpsc;
 
 use rust_dest::codec::command::{discard_payload, Advise, Command};
 use rust_dest::codec::consts::{MIG_CMD_POSTCOPY_ADVISE, MIG_CMD_POSTCOPY_RAM_DISCARD};
-use rust_dest::codec::ramrec::{decode_ram_record, encode_ram_record, BlockEntry, BlockRef, RamContext, RamRecord};
+use rust_dest::codec::ramrec::{
+    decode_ram_record, encode_ram_record, BlockEntry, BlockRef, RamContext, RamRecord,
+};
 use rust_dest::codec::rp::{decode_rp, RpMessage};
 use rust_dest::codec::stream::{self, Configuration, Header, SectionKind, TopRecord};
 use rust_dest::codec::{vmdesc, Cursor, DecodeError, Encoder};
@@ -126,7 +128,8 @@ impl SourceLayout {
 
     /// `name (0xlen)` list for messages.
     pub fn describe(&self) -> String {
-        let b: Vec<String> = self.blocks.iter().map(|b| format!("{} ({:#x})", b.name, b.used_length)).collect();
+        let b: Vec<String> =
+            self.blocks.iter().map(|b| format!("{} ({:#x})", b.name, b.used_length)).collect();
         format!("machine {} blocks [{}] ({})", self.machine, b.join(", "), self.origin)
     }
 }
@@ -136,14 +139,19 @@ impl SourceLayout {
 pub fn decode_layout(buf: &[u8]) -> Result<SourceLayout> {
     let mut c = Cursor::new(buf, 0);
     let h = stream::decode_header(&mut c, true).map_err(|e| anyhow!("stream header: {e}"))?;
-    let machine = h.configuration.map(|c| c.machine).ok_or_else(|| anyhow!("no configuration section"))?;
+    let machine =
+        h.configuration.map(|c| c.machine).ok_or_else(|| anyhow!("no configuration section"))?;
     let blocks = loop {
         match stream::decode_top(&mut c).map_err(|e| anyhow!("top-level record: {e}"))? {
             TopRecord::Command(_) => continue,
             TopRecord::SectionOpen { kind: SectionKind::Start, idstr: "ram", .. } => {
-                match decode_ram_record(&mut c, &RamContext::x86()).map_err(|e| anyhow!("MEM_SIZE: {e}"))? {
+                match decode_ram_record(&mut c, &RamContext::x86())
+                    .map_err(|e| anyhow!("MEM_SIZE: {e}"))?
+                {
                     RamRecord::MemSize { blocks, .. } => break blocks,
-                    other => bail!("first record of the ram START section is {other:?}, not MEM_SIZE"),
+                    other => {
+                        bail!("first record of the ram START section is {other:?}, not MEM_SIZE")
+                    }
                 }
             }
             other => bail!("unexpected record before the ram START section: {other:?}"),
@@ -151,7 +159,9 @@ pub fn decode_layout(buf: &[u8]) -> Result<SourceLayout> {
     };
     let (globalstate_desc, configuration_desc) = match vmdesc::find_vmdesc_tail(buf) {
         Some((_, v)) => (
-            v["devices"].as_array().and_then(|d| d.iter().find(|d| d["name"] == "globalstate").cloned()),
+            v["devices"]
+                .as_array()
+                .and_then(|d| d.iter().find(|d| d["name"] == "globalstate").cloned()),
             v.get("configuration").cloned(),
         ),
         None => (None, None),
@@ -179,7 +189,13 @@ pub async fn probe_layout(qemu: &QemuBinary, mem_bytes: u64) -> Result<SourceLay
     let out = dir.path().join("stream.bin");
     let r: Result<()> = async {
         vm.execute("migrate", json!({ "uri": format!("exec:cat > {}", out.display()) })).await?;
-        vm.qmp.wait_migration_status(&["completed"], &["failed", "cancelled"], Duration::from_secs(30)).await?;
+        vm.qmp
+            .wait_migration_status(
+                &["completed"],
+                &["failed", "cancelled"],
+                Duration::from_secs(30),
+            )
+            .await?;
         Ok(())
     }
     .await;
@@ -331,7 +347,9 @@ impl RamModel {
     pub fn expected(&self, block: &str, index: u64) -> Expected {
         match self.state(block, index) {
             None | Some(PageState::Defined(Content::Zero | Content::Fill(0))) => Expected::Zero,
-            Some(PageState::Defined(c)) => Expected::Digest(page_digest(&content_bytes(block, index, c))),
+            Some(PageState::Defined(c)) => {
+                Expected::Digest(page_digest(&content_bytes(block, index, c)))
+            }
             Some(PageState::Unknown { .. }) => Expected::Unknown,
         }
     }
@@ -382,9 +400,15 @@ pub enum RpMatcher {
 impl RpMatcher {
     pub fn matches(&self, m: &RpMessage) -> bool {
         match (self, m) {
-            (RpMatcher::Pong(v), RpMessage::Pong(x)) | (RpMatcher::Shut(v), RpMessage::Shut(x)) => v == x,
-            (RpMatcher::AnyPong, RpMessage::Pong(_)) | (RpMatcher::AnyShut, RpMessage::Shut(_)) => true,
-            (RpMatcher::PageRequest, RpMessage::ReqPages { .. } | RpMessage::ReqPagesId { .. }) => true,
+            (RpMatcher::Pong(v), RpMessage::Pong(x)) | (RpMatcher::Shut(v), RpMessage::Shut(x)) => {
+                v == x
+            }
+            (RpMatcher::AnyPong, RpMessage::Pong(_)) | (RpMatcher::AnyShut, RpMessage::Shut(_)) => {
+                true
+            }
+            (RpMatcher::PageRequest, RpMessage::ReqPages { .. } | RpMessage::ReqPagesId { .. }) => {
+                true
+            }
             (RpMatcher::Any, _) => true,
             _ => false,
         }
@@ -474,7 +498,12 @@ impl Step {
 
     /// A correct "globalstate" FULL section (QEMU 10.x layout).
     pub fn globalstate(runstate: &str) -> Step {
-        Step::DeviceFull { idstr: "globalstate".into(), instance: 0, version: 1, data: globalstate_data(runstate) }
+        Step::DeviceFull {
+            idstr: "globalstate".into(),
+            instance: 0,
+            version: 1,
+            data: globalstate_data(runstate),
+        }
     }
 
     pub fn name(&self) -> String {
@@ -485,12 +514,19 @@ impl Step {
             Step::Advise { summary, tps } => format!("Advise({summary:#x}, {tps:#x})"),
             Step::AdviseRaw(p) => format!("AdviseRaw({} bytes)", p.len()),
             Step::Discard { block, ranges, version, terminator } => {
-                format!("Discard({block:?}, {} ranges, v{version}, term {terminator:?})", ranges.len())
+                format!(
+                    "Discard({block:?}, {} ranges, v{version}, term {terminator:?})",
+                    ranges.len()
+                )
             }
             Step::Listen => "Listen".into(),
             Step::Run => "Run".into(),
-            Step::Packaged(i) => format!("Packaged[{}]", i.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")),
-            Step::PackagedRawLen { declared, inner } => format!("PackagedRawLen({declared}, {} steps)", inner.len()),
+            Step::Packaged(i) => {
+                format!("Packaged[{}]", i.iter().map(|s| s.name()).collect::<Vec<_>>().join(", "))
+            }
+            Step::PackagedRawLen { declared, inner } => {
+                format!("PackagedRawLen({declared}, {} steps)", inner.len())
+            }
             Step::RamStart => "RamStart".into(),
             Step::RamPart(p) => format!("RamPart({} pages)", p.len()),
             Step::RamEnd(p) => format!("RamEnd({} pages)", p.len()),
@@ -530,7 +566,12 @@ pub fn vmdesc_for(layout: &SourceLayout, script: &[Step]) -> Value {
     for s in script {
         if let Step::DeviceFull { idstr, instance, version, data } = s {
             let desc = match &layout.globalstate_desc {
-                Some(d) if idstr == "globalstate" && vmdesc::described_size(d).ok() == Some(data.len()) => d.clone(),
+                Some(d)
+                    if idstr == "globalstate"
+                        && vmdesc::described_size(d).ok() == Some(data.len()) =>
+                {
+                    d.clone()
+                }
                 _ if idstr == "globalstate" && data.len() == 104 => json!({
                     "name": "globalstate", "instance_id": instance, "vmsd_name": "globalstate", "version": version,
                     "fields": [
@@ -590,15 +631,19 @@ impl<'a> Enc<'a> {
                 let machine = machine.clone().unwrap_or_else(|| self.layout.machine.clone());
                 stream::encode_header(
                     e,
-                    &Header { version: 3, configuration: Some(Configuration { machine, ..Default::default() }) },
+                    &Header {
+                        version: 3,
+                        configuration: Some(Configuration { machine, ..Default::default() }),
+                    },
                 );
             }
             Step::OpenReturnPath => Command::OpenReturnPath.encode(e),
             Step::Ping(v) => Command::Ping(*v).encode(e),
-            Step::Advise { summary, tps } => {
-                Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: *summary, target_page_size: *tps }))
-                    .encode(e)
-            }
+            Step::Advise { summary, tps } => Command::PostcopyAdvise(Some(Advise {
+                ram_pagesize_summary: *summary,
+                target_page_size: *tps,
+            }))
+            .encode(e),
             Step::AdviseRaw(p) => stream::encode_command(e, MIG_CMD_POSTCOPY_ADVISE, p),
             Step::Discard { block, ranges, version, terminator } => {
                 stream::encode_command(
@@ -640,12 +685,20 @@ impl<'a> Enc<'a> {
                         gpa: None,
                     })
                     .collect();
-                encode_ram_record(e, &RamRecord::MemSize { total: self.layout.total(), blocks }, &self.ctx);
+                encode_ram_record(
+                    e,
+                    &RamRecord::MemSize { total: self.layout.total(), blocks },
+                    &self.ctx,
+                );
                 encode_ram_record(e, &RamRecord::Eos, &self.ctx);
                 stream::encode_footer(e, RAM_SECTION_ID);
             }
             Step::RamPart(pages) | Step::RamEnd(pages) => {
-                let kind = if matches!(step, Step::RamPart(_)) { SectionKind::Part } else { SectionKind::End };
+                let kind = if matches!(step, Step::RamPart(_)) {
+                    SectionKind::Part
+                } else {
+                    SectionKind::End
+                };
                 stream::encode_section_cont(e, kind, RAM_SECTION_ID);
                 // The first record of every section names its block.
                 self.last_block = None;
@@ -660,7 +713,10 @@ impl<'a> Enc<'a> {
             }
             Step::DeviceFull { idstr, instance, version, data } => {
                 let n = self.dev_ids.len() as u32;
-                let id = *self.dev_ids.entry((idstr.clone(), *instance)).or_insert(FIRST_DEVICE_SECTION_ID + n);
+                let id = *self
+                    .dev_ids
+                    .entry((idstr.clone(), *instance))
+                    .or_insert(FIRST_DEVICE_SECTION_ID + n);
                 stream::encode_section_open(e, SectionKind::Full, id, idstr, *instance, *version);
                 e.bytes(data);
                 stream::encode_footer(e, id);
@@ -687,8 +743,12 @@ impl<'a> Enc<'a> {
             BlockRef::Named(p.block.as_str())
         };
         match p.content {
-            Content::Zero => encode_ram_record(e, &RamRecord::Zero { addr, block, fill: 0 }, &self.ctx),
-            Content::Fill(fill) => encode_ram_record(e, &RamRecord::Zero { addr, block, fill }, &self.ctx),
+            Content::Zero => {
+                encode_ram_record(e, &RamRecord::Zero { addr, block, fill: 0 }, &self.ctx)
+            }
+            Content::Fill(fill) => {
+                encode_ram_record(e, &RamRecord::Zero { addr, block, fill }, &self.ctx)
+            }
             Content::Pattern(_) => {
                 let data = p.bytes();
                 encode_ram_record(e, &RamRecord::Page { addr, block, data: &data }, &self.ctx)
@@ -699,9 +759,22 @@ impl<'a> Enc<'a> {
     }
 
     /// A PART section answering a page request. Returns the number of pages.
-    fn serve(&mut self, block: &str, start: u64, len: u32, e: &mut Encoder) -> std::result::Result<u64, String> {
-        let b = self.layout.block(block).ok_or_else(|| format!("page request for unknown RAMBlock {block:?}"))?;
-        if start % PAGE_SIZE != 0 || len as u64 % PAGE_SIZE != 0 || len == 0 || start + len as u64 > b.used_length {
+    fn serve(
+        &mut self,
+        block: &str,
+        start: u64,
+        len: u32,
+        e: &mut Encoder,
+    ) -> std::result::Result<u64, String> {
+        let b = self
+            .layout
+            .block(block)
+            .ok_or_else(|| format!("page request for unknown RAMBlock {block:?}"))?;
+        if start % PAGE_SIZE != 0
+            || len as u64 % PAGE_SIZE != 0
+            || len == 0
+            || start + len as u64 > b.used_length
+        {
             return Err(format!(
                 "page request {block:?} start {start:#x} length {len:#x} is invalid (block length {:#x})",
                 b.used_length
@@ -711,7 +784,11 @@ impl<'a> Enc<'a> {
         self.last_block = None;
         let mut n = 0;
         for i in start / PAGE_SIZE..(start + len as u64) / PAGE_SIZE {
-            let p = Page { block: block.into(), index: i, content: self.model.content_for_request(block, i) };
+            let p = Page {
+                block: block.into(),
+                index: i,
+                content: self.model.content_for_request(block, i),
+            };
             self.page_record(&p, e);
             self.served.insert((block.into(), i));
             n += 1;
@@ -774,10 +851,16 @@ pub struct PlayResult {
 
 impl PlayResult {
     pub fn pongs(&self) -> Vec<u32> {
-        self.rp_messages.iter().filter_map(|m| if let RpMessage::Pong(v) = m { Some(*v) } else { None }).collect()
+        self.rp_messages
+            .iter()
+            .filter_map(|m| if let RpMessage::Pong(v) = m { Some(*v) } else { None })
+            .collect()
     }
     pub fn shuts(&self) -> Vec<u32> {
-        self.rp_messages.iter().filter_map(|m| if let RpMessage::Shut(v) = m { Some(*v) } else { None }).collect()
+        self.rp_messages
+            .iter()
+            .filter_map(|m| if let RpMessage::Shut(v) = m { Some(*v) } else { None })
+            .collect()
     }
     /// One-line summary.
     pub fn summary(&self) -> String {
@@ -790,7 +873,10 @@ impl PlayResult {
             rp.join(", "),
             self.rp_end.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
             if self.page_requests_served > 0 {
-                format!(", {} page requests served ({} pages)", self.page_requests_served, self.pages_served)
+                format!(
+                    ", {} page requests served ({} pages)",
+                    self.page_requests_served, self.pages_served
+                )
             } else {
                 String::new()
             },
@@ -829,9 +915,9 @@ impl RpState {
                     }
                     RpMessage::ReqPages { start, len } => match &self.last_req_block {
                         Some(b) => self.pending.push_back((b.clone(), *start, *len)),
-                        None => self
-                            .req_errors
-                            .push(format!("REQ_PAGES {start:#x}+{len:#x} without a previous REQ_PAGES_ID")),
+                        None => self.req_errors.push(format!(
+                            "REQ_PAGES {start:#x}+{len:#x} without a previous REQ_PAGES_ID"
+                        )),
                     },
                     _ => {}
                 }
@@ -864,10 +950,16 @@ async fn connect_retry(addr: SocketAddr, timeout: Duration) -> Result<TcpStream>
     loop {
         match TcpStream::connect(addr).await {
             Ok(s) => return Ok(s),
-            Err(e) if Instant::now() < deadline && e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(e)
+                if Instant::now() < deadline
+                    && e.kind() == std::io::ErrorKind::ConnectionRefused =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await
             }
-            Err(e) => return Err(anyhow!(e)).with_context(|| format!("connecting to the destination at {addr}")),
+            Err(e) => {
+                return Err(anyhow!(e))
+                    .with_context(|| format!("connecting to the destination at {addr}"))
+            }
         }
     }
 }
@@ -900,7 +992,9 @@ async fn reader_task(mut rd: tokio::net::tcp::OwnedReadHalf, tx: mpsc::Unbounded
                         }
                         Err(DecodeError::Incomplete { .. }) => break,
                         Err(e) => {
-                            let _ = tx.send(RpEvent::Closed(format!("undecodable return-path data: {e}")));
+                            let _ = tx.send(RpEvent::Closed(format!(
+                                "undecodable return-path data: {e}"
+                            )));
                             return;
                         }
                     }
@@ -998,7 +1092,8 @@ pub async fn play(
                         break;
                     }
                     if let Some(r) = &st.closed {
-                        res.expect_failures.push(format!("step {i}: {m:?} not received; return path {r}"));
+                        res.expect_failures
+                            .push(format!("step {i}: {m:?} not received; return path {r}"));
                         break;
                     }
                     tokio::select! {
@@ -1144,7 +1239,8 @@ pub fn log_lines(tail: &str, n: usize) -> String {
 /// The last `n` log lines that mention an error.
 pub fn log_error_lines(tail: &str, n: usize) -> String {
     let t = strip_ansi(tail);
-    let l: Vec<&str> = t.lines().map(str::trim).filter(|l| l.to_lowercase().contains("error")).collect();
+    let l: Vec<&str> =
+        t.lines().map(str::trim).filter(|l| l.to_lowercase().contains("error")).collect();
     l[l.len().saturating_sub(n)..].join(" | ")
 }
 
@@ -1261,7 +1357,11 @@ pub fn check_pages(model: &RamModel, block: &str, data: &[u8]) -> MemCheck {
                     r.matched_defined += 1;
                     None
                 } else {
-                    let what = if page.iter().all(|&b| b == 0) { "zero".to_string() } else { format!("{got:016x}") };
+                    let what = if page.iter().all(|&b| b == 0) {
+                        "zero".to_string()
+                    } else {
+                        format!("{got:016x}")
+                    };
                     Some(format!("page {i} ({:#x}) expected {d:016x}, got {what}", i * PAGE_SIZE))
                 }
             }
@@ -1381,10 +1481,22 @@ pub async fn run_script(
     vm.quit().await;
     let (verdict, play, play_error, memory, rust_blocks) =
         r.map_err(|e| anyhow!("{e:#}\n--- {} log ---\n{log_tail}", kind.name()))?;
-    Ok(DestRun { kind, verdict, play, play_error, memory, rust_blocks, log_tail, total: t0.elapsed(), pid, paths })
+    Ok(DestRun {
+        kind,
+        verdict,
+        play,
+        play_error,
+        memory,
+        rust_blocks,
+        log_tail,
+        total: t0.elapsed(),
+        pid,
+        paths,
+    })
 }
 
-type DriveOut = (Verdict, Option<PlayResult>, Option<String>, Option<MemCheck>, Option<Vec<BlockInfo>>);
+type DriveOut =
+    (Verdict, Option<PlayResult>, Option<String>, Option<MemCheck>, Option<Vec<BlockInfo>>);
 
 async fn drive(
     kind: DestKind,
@@ -1395,7 +1507,10 @@ async fn drive(
 ) -> Result<DriveOut> {
     vm.qmp.set_timeout(Duration::from_secs(10));
     if opts.postcopy_ram {
-        vm.qmp.set_capabilities(&[("postcopy-ram", true)]).await.context("migrate-set-capabilities")?;
+        vm.qmp
+            .set_capabilities(&[("postcopy-ram", true)])
+            .await
+            .context("migrate-set-capabilities")?;
     }
     if opts.autostart {
         vm.execute("cont", Value::Null).await.context("cont (autostart)")?;
@@ -1571,7 +1686,11 @@ mod tests {
         let script = vec![
             Step::header(),
             Step::RamStart,
-            Step::RamPart(vec![Page::pattern("mem0", 0, 1), Page::pattern("mem0", 1, 1), Page::zero("pc.bios", 3)]),
+            Step::RamPart(vec![
+                Page::pattern("mem0", 0, 1),
+                Page::pattern("mem0", 1, 1),
+                Page::zero("pc.bios", 3),
+            ]),
             Step::discard("mem0", vec![(4096, 4096)]),
             Step::Packaged(vec![Step::Listen, Step::Run]),
             Step::RamEnd(vec![Page::pattern("mem0", 1, 2)]),
@@ -1582,7 +1701,10 @@ mod tests {
         let mut c = Cursor::new(&b, 0);
         let h = stream::decode_header(&mut c, true).unwrap();
         assert_eq!(h.configuration.unwrap().machine, "pc-q35-10.0");
-        assert!(matches!(stream::decode_top(&mut c).unwrap(), TopRecord::SectionOpen { idstr: "ram", .. }));
+        assert!(matches!(
+            stream::decode_top(&mut c).unwrap(),
+            TopRecord::SectionOpen { idstr: "ram", .. }
+        ));
         match decode_ram_record(&mut c, &RamContext::x86()).unwrap() {
             RamRecord::MemSize { total, blocks } => {
                 assert_eq!(total, l.total());

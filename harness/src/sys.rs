@@ -24,7 +24,10 @@ pub fn clock_ticks_per_second() -> u64 {
 }
 
 /// Install `action` for `sig`.
-pub fn sigaction(sig: nix::sys::signal::Signal, action: &nix::sys::signal::SigAction) -> nix::Result<()> {
+pub fn sigaction(
+    sig: nix::sys::signal::Signal,
+    action: &nix::sys::signal::SigAction,
+) -> nix::Result<()> {
     // SAFETY: the handlers installed by the harness only call
     // async-signal-safe functions (signal_safe_write_byte).
     unsafe { nix::sys::signal::sigaction(sig, action).map(|_| ()) }
@@ -50,7 +53,14 @@ impl Mapping {
     pub fn anonymous(len: usize) -> std::io::Result<Mapping> {
         // SAFETY: a fresh private anonymous mapping.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         Self::from_raw(p, len)
     }
@@ -59,7 +69,14 @@ impl Mapping {
         use std::os::fd::AsRawFd;
         // SAFETY: a shared mapping of a file the caller owns.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
         };
         Self::from_raw(p, len)
     }

@@ -89,7 +89,11 @@ struct Layout {
 
 impl Layout {
     fn block_len(&self, name: &str) -> u64 {
-        self.blocks.iter().find(|b| b.1 == name).map(|b| b.2).unwrap_or_else(|| panic!("block {name:?} not in MEM_SIZE"))
+        self.blocks
+            .iter()
+            .find(|b| b.1 == name)
+            .map(|b| b.2)
+            .unwrap_or_else(|| panic!("block {name:?} not in MEM_SIZE"))
     }
 }
 
@@ -116,7 +120,13 @@ fn parse_layout(data: &[u8]) -> Result<Layout, String> {
             TopRecord::Command(rc) => commands.push((off, rc.cmd)),
             rec @ (TopRecord::SectionOpen { .. } | TopRecord::SectionCont { .. }) => {
                 let id = match rec {
-                    TopRecord::SectionOpen { kind: SectionKind::Start, section_id, idstr: "ram", instance_id: 0, .. } => {
+                    TopRecord::SectionOpen {
+                        kind: SectionKind::Start,
+                        section_id,
+                        idstr: "ram",
+                        instance_id: 0,
+                        ..
+                    } => {
                         if ram_id.is_some() {
                             return Err(format!("second START \"ram\" at {off}"));
                         }
@@ -124,7 +134,9 @@ fn parse_layout(data: &[u8]) -> Result<Layout, String> {
                         ram_start = off;
                         section_id
                     }
-                    TopRecord::SectionCont { section_id, .. } if Some(section_id) == ram_id => section_id,
+                    TopRecord::SectionCont { section_id, .. } if Some(section_id) == ram_id => {
+                        section_id
+                    }
                     other => return Err(format!("unexpected record at {off}: {other:?}")),
                 };
                 ram_sections += 1;
@@ -132,7 +144,9 @@ fn parse_layout(data: &[u8]) -> Result<Layout, String> {
                     let roff = c.offset();
                     let rec = decode_ram_record(&mut c, &ctx).map_err(e("ram record"))?;
                     let rlen = c.offset() - roff;
-                    let flags = u64::from_be_bytes(data[roff as usize..roff as usize + 8].try_into().unwrap()) & 0xfff;
+                    let flags = u64::from_be_bytes(
+                        data[roff as usize..roff as usize + 8].try_into().unwrap(),
+                    ) & 0xfff;
                     let (addr, block) = match rec {
                         RamRecord::MemSize { total, blocks: bl } => {
                             mem_size = roff;
@@ -145,14 +159,22 @@ fn parse_layout(data: &[u8]) -> Result<Layout, String> {
                             continue;
                         }
                         RamRecord::Eos => break,
-                        RamRecord::Page { addr, block, .. } | RamRecord::Zero { addr, block, .. } => (addr, block),
+                        RamRecord::Page { addr, block, .. }
+                        | RamRecord::Zero { addr, block, .. } => (addr, block),
                         other => return Err(format!("unexpected ram record at {roff}: {other:?}")),
                     };
                     let named = matches!(block, BlockRef::Named(_));
                     if let BlockRef::Named(n) = block {
                         last_block = n.to_string();
                     }
-                    let pr = PageRec { off: roff, len: rlen, flags, addr, block: last_block.clone(), named };
+                    let pr = PageRec {
+                        off: roff,
+                        len: rlen,
+                        flags,
+                        addr,
+                        block: last_block.clone(),
+                        named,
+                    };
                     if first_page.is_none() {
                         first_page = Some(pr.clone());
                     }
@@ -166,10 +188,13 @@ fn parse_layout(data: &[u8]) -> Result<Layout, String> {
                 }
             }
             TopRecord::Eof => return Err(format!("EOF at {off} before any device state")),
-            TopRecord::VmDescription { .. } => return Err(format!("VMDESCRIPTION at {off} before EOF")),
+            TopRecord::VmDescription { .. } => {
+                return Err(format!("VMDESCRIPTION at {off} before EOF"))
+            }
         }
     };
-    let (eof_pos, _) = vmdesc::find_vmdesc_tail(&data[first_full as usize..]).ok_or("no vmdesc tail found")?;
+    let (eof_pos, _) =
+        vmdesc::find_vmdesc_tail(&data[first_full as usize..]).ok_or("no vmdesc tail found")?;
     Ok(Layout {
         len: data.len() as u64,
         header_end,
@@ -239,7 +264,13 @@ async fn record_stream() -> anyhow::Result<Recorded> {
     let dir = tempfile::Builder::new().prefix("badin-rec-").tempdir()?;
     let (src, _disk) = start_source(dir.path(), "rec").await?;
     let t_boot = t0.elapsed();
-    let dst = start_dest(DestKind::Rust, &qemu(), VmConfig::new("badin-rec-dst", MEM), dir.path().join("rec-dst.log")).await?;
+    let dst = start_dest(
+        DestKind::Rust,
+        &qemu(),
+        VmConfig::new("badin-rec-dst", MEM),
+        dir.path().join("rec-dst.log"),
+    )
+    .await?;
     let port = free_tcp_port();
     dst.execute("migrate-incoming", json!({"uri": format!("tcp:127.0.0.1:{port}")})).await?;
     dst.qmp.wait_migration_status(&["setup"], &["failed"], WAIT).await?;
@@ -266,8 +297,17 @@ async fn record_stream() -> anyhow::Result<Recorded> {
     }
     let st = proxy.handle().wait_ended(0, WAIT).await?;
     let data = std::fs::read(&file)?;
-    anyhow::ensure!(data.len() as u64 == st.src_to_dst, "record file has {} bytes, proxy forwarded {}", data.len(), st.src_to_dst);
-    anyhow::ensure!(proxy.handle().connections() == 1, "source opened {} connections", proxy.handle().connections());
+    anyhow::ensure!(
+        data.len() as u64 == st.src_to_dst,
+        "record file has {} bytes, proxy forwarded {}",
+        data.len(),
+        st.src_to_dst
+    );
+    anyhow::ensure!(
+        proxy.handle().connections() == 1,
+        "source opened {} connections",
+        proxy.handle().connections()
+    );
     drop(proxy);
     let paths = [src.cfg.mem_path.clone(), dst.cfg.mem_path.clone()];
     dst.quit().await;
@@ -325,7 +365,8 @@ fn splice(data: &[u8], at: u64, remove: usize, insert: &[u8]) -> Vec<u8> {
 /// Does `desc` contain "byte offset N" (not followed by more digits)?
 fn names_offset(desc: &str, n: u64) -> bool {
     let pat = format!("byte offset {n}");
-    desc.match_indices(&pat).any(|(i, _)| !desc[i + pat.len()..].starts_with(|c: char| c.is_ascii_digit()))
+    desc.match_indices(&pat)
+        .any(|(i, _)| !desc[i + pat.len()..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
 // ---------------------------------------------------------------------------
@@ -367,7 +408,9 @@ impl Dest {
         let dir = tempfile::Builder::new().prefix("badin-").tempdir().unwrap();
         let cfg = VmConfig::new(&format!("badin-{name}-{}", kind.name()), MEM);
         let paths = vec![cfg.mem_path.clone(), cfg.qmp_socket.clone()];
-        let vm = start_dest(kind, &qemu(), cfg, dir.path().join("dest.log")).await.expect("starting the destination");
+        let vm = start_dest(kind, &qemu(), cfg, dir.path().join("dest.log"))
+            .await
+            .expect("starting the destination");
         let port = free_tcp_port();
         let mut args = json!({"uri": format!("tcp:127.0.0.1:{port}")});
         if kind == DestKind::Qemu && !qemu_exit_on_error {
@@ -375,7 +418,10 @@ impl Dest {
             args["exit-on-error"] = json!(false);
         }
         vm.execute("migrate-incoming", args).await.expect("migrate-incoming");
-        vm.qmp.wait_migration_status(&["setup"], &["failed"], WAIT).await.expect("destination in setup");
+        vm.qmp
+            .wait_migration_status(&["setup"], &["failed"], WAIT)
+            .await
+            .expect("destination in setup");
         Dest { kind, vm, port, paths, _dir: dir }
     }
 
@@ -423,9 +469,16 @@ impl Dest {
         }
         let st = self.vm.execute("query-status", Value::Null).await;
         let ver = self.vm.execute("query-version", Value::Null).await;
-        assert!(st.is_ok() && ver.is_ok(), "{ctx}: rust-dest stopped answering QMP: {st:?} {ver:?}\nlog:\n{}", self.log());
+        assert!(
+            st.is_ok() && ver.is_ok(),
+            "{ctx}: rust-dest stopped answering QMP: {st:?} {ver:?}\nlog:\n{}",
+            self.log()
+        );
         let rs = st.unwrap()["status"].as_str().unwrap_or("").to_string();
-        assert!(rs == "postmigrate" || rs == "inmigrate", "{ctx}: run state after a failed migration is {rs:?}");
+        assert!(
+            rs == "postmigrate" || rs == "inmigrate",
+            "{ctx}: run state after a failed migration is {rs:?}"
+        );
         assert!(self.vm.child.is_running(), "{ctx}: rust-dest exited");
         let log = self.log();
         assert!(!log.contains("panicked"), "{ctx}: rust-dest panicked:\n{log}");
@@ -494,18 +547,35 @@ async fn rust_case(name: &str, bytes: &[u8], close: bool, expect: &[&str], offse
     let t0 = Instant::now();
     let mut d = Dest::start(DestKind::Rust, name).await;
     let (o, sock) = replay_into(&mut d, bytes, close).await;
-    let ctx = format!("case {name} ({} bytes, {})", bytes.len(), if close { "closed" } else { "kept open" });
+    let ctx = format!(
+        "case {name} ({} bytes, {})",
+        bytes.len(),
+        if close { "closed" } else { "kept open" }
+    );
     assert_eq!(o.status, "failed", "{ctx}: expected status failed, got {o:?}");
     for e in expect {
         assert!(o.desc.contains(e), "{ctx}: error-desc {:?} does not mention {e:?}", o.desc);
     }
-    assert!(names_offset(&o.desc, offset), "{ctx}: error-desc {:?} does not name byte offset {offset}", o.desc);
+    assert!(
+        names_offset(&o.desc, offset),
+        "{ctx}: error-desc {:?} does not name byte offset {offset}",
+        o.desc
+    );
     assert!(o.rp_closed, "{ctx}: rust-dest did not close the migration socket after failing");
-    assert!(o.rp.is_empty(), "{ctx}: rust-dest wrote {:02x?} on the socket without a return path", o.rp);
+    assert!(
+        o.rp.is_empty(),
+        "{ctx}: rust-dest wrote {:02x?} on the socket without a return path",
+        o.rp
+    );
     d.check_alive(&ctx).await;
     drop(sock);
     d.finish().await;
-    eprintln!("[{name}] rust-dest: failed in {:?} after the last byte ({:?} total): {}", o.detect, t0.elapsed(), o.desc);
+    eprintln!(
+        "[{name}] rust-dest: failed in {:?} after the last byte ({:?} total): {}",
+        o.detect,
+        t0.elapsed(),
+        o.desc
+    );
     o
 }
 
@@ -548,7 +618,10 @@ async fn layout_of_the_recorded_stream() {
     let l = &r.layout;
     assert_eq!(&r.data[..8], &[0x51, 0x45, 0x56, 0x4d, 0, 0, 0, 3]);
     assert!(l.machine.starts_with("pc-q35-"), "{}", l.machine);
-    assert_eq!(l.ram_start, l.header_end, "ram START is the first record (no return path in plain precopy)");
+    assert_eq!(
+        l.ram_start, l.header_end,
+        "ram START is the first record (no return path in plain precopy)"
+    );
     assert_eq!(l.mem_size, l.ram_start + 1 + 4 + 1 + 3 + 4 + 4);
     assert_eq!(l.blocks.iter().map(|b| b.2).sum::<u64>(), l.mem_total);
     assert_eq!(l.block_len("mem0"), MEM);
@@ -647,7 +720,8 @@ async fn continue_without_previous_block() {
     let word = be64_at(&r.data, p.off) | 0x20;
     // the word with CONTINUE, without the counted name
     let b = splice(&r.data, p.off, 8 + 1 + name_len, &word.to_be_bytes());
-    rust_case("continue-no-block", &b, false, &["CONTINUE flag but no previous block"], p.off).await;
+    rust_case("continue-no-block", &b, false, &["CONTINUE flag but no previous block"], p.off)
+        .await;
     qemu_case("continue-no-block", &b, false).await;
 }
 
@@ -686,7 +760,14 @@ async fn truncated_inside_header() {
 async fn truncated_after_header() {
     let r = recorded();
     let h = r.layout.header_end;
-    rust_case("trunc-after-header", &r.data[..h as usize], true, &["truncated", "right after the stream header"], h).await;
+    rust_case(
+        "trunc-after-header",
+        &r.data[..h as usize],
+        true,
+        &["truncated", "right after the stream header"],
+        h,
+    )
+    .await;
     qemu_case("trunc-after-header", &r.data[..h as usize], true).await;
 }
 
@@ -702,7 +783,14 @@ async fn truncated_inside_section_header() {
 async fn truncated_after_a_section_footer() {
     let r = recorded();
     let f = r.layout.start_footer_end;
-    rust_case("trunc-after-footer", &r.data[..f as usize], true, &["truncated", "1 more byte(s)"], f).await;
+    rust_case(
+        "trunc-after-footer",
+        &r.data[..f as usize],
+        true,
+        &["truncated", "1 more byte(s)"],
+        f,
+    )
+    .await;
     qemu_case("trunc-after-footer", &r.data[..f as usize], true).await;
 }
 
@@ -722,8 +810,20 @@ async fn truncated_in_the_middle_of_a_page() {
 async fn truncated_just_before_eof() {
     let r = recorded();
     let l = &r.layout;
-    let o = rust_case("trunc-before-eof", &r.data[..l.eof as usize], true, &["truncated", "vmdesc"], l.eof).await;
-    assert!(names_offset(&o.desc, l.first_full), "device state start {} not named: {}", l.first_full, o.desc);
+    let o = rust_case(
+        "trunc-before-eof",
+        &r.data[..l.eof as usize],
+        true,
+        &["truncated", "vmdesc"],
+        l.eof,
+    )
+    .await;
+    assert!(
+        names_offset(&o.desc, l.first_full),
+        "device state start {} not named: {}",
+        l.first_full,
+        o.desc
+    );
     qemu_case("trunc-before-eof", &r.data[..l.eof as usize], true).await;
 }
 
@@ -777,7 +877,11 @@ async fn rp_replay(kind: DestKind, name: &str, damage: &[u8], close: bool) -> (u
     s.write_all(&b).await.unwrap();
     let mut pong = vec![0u8; 8];
     let got = tokio::time::timeout(WAIT, s.read_exact(&mut pong)).await;
-    assert!(matches!(got, Ok(Ok(_))), "{name}: no PONG from {kind} within {WAIT:?}: {got:?}\nlog:\n{}", d.log());
+    assert!(
+        matches!(got, Ok(Ok(_))),
+        "{name}: no PONG from {kind} within {WAIT:?}: {got:?}\nlog:\n{}",
+        d.log()
+    );
     let bad_at = b.len() as u64;
     s.write_all(damage).await.unwrap();
     if close {
@@ -785,8 +889,15 @@ async fn rp_replay(kind: DestKind, name: &str, damage: &[u8], close: bool) -> (u
     }
     let mut after = Vec::new();
     let rd = tokio::time::timeout(WAIT, s.read_to_end(&mut after)).await;
-    assert!(rd.is_ok(), "HANG: {name}: {kind} did not close the socket within {WAIT:?}; got {after:02x?}\nlog:\n{}", d.log());
-    let (status, desc, _) = d.wait_end(WAIT).await.unwrap_or_else(|| panic!("HANG: {name}: {kind} did not fail\nlog:\n{}", d.log()));
+    assert!(
+        rd.is_ok(),
+        "HANG: {name}: {kind} did not close the socket within {WAIT:?}; got {after:02x?}\nlog:\n{}",
+        d.log()
+    );
+    let (status, desc, _) = d
+        .wait_end(WAIT)
+        .await
+        .unwrap_or_else(|| panic!("HANG: {name}: {kind} did not fail\nlog:\n{}", d.log()));
     if kind == DestKind::Rust {
         d.check_alive(name).await;
     }
@@ -808,7 +919,11 @@ async fn shut_1_when_the_return_path_is_open() {
     assert_eq!(o.pong, PONG_7, "PONG 7");
     assert_eq!(o.after, SHUT_1, "exactly SHUT(1), then EOF");
     assert_eq!(o.status, "failed");
-    assert!(o.desc.contains("unknown section type 0x09") && names_offset(&o.desc, bad_at), "{}", o.desc);
+    assert!(
+        o.desc.contains("unknown section type 0x09") && names_offset(&o.desc, bad_at),
+        "{}",
+        o.desc
+    );
     eprintln!("[rp-shut] rust-dest: PONG 7, SHUT(1), failed: {}", o.desc);
     // the oracle: what QEMU sends back in the same situation
     let (_, q) = rp_replay(DestKind::Qemu, "rp-shut", &[0x09, 0, 0, 0, 0], false).await;
@@ -828,7 +943,8 @@ async fn shut_1_when_the_return_path_is_open() {
 /// the return path still carries SHUT(1).
 #[tokio::test]
 async fn shut_1_after_a_truncation_with_the_return_path_open() {
-    let (bad_at, o) = rp_replay(DestKind::Rust, "rp-trunc", &[0x08, 0x00, 0x02, 0x00, 0x04, 0x00], true).await;
+    let (bad_at, o) =
+        rp_replay(DestKind::Rust, "rp-trunc", &[0x08, 0x00, 0x02, 0x00, 0x04, 0x00], true).await;
     assert_eq!(o.pong, PONG_7, "PONG 7");
     assert_eq!(o.after, SHUT_1, "exactly SHUT(1), then EOF");
     assert_eq!(o.status, "failed");
@@ -851,13 +967,17 @@ async fn flipped_on_the_way_from_a_live_source() {
     let rec = dir.path().join("live.bin");
     let upstream: SocketAddr = format!("127.0.0.1:{}", d.port).parse().unwrap();
     // PAGE (0x08) -> 0x0b: PAGE|ZERO|FULL, an invalid flag combination
-    let proxy = Proxy::start("127.0.0.1:0", upstream, ProxyPlan::new().flip(flag_byte, 0x03).record(&rec)).await.unwrap();
+    let proxy =
+        Proxy::start("127.0.0.1:0", upstream, ProxyPlan::new().flip(flag_byte, 0x03).record(&rec))
+            .await
+            .unwrap();
     src.execute("migrate", json!({"uri": proxy.uri()})).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (sv, dv) = loop {
         let sv = src.qmp.query_migrate().await.unwrap();
         let dv = d.vm.qmp.query_migrate().await.unwrap();
-        let done = |v: &Value| matches!(v["status"].as_str(), Some("failed" | "completed" | "cancelled"));
+        let done =
+            |v: &Value| matches!(v["status"].as_str(), Some("failed" | "completed" | "cancelled"));
         if done(&sv) && done(&dv) {
             break (sv, dv);
         }
@@ -872,9 +992,16 @@ async fn flipped_on_the_way_from_a_live_source() {
     // the byte really was flipped, at a PAGE record of the live stream too
     let live = std::fs::read(&rec).unwrap();
     let live_word = be64_at(&live, p.off);
-    assert_eq!(live_word & 0xfff, (p.flags ^ 0x03) & 0xfff, "live stream layout differs from the recording");
+    assert_eq!(
+        live_word & 0xfff,
+        (p.flags ^ 0x03) & 0xfff,
+        "live stream layout differs from the recording"
+    );
     assert_eq!(dv["status"], "failed", "destination: {dv}");
-    assert!(desc.contains("unknown flag combination 0xb") && names_offset(desc, p.off), "destination error-desc: {desc}");
+    assert!(
+        desc.contains("unknown flag combination 0xb") && names_offset(desc, p.off),
+        "destination error-desc: {desc}"
+    );
     assert_eq!(sv["status"], "failed", "source: {sv}");
     d.check_alive("live-flip").await;
     eprintln!(
@@ -891,4 +1018,3 @@ async fn flipped_on_the_way_from_a_live_source() {
         assert!(!p.exists());
     }
 }
-

@@ -54,7 +54,10 @@ async fn bench_quick_smoke() {
     let tmp = tempfile::tempdir().unwrap();
     let mut argv: Vec<String> = match std::env::var("CROSSMIG_BENCH_ARGS") {
         Ok(s) if !s.trim().is_empty() => s.split_whitespace().map(String::from).collect(),
-        _ => "--quick --mem 256M --postcopy-mem 128M --reps 1".split_whitespace().map(String::from).collect(),
+        _ => "--quick --mem 256M --postcopy-mem 128M --reps 1"
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
     };
     if !argv.iter().any(|a| a == "--out" || a.starts_with("--out=")) {
         argv.push("--out".into());
@@ -77,11 +80,20 @@ async fn bench_quick_smoke() {
         .unwrap()
         .iter()
         .filter(|r| r["ok"] != Value::Bool(true))
-        .map(|r| format!("{} {} {}: {}", r["scenario"], r["side"], r["rep"], r["error"].as_str().unwrap_or("?")))
+        .map(|r| {
+            format!(
+                "{} {} {}: {}",
+                r["scenario"],
+                r["side"],
+                r["rep"],
+                r["error"].as_str().unwrap_or("?")
+            )
+        })
         .collect();
     assert!(ok && failed.is_empty(), "bench runs failed:\n{}", failed.join("\n\n"));
 
-    let parts: Vec<&str> = j["config"]["parts"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
+    let parts: Vec<&str> =
+        j["config"]["parts"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
     let wanted = |key: &str| {
         let mut it = key.split('.');
         let first = it.next().unwrap();
@@ -105,10 +117,18 @@ async fn bench_quick_smoke() {
         for side in ["rust", "qemu"] {
             let h = &j["latency_histograms"][side];
             assert!(h["total"].as_u64().unwrap_or(0) > 0, "no per-fault latencies for {side}: {h}");
-            assert!(html.contains(&format!("id=\"hist-{side}\"")), "no histogram for {side} in bench.html");
+            assert!(
+                html.contains(&format!("id=\"hist-{side}\"")),
+                "no histogram for {side} in bench.html"
+            );
         }
     }
-    for (part, id) in [("precopy", "tput-precopy"), ("postcopy", "tput-postcopy"), ("ingest", "ingest-bars"), ("overhead", "overhead-bars")] {
+    for (part, id) in [
+        ("precopy", "tput-precopy"),
+        ("postcopy", "tput-postcopy"),
+        ("ingest", "ingest-bars"),
+        ("overhead", "overhead-bars"),
+    ] {
         if parts.contains(&part) {
             assert!(html.contains(&format!("<svg id=\"{id}\"")), "bench.html lacks plot {id}");
         }
@@ -120,8 +140,16 @@ async fn bench_quick_smoke() {
     assert!(!html.contains("<script"), "the report must not need scripts");
 
     // Clean-up: no processes, RAM files or sockets left behind.
-    assert!(harness::procs::registered_pgids().is_empty(), "processes left: {:?}", harness::procs::registered_pgids());
-    assert!(harness::procs::registered_paths().is_empty(), "paths left: {:?}", harness::procs::registered_paths());
+    assert!(
+        harness::procs::registered_pgids().is_empty(),
+        "processes left: {:?}",
+        harness::procs::registered_pgids()
+    );
+    assert!(
+        harness::procs::registered_paths().is_empty(),
+        "paths left: {:?}",
+        harness::procs::registered_paths()
+    );
     let left = leftovers(std::process::id());
     assert!(left.is_empty(), "files left behind: {left:?}");
 }

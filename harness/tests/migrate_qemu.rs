@@ -14,12 +14,16 @@ use harness::qemu::QemuBinary;
 fn qemu() -> QemuBinary {
     match QemuBinary::system() {
         Ok(q) => q,
-        Err(e) => panic!("real QEMU is required for these tests (install it with ci/install.sh): {e:#}"),
+        Err(e) => {
+            panic!("real QEMU is required for these tests (install it with ci/install.sh): {e:#}")
+        }
     }
 }
 
 async fn run(o: MigrateOpts) -> MigrateReport {
-    let r = migrate(&o, |_| {}).await.unwrap_or_else(|e| panic!("migration into {} failed: {e:#}", o.dest));
+    let r = migrate(&o, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("migration into {} failed: {e:#}", o.dest));
     println!("{}", r.summary());
     assert!(r.ok(), "checks failed:\n{}", r.summary());
     r
@@ -32,7 +36,9 @@ fn opts(dest: DestKind, mode: Mode) -> MigrateOpts {
 }
 
 fn dest_x(r: &MigrateReport, key: &str) -> u64 {
-    r.dest_final["x-crossmig"][key].as_u64().unwrap_or_else(|| panic!("dest query-migrate lacks x-crossmig.{key}: {}", r.dest_final))
+    r.dest_final["x-crossmig"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("dest query-migrate lacks x-crossmig.{key}: {}", r.dest_final))
 }
 
 async fn live_precopy(dest: DestKind) {
@@ -62,7 +68,10 @@ async fn stopped_1g(dest: DestKind) -> MigrateReport {
     o.workload = Workload::Fill;
     let r = run(o).await;
     let normal = r.source_final["ram"]["normal"].as_u64().unwrap();
-    assert!(normal > 250_000, "the fill guest's ~1 GiB of random data was sent as full pages: normal = {normal}");
+    assert!(
+        normal > 250_000,
+        "the fill guest's ~1 GiB of random data was sent as full pages: normal = {normal}"
+    );
     eprintln!("stopped 1 GiB precopy into {}: {} ms", dest, r.migration_ms);
     r
 }
@@ -85,8 +94,16 @@ async fn postcopy(dest: DestKind, passes: u32) -> MigrateReport {
     if dest == DestKind::Rust {
         // rust-dest's simulated vCPUs fault on missing pages: the source
         // served page requests, and rust-dest placed pages on request.
-        assert!(r.source_postcopy_requests() > 0, "source served no page requests: {}", r.source_final);
-        assert_eq!(dest_x(&r, "page-requests"), r.source_postcopy_requests(), "requests sent vs served");
+        assert!(
+            r.source_postcopy_requests() > 0,
+            "source served no page requests: {}",
+            r.source_final
+        );
+        assert_eq!(
+            dest_x(&r, "page-requests"),
+            r.source_postcopy_requests(),
+            "requests sent vs served"
+        );
         assert!(dest_x(&r, "pages-placed-requested") > 0);
         assert!(dest_x(&r, "faults") > 0);
         assert!(r.dest_final["x-crossmig"]["postcopy-state"] == "end");

@@ -12,14 +12,18 @@ fn qemu() -> QemuBinary {
 }
 
 async fn run(o: MigrateOpts) -> MigrateReport {
-    let r = migrate(&o, |_| {}).await.unwrap_or_else(|e| panic!("migration into {} failed: {e:#}", o.dest));
+    let r = migrate(&o, |_| {})
+        .await
+        .unwrap_or_else(|e| panic!("migration into {} failed: {e:#}", o.dest));
     println!("{}", r.summary());
     assert!(r.ok(), "checks failed:\n{}", r.summary());
     r
 }
 
 fn x(r: &MigrateReport, key: &str) -> u64 {
-    r.dest_final["x-crossmig"][key].as_u64().unwrap_or_else(|| panic!("no x-crossmig.{key} in {}", r.dest_final))
+    r.dest_final["x-crossmig"][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no x-crossmig.{key} in {}", r.dest_final))
 }
 
 fn postcopy_opts(dest: DestKind) -> MigrateOpts {

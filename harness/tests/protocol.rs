@@ -13,8 +13,8 @@ use std::time::Instant;
 
 use harness::qemu::QemuBinary;
 use harness::synth::{
-    encode_script, source_layout, vmdesc_for, Differential, Expect, Page, RpMatcher, RunOpts, SourceLayout, Step,
-    GUEST_MEM, PAGE_SIZE, QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
+    encode_script, source_layout, vmdesc_for, Differential, Expect, Page, RpMatcher, RunOpts,
+    SourceLayout, Step, GUEST_MEM, PAGE_SIZE, QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
 };
 use rust_dest::codec::command::discard_payload;
 use rust_dest::codec::consts::MIG_CMD_POSTCOPY_RAM_DISCARD;
@@ -84,12 +84,18 @@ async fn layout() -> (QemuBinary, Arc<SourceLayout>) {
     // configuration (a newer QEMU may legitimately differ: then update the table).
     let (maj, min, _) = qemu.version().unwrap();
     if (maj, min) == (10, 0) {
-        let want: Vec<(String, u64)> = QEMU_10_0_Q35_128M_BLOCKS.iter().map(|(n, l)| (n.to_string(), *l)).collect();
-        let got: Vec<(String, u64)> = l.blocks.iter().map(|b| (b.name.clone(), b.used_length)).collect();
+        let want: Vec<(String, u64)> =
+            QEMU_10_0_Q35_128M_BLOCKS.iter().map(|(n, l)| (n.to_string(), *l)).collect();
+        let got: Vec<(String, u64)> =
+            l.blocks.iter().map(|b| (b.name.clone(), b.used_length)).collect();
         assert_eq!(got, want, "probed RAMBlocks differ from the QEMU 10.0 table: {}", l.describe());
         assert_eq!(l.machine, QEMU_10_0_Q35_MACHINE);
     }
-    assert!(l.globalstate_desc.is_some(), "the probe stream had no globalstate vmdesc entry: {}", l.describe());
+    assert!(
+        l.globalstate_desc.is_some(),
+        "the probe stream had no globalstate vmdesc entry: {}",
+        l.describe()
+    );
     (qemu, l)
 }
 
@@ -109,21 +115,33 @@ fn pid_alive(pid: u32) -> bool {
 async fn run_cases(group: &str, cases: Vec<Case>) {
     let t0 = Instant::now();
     let (qemu, layout) = layout().await;
-    let dir = Arc::new(tempfile::Builder::new().prefix(&format!("protocol-{group}-")).tempdir().unwrap());
+    let dir =
+        Arc::new(tempfile::Builder::new().prefix(&format!("protocol-{group}-")).tempdir().unwrap());
     let mut set = tokio::task::JoinSet::new();
     for (i, case) in cases.into_iter().enumerate() {
         let (qemu, layout, dir) = (qemu.clone(), layout.clone(), dir.clone());
         set.spawn(async move {
             let _permit = IN_FLIGHT.acquire().await.unwrap();
-            let opts = RunOpts { postcopy_ram: case.postcopy, autostart: case.autostart, ..RunOpts::default() };
+            let opts = RunOpts {
+                postcopy_ram: case.postcopy,
+                autostart: case.autostart,
+                ..RunOpts::default()
+            };
             let layout = match case.layout {
                 Some(f) => Arc::new(f(&layout)),
                 None => layout,
             };
-            let d =
-                harness::synth::differential(case.name, &qemu, &layout, &case.script, case.expect, &opts, dir.path())
-                    .await
-                    .unwrap_or_else(|e| panic!("case '{}': {e:#}", case.name));
+            let d = harness::synth::differential(
+                case.name,
+                &qemu,
+                &layout,
+                &case.script,
+                case.expect,
+                &opts,
+                dir.path(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("case '{}': {e:#}", case.name));
             (i, case, d)
         });
     }
@@ -144,12 +162,19 @@ async fn run_cases(group: &str, cases: Vec<Case>) {
             {
                 problems.push(format!("{}: failed, but not with one of {pats:?}", run.kind.name()));
             }
-            if case.expect == Expect::Completed && run.verdict.kind() == "completed" && run.memory.is_none() {
+            if case.expect == Expect::Completed
+                && run.verdict.kind() == "completed"
+                && run.memory.is_none()
+            {
                 problems.push(format!("{}: memory was not checked", run.kind.name()));
             }
             // Cleanup: no process, RAM file or QMP socket left behind.
             if pid_alive(run.pid) {
-                problems.push(format!("{}: destination pid {} still alive", run.kind.name(), run.pid));
+                problems.push(format!(
+                    "{}: destination pid {} still alive",
+                    run.kind.name(),
+                    run.pid
+                ));
             }
             for p in &run.paths {
                 if p.exists() {
@@ -166,7 +191,11 @@ async fn run_cases(group: &str, cases: Vec<Case>) {
             failed.push(case.name);
         }
     }
-    eprintln!("=== {group}: {} case(s) in {:.1}s ===\n{report}", results.len(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "=== {group}: {} case(s) in {:.1}s ===\n{report}",
+        results.len(),
+        t0.elapsed().as_secs_f64()
+    );
     assert!(failed.is_empty(), "{group}: failing cases {failed:?}\n{report}");
 }
 
@@ -188,7 +217,11 @@ fn precopy_part() -> Vec<Page> {
 }
 
 fn precopy_end() -> Vec<Page> {
-    vec![Page::pattern(MEM0, 2, 2), Page::pattern(MEM0, 3, 2), Page::pattern(MEM0, GUEST_MEM / P - 1, 1)]
+    vec![
+        Page::pattern(MEM0, 2, 2),
+        Page::pattern(MEM0, 3, 2),
+        Page::pattern(MEM0, GUEST_MEM / P - 1, 1),
+    ]
 }
 
 /// The minimal precopy stream; `prefix` goes right after the header.
@@ -240,7 +273,12 @@ fn pc_pre_pages() -> Vec<Page> {
 fn postcopy(f: impl FnOnce(&mut Pc)) -> Vec<Step> {
     let mut pc = Pc::default();
     f(&mut pc);
-    let mut s = vec![Step::header(), Step::OpenReturnPath, Step::Ping(1), Step::ExpectRp(RpMatcher::Pong(1))];
+    let mut s = vec![
+        Step::header(),
+        Step::OpenReturnPath,
+        Step::Ping(1),
+        Step::ExpectRp(RpMatcher::Pong(1)),
+    ];
     s.extend(pc.advise);
     s.extend([Step::RamStart, Step::RamPart(pc_pre_pages())]);
     s.extend(pc.discards);
@@ -257,7 +295,10 @@ fn postcopy(f: impl FnOnce(&mut Pc)) -> Vec<Step> {
     let mut post = harness::synth::pattern_pages(MEM0, 20..28, 1);
     post.extend([Page::pattern(MEM0, 4, 2), Page::pattern(MEM0, 5, 2), Page::pattern(MEM0, 10, 2)]);
     s.push(Step::RamPart(post));
-    s.push(Step::RamEnd(vec![Page::pattern(MEM0, 28, 1), Page::pattern(MEM0, GUEST_MEM / P - 1, 1)]));
+    s.push(Step::RamEnd(vec![
+        Page::pattern(MEM0, 28, 1),
+        Page::pattern(MEM0, GUEST_MEM / P - 1, 1),
+    ]));
     s.push(Step::Eof);
     if pc.legal {
         s.push(Step::ExpectRp(RpMatcher::Shut(0)));
@@ -272,16 +313,23 @@ fn check_precopy(d: &Differential) -> Vec<String> {
     let mut p = Vec::new();
     if let Some(b) = &d.rust.rust_blocks {
         let got: Vec<(String, u64)> = b.iter().map(|b| (b.name.clone(), b.used_length)).collect();
-        let want: Vec<(String, u64)> = QEMU_10_0_Q35_128M_BLOCKS.iter().map(|(n, l)| (n.to_string(), *l)).collect();
+        let want: Vec<(String, u64)> =
+            QEMU_10_0_Q35_128M_BLOCKS.iter().map(|(n, l)| (n.to_string(), *l)).collect();
         if got != want {
-            p.push(format!("rust: RAMBlocks created from the stream {got:?} != announced {want:?}"));
+            p.push(format!(
+                "rust: RAMBlocks created from the stream {got:?} != announced {want:?}"
+            ));
         }
     }
     for r in [&d.qemu, &d.rust] {
         if let Some(m) = &r.memory {
             // mem0 0..12 (2, 3 re-sent), 100, the last page.
             if m.matched_defined != 14 {
-                p.push(format!("{}: {} defined pages matched, expected 14", r.kind.name(), m.matched_defined));
+                p.push(format!(
+                    "{}: {} defined pages matched, expected 14",
+                    r.kind.name(),
+                    m.matched_defined
+                ));
             }
         }
     }
@@ -301,7 +349,11 @@ fn check_postcopy(d: &Differential) -> Vec<String> {
         if let Some(m) = &r.memory {
             // 0..16 (4, 5, 10 re-sent), 20..28, 28, last page.
             if m.matched_defined != 16 + 8 + 2 {
-                p.push(format!("{}: {} defined pages matched, expected 26", r.kind.name(), m.matched_defined));
+                p.push(format!(
+                    "{}: {} defined pages matched, expected 26",
+                    r.kind.name(),
+                    m.matched_defined
+                ));
             }
             if m.unknown_skipped != 0 {
                 p.push(format!("{}: {} pages left unknown", r.kind.name(), m.unknown_skipped));
@@ -316,7 +368,11 @@ fn check_ping_order(d: &Differential) -> Vec<String> {
     for r in [&d.qemu, &d.rust] {
         let Some(play) = &r.play else { continue };
         if play.pongs() != [1, 2, 3, 4, 5] {
-            p.push(format!("{}: PONGs {:?}, expected [1, 2, 3, 4, 5] in order", r.kind.name(), play.pongs()));
+            p.push(format!(
+                "{}: PONGs {:?}, expected [1, 2, 3, 4, 5] in order",
+                r.kind.name(),
+                play.pongs()
+            ));
         }
         if play.shuts() != [0] {
             p.push(format!("{}: SHUT messages {:?}, expected [0]", r.kind.name(), play.shuts()));
@@ -339,7 +395,10 @@ fn check_failure_shut(d: &Differential) -> Vec<String> {
         if play.shuts().contains(&0) {
             p.push(format!("{}: failed but sent SHUT(0) (success)", r.kind.name()));
         }
-        if r.kind == harness::dest::DestKind::Rust && !play.pongs().is_empty() && play.shuts() != [1] {
+        if r.kind == harness::dest::DestKind::Rust
+            && !play.pongs().is_empty()
+            && play.shuts() != [1]
+        {
             p.push(format!(
                 "rust: SHUT messages {:?} after a failure with an open return path, expected [1]",
                 play.shuts()
@@ -357,7 +416,11 @@ fn check_failure_shut(d: &Differential) -> Vec<String> {
 async fn precopy_minimal() {
     let (_, l) = layout().await;
     let s = precopy_with(&l, vec![], vec![]);
-    run_cases("precopy", vec![Case::new("precopy-minimal", Expect::Completed, false, s).check(check_precopy)]).await;
+    run_cases(
+        "precopy",
+        vec![Case::new("precopy-minimal", Expect::Completed, false, s).check(check_precopy)],
+    )
+    .await;
 }
 
 /// 2. Legal postcopy: advise, precopy pages, discards, package with
@@ -365,7 +428,11 @@ async fn precopy_minimal() {
 #[tokio::test]
 async fn postcopy_legal() {
     let s = postcopy(|pc| pc.legal = true);
-    run_cases("postcopy", vec![Case::new("postcopy-legal", Expect::Completed, true, s).check(check_postcopy)]).await;
+    run_cases(
+        "postcopy",
+        vec![Case::new("postcopy-legal", Expect::Completed, true, s).check(check_postcopy)],
+    )
+    .await;
 }
 
 /// 3. Illegal orderings of the postcopy commands.
@@ -436,11 +503,18 @@ async fn illegal_orderings() {
             "listen-twice",
             Expect::Failed,
             true,
-            postcopy(|pc| pc.package = pkg(vec![Step::Listen, Step::Listen, globalstate(), Step::Ping(3), Step::Run])),
+            postcopy(|pc| {
+                pc.package =
+                    pkg(vec![Step::Listen, Step::Listen, globalstate(), Step::Ping(3), Step::Run])
+            }),
         )
         .errs(&["LISTEN"], &["LISTEN"]),
     ];
-    run_cases("illegal-orderings", cases.into_iter().map(|c| c.check(check_failure_shut)).collect()).await;
+    run_cases(
+        "illegal-orderings",
+        cases.into_iter().map(|c| c.check(check_failure_shut)).collect(),
+    )
+    .await;
 }
 
 /// 4. Malformed POSTCOPY_RAM_DISCARD payloads (in the legal position).
@@ -454,14 +528,24 @@ async fn malformed_discard() {
             "discard-version-1",
             Expect::Failed,
             true,
-            bad(Step::Discard { block: MEM0.into(), ranges: vec![(4 * P, P)], version: 1, terminator: Some(0) }),
+            bad(Step::Discard {
+                block: MEM0.into(),
+                ranges: vec![(4 * P, P)],
+                version: 1,
+                terminator: Some(0),
+            }),
         )
         .errs(&["version"], &["version"]),
         Case::new(
             "discard-missing-nul",
             Expect::Failed,
             true,
-            bad(Step::Discard { block: MEM0.into(), ranges: vec![(4 * P, P)], version: 0, terminator: None }),
+            bad(Step::Discard {
+                block: MEM0.into(),
+                ranges: vec![(4 * P, P)],
+                version: 0,
+                terminator: None,
+            }),
         )
         .errs(&["length"], &["multiple of 16", "NUL"]),
         Case::new(
@@ -471,14 +555,33 @@ async fn malformed_discard() {
             bad(Step::Command { cmd: MIG_CMD_POSTCOPY_RAM_DISCARD, payload: long }),
         )
         .errs(&["length"], &["multiple of 16"]),
-        Case::new("discard-unknown-block", Expect::Failed, true, bad(Step::discard("nosuchblock", vec![(0, P)])))
-            .errs(&["nosuchblock"], &["nosuchblock"]),
-        Case::new("discard-beyond-block", Expect::Failed, true, bad(Step::discard(MEM0, vec![(GUEST_MEM - P, 2 * P)])))
-            .errs(&["overrun", "mem0"], &["outside"]),
-        Case::new("discard-misaligned-start", Expect::Failed, true, bad(Step::discard(MEM0, vec![(0x800, P)])))
-            .errs(&["unaligned", "align"], &["aligned"]),
+        Case::new(
+            "discard-unknown-block",
+            Expect::Failed,
+            true,
+            bad(Step::discard("nosuchblock", vec![(0, P)])),
+        )
+        .errs(&["nosuchblock"], &["nosuchblock"]),
+        Case::new(
+            "discard-beyond-block",
+            Expect::Failed,
+            true,
+            bad(Step::discard(MEM0, vec![(GUEST_MEM - P, 2 * P)])),
+        )
+        .errs(&["overrun", "mem0"], &["outside"]),
+        Case::new(
+            "discard-misaligned-start",
+            Expect::Failed,
+            true,
+            bad(Step::discard(MEM0, vec![(0x800, P)])),
+        )
+        .errs(&["unaligned", "align"], &["aligned"]),
     ];
-    run_cases("malformed-discard", cases.into_iter().map(|c| c.check(check_failure_shut)).collect()).await;
+    run_cases(
+        "malformed-discard",
+        cases.into_iter().map(|c| c.check(check_failure_shut)).collect(),
+    )
+    .await;
 }
 
 /// 5. ADVISE whose page sizes do not match the destination's.
@@ -501,12 +604,18 @@ async fn advise_page_size_mismatch() {
         .errs(&["target page size"], &["target page size"]),
         // Not in the brief's list, same family: a 0-byte (dirty-bitmaps only)
         // ADVISE while postcopy-ram is on, and a 16-byte one while it is off.
-        Case::new("advise-len0", Expect::Failed, true, postcopy(|pc| pc.advise = vec![Step::AdviseRaw(vec![])]))
-            .errs(&["0 byte advise"], &["without page sizes"]),
+        Case::new(
+            "advise-len0",
+            Expect::Failed,
+            true,
+            postcopy(|pc| pc.advise = vec![Step::AdviseRaw(vec![])]),
+        )
+        .errs(&["0 byte advise"], &["without page sizes"]),
         Case::new("advise-without-capability", Expect::Failed, false, postcopy(|_| {}))
             .errs(&["postcopy is disabled"], &["not enabled"]),
     ];
-    run_cases("advise-mismatch", cases.into_iter().map(|c| c.check(check_failure_shut)).collect()).await;
+    run_cases("advise-mismatch", cases.into_iter().map(|c| c.check(check_failure_shut)).collect())
+        .await;
 }
 
 /// 6. PING without a return path fails; PINGs 1..5 are answered in order.
@@ -520,7 +629,8 @@ async fn ping_pong() {
     let mut ordered = precopy_with(&l, prefix, vec![]);
     ordered.push(Step::ExpectRp(RpMatcher::Shut(0)));
     let cases = vec![
-        Case::new("ping-without-return-path", Expect::Failed, false, no_rp).errs(&["return path"], &["return path"]),
+        Case::new("ping-without-return-path", Expect::Failed, false, no_rp)
+            .errs(&["return path"], &["return path"]),
         Case::new("ping-pong-order", Expect::Completed, false, ordered).check(check_ping_order),
     ];
     run_cases("ping", cases).await;
@@ -561,7 +671,12 @@ async fn truncated_package() {
 async fn package_edge_cases() {
     let (_, l) = layout().await;
     let in_precopy = |inner: Vec<Step>| {
-        let mut s = vec![Step::header(), Step::RamStart, Step::RamPart(precopy_part()), Step::RamEnd(precopy_end())];
+        let mut s = vec![
+            Step::header(),
+            Step::RamStart,
+            Step::RamPart(precopy_part()),
+            Step::RamEnd(precopy_end()),
+        ];
         s.extend([Step::Packaged(inner), Step::Eof, Step::Vmdesc(vmdesc_for(&l, &[]))]);
         s
     };
@@ -580,7 +695,12 @@ async fn package_edge_cases() {
         Case::new("package-empty", Expect::Failed, true, postcopy(|pc| pc.package = Some(vec![])))
             .errs(&["Input/output error"], &["without POSTCOPY_RUN"])
             .check(check_failure_shut),
-        Case::new("package-ends-with-eof", Expect::Completed, false, in_precopy(vec![globalstate(), Step::Eof])),
+        Case::new(
+            "package-ends-with-eof",
+            Expect::Completed,
+            false,
+            in_precopy(vec![globalstate(), Step::Eof]),
+        ),
         Case::new(
             "package-junk-after-eof",
             Expect::Completed,
@@ -593,8 +713,13 @@ async fn package_edge_cases() {
             true,
             postcopy(|pc| {
                 pc.legal = true;
-                pc.package =
-                    Some(vec![Step::Listen, globalstate(), Step::Ping(3), Step::Run, Step::Raw(vec![0x99; 9])]);
+                pc.package = Some(vec![
+                    Step::Listen,
+                    globalstate(),
+                    Step::Ping(3),
+                    Step::Run,
+                    Step::Raw(vec![0x99; 9]),
+                ]);
             }),
         )
         .check(check_postcopy),
@@ -602,7 +727,9 @@ async fn package_edge_cases() {
             "package-ping-after-run",
             Expect::Completed,
             true,
-            postcopy(|pc| pc.package = Some(vec![Step::Listen, globalstate(), Step::Run, Step::Ping(3)])),
+            postcopy(|pc| {
+                pc.package = Some(vec![Step::Listen, globalstate(), Step::Run, Step::Ping(3)])
+            }),
         )
         .check(|d| {
             // The PING after RUN is not processed: no PONG 3.
@@ -682,7 +809,8 @@ async fn ramblock_list() {
 async fn postcopy_page_requests() {
     let s = postcopy(|pc| {
         pc.legal = true;
-        pc.after_package = vec![Step::ServePageRequests, Step::ExpectRp(RpMatcher::PageRequest), Step::Sleep(300)];
+        pc.after_package =
+            vec![Step::ServePageRequests, Step::ExpectRp(RpMatcher::PageRequest), Step::Sleep(300)];
     });
     let case = Case::new("postcopy-page-requests", Expect::Completed, true, s).autostart().check(|d| {
         let mut p = Vec::new();
@@ -725,10 +853,15 @@ async fn zero_fill_and_resent_page() {
     let zero_fill = precopy_with(
         &l,
         vec![],
-        vec![Step::RamPart(vec![Page { block: MEM0.into(), index: 40, content: harness::synth::Content::Fill(0x55) }])],
+        vec![Step::RamPart(vec![Page {
+            block: MEM0.into(),
+            index: 40,
+            content: harness::synth::Content::Fill(0x55),
+        }])],
     );
     let cases = vec![
-        Case::new("zero-page-nonzero-fill", Expect::Failed, false, zero_fill).errs(&["zero page"], &["fill byte"]),
+        Case::new("zero-page-nonzero-fill", Expect::Failed, false, zero_fill)
+            .errs(&["zero page"], &["fill byte"]),
         Case::new("postcopy-resend-present-page", Expect::Stuck, true, resend),
     ];
     run_cases("zero-fill-resend", cases).await;
@@ -752,9 +885,17 @@ async fn deliberate_differences() {
         ("older-q35-machine", l.clone(), older_machine),
         ("extra-ramblock", extra.clone(), precopy_with(&extra, vec![], vec![])),
     ] {
-        let d = harness::synth::differential(name, &qemu, &layout, &script, Expect::Completed, &RunOpts::default(), dir.path())
-            .await
-            .unwrap();
+        let d = harness::synth::differential(
+            name,
+            &qemu,
+            &layout,
+            &script,
+            Expect::Completed,
+            &RunOpts::default(),
+            dir.path(),
+        )
+        .await
+        .unwrap();
         assert_eq!(d.qemu.verdict.kind(), "failed", "{}", d.side_by_side());
         assert_eq!(d.rust.verdict.kind(), "completed", "{}", d.side_by_side());
     }

@@ -70,8 +70,14 @@ fn version_and_args() {
     assert!(s.starts_with("-accel tcg -machine q35,memory-backend=mem0 -m 128M -object memory-backend-file,id=mem0,size=134217728,mem-path=/dev/shm/args-"), "{s}");
     assert!(s.contains("-nodefaults -display none -serial null -drive file=/tmp/disk.img,format=raw,if=ide -qmp unix:"), "{s}");
     assert!(s.contains("-incoming tcp:127.0.0.1:4444 -S -name args-"), "{s}");
-    assert_eq!(harness::qemu::parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1)\n"), Some((10, 0, 2)));
-    assert_eq!(harness::qemu::parse_qemu_version("QEMU emulator version 7.2.15\n"), Some((7, 2, 15)));
+    assert_eq!(
+        harness::qemu::parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1)\n"),
+        Some((10, 0, 2))
+    );
+    assert_eq!(
+        harness::qemu::parse_qemu_version("QEMU emulator version 7.2.15\n"),
+        Some((7, 2, 15))
+    );
 }
 
 #[tokio::test]
@@ -144,7 +150,11 @@ async fn qmp_basics() {
     qmp.set_capabilities(&[("events", true)]).await.unwrap();
     qmp.set_parameters(json!({"max-bandwidth": 1_000_000_000u64})).await.unwrap();
     let caps = qmp.execute("query-migrate-capabilities", Value::Null).await.unwrap();
-    assert!(caps.as_array().unwrap().iter().any(|c| c["capability"] == "events" && c["state"] == true));
+    assert!(caps
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["capability"] == "events" && c["state"] == true));
     let p = qmp.execute("query-migrate-parameters", Value::Null).await.unwrap();
     assert_eq!(p["max-bandwidth"], json!(1_000_000_000u64));
 
@@ -211,7 +221,11 @@ async fn qemu_to_qemu_precopy() {
     // MIGRATION events (tolerantly parsed) on both sides
     for vm in [&src.vm, &dst.vm] {
         vm.qmp
-            .wait_event_from(0, |e| e.name == "MIGRATION" && e.data_str("status") == Some("completed"), Duration::from_secs(10))
+            .wait_event_from(
+                0,
+                |e| e.name == "MIGRATION" && e.data_str("status") == Some("completed"),
+                Duration::from_secs(10),
+            )
             .await
             .unwrap();
     }
@@ -371,7 +385,8 @@ fn path_guard_and_names() {
     std::fs::write(&kept, b"y").unwrap();
     assert!(kept.exists());
 
-    let names: std::collections::HashSet<String> = (0..1000).map(|_| procs::unique_name("x")).collect();
+    let names: std::collections::HashSet<String> =
+        (0..1000).map(|_| procs::unique_name("x")).collect();
     assert_eq!(names.len(), 1000);
     assert!(names.iter().all(|n| n.starts_with(&format!("x-{}-", std::process::id()))));
     let p = procs::free_tcp_port();
@@ -382,7 +397,9 @@ fn path_guard_and_names() {
 /// Helper run in a child process by `signal_cleanup_kills_and_removes`.
 #[test]
 fn signal_helper() {
-    let Ok(file) = std::env::var("CROSSMIG_SIGNAL_HELPER") else { return };
+    let Ok(file) = std::env::var("CROSSMIG_SIGNAL_HELPER") else {
+        return;
+    };
     procs::install_signal_cleanup();
     let log = PathBuf::from(format!("{file}.log"));
     let g = ChildGuard::spawn(Command::new("sleep").tap_arg("300"), &log).unwrap();
@@ -417,7 +434,11 @@ fn signal_cleanup_kills_and_removes() {
         }
     };
     assert!(alive(sleeper) && file.exists());
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
     let st = child.wait().unwrap();
     assert_eq!(st.code(), Some(130), "{st:?}");
     std::thread::sleep(Duration::from_millis(100));
@@ -457,7 +478,9 @@ async fn tolerant_of_unknown_events_and_statuses() {
                     let st = if n < 3 { "postcopy-active" } else { "postcopy-device" };
                     json!({"return": {"status": st, "some-new-field": true}, "id": id})
                 }
-                other => json!({"error": {"class": "FutureErrorClass", "desc": format!("no {other}")}, "id": id}),
+                other => {
+                    json!({"error": {"class": "FutureErrorClass", "desc": format!("no {other}")}, "id": id})
+                }
             };
             w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
         }
@@ -469,7 +492,10 @@ async fn tolerant_of_unknown_events_and_statuses() {
         .await
         .unwrap();
     assert_eq!(v["some-new-field"], json!(true));
-    let e = qmp.wait_event(|e| e.data_str("status") == Some("postcopy-device"), Duration::from_secs(5)).await.unwrap();
+    let e = qmp
+        .wait_event(|e| e.data_str("status") == Some("postcopy-device"), Duration::from_secs(5))
+        .await
+        .unwrap();
     assert!(e.timestamp.is_some());
     assert!(e.typed().is_none(), "qapi's closed enum cannot represent this");
     let f = qmp.wait_event_named("SOME_FUTURE_EVENT", Duration::from_secs(5)).await.unwrap();

@@ -39,7 +39,10 @@ fn main() {
                             return Err(Failed::from(format!("cannot run here: {m}")));
                         }
                         let run = || {
-                            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                            let rt = tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                                .unwrap();
                             rt.block_on(harness::scenario::run_variant(&v))
                         };
                         let mut out = run();
@@ -50,13 +53,19 @@ fn main() {
                             let first = out.error.clone().unwrap_or_default();
                             out = run();
                             if out.ok {
-                                eprintln!("FLAKY: {} failed once, passed on retry; first error: {first}", out.name);
+                                eprintln!(
+                                    "FLAKY: {} failed once, passed on retry; first error: {first}",
+                                    out.name
+                                );
                             }
                         }
                         if let Some(d) = rd {
                             let _ = std::fs::create_dir_all(&d);
                             let p = d.join(format!("{}.json", out.name.replace(['/', ' '], "_")));
-                            let _ = std::fs::write(p, serde_json::to_vec_pretty(&out).unwrap_or_default());
+                            let _ = std::fs::write(
+                                p,
+                                serde_json::to_vec_pretty(&out).unwrap_or_default(),
+                            );
                         }
                         if out.ok {
                             Ok(())
@@ -64,9 +73,21 @@ fn main() {
                             let steps: Vec<String> = out
                                 .steps
                                 .iter()
-                                .map(|s| format!("  [{}] {} ({} ms) {}", if s.ok { "ok" } else { "FAIL" }, s.step, s.ms, s.detail))
+                                .map(|s| {
+                                    format!(
+                                        "  [{}] {} ({} ms) {}",
+                                        if s.ok { "ok" } else { "FAIL" },
+                                        s.step,
+                                        s.ms,
+                                        s.detail
+                                    )
+                                })
                                 .collect();
-                            Err(Failed::from(format!("{}\n{}", out.error.unwrap_or_default(), steps.join("\n"))))
+                            Err(Failed::from(format!(
+                                "{}\n{}",
+                                out.error.unwrap_or_default(),
+                                steps.join("\n")
+                            )))
                         }
                     })
                     .with_kind(kind)

@@ -35,11 +35,15 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn statuses() -> &'static BTreeMap<String, Status> {
     static S: OnceLock<BTreeMap<String, Status>> = OnceLock::new();
     S.get_or_init(|| {
-        let m: BTreeMap<String, Status> = KNOWN_VERSIONS.iter().map(|v| (v.to_string(), provision::status(v))).collect();
+        let m: BTreeMap<String, Status> =
+            KNOWN_VERSIONS.iter().map(|v| (v.to_string(), provision::status(v))).collect();
         println!("QEMU versions (cache {}):", provision::cache_dir().display());
         for (v, st) in &m {
             match st {
-                Status::Complete(i) => println!("  {v}: QEMU {} ({})", i.manifest.qemu_version, i.manifest.version_line),
+                Status::Complete(i) => println!(
+                    "  {v}: QEMU {} ({})",
+                    i.manifest.qemu_version, i.manifest.version_line
+                ),
                 st => println!("  {v}: {}", st.reason().unwrap_or_default()),
             }
         }
@@ -115,7 +119,12 @@ async fn run_checked(test: &str, o: MigrateOpts) -> MigrateReport {
         "RESULT {test}: migration {} ms (harness wall time {:.1} s){}",
         r.migration_ms,
         t.elapsed().as_secs_f64(),
-        r.passes_at_postcopy.map(|p| format!(", postcopy after {p} pass(es), {} page requests", r.source_postcopy_requests())).unwrap_or_default()
+        r.passes_at_postcopy
+            .map(|p| format!(
+                ", postcopy after {p} pass(es), {} page requests",
+                r.source_postcopy_requests()
+            ))
+            .unwrap_or_default()
     );
     r
 }
@@ -125,7 +134,9 @@ async fn run_checked(test: &str, o: MigrateOpts) -> MigrateReport {
 
 fn check_version(series: &str) {
     let test = format!("version_{series}");
-    let Some(i) = need(&test, &[series]) else { return };
+    let Some(i) = need(&test, &[series]) else {
+        return;
+    };
     let i = &i[0];
     let got = i.binary.version().unwrap_or_else(|e| panic!("{test}: {e:#}"));
     let got_s = format!("{}.{}.{}", got.0, got.1, got.2);
@@ -172,7 +183,9 @@ fn into_rust_opts(qemu: QemuBinary, series: &str, mode: Mode) -> MigrateOpts {
 
 async fn precopy_into_rust(series: &str) {
     let test = format!("precopy_{series}_into_rust");
-    let Some(i) = need(&test, &[series]) else { return };
+    let Some(i) = need(&test, &[series]) else {
+        return;
+    };
     let r = run_checked(&test, into_rust_opts(i[0].binary.clone(), series, Mode::Precopy)).await;
     // A live sweep redirties pages all the time: several passes were needed.
     let syncs = r.source_final["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
@@ -181,11 +194,17 @@ async fn precopy_into_rust(series: &str) {
 
 async fn postcopy_into_rust(series: &str) {
     let test = format!("postcopy_{series}_into_rust");
-    let Some(i) = need(&test, &[series]) else { return };
+    let Some(i) = need(&test, &[series]) else {
+        return;
+    };
     let r = run_checked(&test, into_rust_opts(i[0].binary.clone(), series, Mode::Postcopy)).await;
     assert!(r.passes_at_postcopy.unwrap_or(0) >= 1, "{test}: switched to postcopy too early");
     // rust-dest's simulated vCPUs fault on missing pages.
-    assert!(r.source_postcopy_requests() > 0, "{test}: the source served no page requests: {}", r.source_final);
+    assert!(
+        r.source_postcopy_requests() > 0,
+        "{test}: the source served no page requests: {}",
+        r.source_final
+    );
 }
 
 #[tokio::test]
@@ -223,7 +242,9 @@ async fn postcopy_11_1_into_rust() {
 
 async fn cross(src: &str, dst: &str, machine: &str) {
     let test = format!("cross_{src}_to_{dst}");
-    let Some(i) = need(&test, &[src, dst]) else { return };
+    let Some(i) = need(&test, &[src, dst]) else {
+        return;
+    };
     let mut o = MigrateOpts::new(DestKind::Qemu, Mode::Precopy, i[0].binary.clone());
     o.dest_qemu = Some(i[1].binary.clone());
     o.machine = machine.into();

@@ -97,16 +97,80 @@ pub enum Parsed {
 
 /// QEMU options that take an argument and that rust-dest ignores.
 const IGNORED_WITH_ARG: &[&str] = &[
-    "accel", "display", "serial", "drive", "name", "device", "cpu", "smp", "chardev", "mon", "monitor", "vga", "net",
-    "netdev", "boot", "bios", "L", "rtc", "d", "D", "trace", "uuid", "overcommit", "msg", "k", "sandbox", "numa",
-    "blockdev", "fsdev", "hda", "hdb", "cdrom", "kernel", "initrd", "append", "icount", "audiodev", "parallel", "smbios",
-    "action", "run-with", "cpu-throttle", "fw_cfg", "mem-path", "usbdevice", "watchdog-action", "vnc", "spice", "qtest",
-    "qtest-log", "tpmdev", "plugin", "semihosting-config", "compat", "object-ignored",
+    "accel",
+    "display",
+    "serial",
+    "drive",
+    "name",
+    "device",
+    "cpu",
+    "smp",
+    "chardev",
+    "mon",
+    "monitor",
+    "vga",
+    "net",
+    "netdev",
+    "boot",
+    "bios",
+    "L",
+    "rtc",
+    "d",
+    "D",
+    "trace",
+    "uuid",
+    "overcommit",
+    "msg",
+    "k",
+    "sandbox",
+    "numa",
+    "blockdev",
+    "fsdev",
+    "hda",
+    "hdb",
+    "cdrom",
+    "kernel",
+    "initrd",
+    "append",
+    "icount",
+    "audiodev",
+    "parallel",
+    "smbios",
+    "action",
+    "run-with",
+    "cpu-throttle",
+    "fw_cfg",
+    "mem-path",
+    "usbdevice",
+    "watchdog-action",
+    "vnc",
+    "spice",
+    "qtest",
+    "qtest-log",
+    "tpmdev",
+    "plugin",
+    "semihosting-config",
+    "compat",
+    "object-ignored",
 ];
 /// QEMU flags without an argument that rust-dest ignores.
 const IGNORED_FLAGS: &[&str] = &[
-    "nodefaults", "nographic", "no-user-config", "no-reboot", "no-shutdown", "enable-kvm", "no-hpet", "no-acpi",
-    "mem-prealloc", "snapshot", "daemonize", "preconfig", "usb", "no-fd-bootchk", "full-screen", "s",
+    "nodefaults",
+    "nographic",
+    "no-user-config",
+    "no-reboot",
+    "no-shutdown",
+    "enable-kvm",
+    "no-hpet",
+    "no-acpi",
+    "mem-prealloc",
+    "snapshot",
+    "daemonize",
+    "preconfig",
+    "usb",
+    "no-fd-bootchk",
+    "full-screen",
+    "s",
 ];
 
 /// Parse a QEMU size: plain bytes or with K/M/G/T suffix (also KiB, MB...).
@@ -200,7 +264,11 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 let (first, pairs) = parse_props(&v);
                 let sz = match first {
                     Some(f) => f,
-                    None => pairs.iter().find(|(k, _)| k == "size").map(|(_, v)| v.clone()).unwrap_or_default(),
+                    None => pairs
+                        .iter()
+                        .find(|(k, _)| k == "size")
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default(),
                 };
                 let bytes = if sz.chars().all(|c| c.is_ascii_digit()) {
                     sz.parse::<u64>().map_err(|_| format!("-m: invalid size {sz:?}"))? << 20
@@ -216,7 +284,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 for (k, v) in pairs {
                     match k.as_str() {
                         "type" => ty = Some(v),
-                        "suppress-vmdesc" => o.suppress_vmdesc = on_off(&v, "-machine suppress-vmdesc")?,
+                        "suppress-vmdesc" => {
+                            o.suppress_vmdesc = on_off(&v, "-machine suppress-vmdesc")?
+                        }
                         "memory-backend" | "accel" => {}
                         other => o.warnings.push(format!("-machine property {other}={v} ignored")),
                     }
@@ -226,21 +296,31 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             "object" => {
                 let v = val(&mut it)?;
                 let (first, pairs) = parse_props(&v);
-                let qom = first.or_else(|| pairs.iter().find(|(k, _)| k == "qom-type").map(|(_, v)| v.clone()));
+                let qom = first.or_else(|| {
+                    pairs.iter().find(|(k, _)| k == "qom-type").map(|(_, v)| v.clone())
+                });
                 match qom.as_deref() {
-                    Some(t @ ("memory-backend-file" | "memory-backend-ram" | "memory-backend-memfd")) => {
-                        let get = |k: &str| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+                    Some(
+                        t @ ("memory-backend-file" | "memory-backend-ram" | "memory-backend-memfd"),
+                    ) => {
+                        let get =
+                            |k: &str| pairs.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
                         let id = get("id").ok_or_else(|| format!("-object {t}: missing id"))?;
-                        let size = parse_size(&get("size").ok_or_else(|| format!("-object {t},id={id}: missing size"))?)
-                            .map_err(|e| format!("-object {t},id={id}: {e}"))?;
-                        let mem_path = if t == "memory-backend-file" {
-                            Some(PathBuf::from(
-                                get("mem-path").ok_or_else(|| format!("-object {t},id={id}: missing mem-path"))?,
-                            ))
-                        } else {
-                            None
-                        };
-                        let share = get("share").map(|s| on_off(&s, "share")).transpose()?.unwrap_or(false);
+                        let size = parse_size(
+                            &get("size")
+                                .ok_or_else(|| format!("-object {t},id={id}: missing size"))?,
+                        )
+                        .map_err(|e| format!("-object {t},id={id}: {e}"))?;
+                        let mem_path =
+                            if t == "memory-backend-file" {
+                                Some(PathBuf::from(get("mem-path").ok_or_else(|| {
+                                    format!("-object {t},id={id}: missing mem-path")
+                                })?))
+                            } else {
+                                None
+                            };
+                        let share =
+                            get("share").map(|s| on_off(&s, "share")).transpose()?.unwrap_or(false);
                         if t == "memory-backend-file" && !share {
                             o.warnings.push(format!(
                                 "-object {t},id={id}: share=off; rust-dest maps the file shared anyway so it holds the guest RAM"
@@ -258,18 +338,30 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             "global" => {
                 let v = val(&mut it)?;
                 match v.split_once('=') {
-                    Some(("migration.send-configuration", x)) => o.send_configuration = on_off(x, "-global")?,
-                    Some(("migration.send-section-footer", x)) => o.send_section_footer = on_off(x, "-global")?,
+                    Some(("migration.send-configuration", x)) => {
+                        o.send_configuration = on_off(x, "-global")?
+                    }
+                    Some(("migration.send-section-footer", x)) => {
+                        o.send_section_footer = on_off(x, "-global")?
+                    }
                     _ => o.warnings.push(format!("-global {v} ignored")),
                 }
             }
             "pidfile" => o.pidfile = Some(PathBuf::from(val(&mut it)?)),
-            "max-ram" => o.max_ram = parse_size(&val(&mut it)?).map_err(|e| format!("--max-ram: {e}"))?,
+            "max-ram" => {
+                o.max_ram = parse_size(&val(&mut it)?).map_err(|e| format!("--max-ram: {e}"))?
+            }
             "vcpu-pattern" => o.vcpu.pattern = val(&mut it)?.parse::<Pattern>()?,
             "vcpu-threads" => {
-                o.vcpu.threads = val(&mut it)?.parse().map_err(|_| "--vcpu-threads: expected a number".to_string())?
+                o.vcpu.threads = val(&mut it)?
+                    .parse()
+                    .map_err(|_| "--vcpu-threads: expected a number".to_string())?
             }
-            "vcpu-rate" => o.vcpu.rate = val(&mut it)?.parse().map_err(|_| "--vcpu-rate: expected a number".to_string())?,
+            "vcpu-rate" => {
+                o.vcpu.rate = val(&mut it)?
+                    .parse()
+                    .map_err(|_| "--vcpu-rate: expected a number".to_string())?
+            }
             "log" => o.log = val(&mut it)?,
             n if IGNORED_WITH_ARG.contains(&n) => {
                 let v = val(&mut it)?;
@@ -321,7 +413,9 @@ mod tests {
         assert!(p("--max-ram 2G -incoming defer").unwrap().max_ram == 2 << 30);
         assert!(p("--max-ram=2G -incoming defer").unwrap().max_ram == 2 << 30);
         assert_eq!(p("-m 128 -incoming defer").unwrap().mem_size, Some(128 << 20));
-        assert!(p("-machine pc-q35-10.0,suppress-vmdesc=on -incoming defer").unwrap().suppress_vmdesc);
+        assert!(
+            p("-machine pc-q35-10.0,suppress-vmdesc=on -incoming defer").unwrap().suppress_vmdesc
+        );
         assert!(p("--vcpu-pattern zigzag -incoming defer").is_err());
     }
 

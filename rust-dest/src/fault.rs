@@ -85,7 +85,11 @@ pub struct PostcopyRuntime {
 impl PostcopyRuntime {
     /// Register every RAMBlock with a new userfaultfd and start the fault
     /// thread. Received pages stay; missing ones fault from now on.
-    pub fn start(shared: Shared, rp: Option<Arc<ReturnPath>>, vcpu: VcpuConfig) -> Result<PostcopyRuntime, String> {
+    pub fn start(
+        shared: Shared,
+        rp: Option<Arc<ReturnPath>>,
+        vcpu: VcpuConfig,
+    ) -> Result<PostcopyRuntime, String> {
         let blocks = shared.ram().blocks();
         let needs_shmem = blocks.iter().any(|b| b.backing_path().is_some());
         let mut builder = UffdBuilder::new();
@@ -115,7 +119,12 @@ impl PostcopyRuntime {
             .name("postcopy-fault".into())
             .spawn(move || fault_thread(i2))
             .map_err(|e| format!("spawning fault thread: {e}"))?;
-        Ok(PostcopyRuntime { inner, threads: Mutex::new(vec![h]), vcpu, finished: AtomicBool::new(false) })
+        Ok(PostcopyRuntime {
+            inner,
+            threads: Mutex::new(vec![h]),
+            vcpu,
+            finished: AtomicBool::new(false),
+        })
     }
 
     fn block_index(&self, b: &RamBlock) -> usize {
@@ -124,7 +133,13 @@ impl PostcopyRuntime {
 
     /// Place a page atomically (`None` = zero page), mark it received, and
     /// account for the fault it may answer.
-    pub fn place(&self, b: &Arc<RamBlock>, addr: u64, data: Option<&[u8]>, _ch: usize) -> Result<(), String> {
+    pub fn place(
+        &self,
+        b: &Arc<RamBlock>,
+        addr: u64,
+        data: Option<&[u8]>,
+        _ch: usize,
+    ) -> Result<(), String> {
         let page = addr / TARGET_PAGE_SIZE;
         let placed = match data {
             Some(d) => b.mapping.uffd_copy(&self.inner.uffd, addr as usize, d),
@@ -206,7 +221,10 @@ impl PostcopyRuntime {
         for i in 0..self.vcpu.threads.max(1) {
             let inner = self.inner.clone();
             let cfg = self.vcpu.clone();
-            if let Ok(h) = std::thread::Builder::new().name(format!("vcpu{i}")).spawn(move || vcpu_thread(inner, cfg, i)) {
+            if let Ok(h) = std::thread::Builder::new()
+                .name(format!("vcpu{i}"))
+                .spawn(move || vcpu_thread(inner, cfg, i))
+            {
                 th.push(h);
             }
         }
@@ -257,7 +275,8 @@ fn drop_missing(b: &RamBlock) -> std::io::Result<()> {
         while p < n && !b.received.get(p) {
             p += 1;
         }
-        b.mapping.discard((s * TARGET_PAGE_SIZE) as usize, ((p - s) * TARGET_PAGE_SIZE) as usize)?;
+        b.mapping
+            .discard((s * TARGET_PAGE_SIZE) as usize, ((p - s) * TARGET_PAGE_SIZE) as usize)?;
     }
     Ok(())
 }
@@ -290,12 +309,9 @@ fn fault_thread(inner: Arc<Inner>) {
 }
 
 fn handle_fault(inner: &Inner, addr: usize) {
-    let Some((bi, b)) = inner
-        .blocks
-        .iter()
-        .enumerate()
-        .find(|(_, b)| addr >= b.mapping.host_addr() && addr < b.mapping.host_addr() + b.mapping.len())
-    else {
+    let Some((bi, b)) = inner.blocks.iter().enumerate().find(|(_, b)| {
+        addr >= b.mapping.host_addr() && addr < b.mapping.host_addr() + b.mapping.len()
+    }) else {
         tracing::warn!("fault at {addr:#x} outside guest RAM");
         return;
     };
@@ -360,7 +376,10 @@ fn resolve_present_or_zero(inner: &Inner, b: &RamBlock, off: u64) {
         Err(e) => {
             // Seen once after a recovery (ENOENT). Wake the faulting thread so
             // it retries the access rather than waiting for ever.
-            tracing::warn!("resolving fault at {off:#x} of {:?}: {e}; waking the faulting thread", b.name);
+            tracing::warn!(
+                "resolving fault at {off:#x} of {:?}: {e}; waking the faulting thread",
+                b.name
+            );
             let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
         }
     }
@@ -372,7 +391,8 @@ fn vcpu_thread(inner: Arc<Inner>, cfg: VcpuConfig, idx: usize) {
     if total == 0 {
         return;
     }
-    let largest = blocks.iter().enumerate().max_by_key(|(_, b)| b.used_length).map(|(i, _)| i).unwrap_or(0);
+    let largest =
+        blocks.iter().enumerate().max_by_key(|(_, b)| b.used_length).map(|(i, _)| i).unwrap_or(0);
     let mut rng: u64 = 0x9e37_79b9_7f4a_7c15 ^ (idx as u64 + 1);
     let mut next = |n: u64| {
         rng ^= rng << 13;
@@ -381,7 +401,8 @@ fn vcpu_thread(inner: Arc<Inner>, cfg: VcpuConfig, idx: usize) {
         rng % n
     };
     // Sleep once per batch of 64 touches to honour the rate.
-    let interval = if cfg.rate > 0 { Some(Duration::from_nanos(64 * 1_000_000_000 / cfg.rate)) } else { None };
+    let interval =
+        if cfg.rate > 0 { Some(Duration::from_nanos(64 * 1_000_000_000 / cfg.rate)) } else { None };
     // Sweep threads start at different offsets of the RAM.
     let mut cursor: u64 = (total / cfg.threads.max(1) as u64) * idx as u64;
     let mut sink = 0u8;

@@ -19,8 +19,8 @@ use crate::codec::stream::{decode_footer, decode_header, decode_top, SectionKind
 use crate::codec::{vmdesc, Cursor, DecodeError, Encoder};
 use crate::fault::{PostcopyRuntime, VcpuConfig};
 use crate::postcopy::{self, Action, PcState};
-use crate::session::Session;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
+use crate::session::Session;
 use crate::state::{DeviceSection, MigStatus, RunState, Shared};
 
 /// Loader configuration (from the command line).
@@ -104,7 +104,15 @@ const READ_CHUNK: usize = 1 << 20;
 
 impl Reader {
     pub fn new(src: Box<dyn Read + Send>, shared: Shared) -> Reader {
-        Reader { src, buf: vec![0; 4 * READ_CHUNK], start: 0, end: 0, base: 0, shared, io_failed: false }
+        Reader {
+            src,
+            buf: vec![0; 4 * READ_CHUNK],
+            start: 0,
+            end: 0,
+            base: 0,
+            shared,
+            io_failed: false,
+        }
     }
     pub fn window(&self) -> (&[u8], u64) {
         (&self.buf[self.start..self.end], self.base + self.start as u64)
@@ -294,7 +302,9 @@ impl Loader {
                 // Like QEMU: any load error once postcopy runs (the guest
                 // runs here and the source no longer can) pauses instead of
                 // failing, so the migration can be recovered.
-                Err(msg) if self.pc_state == PcState::Running && self.shared.capability("postcopy-ram") =>
+                Err(msg)
+                    if self.pc_state == PcState::Running
+                        && self.shared.capability("postcopy-ram") =>
                 {
                     tracing::warn!("postcopy paused: {msg}");
                     self.pause(msg);
@@ -402,7 +412,9 @@ impl Loader {
             }
             if let Some(bits) = cfg.target_page_bits {
                 if 1u64 << bits != TARGET_PAGE_SIZE {
-                    return Err(format!("configuration: target page bits {bits} do not match the destination's 12"));
+                    return Err(format!(
+                        "configuration: target page bits {bits} do not match the destination's 12"
+                    ));
                 }
             }
         }
@@ -450,7 +462,9 @@ impl Loader {
     }
 
     fn check_machine(&self, stream: &str) -> Result<(), String> {
-        let Some(local) = &self.cfg.machine else { return Ok(()) };
+        let Some(local) = &self.cfg.machine else {
+            return Ok(());
+        };
         let family = |m: &str| -> String {
             if m == "q35" || m.starts_with("pc-q35") {
                 "q35".into()
@@ -478,7 +492,10 @@ impl Loader {
                         ));
                     }
                     if kind != SectionKind::Start {
-                        return Err(format!("section 'ram' (id {section_id}) opened with {} at byte offset {off}", kind.name()));
+                        return Err(format!(
+                            "section 'ram' (id {section_id}) opened with {} at byte offset {off}",
+                            kind.name()
+                        ));
                     }
                     self.sections.insert(section_id, Handler::Ram);
                     crate::state::Counters::add(&self.shared.counters().ram_sections, 1);
@@ -505,23 +522,30 @@ impl Loader {
                     self.footer(r, section_id)?;
                     Ok(Flow::Continue)
                 }
-                None => Err(format!("{} section for unknown section id {section_id} at byte offset {off}", kind.name())),
+                None => Err(format!(
+                    "{} section for unknown section id {section_id} at byte offset {off}",
+                    kind.name()
+                )),
             },
             OwnedTop::Command { cmd, payload, payload_offset } => {
-                let rc = crate::codec::stream::RawCommand { cmd, payload: &payload, payload_offset };
+                let rc =
+                    crate::codec::stream::RawCommand { cmd, payload: &payload, payload_offset };
                 let c = Command::parse(&rc).map_err(|e| e.to_string())?;
                 self.command(c, off, r, false)?;
                 Ok(Flow::Continue)
             }
             OwnedTop::Eof => Ok(Flow::Eof),
-            OwnedTop::VmDescription => Err(format!("VMDESCRIPTION (0x06) before EOF at byte offset {off}")),
+            OwnedTop::VmDescription => {
+                Err(format!("VMDESCRIPTION (0x06) before EOF at byte offset {off}"))
+            }
         }
     }
 
     fn send_ack(&mut self) -> Result<(), String> {
         if self.ack_pending {
             if let Some(rp) = self.rp() {
-                rp.send(&RpMessage::SwitchoverAck).map_err(|e| format!("return path: sending SWITCHOVER_ACK: {e}"))?;
+                rp.send(&RpMessage::SwitchoverAck)
+                    .map_err(|e| format!("return path: sending SWITCHOVER_ACK: {e}"))?;
                 self.ack_pending = false;
             }
         }
@@ -544,7 +568,13 @@ impl Loader {
     }
 
     /// Handle a command at top level (`in_package` when inside PACKAGED).
-    fn command(&mut self, c: Command, off: u64, r: &mut Reader, in_package: bool) -> Result<(), String> {
+    fn command(
+        &mut self,
+        c: Command,
+        off: u64,
+        r: &mut Reader,
+        in_package: bool,
+    ) -> Result<(), String> {
         tracing::debug!(cmd = c.name(), off, "command");
         match &c {
             Command::OpenReturnPath => {
@@ -559,26 +589,32 @@ impl Loader {
                     // (verified on 11.1.3) only acks for devices that asked,
                     // and an unsolicited ack underflows the source's pending
                     // count and stalls it: rust-dest then sends none.
-                    if self.shared.capability("switchover-ack") && !machine_at_least(self.stream_machine.as_deref(), (11, 1)) {
+                    if self.shared.capability("switchover-ack")
+                        && !machine_at_least(self.stream_machine.as_deref(), (11, 1))
+                    {
                         self.ack_pending = true;
                         self.send_ack()?;
                     }
                 }
             }
             Command::Ping(v) => {
-                let rp = self
-                    .rp()
-                    .ok_or_else(|| format!("PING ({v:#x}) received with no return path open at byte offset {off}"))?;
-                rp.send(&RpMessage::Pong(*v)).map_err(|e| format!("return path: sending PONG {v:#x}: {e}"))?;
+                let rp = self.rp().ok_or_else(|| {
+                    format!("PING ({v:#x}) received with no return path open at byte offset {off}")
+                })?;
+                rp.send(&RpMessage::Pong(*v))
+                    .map_err(|e| format!("return path: sending PONG {v:#x}: {e}"))?;
                 crate::state::Counters::add(&self.shared.counters().pings, 1);
-
             }
             // The final-phase marker: nothing to do (no device needs it).
             Command::SwitchoverStart => {}
-            Command::EnableColo => return Err(format!("ENABLE_COLO at byte offset {off}: COLO is not supported")),
+            Command::EnableColo => {
+                return Err(format!("ENABLE_COLO at byte offset {off}: COLO is not supported"))
+            }
             Command::PostcopyResume => {
                 if self.shared.lock().status != MigStatus::PostcopyRecover {
-                    tracing::warn!("POSTCOPY_RESUME outside postcopy recovery ignored (byte offset {off})");
+                    tracing::warn!(
+                        "POSTCOPY_RESUME outside postcopy recovery ignored (byte offset {off})"
+                    );
                 } else {
                     self.shared.lock().error_desc = None;
                     self.shared.set_status(MigStatus::PostcopyActive);
@@ -594,16 +630,16 @@ impl Loader {
                 if self.shared.lock().status != MigStatus::PostcopyRecover {
                     tracing::warn!("RECV_BITMAP for {b:?} outside postcopy recovery ignored (byte offset {off})");
                 } else {
-                    let blk = self
-                        .shared
-                        .ram()
-                        .get(b)
-                        .ok_or_else(|| format!("RECV_BITMAP for unknown RAMBlock {b:?} at byte offset {off}"))?;
+                    let blk = self.shared.ram().get(b).ok_or_else(|| {
+                        format!("RECV_BITMAP for unknown RAMBlock {b:?} at byte offset {off}")
+                    })?;
                     let rp = self.rp().ok_or("RECV_BITMAP without a return path")?.clone();
                     let mut e = Encoder::new();
                     RpMessage::RecvBitmap { block: b.clone() }.encode(&mut e);
                     crate::codec::rp::encode_recv_bitmap_data(&mut e, &blk.received.to_le_bytes());
-                    rp.send_raw(&e.buf).map_err(|e| format!("return path: sending the received bitmap of {b:?}: {e}"))?;
+                    rp.send_raw(&e.buf).map_err(|e| {
+                        format!("return path: sending the received bitmap of {b:?}: {e}")
+                    })?;
                 }
             }
             Command::Packaged(len) => {
@@ -612,13 +648,17 @@ impl Loader {
                 }
                 return self.packaged(*len, off, r);
             }
-            Command::PostcopyAdvise(_) | Command::PostcopyRamDiscard(_) | Command::PostcopyListen | Command::PostcopyRun => {
+            Command::PostcopyAdvise(_)
+            | Command::PostcopyRamDiscard(_)
+            | Command::PostcopyListen
+            | Command::PostcopyRun => {
                 let local = postcopy::Local {
                     postcopy_ram: self.shared.capability("postcopy-ram"),
                     host_page_size: crate::mem::host_page_size() as u64,
                     target_page_size: TARGET_PAGE_SIZE,
                 };
-                let (ns, act) = postcopy::step(self.pc_state, &c, &local).map_err(|e| format!("{e} at byte offset {off}"))?;
+                let (ns, act) = postcopy::step(self.pc_state, &c, &local)
+                    .map_err(|e| format!("{e} at byte offset {off}"))?;
                 match act {
                     Action::Discard { .. } => {
                         let Command::PostcopyRamDiscard(d) = &c else { unreachable!() };
@@ -626,7 +666,9 @@ impl Loader {
                     }
                     Action::Listen { .. } => {
                         if !in_package {
-                            tracing::warn!("POSTCOPY_LISTEN outside a package at byte offset {off}");
+                            tracing::warn!(
+                                "POSTCOPY_LISTEN outside a package at byte offset {off}"
+                            );
                         }
                         self.set_pc_state(ns);
                         self.shared.set_status(MigStatus::PostcopyActive);
@@ -684,13 +726,16 @@ impl Loader {
                     d.block, b.used_length
                 ));
             }
-            b.mapping
-                .discard(start as usize, len as usize)
-                .map_err(|e| format!("POSTCOPY_RAM_DISCARD {:?}: discarding {start:#x}+{len:#x}: {e}", d.block))?;
+            b.mapping.discard(start as usize, len as usize).map_err(|e| {
+                format!("POSTCOPY_RAM_DISCARD {:?}: discarding {start:#x}+{len:#x}: {e}", d.block)
+            })?;
             for p in start / TARGET_PAGE_SIZE..(start + len) / TARGET_PAGE_SIZE {
                 b.received.clear(p);
             }
-            crate::state::Counters::add(&self.shared.counters().discarded_pages, len / TARGET_PAGE_SIZE);
+            crate::state::Counters::add(
+                &self.shared.counters().discarded_pages,
+                len / TARGET_PAGE_SIZE,
+            );
         }
         Ok(())
     }
@@ -698,7 +743,9 @@ impl Loader {
     /// PACKAGED: read the blob, then process it as a nested stream.
     fn packaged(&mut self, len: u32, off: u64, r: &mut Reader) -> Result<(), String> {
         let blob_off = r.offset();
-        let blob = r.take_vec(len as usize).map_err(|e| format!("PACKAGED (length {len}) at byte offset {off}: {e}"))?;
+        let blob = r
+            .take_vec(len as usize)
+            .map_err(|e| format!("PACKAGED (length {len}) at byte offset {off}: {e}"))?;
         // Where each device section ends, from the one parse of the whole
         // blob that ends with RUN (robust against footer-like device bytes).
         let ends = vmdesc::package_section_ends(&blob);
@@ -806,7 +853,8 @@ impl Loader {
                     match decode_ram_record(&mut c, &self.ram_ctx) {
                         Ok(rec) => {
                             let is_eos = matches!(rec, RamRecord::Eos);
-                            self.apply_ram(rec, rec_off, ch).map_err(|e| format!("section 'ram' (id {section_id}): {e}"))?;
+                            self.apply_ram(rec, rec_off, ch)
+                                .map_err(|e| format!("section 'ram' (id {section_id}): {e}"))?;
                             done = c.pos();
                             if is_eos {
                                 eos = true;
@@ -837,7 +885,6 @@ impl Loader {
             }
         }
     }
-
 
     fn apply_ram(&mut self, rec: RamRecord, off: u64, ch: usize) -> Result<(), String> {
         let counters = self.shared.counters();
@@ -938,7 +985,8 @@ impl Loader {
                 ));
             }
             if let Some((eof_pos, json)) = vmdesc::find_vmdesc_tail(&tail) {
-                let secs = vmdesc::split_with_vmdesc(&tail[..eof_pos], tail_base, &json).map_err(|e| e.to_string())?;
+                let secs = vmdesc::split_with_vmdesc(&tail[..eof_pos], tail_base, &json)
+                    .map_err(|e| e.to_string())?;
                 for s in &secs {
                     self.keep_device(&tail, s, tail_base, false);
                 }
@@ -966,14 +1014,18 @@ impl Loader {
                 let start = c.offset();
                 let t = c.u8(start)?;
                 if t != QEMU_VM_VMDESCRIPTION {
-                    return Err(DecodeError::invalid(start, format!("expected VMDESCRIPTION (0x06) after EOF, found {t:#04x}")));
+                    return Err(DecodeError::invalid(
+                        start,
+                        format!("expected VMDESCRIPTION (0x06) after EOF, found {t:#04x}"),
+                    ));
                 }
                 let l = c.be32(start)? as usize;
                 Ok(c.bytes(l, start)?.to_vec())
             });
             match rec {
                 Ok(j) => {
-                    let v: Value = serde_json::from_slice(&j).map_err(|e| format!("vmdesc JSON is invalid: {e}"))?;
+                    let v: Value = serde_json::from_slice(&j)
+                        .map_err(|e| format!("vmdesc JSON is invalid: {e}"))?;
                     self.shared.lock().vmdesc = Some(v);
                 }
                 Err(e) => tracing::warn!("no vmdesc after EOF: {e}"),
@@ -1000,7 +1052,8 @@ impl Loader {
         }
         self.shared.set_status(MigStatus::Completed);
         if let Some(rp) = self.rp() {
-            rp.send(&RpMessage::Shut(0)).map_err(|e| format!("return path: sending SHUT(0): {e}"))?;
+            rp.send(&RpMessage::Shut(0))
+                .map_err(|e| format!("return path: sending SHUT(0): {e}"))?;
             rp.close();
         }
         Ok(())
@@ -1009,13 +1062,20 @@ impl Loader {
 
 /// The RAMBlock a page record refers to: named (and remembered as the
 /// channel's last block), or the channel's last block for CONTINUE.
-pub fn resolve_block(shared: &Shared, last: &mut Option<Arc<RamBlock>>, b: BlockRef, off: u64) -> Result<Arc<RamBlock>, String> {
+pub fn resolve_block(
+    shared: &Shared,
+    last: &mut Option<Arc<RamBlock>>,
+    b: BlockRef,
+    off: u64,
+) -> Result<Arc<RamBlock>, String> {
     match b {
-        BlockRef::Continue => {
-            last.clone().ok_or_else(|| format!("RAM record with CONTINUE flag but no previous block at byte offset {off}"))
-        }
+        BlockRef::Continue => last.clone().ok_or_else(|| {
+            format!("RAM record with CONTINUE flag but no previous block at byte offset {off}")
+        }),
         BlockRef::Named(n) => {
-            let blk = shared.ram().get(n).ok_or_else(|| format!("RAM record names unknown RAMBlock {n:?} at byte offset {off}"))?;
+            let blk = shared.ram().get(n).ok_or_else(|| {
+                format!("RAM record names unknown RAMBlock {n:?} at byte offset {off}")
+            })?;
             *last = Some(blk.clone());
             Ok(blk)
         }
@@ -1059,9 +1119,22 @@ mod machine_tests {
 
 /// An owned copy of a top-level record (so the reader can move on).
 enum OwnedTop {
-    SectionOpen { kind: SectionKind, section_id: u32, idstr: String, instance_id: u32, version_id: u32 },
-    SectionCont { kind: SectionKind, section_id: u32 },
-    Command { cmd: u16, payload: Vec<u8>, payload_offset: u64 },
+    SectionOpen {
+        kind: SectionKind,
+        section_id: u32,
+        idstr: String,
+        instance_id: u32,
+        version_id: u32,
+    },
+    SectionCont {
+        kind: SectionKind,
+        section_id: u32,
+    },
+    Command {
+        cmd: u16,
+        payload: Vec<u8>,
+        payload_offset: u64,
+    },
     Eof,
     VmDescription,
 }
@@ -1069,17 +1142,23 @@ enum OwnedTop {
 impl OwnedTop {
     fn from(r: &TopRecord) -> OwnedTop {
         match r {
-            TopRecord::SectionOpen { kind, section_id, idstr, instance_id, version_id } => OwnedTop::SectionOpen {
-                kind: *kind,
-                section_id: *section_id,
-                idstr: idstr.to_string(),
-                instance_id: *instance_id,
-                version_id: *version_id,
-            },
-            TopRecord::SectionCont { kind, section_id } => OwnedTop::SectionCont { kind: *kind, section_id: *section_id },
-            TopRecord::Command(rc) => {
-                OwnedTop::Command { cmd: rc.cmd, payload: rc.payload.to_vec(), payload_offset: rc.payload_offset }
+            TopRecord::SectionOpen { kind, section_id, idstr, instance_id, version_id } => {
+                OwnedTop::SectionOpen {
+                    kind: *kind,
+                    section_id: *section_id,
+                    idstr: idstr.to_string(),
+                    instance_id: *instance_id,
+                    version_id: *version_id,
+                }
             }
+            TopRecord::SectionCont { kind, section_id } => {
+                OwnedTop::SectionCont { kind: *kind, section_id: *section_id }
+            }
+            TopRecord::Command(rc) => OwnedTop::Command {
+                cmd: rc.cmd,
+                payload: rc.payload.to_vec(),
+                payload_offset: rc.payload_offset,
+            },
             TopRecord::Eof => OwnedTop::Eof,
             TopRecord::VmDescription { .. } => OwnedTop::VmDescription,
         }

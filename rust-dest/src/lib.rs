@@ -11,16 +11,16 @@
 //! - [`qmp`]: the QMP server.
 //! - [`cli`]: the QEMU-style command line.
 
+pub mod cli;
 pub mod codec;
 pub mod digest;
-pub mod mem;
-pub mod ram;
-pub mod state;
-pub mod qmp;
 pub mod fault;
 pub mod incoming;
-pub mod postcopy;
-pub mod cli;
 pub mod listen;
+pub mod mem;
+pub mod postcopy;
 pub mod preempt;
+pub mod qmp;
+pub mod ram;
 pub mod session;
+pub mod state;

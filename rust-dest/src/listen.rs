@@ -44,7 +44,9 @@ pub fn parse_uri(uri: &str) -> Result<IncomingUri, String> {
         }
         return Ok(IncomingUri::Unix(PathBuf::from(p)));
     }
-    Err(format!("unknown migration protocol: {uri:?} (rust-dest supports tcp:, unix:, file: and defer)"))
+    Err(format!(
+        "unknown migration protocol: {uri:?} (rust-dest supports tcp:, unix:, file: and defer)"
+    ))
 }
 
 /// Bind the listener now (so errors are reported to the caller) and accept
@@ -72,12 +74,14 @@ pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), String> {
     match parse_uri(uri)? {
         IncomingUri::Defer => Err("'defer' cannot be used here".into()),
         IncomingUri::File(p) => {
-            let f = std::fs::File::open(&p).map_err(|e| format!("Failed to open file {}: {e}", p.display()))?;
+            let f = std::fs::File::open(&p)
+                .map_err(|e| format!("Failed to open file {}: {e}", p.display()))?;
             session.on_file(f);
             Ok(())
         }
         IncomingUri::Tcp(addr) => {
-            let l = TcpListener::bind(&addr).map_err(|e| format!("Failed to bind socket {addr}: {e}"))?;
+            let l = TcpListener::bind(&addr)
+                .map_err(|e| format!("Failed to bind socket {addr}: {e}"))?;
             std::thread::Builder::new()
                 .name("incoming-accept".into())
                 .spawn(move || {
@@ -96,7 +100,8 @@ pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), String> {
         }
         IncomingUri::Unix(p) => {
             let _ = std::fs::remove_file(&p);
-            let l = UnixListener::bind(&p).map_err(|e| format!("Failed to bind socket {}: {e}", p.display()))?;
+            let l = UnixListener::bind(&p)
+                .map_err(|e| format!("Failed to bind socket {}: {e}", p.display()))?;
             std::thread::Builder::new()
                 .name("incoming-accept".into())
                 .spawn(move || {
@@ -118,7 +123,10 @@ mod tests {
     use super::*;
     #[test]
     fn uris() {
-        assert_eq!(parse_uri("tcp:127.0.0.1:4444").unwrap(), IncomingUri::Tcp("127.0.0.1:4444".into()));
+        assert_eq!(
+            parse_uri("tcp:127.0.0.1:4444").unwrap(),
+            IncomingUri::Tcp("127.0.0.1:4444".into())
+        );
         assert_eq!(parse_uri("tcp::4444").unwrap(), IncomingUri::Tcp("0.0.0.0:4444".into()));
         assert_eq!(parse_uri("unix:/tmp/x").unwrap(), IncomingUri::Unix("/tmp/x".into()));
         assert_eq!(parse_uri("defer").unwrap(), IncomingUri::Defer);

@@ -17,7 +17,10 @@ fn main() {
             return;
         }
         Ok(Parsed::Version) => {
-            println!("rust-dest {} (speaks the QEMU 7.2-10.x migration stream)", env!("CARGO_PKG_VERSION"));
+            println!(
+                "rust-dest {} (speaks the QEMU 7.2-10.x migration stream)",
+                env!("CARGO_PKG_VERSION")
+            );
             return;
         }
         Err(e) => {
@@ -27,7 +30,11 @@ fn main() {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_DEST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&opts.log));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
     for w in &opts.warnings {
         tracing::warn!("{w}");
     }

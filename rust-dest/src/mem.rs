@@ -58,7 +58,11 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Mapping { ptr: NonNull::new(p as *mut u8).expect("mmap returned null"), len, file: None })
+        Ok(Mapping {
+            ptr: NonNull::new(p as *mut u8).expect("mmap returned null"),
+            len,
+            file: None,
+        })
     }
 
     /// A shared mapping of `path`, created if missing and truncated/extended
@@ -68,7 +72,8 @@ impl Mapping {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero-length RAMBlock"));
         }
-        let f = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let f =
+            OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         f.set_len(0)?;
         f.set_len(len as u64)?;
         // SAFETY: maps a file we own an fd to, at a fresh address.
@@ -122,7 +127,9 @@ impl Mapping {
         self.check(offset, data.len());
         // SAFETY: range checked above; the mapping is live for &self; source
         // and destination cannot overlap (data is not inside guest RAM).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
+        }
     }
 
     /// Fill `len` bytes at `offset` with `byte`.
@@ -136,7 +143,13 @@ impl Mapping {
     pub fn read(&self, offset: usize, buf: &mut [u8]) {
         self.check(offset, buf.len());
         // SAFETY: range checked above; mapping live for &self.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), buf.as_mut_ptr(), buf.len()) }
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        }
     }
 
     /// True if the `len` bytes at `offset` are all zero (reads without
@@ -165,7 +178,9 @@ impl Mapping {
             None => {
                 // SAFETY: range checked; DONTNEED on our own private anonymous
                 // mapping only drops its pages (they read back as zero).
-                let r = unsafe { libc::madvise(self.ptr.as_ptr().add(offset) as *mut _, len, libc::MADV_DONTNEED) };
+                let r = unsafe {
+                    libc::madvise(self.ptr.as_ptr().add(offset) as *mut _, len, libc::MADV_DONTNEED)
+                };
                 if r != 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -202,7 +217,12 @@ impl Mapping {
 
     /// Atomically place a page with UFFDIO_COPY. Returns Ok(false) if the
     /// page was already present (EEXIST), which callers treat as success.
-    pub fn uffd_copy(&self, uffd: &userfaultfd::Uffd, offset: usize, data: &[u8]) -> io::Result<bool> {
+    pub fn uffd_copy(
+        &self,
+        uffd: &userfaultfd::Uffd,
+        offset: usize,
+        data: &[u8],
+    ) -> io::Result<bool> {
         self.check(offset, data.len());
         let mut retries = 0;
         loop {
@@ -218,8 +238,12 @@ impl Mapping {
             };
             match r {
                 Ok(_) => return Ok(true),
-                Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => return Ok(false),
-                Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EAGAIN && retries < EAGAIN_RETRIES => {
+                Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
+                    return Ok(false)
+                }
+                Err(userfaultfd::Error::CopyFailed(e))
+                    if e as i32 == libc::EAGAIN && retries < EAGAIN_RETRIES =>
+                {
                     retries += 1;
                     std::thread::yield_now();
                     continue;
@@ -230,21 +254,34 @@ impl Mapping {
     }
 
     /// Atomically place a zero page with UFFDIO_ZEROPAGE (Ok(false) on EEXIST).
-    pub fn uffd_zero(&self, uffd: &userfaultfd::Uffd, offset: usize, len: usize) -> io::Result<bool> {
+    pub fn uffd_zero(
+        &self,
+        uffd: &userfaultfd::Uffd,
+        offset: usize,
+        len: usize,
+    ) -> io::Result<bool> {
         self.check(offset, len);
         let mut retries = 0;
         loop {
             // SAFETY: range checked and registered with this uffd.
-            let r = unsafe { uffd.zeropage(self.ptr.as_ptr().add(offset) as *mut libc::c_void, len, true) };
+            let r = unsafe {
+                uffd.zeropage(self.ptr.as_ptr().add(offset) as *mut libc::c_void, len, true)
+            };
             match r {
                 Ok(_) => return Ok(true),
-                Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EEXIST => return Ok(false),
-                Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EAGAIN && retries < EAGAIN_RETRIES => {
+                Err(userfaultfd::Error::ZeropageFailed(e)) if e as i32 == libc::EEXIST => {
+                    return Ok(false)
+                }
+                Err(userfaultfd::Error::ZeropageFailed(e))
+                    if e as i32 == libc::EAGAIN && retries < EAGAIN_RETRIES =>
+                {
                     retries += 1;
                     std::thread::yield_now();
                     continue;
                 }
-                Err(e) => return Err(io::Error::other(format!("UFFDIO_ZEROPAGE at {offset:#x}: {e}"))),
+                Err(e) => {
+                    return Err(io::Error::other(format!("UFFDIO_ZEROPAGE at {offset:#x}: {e}")))
+                }
             }
         }
     }

@@ -26,8 +26,14 @@ impl PcState {
             PcState::End => "end",
         }
     }
-    pub const ALL: [PcState; 6] =
-        [PcState::None, PcState::Advise, PcState::Discard, PcState::Listening, PcState::Running, PcState::End];
+    pub const ALL: [PcState; 6] = [
+        PcState::None,
+        PcState::Advise,
+        PcState::Discard,
+        PcState::Listening,
+        PcState::Running,
+        PcState::End,
+    ];
 
     /// Incoming RAM is placed atomically (userfaultfd) in these states.
     pub fn is_postcopy_running(self) -> bool {
@@ -63,7 +69,9 @@ pub struct Local {
 /// Apply `cmd` in `state`. Returns the new state and the action, or an error
 /// text naming the command and the state.
 pub fn step(state: PcState, cmd: &Command, local: &Local) -> Result<(PcState, Action), String> {
-    let bad = |name: &str| Err(format!("{name} received in postcopy state {} (not allowed there)", state.name()));
+    let bad = |name: &str| {
+        Err(format!("{name} received in postcopy state {} (not allowed there)", state.name()))
+    };
     match cmd {
         Command::PostcopyAdvise(adv) => {
             if state != PcState::None {
@@ -126,8 +134,17 @@ mod tests {
 
     fn cmds() -> Vec<(&'static str, Command)> {
         vec![
-            ("advise", Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: 4096, target_page_size: 4096 }))),
-            ("discard", Command::PostcopyRamDiscard(Discard { block: "pc.ram".into(), ranges: vec![] })),
+            (
+                "advise",
+                Command::PostcopyAdvise(Some(Advise {
+                    ram_pagesize_summary: 4096,
+                    target_page_size: 4096,
+                })),
+            ),
+            (
+                "discard",
+                Command::PostcopyRamDiscard(Discard { block: "pc.ram".into(), ranges: vec![] }),
+            ),
             ("listen", Command::PostcopyListen),
             ("run", Command::PostcopyRun),
         ]
@@ -165,10 +182,16 @@ mod tests {
 
     #[test]
     fn advise_checks() {
-        let c = Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: 0x201000, target_page_size: 4096 }));
+        let c = Command::PostcopyAdvise(Some(Advise {
+            ram_pagesize_summary: 0x201000,
+            target_page_size: 4096,
+        }));
         let e = step(PcState::None, &c, &L).unwrap_err();
         assert!(e.contains("0x201000") && e.contains("0x1000"), "{e}");
-        let c = Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: 4096, target_page_size: 1024 }));
+        let c = Command::PostcopyAdvise(Some(Advise {
+            ram_pagesize_summary: 4096,
+            target_page_size: 1024,
+        }));
         let e = step(PcState::None, &c, &L).unwrap_err();
         assert!(e.contains("target page size 0x400"), "{e}");
         assert!(step(PcState::None, &Command::PostcopyAdvise(None), &L).is_err());
@@ -179,8 +202,17 @@ mod tests {
 
     #[test]
     fn listen_reports_discards() {
-        assert_eq!(step(PcState::Advise, &Command::PostcopyListen, &L).unwrap().1, Action::Listen { discarded: false });
-        assert_eq!(step(PcState::Discard, &Command::PostcopyListen, &L).unwrap().1, Action::Listen { discarded: true });
-        assert_eq!(step(PcState::Advise, &cmds()[1].1, &L).unwrap().1, Action::Discard { first: true });
+        assert_eq!(
+            step(PcState::Advise, &Command::PostcopyListen, &L).unwrap().1,
+            Action::Listen { discarded: false }
+        );
+        assert_eq!(
+            step(PcState::Discard, &Command::PostcopyListen, &L).unwrap().1,
+            Action::Listen { discarded: true }
+        );
+        assert_eq!(
+            step(PcState::Advise, &cmds()[1].1, &L).unwrap().1,
+            Action::Discard { first: true }
+        );
     }
 }

@@ -20,7 +20,9 @@ pub fn run(session: Arc<Session>, sock: Sock) {
         Ok(()) => tracing::info!("postcopy-preempt channel ended"),
         Err(e) => {
             let st = session.shared.lock().status;
-            if st.is_terminal() || matches!(st, MigStatus::PostcopyPaused | MigStatus::PostcopyRecover) {
+            if st.is_terminal()
+                || matches!(st, MigStatus::PostcopyPaused | MigStatus::PostcopyRecover)
+            {
                 tracing::info!("postcopy-preempt channel closed: {e}");
             } else {
                 // A lost preempt channel alone does not lose pages: the main
@@ -55,33 +57,39 @@ fn read_channel(session: &Arc<Session>, sock: Sock) -> Result<(), String> {
                                 break;
                             }
                             RamRecord::Page { addr, block, data } => {
-                                let b = resolve_block(&shared, &mut last, block, off).map_err(|e| format!("preempt channel: {e}"))?;
-                                check_page_addr(&b, addr, off).map_err(|e| format!("preempt channel: {e}"))?;
+                                let b = resolve_block(&shared, &mut last, block, off)
+                                    .map_err(|e| format!("preempt channel: {e}"))?;
+                                check_page_addr(&b, addr, off)
+                                    .map_err(|e| format!("preempt channel: {e}"))?;
                                 if rt.is_none() {
                                     rt = session.wait_runtime();
                                 }
-                                let pc = rt.as_ref().ok_or("preempt page after the migration ended")?;
+                                let pc =
+                                    rt.as_ref().ok_or("preempt page after the migration ended")?;
                                 pc.place(&b, addr, Some(data), CH_PREEMPT)?;
                                 crate::state::Counters::add(&shared.counters().preempt_pages, 1);
                             }
                             RamRecord::Zero { addr, block, fill } => {
-                                let b = resolve_block(&shared, &mut last, block, off).map_err(|e| format!("preempt channel: {e}"))?;
-                                check_page_addr(&b, addr, off).map_err(|e| format!("preempt channel: {e}"))?;
+                                let b = resolve_block(&shared, &mut last, block, off)
+                                    .map_err(|e| format!("preempt channel: {e}"))?;
+                                check_page_addr(&b, addr, off)
+                                    .map_err(|e| format!("preempt channel: {e}"))?;
                                 if fill != 0 {
                                     return Err(format!("preempt channel: zero page with fill {fill:#04x} at byte offset {off}"));
                                 }
                                 if rt.is_none() {
                                     rt = session.wait_runtime();
                                 }
-                                let pc = rt.as_ref().ok_or("preempt page after the migration ended")?;
+                                let pc =
+                                    rt.as_ref().ok_or("preempt page after the migration ended")?;
                                 pc.place(&b, addr, None, CH_PREEMPT)?;
                                 crate::state::Counters::add(&shared.counters().preempt_pages, 1);
                             }
                             other => {
                                 return Err(format!(
-                                    "preempt channel: unexpected RAM record {:?} at byte offset {off}",
-                                    std::mem::discriminant(&other)
-                                ))
+                                "preempt channel: unexpected RAM record {:?} at byte offset {off}",
+                                std::mem::discriminant(&other)
+                            ))
                             }
                         }
                         done = c.pos();
@@ -100,7 +108,9 @@ fn read_channel(session: &Arc<Session>, sock: Sock) -> Result<(), String> {
         match r.fill(64) {
             Ok(true) => {}
             Ok(false) if r.window().0.is_empty() => return Ok(()),
-            Ok(false) => return Err(format!("preempt channel closed inside a record at byte offset {at}")),
+            Ok(false) => {
+                return Err(format!("preempt channel closed inside a record at byte offset {at}"))
+            }
             Err(e) => return Err(format!("preempt channel read error at byte offset {at}: {e}")),
         }
     }

@@ -78,9 +78,9 @@ fn parse_bool_opt(key: &str, v: &str) -> Result<bool, String> {
 /// Without `server`, the monitor connects out, as QEMU does.
 pub fn parse_spec(spec: &str) -> Result<QmpAddr, String> {
     let parts = split_opts(spec);
-    let (kind, rest) = parts[0]
-        .split_once(':')
-        .ok_or_else(|| format!("invalid QMP address '{spec}': expected unix:PATH or tcp:HOST:PORT"))?;
+    let (kind, rest) = parts[0].split_once(':').ok_or_else(|| {
+        format!("invalid QMP address '{spec}': expected unix:PATH or tcp:HOST:PORT")
+    })?;
     let mut server: Option<bool> = None;
     let mut wait: Option<bool> = None;
     let mut abstract_ns = false;
@@ -116,9 +116,14 @@ pub fn parse_spec(spec: &str) -> Result<QmpAddr, String> {
             if b {
                 return Err("websocket QMP sockets are not supported".into());
             }
-        } else if ["tight", "nodelay", "ipv4", "ipv6", "keep-alive"].iter().any(|n| matches!(flag(n), Ok(Some(_)))) {
+        } else if ["tight", "nodelay", "ipv4", "ipv6", "keep-alive"]
+            .iter()
+            .any(|n| matches!(flag(n), Ok(Some(_))))
+        {
             // accepted and irrelevant here
-        } else if val.is_some() && ["id", "to", "reconnect", "reconnect-ms", "logfile", "logappend"].contains(&key) {
+        } else if val.is_some()
+            && ["id", "to", "reconnect", "reconnect-ms", "logfile", "logappend"].contains(&key)
+        {
             // accepted and ignored
         } else {
             return Err(format!("Invalid parameter '{key}'"));
@@ -148,13 +153,15 @@ pub fn parse_spec(spec: &str) -> Result<QmpAddr, String> {
                 .rsplit_once(':')
                 .ok_or_else(|| format!("invalid QMP address '{spec}': expected tcp:HOST:PORT"))?;
             let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-            let port: u16 = port.parse().map_err(|_| format!("invalid QMP address '{spec}': bad port '{port}'"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("invalid QMP address '{spec}': bad port '{port}'"))?;
             QmpEndpoint::Tcp { host: host.to_string(), port }
         }
         other => {
             return Err(format!(
-                "unsupported QMP chardev backend '{other}' (rust-dest supports unix: and tcp: sockets)"
-            ))
+            "unsupported QMP chardev backend '{other}' (rust-dest supports unix: and tcp: sockets)"
+        ))
         }
     };
     Ok(QmpAddr { endpoint, server, wait })
@@ -227,8 +234,12 @@ pub fn spawn(shared: Shared, spec: &str) -> io::Result<std::thread::JoinHandle<(
     let (listener, first) = if addr.server {
         let l = match &addr.endpoint {
             QmpEndpoint::Unix(p) => Listener::Unix(bind_unix(p)?),
-            QmpEndpoint::UnixAbstract(n) => Listener::Unix(StdUnixListener::bind_addr(&abstract_addr(n)?)?),
-            QmpEndpoint::Tcp { host, port } => Listener::Tcp(std::net::TcpListener::bind((tcp_host(host), *port))?),
+            QmpEndpoint::UnixAbstract(n) => {
+                Listener::Unix(StdUnixListener::bind_addr(&abstract_addr(n)?)?)
+            }
+            QmpEndpoint::Tcp { host, port } => {
+                Listener::Tcp(std::net::TcpListener::bind((tcp_host(host), *port))?)
+            }
         };
         match &l {
             Listener::Unix(u) => tracing::info!("QMP listening on {:?}", u.local_addr()?),
@@ -247,8 +258,12 @@ pub fn spawn(shared: Shared, spec: &str) -> io::Result<std::thread::JoinHandle<(
     } else {
         let c = match &addr.endpoint {
             QmpEndpoint::Unix(p) => Conn::Unix(std::os::unix::net::UnixStream::connect(p)?),
-            QmpEndpoint::UnixAbstract(n) => Conn::Unix(std::os::unix::net::UnixStream::connect_addr(&abstract_addr(n)?)?),
-            QmpEndpoint::Tcp { host, port } => Conn::Tcp(std::net::TcpStream::connect((tcp_host(host), *port))?),
+            QmpEndpoint::UnixAbstract(n) => {
+                Conn::Unix(std::os::unix::net::UnixStream::connect_addr(&abstract_addr(n)?)?)
+            }
+            QmpEndpoint::Tcp { host, port } => {
+                Conn::Tcp(std::net::TcpStream::connect((tcp_host(host), *port))?)
+            }
         };
         (None, Some(c))
     };
@@ -418,7 +433,9 @@ impl Args {
             None => Ok(None),
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(x) => Ok(Some(x)),
-                None if n.is_i64() => Err(QmpErr::generic(format!("Parameter '{}' expects uint64", self.full(key)))),
+                None if n.is_i64() => {
+                    Err(QmpErr::generic(format!("Parameter '{}' expects uint64", self.full(key))))
+                }
                 None => Err(invalid_type(&self.full(key), "integer")),
             },
             Some(_) => Err(invalid_type(&self.full(key), "integer")),
@@ -538,7 +555,9 @@ async fn dispatch(shared: &Shared, name: &str, args: Map<String, Value>) -> QRes
             )
         }
         "migrate-set-parameters" => set_parameters(shared, a)?,
-        "query-migrate-parameters" => no_args(a).map(|_| Value::Object(shared.lock().parameters.clone()))?,
+        "query-migrate-parameters" => {
+            no_args(a).map(|_| Value::Object(shared.lock().parameters.clone()))?
+        }
         "migrate-incoming" => migrate_incoming(shared, a)?,
         "cont" => {
             no_args(a)?;
@@ -624,7 +643,9 @@ fn query_migrate(shared: &Shared) -> Value {
     if let Some(e) = &g.error_desc {
         out.insert("error-desc".into(), json!(e));
     }
-    let elapsed = g.started_at.map(|s| g.finished_at.unwrap_or_else(Instant::now).saturating_duration_since(s));
+    let elapsed = g
+        .started_at
+        .map(|s| g.finished_at.unwrap_or_else(Instant::now).saturating_duration_since(s));
     if let Some(d) = elapsed {
         out.insert("total-time".into(), json!(d.as_millis() as u64));
     }
@@ -657,7 +678,10 @@ fn query_migrate(shared: &Shared) -> Value {
     let faults = C::get(&c.faults);
     let lat_total_us = C::get(&c.fault_latency_us_total);
     if faults > 0 && g.capabilities.get("postcopy-blocktime").copied().unwrap_or(false) {
-        out.insert("postcopy-blocktime".into(), json!((lat_total_us / 1000).min(u32::MAX as u64) as u32));
+        out.insert(
+            "postcopy-blocktime".into(),
+            json!((lat_total_us / 1000).min(u32::MAX as u64) as u32),
+        );
         out.insert("postcopy-latency".into(), json!(lat_total_us.saturating_mul(1000) / faults));
     }
     out.insert(
@@ -703,7 +727,9 @@ fn set_capabilities(shared: &Shared, mut a: Args) -> QResult<Value> {
         return Err(QmpErr::generic("Postcopy preempt requires postcopy-ram"));
     }
     if on("switchover-ack") && !on("return-path") {
-        return Err(QmpErr::generic("Capability 'switchover-ack' requires capability 'return-path'"));
+        return Err(QmpErr::generic(
+            "Capability 'switchover-ack' requires capability 'return-path'",
+        ));
     }
     g.capabilities = caps;
     Ok(json!({}))
@@ -757,7 +783,9 @@ fn check_param(name: &str, kind: ParamKind, v: Value) -> QResult<Value> {
         (ParamKind::UInt(lo, hi), Value::Number(n)) => {
             let x = n.as_u64().ok_or_else(|| {
                 if n.is_i64() {
-                    QmpErr::generic(format!("Parameter '{name}' expects an integer in the range of {lo} to {hi}"))
+                    QmpErr::generic(format!(
+                        "Parameter '{name}' expects an integer in the range of {lo} to {hi}"
+                    ))
                 } else {
                     invalid_type(name, "integer")
                 }
@@ -833,7 +861,9 @@ fn channel_addr_uri(mut addr: Args) -> QResult<String> {
             "unix" => {
                 let path = addr.str("path")?;
                 if addr.opt_bool("abstract")?.unwrap_or(false) {
-                    return Err(QmpErr::generic("abstract unix sockets are not supported for migration"));
+                    return Err(QmpErr::generic(
+                        "abstract unix sockets are not supported for migration",
+                    ));
                 }
                 addr.opt_bool("tight")?;
                 format!("unix:{path}")
@@ -851,7 +881,9 @@ fn channel_addr_uri(mut addr: Args) -> QResult<String> {
             for (i, w) in args.into_iter().enumerate() {
                 match w {
                     Value::String(s) => words.push(s),
-                    _ => return Err(invalid_type(&format!("{}[{i}]", addr.full("args")), "string")),
+                    _ => {
+                        return Err(invalid_type(&format!("{}[{i}]", addr.full("args")), "string"))
+                    }
                 }
             }
             format!("exec:{}", words.join(" "))
@@ -930,7 +962,9 @@ fn cont(shared: &Shared) -> QResult<Value> {
         (status, rs)
     };
     match rs {
-        RunState::InMigrate if status == MigStatus::Completed => shared.set_run_state(RunState::Running),
+        RunState::InMigrate if status == MigStatus::Completed => {
+            shared.set_run_state(RunState::Running)
+        }
         RunState::Paused => shared.set_run_state(RunState::Running),
         _ => {}
     }
@@ -1200,10 +1234,16 @@ fn parse_request(v: Value, oob_enabled: bool) -> Result<(Request, bool), Value> 
         match (k.as_str(), v) {
             ("execute", Value::String(s)) => exec = Some(s),
             ("exec-oob", Value::String(s)) if oob_enabled => exec_oob = Some(s),
-            ("exec-oob", _) if !oob_enabled => return Err(fail(format!("QMP input member '{k}' is unexpected"), id)),
-            ("execute" | "exec-oob", _) => return Err(fail(format!("QMP input member '{k}' must be a string"), id)),
+            ("exec-oob", _) if !oob_enabled => {
+                return Err(fail(format!("QMP input member '{k}' is unexpected"), id))
+            }
+            ("execute" | "exec-oob", _) => {
+                return Err(fail(format!("QMP input member '{k}' must be a string"), id))
+            }
             ("arguments", Value::Object(a)) => args = a,
-            ("arguments", _) => return Err(fail("QMP input member 'arguments' must be an object".into(), id)),
+            ("arguments", _) => {
+                return Err(fail("QMP input member 'arguments' must be an object".into(), id))
+            }
             _ => return Err(fail(format!("QMP input member '{k}' is unexpected"), id)),
         }
     }
@@ -1211,7 +1251,9 @@ fn parse_request(v: Value, oob_enabled: bool) -> Result<(Request, bool), Value> 
         (Some(name), None) => Ok((Request { name, args, id }, false)),
         (None, Some(name)) => Ok((Request { name, args, id }, true)),
         (None, None) => Err(fail("QMP input lacks member 'execute'".into(), id)),
-        (Some(_), Some(_)) => Err(fail("QMP input must not contain both 'execute' and 'exec-oob'".into(), id)),
+        (Some(_), Some(_)) => {
+            Err(fail("QMP input must not contain both 'execute' and 'exec-oob'".into(), id))
+        }
     }
 }
 
@@ -1273,7 +1315,9 @@ fn drain_values(buf: &mut Vec<u8>, skip_line: &mut bool, out: &mut Vec<Result<Va
 /// Handle `qmp_capabilities` (the only command before negotiation).
 fn capabilities_cmd(session: &Session, args: Map<String, Value>) -> QResult<Value> {
     if session.negotiated.load(Ordering::Acquire) {
-        return Err(QmpErr::not_found("Capabilities negotiation is already complete, command ignored"));
+        return Err(QmpErr::not_found(
+            "Capabilities negotiation is already complete, command ignored",
+        ));
     }
     let mut a = Args::new(args);
     let enable = a.opt_array("enable")?.unwrap_or_default();
@@ -1292,7 +1336,12 @@ fn capabilities_cmd(session: &Session, args: Map<String, Value>) -> QResult<Valu
     Ok(json!({}))
 }
 
-async fn worker_task(shared: Shared, session: Arc<Session>, mut rx: mpsc::UnboundedReceiver<Work>, out: OutTx) {
+async fn worker_task(
+    shared: Shared,
+    session: Arc<Session>,
+    mut rx: mpsc::UnboundedReceiver<Work>,
+    out: OutTx,
+) {
     let mut events: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(w) = rx.recv().await {
         let req = match w {
@@ -1370,9 +1419,15 @@ async fn serve_conn<S: AsyncRead + AsyncWrite + Send + 'static>(shared: Shared, 
                     // Out-of-band: answered immediately, ahead of queued
                     // in-band commands.
                     let ret = if !COMMANDS.contains(&req.name.as_str()) {
-                        Err(QmpErr::not_found(format!("The command {} has not been found", req.name)))
+                        Err(QmpErr::not_found(format!(
+                            "The command {} has not been found",
+                            req.name
+                        )))
                     } else if !OOB_COMMANDS.contains(&req.name.as_str()) {
-                        Err(QmpErr::generic(format!("The command {} does not support OOB", req.name)))
+                        Err(QmpErr::generic(format!(
+                            "The command {} does not support OOB",
+                            req.name
+                        )))
                     } else {
                         Ok(())
                     };
@@ -1421,7 +1476,8 @@ mod tests {
 
     #[test]
     fn stream_error_resyncs_at_line_end() {
-        let r = drain(&[b"{\"a\": nope, \"x\": 1}\n{\"b\":2}\n", b"{\"c\":\n", b"} junk\n{\"d\":4}\n"]);
+        let r =
+            drain(&[b"{\"a\": nope, \"x\": 1}\n{\"b\":2}\n", b"{\"c\":\n", b"} junk\n{\"d\":4}\n"]);
         assert_eq!(r.len(), 4, "{r:?}");
         assert!(r[0].as_ref().unwrap_err().starts_with("JSON parse error, "), "{r:?}");
         assert_eq!(r[1].as_ref().unwrap(), &json!({"b":2}));

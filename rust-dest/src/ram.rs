@@ -75,7 +75,10 @@ pub struct RamBlock {
 
 impl std::fmt::Debug for RamBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RamBlock").field("name", &self.name).field("used_length", &self.used_length).finish()
+        f.debug_struct("RamBlock")
+            .field("name", &self.name)
+            .field("used_length", &self.used_length)
+            .finish()
     }
 }
 
@@ -147,7 +150,12 @@ impl RamTable {
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<RamBlock>> {
-        self.blocks.read().unwrap_or_else(|e| e.into_inner()).iter().find(|b| b.name == name).cloned()
+        self.blocks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|b| b.name == name)
+            .cloned()
     }
 
     pub fn total(&self) -> u64 {
@@ -156,7 +164,12 @@ impl RamTable {
 
     /// Create a RAMBlock. A block whose name is a memory backend's id lives in
     /// that backend's file; others are anonymous memory.
-    pub fn add(&self, name: &str, used_length: u64, page_size: u64) -> Result<Arc<RamBlock>, RamError> {
+    pub fn add(
+        &self,
+        name: &str,
+        used_length: u64,
+        page_size: u64,
+    ) -> Result<Arc<RamBlock>, RamError> {
         if used_length % TARGET_PAGE_SIZE != 0 || used_length == 0 {
             return Err(RamError::Unaligned { name: name.into(), len: used_length });
         }
@@ -164,7 +177,8 @@ impl RamTable {
         if blocks.iter().any(|b| b.name == name) {
             return Err(RamError::Duplicate { name: name.into() });
         }
-        let total: u64 = blocks.iter().map(|b| b.used_length).sum::<u64>().saturating_add(used_length);
+        let total: u64 =
+            blocks.iter().map(|b| b.used_length).sum::<u64>().saturating_add(used_length);
         if total > self.max_ram {
             return Err(RamError::OverCap { name: name.into(), total, cap: self.max_ram });
         }
@@ -172,7 +186,11 @@ impl RamTable {
         let mapping = match backend {
             Some(be) => {
                 if be.size != used_length {
-                    return Err(RamError::BackendSize { name: name.into(), len: used_length, backend: be.size });
+                    return Err(RamError::BackendSize {
+                        name: name.into(),
+                        len: used_length,
+                        backend: be.size,
+                    });
                 }
                 match &be.mem_path {
                     Some(p) => Mapping::file_shared(p, used_length as usize),
@@ -220,7 +238,12 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("mem0");
         let t = RamTable::new(
-            vec![Backend { id: "mem0".into(), size: 1 << 20, mem_path: Some(p.clone()), share: true }],
+            vec![Backend {
+                id: "mem0".into(),
+                size: 1 << 20,
+                mem_path: Some(p.clone()),
+                share: true,
+            }],
             1 << 30,
         );
         assert!(matches!(t.add("mem0", 2 << 20, 4096), Err(RamError::BackendSize { .. })));

@@ -80,7 +80,12 @@ pub struct Session {
 
 impl Session {
     pub fn new(shared: Shared, cfg: Arc<Config>) -> Arc<Session> {
-        let s = Arc::new(Session { shared: shared.clone(), cfg, st: Mutex::new(St::default()), cv: Condvar::new() });
+        let s = Arc::new(Session {
+            shared: shared.clone(),
+            cfg,
+            st: Mutex::new(St::default()),
+            cv: Condvar::new(),
+        });
         let s2 = s.clone();
         shared.set_pause_handler(Box::new(move || {
             let g = s2.st.lock().unwrap();
@@ -164,7 +169,11 @@ impl Session {
             if g.ended {
                 return None;
             }
-            g = self.cv.wait_timeout(g, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -195,7 +204,11 @@ impl Session {
             if g.ended {
                 return None;
             }
-            g = self.cv.wait_timeout(g, Duration::from_millis(200)).unwrap_or_else(|e| e.into_inner()).0;
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 

@@ -62,7 +62,11 @@ impl Client {
     }
 
     fn cmd(&mut self, name: &str, args: Value) -> Value {
-        let req = if args.is_null() { json!({"execute": name}) } else { json!({"execute": name, "arguments": args}) };
+        let req = if args.is_null() {
+            json!({"execute": name})
+        } else {
+            json!({"execute": name, "arguments": args})
+        };
         self.send(&format!("{req}\n"));
         self.reply()
     }
@@ -109,9 +113,15 @@ fn server() -> Server {
 #[test]
 fn parse_spec_forms() {
     let p = qmp::parse_spec("unix:/tmp/q.sock,server=on,wait=off").unwrap();
-    assert_eq!(p, QmpAddr { endpoint: QmpEndpoint::Unix("/tmp/q.sock".into()), server: true, wait: false });
+    assert_eq!(
+        p,
+        QmpAddr { endpoint: QmpEndpoint::Unix("/tmp/q.sock".into()), server: true, wait: false }
+    );
     let p = qmp::parse_spec("unix:/tmp/q.sock,server,nowait").unwrap();
-    assert_eq!(p, QmpAddr { endpoint: QmpEndpoint::Unix("/tmp/q.sock".into()), server: true, wait: false });
+    assert_eq!(
+        p,
+        QmpAddr { endpoint: QmpEndpoint::Unix("/tmp/q.sock".into()), server: true, wait: false }
+    );
     let p = qmp::parse_spec("unix:/tmp/q.sock,server").unwrap();
     assert!(p.server && p.wait);
     let p = qmp::parse_spec("unix:/tmp/a,,b.sock,server=on,wait=off").unwrap();
@@ -165,8 +175,15 @@ fn greeting_and_negotiation() {
     assert!(desc.contains("already complete"), "{desc}");
     assert_eq!(c.ok("query-version", Value::Null), qmp::version());
     let cmds = c.ok("query-commands", Value::Null);
-    let names: Vec<&str> = cmds.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    for n in ["qmp_capabilities", "query-status", "query-migrate", "migrate-incoming", "x-crossmig-ram-digests"] {
+    let names: Vec<&str> =
+        cmds.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for n in [
+        "qmp_capabilities",
+        "query-status",
+        "query-migrate",
+        "migrate-incoming",
+        "x-crossmig-ram-digests",
+    ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
 }
@@ -270,15 +287,18 @@ fn capabilities_and_parameters() {
     assert_eq!(on, vec!["postcopy-ram", "postcopy-blocktime"]);
     assert!(s.shared.capability("postcopy-ram"));
 
-    let (class, desc) =
-        c.err("migrate-set-capabilities", json!({"capabilities": [{"capability": "warp-drive", "state": true}]}));
+    let (class, desc) = c.err(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "warp-drive", "state": true}]}),
+    );
     assert_eq!(class, "GenericError");
     assert!(desc.contains("does not accept value 'warp-drive'"), "{desc}");
     let (_, desc) = c.err("migrate-set-capabilities", json!({"capabilities": {}}));
     assert_eq!(desc, "Invalid parameter type for 'capabilities', expected: array");
     let (_, desc) = c.err("migrate-set-capabilities", json!({}));
     assert_eq!(desc, "Parameter 'capabilities' is missing");
-    let (_, desc) = c.err("migrate-set-capabilities", json!({"capabilities": [{"capability": "events"}]}));
+    let (_, desc) =
+        c.err("migrate-set-capabilities", json!({"capabilities": [{"capability": "events"}]}));
     assert!(desc.contains("'capabilities[0].state' is missing"), "{desc}");
     // A failed request changes nothing (validation before applying).
     let (_, desc) = c.err(
@@ -291,7 +311,10 @@ fn capabilities_and_parameters() {
     // Parameters.
     let p = c.ok("query-migrate-parameters", Value::Null);
     assert_eq!(p["multifd-channels"], json!(2));
-    c.ok("migrate-set-parameters", json!({"multifd-channels": 4, "max-postcopy-bandwidth": 1000, "tls-creds": null}));
+    c.ok(
+        "migrate-set-parameters",
+        json!({"multifd-channels": 4, "max-postcopy-bandwidth": 1000, "tls-creds": null}),
+    );
     let p = c.ok("query-migrate-parameters", Value::Null);
     assert_eq!(p["multifd-channels"], json!(4));
     assert_eq!(p["max-postcopy-bandwidth"], json!(1000));
@@ -310,8 +333,10 @@ fn capabilities_and_parameters() {
 
     // Refused while a migration is in progress.
     s.shared.set_status(MigStatus::Active);
-    let (class, desc) =
-        c.err("migrate-set-capabilities", json!({"capabilities": [{"capability": "events", "state": true}]}));
+    let (class, desc) = c.err(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    );
     assert_eq!(class, "GenericError");
     assert!(desc.contains("migration process in progress"), "{desc}");
 }
@@ -357,7 +382,10 @@ fn status_events_and_run_state() {
     c.ok("cont", Value::Null);
     let ev = c.event("RESUME");
     assert!(ev.get("data").is_none(), "QEMU's RESUME has no data: {ev}");
-    assert_eq!(c.ok("query-status", Value::Null), json!({"status": "running", "running": true, "singlestep": false}));
+    assert_eq!(
+        c.ok("query-status", Value::Null),
+        json!({"status": "running", "running": true, "singlestep": false})
+    );
     c.ok("stop", Value::Null);
     c.event("STOP");
     assert_eq!(c.ok("query-status", Value::Null)["status"], "paused");
@@ -386,7 +414,10 @@ fn postcopy_stats() {
     use rust_dest::state::Counters;
     let s = server();
     let mut c = Client::ready(&s.sock);
-    c.ok("migrate-set-capabilities", json!({"capabilities": [{"capability": "postcopy-blocktime", "state": true}]}));
+    c.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "postcopy-blocktime", "state": true}]}),
+    );
     s.shared.set_status(MigStatus::PostcopyActive);
     let k = s.shared.counters();
     Counters::add(&k.faults, 4);
@@ -421,8 +452,9 @@ fn ram_digests_dump_and_blocks() {
 
     // Expected digests computed locally.
     let zero = vec![0u8; 4096];
-    let per: Vec<u64> =
-        (0..256).map(|i| if i == 3 { digest::page_digest(&page) } else { digest::page_digest(&zero) }).collect();
+    let per: Vec<u64> = (0..256)
+        .map(|i| if i == 3 { digest::page_digest(&page) } else { digest::page_digest(&zero) })
+        .collect();
     let bytes: Vec<u8> = per.iter().flat_map(|d| d.to_le_bytes()).collect();
     let whole = digest::to_hex(&[digest::page_digest(&bytes)]);
 
@@ -450,13 +482,17 @@ fn ram_digests_dump_and_blocks() {
     );
 
     let out = s._dir.path().join("dump.bin");
-    let r = c.ok("x-crossmig-dump-ramblock", json!({"block": "pc.ram", "file": out.to_str().unwrap()}));
+    let r =
+        c.ok("x-crossmig-dump-ramblock", json!({"block": "pc.ram", "file": out.to_str().unwrap()}));
     assert_eq!(r, json!({"bytes": 1 << 20}));
     let data = std::fs::read(&out).unwrap();
     assert_eq!(data.len(), 1 << 20);
     assert_eq!(&data[3 * 4096..4 * 4096], &page[..]);
     assert!(data[..3 * 4096].iter().all(|&x| x == 0));
-    assert!(c.err("x-crossmig-dump-ramblock", json!({"block": "pc.ram"})).1.contains("'file' is missing"));
+    assert!(c
+        .err("x-crossmig-dump-ramblock", json!({"block": "pc.ram"}))
+        .1
+        .contains("'file' is missing"));
 }
 
 #[test]
@@ -486,8 +522,14 @@ fn devices() {
         json!([{"section-id": 2, "idstr": "timer", "instance-id": 0, "version-id": 2, "size": 3,
                 "stream-offset": 1234, "in-package": false, "vmdesc": {"name": "timer"}}])
     );
-    assert_eq!(c.ok("x-crossmig-device-data", json!({"idstr": "timer", "instance-id": 0})), json!({"data": "dead01"}));
-    assert_eq!(c.err("x-crossmig-device-data", json!({"idstr": "timer", "instance-id": 1})).0, "GenericError");
+    assert_eq!(
+        c.ok("x-crossmig-device-data", json!({"idstr": "timer", "instance-id": 0})),
+        json!({"data": "dead01"})
+    );
+    assert_eq!(
+        c.err("x-crossmig-device-data", json!({"idstr": "timer", "instance-id": 1})).0,
+        "GenericError"
+    );
 }
 
 #[test]

@@ -144,7 +144,8 @@ impl Variant {
         if self.values.is_empty() {
             self.scenario.clone()
         } else {
-            let v: Vec<String> = self.values.iter().map(|(k, v)| format!("{k}={}", plain(v))).collect();
+            let v: Vec<String> =
+                self.values.iter().map(|(k, v)| format!("{k}={}", plain(v))).collect();
             format!("{}[{}]", self.scenario, v.join(","))
         }
     }
@@ -214,25 +215,36 @@ pub fn substitute(text: &str, values: &[(String, Value)]) -> String {
 /// Load a scenario file and expand it into variants. Errors name the file
 /// and line.
 pub fn load(path: &Path) -> Result<Vec<Variant>, FileError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| FileError { file: path.into(), line: None, msg: format!("cannot read: {e}") })?;
+    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+        file: path.into(),
+        line: None,
+        msg: format!("cannot read: {e}"),
+    })?;
     load_str(path, &text)
 }
 
 pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
     let ferr = |line, msg: String| FileError { file: path.into(), line, msg };
     // Axes first, from the unexpanded text (every ${} is inside a string).
-    let raw: toml::Table = toml::from_str(text).map_err(|e| ferr(line_of(text, e.span()), e.message().to_string()))?;
+    let raw: toml::Table =
+        toml::from_str(text).map_err(|e| ferr(line_of(text, e.span()), e.message().to_string()))?;
     let mut axes: Vec<(String, Vec<Value>)> = Vec::new();
     if let Some(a) = raw.get("axes") {
-        let t = a.as_table().ok_or_else(|| ferr(find_key_line(text, "axes"), "`axes` must be a table".into()))?;
+        let t = a
+            .as_table()
+            .ok_or_else(|| ferr(find_key_line(text, "axes"), "`axes` must be a table".into()))?;
         for (k, v) in t {
-            let arr = v
-                .as_array()
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| ferr(find_key_line(text, k), format!("axis `{k}` must be a non-empty list of values")))?;
+            let arr = v.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+                ferr(
+                    find_key_line(text, k),
+                    format!("axis `{k}` must be a non-empty list of values"),
+                )
+            })?;
             if arr.iter().any(|x| x.is_table() || x.is_array()) {
-                return Err(ferr(find_key_line(text, k), format!("axis `{k}`: values must be strings, numbers or booleans")));
+                return Err(ferr(
+                    find_key_line(text, k),
+                    format!("axis `{k}`: values must be strings, numbers or booleans"),
+                ));
             }
             axes.push((k.clone(), arr.clone()));
         }
@@ -248,22 +260,35 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
         None => vec![],
         Some(Value::Array(a)) => a
             .iter()
-            .map(|x| x.as_table().cloned().ok_or_else(|| ferr(find_key_line(text, "exclude"), "`exclude` entries must be tables".into())))
+            .map(|x| {
+                x.as_table().cloned().ok_or_else(|| {
+                    ferr(find_key_line(text, "exclude"), "`exclude` entries must be tables".into())
+                })
+            })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ferr(find_key_line(text, "exclude"), "`exclude` must be an array of tables ([[exclude]])".into())),
+        Some(_) => {
+            return Err(ferr(
+                find_key_line(text, "exclude"),
+                "`exclude` must be an array of tables ([[exclude]])".into(),
+            ))
+        }
     };
     for ex in &excludes {
         for k in ex.keys() {
             if !axes.iter().any(|(a, _)| a == k) {
-                return Err(ferr(find_key_line(text, "exclude"), format!("exclude names `{k}`, which is not an axis")));
+                return Err(ferr(
+                    find_key_line(text, "exclude"),
+                    format!("exclude names `{k}`, which is not an axis"),
+                ));
             }
         }
     }
-    let scenario = raw
-        .get("name")
-        .and_then(|n| n.as_str())
-        .map(String::from)
-        .unwrap_or_else(|| path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "scenario".into()));
+    let scenario =
+        raw.get("name").and_then(|n| n.as_str()).map(String::from).unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "scenario".into())
+        });
     // Cartesian product.
     let mut combos: Vec<Vec<(String, Value)>> = vec![vec![]];
     for (k, vals) in &axes {
@@ -292,7 +317,10 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
         let vtext = substitute(text, &values);
         if let Some(p) = vtext.find("${") {
             let name: String = vtext[p + 2..].chars().take_while(|c| *c != '}').collect();
-            return Err(ferr(line_of(&vtext, Some(p..p)), format!("`${{{name}}}` is not an axis of this scenario")));
+            return Err(ferr(
+                line_of(&vtext, Some(p..p)),
+                format!("`${{{name}}}` is not an axis of this scenario"),
+            ));
         }
         let doc: ScenarioDoc = toml::from_str(&vtext).map_err(|e| {
             ferr(line_of(&vtext, e.span()), format!("{}{}", e.message(), variant_note(&stub)))
@@ -321,7 +349,9 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
         .enumerate()
         .find(|(_, l)| {
             let t = l.trim_start();
-            t.starts_with(&format!("{key} ")) || t.starts_with(&format!("{key}=")) || t.starts_with(&format!("[{key}]"))
+            t.starts_with(&format!("{key} "))
+                || t.starts_with(&format!("{key}="))
+                || t.starts_with(&format!("[{key}]"))
                 || t.starts_with(&format!("[[{key}]]"))
         })
         .map(|(i, _)| i + 1)
@@ -331,7 +361,8 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
 fn validate(v: &Variant) -> Result<(), FileError> {
     let d = &v.doc;
     if let Some(t) = &d.timeout {
-        parse_duration(t).map_err(|e| v.err(find_key_line(&v.text, "timeout"), format!("timeout: {e}")))?;
+        parse_duration(t)
+            .map_err(|e| v.err(find_key_line(&v.text, "timeout"), format!("timeout: {e}")))?;
     }
     match d.kind {
         Kind::Migration => {
@@ -339,20 +370,29 @@ fn validate(v: &Variant) -> Result<(), FileError> {
                 return Err(v.err(None, "a migration scenario needs at least one [[steps]] entry"));
             }
             if !d.records.is_empty() || d.expect.is_some() {
-                return Err(v.err(find_key_line(&v.text, "records").or(find_key_line(&v.text, "expect")), "[[records]] and [expect] belong to kind = \"stream\" scenarios"));
+                return Err(v.err(
+                    find_key_line(&v.text, "records").or(find_key_line(&v.text, "expect")),
+                    "[[records]] and [expect] belong to kind = \"stream\" scenarios",
+                ));
             }
             for (i, s) in d.steps.iter().enumerate() {
-                super::steps::parse_step(s).map_err(|e| v.err(v.table_line("steps", i), format!("steps[{i}]: {e}")))?;
+                super::steps::parse_step(s)
+                    .map_err(|e| v.err(v.table_line("steps", i), format!("steps[{i}]: {e}")))?;
             }
             if let Some(k) = &d.dest.kind {
-                k.parse::<crate::dest::DestKind>().map_err(|e| v.err(find_key_line(&v.text, "kind"), format!("dest.kind: {e}")))?;
+                k.parse::<crate::dest::DestKind>().map_err(|e| {
+                    v.err(find_key_line(&v.text, "kind"), format!("dest.kind: {e}"))
+                })?;
             }
             if let Some(m) = &d.source.memory {
-                rust_dest::cli::parse_size(m).map_err(|e| v.err(find_key_line(&v.text, "memory"), format!("source.memory: {e}")))?;
+                rust_dest::cli::parse_size(m).map_err(|e| {
+                    v.err(find_key_line(&v.text, "memory"), format!("source.memory: {e}"))
+                })?;
             }
             if let Some(w) = &d.source.workload {
-                w.parse::<crate::images::Workload>()
-                    .map_err(|e| v.err(find_key_line(&v.text, "workload"), format!("source.workload: {e}")))?;
+                w.parse::<crate::images::Workload>().map_err(|e| {
+                    v.err(find_key_line(&v.text, "workload"), format!("source.workload: {e}"))
+                })?;
             }
         }
         Kind::Stream => {
@@ -360,9 +400,15 @@ fn validate(v: &Variant) -> Result<(), FileError> {
                 return Err(v.err(None, "a stream scenario needs at least one [[records]] entry"));
             }
             if !d.steps.is_empty() {
-                return Err(v.err(find_key_line(&v.text, "steps"), "[[steps]] belong to kind = \"migration\" scenarios"));
+                return Err(v.err(
+                    find_key_line(&v.text, "steps"),
+                    "[[steps]] belong to kind = \"migration\" scenarios",
+                ));
             }
-            let e = d.expect.as_ref().ok_or_else(|| v.err(None, "a stream scenario needs an [expect] table"))?;
+            let e = d
+                .expect
+                .as_ref()
+                .ok_or_else(|| v.err(None, "a stream scenario needs an [expect] table"))?;
             if !["completed", "failed", "postcopy-paused"].contains(&e.verdict.as_str()) {
                 return Err(v.err(
                     find_key_line(&v.text, "verdict"),
@@ -370,10 +416,13 @@ fn validate(v: &Variant) -> Result<(), FileError> {
                 ));
             }
             for re in [&e.error, &e.rust_error, &e.qemu_error].into_iter().flatten() {
-                regex::Regex::new(re).map_err(|er| v.err(find_key_line(&v.text, "error"), format!("bad regex {re:?}: {er}")))?;
+                regex::Regex::new(re).map_err(|er| {
+                    v.err(find_key_line(&v.text, "error"), format!("bad regex {re:?}: {er}"))
+                })?;
             }
             for (i, r) in d.records.iter().enumerate() {
-                super::records::parse_record(r).map_err(|e| v.err(v.table_line("records", i), format!("records[{i}]: {e}")))?;
+                super::records::parse_record(r)
+                    .map_err(|e| v.err(v.table_line("records", i), format!("records[{i}]: {e}")))?;
             }
         }
     }
@@ -385,7 +434,8 @@ fn validate(v: &Variant) -> Result<(), FileError> {
 /// (`crossmig qemu list`), else the host's QEMU ("system").
 pub fn matrix_versions() -> Vec<String> {
     if let Ok(v) = std::env::var("CROSSMIG_QEMU_VERSIONS") {
-        let v: Vec<String> = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let v: Vec<String> =
+            v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         if !v.is_empty() {
             return v;
         }
@@ -393,8 +443,11 @@ pub fn matrix_versions() -> Vec<String> {
     static CACHE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     CACHE
         .get_or_init(|| {
-            let mut v: Vec<String> = crate::provision::installed().into_iter().map(|i| i.series).collect();
-            v.sort_by_key(|s| s.split('.').map(|x| x.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>());
+            let mut v: Vec<String> =
+                crate::provision::installed().into_iter().map(|i| i.series).collect();
+            v.sort_by_key(|s| {
+                s.split('.').map(|x| x.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>()
+            });
             v.dedup();
             if v.is_empty() {
                 vec!["system".into()]
@@ -408,8 +461,10 @@ pub fn matrix_versions() -> Vec<String> {
 /// "500ms", "2s", "1.5s", "3m", or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len()));
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 2s, 3m)"))?;
+    let (num, unit) =
+        s.split_at(s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len()));
+    let n: f64 =
+        num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 2s, 3m)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
@@ -472,7 +527,9 @@ status = "completed"
         assert!(e.contains("demo.toml:14:") && e.contains("steps[1]") && e.contains("wiat"), "{e}");
         let e = load_str(Path::new("x.toml"), "name = [").unwrap_err().to_string();
         assert!(e.starts_with("x.toml:1:"), "{e}");
-        let e = load_str(Path::new("x.toml"), "[[exclude]]\nfoo = 1\n[[steps]]\ndo=\"migrate\"").unwrap_err().to_string();
+        let e = load_str(Path::new("x.toml"), "[[exclude]]\nfoo = 1\n[[steps]]\ndo=\"migrate\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not an axis"), "{e}");
     }
 

@@ -66,7 +66,9 @@ pub fn resolve_qemu(spec: Option<&str>) -> Result<QemuBinary> {
                     }
                 }
             }
-            crate::provision::binary(v).with_context(|| format!("QEMU {v} is not installed (run `crossmig qemu install {v}`)"))
+            crate::provision::binary(v).with_context(|| {
+                format!("QEMU {v} is not installed (run `crossmig qemu install {v}`)")
+            })
         }
         Some(p) => {
             let b = QemuBinary::new(p);
@@ -140,7 +142,12 @@ pub struct Outcome {
 /// Run one variant with its time limit. Never panics; all processes and
 /// files it started are gone when it returns.
 pub async fn run_variant(v: &Variant) -> Outcome {
-    let limit = v.doc.timeout.as_deref().map(|t| file::parse_duration(t).unwrap_or(DEFAULT_TIMEOUT)).unwrap_or(DEFAULT_TIMEOUT);
+    let limit = v
+        .doc
+        .timeout
+        .as_deref()
+        .map(|t| file::parse_duration(t).unwrap_or(DEFAULT_TIMEOUT))
+        .unwrap_or(DEFAULT_TIMEOUT);
     let t0 = Instant::now();
     let mut out = Outcome {
         name: v.name(),
@@ -198,9 +205,18 @@ async fn run_migration(v: &Variant, out: &mut Outcome) -> Result<()> {
         Some(q) => resolve_qemu(Some(q))?,
         None => qemu.clone(),
     };
-    let dest_kind: DestKind = d.dest.kind.as_deref().unwrap_or("rust").parse().map_err(|e: String| anyhow!(e))?;
-    let mem = d.source.memory.as_deref().map(rust_dest::cli::parse_size).transpose().map_err(|e| anyhow!(e))?.unwrap_or(256 << 20);
-    let workload: Workload = d.source.workload.as_deref().unwrap_or("sweep").parse().map_err(|e| anyhow!("{e:?}"))?;
+    let dest_kind: DestKind =
+        d.dest.kind.as_deref().unwrap_or("rust").parse().map_err(|e: String| anyhow!(e))?;
+    let mem = d
+        .source
+        .memory
+        .as_deref()
+        .map(rust_dest::cli::parse_size)
+        .transpose()
+        .map_err(|e| anyhow!(e))?
+        .unwrap_or(256 << 20);
+    let workload: Workload =
+        d.source.workload.as_deref().unwrap_or("sweep").parse().map_err(|e| anyhow!("{e:?}"))?;
     let machine = d.source.machine.clone().unwrap_or_else(|| common_machine(&qemu, &dq));
     let workdir = std::env::temp_dir();
     let tag = unique_name("scn");
@@ -236,13 +252,25 @@ async fn run_migration(v: &Variant, out: &mut Outcome) -> Result<()> {
     };
     let sc = caps(&d.source.capabilities);
     let dc = caps(&d.dest.capabilities);
-    src.qmp.set_capabilities(&sc.iter().map(|(a, b)| (a.as_str(), *b)).collect::<Vec<_>>()).await.context("source capabilities")?;
-    dst.qmp.set_capabilities(&dc.iter().map(|(a, b)| (a.as_str(), *b)).collect::<Vec<_>>()).await.context("destination capabilities")?;
+    src.qmp
+        .set_capabilities(&sc.iter().map(|(a, b)| (a.as_str(), *b)).collect::<Vec<_>>())
+        .await
+        .context("source capabilities")?;
+    dst.qmp
+        .set_capabilities(&dc.iter().map(|(a, b)| (a.as_str(), *b)).collect::<Vec<_>>())
+        .await
+        .context("destination capabilities")?;
     if !d.source.parameters.is_empty() {
-        src.qmp.set_parameters(params_json(&d.source.parameters)?).await.context("source parameters")?;
+        src.qmp
+            .set_parameters(params_json(&d.source.parameters)?)
+            .await
+            .context("source parameters")?;
     }
     if !d.dest.parameters.is_empty() {
-        dst.qmp.set_parameters(params_json(&d.dest.parameters)?).await.context("destination parameters")?;
+        dst.qmp
+            .set_parameters(params_json(&d.dest.parameters)?)
+            .await
+            .context("destination parameters")?;
     }
     let mut ctx = Ctx {
         v,
@@ -284,7 +312,14 @@ fn params_json(t: &toml::Table) -> Result<Value> {
 }
 
 async fn run_steps(ctx: &mut Ctx<'_>, out: &mut Outcome) -> Result<()> {
-    let specs: Vec<_> = ctx.v.doc.steps.iter().map(steps::parse_step).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
+    let specs: Vec<_> = ctx
+        .v
+        .doc
+        .steps
+        .iter()
+        .map(steps::parse_step)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow!(e))?;
     for (i, spec) in specs.into_iter().enumerate() {
         if let Some(w) = &spec.when {
             if !ctx.v.matches(w) {
@@ -298,7 +333,13 @@ async fn run_steps(ctx: &mut Ctx<'_>, out: &mut Outcome) -> Result<()> {
             Ok(d) => (true, d),
             Err(e) => (false, format!("{e:#}")),
         };
-        out.steps.push(StepResult { index: i, step: label, ok, ms: t.elapsed().as_millis() as u64, detail });
+        out.steps.push(StepResult {
+            index: i,
+            step: label,
+            ok,
+            ms: t.elapsed().as_millis() as u64,
+            detail,
+        });
         if !ok {
             let tail = format!(
                 "\n--- source log ---\n{}\n--- destination ({}) log ---\n{}",
@@ -340,7 +381,11 @@ impl Ctx<'_> {
         if self.first_sync.is_none() && status_of(&s) == "active" {
             self.first_sync = s["ram"]["dirty-sync-count"].as_u64();
         }
-        self.samples.push(Sample { t_ms: self.t0.elapsed().as_millis() as u64, source: s.clone(), dest: d.clone() });
+        self.samples.push(Sample {
+            t_ms: self.t0.elapsed().as_millis() as u64,
+            source: s.clone(),
+            dest: d.clone(),
+        });
         (s, d)
     }
 
@@ -358,12 +403,18 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
         Step::Migrate { proxy } => {
             let port = free_tcp_port();
             let uri = format!("tcp:127.0.0.1:{port}");
-            ctx.dst.execute("migrate-incoming", json!({ "uri": uri })).await.context("destination migrate-incoming")?;
+            ctx.dst
+                .execute("migrate-incoming", json!({ "uri": uri }))
+                .await
+                .context("destination migrate-incoming")?;
             let mut src_uri = uri.clone();
             if let Some(p) = proxy {
                 let mut plan = ProxyPlan::new();
                 if let (Some(a), Some(f)) = (&p.stall_at, &p.stall_for) {
-                    plan = plan.stall(rust_dest::cli::parse_size(a).map_err(|e| anyhow!(e))?, file::parse_duration(f).map_err(|e| anyhow!(e))?);
+                    plan = plan.stall(
+                        rust_dest::cli::parse_size(a).map_err(|e| anyhow!(e))?,
+                        file::parse_duration(f).map_err(|e| anyhow!(e))?,
+                    );
                 }
                 if let Some(t) = &p.throttle {
                     plan = plan.throttle(rust_dest::cli::parse_size(t).map_err(|e| anyhow!(e))?);
@@ -378,11 +429,19 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                 ctx.use_proxy = true;
             }
             ctx.t0 = Instant::now();
-            ctx.src.execute("migrate", json!({ "uri": src_uri })).await.context("source migrate")?;
+            ctx.src
+                .execute("migrate", json!({ "uri": src_uri }))
+                .await
+                .context("source migrate")?;
             Ok(format!("source → {src_uri}"))
         }
         Step::Wait { status, side, passes, time, serial, timeout } => {
-            let limit = timeout.as_deref().map(file::parse_duration).transpose().map_err(|e| anyhow!(e))?.unwrap_or(Duration::from_secs(120));
+            let limit = timeout
+                .as_deref()
+                .map(file::parse_duration)
+                .transpose()
+                .map_err(|e| anyhow!(e))?
+                .unwrap_or(Duration::from_secs(120));
             let deadline = Instant::now() + limit;
             if let Some(t) = time {
                 tokio::time::sleep(file::parse_duration(t).map_err(|e| anyhow!(e))?).await;
@@ -404,7 +463,11 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                         Side::Both => hit(&s) && hit(&d),
                     };
                     if done {
-                        return Ok(format!("source {}, destination {}", status_of(&s), status_of(&d)));
+                        return Ok(format!(
+                            "source {}, destination {}",
+                            status_of(&s),
+                            status_of(&d)
+                        ));
                     }
                     // A side that failed without failure being awaited ends the wait.
                     if !wants.contains(&"failed") {
@@ -415,7 +478,10 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                         };
                         for (n, v) in awaited {
                             if status_of(v) == "failed" {
-                                bail!("{n} failed while waiting for {want}: {}", v.get("error-desc").cloned().unwrap_or(Value::Null));
+                                bail!(
+                                    "{n} failed while waiting for {want}: {}",
+                                    v.get("error-desc").cloned().unwrap_or(Value::Null)
+                                );
                             }
                         }
                     }
@@ -432,7 +498,11 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                     }
                 }
                 if Instant::now() > deadline {
-                    bail!("timed out after {limit:?}: source {}, destination {}", status_of(&s), status_of(&d));
+                    bail!(
+                        "timed out after {limit:?}: source {}, destination {}",
+                        status_of(&s),
+                        status_of(&d)
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -473,7 +543,10 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
         }
         Step::Fault { fault, side } => match fault {
             FaultKind::Cut => {
-                let h = ctx.proxy_handle.as_ref().ok_or_else(|| anyhow!("fault cut needs `migrate` with a proxy table"))?;
+                let h = ctx
+                    .proxy_handle
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("fault cut needs `migrate` with a proxy table"))?;
                 h.cut_now();
                 Ok(format!("{} connection(s) cut", h.connections()))
             }
@@ -499,7 +572,12 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
             match fail.as_deref() {
                 Some("handshake") => {
                     let port = free_tcp_port();
-                    ctx.dst.execute("migrate-recover", json!({ "uri": format!("tcp:127.0.0.1:{port}") })).await?;
+                    ctx.dst
+                        .execute(
+                            "migrate-recover",
+                            json!({ "uri": format!("tcp:127.0.0.1:{port}") }),
+                        )
+                        .await?;
                     let cursor = ctx.dst.qmp.event_cursor();
                     {
                         use tokio::io::AsyncWriteExt;
@@ -515,40 +593,73 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                         .qmp
                         .wait_event_from(
                             cursor,
-                            |e| e.name == "MIGRATION" && e.data_str("status") == Some("postcopy-recover"),
-                            if ctx.dest_kind == DestKind::Rust { to } else { Duration::from_secs(3) },
+                            |e| {
+                                e.name == "MIGRATION"
+                                    && e.data_str("status") == Some("postcopy-recover")
+                            },
+                            if ctx.dest_kind == DestKind::Rust {
+                                to
+                            } else {
+                                Duration::from_secs(3)
+                            },
                         )
                         .await;
                     if ctx.dest_kind == DestKind::Rust {
-                        adopted.context("destination taking the junk connection as its recovery channel")?;
+                        adopted.context(
+                            "destination taking the junk connection as its recovery channel",
+                        )?;
                     } else if adopted.is_err() {
                         detail += "(QEMU did not adopt the junk connection) ";
                     }
-                    ctx.dst.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await
-                        .context("destination back in postcopy-paused after the failed handshake")?;
+                    ctx.dst
+                        .qmp
+                        .wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to)
+                        .await
+                        .context(
+                            "destination back in postcopy-paused after the failed handshake",
+                        )?;
                     detail += "destination paused again after a failed handshake; ";
                 }
                 Some("reconnect") => {
                     let dead = free_tcp_port();
-                    ctx.src.execute("migrate", json!({ "uri": format!("tcp:127.0.0.1:{dead}"), "resume": true })).await.ok();
-                    ctx.src.qmp.wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to).await
+                    ctx.src
+                        .execute(
+                            "migrate",
+                            json!({ "uri": format!("tcp:127.0.0.1:{dead}"), "resume": true }),
+                        )
+                        .await
+                        .ok();
+                    ctx.src
+                        .qmp
+                        .wait_migration_status(&["postcopy-paused"], &["failed", "completed"], to)
+                        .await
                         .context("source back in postcopy-paused after the failed reconnect")?;
                     detail += "source paused again after a failed reconnect; ";
                 }
                 _ => {}
             }
             let port = free_tcp_port();
-            ctx.dst.execute("migrate-recover", json!({ "uri": format!("tcp:127.0.0.1:{port}") })).await?;
+            ctx.dst
+                .execute("migrate-recover", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))
+                .await?;
             let mut uri = format!("tcp:127.0.0.1:{port}");
             if ctx.use_proxy {
-                let px = Proxy::start("127.0.0.1:0", ([127, 0, 0, 1], port).into(), ProxyPlan::new()).await?;
+                let px =
+                    Proxy::start("127.0.0.1:0", ([127, 0, 0, 1], port).into(), ProxyPlan::new())
+                        .await?;
                 uri = px.uri();
                 ctx.proxy_handle = Some(px.handle());
                 ctx.proxy = Some(px);
             }
             ctx.src.execute("migrate", json!({ "uri": uri, "resume": true })).await?;
-            ctx.src.qmp.wait_migration_status(&["postcopy-active", "completed"], &["failed"], to).await?;
-            ctx.dst.qmp.wait_migration_status(&["postcopy-active", "completed"], &["failed"], to).await?;
+            ctx.src
+                .qmp
+                .wait_migration_status(&["postcopy-active", "completed"], &["failed"], to)
+                .await?;
+            ctx.dst
+                .qmp
+                .wait_migration_status(&["postcopy-active", "completed"], &["failed"], to)
+                .await?;
             Ok(format!("{detail}resumed via {uri}"))
         }
         Step::Expect { side, status, error, counter, op, value } => {
@@ -562,7 +673,10 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                 if let Some(want) = status {
                     let got = status_of(&q);
                     if !want.split('|').any(|w| w.trim() == got) {
-                        bail!("{name} status is {got}, expected {want} (error-desc: {})", q.get("error-desc").cloned().unwrap_or(Value::Null));
+                        bail!(
+                            "{name} status is {got}, expected {want} (error-desc: {})",
+                            q.get("error-desc").cloned().unwrap_or(Value::Null)
+                        );
                     }
                     detail.push(format!("{name} {got}"));
                 }
@@ -579,7 +693,9 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                     for part in c.split('.') {
                         x = &x[part];
                     }
-                    let got = x.as_i64().ok_or_else(|| anyhow!("{name} query-migrate has no number at {c}: {q}"))?;
+                    let got = x
+                        .as_i64()
+                        .ok_or_else(|| anyhow!("{name} query-migrate has no number at {c}: {q}"))?;
                     let ok = match o.as_str() {
                         "==" => got == *want,
                         "!=" => got != *want,
@@ -597,14 +713,27 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
             Ok(detail.join(", "))
         }
         Step::CheckMemory { invariant } => {
-            let c = memcheck::compare_files(&ctx.src.cfg.backend_id, &ctx.src.cfg.mem_path, &ctx.dst.cfg.mem_path)?;
+            let c = memcheck::compare_files(
+                &ctx.src.cfg.backend_id,
+                &ctx.src.cfg.mem_path,
+                &ctx.dst.cfg.mem_path,
+            )?;
             if !c.ok() {
                 bail!("{c}");
             }
             let mut detail = c.to_string();
             if ctx.dest_kind == DestKind::Rust {
-                let d = ctx.dst.execute("x-crossmig-ram-digests", json!({"block": ctx.src.cfg.backend_id, "pages": true})).await?;
-                let pd = rust_dest::digest::from_hex(d["blocks"][0]["page-digests"].as_str().unwrap_or("")).unwrap_or_default();
+                let d = ctx
+                    .dst
+                    .execute(
+                        "x-crossmig-ram-digests",
+                        json!({"block": ctx.src.cfg.backend_id, "pages": true}),
+                    )
+                    .await?;
+                let pd = rust_dest::digest::from_hex(
+                    d["blocks"][0]["page-digests"].as_str().unwrap_or(""),
+                )
+                .unwrap_or_default();
                 let sd = memcheck::file_page_digests(&ctx.src.cfg.mem_path)?;
                 let c2 = memcheck::compare_digests("mem0", &sd, &pd, "rust-dest QMP digests");
                 if !c2.ok() {
@@ -613,7 +742,11 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
             }
             if invariant.unwrap_or(true) && ctx.workload == Workload::Sweep {
                 let ram = std::fs::read(&ctx.dst.cfg.mem_path)?;
-                let r = guestcheck::check_sweep_invariant(&ram, images::SWEEP_START, images::sweep_end(ctx.mem));
+                let r = guestcheck::check_sweep_invariant(
+                    &ram,
+                    images::SWEEP_START,
+                    images::sweep_end(ctx.mem),
+                );
                 if !r.ok() {
                     bail!("{r}");
                 }
@@ -631,8 +764,12 @@ async fn run_stream(v: &Variant, out: &mut Outcome) -> Result<()> {
     let d = &v.doc;
     let exp = d.expect.as_ref().ok_or_else(|| anyhow!("stream scenario without [expect]"))?;
     let qemu = resolve_qemu(source_qemu(v).as_deref())?;
-    let mut script: Vec<synth::Step> =
-        d.records.iter().map(records::parse_record).collect::<Result<_, _>>().map_err(|e| anyhow!(e))?;
+    let mut script: Vec<synth::Step> = d
+        .records
+        .iter()
+        .map(records::parse_record)
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow!(e))?;
     let layout = synth::source_layout(&qemu, synth::GUEST_MEM).await?;
     // A `vmdesc` record describes this script's device sections.
     let desc = synth::vmdesc_for(&layout, &script);
@@ -658,17 +795,24 @@ async fn run_stream(v: &Variant, out: &mut Outcome) -> Result<()> {
     let q = q.context("QEMU destination")?;
     let r = r.context("rust-dest")?;
     let mut problems = Vec::new();
-    for (run, re) in [(&q, exp.qemu_error.as_ref().or(exp.error.as_ref())), (&r, exp.rust_error.as_ref().or(exp.error.as_ref()))] {
+    for (run, re) in [
+        (&q, exp.qemu_error.as_ref().or(exp.error.as_ref())),
+        (&r, exp.rust_error.as_ref().or(exp.error.as_ref())),
+    ] {
         let name = run.kind.name();
         let got = match &run.verdict {
             // QEMU's monitor can stop answering while its migration is
             // paused; its own log line then says so.
-            synth::Verdict::Stuck { status, .. } if status == "?" && run.log_tail.contains("Migration paused") => {
+            synth::Verdict::Stuck { status, .. }
+                if status == "?" && run.log_tail.contains("Migration paused") =>
+            {
                 "postcopy-paused".to_string()
             }
             // A destination that told the source SHUT(non-zero) has failed,
             // even if its status lags (seen with QEMU 11.1 in postcopy-device).
-            synth::Verdict::Stuck { .. } if run.play.as_ref().is_some_and(|p| p.shuts().iter().any(|v| *v != 0)) => {
+            synth::Verdict::Stuck { .. }
+                if run.play.as_ref().is_some_and(|p| p.shuts().iter().any(|v| *v != 0)) =>
+            {
                 "failed".to_string()
             }
             synth::Verdict::Stuck { status, .. } => status.clone(),
@@ -698,7 +842,8 @@ async fn run_stream(v: &Variant, out: &mut Outcome) -> Result<()> {
             }
             if let (Some(want), "completed") = (exp.shut, run.verdict.kind()) {
                 if !p.shuts().contains(&want) {
-                    problems.push(format!("{name}: no SHUT({want}) received (got {:?})", p.shuts()));
+                    problems
+                        .push(format!("{name}: no SHUT({want}) received (got {:?})", p.shuts()));
                 }
             }
         }

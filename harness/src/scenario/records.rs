@@ -5,16 +5,30 @@ use serde::Deserialize;
 use crate::synth::{Page, RpMatcher, Step};
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case", rename_all_fields = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "op",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum Record {
     /// Magic, version 3, configuration (machine defaults to the real source's).
-    Header { machine: Option<String> },
+    Header {
+        machine: Option<String>,
+    },
     OpenReturnPath {},
-    Ping { value: u32 },
+    Ping {
+        value: u32,
+    },
     /// POSTCOPY_ADVISE (defaults: 4096, 4096).
-    Advise { summary: Option<u64>, tps: Option<u64> },
+    Advise {
+        summary: Option<u64>,
+        tps: Option<u64>,
+    },
     /// POSTCOPY_ADVISE with a raw payload (hex).
-    AdviseRaw { bytes: String },
+    AdviseRaw {
+        bytes: String,
+    },
     /// POSTCOPY_RAM_DISCARD: ranges of [start, length] in bytes.
     Discard {
         block: String,
@@ -34,27 +48,45 @@ pub enum Record {
     /// START section "ram" with every block of the source layout.
     RamStart {},
     /// PART section "ram" with pages: "BLOCK:FIRST-LAST@VERSION" or "BLOCK:N@zero".
-    RamPart { pages: Vec<String> },
+    RamPart {
+        pages: Vec<String>,
+    },
     RamEnd {
         #[serde(default)]
         pages: Vec<String>,
     },
     /// A correct globalstate FULL section.
-    Globalstate { runstate: Option<String> },
+    Globalstate {
+        runstate: Option<String>,
+    },
     /// A FULL section with raw data (hex).
-    Device { idstr: String, instance: Option<u32>, version: Option<u32>, data: String },
+    Device {
+        idstr: String,
+        instance: Option<u32>,
+        version: Option<u32>,
+        data: String,
+    },
     SwitchoverStart {},
     Eof {},
     /// The vmdesc JSON for the device sections of this script (computed).
     Vmdesc {},
     /// Any command number with a raw payload (hex).
-    Command { cmd: u16, payload: Option<String> },
-    Raw { bytes: String },
+    Command {
+        cmd: u16,
+        payload: Option<String>,
+    },
+    Raw {
+        bytes: String,
+    },
     /// Wait for a return-path message: "pong:N", "pong", "shut:N", "shut", "page-request", "any".
-    ExpectRp { message: String },
+    ExpectRp {
+        message: String,
+    },
     /// From here until EOF, answer page requests from the script's model.
     ServePageRequests {},
-    Sleep { ms: u64 },
+    Sleep {
+        ms: u64,
+    },
 }
 
 pub fn hex(s: &str) -> Result<Vec<u8>, String> {
@@ -62,13 +94,20 @@ pub fn hex(s: &str) -> Result<Vec<u8>, String> {
     if s.len() % 2 != 0 {
         return Err(format!("hex string {s:?} has an odd number of digits"));
     }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex {s:?}"))).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex {s:?}")))
+        .collect()
 }
 
 /// Parse "BLOCK:FIRST-LAST@VERSION", "BLOCK:N@VERSION" or "BLOCK:N@zero".
 pub fn pages(spec: &str) -> Result<Vec<Page>, String> {
-    let (block, rest) = spec.rsplit_once(':').ok_or_else(|| format!("page spec {spec:?}: expected BLOCK:RANGE@VERSION"))?;
-    let (range, ver) = rest.split_once('@').ok_or_else(|| format!("page spec {spec:?}: missing @VERSION or @zero"))?;
+    let (block, rest) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| format!("page spec {spec:?}: expected BLOCK:RANGE@VERSION"))?;
+    let (range, ver) = rest
+        .split_once('@')
+        .ok_or_else(|| format!("page spec {spec:?}: missing @VERSION or @zero"))?;
     let (a, b) = match range.split_once('-') {
         Some((a, b)) => (a, b),
         None => (range, range),
@@ -83,14 +122,17 @@ pub fn pages(spec: &str) -> Result<Vec<Page>, String> {
             if ver == "zero" {
                 Ok(Page::zero(block, i))
             } else {
-                ver.parse::<u8>().map(|v| Page::pattern(block, i, v)).map_err(|_| format!("page spec {spec:?}: version must be 0-255 or zero"))
+                ver.parse::<u8>()
+                    .map(|v| Page::pattern(block, i, v))
+                    .map_err(|_| format!("page spec {spec:?}: version must be 0-255 or zero"))
             }
         })
         .collect::<Result<Vec<_>, _>>()?)
 }
 
 pub fn parse_record(t: &toml::Table) -> Result<Step, String> {
-    let r = Record::deserialize(toml::Value::Table(t.clone())).map_err(|e| e.message().to_string())?;
+    let r =
+        Record::deserialize(toml::Value::Table(t.clone())).map_err(|e| e.message().to_string())?;
     to_step(r)
 }
 
@@ -99,38 +141,61 @@ fn to_step(r: Record) -> Result<Step, String> {
         Record::Header { machine } => Step::Header { machine },
         Record::OpenReturnPath {} => Step::OpenReturnPath,
         Record::Ping { value } => Step::Ping(value),
-        Record::Advise { summary, tps } => Step::Advise { summary: summary.unwrap_or(4096), tps: tps.unwrap_or(4096) },
+        Record::Advise { summary, tps } => {
+            Step::Advise { summary: summary.unwrap_or(4096), tps: tps.unwrap_or(4096) }
+        }
         Record::AdviseRaw { bytes } => Step::AdviseRaw(hex(&bytes)?),
         Record::Discard { block, ranges, version, terminator } => {
             let terminator = match terminator {
                 None => Some(0),
                 Some(toml::Value::Boolean(false)) => None,
                 Some(toml::Value::Integer(i)) if (0..=255).contains(&i) => Some(i as u8),
-                Some(o) => return Err(format!("discard: terminator must be a byte or false, not {o}")),
+                Some(o) => {
+                    return Err(format!("discard: terminator must be a byte or false, not {o}"))
+                }
             };
-            Step::Discard { block, ranges: ranges.iter().map(|r| (r[0], r[1])).collect(), version: version.unwrap_or(0), terminator }
+            Step::Discard {
+                block,
+                ranges: ranges.iter().map(|r| (r[0], r[1])).collect(),
+                version: version.unwrap_or(0),
+                terminator,
+            }
         }
         Record::Listen {} => Step::Listen,
         Record::Run {} => Step::Run,
         Record::Packaged { inner, declared_length } => {
-            let inner: Vec<Step> =
-                inner.iter().enumerate().map(|(i, t)| parse_record(t).map_err(|e| format!("inner[{i}]: {e}"))).collect::<Result<_, _>>()?;
+            let inner: Vec<Step> = inner
+                .iter()
+                .enumerate()
+                .map(|(i, t)| parse_record(t).map_err(|e| format!("inner[{i}]: {e}")))
+                .collect::<Result<_, _>>()?;
             match declared_length {
                 Some(declared) => Step::PackagedRawLen { declared, inner },
                 None => Step::Packaged(inner),
             }
         }
         Record::RamStart {} => Step::RamStart,
-        Record::RamPart { pages: p } => Step::RamPart(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat()),
-        Record::RamEnd { pages: p } => Step::RamEnd(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat()),
-        Record::Globalstate { runstate } => Step::globalstate(runstate.as_deref().unwrap_or("running")),
-        Record::Device { idstr, instance, version, data } => {
-            Step::DeviceFull { idstr, instance: instance.unwrap_or(0), version: version.unwrap_or(1), data: hex(&data)? }
+        Record::RamPart { pages: p } => {
+            Step::RamPart(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat())
         }
+        Record::RamEnd { pages: p } => {
+            Step::RamEnd(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat())
+        }
+        Record::Globalstate { runstate } => {
+            Step::globalstate(runstate.as_deref().unwrap_or("running"))
+        }
+        Record::Device { idstr, instance, version, data } => Step::DeviceFull {
+            idstr,
+            instance: instance.unwrap_or(0),
+            version: version.unwrap_or(1),
+            data: hex(&data)?,
+        },
         Record::SwitchoverStart {} => Step::SwitchoverStart,
         Record::Eof {} => Step::Eof,
         Record::Vmdesc {} => Step::Vmdesc(serde_json::Value::Null),
-        Record::Command { cmd, payload } => Step::Command { cmd, payload: hex(payload.as_deref().unwrap_or(""))? },
+        Record::Command { cmd, payload } => {
+            Step::Command { cmd, payload: hex(payload.as_deref().unwrap_or(""))? }
+        }
         Record::Raw { bytes } => Step::Raw(hex(&bytes)?),
         Record::ExpectRp { message } => Step::ExpectRp(matcher(&message)?),
         Record::ServePageRequests {} => Step::ServePageRequests,
@@ -140,7 +205,9 @@ fn to_step(r: Record) -> Result<Step, String> {
 
 fn matcher(s: &str) -> Result<RpMatcher, String> {
     let (k, v) = match s.split_once(':') {
-        Some((k, v)) => (k, Some(v.parse::<u32>().map_err(|_| format!("expect-rp: bad value in {s:?}"))?)),
+        Some((k, v)) => {
+            (k, Some(v.parse::<u32>().map_err(|_| format!("expect-rp: bad value in {s:?}"))?))
+        }
         None => (s, None),
     };
     Ok(match (k, v) {
@@ -150,7 +217,11 @@ fn matcher(s: &str) -> Result<RpMatcher, String> {
         ("shut", None) => RpMatcher::AnyShut,
         ("page-request", None) => RpMatcher::PageRequest,
         ("any", None) => RpMatcher::Any,
-        _ => return Err(format!("expect-rp: unknown message {s:?} (pong[:N], shut[:N], page-request, any)")),
+        _ => {
+            return Err(format!(
+                "expect-rp: unknown message {s:?} (pong[:N], shut[:N], page-request, any)"
+            ))
+        }
     })
 }
 
@@ -168,7 +239,10 @@ mod tests {
 
     #[test]
     fn records_parse() {
-        let t: toml::Table = toml::from_str("op = \"discard\"\nblock = \"mem0\"\nranges = [[0, 4096]]\nterminator = false").unwrap();
+        let t: toml::Table = toml::from_str(
+            "op = \"discard\"\nblock = \"mem0\"\nranges = [[0, 4096]]\nterminator = false",
+        )
+        .unwrap();
         match parse_record(&t).unwrap() {
             Step::Discard { terminator: None, ranges, .. } => assert_eq!(ranges, vec![(0, 4096)]),
             o => panic!("{o:?}"),

@@ -45,7 +45,12 @@ pub struct ProxyOpts {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-#[serde(tag = "do", rename_all = "kebab-case", rename_all_fields = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "do",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum Step {
     /// `migrate-incoming` on the destination, `migrate` on the source.
     Migrate {
@@ -102,7 +107,9 @@ pub enum Step {
     /// destination sends one command byte and closes) or "reconnect" (the
     /// source resumes towards an address where nothing listens); both sides
     /// must be `postcopy-paused` again before the real recovery.
-    Recover { fail: Option<String> },
+    Recover {
+        fail: Option<String>,
+    },
     /// Assert on `query-migrate` of `side`.
     Expect {
         #[serde(default = "both")]
@@ -142,7 +149,10 @@ pub fn parse_step(t: &toml::Table) -> Result<StepSpec, String> {
     let step = Step::deserialize(toml::Value::Table(t)).map_err(|e| e.message().to_string())?;
     match &step {
         Step::Wait { status, passes, time, serial, .. } => {
-            let n = [status.is_some(), passes.is_some(), time.is_some(), serial.is_some()].iter().filter(|x| **x).count();
+            let n = [status.is_some(), passes.is_some(), time.is_some(), serial.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count();
             if n != 1 {
                 return Err("wait needs exactly one of status, passes, time, serial".into());
             }
@@ -188,7 +198,9 @@ pub fn parse_step(t: &toml::Table) -> Result<StepSpec, String> {
 impl Step {
     pub fn label(&self) -> String {
         match self {
-            Step::Migrate { proxy } => format!("migrate{}", if proxy.is_some() { " (proxy)" } else { "" }),
+            Step::Migrate { proxy } => {
+                format!("migrate{}", if proxy.is_some() { " (proxy)" } else { "" })
+            }
             Step::Wait { status: Some(s), side, .. } => format!("wait {side:?} status {s}"),
             Step::Wait { passes: Some(p), .. } => format!("wait {p} pass(es)"),
             Step::Wait { time: Some(t), .. } => format!("wait {t}"),

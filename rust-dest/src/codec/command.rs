@@ -65,14 +65,20 @@ impl Command {
         // The command header starts 4 bytes before the payload (type byte 5 before).
         let hdr = off.saturating_sub(5);
         if rc.cmd == MIG_CMD_INVALID || rc.cmd >= MIG_CMD_MAX {
-            return Err(DecodeError::invalid(hdr, format!("unknown migration command {} (len {})", rc.cmd, rc.payload.len())));
+            return Err(DecodeError::invalid(
+                hdr,
+                format!("unknown migration command {} (len {})", rc.cmd, rc.payload.len()),
+            ));
         }
         let name = command_name(rc.cmd);
         if let Some(fixed) = command_fixed_len(rc.cmd) {
             if rc.payload.len() != fixed as usize {
                 return Err(DecodeError::invalid(
                     hdr,
-                    format!("command {name}: length {} does not match the expected {fixed}", rc.payload.len()),
+                    format!(
+                        "command {name}: length {} does not match the expected {fixed}",
+                        rc.payload.len()
+                    ),
                 ));
             }
         }
@@ -84,9 +90,15 @@ impl Command {
             MIG_CMD_PING => Command::Ping(be32(p)),
             MIG_CMD_POSTCOPY_ADVISE => match p.len() {
                 0 => Command::PostcopyAdvise(None),
-                16 => Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: be64(p), target_page_size: be64(&p[8..]) })),
+                16 => Command::PostcopyAdvise(Some(Advise {
+                    ram_pagesize_summary: be64(p),
+                    target_page_size: be64(&p[8..]),
+                })),
                 n => {
-                    return Err(DecodeError::invalid(hdr, format!("command POSTCOPY_ADVISE: invalid length {n} (expected 0 or 16)")))
+                    return Err(DecodeError::invalid(
+                        hdr,
+                        format!("command POSTCOPY_ADVISE: invalid length {n} (expected 0 or 16)"),
+                    ))
                 }
             },
             MIG_CMD_POSTCOPY_LISTEN => Command::PostcopyListen,
@@ -99,11 +111,15 @@ impl Command {
                 if p.is_empty() || p[0] as usize + 1 != p.len() {
                     return Err(DecodeError::invalid(
                         hdr,
-                        format!("command RECV_BITMAP: length {} does not match its block name length", p.len()),
+                        format!(
+                            "command RECV_BITMAP: length {} does not match its block name length",
+                            p.len()
+                        ),
                     ));
                 }
-                let s = std::str::from_utf8(&p[1..])
-                    .map_err(|_| DecodeError::invalid(off + 1, "command RECV_BITMAP: block name is not UTF-8"))?;
+                let s = std::str::from_utf8(&p[1..]).map_err(|_| {
+                    DecodeError::invalid(off + 1, "command RECV_BITMAP: block name is not UTF-8")
+                })?;
                 Command::RecvBitmap(s.to_string())
             }
             MIG_CMD_SWITCHOVER_START => Command::SwitchoverStart,
@@ -121,7 +137,14 @@ impl Command {
             Command::PostcopyAdvise(Some(a)) => {
                 e.be64(a.ram_pagesize_summary).be64(a.target_page_size);
             }
-            Command::PostcopyRamDiscard(d) => return discard_payload(POSTCOPY_RAM_DISCARD_VERSION, d.block.as_bytes(), Some(0), &d.ranges),
+            Command::PostcopyRamDiscard(d) => {
+                return discard_payload(
+                    POSTCOPY_RAM_DISCARD_VERSION,
+                    d.block.as_bytes(),
+                    Some(0),
+                    &d.ranges,
+                )
+            }
             Command::Packaged(l) => {
                 e.be32(*l);
             }
@@ -141,7 +164,12 @@ impl Command {
 
 /// Build a discard payload, allowing malformed variants: any version byte,
 /// any name, an optional terminator (None = omit it).
-pub fn discard_payload(version: u8, block: &[u8], terminator: Option<u8>, ranges: &[(u64, u64)]) -> Vec<u8> {
+pub fn discard_payload(
+    version: u8,
+    block: &[u8],
+    terminator: Option<u8>,
+    ranges: &[(u64, u64)],
+) -> Vec<u8> {
     let mut e = Encoder::new();
     e.u8(version).counted(block);
     if let Some(t) = terminator {
@@ -156,21 +184,33 @@ pub fn discard_payload(version: u8, block: &[u8], terminator: Option<u8>, ranges
 fn parse_discard(p: &[u8], off: u64) -> Result<Discard> {
     let what = "command POSTCOPY_RAM_DISCARD";
     if p.len() < 3 {
-        return Err(DecodeError::invalid(off, format!("{what}: payload of {} bytes is too short", p.len())));
+        return Err(DecodeError::invalid(
+            off,
+            format!("{what}: payload of {} bytes is too short", p.len()),
+        ));
     }
     if p[0] != POSTCOPY_RAM_DISCARD_VERSION {
-        return Err(DecodeError::invalid(off, format!("{what}: unsupported version {} (expected 0)", p[0])));
+        return Err(DecodeError::invalid(
+            off,
+            format!("{what}: unsupported version {} (expected 0)", p[0]),
+        ));
     }
     let n = p[1] as usize;
     if 2 + n + 1 > p.len() {
-        return Err(DecodeError::invalid(off + 1, format!("{what}: block name length {n} runs past the payload ({} bytes)", p.len())));
+        return Err(DecodeError::invalid(
+            off + 1,
+            format!("{what}: block name length {n} runs past the payload ({} bytes)", p.len()),
+        ));
     }
     let name = std::str::from_utf8(&p[2..2 + n])
         .map_err(|_| DecodeError::invalid(off + 2, format!("{what}: block name is not UTF-8")))?;
     if p[2 + n] != 0 {
         return Err(DecodeError::invalid(
             off + 2 + n as u64,
-            format!("{what}: block name {name:?} is not followed by a NUL terminator (found {:#04x})", p[2 + n]),
+            format!(
+                "{what}: block name {name:?} is not followed by a NUL terminator (found {:#04x})",
+                p[2 + n]
+            ),
         ));
     }
     let rest = &p[3 + n..];
@@ -182,7 +222,12 @@ fn parse_discard(p: &[u8], off: u64) -> Result<Discard> {
     }
     let ranges = rest
         .chunks(16)
-        .map(|c| (u64::from_be_bytes(c[..8].try_into().unwrap()), u64::from_be_bytes(c[8..].try_into().unwrap())))
+        .map(|c| {
+            (
+                u64::from_be_bytes(c[..8].try_into().unwrap()),
+                u64::from_be_bytes(c[8..].try_into().unwrap()),
+            )
+        })
         .collect();
     Ok(Discard { block: name.to_string(), ranges })
 }
@@ -209,10 +254,16 @@ mod tests {
             Command::OpenReturnPath,
             Command::Ping(0x42),
             Command::PostcopyAdvise(None),
-            Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: 4096, target_page_size: 4096 })),
+            Command::PostcopyAdvise(Some(Advise {
+                ram_pagesize_summary: 4096,
+                target_page_size: 4096,
+            })),
             Command::PostcopyListen,
             Command::PostcopyRun,
-            Command::PostcopyRamDiscard(Discard { block: "pc.ram".into(), ranges: vec![(0, 4096), (8192, 65536)] }),
+            Command::PostcopyRamDiscard(Discard {
+                block: "pc.ram".into(),
+                ranges: vec![(0, 4096), (8192, 65536)],
+            }),
             Command::Packaged(1234),
             Command::EnableColo,
             Command::PostcopyResume,
@@ -231,7 +282,10 @@ mod tests {
         let TopRecord::Command(rc) = decode_top(&mut cur).unwrap() else { panic!() };
         assert_eq!(
             Command::parse(&rc).unwrap(),
-            Command::PostcopyAdvise(Some(Advise { ram_pagesize_summary: 4096, target_page_size: 4096 }))
+            Command::PostcopyAdvise(Some(Advise {
+                ram_pagesize_summary: 4096,
+                target_page_size: 4096
+            }))
         );
     }
 
@@ -242,10 +296,16 @@ mod tests {
     #[test]
     fn command_errors() {
         assert!(parse_raw(0, &[]).unwrap_err().to_string().contains("unknown migration command 0"));
-        assert!(parse_raw(12, &[]).unwrap_err().to_string().contains("unknown migration command 12"));
+        assert!(parse_raw(12, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("unknown migration command 12"));
         let e = parse_raw(MIG_CMD_PING, &[0, 0, 1]).unwrap_err().to_string();
         assert!(e.contains("PING: length 3 does not match the expected 4"), "{e}");
-        assert!(parse_raw(MIG_CMD_POSTCOPY_ADVISE, &[0; 8]).unwrap_err().to_string().contains("expected 0 or 16"));
+        assert!(parse_raw(MIG_CMD_POSTCOPY_ADVISE, &[0; 8])
+            .unwrap_err()
+            .to_string()
+            .contains("expected 0 or 16"));
         assert!(parse_raw(MIG_CMD_RECV_BITMAP, &[5, b'a']).is_err());
     }
 
@@ -253,13 +313,25 @@ mod tests {
     fn discard_errors() {
         let ok = discard_payload(0, b"pc.ram", Some(0), &[(0, 4096)]);
         assert!(parse_raw(MIG_CMD_POSTCOPY_RAM_DISCARD, &ok).is_ok());
-        let e = parse_raw(MIG_CMD_POSTCOPY_RAM_DISCARD, &discard_payload(1, b"pc.ram", Some(0), &[(0, 4096)])).unwrap_err();
+        let e = parse_raw(
+            MIG_CMD_POSTCOPY_RAM_DISCARD,
+            &discard_payload(1, b"pc.ram", Some(0), &[(0, 4096)]),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("unsupported version 1"), "{e}");
         // Missing terminator: the first range byte is taken as the terminator
         // (as QEMU does), so the error depends on that byte.
-        let e = parse_raw(MIG_CMD_POSTCOPY_RAM_DISCARD, &discard_payload(0, b"pc.ram", None, &[(0, 4096)])).unwrap_err();
+        let e = parse_raw(
+            MIG_CMD_POSTCOPY_RAM_DISCARD,
+            &discard_payload(0, b"pc.ram", None, &[(0, 4096)]),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("not a multiple of 16"), "{e}");
-        let e = parse_raw(MIG_CMD_POSTCOPY_RAM_DISCARD, &discard_payload(0, b"pc.ram", None, &[(1 << 60, 4096)])).unwrap_err();
+        let e = parse_raw(
+            MIG_CMD_POSTCOPY_RAM_DISCARD,
+            &discard_payload(0, b"pc.ram", None, &[(1 << 60, 4096)]),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("NUL terminator"), "{e}");
         let mut bad = ok.clone();
         bad.push(0);

@@ -23,7 +23,9 @@ impl DecodeError {
     /// Prefix the message with a context (e.g. the section being parsed).
     pub fn context(self, ctx: &str) -> DecodeError {
         match self {
-            DecodeError::Invalid { offset, what } => DecodeError::Invalid { offset, what: format!("{ctx}: {what}") },
+            DecodeError::Invalid { offset, what } => {
+                DecodeError::Invalid { offset, what: format!("{ctx}: {what}") }
+            }
             other => other,
         }
     }
@@ -33,7 +35,10 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::Incomplete { at, needed } => {
-                write!(f, "stream truncated: record at byte offset {at} needs {needed} more byte(s)")
+                write!(
+                    f,
+                    "stream truncated: record at byte offset {at} needs {needed} more byte(s)"
+                )
             }
             DecodeError::Invalid { offset, what } => write!(f, "{what} (at byte offset {offset})"),
         }
@@ -115,7 +120,8 @@ impl<'a> Cursor<'a> {
     pub fn counted_str(&mut self, start: u64, what: &str) -> Result<&'a str> {
         let off = self.offset();
         let b = self.counted(start)?;
-        std::str::from_utf8(b).map_err(|_| DecodeError::invalid(off, format!("{what} is not valid UTF-8: {b:02x?}")))
+        std::str::from_utf8(b)
+            .map_err(|_| DecodeError::invalid(off, format!("{what} is not valid UTF-8: {b:02x?}")))
     }
 }
 

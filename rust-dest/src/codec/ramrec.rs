@@ -95,10 +95,19 @@ fn decode_inner<'a>(c: &mut Cursor<'a>, ctx: &RamContext) -> Result<RamRecord<'a
                     return Err(DecodeError::invalid(eoff, "MEM_SIZE: empty RAMBlock name"));
                 }
                 let used_length = c.be64(start)?;
-                let page_size = if ctx.hugepage_blocks.iter().any(|b| *b == name) { Some(c.be64(start)?) } else { None };
+                let page_size = if ctx.hugepage_blocks.iter().any(|b| *b == name) {
+                    Some(c.be64(start)?)
+                } else {
+                    None
+                };
                 let gpa = if ctx.ignore_shared { Some(c.be64(start)?) } else { None };
                 sum = sum.checked_add(used_length).ok_or_else(|| {
-                    DecodeError::invalid(eoff, format!("MEM_SIZE: block {name:?} length {used_length:#x} overflows the total"))
+                    DecodeError::invalid(
+                        eoff,
+                        format!(
+                            "MEM_SIZE: block {name:?} length {used_length:#x} overflows the total"
+                        ),
+                    )
                 })?;
                 if sum > total {
                     return Err(DecodeError::invalid(
@@ -125,12 +134,18 @@ fn decode_inner<'a>(c: &mut Cursor<'a>, ctx: &RamContext) -> Result<RamRecord<'a
             let eoff = c.offset();
             let enc = c.u8(start)?;
             if enc != ENCODING_FLAG_XBZRLE {
-                return Err(DecodeError::invalid(eoff, format!("XBZRLE page: bad encoding flag {enc:#04x}")));
+                return Err(DecodeError::invalid(
+                    eoff,
+                    format!("XBZRLE page: bad encoding flag {enc:#04x}"),
+                ));
             }
             let loff = c.offset();
             let len = c.be16(start)? as u64;
             if len > tps {
-                return Err(DecodeError::invalid(loff, format!("XBZRLE page: encoded length {len} exceeds the page size")));
+                return Err(DecodeError::invalid(
+                    loff,
+                    format!("XBZRLE page: encoded length {len} exceeds the page size"),
+                ));
             }
             let data = c.bytes(len as usize, start)?;
             Ok(RamRecord::Xbzrle { addr, block, data })
@@ -140,15 +155,24 @@ fn decode_inner<'a>(c: &mut Cursor<'a>, ctx: &RamContext) -> Result<RamRecord<'a
             let loff = c.offset();
             let len = c.be32(start)? as u64;
             if len > tps + tps / 1000 + 64 {
-                return Err(DecodeError::invalid(loff, format!("compressed page: length {len} is implausible")));
+                return Err(DecodeError::invalid(
+                    loff,
+                    format!("compressed page: length {len} is implausible"),
+                ));
             }
             let data = c.bytes(len as usize, start)?;
             Ok(RamRecord::CompressPage { addr, block, data })
         }
         RAM_SAVE_FLAG_EOS if !cont && addr == 0 => Ok(RamRecord::Eos),
         RAM_SAVE_FLAG_MULTIFD_FLUSH if !cont => Ok(RamRecord::MultifdFlush),
-        RAM_SAVE_FLAG_HOOK => Err(DecodeError::invalid(start, "RAM record: HOOK flag (RDMA) is not supported on this transport")),
-        _ => Err(DecodeError::invalid(start, format!("RAM record: unknown flag combination {flags:#x} (word {word:#018x})"))),
+        RAM_SAVE_FLAG_HOOK => Err(DecodeError::invalid(
+            start,
+            "RAM record: HOOK flag (RDMA) is not supported on this transport",
+        )),
+        _ => Err(DecodeError::invalid(
+            start,
+            format!("RAM record: unknown flag combination {flags:#x} (word {word:#018x})"),
+        )),
     }
 }
 
@@ -205,12 +229,16 @@ pub fn encode_ram_record(e: &mut Encoder, r: &RamRecord, ctx: &RamContext) {
 /// Apply an XBZRLE delta in place on `page` (the destination's current copy).
 pub fn xbzrle_decode(enc: &[u8], page: &mut [u8], offset: u64) -> Result<()> {
     fn uleb(enc: &[u8], i: &mut usize, offset: u64) -> Result<usize> {
-        let b0 = *enc.get(*i).ok_or_else(|| DecodeError::invalid(offset, "XBZRLE: truncated run length"))?;
+        let b0 = *enc
+            .get(*i)
+            .ok_or_else(|| DecodeError::invalid(offset, "XBZRLE: truncated run length"))?;
         *i += 1;
         if b0 & 0x80 == 0 {
             return Ok(b0 as usize);
         }
-        let b1 = *enc.get(*i).ok_or_else(|| DecodeError::invalid(offset, "XBZRLE: truncated run length"))?;
+        let b1 = *enc
+            .get(*i)
+            .ok_or_else(|| DecodeError::invalid(offset, "XBZRLE: truncated run length"))?;
         *i += 1;
         if b1 & 0x80 != 0 {
             return Err(DecodeError::invalid(offset, "XBZRLE: run length longer than 2 bytes"));
@@ -237,7 +265,10 @@ pub fn xbzrle_decode(enc: &[u8], page: &mut [u8], offset: u64) -> Result<()> {
         }
         let nzrun = uleb(enc, &mut i, offset)?;
         if nzrun == 0 || d + nzrun > page.len() || i + nzrun > enc.len() {
-            return Err(DecodeError::invalid(offset, "XBZRLE: changed run is empty or runs past the page or input"));
+            return Err(DecodeError::invalid(
+                offset,
+                "XBZRLE: changed run is empty or runs past the page or input",
+            ));
         }
         page[d..d + nzrun].copy_from_slice(&enc[i..i + nzrun]);
         i += nzrun;
@@ -266,8 +297,18 @@ mod tests {
             RamRecord::MemSize {
                 total: 0x1000_0000 + 0x40000,
                 blocks: vec![
-                    BlockEntry { name: "mem0".into(), used_length: 0x1000_0000, page_size: None, gpa: None },
-                    BlockEntry { name: "pc.bios".into(), used_length: 0x40000, page_size: None, gpa: None },
+                    BlockEntry {
+                        name: "mem0".into(),
+                        used_length: 0x1000_0000,
+                        page_size: None,
+                        gpa: None,
+                    },
+                    BlockEntry {
+                        name: "pc.bios".into(),
+                        used_length: 0x40000,
+                        page_size: None,
+                        gpa: None,
+                    },
                 ],
             },
             &ctx,
@@ -277,14 +318,26 @@ mod tests {
         rt(RamRecord::Page { addr: 0x2000, block: BlockRef::Named("pc.ram"), data: &page }, &ctx);
         rt(RamRecord::Page { addr: 0x3000, block: BlockRef::Continue, data: &page }, &ctx);
         rt(RamRecord::Xbzrle { addr: 0x3000, block: BlockRef::Continue, data: &[1, 1, 9] }, &ctx);
-        rt(RamRecord::CompressPage { addr: 0, block: BlockRef::Named("x"), data: &[1, 2, 3] }, &ctx);
+        rt(
+            RamRecord::CompressPage { addr: 0, block: BlockRef::Named("x"), data: &[1, 2, 3] },
+            &ctx,
+        );
         rt(RamRecord::Eos, &ctx);
         rt(RamRecord::MultifdFlush, &ctx);
-        let hctx = RamContext { hugepage_blocks: vec!["huge".into()], ignore_shared: true, target_page_size: 4096 };
+        let hctx = RamContext {
+            hugepage_blocks: vec!["huge".into()],
+            ignore_shared: true,
+            target_page_size: 4096,
+        };
         rt(
             RamRecord::MemSize {
                 total: 0x400000,
-                blocks: vec![BlockEntry { name: "huge".into(), used_length: 0x400000, page_size: Some(0x200000), gpa: Some(0x1000_0000) }],
+                blocks: vec![BlockEntry {
+                    name: "huge".into(),
+                    used_length: 0x400000,
+                    page_size: Some(0x200000),
+                    gpa: Some(0x1000_0000),
+                }],
             },
             &hctx,
         );

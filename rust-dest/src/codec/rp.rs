@@ -7,11 +7,20 @@ use super::cursor::{Cursor, DecodeError, Encoder, Result};
 pub enum RpMessage {
     Shut(u32),
     Pong(u32),
-    ReqPagesId { start: u64, len: u32, block: String },
-    ReqPages { start: u64, len: u32 },
+    ReqPagesId {
+        start: u64,
+        len: u32,
+        block: String,
+    },
+    ReqPages {
+        start: u64,
+        len: u32,
+    },
     /// Header of a RECV_BITMAP reply; the bitmap data follows outside the
     /// message (see [`encode_recv_bitmap_data`]).
-    RecvBitmap { block: String },
+    RecvBitmap {
+        block: String,
+    },
     ResumeAck(u32),
     SwitchoverAck,
 }
@@ -65,13 +74,19 @@ pub fn decode_rp(c: &mut Cursor) -> Result<RpMessage> {
         let ty = c.be16(start)?;
         let len = c.be16(start)? as usize;
         if len > 512 {
-            return Err(DecodeError::invalid(start, format!("return-path message type {ty}: length {len} exceeds 512")));
+            return Err(DecodeError::invalid(
+                start,
+                format!("return-path message type {ty}: length {len} exceeds 512"),
+            ));
         }
         let p = c.bytes(len, start)?;
         let mut pc = Cursor::new(p, start + 4);
         let fixed = |n: usize| -> Result<()> {
             if len != n {
-                Err(DecodeError::invalid(start, format!("return-path message type {ty}: length {len}, expected {n}")))
+                Err(DecodeError::invalid(
+                    start,
+                    format!("return-path message type {ty}: length {len}, expected {n}"),
+                ))
             } else {
                 Ok(())
             }
@@ -98,7 +113,9 @@ pub fn decode_rp(c: &mut Cursor) -> Result<RpMessage> {
                 fixed(12)?;
                 RpMessage::ReqPages { start: pc.be64(start)?, len: pc.be32(start)? }
             }
-            MIG_RP_MSG_RECV_BITMAP => RpMessage::RecvBitmap { block: pc.counted_str(start, "block name")?.to_string() },
+            MIG_RP_MSG_RECV_BITMAP => {
+                RpMessage::RecvBitmap { block: pc.counted_str(start, "block name")?.to_string() }
+            }
             MIG_RP_MSG_RESUME_ACK => {
                 fixed(4)?;
                 RpMessage::ResumeAck(pc.be32(start)?)
@@ -107,7 +124,12 @@ pub fn decode_rp(c: &mut Cursor) -> Result<RpMessage> {
                 fixed(0)?;
                 RpMessage::SwitchoverAck
             }
-            _ => return Err(DecodeError::invalid(start, format!("invalid return-path message type {ty}"))),
+            _ => {
+                return Err(DecodeError::invalid(
+                    start,
+                    format!("invalid return-path message type {ty}"),
+                ))
+            }
         };
         Ok(m)
     })();
@@ -132,13 +154,19 @@ pub fn decode_recv_bitmap_data<'a>(c: &mut Cursor<'a>) -> Result<&'a [u8]> {
         let start = c.offset();
         let size = c.be64(start)?;
         if size > (1 << 32) {
-            return Err(DecodeError::invalid(start, format!("recv bitmap: size {size} is implausible")));
+            return Err(DecodeError::invalid(
+                start,
+                format!("recv bitmap: size {size} is implausible"),
+            ));
         }
         let b = c.bytes(size as usize, start)?;
         let moff = c.offset();
         let end = c.be64(start)?;
         if end != RAMBLOCK_RECV_BITMAP_ENDING {
-            return Err(DecodeError::invalid(moff, format!("recv bitmap: bad end marker {end:#018x}")));
+            return Err(DecodeError::invalid(
+                moff,
+                format!("recv bitmap: bad end marker {end:#018x}"),
+            ));
         }
         Ok(b)
     })();
@@ -176,8 +204,13 @@ mod tests {
         assert_eq!(RpMessage::Pong(1).to_bytes(), [0, 2, 0, 4, 0, 0, 0, 1]);
         assert_eq!(RpMessage::Shut(0).to_bytes(), [0, 1, 0, 4, 0, 0, 0, 0]);
         // §14 hugepage request for "mem0" at 2 MiB.
-        let want = [0u8, 3, 0, 0x11, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 4, b'm', b'e', b'm', b'0'];
-        assert_eq!(RpMessage::ReqPagesId { start: 0x200000, len: 0x200000, block: "mem0".into() }.to_bytes(), want);
+        let want =
+            [0u8, 3, 0, 0x11, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 4, b'm', b'e', b'm', b'0'];
+        assert_eq!(
+            RpMessage::ReqPagesId { start: 0x200000, len: 0x200000, block: "mem0".into() }
+                .to_bytes(),
+            want
+        );
     }
 
     #[test]

@@ -31,16 +31,24 @@ pub fn decode_header(c: &mut Cursor, expect_configuration: bool) -> Result<Heade
         if magic != QEMU_VM_FILE_MAGIC {
             return Err(DecodeError::invalid(
                 start,
-                format!("bad stream magic {magic:#010x} (expected {QEMU_VM_FILE_MAGIC:#010x} \"QEVM\")"),
+                format!(
+                    "bad stream magic {magic:#010x} (expected {QEMU_VM_FILE_MAGIC:#010x} \"QEVM\")"
+                ),
             ));
         }
         let voff = c.offset();
         let version = c.be32(start)?;
         if version == QEMU_VM_FILE_VERSION_COMPAT {
-            return Err(DecodeError::invalid(voff, "stream version 2 (pre-QEMU-1.x compat format) is not supported"));
+            return Err(DecodeError::invalid(
+                voff,
+                "stream version 2 (pre-QEMU-1.x compat format) is not supported",
+            ));
         }
         if version != QEMU_VM_FILE_VERSION {
-            return Err(DecodeError::invalid(voff, format!("unsupported stream version {version} (expected 3)")));
+            return Err(DecodeError::invalid(
+                voff,
+                format!("unsupported stream version {version} (expected 3)"),
+            ));
         }
         let mut configuration = None;
         if expect_configuration {
@@ -66,7 +74,10 @@ fn decode_configuration_body(c: &mut Cursor, start: u64) -> Result<Configuration
     let loff = c.offset();
     let len = c.be32(start)? as usize;
     if len > 256 {
-        return Err(DecodeError::invalid(loff, format!("configuration: machine name length {len} is implausible")));
+        return Err(DecodeError::invalid(
+            loff,
+            format!("configuration: machine name length {len} is implausible"),
+        ));
     }
     let noff = c.offset();
     let name = c.bytes(len, start)?;
@@ -101,7 +112,10 @@ fn decode_configuration_body(c: &mut Cursor, start: u64) -> Result<Configuration
             b"configuration/capabilities" => {
                 let n = c.be32(start)?;
                 if n > 64 {
-                    return Err(DecodeError::invalid(sub_off, format!("configuration/capabilities: count {n} is implausible")));
+                    return Err(DecodeError::invalid(
+                        sub_off,
+                        format!("configuration/capabilities: count {n} is implausible"),
+                    ));
                 }
                 let mut caps = Vec::new();
                 for _ in 0..n {
@@ -116,7 +130,10 @@ fn decode_configuration_body(c: &mut Cursor, start: u64) -> Result<Configuration
             other => {
                 return Err(DecodeError::invalid(
                     sub_off,
-                    format!("unknown configuration subsection {:?} (version {ver})", String::from_utf8_lossy(other)),
+                    format!(
+                        "unknown configuration subsection {:?} (version {ver})",
+                        String::from_utf8_lossy(other)
+                    ),
                 ))
             }
         }
@@ -133,7 +150,10 @@ pub fn encode_header(e: &mut Encoder, h: &Header) {
             e.u8(QEMU_VM_SUBSECTION).counted(b"configuration/target-page-bits").be32(1).be32(bits);
         }
         if let Some(caps) = &cfg.capabilities {
-            e.u8(QEMU_VM_SUBSECTION).counted(b"configuration/capabilities").be32(1).be32(caps.len() as u32);
+            e.u8(QEMU_VM_SUBSECTION)
+                .counted(b"configuration/capabilities")
+                .be32(1)
+                .be32(caps.len() as u32);
             for cap in caps {
                 e.counted(cap.as_bytes());
             }
@@ -186,13 +206,24 @@ pub struct RawCommand<'a> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TopRecord<'a> {
     /// START or FULL: the header announces a handler.
-    SectionOpen { kind: SectionKind, section_id: u32, idstr: &'a str, instance_id: u32, version_id: u32 },
+    SectionOpen {
+        kind: SectionKind,
+        section_id: u32,
+        idstr: &'a str,
+        instance_id: u32,
+        version_id: u32,
+    },
     /// PART or END of a previously opened section.
-    SectionCont { kind: SectionKind, section_id: u32 },
+    SectionCont {
+        kind: SectionKind,
+        section_id: u32,
+    },
     Command(RawCommand<'a>),
     Eof,
     /// The byte 0x06 (only legal after EOF; the caller decides).
-    VmDescription { json: &'a [u8] },
+    VmDescription {
+        json: &'a [u8],
+    },
 }
 
 /// Decode one top-level record. On `Incomplete` the cursor is unchanged.
@@ -210,7 +241,8 @@ fn decode_top_inner<'a>(c: &mut Cursor<'a>) -> Result<TopRecord<'a>> {
     let t = c.u8(start)?;
     match t {
         QEMU_VM_SECTION_START | QEMU_VM_SECTION_FULL => {
-            let kind = if t == QEMU_VM_SECTION_START { SectionKind::Start } else { SectionKind::Full };
+            let kind =
+                if t == QEMU_VM_SECTION_START { SectionKind::Start } else { SectionKind::Full };
             let section_id = c.be32(start)?;
             let idstr = c.counted_str(start, "section idstr")?;
             let instance_id = c.be32(start)?;
@@ -235,11 +267,16 @@ fn decode_top_inner<'a>(c: &mut Cursor<'a>) -> Result<TopRecord<'a>> {
             let json = c.bytes(len, start)?;
             Ok(TopRecord::VmDescription { json })
         }
-        QEMU_VM_CONFIGURATION => {
-            Err(DecodeError::invalid(start, "configuration section (0x07) is only allowed right after the stream header"))
+        QEMU_VM_CONFIGURATION => Err(DecodeError::invalid(
+            start,
+            "configuration section (0x07) is only allowed right after the stream header",
+        )),
+        QEMU_VM_SECTION_FOOTER => {
+            Err(DecodeError::invalid(start, "section footer (0x7e) outside of a section"))
         }
-        QEMU_VM_SECTION_FOOTER => Err(DecodeError::invalid(start, "section footer (0x7e) outside of a section")),
-        QEMU_VM_SUBSECTION => Err(DecodeError::invalid(start, "subsection marker (0x05) outside of device data")),
+        QEMU_VM_SUBSECTION => {
+            Err(DecodeError::invalid(start, "subsection marker (0x05) outside of device data"))
+        }
         other => Err(DecodeError::invalid(start, format!("unknown section type {other:#04x}"))),
     }
 }
@@ -258,7 +295,10 @@ pub fn decode_footer(c: &mut Cursor, section_id: u32) -> Result<()> {
         }
         let id = c.be32(start)?;
         if id != section_id {
-            return Err(DecodeError::invalid(start, format!("section footer names section {id}, expected {section_id}")));
+            return Err(DecodeError::invalid(
+                start,
+                format!("section footer names section {id}, expected {section_id}"),
+            ));
         }
         Ok(())
     })();
@@ -268,8 +308,19 @@ pub fn decode_footer(c: &mut Cursor, section_id: u32) -> Result<()> {
     r
 }
 
-pub fn encode_section_open(e: &mut Encoder, kind: SectionKind, section_id: u32, idstr: &str, instance_id: u32, version_id: u32) {
-    e.u8(kind.type_byte()).be32(section_id).counted(idstr.as_bytes()).be32(instance_id).be32(version_id);
+pub fn encode_section_open(
+    e: &mut Encoder,
+    kind: SectionKind,
+    section_id: u32,
+    idstr: &str,
+    instance_id: u32,
+    version_id: u32,
+) {
+    e.u8(kind.type_byte())
+        .be32(section_id)
+        .counted(idstr.as_bytes())
+        .be32(instance_id)
+        .be32(version_id);
 }
 
 pub fn encode_section_cont(e: &mut Encoder, kind: SectionKind, section_id: u32) {
@@ -351,7 +402,10 @@ mod tests {
         assert!(e.to_string().contains("unsupported stream version 4"), "{e}");
         assert!(e.to_string().contains("offset 4"), "{e}");
         let b = hex("51 45 56 4d 00 00 00 02");
-        assert!(decode_header(&mut Cursor::new(&b, 0), false).unwrap_err().to_string().contains("version 2"));
+        assert!(decode_header(&mut Cursor::new(&b, 0), false)
+            .unwrap_err()
+            .to_string()
+            .contains("version 2"));
         let b = hex("51 45 56 4d 00 00 00 03 04");
         let e = decode_header(&mut Cursor::new(&b, 0), true).unwrap_err();
         assert!(e.to_string().contains("configuration section missing"), "{e}");
@@ -371,10 +425,22 @@ mod tests {
         let mut c = Cursor::new(&e.buf, 10);
         assert_eq!(
             decode_top(&mut c).unwrap(),
-            TopRecord::SectionOpen { kind: SectionKind::Start, section_id: 2, idstr: "ram", instance_id: 0, version_id: 4 }
+            TopRecord::SectionOpen {
+                kind: SectionKind::Start,
+                section_id: 2,
+                idstr: "ram",
+                instance_id: 0,
+                version_id: 4
+            }
         );
-        assert_eq!(decode_top(&mut c).unwrap(), TopRecord::SectionCont { kind: SectionKind::Part, section_id: 2 });
-        assert!(matches!(decode_top(&mut c).unwrap(), TopRecord::SectionOpen { idstr: "globalstate", .. }));
+        assert_eq!(
+            decode_top(&mut c).unwrap(),
+            TopRecord::SectionCont { kind: SectionKind::Part, section_id: 2 }
+        );
+        assert!(matches!(
+            decode_top(&mut c).unwrap(),
+            TopRecord::SectionOpen { idstr: "globalstate", .. }
+        ));
         match decode_top(&mut c).unwrap() {
             TopRecord::Command(rc) => {
                 assert_eq!(rc.cmd, MIG_CMD_PING);
@@ -394,7 +460,10 @@ mod tests {
         assert_eq!(e, DecodeError::invalid(77, "unknown section type 0x09"));
         let b = hex("7e 00 00 00 03");
         assert!(decode_footer(&mut Cursor::new(&b, 0), 3).is_ok());
-        assert!(decode_footer(&mut Cursor::new(&b, 0), 2).unwrap_err().to_string().contains("expected 2"));
+        assert!(decode_footer(&mut Cursor::new(&b, 0), 2)
+            .unwrap_err()
+            .to_string()
+            .contains("expected 2"));
         let b = hex("01 00 00 00 02 03 72 61");
         let mut c = Cursor::new(&b, 0);
         assert!(decode_top(&mut c).unwrap_err().is_incomplete());

@@ -59,7 +59,10 @@ pub fn described_size(desc: &Value) -> std::result::Result<usize, String> {
     let mut total = 0usize;
     if let Some(fields) = desc.get("fields").and_then(|f| f.as_array()) {
         for f in fields {
-            let size = f.get("size").and_then(|s| s.as_u64()).ok_or_else(|| format!("field without size: {f}"))? as usize;
+            let size = f
+                .get("size")
+                .and_then(|s| s.as_u64())
+                .ok_or_else(|| format!("field without size: {f}"))? as usize;
             let n = f.get("array_len").and_then(|s| s.as_u64()).unwrap_or(1) as usize;
             total += size * n;
         }
@@ -68,7 +71,10 @@ pub fn described_size(desc: &Value) -> std::result::Result<usize, String> {
     }
     if let Some(subs) = desc.get("subsections").and_then(|s| s.as_array()) {
         for s in subs {
-            let name = s.get("vmsd_name").and_then(|n| n.as_str()).ok_or("subsection without vmsd_name")?;
+            let name = s
+                .get("vmsd_name")
+                .and_then(|n| n.as_str())
+                .ok_or("subsection without vmsd_name")?;
             // 0x05, counted name, be32 version_id, then the data.
             total += 1 + 1 + name.len() + 4 + described_size(s)?;
         }
@@ -79,7 +85,10 @@ pub fn described_size(desc: &Value) -> std::result::Result<usize, String> {
 fn section_header(c: &mut Cursor, start: u64) -> Result<(u32, String, u32, u32)> {
     let t = c.u8(start)?;
     if t != QEMU_VM_SECTION_FULL {
-        return Err(DecodeError::invalid(start, format!("expected a FULL section (0x04), found type {t:#04x}")));
+        return Err(DecodeError::invalid(
+            start,
+            format!("expected a FULL section (0x04), found type {t:#04x}"),
+        ));
     }
     let id = c.be32(start)?;
     let name = c.counted_str(start, "section idstr")?.to_string();
@@ -102,7 +111,8 @@ pub fn split_with_vmdesc(buf: &[u8], base: u64, vmdesc: &Value) -> Result<Vec<Sp
     while c.remaining() > 0 {
         let header_pos = c.pos();
         let start = c.offset();
-        let (id, name, inst, ver) = section_header(&mut c, start).map_err(|e| e.context("device state"))?;
+        let (id, name, inst, ver) =
+            section_header(&mut c, start).map_err(|e| e.context("device state"))?;
         // Find the description: devices are in stream order; early-setup
         // devices described earlier are skipped by name match.
         let mut found = None;
@@ -117,15 +127,20 @@ pub fn split_with_vmdesc(buf: &[u8], base: u64, vmdesc: &Value) -> Result<Vec<Sp
             }
         }
         let desc = found.ok_or_else(|| {
-            DecodeError::invalid(start, format!("device section {name:?} instance {inst} is not described in the vmdesc"))
+            DecodeError::invalid(
+                start,
+                format!("device section {name:?} instance {inst} is not described in the vmdesc"),
+            )
         })?;
-        let size = described_size(&desc).map_err(|e| DecodeError::invalid(start, format!("vmdesc for {name:?}: {e}")))?;
+        let size = described_size(&desc)
+            .map_err(|e| DecodeError::invalid(start, format!("vmdesc for {name:?}: {e}")))?;
         let dstart = c.pos();
         c.bytes(size, start).map_err(|_| {
             DecodeError::invalid(start, format!("device section {name:?}: vmdesc size {size} runs past the buffered device state"))
         })?;
         let dend = c.pos();
-        super::stream::decode_footer(&mut c, id).map_err(|e| e.context(&format!("device section {name:?} (vmdesc size {size})")))?;
+        super::stream::decode_footer(&mut c, id)
+            .map_err(|e| e.context(&format!("device section {name:?} (vmdesc size {size})")))?;
         out.push(SplitSection {
             section_id: id,
             idstr: name,
@@ -199,7 +214,10 @@ pub fn split_one_by_footer(buf: &[u8], pos: usize, base: u64) -> Result<(SplitSe
         }
         q += 1;
     }
-    Err(DecodeError::invalid(start, format!("device section {name:?} (id {id}): no footer found before the end of the data")))
+    Err(DecodeError::invalid(
+        start,
+        format!("device section {name:?} (id {id}): no footer found before the end of the data"),
+    ))
 }
 
 /// The FULL section at `pos` whose footer ends at `end` (known boundaries).
@@ -213,7 +231,15 @@ pub fn split_exact(buf: &[u8], pos: usize, end: usize, base: u64) -> Result<(Spl
     f.set_pos(end - 5);
     super::stream::decode_footer(&mut f, id)?;
     Ok((
-        SplitSection { section_id: id, idstr: name, instance_id: inst, version_id: ver, header_pos: pos, data: dstart..end - 5, vmdesc: None },
+        SplitSection {
+            section_id: id,
+            idstr: name,
+            instance_id: inst,
+            version_id: ver,
+            header_pos: pos,
+            data: dstart..end - 5,
+            vmdesc: None,
+        },
         end,
     ))
 }
@@ -233,7 +259,10 @@ pub fn package_section_ends(buf: &[u8]) -> Option<std::collections::HashMap<usiz
         let id = u32::from_be_bytes(b[p + 1..p + 5].try_into().unwrap());
         let n = b[p + 5] as usize;
         let after = p + 6 + n + 8;
-        if n == 0 || after > b.len() || !b[p + 6..p + 6 + n].iter().all(|&c| (0x20..0x7f).contains(&c)) {
+        if n == 0
+            || after > b.len()
+            || !b[p + 6..p + 6 + n].iter().all(|&c| (0x20..0x7f).contains(&c))
+        {
             return None;
         }
         Some((id, after))
@@ -263,7 +292,12 @@ pub fn package_section_ends(buf: &[u8]) -> Option<std::collections::HashMap<usiz
                 let l = u16::from_be_bytes([buf[p + 3], buf[p + 4]]) as usize;
                 let fixed_ok = command_fixed_len(cmd).is_none_or(|f| f as usize == l);
                 let end = p + 5 + l;
-                if cmd == 0 || cmd >= MIG_CMD_MAX || cmd == MIG_CMD_PACKAGED || !fixed_ok || end > len {
+                if cmd == 0
+                    || cmd >= MIG_CMD_MAX
+                    || cmd == MIG_CMD_PACKAGED
+                    || !fixed_ok
+                    || end > len
+                {
                     None
                 } else if cmd == MIG_CMD_POSTCOPY_RUN {
                     if end == len {
@@ -296,7 +330,8 @@ pub fn package_section_ends(buf: &[u8]) -> Option<std::collections::HashMap<usiz
         match next {
             Some((np, resume)) => {
                 // Remember where to resume this frame if the branch fails.
-                stack.last_mut().unwrap().1 = if resume == usize::MAX { usize::MAX } else { resume };
+                stack.last_mut().unwrap().1 =
+                    if resume == usize::MAX { usize::MAX } else { resume };
                 if resume != usize::MAX {
                     chosen.push((p, np));
                 }
@@ -389,7 +424,9 @@ mod tests {
         let mut e = Encoder::new();
         Command::PostcopyListen.encode(&mut e);
         let mut d = vec![1u8, 2, 0x7e, 0, 0, 0, 5, 0x00, 9, 9];
-        d.extend_from_slice(&[0x7e, 0, 0, 0, 5, 0x04, 0, 0, 0, 9, 3, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 0, 1, 7]);
+        d.extend_from_slice(&[
+            0x7e, 0, 0, 0, 5, 0x04, 0, 0, 0, 9, 3, b'a', b'b', b'c', 0, 0, 0, 0, 0, 0, 0, 1, 7,
+        ]);
         let s1 = e.buf.len();
         full(&mut e, 5, "dev", &d);
         let e1 = e.buf.len();
