@@ -1,15 +1,13 @@
+//! crossmig: drive real QEMU migrations into rust-dest or a QEMU destination
+//! and verify guest memory page by page. See ARCHITECTURE.md for the map.
+
 pub mod bench;
-pub mod dest;
-pub mod guestcheck;
+pub mod drive;
 pub mod images;
-pub mod memcheck;
-pub mod migrate;
-pub mod procs;
 pub mod provision;
-pub mod proxy;
-pub mod qemu;
 pub mod qmp;
 pub mod scenario;
-pub mod streamcheck;
 pub mod synth;
 pub mod sys;
+pub mod verify;
+pub mod vm;

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use harness::dest::DestKind;
+use harness::vm::dest::DestKind;
 use harness::images::Workload;
-use harness::migrate::{migrate, MigrateOpts, Mode};
-use harness::qemu::QemuBinary;
+use harness::drive::migrate::{migrate, MigrateOpts, Mode};
+use harness::vm::qemu::QemuBinary;
 
 #[derive(Parser)]
 #[command(
@@ -94,15 +94,13 @@ enum Cmd {
     },
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    rust_dest::cli::parse_size(s)
-}
+use wire::units::parse_size;
 
 fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CROSSMIG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    harness::procs::install_signal_cleanup();
+    harness::vm::procs::install_signal_cleanup();
     let cli = Cli::parse();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let code = match rt.block_on(run(cli)) {
@@ -114,7 +112,7 @@ fn main() {
         }
     };
     drop(rt);
-    harness::procs::cleanup_all();
+    harness::vm::procs::cleanup_all();
     std::process::exit(code);
 }
 

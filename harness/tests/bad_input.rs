@@ -20,14 +20,14 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use harness::dest::{start_dest, DestKind};
+use harness::vm::dest::{start_dest, DestKind};
 use harness::images::Workload;
-use harness::procs::{free_tcp_port, PathGuard};
-use harness::proxy::{Proxy, ProxyPlan};
-use harness::qemu::{QemuBinary, QemuVm, VmConfig};
-use rust_dest::codec::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
-use rust_dest::codec::stream::{decode_footer, decode_header, decode_top, SectionKind, TopRecord};
-use rust_dest::codec::{vmdesc, Cursor};
+use harness::vm::procs::{free_tcp_port, PathGuard};
+use harness::drive::proxy::{Proxy, ProxyPlan};
+use harness::vm::qemu::{QemuBinary, QemuVm, VmConfig};
+use wire::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
+use wire::stream::{decode_footer, decode_header, decode_top, SectionKind, TopRecord};
+use wire::{vmdesc, Cursor};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -98,7 +98,7 @@ impl Layout {
 }
 
 fn parse_layout(data: &[u8]) -> Result<Layout, String> {
-    fn e(what: &'static str) -> impl Fn(rust_dest::codec::DecodeError) -> String {
+    fn e(what: &'static str) -> impl Fn(wire::DecodeError) -> String {
         move |err| format!("parsing the recorded stream ({what}): {err}")
     }
     let mut c = Cursor::new(data, 0);

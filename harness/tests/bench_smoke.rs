@@ -48,7 +48,7 @@ fn leftovers(pid: u32) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_quick_smoke() {
-    if let Err(e) = harness::qemu::QemuBinary::system() {
+    if let Err(e) = harness::vm::qemu::QemuBinary::system() {
         panic!("real QEMU is required for this test (install it with ci/install.sh): {e:#}");
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -141,14 +141,14 @@ async fn bench_quick_smoke() {
 
     // Clean-up: no processes, RAM files or sockets left behind.
     assert!(
-        harness::procs::registered_pgids().is_empty(),
+        harness::vm::procs::registered_pgids().is_empty(),
         "processes left: {:?}",
-        harness::procs::registered_pgids()
+        harness::vm::procs::registered_pgids()
     );
     assert!(
-        harness::procs::registered_paths().is_empty(),
+        harness::vm::procs::registered_paths().is_empty(),
         "paths left: {:?}",
-        harness::procs::registered_paths()
+        harness::vm::procs::registered_paths()
     );
     let left = leftovers(std::process::id());
     assert!(left.is_empty(), "files left behind: {left:?}");

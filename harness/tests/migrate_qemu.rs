@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use harness::dest::DestKind;
+use harness::vm::dest::DestKind;
 use harness::images::Workload;
-use harness::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
-use harness::qemu::QemuBinary;
+use harness::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
+use harness::vm::qemu::QemuBinary;
 
 fn qemu() -> QemuBinary {
     match QemuBinary::system() {

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use harness::dest::DestKind;
-use harness::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
-use harness::qemu::QemuBinary;
+use harness::vm::dest::DestKind;
+use harness::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
+use harness::vm::qemu::QemuBinary;
 
 fn qemu() -> QemuBinary {
     QemuBinary::system().unwrap_or_else(|e| panic!("real QEMU is required (ci/install.sh): {e:#}"))

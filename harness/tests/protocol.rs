@@ -11,13 +11,13 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use harness::qemu::QemuBinary;
+use harness::vm::qemu::QemuBinary;
 use harness::synth::{
     encode_script, source_layout, vmdesc_for, Differential, Expect, Page, RpMatcher, RunOpts,
     SourceLayout, Step, GUEST_MEM, PAGE_SIZE, QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
 };
-use rust_dest::codec::command::discard_payload;
-use rust_dest::codec::consts::MIG_CMD_POSTCOPY_RAM_DISCARD;
+use wire::command::discard_payload;
+use wire::consts::MIG_CMD_POSTCOPY_RAM_DISCARD;
 
 const MEM0: &str = "mem0";
 const P: u64 = PAGE_SIZE;
@@ -395,7 +395,7 @@ fn check_failure_shut(d: &Differential) -> Vec<String> {
         if play.shuts().contains(&0) {
             p.push(format!("{}: failed but sent SHUT(0) (success)", r.kind.name()));
         }
-        if r.kind == harness::dest::DestKind::Rust
+        if r.kind == harness::vm::dest::DestKind::Rust
             && !play.pongs().is_empty()
             && play.shuts() != [1]
         {
@@ -827,7 +827,7 @@ async fn postcopy_page_requests() {
             }
         }
         if let Some(play) = &d.qemu.play {
-            use rust_dest::codec::rp::RpMessage;
+            use wire::rp::RpMessage;
             match play.rp_messages.iter().find(|m| matches!(m, RpMessage::ReqPagesId { .. })) {
                 Some(RpMessage::ReqPagesId { start: 0x3f000, len: 4096, block }) if block == "pc.bios" => {}
                 other => p.push(format!("qemu: first page request {other:?}, expected pc.bios 0x3f000 (reset vector)")),

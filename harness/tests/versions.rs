@@ -23,10 +23,10 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use harness::dest::DestKind;
-use harness::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
+use harness::vm::dest::DestKind;
+use harness::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
 use harness::provision::{self, series_matches, Installed, Status, KNOWN_VERSIONS};
-use harness::qemu::{parse_qemu_version, QemuBinary};
+use harness::vm::qemu::{parse_qemu_version, QemuBinary};
 
 /// One migration at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -266,7 +266,7 @@ async fn cross_7_2_to_10_0() {
 }
 
 // QEMU 7.2 as a destination reports no status after migrate-incoming
-// (only socket-address); harness::migrate::wait_incoming_listening accepts it.
+// (only socket-address); harness::drive::migrate::wait_incoming_listening accepts it.
 #[tokio::test]
 async fn cross_10_0_to_7_2() {
     cross("10.0", "7.2", "pc-q35-7.2").await;

@@ -173,22 +173,7 @@ const IGNORED_FLAGS: &[&str] = &[
     "s",
 ];
 
-/// Parse a QEMU size: plain bytes or with K/M/G/T suffix (also KiB, MB...).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let idx = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-    let (num, suf) = s.split_at(idx);
-    let n: f64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
-    let mult: u64 = match suf.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
-        "" => 1,
-        "K" => 1 << 10,
-        "M" => 1 << 20,
-        "G" => 1 << 30,
-        "T" => 1 << 40,
-        _ => return Err(format!("invalid size suffix in {s:?}")),
-    };
-    Ok((n * mult as f64) as u64)
-}
+pub use wire::units::parse_size;
 
 /// Split a QemuOpts-style string on `,`, where `,,` is a literal comma.
 pub fn split_opts(s: &str) -> Vec<String> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use userfaultfd::{Event, FeatureFlags, Uffd, UffdBuilder};
 
-use crate::codec::rp::RpMessage;
+use wire::rp::RpMessage;
 use crate::incoming::ReturnPath;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, RunState, Shared};

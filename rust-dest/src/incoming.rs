@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::codec::command::Command;
-use crate::codec::consts::*;
-use crate::codec::ramrec::{decode_ram_record, xbzrle_decode, BlockRef, RamContext, RamRecord};
-use crate::codec::rp::RpMessage;
-use crate::codec::stream::{decode_footer, decode_header, decode_top, SectionKind, TopRecord};
-use crate::codec::{vmdesc, Cursor, DecodeError, Encoder};
+use wire::command::Command;
+use wire::consts::*;
+use wire::ramrec::{decode_ram_record, xbzrle_decode, BlockRef, RamContext, RamRecord};
+use wire::rp::RpMessage;
+use wire::stream::{decode_footer, decode_header, decode_top, SectionKind, TopRecord};
+use wire::{vmdesc, Cursor, DecodeError, Encoder};
 use crate::fault::{PostcopyRuntime, VcpuConfig};
 use crate::postcopy::{self, Action, PcState};
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
@@ -529,7 +529,7 @@ impl Loader {
             },
             OwnedTop::Command { cmd, payload, payload_offset } => {
                 let rc =
-                    crate::codec::stream::RawCommand { cmd, payload: &payload, payload_offset };
+                    wire::stream::RawCommand { cmd, payload: &payload, payload_offset };
                 let c = Command::parse(&rc).map_err(|e| e.to_string())?;
                 self.command(c, off, r, false)?;
                 Ok(Flow::Continue)
@@ -636,7 +636,7 @@ impl Loader {
                     let rp = self.rp().ok_or("RECV_BITMAP without a return path")?.clone();
                     let mut e = Encoder::new();
                     RpMessage::RecvBitmap { block: b.clone() }.encode(&mut e);
-                    crate::codec::rp::encode_recv_bitmap_data(&mut e, &blk.received.to_le_bytes());
+                    wire::rp::encode_recv_bitmap_data(&mut e, &blk.received.to_le_bytes());
                     rp.send_raw(&e.buf).map_err(|e| {
                         format!("return path: sending the received bitmap of {b:?}: {e}")
                     })?;
@@ -701,7 +701,7 @@ impl Loader {
         Ok(())
     }
 
-    fn discard(&mut self, d: &crate::codec::command::Discard, off: u64) -> Result<(), String> {
+    fn discard(&mut self, d: &wire::command::Discard, off: u64) -> Result<(), String> {
         // QEMU requires at least one range's worth of payload: version, name
         // length, name, NUL, 16 bytes (len >= 20; wire-format §3.2).
         let plen = 3 + d.block.len() + 16 * d.ranges.len();

@@ -12,8 +12,6 @@
 //! - [`cli`]: the QEMU-style command line.
 
 pub mod cli;
-pub mod codec;
-pub mod digest;
 pub mod fault;
 pub mod incoming;
 pub mod listen;

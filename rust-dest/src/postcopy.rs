@@ -3,7 +3,7 @@
 //!
 //! States: NONE → ADVISE → DISCARD → LISTENING → RUNNING → END.
 
-use crate::codec::command::{Advise, Command};
+use wire::command::{Advise, Command};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PcState {
@@ -128,7 +128,7 @@ pub fn step(state: PcState, cmd: &Command, local: &Local) -> Result<(PcState, Ac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::command::Discard;
+    use wire::command::Discard;
 
     const L: Local = Local { postcopy_ram: true, host_page_size: 4096, target_page_size: 4096 };
 

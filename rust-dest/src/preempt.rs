@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::codec::ramrec::{decode_ram_record, RamContext, RamRecord};
-use crate::codec::{Cursor, DecodeError};
+use wire::ramrec::{decode_ram_record, RamContext, RamRecord};
+use wire::{Cursor, DecodeError};
 use crate::incoming::{check_page_addr, resolve_block, Reader, CH_PREEMPT};
 use crate::ram::RamBlock;
 use crate::session::{Session, Sock};

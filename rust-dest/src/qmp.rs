@@ -30,7 +30,7 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::digest;
+use wire::digest;
 use crate::ram::TARGET_PAGE_SIZE;
 use crate::state::{Event, MigStatus, RunState, Shared, KNOWN_CAPABILITIES};
 

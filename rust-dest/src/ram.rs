@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::digest;
+use wire::digest;
 use crate::mem::Mapping;
 
-/// Target page size for x86-64.
-pub const TARGET_PAGE_SIZE: u64 = 4096;
+pub use wire::TARGET_PAGE_SIZE;
 
 /// A `-object memory-backend-file` (or `memory-backend-ram`) from the
 /// command line: the RAMBlock with this id lives in this file.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rust_dest::digest;
+use wire::digest;
 use rust_dest::qmp::{self, QmpAddr, QmpEndpoint};
 use rust_dest::ram::RamTable;
 use rust_dest::state::{DeviceSection, MigStatus, RunState, Shared};

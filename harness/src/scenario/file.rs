@@ -380,12 +380,12 @@ fn validate(v: &Variant) -> Result<(), FileError> {
                     .map_err(|e| v.err(v.table_line("steps", i), format!("steps[{i}]: {e}")))?;
             }
             if let Some(k) = &d.dest.kind {
-                k.parse::<crate::dest::DestKind>().map_err(|e| {
+                k.parse::<crate::vm::dest::DestKind>().map_err(|e| {
                     v.err(find_key_line(&v.text, "kind"), format!("dest.kind: {e}"))
                 })?;
             }
             if let Some(m) = &d.source.memory {
-                rust_dest::cli::parse_size(m).map_err(|e| {
+                wire::units::parse_size(m).map_err(|e| {
                     v.err(find_key_line(&v.text, "memory"), format!("source.memory: {e}"))
                 })?;
             }
@@ -458,21 +458,7 @@ pub fn matrix_versions() -> Vec<String> {
         .clone()
 }
 
-/// "500ms", "2s", "1.5s", "3m", or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let s = s.trim();
-    let (num, unit) =
-        s.split_at(s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len()));
-    let n: f64 =
-        num.parse().map_err(|_| format!("invalid duration {s:?} (use e.g. 500ms, 2s, 3m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" | "" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("invalid duration unit in {s:?} (ms, s or m)")),
-    };
-    Ok(std::time::Duration::from_secs_f64(secs))
-}
+pub use wire::units::parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -20,14 +20,14 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::dest::{start_dest, DestKind};
-use crate::guestcheck;
+use crate::vm::dest::{start_dest, DestKind};
+use crate::verify::guest;
 use crate::images::{self, Workload};
-use crate::memcheck;
-use crate::migrate::Sample;
-use crate::procs::{free_tcp_port, unique_name, PathGuard};
-use crate::proxy::{Proxy, ProxyHandle, ProxyPlan};
-use crate::qemu::{QemuBinary, QemuVm, VmConfig};
+use crate::verify::memory;
+use crate::drive::migrate::Sample;
+use crate::vm::procs::{free_tcp_port, unique_name, PathGuard};
+use crate::drive::proxy::{Proxy, ProxyHandle, ProxyPlan};
+use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
 use crate::synth;
 pub use file::{load, FileError, Kind, Variant};
 use steps::{FaultKind, Side, Step};
@@ -211,7 +211,7 @@ async fn run_migration(v: &Variant, out: &mut Outcome) -> Result<()> {
         .source
         .memory
         .as_deref()
-        .map(rust_dest::cli::parse_size)
+        .map(wire::units::parse_size)
         .transpose()
         .map_err(|e| anyhow!(e))?
         .unwrap_or(256 << 20);
@@ -302,7 +302,7 @@ fn params_json(t: &toml::Table) -> Result<Value> {
         let j = match v {
             // Sizes may be written "256M".
             toml::Value::String(s) if k.ends_with("bandwidth") || k.ends_with("-size") => {
-                json!(rust_dest::cli::parse_size(s).map_err(|e| anyhow!("parameter {k}: {e}"))?)
+                json!(wire::units::parse_size(s).map_err(|e| anyhow!("parameter {k}: {e}"))?)
             }
             other => serde_json::to_value(other)?,
         };
@@ -412,15 +412,15 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                 let mut plan = ProxyPlan::new();
                 if let (Some(a), Some(f)) = (&p.stall_at, &p.stall_for) {
                     plan = plan.stall(
-                        rust_dest::cli::parse_size(a).map_err(|e| anyhow!(e))?,
+                        wire::units::parse_size(a).map_err(|e| anyhow!(e))?,
                         file::parse_duration(f).map_err(|e| anyhow!(e))?,
                     );
                 }
                 if let Some(t) = &p.throttle {
-                    plan = plan.throttle(rust_dest::cli::parse_size(t).map_err(|e| anyhow!(e))?);
+                    plan = plan.throttle(wire::units::parse_size(t).map_err(|e| anyhow!(e))?);
                 }
                 if let Some(c) = &p.cut_at {
-                    plan = plan.cut_at(rust_dest::cli::parse_size(c).map_err(|e| anyhow!(e))?);
+                    plan = plan.cut_at(wire::units::parse_size(c).map_err(|e| anyhow!(e))?);
                 }
                 let px = Proxy::start("127.0.0.1:0", ([127, 0, 0, 1], port).into(), plan).await?;
                 src_uri = px.uri();
@@ -582,7 +582,7 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                     {
                         use tokio::io::AsyncWriteExt;
                         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-                        s.write_all(&[rust_dest::codec::consts::QEMU_VM_COMMAND]).await?;
+                        s.write_all(&[wire::consts::QEMU_VM_COMMAND]).await?;
                     }
                     // The destination must take the connection as its
                     // recovery channel (postcopy-recover) and fall back.
@@ -713,7 +713,7 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
             Ok(detail.join(", "))
         }
         Step::CheckMemory { invariant } => {
-            let c = memcheck::compare_files(
+            let c = memory::compare_files(
                 &ctx.src.cfg.backend_id,
                 &ctx.src.cfg.mem_path,
                 &ctx.dst.cfg.mem_path,
@@ -730,19 +730,19 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                         json!({"block": ctx.src.cfg.backend_id, "pages": true}),
                     )
                     .await?;
-                let pd = rust_dest::digest::from_hex(
+                let pd = wire::digest::from_hex(
                     d["blocks"][0]["page-digests"].as_str().unwrap_or(""),
                 )
                 .unwrap_or_default();
-                let sd = memcheck::file_page_digests(&ctx.src.cfg.mem_path)?;
-                let c2 = memcheck::compare_digests("mem0", &sd, &pd, "rust-dest QMP digests");
+                let sd = memory::file_page_digests(&ctx.src.cfg.mem_path)?;
+                let c2 = memory::compare_digests("mem0", &sd, &pd, "rust-dest QMP digests");
                 if !c2.ok() {
                     bail!("{c2}");
                 }
             }
             if invariant.unwrap_or(true) && ctx.workload == Workload::Sweep {
                 let ram = std::fs::read(&ctx.dst.cfg.mem_path)?;
-                let r = guestcheck::check_sweep_invariant(
+                let r = guest::check_sweep_invariant(
                     &ram,
                     images::SWEEP_START,
                     images::sweep_end(ctx.mem),

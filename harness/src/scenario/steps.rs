@@ -181,7 +181,7 @@ pub fn parse_step(t: &toml::Table) -> Result<StepSpec, String> {
         }
         Step::Migrate { proxy: Some(p) } => {
             for s in [&p.stall_at, &p.throttle, &p.cut_at].into_iter().flatten() {
-                rust_dest::cli::parse_size(s)?;
+                wire::units::parse_size(s)?;
             }
             if let Some(d) = &p.stall_for {
                 super::file::parse_duration(d)?;

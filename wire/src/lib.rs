@@ -7,7 +7,8 @@
 //! an I/O layer can read more bytes and retry. Every other error names the
 //! absolute byte offset and what was wrong.
 //!
-//! Layout (see `docs/wire-format.md` in the shared docs for the byte layouts):
+//! The byte layouts, and the QEMU source each rule comes from, are in the
+//! project's `docs/wire-format.md`. Modules:
 //! - [`consts`]: magic numbers, section types, command and flag values.
 //! - [`stream`]: header, configuration, section headers/footers, EOF, vmdesc,
 //!   command framing.
@@ -16,13 +17,18 @@
 //! - [`rp`]: return-path messages.
 //! - [`vmdesc`]: locating the trailing vmdesc JSON and splitting device
 //!   sections with it.
+//! - [`digest`]: page digests (xxh3), identical wherever pages are compared.
+//! - [`units`]: sizes, durations, and the target page size.
 
 pub mod command;
 pub mod consts;
 pub mod cursor;
+pub mod digest;
 pub mod ramrec;
 pub mod rp;
 pub mod stream;
+pub mod units;
 pub mod vmdesc;
 
 pub use cursor::{Cursor, DecodeError, Encoder};
+pub use units::TARGET_PAGE_SIZE;

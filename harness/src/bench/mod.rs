@@ -30,10 +30,10 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::dest::{rust_dest_binary, DestKind};
+use crate::vm::dest::{rust_dest_binary, DestKind};
 use crate::images::Workload;
-use crate::procs::{file_tail, free_tcp_port, unique_name, ChildGuard, PathGuard};
-use crate::qemu::{vm_args, QemuBinary, VmConfig};
+use crate::vm::procs::{file_tail, free_tcp_port, unique_name, ChildGuard, PathGuard};
+use crate::vm::qemu::{vm_args, QemuBinary, VmConfig};
 use crate::qmp::{migrate_status_of, Qmp};
 
 const MIB: u64 = 1 << 20;
@@ -128,9 +128,7 @@ pub struct BenchArgs {
     pub rust_vcpu_pattern: String,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    rust_dest::cli::parse_size(s)
-}
+use wire::units::parse_size;
 
 #[derive(clap::Parser)]
 #[command(name = "crossmig-bench")]
@@ -203,7 +201,7 @@ impl BenchConfig {
 // processes
 
 /// A QEMU or rust-dest process with a connected QMP monitor. Like
-/// [`crate::qemu::QemuVm`], but started here so that start-up can be timed
+/// [`crate::vm::qemu::QemuVm`], but started here so that start-up can be timed
 /// precisely (1 ms socket polling instead of 20 ms).
 struct Vm {
     child: ChildGuard,

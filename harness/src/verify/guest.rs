@@ -375,7 +375,7 @@ mod tests {
     }
 
     /// Boots the real images under QEMU (TCG).  Run with
-    /// `cargo test -p harness --lib guestcheck::qemu -- --ignored --nocapture`.
+    /// `cargo test -p harness --lib guest::qemu -- --ignored --nocapture`.
     mod qemu {
         use super::super::*;
         use crate::images::{self, Workload};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::qemu::{QemuBinary, QemuVm, VmConfig};
+use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
 
 /// Which destination receives the migration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

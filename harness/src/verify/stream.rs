@@ -12,10 +12,10 @@ use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Result};
 
-use rust_dest::codec::command::Command;
-use rust_dest::codec::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
-use rust_dest::codec::stream::{decode_header, decode_top, SectionKind, TopRecord};
-use rust_dest::codec::Cursor;
+use wire::command::Command;
+use wire::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
+use wire::stream::{decode_header, decode_top, SectionKind, TopRecord};
+use wire::Cursor;
 
 /// Reconstructed RAM: block name → bytes.
 #[derive(Default, Debug)]
@@ -74,7 +74,7 @@ impl Replay {
                     .blocks
                     .get_mut(&n)
                     .ok_or_else(|| anyhow!("xbzrle page for unknown block {n:?}"))?;
-                rust_dest::codec::ramrec::xbzrle_decode(
+                wire::ramrec::xbzrle_decode(
                     data,
                     &mut b[addr as usize..addr as usize + 4096],
                     off,
@@ -200,17 +200,17 @@ impl Replay {
     }
 
     pub fn page_digests(&self, block: &str) -> Option<Vec<u64>> {
-        self.blocks.get(block).map(|b| rust_dest::digest::page_digests(b, 4096))
+        self.blocks.get(block).map(|b| wire::digest::page_digests(b, 4096))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rust_dest::codec::command::Discard;
-    use rust_dest::codec::ramrec::{encode_ram_record, BlockEntry};
-    use rust_dest::codec::stream::*;
-    use rust_dest::codec::Encoder;
+    use wire::command::Discard;
+    use wire::ramrec::{encode_ram_record, BlockEntry};
+    use wire::stream::*;
+    use wire::Encoder;
 
     #[test]
     fn replays_pages_zero_and_discards() {

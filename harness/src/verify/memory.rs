@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use rust_dest::digest;
+use wire::digest;
 
 pub const PAGE: usize = 4096;
 

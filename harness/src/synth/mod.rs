@@ -28,19 +28,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use rust_dest::codec::command::{discard_payload, Advise, Command};
-use rust_dest::codec::consts::{MIG_CMD_POSTCOPY_ADVISE, MIG_CMD_POSTCOPY_RAM_DISCARD};
-use rust_dest::codec::ramrec::{
+use wire::command::{discard_payload, Advise, Command};
+use wire::consts::{MIG_CMD_POSTCOPY_ADVISE, MIG_CMD_POSTCOPY_RAM_DISCARD};
+use wire::ramrec::{
     decode_ram_record, encode_ram_record, BlockEntry, BlockRef, RamContext, RamRecord,
 };
-use rust_dest::codec::rp::{decode_rp, RpMessage};
-use rust_dest::codec::stream::{self, Configuration, Header, SectionKind, TopRecord};
-use rust_dest::codec::{vmdesc, Cursor, DecodeError, Encoder};
-use rust_dest::digest::page_digest;
+use wire::rp::{decode_rp, RpMessage};
+use wire::stream::{self, Configuration, Header, SectionKind, TopRecord};
+use wire::{vmdesc, Cursor, DecodeError, Encoder};
+use wire::digest::page_digest;
 
-use crate::dest::{start_dest, DestKind};
-use crate::procs::free_tcp_port;
-use crate::qemu::{QemuBinary, QemuVm, VmConfig};
+use crate::vm::dest::{start_dest, DestKind};
+use crate::vm::procs::free_tcp_port;
+use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
 
 /// Target page size (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
@@ -1457,7 +1457,7 @@ impl DestRun {
     }
 }
 
-/// Start a destination of `kind` (harness::dest::start_dest: `-incoming
+/// Start a destination of `kind` (harness::vm::dest::start_dest: `-incoming
 /// defer -S`), set capabilities, `migrate-incoming tcp:127.0.0.1:PORT`,
 /// play `script`, judge the verdict and (on completion) memory. The
 /// destination is always shut down and its files removed before returning.

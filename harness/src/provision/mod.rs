@@ -55,7 +55,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::qemu::{parse_qemu_version, QemuBinary};
+use crate::vm::qemu::{parse_qemu_version, QemuBinary};
 
 /// Environment variable naming the cache folder.
 pub const CACHE_ENV: &str = "CROSSMIG_CACHE";

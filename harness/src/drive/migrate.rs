@@ -9,13 +9,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::dest::{start_dest, DestKind};
-use crate::guestcheck;
+use crate::vm::dest::{start_dest, DestKind};
+use crate::verify::guest;
 use crate::images::{self, Workload};
-use crate::memcheck::{self, BlockCompare};
-use crate::procs::{free_tcp_port, unique_name, PathGuard};
-use crate::proxy::{Proxy, ProxyPlan};
-use crate::qemu::{QemuBinary, QemuVm, VmConfig};
+use crate::verify::memory::{self, BlockCompare};
+use crate::vm::procs::{free_tcp_port, unique_name, PathGuard};
+use crate::drive::proxy::{Proxy, ProxyPlan};
+use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -321,20 +321,20 @@ pub async fn migrate(
 
     // Memory: the guest RAM block lives in both memory-backend files.
     let mut blocks = Vec::new();
-    let cmp = memcheck::compare_files(&src.cfg.backend_id, &src.cfg.mem_path, &dst.cfg.mem_path)?;
+    let cmp = memory::compare_files(&src.cfg.backend_id, &src.cfg.mem_path, &dst.cfg.mem_path)?;
     push("guest RAM identical (mem0 files)", cmp.ok(), cmp.to_string());
     blocks.push(cmp);
     if opts.dest == DestKind::Rust {
         // rust-dest's own view of every RAMBlock over QMP.
         let d = dst.execute("x-crossmig-ram-digests", json!({"pages": true})).await?;
-        let src_digests = memcheck::file_page_digests(&src.cfg.mem_path)?;
+        let src_digests = memory::file_page_digests(&src.cfg.mem_path)?;
         let mut names = Vec::new();
         for b in d["blocks"].as_array().cloned().unwrap_or_default() {
             let name = b["name"].as_str().unwrap_or("?").to_string();
             if name == src.cfg.backend_id {
-                let pd = rust_dest::digest::from_hex(b["page-digests"].as_str().unwrap_or(""))
+                let pd = wire::digest::from_hex(b["page-digests"].as_str().unwrap_or(""))
                     .unwrap_or_default();
-                let c = memcheck::compare_digests(
+                let c = memory::compare_digests(
                     &name,
                     &src_digests,
                     &pd,
@@ -353,10 +353,10 @@ pub async fn migrate(
             let mut n = 0;
             for b in d["blocks"].as_array().cloned().unwrap_or_default() {
                 let name = b["name"].as_str().unwrap_or("?").to_string();
-                let pd = rust_dest::digest::from_hex(b["page-digests"].as_str().unwrap_or(""))
+                let pd = wire::digest::from_hex(b["page-digests"].as_str().unwrap_or(""))
                     .unwrap_or_default();
                 let want = replay.page_digests(&name).unwrap_or_default();
-                let c = memcheck::compare_digests(
+                let c = memory::compare_digests(
                     &name,
                     &want,
                     &pd,
@@ -406,11 +406,11 @@ pub async fn migrate(
     match opts.workload {
         Workload::Sweep => {
             let end = images::sweep_end(opts.mem_bytes);
-            let c = guestcheck::check_sweep_invariant(&dram, images::SWEEP_START, end);
+            let c = guest::check_sweep_invariant(&dram, images::SWEEP_START, end);
             push("sweep guest invariant on the destination", c.ok(), c.to_string());
         }
         Workload::Fill => {
-            let c = guestcheck::check_fill(
+            let c = guest::check_fill(
                 &dram,
                 images::SWEEP_START,
                 images::fill_end(opts.mem_bytes),
@@ -496,8 +496,8 @@ impl Recorder {
 
     /// Replay everything recorded: main channels (the first with the stream
     /// header, recovery channels without), then preempt channels.
-    pub fn replay(&self) -> Result<crate::streamcheck::Replay> {
-        let mut r = crate::streamcheck::Replay::default();
+    pub fn replay(&self) -> Result<crate::verify::stream::Replay> {
+        let mut r = crate::verify::stream::Replay::default();
         let mut preempt = Vec::new();
         for f in &self.files {
             let b = match std::fs::read(f) {
@@ -506,7 +506,7 @@ impl Recorder {
             };
             if b.starts_with(b"QEVM") {
                 r.main_channel(&b)?;
-            } else if b[0] == rust_dest::codec::consts::QEMU_VM_COMMAND {
+            } else if b[0] == wire::consts::QEMU_VM_COMMAND {
                 r.recovery_channel(&b)?;
             } else {
                 preempt.push(b);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
-use crate::procs::{file_tail, unique_name, ChildGuard, PathGuard};
+use crate::vm::procs::{file_tail, unique_name, ChildGuard, PathGuard};
 use crate::qmp::Qmp;
 
 /// How long [`QemuVm::start`] waits for the QMP socket.
