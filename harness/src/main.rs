@@ -6,9 +6,9 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use harness::vm::dest::DestKind;
-use harness::images::Workload;
 use harness::drive::migrate::{migrate, MigrateOpts, Mode};
+use harness::images::Workload;
+use harness::vm::dest::DestKind;
 use harness::vm::qemu::QemuBinary;
 
 #[derive(Parser)]

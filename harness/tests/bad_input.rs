@@ -20,18 +20,18 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use harness::vm::dest::{start_dest, DestKind};
-use harness::images::Workload;
-use harness::vm::procs::{free_tcp_port, PathGuard};
 use harness::drive::proxy::{Proxy, ProxyPlan};
+use harness::images::Workload;
+use harness::vm::dest::{start_dest, DestKind};
+use harness::vm::procs::{free_tcp_port, PathGuard};
 use harness::vm::qemu::{QemuBinary, QemuVm, VmConfig};
-use wire::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
-use wire::stream::{decode_footer, decode_header, decode_top, SectionKind, TopRecord};
-use wire::{vmdesc, Cursor};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
+use wire::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
+use wire::stream::{decode_footer, decode_header, decode_top, SectionKind, TopRecord};
+use wire::{vmdesc, Cursor};
 
 const MIB: u64 = 1 << 20;
 const MEM: u64 = 128 * MIB;

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use harness::vm::dest::DestKind;
-use harness::images::Workload;
 use harness::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
+use harness::images::Workload;
+use harness::vm::dest::DestKind;
 use harness::vm::qemu::QemuBinary;
 
 fn qemu() -> QemuBinary {

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use harness::vm::dest::DestKind;
 use harness::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
+use harness::vm::dest::DestKind;
 use harness::vm::qemu::QemuBinary;
 
 fn qemu() -> QemuBinary {

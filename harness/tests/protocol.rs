@@ -11,11 +11,11 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use harness::vm::qemu::QemuBinary;
 use harness::synth::{
     encode_script, source_layout, vmdesc_for, Differential, Expect, Page, RpMatcher, RunOpts,
     SourceLayout, Step, GUEST_MEM, PAGE_SIZE, QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
 };
+use harness::vm::qemu::QemuBinary;
 use wire::command::discard_payload;
 use wire::consts::MIG_CMD_POSTCOPY_RAM_DISCARD;
 

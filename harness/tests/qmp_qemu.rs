@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::qmp::QmpError;
 use harness::vm::procs::{self, ChildGuard, PathGuard};
 use harness::vm::qemu::{vm_args, QemuBinary, QemuVm, VmConfig};
-use harness::qmp::QmpError;
 use serde_json::{json, Value};
 
 const MIB: u64 = 1 << 20;
@@ -71,7 +71,9 @@ fn version_and_args() {
     assert!(s.contains("-nodefaults -display none -serial null -drive file=/tmp/disk.img,format=raw,if=ide -qmp unix:"), "{s}");
     assert!(s.contains("-incoming tcp:127.0.0.1:4444 -S -name args-"), "{s}");
     assert_eq!(
-        harness::vm::qemu::parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1)\n"),
+        harness::vm::qemu::parse_qemu_version(
+            "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1)\n"
+        ),
         Some((10, 0, 2))
     );
     assert_eq!(

@@ -23,9 +23,9 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use harness::vm::dest::DestKind;
 use harness::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
 use harness::provision::{self, series_matches, Installed, Status, KNOWN_VERSIONS};
+use harness::vm::dest::DestKind;
 use harness::vm::qemu::{parse_qemu_version, QemuBinary};
 
 /// One migration at a time.

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use userfaultfd::{Event, FeatureFlags, Uffd, UffdBuilder};
 
-use wire::rp::RpMessage;
 use crate::incoming::ReturnPath;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, RunState, Shared};
+use wire::rp::RpMessage;
 
 /// How the simulated vCPUs touch guest RAM after POSTCOPY_RUN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,17 +11,17 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
+use crate::fault::{PostcopyRuntime, VcpuConfig};
+use crate::postcopy::{self, Action, PcState};
+use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
+use crate::session::Session;
+use crate::state::{DeviceSection, MigStatus, RunState, Shared};
 use wire::command::Command;
 use wire::consts::*;
 use wire::ramrec::{decode_ram_record, xbzrle_decode, BlockRef, RamContext, RamRecord};
 use wire::rp::RpMessage;
 use wire::stream::{decode_footer, decode_header, decode_top, SectionKind, TopRecord};
 use wire::{vmdesc, Cursor, DecodeError, Encoder};
-use crate::fault::{PostcopyRuntime, VcpuConfig};
-use crate::postcopy::{self, Action, PcState};
-use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
-use crate::session::Session;
-use crate::state::{DeviceSection, MigStatus, RunState, Shared};
 
 /// Loader configuration (from the command line).
 #[derive(Clone, Debug)]
@@ -528,8 +528,7 @@ impl Loader {
                 )),
             },
             OwnedTop::Command { cmd, payload, payload_offset } => {
-                let rc =
-                    wire::stream::RawCommand { cmd, payload: &payload, payload_offset };
+                let rc = wire::stream::RawCommand { cmd, payload: &payload, payload_offset };
                 let c = Command::parse(&rc).map_err(|e| e.to_string())?;
                 self.command(c, off, r, false)?;
                 Ok(Flow::Continue)

@@ -6,12 +6,12 @@
 
 use std::sync::Arc;
 
-use wire::ramrec::{decode_ram_record, RamContext, RamRecord};
-use wire::{Cursor, DecodeError};
 use crate::incoming::{check_page_addr, resolve_block, Reader, CH_PREEMPT};
 use crate::ram::RamBlock;
 use crate::session::{Session, Sock};
 use crate::state::MigStatus;
+use wire::ramrec::{decode_ram_record, RamContext, RamRecord};
+use wire::{Cursor, DecodeError};
 
 pub fn run(session: Arc<Session>, sock: Sock) {
     let res = read_channel(&session, sock);

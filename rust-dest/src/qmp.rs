@@ -30,9 +30,9 @@ use serde_json::{json, Map, Value};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use wire::digest;
 use crate::ram::TARGET_PAGE_SIZE;
 use crate::state::{Event, MigStatus, RunState, Shared, KNOWN_CAPABILITIES};
+use wire::digest;
 
 // ---------------------------------------------------------------------------
 // Address specification (`-qmp` argument)

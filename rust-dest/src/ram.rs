@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use wire::digest;
 use crate::mem::Mapping;
+use wire::digest;
 
 pub use wire::TARGET_PAGE_SIZE;
 

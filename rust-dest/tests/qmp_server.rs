@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wire::digest;
 use rust_dest::qmp::{self, QmpAddr, QmpEndpoint};
 use rust_dest::ram::RamTable;
 use rust_dest::state::{DeviceSection, MigStatus, RunState, Shared};
 use serde_json::{json, Value};
+use wire::digest;
 
 struct Client {
     rd: BufReader<UnixStream>,

@@ -30,11 +30,11 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::vm::dest::{rust_dest_binary, DestKind};
 use crate::images::Workload;
+use crate::qmp::{migrate_status_of, Qmp};
+use crate::vm::dest::{rust_dest_binary, DestKind};
 use crate::vm::procs::{file_tail, free_tcp_port, unique_name, ChildGuard, PathGuard};
 use crate::vm::qemu::{vm_args, QemuBinary, VmConfig};
-use crate::qmp::{migrate_status_of, Qmp};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;

@@ -9,12 +9,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::vm::dest::{start_dest, DestKind};
-use crate::verify::guest;
-use crate::images::{self, Workload};
-use crate::verify::memory::{self, BlockCompare};
-use crate::vm::procs::{free_tcp_port, unique_name, PathGuard};
 use crate::drive::proxy::{Proxy, ProxyPlan};
+use crate::images::{self, Workload};
+use crate::verify::guest;
+use crate::verify::memory::{self, BlockCompare};
+use crate::vm::dest::{start_dest, DestKind};
+use crate::vm::procs::{free_tcp_port, unique_name, PathGuard};
 use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -410,11 +410,7 @@ pub async fn migrate(
             push("sweep guest invariant on the destination", c.ok(), c.to_string());
         }
         Workload::Fill => {
-            let c = guest::check_fill(
-                &dram,
-                images::SWEEP_START,
-                images::fill_end(opts.mem_bytes),
-            );
+            let c = guest::check_fill(&dram, images::SWEEP_START, images::fill_end(opts.mem_bytes));
             push("fill guest data on the destination", c.ok(), c.to_string());
         }
     }

@@ -1,4 +1,4 @@
-//! Async QMP client (tokio).
+//! Async QMP client (tokio); typed migration status and run state in [`status`].
 //!
 //! Design notes
 //! ------------
@@ -24,6 +24,9 @@
 //! * `qapi_spec::ErrorClass` is a closed enum as well.
 //!
 //! Every message is therefore handled as `serde_json::Value`.
+
+pub mod status;
+pub use status::{MigrationStatus, RunState};
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -20,15 +20,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::vm::dest::{start_dest, DestKind};
-use crate::verify::guest;
-use crate::images::{self, Workload};
-use crate::verify::memory;
 use crate::drive::migrate::Sample;
-use crate::vm::procs::{free_tcp_port, unique_name, PathGuard};
 use crate::drive::proxy::{Proxy, ProxyHandle, ProxyPlan};
-use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
+use crate::images::{self, Workload};
 use crate::synth;
+use crate::verify::guest;
+use crate::verify::memory;
+use crate::vm::dest::{start_dest, DestKind};
+use crate::vm::procs::{free_tcp_port, unique_name, PathGuard};
+use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
 pub use file::{load, FileError, Kind, Variant};
 use steps::{FaultKind, Side, Step};
 
@@ -730,10 +730,9 @@ async fn exec_step(ctx: &mut Ctx<'_>, step: &Step) -> Result<String> {
                         json!({"block": ctx.src.cfg.backend_id, "pages": true}),
                     )
                     .await?;
-                let pd = wire::digest::from_hex(
-                    d["blocks"][0]["page-digests"].as_str().unwrap_or(""),
-                )
-                .unwrap_or_default();
+                let pd =
+                    wire::digest::from_hex(d["blocks"][0]["page-digests"].as_str().unwrap_or(""))
+                        .unwrap_or_default();
                 let sd = memory::file_page_digests(&ctx.src.cfg.mem_path)?;
                 let c2 = memory::compare_digests("mem0", &sd, &pd, "rust-dest QMP digests");
                 if !c2.ok() {

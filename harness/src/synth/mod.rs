@@ -30,13 +30,13 @@ use tokio::sync::mpsc;
 
 use wire::command::{discard_payload, Advise, Command};
 use wire::consts::{MIG_CMD_POSTCOPY_ADVISE, MIG_CMD_POSTCOPY_RAM_DISCARD};
+use wire::digest::page_digest;
 use wire::ramrec::{
     decode_ram_record, encode_ram_record, BlockEntry, BlockRef, RamContext, RamRecord,
 };
 use wire::rp::{decode_rp, RpMessage};
 use wire::stream::{self, Configuration, Header, SectionKind, TopRecord};
 use wire::{vmdesc, Cursor, DecodeError, Encoder};
-use wire::digest::page_digest;
 
 use crate::vm::dest::{start_dest, DestKind};
 use crate::vm::procs::free_tcp_port;

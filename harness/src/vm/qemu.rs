@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
-use crate::vm::procs::{file_tail, unique_name, ChildGuard, PathGuard};
 use crate::qmp::Qmp;
+use crate::vm::procs::{file_tail, unique_name, ChildGuard, PathGuard};
 
 /// How long [`QemuVm::start`] waits for the QMP socket.
 pub const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
