@@ -29,6 +29,33 @@
 //! starting with `configuration/`, so [`decode_header`] must see the bytes after
 //! the configuration before it returns. Details and the record order of a
 //! whole migration: `docs/wire-format.md`, sections 3 and 4.
+//!
+//! A START section header of `ram` (id 2, instance 0, version 4), its footer,
+//! and a PART header:
+//!
+//! ```
+//! use wire::stream::{decode_footer, decode_top, SectionKind, TopRecord};
+//! use wire::Cursor;
+//!
+//! let b = [
+//!     0x01, 0, 0, 0, 2, 3, b'r', b'a', b'm', 0, 0, 0, 0, 0, 0, 0, 4, // START
+//!     0x7e, 0, 0, 0, 2, // footer
+//!     0x02, 0, 0, 0, 2, // PART
+//! ];
+//! let mut c = Cursor::new(&b, 0);
+//! let open = decode_top(&mut c).unwrap();
+//! let want = TopRecord::SectionOpen {
+//!     kind: SectionKind::Start,
+//!     section_id: 2,
+//!     idstr: "ram",
+//!     instance_id: 0,
+//!     version_id: 4,
+//! };
+//! assert_eq!(open, want);
+//! decode_footer(&mut c, 2).unwrap();
+//! let part = decode_top(&mut c).unwrap();
+//! assert_eq!(part, TopRecord::SectionCont { kind: SectionKind::Part, section_id: 2 });
+//! ```
 
 use super::consts::*;
 use super::cursor::{Cursor, DecodeError, Encoder, Result};
