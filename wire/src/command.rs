@@ -1,6 +1,52 @@
-//! Typed `MIG_CMD_*` payloads: parse a [`RawCommand`] with QEMU's length
-//! rules, and build payloads (including deliberately malformed ones for the
-//! synthetic source).
+//! Typed `MIG_CMD_*` payloads: parse a [`RawCommand`] with QEMU's length rules
+//! (`migration/savevm.c: loadvm_process_command()`), and build payloads,
+//! including deliberately malformed ones for the synthetic source.
+//!
+//! ```text
+//! 08  be16 cmd  be16 len  payload
+//!  1 OPEN_RETURN_PATH  len 0
+//!  2 PING              len 4   be32 value (answered by PONG)
+//!  3 POSTCOPY_ADVISE   len 0 | 16: be64 ram_pagesize_summary, be64 target_page_size
+//!  4 POSTCOPY_LISTEN   len 0
+//!  5 POSTCOPY_RUN      len 0
+//!  6 POSTCOPY_RAM_DISCARD  u8 0, counted block name, u8 0, { be64 start, be64 length }*
+//!  7 PACKAGED          len 4   be32 L, then L bytes of embedded stream (not counted in len)
+//!  8 ENABLE_COLO       len 0
+//!  9 POSTCOPY_RESUME   len 0
+//! 10 RECV_BITMAP       counted block name
+//! 11 SWITCHOVER_START  len 0   (QEMU 10.0 and later)
+//! ```
+//!
+//! # Postcopy sequence
+//!
+//! A postcopy migration, as the destination sees it (source side
+//! `migration/migration.c: postcopy_start()`):
+//!
+//! 1. Precopy as usual, with `POSTCOPY_ADVISE` before the first section.
+//! 2. At switchover: [`SWITCHOVER_START`](Command::SwitchoverStart) (10.0+),
+//!    END sections of live handlers that cannot do postcopy, any number of
+//!    `POSTCOPY_RAM_DISCARD`s (at most 12 ranges each), `PING(2)`.
+//! 3. `PACKAGED` whose blob holds `POSTCOPY_LISTEN`, the device FULL sections,
+//!    `PING(3)`, `PING(0x42)` (10.2+, so 11.1) and `POSTCOPY_RUN`. At LISTEN the
+//!    destination starts reading the main channel after the blob; at RUN the
+//!    guest starts.
+//! 4. `PING(4)`, then PART sections of `ram` carrying pages (requested ones
+//!    first; with postcopy-preempt, requested pages arrive on the preempt
+//!    channel), the END section of `ram`, EOF. The destination answers
+//!    `SHUT(0)` on the return path (see [`crate::rp`]).
+//!
+//! The destination's postcopy state moves NONE → ADVISE (ADVISE) → DISCARD
+//! (first discard) → LISTENING (LISTEN) → RUNNING (RUN) → END (final EOF);
+//! a command in any other state fails the load.
+//!
+//! Recovery after the main channel breaks in RUNNING: the source connects a new
+//! main channel without a header, sends one `RECV_BITMAP(block)` per RAMBlock
+//! (each answered by a return-path RECV_BITMAP plus the received bitmap), then
+//! `POSTCOPY_RESUME`, answered by `RESUME_ACK(1)`; the destination then
+//! re-sends its outstanding page requests.
+//!
+//! Per-command rules, the state machine and version differences:
+//! `docs/wire-format.md`, sections 6 and 8.
 
 use super::consts::*;
 use super::cursor::{DecodeError, Encoder, Result};
@@ -276,7 +322,7 @@ mod tests {
 
     #[test]
     fn spec_advise_example() {
-        // wire-format §14: 08 00 03 00 10 + two be64 4096.
+        // docs/wire-format.md §11: 08 00 03 00 10 + two be64 4096.
         let b = [8u8, 0, 3, 0, 0x10, 0, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0x10, 0];
         let mut cur = Cursor::new(&b, 0);
         let TopRecord::Command(rc) = decode_top(&mut cur).unwrap() else { panic!() };

@@ -1,4 +1,18 @@
-//! Wire constants (values as on the wire; names follow QEMU's for grep-ability).
+//! Wire constants, with the values they have on the wire and QEMU's names (so a
+//! grep finds both sides).
+//!
+//! - Stream: `QEMU_VM_FILE_MAGIC` ("QEVM"), `QEMU_VM_FILE_VERSION` (3) and the
+//!   one-byte record types `QEMU_VM_*` (`migration/savevm.h`).
+//! - Commands: `MIG_CMD_*`, with [`command_name`] and [`command_fixed_len`]
+//!   mirroring QEMU's length table (`migration/savevm.c: mig_cmd_args[]`).
+//! - RAM record flags: `RAM_SAVE_FLAG_*`, the low bits of each record's
+//!   address word (`migration/ram.h`; `migration/ram.c` in 7.2).
+//! - Return path: `MIG_RP_MSG_*` (`migration/migration.c: rp_cmd_args[]`),
+//!   the RESUME_ACK value and the received-bitmap end marker.
+//!
+//! `MIG_CMD_MAX` and `MIG_RP_MSG_MAX` are the 10.0/11.1 values (12 and 8); a
+//! 7.2 peer knows one fewer of each. Tables with every value and when it is
+//! legal: `docs/wire-format.md`, sections 6, 7 and 9.
 
 pub const QEMU_VM_FILE_MAGIC: u32 = 0x5145_564d;
 pub const QEMU_VM_FILE_VERSION_COMPAT: u32 = 2;

@@ -1,4 +1,15 @@
-//! Big-endian byte cursor (decoding) and encoder, with absolute offsets.
+//! Big-endian byte cursor (decoding) and encoder, with absolute stream offsets.
+//!
+//! A [`Cursor`] reads from a slice whose first byte sits at a known absolute
+//! offset of the stream, so every error can name where in the whole stream it
+//! happened. Each read takes the offset where the enclosing *record* began: if
+//! the slice ends early the error is [`DecodeError::Incomplete`] with that
+//! offset and the number of bytes still missing, which is what an I/O layer
+//! needs to read more and retry the whole record. Malformed input is
+//! [`DecodeError::Invalid`] with the offset of the offending field.
+//!
+//! An [`Encoder`] appends big-endian integers and counted strings (one length
+//! byte, then the bytes, no NUL) to a `Vec<u8>`.
 
 use std::fmt;
 

@@ -1,6 +1,9 @@
 //! Page digests shared by rust-dest (QMP `x-crossmig-ram-digests`) and the
 //! harness (which digests the source's memory-backend file), so both sides
 //! hash pages identically.
+//!
+//! The algorithm is xxh3-64 ([`ALGORITHM`]); a list of digests travels as one
+//! hex string of 16 lowercase characters per page ([`to_hex`], [`from_hex`]).
 
 /// Name of the digest algorithm, reported over QMP.
 pub const ALGORITHM: &str = "xxh3-64";

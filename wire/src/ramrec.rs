@@ -1,5 +1,53 @@
-//! Records of the "ram" section (version 4): MEM_SIZE block list, PAGE,
-//! ZERO, XBZRLE, EOS, MULTIFD_FLUSH, and the CONTINUE naming rule.
+//! Records of the `ram` section (version 4) and of the postcopy-preempt
+//! channel: the MEM_SIZE block list, PAGE, ZERO, XBZRLE, COMPRESS_PAGE, EOS,
+//! MULTIFD_FLUSH, and the CONTINUE naming rule.
+//!
+//! ```text
+//! be64 word = addr | flags           flags = word & (TPS-1), addr = word & !(TPS-1)
+//!   MEM_SIZE 0x004  addr = total bytes; then until the lengths add up to it:
+//!                   counted name, be64 used_length, [be64 page_size], [be64 gpa]
+//!   ZERO     0x002  [counted name] u8 fill (0)
+//!   PAGE     0x008  [counted name] TPS bytes
+//!   XBZRLE   0x040  [counted name] u8 0x01, be16 len, len bytes of delta
+//!   COMPRESS 0x100  [counted name] be32 len, len bytes of zlib (QEMU <= 9.0)
+//!   EOS      0x010  end of the section's RAM data (word is exactly 0x10)
+//!   MULTIFD_FLUSH 0x200  multifd sync point (QEMU 8.0+)
+//!   CONTINUE 0x020  ORed into a page record: the name is omitted, the block is
+//!                   the last one named on this channel
+//! ```
+//!
+//! The optional MEM_SIZE fields are present by configuration, not by marker:
+//! `page_size` for hugepage-backed blocks when postcopy-ram is on, `gpa` with
+//! x-ignore-shared. [`RamContext`] carries that configuration. QEMU:
+//! `migration/ram.c` (`save_page_header()`, `ram_save_setup()`,
+//! `ram_load_precopy()`, `ram_load_postcopy()`, `parse_ramblocks()`,
+//! `ram_block_from_stream()`), `migration/xbzrle.c: xbzrle_decode_buffer()`.
+//! Details: `docs/wire-format.md`, section 7.
+//!
+//! A PAGE record at offset `0x2000` of block `pc.ram`, then the next page of
+//! the same block with CONTINUE:
+//!
+//! ```
+//! use wire::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
+//! use wire::Cursor;
+//!
+//! let mut bytes = vec![0, 0, 0, 0, 0, 0, 0x20, 0x08, 6, b'p', b'c', b'.', b'r', b'a', b'm'];
+//! bytes.extend_from_slice(&[0xab; 4096]);
+//! bytes.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0x30, 0x28]);
+//! bytes.extend_from_slice(&[0xcd; 4096]);
+//!
+//! let ctx = RamContext::x86();
+//! let mut c = Cursor::new(&bytes, 0);
+//! match decode_ram_record(&mut c, &ctx).unwrap() {
+//!     RamRecord::Page { addr, block, data } => {
+//!         assert_eq!((addr, block), (0x2000, BlockRef::Named("pc.ram")));
+//!         assert_eq!(data, &[0xab; 4096][..]);
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! let r = decode_ram_record(&mut c, &ctx).unwrap();
+//! assert!(matches!(r, RamRecord::Page { addr: 0x3000, block: BlockRef::Continue, .. }));
+//! ```
 
 use super::consts::*;
 use super::cursor::{Cursor, DecodeError, Encoder, Result};
@@ -345,7 +393,7 @@ mod tests {
 
     #[test]
     fn spec_examples() {
-        // §14: ZERO|CONTINUE at 0x1000 fill 0; EOS.
+        // docs/wire-format.md §11: ZERO|CONTINUE at 0x1000 fill 0; EOS.
         let b = [0u8, 0, 0, 0, 0, 0, 0x10, 0x22, 0x00, 0, 0, 0, 0, 0, 0, 0, 0x10];
         let mut c = Cursor::new(&b, 0);
         let ctx = RamContext::x86();

@@ -1,4 +1,26 @@
-//! Return-path messages (destination → source): be16 type, be16 len, payload.
+//! Return-path messages (destination → source, on the main socket's reverse
+//! direction): encode them as a destination does, decode them as a source does
+//! (`migration/migration.c: migrate_send_rp_message()`,
+//! `source_return_path_thread()`).
+//!
+//! ```text
+//! be16 type  be16 len (<= 512)  payload
+//! 1 SHUT          len 4       be32 0 = success, else failure; the last message
+//! 2 PONG          len 4       be32 value from PING
+//! 3 REQ_PAGES_ID  len 13+n    be64 start, be32 length, counted block name
+//! 4 REQ_PAGES     len 12      be64 start, be32 length (block of the previous request)
+//! 5 RECV_BITMAP   len 1+n     counted block name, then outside the message:
+//!                             be64 size, size bytes of bitmap (LE 64-bit words),
+//!                             be64 0x0123456789abcdef
+//! 6 RESUME_ACK    len 4       be32 1
+//! 7 SWITCHOVER_ACK len 0      (QEMU 8.1 and later)
+//! ```
+//!
+//! A source with a return path reports `completed` only after SHUT; page
+//! requests (postcopy) name their block the first time and whenever it changes;
+//! the RECV_BITMAP reply's bitmap has one bit per target page, set when the
+//! destination has the page (`migration/ram.c: ramblock_recv_bitmap_send()`).
+//! Details: `docs/wire-format.md`, sections 8 and 9.
 
 use super::consts::*;
 use super::cursor::{Cursor, DecodeError, Encoder, Result};
@@ -203,7 +225,7 @@ mod tests {
     fn spec_examples() {
         assert_eq!(RpMessage::Pong(1).to_bytes(), [0, 2, 0, 4, 0, 0, 0, 1]);
         assert_eq!(RpMessage::Shut(0).to_bytes(), [0, 1, 0, 4, 0, 0, 0, 0]);
-        // §14 hugepage request for "mem0" at 2 MiB.
+        // docs/wire-format.md §11: hugepage request for "mem0" at 2 MiB.
         let want =
             [0u8, 3, 0, 0x11, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0x20, 0, 0, 4, b'm', b'e', b'm', b'0'];
         assert_eq!(

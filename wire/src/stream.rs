@@ -1,5 +1,61 @@
-//! Main-stream framing: header, configuration, top-level records (section
-//! headers, commands, EOF), section footers, VMDESCRIPTION.
+//! Main-stream framing: the header with its configuration section, the
+//! top-level records (section headers, commands, EOF, VMDESCRIPTION) and
+//! section footers. Section *bodies* are not decoded here: RAM data is
+//! [`crate::ramrec`], device data is opaque (see [`crate::vmdesc`]).
+//!
+//! ```text
+//! header        51 45 56 4d  00 00 00 03                 "QEVM", version 3
+//! configuration 07  be32 len  machine-name               if send-configuration=on
+//!               { 05  counted "configuration/..."  be32 version  body }*
+//! START / FULL  01|04  be32 section_id  counted idstr  be32 instance_id  be32 version_id
+//! PART / END    02|03  be32 section_id
+//!   ...section data (no length on the wire)...
+//! footer        7e  be32 section_id                       if send-section-footer=on
+//! command       08  be16 cmd  be16 len  payload
+//! EOF           00
+//! vmdesc        06  be32 len  JSON                        after EOF, precopy only
+//! ```
+//!
+//! QEMU: `migration/savevm.c` (`qemu_savevm_state_header()` /
+//! `qemu_loadvm_state_header()`, `save_section_header()`,
+//! `save_section_footer()` / `check_section_footer()`,
+//! `qemu_savevm_command_send()`, and the dispatch loop
+//! `qemu_loadvm_state_main()`).
+//!
+//! Two rules a parser must know: whether the configuration section and the
+//! footers are present is configuration on both ends, not negotiated (hence
+//! `expect_configuration` in [`decode_header`]); and a configuration
+//! subsection list ends at the first byte that is not `0x05` followed by a name
+//! starting with `configuration/`, so [`decode_header`] must see the bytes after
+//! the configuration before it returns. Details and the record order of a
+//! whole migration: `docs/wire-format.md`, sections 3 and 4.
+//!
+//! A START section header of `ram` (id 2, instance 0, version 4), its footer,
+//! and a PART header:
+//!
+//! ```
+//! use wire::stream::{decode_footer, decode_top, SectionKind, TopRecord};
+//! use wire::Cursor;
+//!
+//! let b = [
+//!     0x01, 0, 0, 0, 2, 3, b'r', b'a', b'm', 0, 0, 0, 0, 0, 0, 0, 4, // START
+//!     0x7e, 0, 0, 0, 2, // footer
+//!     0x02, 0, 0, 0, 2, // PART
+//! ];
+//! let mut c = Cursor::new(&b, 0);
+//! let open = decode_top(&mut c).unwrap();
+//! let want = TopRecord::SectionOpen {
+//!     kind: SectionKind::Start,
+//!     section_id: 2,
+//!     idstr: "ram",
+//!     instance_id: 0,
+//!     version_id: 4,
+//! };
+//! assert_eq!(open, want);
+//! decode_footer(&mut c, 2).unwrap();
+//! let part = decode_top(&mut c).unwrap();
+//! assert_eq!(part, TopRecord::SectionCont { kind: SectionKind::Part, section_id: 2 });
+//! ```
 
 use super::consts::*;
 use super::cursor::{Cursor, DecodeError, Encoder, Result};
@@ -360,7 +416,7 @@ mod tests {
 
     #[test]
     fn spec_header_example() {
-        // wire-format §14: magic, version 3, configuration "pc-q35-10.2".
+        // docs/wire-format.md §11: magic, version 3, configuration "pc-q35-10.2".
         let b = hex("51 45 56 4d 00 00 00 03 07 00 00 00 0b 70 63 2d 71 33 35 2d 31 30 2e 32 08");
         let mut c = Cursor::new(&b, 0);
         let h = decode_header(&mut c, true).unwrap();

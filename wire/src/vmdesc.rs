@@ -1,12 +1,20 @@
-//! Delimiting device sections.
+//! Delimiting device sections, whose data carries no length
+//! (`migration/vmstate.c` writes fields without tags or sizes).
 //!
-//! Device data carries no lengths. Two pure strategies:
-//! - precopy: the stream ends with `EOF (0x00) 0x06 be32 L <L bytes JSON>`;
-//!   [`find_vmdesc_tail`] finds it in a buffered tail and
-//!   [`split_with_vmdesc`] walks the buffered FULL sections with the JSON's
-//!   field sizes (as QEMU's analyze-migration does);
-//! - postcopy (no vmdesc): [`split_by_footers`] finds each FULL section's end
-//!   by its footer and validates that a plausible record follows.
+//! Two pure strategies:
+//! - precopy: the stream ends with `00 06 <be32 L> <L bytes of JSON>` (EOF,
+//!   then the VMDESCRIPTION record). [`find_vmdesc_tail`] finds it at the end
+//!   of a buffered tail and [`split_with_vmdesc`] walks the buffered FULL
+//!   sections, sizing each from the JSON's field sizes, as QEMU's
+//!   `scripts/analyze-migration.py` does;
+//! - postcopy (no vmdesc): the device sections travel in the PACKAGED blob.
+//!   [`package_section_ends`] finds the one parse of the whole blob (commands
+//!   and FULL sections ending at `7e <be32 id>` footers) that ends exactly with
+//!   POSTCOPY_RUN; [`split_one_by_footer`] is the fallback that takes the first
+//!   footer followed by a plausible record, and [`split_exact`] builds a section
+//!   whose bounds are known.
+//!
+//! Details: `docs/wire-format.md`, section 5.
 
 use serde_json::Value;
 
