@@ -273,10 +273,17 @@ fn check_truncation(ver: &str, mode: &str) {
     let mut cuts: Vec<u64> = Vec::new();
     for (r, i) in &full.items {
         cuts.extend([(r.start + r.end) / 2, r.end - 1]);
-        // Every byte of the header and of the RAM setup (MEM_SIZE list),
-        // and the first 16 bytes of every other record.
+        // Every byte of the header and of the RAM setup (MEM_SIZE list);
+        // elsewhere inside the framing (type, section id or command code and
+        // length) and the first RAM record header of a section.
         let dense = matches!(i, Item::Header { .. } | Item::Ram { kind: SectionKind::Start, .. });
-        cuts.extend(r.start..if dense { r.end } else { r.end.min(r.start + 16) });
+        if dense {
+            cuts.extend(r.start..r.end);
+        } else {
+            cuts.extend(
+                [0, 1, 2, 3, 5, 6, 9, 13].map(|d| r.start + d).into_iter().filter(|c| *c < r.end),
+            );
+        }
     }
     cuts.retain(|c| *c < buf.len() as u64);
     cuts.sort_unstable();
