@@ -143,7 +143,7 @@ fn decode_inner<'a>(c: &mut Cursor<'a>, ctx: &RamContext) -> Result<RamRecord<'a
                     return Err(DecodeError::invalid(eoff, "MEM_SIZE: empty RAMBlock name"));
                 }
                 let used_length = c.be64(start)?;
-                let page_size = if ctx.hugepage_blocks.iter().any(|b| *b == name) {
+                let page_size = if ctx.hugepage_blocks.contains(&name) {
                     Some(c.be64(start)?)
                 } else {
                     None
