@@ -28,7 +28,7 @@ enum Cmd {
     Bench(harness::bench::BenchArgs),
     /// Provision and list QEMU builds (7.2, 10.0, 11.1) side by side in a cache folder.
     #[command(subcommand)]
-    Qemu(harness::provision::QemuCmd),
+    Qemu(harness::provision::cli::QemuCmd),
     /// Run scenario files (or directories of them): every variant, with live progress and a result table.
     Run {
         /// Scenario files or directories (default: scenarios/).
@@ -120,7 +120,7 @@ async fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
         Cmd::Bench(a) => harness::bench::run_bench(a).await,
         Cmd::Qemu(c) => {
-            harness::provision::run_qemu_cmd(c)?;
+            harness::provision::cli::run_qemu_cmd(c)?;
             Ok(true)
         }
         Cmd::Run { files, filter, list, check, json } => {
