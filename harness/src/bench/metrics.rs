@@ -231,4 +231,28 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
     }
+
+    #[test]
+    fn json_spellings_unchanged() {
+        let mut r = RunRecord::new("precopy", DestKind::Rust, 0);
+        r.samples.push(Sample {
+            t: 0.0,
+            src_status: MigrationStatus::PostcopyActive,
+            dst_status: MigrationStatus::None,
+            src_transferred: 0,
+            src_pages: 0,
+        });
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["side"], "rust");
+        assert_eq!(v["samples"][0]["src_status"], "postcopy-active");
+        assert_eq!(v["samples"][0]["dst_status"], "none");
+        let d = MetricDef {
+            key: "k".into(),
+            part: "precopy",
+            label: "l".into(),
+            unit: "ms",
+            better: Better::Lower,
+        };
+        assert_eq!(serde_json::to_value(&d).unwrap()["better"], "lower");
+    }
 }

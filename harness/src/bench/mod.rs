@@ -18,10 +18,10 @@
 //! 4. `overhead`: the harness's own cost per scenario (start-up, QMP
 //!    handshake, guest boot until its serial marker, teardown).
 //!
-//! Layout: [`args`] (command line) → [`run`] / [`ingest`] / [`memcpy`]
-//! (the measurements, on [`vm`], [`poller`], [`probe`], [`trace`], [`host`])
-//! → [`metrics`] (the data model) and [`catalog`] (which metrics exist) →
-//! [`report`] → [`text`], [`svg`], [`html`] (the outputs). This file only
+//! Layout: `args` (command line) → `run` / `ingest` / `memcpy`
+//! (the measurements, on `vm`, `poller`, `probe`, `trace`, `host`)
+//! → `metrics` (the data model) and `catalog` (which metrics exist) →
+//! `report` → `text`, `svg`, `html` (the outputs). This file only
 //! orchestrates.
 
 mod args;

@@ -45,9 +45,9 @@
 //! (`crossmig migrate --qemu PATH`, or [`QemuBinary::new`] in code); set
 //! `data_dirs`/`loader` on the [`QemuBinary`] if it lives in a private root.
 //!
-//! Layout: [`record`] (the install record) ← [`verify`] ← the strategies
-//! [`debs`] (7.2), [`host`] (10.0), [`debootstrap`] (11.1), on [`apt`]
-//! (commands, apt/dpkg look-ups) and [`tree`] (mounts, private roots);
+//! Layout: `record` (the install record) ← `verify` ← the strategies
+//! `debs` (7.2), `host` (10.0), `debootstrap` (11.1), on `apt`
+//! (commands, apt/dpkg look-ups) and `tree` (mounts, private roots);
 //! this file holds the install/list API; [`cli`] is the command-line front end.
 
 mod apt;
