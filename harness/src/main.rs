@@ -6,10 +6,13 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use harness::drive::migrate::{migrate, MigrateOpts, Mode};
+use harness::drive::console::run_one;
+use harness::drive::migrate::{MigrateOpts, Mode};
 use harness::images::Workload;
+use harness::scenario::runner::{run_files, RunRequest};
 use harness::vm::dest::DestKind;
 use harness::vm::qemu::QemuBinary;
+use wire::units::parse_size;
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +31,7 @@ enum Cmd {
     Bench(harness::bench::BenchArgs),
     /// Provision and list QEMU builds (7.2, 10.0, 11.1) side by side in a cache folder.
     #[command(subcommand)]
-    Qemu(harness::provision::QemuCmd),
+    Qemu(harness::provision::cli::QemuCmd),
     /// Run scenario files (or directories of them): every variant, with live progress and a result table.
     Run {
         /// Scenario files or directories (default: scenarios/).
@@ -94,8 +97,6 @@ enum Cmd {
     },
 }
 
-use wire::units::parse_size;
-
 fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CROSSMIG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -120,74 +121,11 @@ async fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
         Cmd::Bench(a) => harness::bench::run_bench(a).await,
         Cmd::Qemu(c) => {
-            harness::provision::run_qemu_cmd(c)?;
+            harness::provision::cli::run_qemu_cmd(c)?;
             Ok(true)
         }
         Cmd::Run { files, filter, list, check, json } => {
-            let files = if files.is_empty() { vec![PathBuf::from("scenarios")] } else { files };
-            let files = harness::scenario::find_files(&files)?;
-            let mut variants = Vec::new();
-            let mut load_errors = 0;
-            for f in &files {
-                match harness::scenario::load(f) {
-                    Ok(v) => variants.extend(v),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        load_errors += 1;
-                    }
-                }
-            }
-            if let Some(fl) = &filter {
-                variants.retain(|v| v.name().contains(fl.as_str()));
-            }
-            if list || check {
-                for v in &variants {
-                    println!("{}", v.name());
-                }
-                eprintln!(
-                    "{} file(s), {} variant(s), {} load error(s)",
-                    files.len(),
-                    variants.len(),
-                    load_errors
-                );
-                return Ok(load_errors == 0);
-            }
-            let mut outcomes = Vec::new();
-            let t0 = std::time::Instant::now();
-            for (i, v) in variants.iter().enumerate() {
-                eprint!("[{}/{}] {} ... ", i + 1, variants.len(), v.name());
-                let o = if let Some(m) = harness::scenario::missing_prerequisite(v) {
-                    eprintln!("SKIPPED ({m})");
-                    continue;
-                } else {
-                    harness::scenario::run_variant(v).await
-                };
-                eprintln!("{} ({} ms)", if o.ok { "ok" } else { "FAILED" }, o.ms);
-                if !o.ok {
-                    eprintln!(
-                        "    {}",
-                        o.error.clone().unwrap_or_default().replace('\n', "\n    ")
-                    );
-                }
-                outcomes.push(o);
-            }
-            println!("\n{:<60} {:>8} {:>9}", "variant", "result", "time");
-            for o in &outcomes {
-                println!("{:<60} {:>8} {:>7}ms", o.name, if o.ok { "ok" } else { "FAILED" }, o.ms);
-            }
-            let passed = outcomes.iter().filter(|o| o.ok).count();
-            println!(
-                "{} passed, {} failed ({} load errors) in {:.1}s",
-                passed,
-                outcomes.len() - passed,
-                load_errors,
-                t0.elapsed().as_secs_f64()
-            );
-            if let Some(j) = json {
-                std::fs::write(&j, serde_json::to_vec_pretty(&outcomes)?)?;
-                eprintln!("report written to {}", j.display());
-            }
-            Ok(passed == outcomes.len() && load_errors == 0)
+            run_files(RunRequest { files, filter, list, check, json }).await
         }
         Cmd::Migrate {
             dest,
@@ -222,34 +160,7 @@ async fn run(cli: Cli) -> Result<bool> {
             if no_record {
                 o.record = false;
             }
-            eprintln!(
-                "crossmig: {} {} migration, {} MiB {} guest, into {}",
-                if stopped { "stopped" } else { "live" },
-                match mode {
-                    Mode::Precopy => "precopy",
-                    Mode::Postcopy => "postcopy",
-                },
-                mem >> 20,
-                workload.name(),
-                dest
-            );
-            let report = migrate(&o, |p| {
-                eprintln!(
-                    "  {:>6.2}s  source {:<16} pass {:<3} {:>8} MiB sent | destination {}",
-                    p.t.as_secs_f64(),
-                    p.source_status,
-                    p.passes,
-                    p.transferred >> 20,
-                    p.dest_status
-                );
-            })
-            .await?;
-            print!("{}", report.summary());
-            if let Some(j) = json {
-                std::fs::write(&j, serde_json::to_vec_pretty(&report)?)?;
-                eprintln!("report written to {}", j.display());
-            }
-            Ok(report.ok())
+            run_one(&o, json.as_deref()).await
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod file;
 pub mod records;
+pub mod runner;
 pub mod steps;
 
 use std::path::{Path, PathBuf};

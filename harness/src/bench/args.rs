@@ -1,0 +1,173 @@
+//! `crossmig bench` command line: the parts ([`Part`]), the clap arguments
+//! ([`BenchArgs`]) and the resolved configuration ([`BenchConfig`]).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+use wire::units::parse_size;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// What to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Part {
+    Precopy,
+    Postcopy,
+    Ingest,
+    Overhead,
+}
+
+impl Part {
+    pub const ALL: [Part; 4] = [Part::Precopy, Part::Postcopy, Part::Ingest, Part::Overhead];
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::Precopy => "precopy",
+            Part::Postcopy => "postcopy",
+            Part::Ingest => "ingest",
+            Part::Overhead => "overhead",
+        }
+    }
+}
+
+/// `crossmig bench`: rust-dest against QEMU's own destination, side by side
+/// (A B A B, medians, min–max and rust-dest/QEMU ratios).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Short run: 1 GiB guest instead of 2 GiB, 1 repetition per side
+    /// instead of 3, postcopy with half the guest RAM.
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions per destination (default 3, or 1 with --quick).
+    #[arg(long)]
+    pub reps: Option<u32>,
+    /// Guest RAM for precopy and ingest (default 2G, or 1G with --quick).
+    #[arg(long, value_parser = parse_size)]
+    pub mem: Option<u64>,
+    /// Guest RAM for postcopy (default: --mem, or half of it with --quick).
+    #[arg(long, value_parser = parse_size)]
+    pub postcopy_mem: Option<u64>,
+    /// Output directory (bench.json, bench.html).
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// QEMU binary for the sources and the QEMU destination
+    /// (default: $CROSSMIG_QEMU or qemu-system-x86_64 on PATH).
+    #[arg(long)]
+    pub qemu: Option<PathBuf>,
+    /// rust-dest binary (default: $CROSSMIG_RUST_DEST, else next to this
+    /// executable). Use a release build for meaningful numbers.
+    #[arg(long)]
+    pub rust_dest: Option<PathBuf>,
+    /// Run only these parts (repeatable or comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Part>,
+    /// Machine type for every VM.
+    #[arg(long, default_value = "q35")]
+    pub machine: String,
+    /// Size of the buffer copied for the memcpy reference rate.
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    pub memcpy_size: u64,
+    /// Keep every process log (and QEMU/rust-dest traces) in OUT/logs.
+    #[arg(long)]
+    pub keep_logs: bool,
+    /// Postcopy: rust-dest's simulated vCPU access pattern (random = all
+    /// RAM in random order, as specified; sweep = address order, like
+    /// QEMU's destination running the sweep guest).
+    #[arg(long, default_value = "random", value_parser = ["random", "sweep", "hot"])]
+    pub rust_vcpu_pattern: String,
+}
+
+#[derive(clap::Parser)]
+#[command(name = "crossmig-bench")]
+struct BenchCli {
+    #[command(flatten)]
+    args: BenchArgs,
+}
+
+/// Parse bench arguments (without the program name), e.g. for tests.
+pub fn parse_args<I, T>(args: I) -> std::result::Result<BenchArgs, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    use clap::Parser;
+    let mut v: Vec<OsString> = vec!["crossmig-bench".into()];
+    v.extend(args.into_iter().map(Into::into));
+    BenchCli::try_parse_from(v).map(|c| c.args)
+}
+
+/// Resolved configuration.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchConfig {
+    pub quick: bool,
+    pub reps: u32,
+    pub mem_bytes: u64,
+    pub postcopy_mem_bytes: u64,
+    pub parts: Vec<Part>,
+    pub machine: String,
+    pub memcpy_bytes: u64,
+    pub out: PathBuf,
+    pub rust_vcpu_pattern: String,
+}
+
+impl BenchConfig {
+    pub fn from_args(a: &BenchArgs) -> Result<BenchConfig> {
+        let mem = a.mem.unwrap_or(if a.quick { GIB } else { 2 * GIB });
+        if mem < 32 * MIB || !mem.is_multiple_of(MIB) {
+            bail!("--mem must be a whole number of MiB, at least 32M");
+        }
+        let pc = a.postcopy_mem.unwrap_or(if a.quick { (mem / 2).max(64 * MIB) } else { mem });
+        if pc < 32 * MIB || !pc.is_multiple_of(MIB) {
+            bail!("--postcopy-mem must be a whole number of MiB, at least 32M");
+        }
+        let mut parts = if a.only.is_empty() { Part::ALL.to_vec() } else { a.only.clone() };
+        parts.sort();
+        parts.dedup();
+        let reps = a.reps.unwrap_or(if a.quick { 1 } else { 3 });
+        if reps == 0 {
+            bail!("--reps must be at least 1");
+        }
+        Ok(BenchConfig {
+            quick: a.quick,
+            reps,
+            mem_bytes: mem,
+            postcopy_mem_bytes: pc,
+            parts,
+            machine: a.machine.clone(),
+            memcpy_bytes: a.memcpy_size.max(MIB),
+            out: a.out.clone(),
+            rust_vcpu_pattern: a.rust_vcpu_pattern.clone(),
+        })
+    }
+    pub fn has(&self, p: Part) -> bool {
+        self.parts.contains(&p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args() {
+        let a = parse_args([
+            "--quick",
+            "--only",
+            "precopy,ingest",
+            "--only",
+            "overhead",
+            "--mem",
+            "256M",
+        ])
+        .unwrap();
+        let c = BenchConfig::from_args(&a).unwrap();
+        assert_eq!(c.parts, vec![Part::Precopy, Part::Ingest, Part::Overhead]);
+        assert_eq!((c.reps, c.mem_bytes, c.postcopy_mem_bytes), (1, 256 << 20, 128 << 20));
+        let c = BenchConfig::from_args(&parse_args(Vec::<String>::new()).unwrap()).unwrap();
+        assert_eq!((c.reps, c.mem_bytes, c.parts.len()), (3, 2 << 30, 4));
+        assert_eq!(c.out, PathBuf::from("bench-out"));
+    }
+}

@@ -1,0 +1,275 @@
+//! The TCP scenarios (precopy, postcopy, and the minimal overhead-only one):
+//! one run of one side, from starting the source to the teardown.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::{json, Value};
+use wire::units::TARGET_PAGE_SIZE;
+
+use super::host::{proc_cpu_seconds, proc_mem};
+use super::metrics::{percentiles, RunRecord};
+use super::poller::Poller;
+use super::probe::{
+    compare_pages, event_time, ms, read_pages, sample_pages, src_pages, u64_at, VERIFY_PAGES,
+};
+use super::trace::{parse_qemu_fault_trace, parse_rust_fault_trace, RUST_FAULT_TRACE};
+use super::vm::{Ctx, Vm, UNLIMITED_BW};
+use crate::images::Workload;
+use crate::vm::dest::DestKind;
+use crate::vm::procs::{file_tail, free_tcp_port, unique_name, PathGuard};
+use crate::vm::qemu::VmConfig;
+
+const MIB: u64 = 1 << 20;
+
+#[derive(Clone, Copy, Debug)]
+pub(super) struct TcpScenario {
+    pub(super) name: &'static str,
+    pub(super) postcopy: bool,
+    pub(super) workload: Workload,
+    pub(super) mem: u64,
+}
+
+/// One run of one side; failures end up in the record, with log tails.
+pub(super) async fn run_tcp(ctx: &Ctx, sc: TcpScenario, side: DestKind, rep: u32) -> RunRecord {
+    let mut rec = RunRecord::new(sc.name, side, rep);
+    let tag = unique_name(&format!("{}-{}-r{rep}", sc.name, side.name()));
+    let (slog, dlog) = (ctx.log(&format!("{tag}-src")), ctx.log(&format!("{tag}-dst")));
+    if let Err(e) = tcp_inner(ctx, sc, side, &tag, &slog, &dlog, &mut rec).await {
+        rec.ok = false;
+        rec.error = Some(format!(
+            "{e:#}\n--- source log tail ---\n{}\n--- destination ({}) log tail ---\n{}",
+            file_tail(&slog, 1500),
+            side.name(),
+            file_tail(&dlog, 3000)
+        ));
+    }
+    rec
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn tcp_inner(
+    ctx: &Ctx,
+    sc: TcpScenario,
+    side: DestKind,
+    tag: &str,
+    slog: &Path,
+    dlog: &Path,
+    rec: &mut RunRecord,
+) -> Result<()> {
+    let t_scn = Instant::now();
+    let ov = |k: &str| format!("overhead.{}.{k}", sc.name);
+
+    // --- source: start, boot until the serial marker ---
+    let disk = ctx.workdir.join(format!("{tag}.img"));
+    std::fs::copy(sc.workload.image_path(), &disk).context("copying the guest image")?;
+    let _disk = PathGuard::new(&disk);
+    let mut scfg = VmConfig::new("bench-src", sc.mem);
+    scfg.machine = ctx.machine.clone();
+    scfg.disk = Some(disk.clone());
+    let serial = ctx.workdir.join(format!("{tag}-src.serial"));
+    scfg.serial_log = Some(serial.clone());
+    let _serial = PathGuard::new(&serial);
+    let src = Vm::start(&ctx.qemu, scfg, slog.to_path_buf(), Duration::from_secs(60))
+        .await
+        .context("starting the source")?;
+    rec.set(&ov("src_start_ms"), ms(src.startup));
+    let t = Instant::now();
+    let marker = match sc.workload {
+        Workload::Sweep => 'B',
+        Workload::Fill => 'F',
+    };
+    src.wait_serial(marker, Duration::from_secs(300)).await.context("waiting for the guest")?;
+    rec.set(&ov("guest_boot_ms"), ms(t.elapsed()));
+    if !sc.postcopy {
+        src.execute("stop", Value::Null).await?;
+    }
+
+    // --- destination ---
+    let mut dcfg = ctx.dest_cfg(side, sc.mem, "defer");
+    if sc.postcopy {
+        match side {
+            DestKind::Rust => dcfg.extra.extend(
+                [
+                    "--vcpu-pattern",
+                    ctx.rust_vcpu_pattern.as_str(),
+                    "--vcpu-rate",
+                    "0",
+                    "--log",
+                    RUST_FAULT_TRACE,
+                ]
+                .map(String::from),
+            ),
+            DestKind::Qemu => dcfg.extra.extend(
+                [
+                    "-trace",
+                    "enable=postcopy_page_req_add",
+                    "-trace",
+                    "enable=postcopy_page_req_del",
+                    "-msg",
+                    "timestamp=on",
+                ]
+                .map(String::from),
+            ),
+        }
+    }
+    let dst = Vm::start(&ctx.dest_bin(side), dcfg, dlog.to_path_buf(), Duration::from_secs(60))
+        .await
+        .context("starting the destination")?;
+    rec.set(&ov("dest_start_ms"), ms(dst.startup));
+
+    // --- setup ---
+    let t = Instant::now();
+    let mut caps = vec![("events", true)];
+    if sc.postcopy {
+        caps.push(("postcopy-ram", true));
+    }
+    src.qmp.set_capabilities(&caps).await.context("source capabilities")?;
+    if sc.postcopy {
+        caps.push(("postcopy-blocktime", true));
+    }
+    dst.qmp.set_capabilities(&caps).await.context("destination capabilities")?;
+    src.qmp
+        .set_parameters(json!({"max-bandwidth": UNLIMITED_BW, "downtime-limit": 300, "max-postcopy-bandwidth": 0}))
+        .await
+        .context("source parameters")?;
+    if sc.postcopy {
+        // Both destinations run as soon as postcopy runs: `cont` while
+        // incoming sets QEMU's autostart (its guest starts at POSTCOPY_RUN);
+        // rust-dest starts its simulated vCPUs then.
+        dst.execute("cont", Value::Null).await?;
+    }
+    let uri = format!("tcp:127.0.0.1:{}", free_tcp_port());
+    dst.execute("migrate-incoming", json!({ "uri": uri })).await?;
+    dst.qmp.wait_migration_status(&["setup"], &["failed"], Duration::from_secs(10)).await?;
+    rec.set(&ov("setup_ms"), ms(t.elapsed()));
+
+    // --- migrate ---
+    let cpu0 = proc_cpu_seconds(dst.pid());
+    let t0 = Instant::now();
+    rec.set(&ov("to_migration_ms"), ms(t0 - t_scn));
+    src.execute("migrate", json!({ "uri": uri })).await?;
+    if sc.postcopy {
+        src.execute("migrate-start-postcopy", Value::Null).await?;
+    }
+    let poll = Poller::new(t0, Duration::from_secs(600), dst.pid(), sc.postcopy);
+    let (sv, dv) = poll.run(&src, &dst).await?;
+    let Poller { samples, peak_nonshmem_kib, dst_done_poll, pc_seen, pc_pages_before, .. } = poll;
+    rec.samples = samples.into_inner().map_err(|_| anyhow!("poisoned"))?;
+    let (peak_nonshmem_kib, dst_done_poll) =
+        (peak_nonshmem_kib.into_inner()?, dst_done_poll.into_inner()?);
+    let (pc_seen, pc_pages_before) = (pc_seen.into_inner()?, pc_pages_before.into_inner()?);
+    let cpu1 = proc_cpu_seconds(dst.pid());
+    let pm = proc_mem(dst.pid()).unwrap_or_default();
+    // The destination's own completion event is precise; polling is the fallback.
+    let t_done =
+        event_time(&dst.qmp, "completed", t0).or(dst_done_poll).unwrap_or_else(Instant::now);
+    let migration = t_done.saturating_duration_since(t0);
+    rec.set(&ov("migration_ms"), ms(migration));
+    let p = sc.name;
+    rec.set(&format!("{p}.migration_ms"), ms(migration));
+    let transferred = u64_at(&sv, &["ram", "transferred"]);
+    if let (Some(a), Some(b)) = (cpu0, cpu1) {
+        rec.set(&format!("{p}.dest_cpu_s"), b - a);
+    }
+    rec.detail("source_final", sv.clone());
+    rec.detail("dest_final", dv.clone());
+    rec.detail("dest_proc_status_at_end", serde_json::to_value(pm)?);
+    rec.detail("dest_peak_rss_anon_plus_file_kib_sampled", json!(peak_nonshmem_kib));
+    rec.detail("dest_pid", json!(dst.pid()));
+    if !sc.postcopy {
+        rec.set(
+            &format!("{p}.throughput_mib_s"),
+            transferred as f64 / MIB as f64 / migration.as_secs_f64().max(1e-9),
+        );
+        rec.set(
+            &format!("{p}.dest_rss_beyond_mib"),
+            (pm.vm_hwm_kib as f64 * 1024.0 - sc.mem as f64) / MIB as f64,
+        );
+        rec.set(&format!("{p}.dest_vmhwm_mib"), pm.vm_hwm_kib as f64 / 1024.0);
+        rec.set(&format!("{p}.dest_anon_file_peak_mib"), peak_nonshmem_kib as f64 / 1024.0);
+        // Sanity: sampled pages identical on both sides.
+        let pages = sample_pages(0, sc.mem / TARGET_PAGE_SIZE, VERIFY_PAGES);
+        let want = read_pages(&src.cfg.mem_path, &pages)?;
+        let bad = compare_pages(&dst.cfg.mem_path, &pages, &want)?;
+        rec.detail("verify_sampled_pages", json!({"pages": VERIFY_PAGES, "mismatched": bad}));
+        if bad > 0 {
+            bail!("{bad} of {VERIFY_PAGES} sampled pages differ between source and destination");
+        }
+    } else {
+        let (t_pc_poll, pages_at_pc) = pc_seen.unwrap_or((t0, pc_pages_before));
+        let t_pc = event_time(&src.qmp, "postcopy-active", t0).unwrap_or(t_pc_poll);
+        let pc = t_done.saturating_duration_since(t_pc);
+        // Pages sent before the switch (the first sample in postcopy may be a
+        // little late; the last precopy sample is the better lower bound).
+        let before =
+            if pc_pages_before > 0 { pc_pages_before.min(pages_at_pc) } else { pages_at_pc };
+        let placed = src_pages(&sv).saturating_sub(before);
+        rec.set(&format!("{p}.postcopy_ms"), ms(pc));
+        rec.set(&format!("{p}.pages_per_s"), placed as f64 / pc.as_secs_f64().max(1e-9));
+        rec.detail("pages_placed_in_postcopy", json!(placed));
+        rec.detail("source_postcopy_requests", json!(u64_at(&sv, &["ram", "postcopy-requests"])));
+        if let Some(bt) = dv.get("postcopy-blocktime").and_then(Value::as_f64) {
+            rec.set(&format!("{p}.blocktime_ms"), bt);
+        }
+        rec.detail(
+            "postcopy_blocktime",
+            dv.get("postcopy-blocktime").cloned().unwrap_or(Value::Null),
+        );
+        rec.detail(
+            "postcopy_vcpu_blocktime",
+            dv.get("postcopy-vcpu-blocktime").cloned().unwrap_or(Value::Null),
+        );
+    }
+
+    // --- teardown ---
+    let t = Instant::now();
+    let dst_log = dst.log.clone();
+    dst.quit().await;
+    src.quit().await;
+    rec.set(&ov("teardown_ms"), ms(t.elapsed()));
+    rec.set(&ov("total_ms"), ms(t_scn.elapsed()));
+
+    if sc.postcopy {
+        let p = sc.name;
+        let traced = match side {
+            DestKind::Rust => parse_rust_fault_trace(&dst_log),
+            DestKind::Qemu => parse_qemu_fault_trace(&dst_log),
+        };
+        rec.detail("trace_latency_us", json!(percentiles(&traced)));
+        let (p50, p99, max, n) = match side {
+            // rust-dest's own measurement (fault read → page placed).
+            DestKind::Rust => {
+                let x = &dv["x-crossmig"];
+                rec.detail("x_crossmig", x.clone());
+                let f = &x["fault-latency-us"];
+                (f["p50"].as_f64(), f["p99"].as_f64(), f["max"].as_f64(), f["count"].as_f64())
+            }
+            // QEMU 10.0 has no per-fault latency statistics: from its own
+            // trace points (page request queued → requested page placed).
+            DestKind::Qemu => {
+                let s = percentiles(&traced);
+                if traced.is_empty() {
+                    (None, None, None, Some(0.0))
+                } else {
+                    (
+                        Some(s.p50 as f64),
+                        Some(s.p99 as f64),
+                        Some(s.max as f64),
+                        Some(s.count as f64),
+                    )
+                }
+            }
+        };
+        for (k, v) in
+            [("fault_p50_us", p50), ("fault_p99_us", p99), ("fault_max_us", max), ("faults", n)]
+        {
+            if let Some(v) = v {
+                rec.set(&format!("{p}.{k}"), v);
+            }
+        }
+        rec.latencies_us = traced;
+    }
+    Ok(())
+}
