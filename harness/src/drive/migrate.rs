@@ -126,7 +126,7 @@ pub struct MigrateReport {
 
 impl MigrateReport {
     pub fn ok(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
+        crate::verify::report::all_ok(&self.checks)
     }
     pub fn check(&self, name: &str) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
@@ -154,7 +154,7 @@ impl MigrateReport {
             self.migration_ms
         );
         for c in &self.checks {
-            s += &format!("  [{}] {}: {}\n", if c.ok { " ok " } else { "FAIL" }, c.name, c.detail);
+            s += &format!("  {c}\n");
         }
         s
     }
