@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use harness::drive::proxy::{Proxy, ProxyPlan};
 use harness::images::Workload;
+use harness::qmp::{MigrationStatus, RunState};
 use harness::vm::dest::{start_dest, DestKind};
 use harness::vm::procs::{free_tcp_port, PathGuard};
 use harness::vm::qemu::{QemuBinary, QemuVm, VmConfig};
@@ -273,7 +274,9 @@ async fn record_stream() -> anyhow::Result<Recorded> {
     .await?;
     let port = free_tcp_port();
     dst.execute("migrate-incoming", json!({"uri": format!("tcp:127.0.0.1:{port}")})).await?;
-    dst.qmp.wait_migration_status(&["setup"], &["failed"], WAIT).await?;
+    dst.qmp
+        .wait_migration_status(&[MigrationStatus::Setup], &[MigrationStatus::Failed], WAIT)
+        .await?;
     let file = dir.path().join("stream.bin");
     let upstream: SocketAddr = format!("127.0.0.1:{port}").parse()?;
     let proxy = Proxy::start("127.0.0.1:0", upstream, ProxyPlan::new().record(&file)).await?;
@@ -282,11 +285,14 @@ async fn record_stream() -> anyhow::Result<Recorded> {
     loop {
         let s = src.qmp.query_migrate().await?;
         let d = dst.qmp.query_migrate().await?;
-        let (ss, ds) = (s["status"].as_str().unwrap_or("?"), d["status"].as_str().unwrap_or("?"));
-        if ss == "completed" && ds == "completed" {
+        let (ss, ds) = (MigrationStatus::of(&s), MigrationStatus::of(&d));
+        if ss == MigrationStatus::Completed && ds == MigrationStatus::Completed {
             break;
         }
-        if ss == "failed" || ds == "failed" || Instant::now() > deadline {
+        if ss == MigrationStatus::Failed
+            || ds == MigrationStatus::Failed
+            || Instant::now() > deadline
+        {
             anyhow::bail!(
                 "recording migration did not complete: source {s}, destination {d}\nsource log: {}\ndestination log: {}",
                 src.log_tail(2000),
@@ -419,7 +425,7 @@ impl Dest {
         }
         vm.execute("migrate-incoming", args).await.expect("migrate-incoming");
         vm.qmp
-            .wait_migration_status(&["setup"], &["failed"], WAIT)
+            .wait_migration_status(&[MigrationStatus::Setup], &[MigrationStatus::Failed], WAIT)
             .await
             .expect("destination in setup");
         Dest { kind, vm, port, paths, _dir: dir }
@@ -445,9 +451,13 @@ impl Dest {
                 return Some(("exited".into(), String::new(), st.map(|s| s.to_string())));
             }
             if let Ok(v) = self.vm.qmp.query_migrate().await {
-                let s = v["status"].as_str().unwrap_or("none").to_string();
-                if s == "failed" || s == "completed" {
-                    return Some((s, v["error-desc"].as_str().unwrap_or("").to_string(), None));
+                let s = MigrationStatus::of(&v);
+                if matches!(s, MigrationStatus::Failed | MigrationStatus::Completed) {
+                    return Some((
+                        s.to_string(),
+                        v["error-desc"].as_str().unwrap_or("").to_string(),
+                        None,
+                    ));
                 }
             }
             if Instant::now() >= deadline {
@@ -474,9 +484,9 @@ impl Dest {
             "{ctx}: rust-dest stopped answering QMP: {st:?} {ver:?}\nlog:\n{}",
             self.log()
         );
-        let rs = st.unwrap()["status"].as_str().unwrap_or("").to_string();
+        let rs = RunState::from(st.unwrap()["status"].as_str().unwrap_or(""));
         assert!(
-            rs == "postmigrate" || rs == "inmigrate",
+            matches!(rs, RunState::Postmigrate | RunState::Inmigrate),
             "{ctx}: run state after a failed migration is {rs:?}"
         );
         assert!(self.vm.child.is_running(), "{ctx}: rust-dest exited");
@@ -976,8 +986,7 @@ async fn flipped_on_the_way_from_a_live_source() {
     let (sv, dv) = loop {
         let sv = src.qmp.query_migrate().await.unwrap();
         let dv = d.vm.qmp.query_migrate().await.unwrap();
-        let done =
-            |v: &Value| matches!(v["status"].as_str(), Some("failed" | "completed" | "cancelled"));
+        let done = |v: &Value| MigrationStatus::of(v).is_terminal();
         if done(&sv) && done(&dv) {
             break (sv, dv);
         }
@@ -997,12 +1006,12 @@ async fn flipped_on_the_way_from_a_live_source() {
         (p.flags ^ 0x03) & 0xfff,
         "live stream layout differs from the recording"
     );
-    assert_eq!(dv["status"], "failed", "destination: {dv}");
+    assert_eq!(MigrationStatus::of(&dv), MigrationStatus::Failed, "destination: {dv}");
     assert!(
         desc.contains("unknown flag combination 0xb") && names_offset(desc, p.off),
         "destination error-desc: {desc}"
     );
-    assert_eq!(sv["status"], "failed", "source: {sv}");
+    assert_eq!(MigrationStatus::of(&sv), MigrationStatus::Failed, "source: {sv}");
     d.check_alive("live-flip").await;
     eprintln!(
         "[live-flip] source failed ({}), destination failed ({desc}) in {:?}; proxy {:?}",

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::qmp::QmpError;
+use harness::qmp::{MigrationStatus, QmpError, RunState};
 use harness::vm::procs::{self, ChildGuard, PathGuard};
 use harness::vm::qemu::{vm_args, QemuBinary, QemuVm, VmConfig};
 use serde_json::{json, Value};
@@ -112,12 +112,12 @@ async fn qmp_basics() {
     qmp.execute("cont", json!({})).await.unwrap();
     let e = qmp.wait_event_named("RESUME", w).await.unwrap();
     assert!(e.timestamp.is_some());
-    assert_eq!(qmp.run_state().await.unwrap(), "running");
+    assert_eq!(qmp.run_state().await.unwrap(), RunState::Running);
     qmp.execute("stop", Value::Null).await.unwrap();
     let stop = qmp.wait_event(|e| e.name == "STOP", w).await.unwrap();
     assert!(stop.seq > e.seq);
     assert!(matches!(stop.typed(), Some(qapi::qmp::Event::STOP { .. })), "typed STOP");
-    assert_eq!(qmp.run_state().await.unwrap(), "paused");
+    assert_eq!(qmp.run_state().await.unwrap(), RunState::Paused);
     qmp.execute("cont", Value::Null).await.unwrap();
     // Early events: sleep so RESUME is already in the log before waiting.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -145,7 +145,7 @@ async fn qmp_basics() {
     // query-migrate, untyped
     let m = qmp.query_migrate().await.unwrap();
     assert!(m.is_object(), "{m}");
-    assert_eq!(qmp.migration_status().await.unwrap(), harness::qmp::migrate_status_of(&m));
+    assert_eq!(qmp.migration_status().await.unwrap(), MigrationStatus::of(&m));
     eprintln!("query-migrate before any migration: {m}");
 
     // capabilities / parameters helpers
@@ -201,18 +201,18 @@ async fn qemu_to_qemu_precopy() {
     for vm in [&src.vm, &dst.vm] {
         vm.qmp.set_capabilities(&[("events", true)]).await.unwrap();
     }
-    assert_eq!(src.vm.qmp.run_state().await.unwrap(), "running");
-    assert_eq!(dst.vm.qmp.run_state().await.unwrap(), "inmigrate");
+    assert_eq!(src.vm.qmp.run_state().await.unwrap(), RunState::Running);
+    assert_eq!(dst.vm.qmp.run_state().await.unwrap(), RunState::Inmigrate);
     // let the source run a bit so SeaBIOS has dirtied RAM
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let t = Instant::now();
     src.vm.qmp.execute("migrate", json!({ "uri": uri })).await.unwrap();
-    let fail = ["failed", "cancelled"];
+    let fail = [MigrationStatus::Failed, MigrationStatus::Cancelled];
     let timeout = Duration::from_secs(60);
     let (s, d) = tokio::join!(
-        src.vm.qmp.wait_migration_status(&["completed"], &fail, timeout),
-        dst.vm.qmp.wait_migration_status(&["completed"], &fail, timeout)
+        src.vm.qmp.wait_migration_status(&[MigrationStatus::Completed], &fail, timeout),
+        dst.vm.qmp.wait_migration_status(&[MigrationStatus::Completed], &fail, timeout)
     );
     let (s, d) = (s.unwrap(), d.unwrap());
     eprintln!("migration completed in {:?}", t.elapsed());
@@ -225,7 +225,7 @@ async fn qemu_to_qemu_precopy() {
         vm.qmp
             .wait_event_from(
                 0,
-                |e| e.name == "MIGRATION" && e.data_str("status") == Some("completed"),
+                |e| e.migration_status() == Some(MigrationStatus::Completed),
                 Duration::from_secs(10),
             )
             .await
@@ -241,8 +241,8 @@ async fn qemu_to_qemu_precopy() {
         .collect();
     eprintln!("source MIGRATION events: {statuses:?}");
     src.vm.qmp.wait_event_from(0, |e| e.name == "STOP", Duration::from_secs(5)).await.unwrap();
-    assert_eq!(src.vm.qmp.run_state().await.unwrap(), "postmigrate");
-    assert_eq!(dst.vm.qmp.run_state().await.unwrap(), "paused");
+    assert_eq!(src.vm.qmp.run_state().await.unwrap(), RunState::Postmigrate);
+    assert_eq!(dst.vm.qmp.run_state().await.unwrap(), RunState::Paused);
 
     // both guests are stopped: RAM files must be identical
     let t = Instant::now();
@@ -490,7 +490,11 @@ async fn tolerant_of_unknown_events_and_statuses() {
     let qmp = harness::qmp::Qmp::connect(&sock, Duration::from_secs(5)).await.unwrap();
     assert_eq!(qmp.qemu_version(), Some((99, 9, 0)));
     let v = qmp
-        .wait_migration_status(&["postcopy-device"], &["failed"], Duration::from_secs(5))
+        .wait_migration_status(
+            &[MigrationStatus::PostcopyDevice],
+            &[MigrationStatus::Failed],
+            Duration::from_secs(5),
+        )
         .await
         .unwrap();
     assert_eq!(v["some-new-field"], json!(true));

@@ -250,7 +250,7 @@ async fn cross(src: &str, dst: &str, machine: &str) {
     o.machine = machine.into();
     o.timeout = Duration::from_secs(120);
     let r = run_checked(&test, o).await;
-    let v = |j: &serde_json::Value| j["status"].as_str().unwrap_or("?").to_string();
+    let v = |j: &serde_json::Value| harness::qmp::MigrationStatus::of(j);
     println!(
         "RESULT {test}: QEMU {} -> QEMU {} ({machine}): source {}, destination {}",
         i[0].manifest.qemu_version,
@@ -266,7 +266,7 @@ async fn cross_7_2_to_10_0() {
 }
 
 // QEMU 7.2 as a destination reports no status after migrate-incoming
-// (only socket-address); harness::drive::migrate::wait_incoming_listening accepts it.
+// (only socket-address); harness::drive::session::wait_incoming_listening accepts it.
 #[tokio::test]
 async fn cross_10_0_to_7_2() {
     cross("10.0", "7.2", "pc-q35-7.2").await;

@@ -1,6 +1,10 @@
-//! Driving a migration: the verified-migration flow ([`migrate`]) and the
-//! harness's TCP proxy that records or damages what passes ([`proxy`]).
+//! Driving a migration: the primitives of one migration between two VMs
+//! ([`session`]), how the source reaches the destination ([`recorder`]),
+//! the harness's TCP proxy that records or damages what passes ([`proxy`]),
+//! and the verified-migration flow built on them ([`migrate`]).
 
 pub mod console;
 pub mod migrate;
 pub mod proxy;
+pub mod recorder;
+pub mod session;

@@ -7,7 +7,8 @@
 
 use std::fmt;
 
-use crate::images::{FILL_SEED, INFO_ADDR, PAGE_SIZE};
+use crate::images::{self, Workload, FILL_SEED, INFO_ADDR, PAGE_SIZE};
+use crate::verify::report::Check;
 
 /// How many offending pages / words are kept for diagnostics.
 pub const MAX_REPORTED: usize = 16;
@@ -236,6 +237,21 @@ pub fn read_guest_info(ram: &[u8]) -> Option<GuestInfo> {
     }
     let w = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
     Some(GuestInfo { mode: w(4), ram_top: w(8) as u64, end: w(12) as u64 })
+}
+
+/// The workload's own invariant on a destination's copy of guest RAM
+/// (`ram` from guest-physical 0, `mem_bytes` the guest's RAM size).
+pub fn check_workload(workload: Workload, ram: &[u8], mem_bytes: u64) -> Check {
+    match workload {
+        Workload::Sweep => {
+            let c = check_sweep_invariant(ram, images::SWEEP_START, images::sweep_end(mem_bytes));
+            Check::new("sweep guest invariant on the destination", c.ok(), c.to_string())
+        }
+        Workload::Fill => {
+            let c = check_fill(ram, images::SWEEP_START, images::fill_end(mem_bytes));
+            Check::new("fill guest data on the destination", c.ok(), c.to_string())
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,8 +6,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use serde_json::{json, Value};
 
 use wire::digest;
+
+use crate::qmp::Qmp;
+use crate::verify::report::Check;
 
 pub const PAGE: usize = 4096;
 
@@ -117,6 +121,79 @@ pub fn compare_files(block: &str, src: &Path, dst: &Path) -> Result<BlockCompare
     Ok(compare_digests(block, &a, &b, "source file vs destination file, xxh3 per page"))
 }
 
+/// Source file vs destination file for the guest RAM block, as a check
+/// named `name` plus the comparison (for the report's block list).
+pub fn check_files(
+    name: &str,
+    block: &str,
+    src: &Path,
+    dst: &Path,
+) -> Result<(Check, BlockCompare)> {
+    let c = compare_files(block, src, dst)?;
+    Ok((Check::new(name, c.ok(), c.to_string()), c))
+}
+
+/// One RAMBlock as rust-dest reports it (`x-crossmig-ram-digests`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BlockDigests {
+    pub name: String,
+    pub used_length: u64,
+    /// Per-page digests (empty when the reply carried none).
+    pub digests: Vec<u64>,
+}
+
+/// Decode an `x-crossmig-ram-digests` reply.
+pub fn parse_block_digests(reply: &Value) -> Vec<BlockDigests> {
+    reply["blocks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| BlockDigests {
+                    name: b["name"].as_str().unwrap_or("?").to_string(),
+                    used_length: b["used-length"].as_u64().unwrap_or(0),
+                    digests: digest::from_hex(b["page-digests"].as_str().unwrap_or(""))
+                        .unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// rust-dest's own view of its RAMBlocks over QMP, with page digests
+/// (every block, or only `block`).
+pub async fn query_block_digests(qmp: &Qmp, block: Option<&str>) -> Result<Vec<BlockDigests>> {
+    let mut args = json!({"pages": true});
+    if let Some(b) = block {
+        args["block"] = json!(b);
+    }
+    let reply = qmp.execute("x-crossmig-ram-digests", args).await?;
+    Ok(parse_block_digests(&reply))
+}
+
+/// The source's memory-backend file (block `block`) against the digests a
+/// destination reports for that block; `None` if it reports no such block.
+pub fn check_block_digests(
+    name: &str,
+    src_mem: &Path,
+    block: &str,
+    blocks: &[BlockDigests],
+    how: &str,
+) -> Result<Option<(Check, BlockCompare)>> {
+    let Some(b) = blocks.iter().find(|b| b.name == block) else {
+        return Ok(None);
+    };
+    let src = file_page_digests(src_mem)?;
+    let c = compare_digests(&b.name, &src, &b.digests, how);
+    Ok(Some((Check::new(name, c.ok(), c.to_string()), c)))
+}
+
+/// Which RAMBlocks a destination created from the stream (fails if none).
+pub fn check_blocks_created(blocks: &[BlockDigests]) -> Check {
+    let names: Vec<String> =
+        blocks.iter().map(|b| format!("{} ({} KiB)", b.name, b.used_length >> 10)).collect();
+    Check::new("RAMBlocks created from the stream", !names.is_empty(), names.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +213,16 @@ mod tests {
         std::fs::write(&b, &x[..4 * PAGE]).unwrap();
         assert_eq!(compare_files("mem0", &a, &a).unwrap().mismatched, 0);
         assert_eq!(compare_files("mem0", &a, &b).unwrap().mismatched, 2);
+        let (chk, _) = check_files("files", "mem0", &a, &a).unwrap();
+        assert!(chk.ok);
+    }
+
+    #[test]
+    fn block_digests() {
+        let reply = json!({"blocks": [{"name": "mem0", "used-length": 8192, "page-digests": ""}]});
+        let b = parse_block_digests(&reply);
+        assert_eq!(b[0].name, "mem0");
+        assert_eq!(check_blocks_created(&b).detail, "mem0 (8 KiB)");
+        assert!(!check_blocks_created(&[]).ok);
     }
 }

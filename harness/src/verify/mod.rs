@@ -1,7 +1,11 @@
 //! Every check of guest memory, in one place: page digests of files and
-//! destinations ([`memory`]), the test guests' own invariants ([`guest`]), and
-//! RAMBlocks replayed offline from recorded wire bytes ([`stream`]).
+//! destinations ([`memory`]), the test guests' own invariants ([`guest`]),
+//! RAMBlocks replayed offline from recorded wire bytes ([`stream`]), and the
+//! [`Check`](report::Check) they all produce ([`report`]).
 
 pub mod guest;
 pub mod memory;
+pub mod report;
 pub mod stream;
+
+pub use report::Check;

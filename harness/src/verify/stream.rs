@@ -9,6 +9,7 @@
 //! result is the RAM a correct destination must hold.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 
@@ -16,6 +17,9 @@ use wire::command::Command;
 use wire::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
 use wire::stream::{decode_header, decode_top, SectionKind, TopRecord};
 use wire::Cursor;
+
+use crate::verify::memory::{compare_digests, BlockCompare, BlockDigests};
+use crate::verify::report::Check;
 
 /// Reconstructed RAM: block name → bytes.
 #[derive(Default, Debug)]
@@ -141,10 +145,8 @@ impl Replay {
                                 }
                             }
                         }
-                        Command::Packaged(len) => {
-                            if c.bytes(len as usize, 0).is_err() {
-                                return Ok(());
-                            }
+                        Command::Packaged(len) if c.bytes(len as usize, 0).is_err() => {
+                            return Ok(());
                         }
                         Command::PostcopyListen | Command::PostcopyResume => {
                             // A new channel segment names its first block.
@@ -202,6 +204,77 @@ impl Replay {
     pub fn page_digests(&self, block: &str) -> Option<Vec<u64>> {
         self.blocks.get(block).map(|b| wire::digest::page_digests(b, 4096))
     }
+
+    /// Replay recorded connections (empty or missing files are skipped):
+    /// main channels (the first with the stream header, recovery channels
+    /// starting with a command), then preempt channels.
+    pub fn from_recordings(files: &[PathBuf]) -> Result<Replay> {
+        let mut r = Replay::default();
+        let mut preempt = Vec::new();
+        for f in files {
+            let b = match std::fs::read(f) {
+                Ok(b) if !b.is_empty() => b,
+                _ => continue,
+            };
+            if b.starts_with(b"QEVM") {
+                r.main_channel(&b)?;
+            } else if b[0] == wire::consts::QEMU_VM_COMMAND {
+                r.recovery_channel(&b)?;
+            } else {
+                preempt.push(b);
+            }
+        }
+        for b in preempt {
+            r.preempt_channel(&b)?;
+        }
+        Ok(r)
+    }
+}
+
+/// Every RAMBlock a destination reports against the replay of the recorded
+/// stream: one check ("every RAMBlock matches the recorded stream") and the
+/// per-block comparisons. `connections` is how many were recorded.
+pub fn check_replay(
+    replay: &Replay,
+    blocks: &[BlockDigests],
+    connections: usize,
+) -> (Check, Vec<BlockCompare>) {
+    let mut bad = Vec::new();
+    let mut compares = Vec::new();
+    for b in blocks {
+        let want = replay.page_digests(&b.name).unwrap_or_default();
+        let c = compare_digests(
+            &b.name,
+            &want,
+            &b.digests,
+            "replay of the recorded stream vs rust-dest QMP page digests",
+        );
+        if !c.ok() {
+            bad.push(c.to_string());
+        }
+        compares.push(c);
+    }
+    let n = blocks.len();
+    let missing: Vec<_> =
+        replay.blocks.keys().filter(|k| !blocks.iter().any(|b| &b.name == *k)).cloned().collect();
+    let ok = bad.is_empty() && missing.is_empty() && n > 0;
+    let detail = if bad.is_empty() && missing.is_empty() {
+        format!(
+            "{n} blocks, {connections} connection(s) recorded, {} pages + {} zero pages replayed",
+            replay.pages, replay.zero_pages
+        )
+    } else {
+        format!(
+            "{}{}",
+            bad.join("; "),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(" missing on rust-dest: {missing:?}")
+            }
+        )
+    };
+    (Check::new("every RAMBlock matches the recorded stream", ok, detail), compares)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 
-use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
+use crate::vm::qemu::{LaunchOpts, QemuBinary, QemuVm, VmConfig};
 
 /// Which destination receives the migration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,13 +84,23 @@ pub fn dest_binary(kind: DestKind, qemu: &QemuBinary) -> Result<QemuBinary> {
 pub async fn start_dest(
     kind: DestKind,
     qemu: &QemuBinary,
-    mut cfg: VmConfig,
+    cfg: VmConfig,
     log: PathBuf,
+) -> Result<QemuVm> {
+    start_dest_with(kind, qemu, cfg, LaunchOpts::new(log)).await
+}
+
+/// [`start_dest`] with explicit [`LaunchOpts`].
+pub async fn start_dest_with(
+    kind: DestKind,
+    qemu: &QemuBinary,
+    mut cfg: VmConfig,
+    opts: LaunchOpts,
 ) -> Result<QemuVm> {
     cfg.incoming = Some("defer".into());
     cfg.paused = true;
     cfg.disk = None;
     cfg.serial_log = None;
     let bin = dest_binary(kind, qemu)?;
-    QemuVm::start(&bin, cfg, log).await
+    Ok(QemuVm::launch(&bin, cfg, opts).await?)
 }

@@ -1,5 +1,6 @@
-//! Processes under test: the one QEMU launcher ([`qemu`]), the destinations
-//! it or rust-dest provides ([`dest`]), and process/file guards that always
+//! Processes under test: the one QEMU launcher ([`qemu::QemuVm::launch`]
+//! with [`qemu::LaunchOpts`]; rust-dest runs through it too), the
+//! destinations it starts ([`dest`]), and process/file guards that always
 //! clean up ([`procs`]).
 
 pub mod dest;

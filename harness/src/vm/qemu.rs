@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::Value;
 
-use crate::qmp::Qmp;
+use crate::qmp::{Qmp, DEFAULT_CONNECT_RETRY};
 use crate::vm::procs::{file_tail, unique_name, ChildGuard, PathGuard};
 
 /// How long [`QemuVm::start`] waits for the QMP socket.
@@ -205,7 +205,54 @@ pub fn vm_args(cfg: &VmConfig) -> Vec<String> {
     a
 }
 
-/// A running QEMU with a connected QMP monitor.
+/// How [`QemuVm::launch`] starts a process and connects to it.
+#[derive(Clone, Debug)]
+pub struct LaunchOpts {
+    /// stdout+stderr of the process.
+    pub log: PathBuf,
+    /// Remove the log when the VM is dropped (default: keep it).
+    pub remove_log: bool,
+    /// How long to wait for the QMP socket and handshake.
+    pub connect_timeout: Duration,
+    /// How often to retry the QMP socket while it is not there yet
+    /// (20 ms; the bench times start-up with 1 ms).
+    pub connect_poll: Duration,
+    /// Per-command QMP timeout (default [`crate::qmp::DEFAULT_COMMAND_TIMEOUT`]).
+    pub command_timeout: Option<Duration>,
+    /// How often [`QemuVm::wait_serial`] reads the serial log.
+    pub serial_poll: Duration,
+    /// Appended to the command line after [`vm_args`].
+    pub extra_args: Vec<String>,
+}
+
+impl LaunchOpts {
+    pub fn new(log: impl Into<PathBuf>) -> LaunchOpts {
+        LaunchOpts {
+            log: log.into(),
+            remove_log: false,
+            connect_timeout: QMP_CONNECT_TIMEOUT,
+            connect_poll: DEFAULT_CONNECT_RETRY,
+            command_timeout: None,
+            serial_poll: Duration::from_millis(50),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// Why [`QemuVm::launch`] failed. Every variant carries the command line
+/// and the tail of the process log.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("starting QEMU failed: {source:#}\ncommand: {cmdline}")]
+    Spawn { cmdline: String, source: anyhow::Error },
+    #[error("starting QEMU failed: QEMU exited during startup ({status})\ncommand: {cmdline}\nlog {}:\n{tail}", log.display())]
+    Exited { status: String, cmdline: String, log: PathBuf, tail: String },
+    #[error("starting QEMU failed: {source:#}\ncommand: {cmdline}\nlog {}:\n{tail}", log.display())]
+    Qmp { cmdline: String, log: PathBuf, tail: String, source: anyhow::Error },
+}
+
+/// A running QEMU (or rust-dest) with a connected QMP monitor: the one
+/// launcher of the harness.
 ///
 /// Dropping it kills the process group and removes the RAM file and the QMP
 /// socket (fields drop in declaration order: process first, files last).
@@ -213,6 +260,11 @@ pub struct QemuVm {
     pub child: ChildGuard,
     pub qmp: Qmp,
     pub cfg: VmConfig,
+    /// The process log.
+    pub log: PathBuf,
+    /// Spawn → QMP handshake done.
+    pub startup: Duration,
+    serial_poll: Duration,
     _guards: Vec<PathGuard>,
 }
 
@@ -224,42 +276,79 @@ impl std::fmt::Debug for QemuVm {
 
 impl QemuVm {
     /// Spawn `bin` with [`vm_args`]`(&cfg)`, output to `log`, and connect
-    /// to QMP. If QEMU dies or QMP does not come up, the error contains the
-    /// command line and the tail of the log.
+    /// to QMP with the default [`LaunchOpts`].
     pub async fn start(bin: &QemuBinary, cfg: VmConfig, log: PathBuf) -> Result<QemuVm> {
+        Ok(Self::launch(bin, cfg, LaunchOpts::new(log)).await?)
+    }
+
+    /// Spawn `bin` with [`vm_args`]`(&cfg)` and `opts.extra_args`, and
+    /// connect to QMP. If the process dies or QMP does not come up, the error
+    /// contains the command line and the tail of the log.
+    pub async fn launch(
+        bin: &QemuBinary,
+        cfg: VmConfig,
+        opts: LaunchOpts,
+    ) -> Result<QemuVm, LaunchError> {
         // Guards first, so the files are removed whatever happens below.
-        let guards = vec![PathGuard::new(&cfg.mem_path), PathGuard::new(&cfg.qmp_socket)];
+        let mut guards = vec![PathGuard::new(&cfg.mem_path), PathGuard::new(&cfg.qmp_socket)];
+        if opts.remove_log {
+            guards.push(PathGuard::new(&opts.log));
+        }
+        let log = opts.log.clone();
         let mut cmd = bin.command();
-        cmd.args(vm_args(&cfg));
+        cmd.args(vm_args(&cfg)).args(&opts.extra_args);
         let cmdline = format!("{cmd:?}");
         tracing::debug!("starting QEMU: {cmdline}");
-        let mut child = ChildGuard::spawn(cmd, &log)?;
+        let t = Instant::now();
+        let mut child = match ChildGuard::spawn(cmd, &log) {
+            Ok(c) => c,
+            Err(source) => return Err(LaunchError::Spawn { cmdline, source }),
+        };
 
         let sock = cfg.qmp_socket.clone();
-        let connect = Qmp::connect(&sock, QMP_CONNECT_TIMEOUT);
+        let connect = Qmp::connect_every(&sock, opts.connect_timeout, opts.connect_poll);
         tokio::pin!(connect);
-        let res: Result<Qmp> = loop {
+        let liveness = opts.connect_poll.max(Duration::from_millis(50));
+        enum Failed {
+            Exited(String),
+            Qmp(anyhow::Error),
+        }
+        let res: Result<Qmp, Failed> = loop {
             tokio::select! {
-                r = &mut connect => break r,
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                r = &mut connect => break r.map_err(Failed::Qmp),
+                _ = tokio::time::sleep(liveness) => {
                     if !child.is_running() {
                         // give the log a moment to be complete
                         let st = child.wait_exit_async(Duration::from_millis(200)).await;
-                        break Err(anyhow!("QEMU exited during startup ({})",
-                            st.map(|s| s.to_string()).unwrap_or_else(|| "?".into())));
+                        break Err(Failed::Exited(
+                            st.map(|s| s.to_string()).unwrap_or_else(|| "?".into()),
+                        ));
                     }
                 }
             }
         };
         match res {
-            Ok(qmp) => Ok(QemuVm { child, qmp, cfg, _guards: guards }),
-            Err(e) => {
+            Ok(qmp) => {
+                if let Some(t) = opts.command_timeout {
+                    qmp.set_timeout(t);
+                }
+                Ok(QemuVm {
+                    child,
+                    qmp,
+                    cfg,
+                    log,
+                    startup: t.elapsed(),
+                    serial_poll: opts.serial_poll,
+                    _guards: guards,
+                })
+            }
+            Err(f) => {
                 child.kill();
-                Err(anyhow!(
-                    "starting QEMU failed: {e:#}\ncommand: {cmdline}\nlog {}:\n{}",
-                    log.display(),
-                    file_tail(&log, LOG_TAIL)
-                ))
+                let tail = file_tail(&log, LOG_TAIL);
+                Err(match f {
+                    Failed::Exited(status) => LaunchError::Exited { status, cmdline, log, tail },
+                    Failed::Qmp(source) => LaunchError::Qmp { cmdline, log, tail, source },
+                })
             }
         }
     }
@@ -289,7 +378,7 @@ impl QemuVm {
         }
     }
 
-    /// Poll the serial log every 50 ms until `pred(contents)` holds.
+    /// Poll the serial log (every 50 ms unless [`LaunchOpts::serial_poll`]) until `pred(contents)` holds.
     /// Returns the contents; fails on timeout or if QEMU exits.
     pub async fn wait_serial(
         &self,
@@ -320,7 +409,7 @@ impl QemuVm {
                     tail(&s)
                 );
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(self.serial_poll).await;
         }
     }
 
@@ -332,7 +421,7 @@ impl QemuVm {
     /// QMP `quit`, wait up to 10 s for exit, otherwise SIGKILL. Removes the
     /// RAM file and socket. Returns the exit status if QEMU exited by itself.
     pub async fn quit(self) -> Option<ExitStatus> {
-        let QemuVm { mut child, qmp, cfg: _, _guards } = self;
+        let QemuVm { mut child, qmp, _guards, .. } = self;
         if child.is_running() {
             // QEMU may close the socket before replying; ignore errors.
             let _ = qmp.execute_timeout("quit", Value::Null, Duration::from_secs(5)).await;

@@ -1,0 +1,166 @@
+//! Migration commands on one monitor: `query-migrate` and `query-status` as
+//! types, capabilities and parameters, and the wait for a migration status.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::{json, Value};
+
+use super::client::Qmp;
+use super::status::{MigrationStatus, RunState};
+
+/// How often [`Qmp::wait_migration_status`] polls `query-migrate`.
+pub const STATUS_POLL: Duration = Duration::from_millis(15);
+
+/// What a wait for a migration status is for: the statuses that end it
+/// successfully (`goals`) and those that end it with an error (`fail_on`).
+/// Judged the same way by [`Qmp::wait_migration_status`] (one monitor) and
+/// the two-sided sampler in `drive::session`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusWait {
+    pub goals: Vec<MigrationStatus>,
+    pub fail_on: Vec<MigrationStatus>,
+}
+
+impl StatusWait {
+    /// Wait for any of `goals`; `failed` ends the wait unless it is a goal.
+    pub fn until(goals: impl IntoIterator<Item = MigrationStatus>) -> StatusWait {
+        let goals: Vec<MigrationStatus> = goals.into_iter().collect();
+        let fail_on = if goals.contains(&MigrationStatus::Failed) {
+            Vec::new()
+        } else {
+            vec![MigrationStatus::Failed]
+        };
+        StatusWait { goals, fail_on }
+    }
+
+    /// Replace the statuses that end the wait with an error.
+    pub fn failing_on(mut self, fail_on: impl IntoIterator<Item = MigrationStatus>) -> StatusWait {
+        self.fail_on = fail_on.into_iter().collect();
+        self
+    }
+
+    /// Parse `"a|b|c"` (scenario files) strictly.
+    pub fn parse_any(alternatives: &str) -> Result<StatusWait, String> {
+        let goals = alternatives
+            .split('|')
+            .map(|s| s.trim().parse::<MigrationStatus>())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(StatusWait::until(goals))
+    }
+
+    pub fn reached(&self, st: &MigrationStatus) -> bool {
+        self.goals.contains(st)
+    }
+
+    pub fn failed(&self, st: &MigrationStatus) -> bool {
+        self.fail_on.contains(st)
+    }
+
+    /// The goals as QEMU spells them (`["postcopy-active", "completed"]`).
+    pub fn goal_names(&self) -> Vec<&str> {
+        self.goals.iter().map(MigrationStatus::as_str).collect()
+    }
+}
+
+/// `error-desc` of a `query-migrate` reply, if any.
+pub fn error_desc(v: &Value) -> Option<&str> {
+    v.get("error-desc").and_then(Value::as_str)
+}
+
+impl Qmp {
+    /// `query-migrate`, untyped (tolerant of unknown status values).
+    pub async fn query_migrate(&self) -> Result<Value> {
+        Ok(self.execute("query-migrate", Value::Null).await?)
+    }
+
+    /// The `status` member of `query-migrate` (`none` if absent).
+    pub async fn migration_status(&self) -> Result<MigrationStatus> {
+        Ok(MigrationStatus::of(&self.query_migrate().await?))
+    }
+
+    /// `query-status` → the run state (`running`, `paused`, `postmigrate`, ...).
+    pub async fn run_state(&self) -> Result<RunState> {
+        let v = self.execute("query-status", Value::Null).await?;
+        Ok(RunState::from(v.get("status").and_then(Value::as_str).unwrap_or("unknown")))
+    }
+
+    /// Poll `query-migrate` every 15 ms until its status is one of `goals`
+    /// (returns the reply), or one of `fail_on` (error), or `timeout`
+    /// expires (error). Errors name the last status and `error-desc`.
+    /// Accepts [`MigrationStatus`] values or QEMU's spelling.
+    pub async fn wait_migration_status<G, F>(
+        &self,
+        goals: &[G],
+        fail_on: &[F],
+        timeout: Duration,
+    ) -> Result<Value>
+    where
+        G: Clone + Into<MigrationStatus>,
+        F: Clone + Into<MigrationStatus>,
+    {
+        let wait = StatusWait {
+            goals: goals.iter().cloned().map(Into::into).collect(),
+            fail_on: fail_on.iter().cloned().map(Into::into).collect(),
+        };
+        self.wait_for(&wait, timeout).await
+    }
+
+    /// [`wait_migration_status`](Self::wait_migration_status) for a [`StatusWait`].
+    pub async fn wait_for(&self, wait: &StatusWait, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        let goals = wait.goal_names();
+        loop {
+            let v = self.query_migrate().await?;
+            let status = MigrationStatus::of(&v);
+            if wait.reached(&status) {
+                return Ok(v);
+            }
+            let desc = error_desc(&v);
+            if wait.failed(&status) {
+                bail!(
+                    "migration on {} reached status '{status}' (waiting for {goals:?}){}",
+                    self.path().display(),
+                    desc.map(|d| format!(": {d}")).unwrap_or_default()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "timed out after {timeout:?} waiting for migration status {goals:?} on {}; last status '{status}'{}",
+                    self.path().display(),
+                    desc.map(|d| format!(", error-desc: {d}")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(STATUS_POLL).await;
+        }
+    }
+
+    /// `migrate-set-capabilities` with `[(name, state)]`.
+    pub async fn set_capabilities(&self, caps: &[(&str, bool)]) -> Result<()> {
+        let caps: Vec<Value> =
+            caps.iter().map(|(c, s)| json!({ "capability": c, "state": s })).collect();
+        self.execute("migrate-set-capabilities", json!({ "capabilities": caps })).await?;
+        Ok(())
+    }
+
+    /// `migrate-set-parameters` with the given object.
+    pub async fn set_parameters(&self, params: Value) -> Result<()> {
+        self.execute("migrate-set-parameters", params).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_wait() {
+        let w = StatusWait::parse_any("postcopy-active | completed").unwrap();
+        assert!(w.reached(&MigrationStatus::Completed));
+        assert!(w.failed(&MigrationStatus::Failed));
+        assert_eq!(w.goal_names(), ["postcopy-active", "completed"]);
+        assert!(StatusWait::until([MigrationStatus::Failed]).fail_on.is_empty());
+        assert!(StatusWait::parse_any("done").is_err());
+    }
+}
