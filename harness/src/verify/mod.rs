@@ -1,7 +1,10 @@
 //! Every check of guest memory, in one place: page digests of files and
-//! destinations ([`memory`]), the test guests' own invariants ([`guest`]), and
-//! RAMBlocks replayed offline from recorded wire bytes ([`stream`]).
+//! destinations ([`memory`]), the test guests' own invariants ([`guest`]),
+//! RAMBlocks replayed offline from recorded wire bytes ([`stream`]), and the
+//! RAM model of a synthetic source's script checked against a destination
+//! ([`model`]).
 
 pub mod guest;
 pub mod memory;
+pub mod model;
 pub mod stream;
