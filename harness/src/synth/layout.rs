@@ -168,10 +168,12 @@ pub async fn probe_layout(qemu: &QemuBinary, mem_bytes: u64) -> Result<SourceLay
     Ok(l)
 }
 
+/// Probed layouts by (QEMU binary, guest memory size).
+type LayoutCache = HashMap<(PathBuf, u64), Arc<SourceLayout>>;
+
 /// [`probe_layout`] once per (binary, memory size) per process.
 pub async fn source_layout(qemu: &QemuBinary, mem_bytes: u64) -> Result<Arc<SourceLayout>> {
-    static CACHE: tokio::sync::Mutex<Option<HashMap<(PathBuf, u64), Arc<SourceLayout>>>> =
-        tokio::sync::Mutex::const_new(None);
+    static CACHE: tokio::sync::Mutex<Option<LayoutCache>> = tokio::sync::Mutex::const_new(None);
     let mut g = CACHE.lock().await;
     let key = (qemu.path.clone(), mem_bytes);
     if let Some(l) = g.get_or_insert_with(HashMap::new).get(&key) {

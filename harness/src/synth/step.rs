@@ -437,8 +437,8 @@ impl<'a> Enc<'a> {
         e: &mut Encoder,
     ) -> Result<u64, EncodeError> {
         let b = self.layout.block(block).ok_or_else(|| EncodeError::UnknownBlock(block.into()))?;
-        if start % PAGE_SIZE != 0
-            || len as u64 % PAGE_SIZE != 0
+        if !start.is_multiple_of(PAGE_SIZE)
+            || !(len as u64).is_multiple_of(PAGE_SIZE)
             || len == 0
             || start + len as u64 > b.used_length
         {
