@@ -377,6 +377,20 @@ status = "completed"
     }
 
     #[test]
+    fn stream_errors_name_line_and_key() {
+        let f = "kind = \"stream\"\n[source]\nqemu = \"system\"\n[expect]\nverdict = \"done\"\n[[records]]\nop = \"header\"\n";
+        let e = load_str(Path::new("s.toml"), f).unwrap_err().to_string();
+        assert!(e.starts_with("s.toml:5: expect.verdict"), "{e}");
+        let f = f.replace("\"done\"", "\"failed\"") + "[[records]]\nop = \"lisen\"\n";
+        let e = load_str(Path::new("s.toml"), &f).unwrap_err().to_string();
+        assert!(e.starts_with("s.toml:8: records[1]:") && e.contains("lisen"), "{e}");
+        let e = load_str(Path::new("s.toml"), &format!("timeout = \"2h\"\n{f}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:1: timeout:"), "{e}");
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
         assert_eq!(parse_duration("2").unwrap().as_secs(), 2);

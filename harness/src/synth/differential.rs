@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context as _, Result};
 use serde_json::{json, Value};
 
-use super::layout::{BlockInfo, SourceLayout};
+use super::layout::{BlockInfo, SourceLayout, GUEST_MEM};
 use super::player::{play, PlayResult};
 use super::step::Step;
 use super::verdict::{await_verdict, Verdict, VerdictKind};
-use super::GUEST_MEM;
 use crate::qmp::MigrationStatus;
 use crate::verify::model::{check_memory, MemCheck};
 use crate::vm::dest::{start_dest, DestKind};

@@ -13,8 +13,12 @@ use wire::ramrec::{decode_ram_record, BlockEntry, RamContext, RamRecord};
 use wire::stream::{self, SectionKind, TopRecord};
 use wire::{vmdesc, Cursor};
 
-use super::PAGE_SIZE;
 use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
+
+/// Target page size (x86-64).
+pub const PAGE_SIZE: u64 = wire::units::TARGET_PAGE_SIZE;
+/// Guest RAM of the standard synthetic-source configuration.
+pub const GUEST_MEM: u64 = 128 << 20;
 
 /// What a real QEMU 10.0.2 source started as
 /// `qemu-system-x86_64 -accel tcg -machine q35,memory-backend=mem0 -m 128M

@@ -26,34 +26,19 @@ pub mod player;
 pub mod step;
 pub mod verdict;
 
-use std::time::Duration;
-
-pub use crate::verify::model::{
-    check_memory, check_pages, content_bytes, Content, Expected, MemCheck, PageState, RamModel,
-};
+// The RAM model's home is verify/ (with its check); the source writes it.
+pub use crate::verify::model::{content_bytes, Content, RamModel};
 pub use differential::{
     differential, run_script, DestRun, Differential, Expect, Expectation, Observed, Problem,
     RunOpts,
 };
 pub use layout::{
-    decode_layout, probe_layout, source_layout, BlockInfo, SourceLayout, QEMU_10_0_Q35_128M_BLOCKS,
-    QEMU_10_0_Q35_MACHINE,
+    decode_layout, probe_layout, source_layout, BlockInfo, SourceLayout, GUEST_MEM, PAGE_SIZE,
+    QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
 };
-pub use player::{play, PlayResult};
+pub use player::{play, PlayResult, EXPECT_TIMEOUT};
 pub use step::{
     encode_script, globalstate_data, model_of, pattern_pages, vmdesc_for, EncodeError, Page,
-    RpMatcher, Step,
+    RpMatcher, Step, FIRST_DEVICE_SECTION_ID, RAM_SECTION_ID,
 };
 pub use verdict::{await_verdict, log_error_lines, log_lines, strip_ansi, Verdict, VerdictKind};
-
-/// Target page size (x86-64).
-pub const PAGE_SIZE: u64 = wire::units::TARGET_PAGE_SIZE;
-/// Guest RAM of the standard synthetic-source configuration.
-pub const GUEST_MEM: u64 = 128 << 20;
-/// Section id the synthetic source uses for "ram" (any id is legal; a real
-/// QEMU 10.0 q35 source happens to use 1).
-pub const RAM_SECTION_ID: u32 = 2;
-/// Longest wait of one [`Step::ExpectRp`] (also bounded by the play timeout).
-pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// First section id for FULL device sections.
-pub const FIRST_DEVICE_SECTION_ID: u32 = 0x20;

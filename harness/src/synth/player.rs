@@ -15,8 +15,10 @@ use wire::{Cursor, DecodeError, Encoder};
 
 use super::layout::SourceLayout;
 use super::step::{Enc, RpMatcher, Step};
-use super::EXPECT_TIMEOUT;
 use crate::verify::model::RamModel;
+
+/// Longest wait of one [`Step::ExpectRp`] (also bounded by the play timeout).
+pub const EXPECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What happened while playing.
 #[derive(Clone, Debug, Default)]

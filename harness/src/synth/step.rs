@@ -13,9 +13,14 @@ use wire::rp::RpMessage;
 use wire::stream::{self, Configuration, Header, SectionKind};
 use wire::{vmdesc, Encoder};
 
-use super::layout::SourceLayout;
-use super::{FIRST_DEVICE_SECTION_ID, PAGE_SIZE, RAM_SECTION_ID};
+use super::layout::{SourceLayout, PAGE_SIZE};
 use crate::verify::model::{content_bytes, Content, RamModel};
+
+/// Section id the synthetic source uses for "ram" (any id is legal; a real
+/// QEMU 10.0 q35 source happens to use 1).
+pub const RAM_SECTION_ID: u32 = 2;
+/// First section id for FULL device sections.
+pub const FIRST_DEVICE_SECTION_ID: u32 = 0x20;
 
 /// Why a step or a page request cannot be encoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
