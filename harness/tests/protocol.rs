@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use harness::synth::{
     encode_script, source_layout, vmdesc_for, Differential, Expect, Page, RpMatcher, RunOpts,
-    SourceLayout, Step, GUEST_MEM, PAGE_SIZE, QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
+    SourceLayout, Step, VerdictKind, GUEST_MEM, PAGE_SIZE, QEMU_10_0_Q35_128M_BLOCKS,
+    QEMU_10_0_Q35_MACHINE,
 };
 use harness::vm::qemu::QemuBinary;
 use wire::command::discard_payload;
@@ -154,16 +155,16 @@ async fn run_cases(group: &str, cases: Vec<Case>) {
     let mut report = String::new();
     let mut failed = Vec::new();
     for (_, case, d) in &results {
-        let mut problems = d.problems();
+        let mut problems: Vec<String> = d.problems().iter().map(ToString::to_string).collect();
         for (run, pats) in [(&d.qemu, case.qemu_err), (&d.rust, case.rust_err)] {
             if case.expect == Expect::Failed
-                && run.verdict.kind() == "failed"
+                && run.verdict.kind() == VerdictKind::Failed
                 && !contains_any(run.verdict.error(), pats)
             {
                 problems.push(format!("{}: failed, but not with one of {pats:?}", run.kind.name()));
             }
             if case.expect == Expect::Completed
-                && run.verdict.kind() == "completed"
+                && run.verdict.kind() == VerdictKind::Completed
                 && run.memory.is_none()
             {
                 problems.push(format!("{}: memory was not checked", run.kind.name()));
@@ -896,7 +897,7 @@ async fn deliberate_differences() {
         )
         .await
         .unwrap();
-        assert_eq!(d.qemu.verdict.kind(), "failed", "{}", d.side_by_side());
-        assert_eq!(d.rust.verdict.kind(), "completed", "{}", d.side_by_side());
+        assert_eq!(d.qemu.verdict.kind(), VerdictKind::Failed, "{}", d.side_by_side());
+        assert_eq!(d.rust.verdict.kind(), VerdictKind::Completed, "{}", d.side_by_side());
     }
 }

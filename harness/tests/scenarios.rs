@@ -27,7 +27,7 @@ fn main() {
             }
             Ok(variants) => {
                 for v in variants {
-                    let kind = match v.doc.kind {
+                    let kind = match v.spec.kind() {
                         harness::scenario::Kind::Migration => "migration",
                         harness::scenario::Kind::Stream => "stream",
                     };

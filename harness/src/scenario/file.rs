@@ -1,130 +1,44 @@
-//! Scenario files: loading, axis expansion into variants, validation.
+//! Scenario files: loading, axis expansion into variants, `${axis}`
+//! substitution, and turning spec errors into file:line errors.
 //!
 //! Axes are expanded by substituting `${axis}` into the file *text* for each
 //! variant (a quoted `"${axis}"` becomes the value's TOML literal, so
 //! numbers stay numbers; `${axis}` inside a longer string becomes its plain
-//! text), then the text is parsed into typed structures with unknown keys
+//! text), then the text is parsed into the typed [`Spec`] with unknown keys
 //! rejected. Substitution never changes line numbers, so every error names
 //! the file, the line and the key.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use toml::Value;
 
+use super::spec::{At, RawDoc, Spec, SpecError};
+
 /// A validation or parse error: file, line and message.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}{}: {msg}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
 pub struct FileError {
     pub file: PathBuf,
     pub line: Option<usize>,
     pub msg: String,
 }
 
-impl std::fmt::Display for FileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{}:{}: {}", self.file.display(), l, self.msg),
-            None => write!(f, "{}: {}", self.file.display(), self.msg),
+/// Scenario files under a directory (sorted), or the given files.
+pub fn find_files(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut v: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            v.sort();
+            out.extend(v);
+        } else {
+            out.push(p.clone());
         }
     }
-}
-
-impl std::error::Error for FileError {}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    /// A real QEMU source driven through QMP.
-    Migration,
-    /// A scripted record sequence from the synthetic source.
-    Stream,
-}
-
-fn default_kind() -> Kind {
-    Kind::Migration
-}
-
-/// The typed top level of one variant.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ScenarioDoc {
-    pub name: Option<String>,
-    pub description: Option<String>,
-    #[serde(default = "default_kind")]
-    pub kind: Kind,
-    /// Per-variant time limit, e.g. "120s" (default 180s).
-    pub timeout: Option<String>,
-    #[serde(default)]
-    pub axes: BTreeMap<String, Vec<Value>>,
-    /// Variants matching every key of one of these tables are dropped.
-    #[serde(default)]
-    pub exclude: Vec<BTreeMap<String, Value>>,
-    /// Capabilities set on both sides.
-    #[serde(default)]
-    pub capabilities: BTreeMap<String, bool>,
-    #[serde(default)]
-    pub source: SourceSpec,
-    #[serde(default)]
-    pub dest: DestSpec,
-    #[serde(default)]
-    pub steps: Vec<toml::Table>,
-    #[serde(default)]
-    pub records: Vec<toml::Table>,
-    pub expect: Option<StreamExpect>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct SourceSpec {
-    /// "system" (default), an installed version ("7.2", "10.0", "11.1") or a binary path.
-    pub qemu: Option<String>,
-    pub machine: Option<String>,
-    /// Guest RAM, e.g. "256M".
-    pub memory: Option<String>,
-    /// "sweep" (default) or "fill".
-    pub workload: Option<String>,
-    /// Stop the guest before the first step.
-    #[serde(default)]
-    pub stopped: bool,
-    #[serde(default)]
-    pub capabilities: BTreeMap<String, bool>,
-    #[serde(default)]
-    pub parameters: toml::Table,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct DestSpec {
-    /// "rust" or "qemu" (default "rust").
-    pub kind: Option<String>,
-    /// QEMU binary for a QEMU destination (like `source.qemu`; default: the source's).
-    pub qemu: Option<String>,
-    /// Extra command-line arguments.
-    #[serde(default)]
-    pub args: Vec<String>,
-    #[serde(default)]
-    pub capabilities: BTreeMap<String, bool>,
-    #[serde(default)]
-    pub parameters: toml::Table,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct StreamExpect {
-    /// "completed", "failed" or "postcopy-paused" (the destination waits for
-    /// recovery: QEMU pauses on any load error once postcopy runs).
-    pub verdict: String,
-    /// Regex the error text must match on both destinations.
-    pub error: Option<String>,
-    pub rust_error: Option<String>,
-    pub qemu_error: Option<String>,
-    /// On completion, compare mem0 with the script's model (default true).
-    pub memory: Option<bool>,
-    /// Expected PONG values, in order.
-    pub pongs: Option<Vec<u32>>,
-    /// Expected SHUT value.
-    pub shut: Option<u32>,
+    Ok(out)
 }
 
 /// One expanded variant.
@@ -133,7 +47,7 @@ pub struct Variant {
     pub scenario: String,
     /// Axis values, in axis order.
     pub values: Vec<(String, Value)>,
-    pub doc: ScenarioDoc,
+    pub spec: Spec,
     pub file: PathBuf,
     pub text: String,
 }
@@ -141,44 +55,46 @@ pub struct Variant {
 impl Variant {
     /// `scenario[axis=value,...]` (or just the scenario name).
     pub fn name(&self) -> String {
-        if self.values.is_empty() {
-            self.scenario.clone()
-        } else {
-            let v: Vec<String> =
-                self.values.iter().map(|(k, v)| format!("{k}={}", plain(v))).collect();
-            format!("{}[{}]", self.scenario, v.join(","))
-        }
+        variant_name(&self.scenario, &self.values)
     }
 
     pub fn value(&self, axis: &str) -> Option<&Value> {
-        self.values.iter().find(|(k, _)| k == axis).map(|(_, v)| v)
+        value_of(&self.values, axis)
     }
 
     /// Line of the `n`-th `[[steps]]` (or `[[records]]`) header.
     pub fn table_line(&self, array: &str, n: usize) -> Option<usize> {
-        let hdr = format!("[[{array}]]");
-        self.text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| l.trim_start().starts_with(&hdr))
-            .nth(n)
-            .map(|(i, _)| i + 1)
-    }
-
-    pub fn err(&self, line: Option<usize>, msg: impl Into<String>) -> FileError {
-        FileError { file: self.file.clone(), line, msg: msg.into() }
+        table_line(&self.text, array, n)
     }
 
     /// Does `when` (a table of axis → value or [values]) match this variant?
     pub fn matches(&self, when: &toml::Table) -> bool {
-        when.iter().all(|(k, want)| match self.value(k) {
-            Some(v) => match want {
-                Value::Array(a) => a.iter().any(|w| same(w, v)),
-                w => same(w, v),
-            },
-            None => false,
-        })
+        values_match(&self.values, when)
     }
+}
+
+/// `scenario[axis=value,...]` (or just the scenario name).
+fn variant_name(scenario: &str, values: &[(String, Value)]) -> String {
+    if values.is_empty() {
+        scenario.to_string()
+    } else {
+        let v: Vec<String> = values.iter().map(|(k, v)| format!("{k}={}", plain(v))).collect();
+        format!("{scenario}[{}]", v.join(","))
+    }
+}
+
+fn value_of<'a>(values: &'a [(String, Value)], axis: &str) -> Option<&'a Value> {
+    values.iter().find(|(k, _)| k == axis).map(|(_, v)| v)
+}
+
+fn values_match(values: &[(String, Value)], when: &toml::Table) -> bool {
+    when.iter().all(|(k, want)| match value_of(values, k) {
+        Some(v) => match want {
+            Value::Array(a) => a.iter().any(|w| same(w, v)),
+            w => same(w, v),
+        },
+        None => false,
+    })
 }
 
 fn same(a: &Value, b: &Value) -> bool {
@@ -304,14 +220,7 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
     }
     let mut out = Vec::new();
     for values in combos {
-        let stub = Variant {
-            scenario: scenario.clone(),
-            values: values.clone(),
-            doc: empty_doc(),
-            file: path.into(),
-            text: String::new(),
-        };
-        if excludes.iter().any(|ex| stub.matches(ex)) {
+        if excludes.iter().any(|ex| values_match(&values, ex)) {
             continue;
         }
         let vtext = substitute(text, &values);
@@ -322,26 +231,40 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
                 format!("`${{{name}}}` is not an axis of this scenario"),
             ));
         }
-        let doc: ScenarioDoc = toml::from_str(&vtext).map_err(|e| {
-            ferr(line_of(&vtext, e.span()), format!("{}{}", e.message(), variant_note(&stub)))
+        let note = if values.is_empty() {
+            String::new()
+        } else {
+            format!(" (in variant {})", variant_name(&scenario, &values))
+        };
+        let doc: RawDoc = toml::from_str(&vtext)
+            .map_err(|e| ferr(line_of(&vtext, e.span()), format!("{}{note}", e.message())))?;
+        let spec = Spec::from_raw(doc).map_err(|SpecError { at, msg }| {
+            let line = match at {
+                At::Nowhere => None,
+                At::Key(keys) => keys.iter().find_map(|k| find_key_line(&vtext, k)),
+                At::Table(array, n) => table_line(&vtext, array, n),
+            };
+            ferr(line, msg)
         })?;
-        let v = Variant { scenario: scenario.clone(), values, doc, file: path.into(), text: vtext };
-        validate(&v)?;
-        out.push(v);
+        out.push(Variant {
+            scenario: scenario.clone(),
+            values,
+            spec,
+            file: path.into(),
+            text: vtext,
+        });
     }
     Ok(out)
 }
 
-fn variant_note(v: &Variant) -> String {
-    if v.values.is_empty() {
-        String::new()
-    } else {
-        format!(" (in variant {})", v.name())
-    }
-}
-
-fn empty_doc() -> ScenarioDoc {
-    toml::from_str("").expect("empty doc")
+/// Line of the `n`-th `[[array]]` header.
+fn table_line(text: &str, array: &str, n: usize) -> Option<usize> {
+    let hdr = format!("[[{array}]]");
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with(&hdr))
+        .nth(n)
+        .map(|(i, _)| i + 1)
 }
 
 fn find_key_line(text: &str, key: &str) -> Option<usize> {
@@ -355,78 +278,6 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
                 || t.starts_with(&format!("[[{key}]]"))
         })
         .map(|(i, _)| i + 1)
-}
-
-/// Check what serde cannot: steps and records parse, values are sane.
-fn validate(v: &Variant) -> Result<(), FileError> {
-    let d = &v.doc;
-    if let Some(t) = &d.timeout {
-        parse_duration(t)
-            .map_err(|e| v.err(find_key_line(&v.text, "timeout"), format!("timeout: {e}")))?;
-    }
-    match d.kind {
-        Kind::Migration => {
-            if d.steps.is_empty() {
-                return Err(v.err(None, "a migration scenario needs at least one [[steps]] entry"));
-            }
-            if !d.records.is_empty() || d.expect.is_some() {
-                return Err(v.err(
-                    find_key_line(&v.text, "records").or(find_key_line(&v.text, "expect")),
-                    "[[records]] and [expect] belong to kind = \"stream\" scenarios",
-                ));
-            }
-            for (i, s) in d.steps.iter().enumerate() {
-                super::steps::parse_step(s)
-                    .map_err(|e| v.err(v.table_line("steps", i), format!("steps[{i}]: {e}")))?;
-            }
-            if let Some(k) = &d.dest.kind {
-                k.parse::<crate::vm::dest::DestKind>().map_err(|e| {
-                    v.err(find_key_line(&v.text, "kind"), format!("dest.kind: {e}"))
-                })?;
-            }
-            if let Some(m) = &d.source.memory {
-                wire::units::parse_size(m).map_err(|e| {
-                    v.err(find_key_line(&v.text, "memory"), format!("source.memory: {e}"))
-                })?;
-            }
-            if let Some(w) = &d.source.workload {
-                w.parse::<crate::images::Workload>().map_err(|e| {
-                    v.err(find_key_line(&v.text, "workload"), format!("source.workload: {e}"))
-                })?;
-            }
-        }
-        Kind::Stream => {
-            if d.records.is_empty() {
-                return Err(v.err(None, "a stream scenario needs at least one [[records]] entry"));
-            }
-            if !d.steps.is_empty() {
-                return Err(v.err(
-                    find_key_line(&v.text, "steps"),
-                    "[[steps]] belong to kind = \"migration\" scenarios",
-                ));
-            }
-            let e = d
-                .expect
-                .as_ref()
-                .ok_or_else(|| v.err(None, "a stream scenario needs an [expect] table"))?;
-            if !["completed", "failed", "postcopy-paused"].contains(&e.verdict.as_str()) {
-                return Err(v.err(
-                    find_key_line(&v.text, "verdict"),
-                    format!("expect.verdict must be \"completed\", \"failed\" or \"postcopy-paused\", not {:?}", e.verdict),
-                ));
-            }
-            for re in [&e.error, &e.rust_error, &e.qemu_error].into_iter().flatten() {
-                regex::Regex::new(re).map_err(|er| {
-                    v.err(find_key_line(&v.text, "error"), format!("bad regex {re:?}: {er}"))
-                })?;
-            }
-            for (i, r) in d.records.iter().enumerate() {
-                super::records::parse_record(r)
-                    .map_err(|e| v.err(v.table_line("records", i), format!("records[{i}]: {e}")))?;
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The QEMU versions every scenario runs against: `$CROSSMIG_QEMU_VERSIONS`
@@ -458,11 +309,12 @@ pub fn matrix_versions() -> Vec<String> {
         .clone()
 }
 
-pub use wire::units::parse_duration;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scenario::spec::Body;
+    use crate::scenario::steps::{Step, WaitFor};
+    use wire::units::parse_duration;
 
     const F: &str = r#"
 name = "demo"
@@ -494,8 +346,13 @@ status = "completed"
         assert!(names.contains(&"demo[dest=rust,passes=5]".to_string()));
         assert!(!names.contains(&"demo[dest=qemu,passes=5]".to_string()));
         let r5 = v.iter().find(|x| x.name() == "demo[dest=rust,passes=5]").unwrap();
-        assert_eq!(r5.doc.steps[1]["passes"].as_integer(), Some(5), "numbers stay numbers");
-        assert_eq!(r5.doc.dest.kind.as_deref(), Some("rust"));
+        let Body::Migration { steps } = &r5.spec.body else { panic!("not a migration") };
+        assert!(
+            matches!(steps[1].step, Step::Wait { what: WaitFor::Passes(5), .. }),
+            "numbers stay numbers: {:?}",
+            steps[1].step
+        );
+        assert_eq!(r5.spec.dest.kind, crate::vm::dest::DestKind::Rust);
     }
 
     #[test]
@@ -517,6 +374,20 @@ status = "completed"
             .unwrap_err()
             .to_string();
         assert!(e.contains("not an axis"), "{e}");
+    }
+
+    #[test]
+    fn stream_errors_name_line_and_key() {
+        let f = "kind = \"stream\"\n[source]\nqemu = \"system\"\n[expect]\nverdict = \"done\"\n[[records]]\nop = \"header\"\n";
+        let e = load_str(Path::new("s.toml"), f).unwrap_err().to_string();
+        assert!(e.starts_with("s.toml:5: expect.verdict"), "{e}");
+        let f = f.replace("\"done\"", "\"failed\"") + "[[records]]\nop = \"lisen\"\n";
+        let e = load_str(Path::new("s.toml"), &f).unwrap_err().to_string();
+        assert!(e.starts_with("s.toml:8: records[1]:") && e.contains("lisen"), "{e}");
+        let e = load_str(Path::new("s.toml"), &format!("timeout = \"2h\"\n{f}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("s.toml:1: timeout:"), "{e}");
     }
 
     #[test]

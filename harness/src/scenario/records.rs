@@ -91,7 +91,7 @@ pub enum Record {
 
 pub fn hex(s: &str) -> Result<Vec<u8>, String> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return Err(format!("hex string {s:?} has an odd number of digits"));
     }
     (0..s.len())
@@ -117,7 +117,7 @@ pub fn pages(spec: &str) -> Result<Vec<Page>, String> {
     if b < a {
         return Err(format!("page spec {spec:?}: empty range"));
     }
-    Ok((a..=b)
+    (a..=b)
         .map(|i| {
             if ver == "zero" {
                 Ok(Page::zero(block, i))
@@ -127,7 +127,7 @@ pub fn pages(spec: &str) -> Result<Vec<Page>, String> {
                     .map_err(|_| format!("page spec {spec:?}: version must be 0-255 or zero"))
             }
         })
-        .collect::<Result<Vec<_>, _>>()?)
+        .collect::<Result<Vec<_>, _>>()
 }
 
 pub fn parse_record(t: &toml::Table) -> Result<Step, String> {

@@ -1,8 +1,14 @@
-//! Steps of migration scenarios: the typed form of `[[steps]]` tables.
+//! Steps of migration scenarios: `[[steps]]` tables parsed once into the
+//! typed [`Step`] (durations, sizes, statuses, sides and kinds as types).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::qmp::MigrationStatus;
+use wire::units::{parse_duration, parse_size};
 
 /// Which side a step acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -11,6 +17,25 @@ pub enum Side {
     Source,
     Dest,
     Both,
+}
+
+impl Side {
+    /// The single sides this one stands for (`both` = source, then destination).
+    pub fn each(self) -> Vec<Side> {
+        match self {
+            Side::Both => vec![Side::Source, Side::Dest],
+            s => vec![s],
+        }
+    }
+
+    /// "source" / "destination" (for messages).
+    pub fn noun(self) -> &'static str {
+        match self {
+            Side::Source => "source",
+            Side::Dest => "destination",
+            Side::Both => "both sides",
+        }
+    }
 }
 
 fn source() -> Side {
@@ -30,20 +55,173 @@ pub enum FaultKind {
     Kill,
 }
 
-/// Proxy options of a `migrate` step.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct ProxyOpts {
-    /// Pause forwarding (source→destination) once this many bytes passed, e.g. "64M".
-    pub stall_at: Option<String>,
-    /// How long the stall lasts, e.g. "2s".
-    pub stall_for: Option<String>,
-    /// Forward at most this many bytes per second, e.g. "20M".
-    pub throttle: Option<String>,
-    /// Cut the main connection after this many bytes, e.g. "100M".
-    pub cut_at: Option<String>,
+/// The failing attempt a `recover` step makes first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoverFailure {
+    /// The recovery connection to the destination sends one command byte and closes.
+    Handshake,
+    /// The source resumes towards an address where nothing listens.
+    Reconnect,
 }
 
+impl RecoverFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoverFailure::Handshake => "handshake",
+            RecoverFailure::Reconnect => "reconnect",
+        }
+    }
+}
+
+/// A comparison of an `expect` counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Gt,
+    Ge,
+    Lt,
+    Le,
+}
+
+impl CmpOp {
+    const ALL: [(&'static str, CmpOp); 6] = [
+        ("==", CmpOp::Eq),
+        ("!=", CmpOp::Ne),
+        (">", CmpOp::Gt),
+        (">=", CmpOp::Ge),
+        ("<", CmpOp::Lt),
+        ("<=", CmpOp::Le),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        CmpOp::ALL.iter().find(|(_, o)| *o == self).map(|(n, _)| *n).unwrap_or("?")
+    }
+
+    pub fn holds(self, got: i64, want: i64) -> bool {
+        match self {
+            CmpOp::Eq => got == want,
+            CmpOp::Ne => got != want,
+            CmpOp::Gt => got > want,
+            CmpOp::Ge => got >= want,
+            CmpOp::Lt => got < want,
+            CmpOp::Le => got <= want,
+        }
+    }
+}
+
+impl std::str::FromStr for CmpOp {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        CmpOp::ALL
+            .iter()
+            .find(|(n, _)| *n == s)
+            .map(|(_, o)| *o)
+            .ok_or_else(|| format!("expect: unknown op {s:?} (== != > >= < <=)"))
+    }
+}
+
+/// Proxy options of a `migrate` step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyOpts {
+    /// Pause forwarding (source→destination) once this many bytes passed,
+    /// for that long.
+    pub stall: Option<(u64, Duration)>,
+    /// Forward at most this many bytes per second.
+    pub throttle: Option<u64>,
+    /// Cut the main connection after this many bytes.
+    pub cut_at: Option<u64>,
+}
+
+/// What a `wait` step waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitFor {
+    /// One of these statuses on `side`.
+    Status(Vec<MigrationStatus>),
+    /// This many completed RAM passes on the source.
+    Passes(u64),
+    /// A plain sleep.
+    Time(Duration),
+    /// Text on the source's serial console.
+    Serial(String),
+}
+
+/// An assertion on a `query-migrate` counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CounterCheck {
+    /// Dotted path into query-migrate, e.g. "ram.postcopy-requests".
+    pub path: String,
+    pub op: CmpOp,
+    pub value: i64,
+}
+
+/// One step of a migration scenario.
+#[derive(Clone, Debug)]
+pub enum Step {
+    /// `migrate-incoming` on the destination, `migrate` on the source
+    /// (through the harness's proxy with `proxy`).
+    Migrate {
+        proxy: Option<ProxyOpts>,
+    },
+    /// Wait on `side` (statuses) for `what`, at most `timeout`.
+    Wait {
+        what: WaitFor,
+        side: Side,
+        timeout: Duration,
+    },
+    StartPostcopy,
+    Stop {
+        side: Side,
+    },
+    Cont {
+        side: Side,
+    },
+    /// `migrate-set-parameters` with this object (sizes already in bytes).
+    SetParameters {
+        side: Side,
+        parameters: Value,
+    },
+    SetCapabilities {
+        side: Side,
+        capabilities: BTreeMap<String, bool>,
+    },
+    /// `migrate_cancel` on the source.
+    Cancel,
+    Fault {
+        fault: FaultKind,
+        side: Side,
+    },
+    /// `migrate-pause` on `side` (postcopy).
+    Pause {
+        side: Side,
+    },
+    /// `migrate-recover` + `migrate resume=true`, optionally after a failing attempt.
+    Recover {
+        fail: Option<RecoverFailure>,
+    },
+    /// Assert on `query-migrate` of `side`.
+    Expect {
+        side: Side,
+        status: Option<Vec<MigrationStatus>>,
+        /// Regex on `error-desc`.
+        error: Option<regex::Regex>,
+        counter: Option<CounterCheck>,
+    },
+    /// Compare guest RAM page by page and (with `invariant`) the sweep
+    /// guest's own invariant.
+    CheckMemory {
+        invariant: bool,
+    },
+}
+
+/// A parsed step with its `when` filter.
+#[derive(Clone, Debug)]
+pub struct StepSpec {
+    pub step: Step,
+    pub when: Option<toml::Table>,
+}
+
+/// The TOML shape of a `[[steps]]` table (see `scenarios/README.md`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(
     tag = "do",
@@ -51,16 +229,12 @@ pub struct ProxyOpts {
     rename_all_fields = "kebab-case",
     deny_unknown_fields
 )]
-pub enum Step {
-    /// `migrate-incoming` on the destination, `migrate` on the source.
+enum RawStep {
     Migrate {
-        /// Route through the harness's proxy (needed for `fault` steps).
         #[serde(default)]
-        proxy: Option<ProxyOpts>,
+        proxy: Option<RawProxy>,
     },
-    /// Wait for a status, a number of RAM passes, a time, or a serial marker.
     Wait {
-        /// One status or several separated by `|`.
         status: Option<String>,
         #[serde(default = "both")]
         side: Side,
@@ -88,57 +262,67 @@ pub enum Step {
         side: Side,
         capabilities: BTreeMap<String, bool>,
     },
-    /// `migrate_cancel` on the source.
     Cancel {},
     Fault {
         fault: FaultKind,
         #[serde(default = "source")]
         side: Side,
     },
-    /// `migrate-pause` on `side` (postcopy).
     Pause {
         #[serde(default = "source")]
         side: Side,
     },
-    /// `migrate-recover` on the destination and `migrate resume=true` on the
-    /// source; waits until both are back in postcopy-active (or completed).
-    /// With `fail`, a failing attempt comes first, as in QEMU's own
-    /// double-failure tests: "handshake" (the recovery connection to the
-    /// destination sends one command byte and closes) or "reconnect" (the
-    /// source resumes towards an address where nothing listens); both sides
-    /// must be `postcopy-paused` again before the real recovery.
     Recover {
         fail: Option<String>,
     },
-    /// Assert on `query-migrate` of `side`.
     Expect {
         #[serde(default = "both")]
         side: Side,
         status: Option<String>,
-        /// Regex on `error-desc`.
         error: Option<String>,
-        /// Dotted path into query-migrate, e.g. "ram.postcopy-requests" or
-        /// "x-crossmig.discard-commands".
         counter: Option<String>,
-        /// One of == != > >= < <=.
         op: Option<String>,
         value: Option<i64>,
     },
-    /// Compare guest RAM page by page (source file vs destination file; on
-    /// rust-dest also its QMP digests), and the guest's own invariant.
     CheckMemory {
-        /// Check the sweep guest's invariant on the destination copy (default true).
         invariant: Option<bool>,
     },
 }
 
-/// A parsed step with its `when` filter.
-#[derive(Clone, Debug)]
-pub struct StepSpec {
-    pub step: Step,
-    pub when: Option<toml::Table>,
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawProxy {
+    stall_at: Option<String>,
+    stall_for: Option<String>,
+    throttle: Option<String>,
+    cut_at: Option<String>,
 }
 
+/// Default limit of a `wait` step.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
+
+/// "a|b" → statuses (strictly: unknown names are errors).
+pub fn parse_statuses(s: &str) -> Result<Vec<MigrationStatus>, String> {
+    s.split('|').map(|w| w.trim().parse::<MigrationStatus>()).collect()
+}
+
+/// `migrate-set-parameters` arguments from a TOML table; bandwidths and
+/// `*-size` may be written as sizes ("256M").
+pub fn params_json(t: &toml::Table) -> Result<Value, String> {
+    let mut m = serde_json::Map::new();
+    for (k, v) in t {
+        let j = match v {
+            toml::Value::String(s) if k.ends_with("bandwidth") || k.ends_with("-size") => {
+                Value::from(parse_size(s).map_err(|e| format!("parameter {k}: {e}"))?)
+            }
+            other => serde_json::to_value(other).map_err(|e| format!("parameter {k}: {e}"))?,
+        };
+        m.insert(k.clone(), j);
+    }
+    Ok(Value::Object(m))
+}
+
+/// Parse one `[[steps]]` table.
 pub fn parse_step(t: &toml::Table) -> Result<StepSpec, String> {
     let mut t = t.clone();
     let when = match t.remove("when") {
@@ -146,90 +330,169 @@ pub fn parse_step(t: &toml::Table) -> Result<StepSpec, String> {
         Some(toml::Value::Table(w)) => Some(w),
         Some(_) => return Err("`when` must be a table of axis = value".into()),
     };
-    let step = Step::deserialize(toml::Value::Table(t)).map_err(|e| e.message().to_string())?;
-    match &step {
-        Step::Wait { status, passes, time, serial, .. } => {
-            let n = [status.is_some(), passes.is_some(), time.is_some(), serial.is_some()]
-                .iter()
-                .filter(|x| **x)
-                .count();
-            if n != 1 {
-                return Err("wait needs exactly one of status, passes, time, serial".into());
-            }
-            if let Some(t) = time {
-                super::file::parse_duration(t)?;
-            }
+    let raw = RawStep::deserialize(toml::Value::Table(t)).map_err(|e| e.message().to_string())?;
+    Ok(StepSpec { step: typed(raw)?, when })
+}
+
+fn typed(raw: RawStep) -> Result<Step, String> {
+    Ok(match raw {
+        RawStep::Migrate { proxy } => Step::Migrate { proxy: proxy.map(proxy_opts).transpose()? },
+        RawStep::Wait { status, side, passes, time, serial, timeout } => {
+            let what = match (status, passes, time, serial) {
+                (Some(s), None, None, None) => WaitFor::Status(parse_statuses(&s)?),
+                (None, Some(n), None, None) => WaitFor::Passes(n),
+                (None, None, Some(t), None) => WaitFor::Time(parse_duration(&t)?),
+                (None, None, None, Some(m)) => WaitFor::Serial(m),
+                _ => return Err("wait needs exactly one of status, passes, time, serial".into()),
+            };
+            let timeout =
+                timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_WAIT);
+            Step::Wait { what, side, timeout }
         }
-        Step::Expect { status, error, counter, op, value, .. } => {
+        RawStep::StartPostcopy {} => Step::StartPostcopy,
+        RawStep::Stop { side } => Step::Stop { side },
+        RawStep::Cont { side } => Step::Cont { side },
+        RawStep::SetParameters { side, parameters } => {
+            Step::SetParameters { side, parameters: params_json(&parameters)? }
+        }
+        RawStep::SetCapabilities { side, capabilities } => {
+            Step::SetCapabilities { side, capabilities }
+        }
+        RawStep::Cancel {} => Step::Cancel,
+        RawStep::Fault { fault, side } => Step::Fault { fault, side },
+        RawStep::Pause { side } => Step::Pause { side },
+        RawStep::Recover { fail } => Step::Recover {
+            fail: match fail.as_deref() {
+                None => None,
+                Some("handshake") => Some(RecoverFailure::Handshake),
+                Some("reconnect") => Some(RecoverFailure::Reconnect),
+                Some(f) => {
+                    return Err(format!(
+                        "recover: fail must be \"handshake\" or \"reconnect\", not {f:?}"
+                    ))
+                }
+            },
+        },
+        RawStep::Expect { side, status, error, counter, op, value } => {
             if status.is_none() && error.is_none() && counter.is_none() {
                 return Err("expect needs status, error or counter".into());
             }
             if counter.is_some() && (op.is_none() || value.is_none()) {
                 return Err("expect with counter needs op and value".into());
             }
-            if let Some(o) = op {
-                if !["==", "!=", ">", ">=", "<", "<="].contains(&o.as_str()) {
-                    return Err(format!("expect: unknown op {o:?} (== != > >= < <=)"));
-                }
-            }
-            if let Some(e) = error {
-                regex::Regex::new(e).map_err(|er| format!("expect: bad regex {e:?}: {er}"))?;
-            }
+            let op = op.as_deref().map(str::parse::<CmpOp>).transpose()?;
+            let error = error
+                .map(|e| {
+                    regex::Regex::new(&e).map_err(|er| format!("expect: bad regex {e:?}: {er}"))
+                })
+                .transpose()?;
+            let counter = match (counter, op, value) {
+                (Some(path), Some(op), Some(value)) => Some(CounterCheck { path, op, value }),
+                _ => None,
+            };
+            let status = status.as_deref().map(parse_statuses).transpose()?;
+            Step::Expect { side, status, error, counter }
         }
-        Step::Recover { fail: Some(f) } if f != "handshake" && f != "reconnect" => {
-            return Err(format!("recover: fail must be \"handshake\" or \"reconnect\", not {f:?}"));
+        RawStep::CheckMemory { invariant } => {
+            Step::CheckMemory { invariant: invariant.unwrap_or(true) }
         }
-        Step::Migrate { proxy: Some(p) } => {
-            for s in [&p.stall_at, &p.throttle, &p.cut_at].into_iter().flatten() {
-                wire::units::parse_size(s)?;
-            }
-            if let Some(d) = &p.stall_for {
-                super::file::parse_duration(d)?;
-            }
-            if p.stall_at.is_some() != p.stall_for.is_some() {
-                return Err("proxy: stall-at and stall-for go together".into());
-            }
-        }
-        _ => {}
-    }
-    Ok(StepSpec { step, when })
+    })
+}
+
+fn proxy_opts(p: RawProxy) -> Result<ProxyOpts, String> {
+    let size = |s: &Option<String>| s.as_deref().map(parse_size).transpose();
+    let (stall_at, throttle, cut_at) = (size(&p.stall_at)?, size(&p.throttle)?, size(&p.cut_at)?);
+    let stall_for = p.stall_for.as_deref().map(parse_duration).transpose()?;
+    let stall = match (stall_at, stall_for) {
+        (Some(a), Some(f)) => Some((a, f)),
+        (None, None) => None,
+        _ => return Err("proxy: stall-at and stall-for go together".into()),
+    };
+    Ok(ProxyOpts { stall, throttle, cut_at })
+}
+
+fn statuses_text(s: &[MigrationStatus]) -> String {
+    s.iter().map(MigrationStatus::as_str).collect::<Vec<_>>().join("|")
 }
 
 impl Step {
+    /// A short description for results.
     pub fn label(&self) -> String {
         match self {
             Step::Migrate { proxy } => {
                 format!("migrate{}", if proxy.is_some() { " (proxy)" } else { "" })
             }
-            Step::Wait { status: Some(s), side, .. } => format!("wait {side:?} status {s}"),
-            Step::Wait { passes: Some(p), .. } => format!("wait {p} pass(es)"),
-            Step::Wait { time: Some(t), .. } => format!("wait {t}"),
-            Step::Wait { serial: Some(m), .. } => format!("wait serial {m:?}"),
-            Step::Wait { .. } => "wait".into(),
-            Step::StartPostcopy {} => "start-postcopy".into(),
+            Step::Wait { what: WaitFor::Status(s), side, .. } => {
+                format!("wait {side:?} status {}", statuses_text(s))
+            }
+            Step::Wait { what: WaitFor::Passes(p), .. } => format!("wait {p} pass(es)"),
+            Step::Wait { what: WaitFor::Time(t), .. } => format!("wait {t:?}"),
+            Step::Wait { what: WaitFor::Serial(m), .. } => format!("wait serial {m:?}"),
+            Step::StartPostcopy => "start-postcopy".into(),
             Step::Stop { side } => format!("stop {side:?}"),
             Step::Cont { side } => format!("cont {side:?}"),
             Step::SetParameters { side, .. } => format!("set-parameters {side:?}"),
             Step::SetCapabilities { side, .. } => format!("set-capabilities {side:?}"),
-            Step::Cancel {} => "cancel".into(),
+            Step::Cancel => "cancel".into(),
             Step::Fault { fault, side } => format!("fault {fault:?} {side:?}"),
             Step::Pause { side } => format!("pause {side:?}"),
             Step::Recover { fail: None } => "recover".into(),
-            Step::Recover { fail: Some(f) } => format!("recover (after a failed {f})"),
-            Step::Expect { side, status, error, counter, op, value } => {
+            Step::Recover { fail: Some(f) } => format!("recover (after a failed {})", f.as_str()),
+            Step::Expect { side, status, error, counter } => {
                 let mut s = format!("expect {side:?}");
                 if let Some(st) = status {
-                    s += &format!(" status {st}");
+                    s += &format!(" status {}", statuses_text(st));
                 }
                 if let Some(e) = error {
-                    s += &format!(" error ~ {e:?}");
+                    s += &format!(" error ~ {:?}", e.as_str());
                 }
-                if let (Some(c), Some(o), Some(v)) = (counter, op, value) {
-                    s += &format!(" {c} {o} {v}");
+                if let Some(c) = counter {
+                    s += &format!(" {} {} {}", c.path, c.op.as_str(), c.value);
                 }
                 s
             }
             Step::CheckMemory { .. } => "check-memory".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(s: &str) -> Result<StepSpec, String> {
+        parse_step(&toml::from_str(s).unwrap())
+    }
+
+    #[test]
+    fn typed_steps() {
+        let s = step("do = \"wait\"\nstatus = \"completed | failed\"\ntimeout = \"2s\"").unwrap();
+        match s.step {
+            Step::Wait { what: WaitFor::Status(v), side: Side::Both, timeout } => {
+                assert_eq!(v, vec![MigrationStatus::Completed, MigrationStatus::Failed]);
+                assert_eq!(timeout, Duration::from_secs(2));
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(step("do = \"wait\"\nstatus = \"complete\"").unwrap_err().contains("complete"));
+        assert!(step("do = \"wait\"\npasses = 1\ntime = \"1s\"").unwrap_err().contains("exactly"));
+        let s =
+            step("do = \"migrate\"\nproxy = { stall-at = \"1M\", stall-for = \"2s\" }").unwrap();
+        match s.step {
+            Step::Migrate { proxy: Some(p) } => {
+                assert_eq!(p.stall, Some((1 << 20, Duration::from_secs(2))))
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(step("do = \"migrate\"\nproxy = { stall-at = \"1M\" }").is_err());
+        assert!(step("do = \"expect\"\ncounter = \"a.b\"\nop = \"=~\"\nvalue = 1").is_err());
+        assert!(step("do = \"recover\"\nfail = \"x\"").is_err());
+        let s = step("do = \"set-parameters\"\nparameters = { max-bandwidth = \"1K\" }").unwrap();
+        match s.step {
+            Step::SetParameters { parameters, .. } => {
+                assert_eq!(parameters["max-bandwidth"], 1024)
+            }
+            o => panic!("{o:?}"),
         }
     }
 }

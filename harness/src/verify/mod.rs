@@ -1,10 +1,12 @@
 //! Every check of guest memory, in one place: page digests of files and
 //! destinations ([`memory`]), the test guests' own invariants ([`guest`]),
-//! RAMBlocks replayed offline from recorded wire bytes ([`stream`]), and the
-//! [`Check`](report::Check) they all produce ([`report`]).
+//! RAMBlocks replayed offline from recorded wire bytes ([`stream`]), the RAM
+//! model of a synthetic source's script checked against a destination
+//! ([`model`]), and the [`Check`](report::Check) they all produce ([`report`]).
 
 pub mod guest;
 pub mod memory;
+pub mod model;
 pub mod report;
 pub mod stream;
 

@@ -1,0 +1,335 @@
+//! The typed scenario spec, parsed once per variant from its TOML document:
+//! durations, sizes, statuses, kinds and verdicts as types, steps and records
+//! parsed (errors say where: see [`At`]).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+use toml::Value as TomlValue;
+
+use super::records;
+use super::steps::{self, StepSpec};
+use crate::images::Workload;
+use crate::synth::{self, Expect};
+use crate::vm::dest::DestKind;
+use wire::units::{parse_duration, parse_size};
+
+/// Default per-variant time limit.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Default guest RAM of a migration scenario.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A real QEMU source driven through QMP.
+    Migration,
+    /// A scripted record sequence from the synthetic source.
+    Stream,
+}
+
+fn default_kind() -> Kind {
+    Kind::Migration
+}
+
+/// The TOML shape of one variant (unknown keys rejected).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDoc {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    #[serde(default = "default_kind")]
+    pub kind: Kind,
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub axes: BTreeMap<String, Vec<TomlValue>>,
+    #[serde(default)]
+    pub exclude: Vec<BTreeMap<String, TomlValue>>,
+    #[serde(default)]
+    pub capabilities: BTreeMap<String, bool>,
+    #[serde(default)]
+    pub source: RawSource,
+    #[serde(default)]
+    pub dest: RawDest,
+    #[serde(default)]
+    pub steps: Vec<toml::Table>,
+    #[serde(default)]
+    pub records: Vec<toml::Table>,
+    pub expect: Option<RawExpect>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawSource {
+    pub qemu: Option<String>,
+    pub machine: Option<String>,
+    pub memory: Option<String>,
+    pub workload: Option<String>,
+    #[serde(default)]
+    pub stopped: bool,
+    #[serde(default)]
+    pub capabilities: BTreeMap<String, bool>,
+    #[serde(default)]
+    pub parameters: toml::Table,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDest {
+    pub kind: Option<String>,
+    pub qemu: Option<String>,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub capabilities: BTreeMap<String, bool>,
+    #[serde(default)]
+    pub parameters: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawExpect {
+    pub verdict: String,
+    pub error: Option<String>,
+    pub rust_error: Option<String>,
+    pub qemu_error: Option<String>,
+    pub memory: Option<bool>,
+    pub pongs: Option<Vec<u32>>,
+    pub shut: Option<u32>,
+}
+
+/// Where in the file a spec error is (resolved to a line by `file`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum At {
+    /// No particular line.
+    Nowhere,
+    /// The first line assigning one of these keys (in this order).
+    Key(&'static [&'static str]),
+    /// The `n`-th `[[array]]` header.
+    Table(&'static str, usize),
+}
+
+/// A spec that does not validate.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{msg}")]
+pub struct SpecError {
+    pub at: At,
+    pub msg: String,
+}
+
+fn err(at: At, msg: impl Into<String>) -> SpecError {
+    SpecError { at, msg: msg.into() }
+}
+
+/// `[source]`, typed.
+#[derive(Debug, Clone)]
+pub struct SourceSpec {
+    /// "system", a version series or a binary path (None: the `qemu` axis).
+    pub qemu: Option<String>,
+    pub machine: Option<String>,
+    pub memory: u64,
+    pub workload: Workload,
+    pub stopped: bool,
+    pub capabilities: BTreeMap<String, bool>,
+    /// `migrate-set-parameters` arguments (empty object: none).
+    pub parameters: Value,
+}
+
+/// `[dest]`, typed.
+#[derive(Debug, Clone)]
+pub struct DestSpec {
+    pub kind: DestKind,
+    pub qemu: Option<String>,
+    pub args: Vec<String>,
+    pub capabilities: BTreeMap<String, bool>,
+    pub parameters: Value,
+}
+
+/// `[expect]` of a stream scenario, typed.
+#[derive(Debug, Clone)]
+pub struct StreamExpect {
+    /// Completed, Failed or PostcopyPaused.
+    pub verdict: Expect,
+    /// Regexes on the error text: `error` applies to both unless overridden.
+    pub qemu_error: Option<regex::Regex>,
+    pub rust_error: Option<regex::Regex>,
+    /// On completion, compare mem0 with the script's model.
+    pub memory: bool,
+    pub pongs: Option<Vec<u32>>,
+    pub shut: Option<u32>,
+}
+
+impl StreamExpect {
+    /// The synthetic source's form of this expectation.
+    pub fn expectation(&self) -> synth::Expectation {
+        synth::Expectation {
+            verdict: self.verdict,
+            qemu_error: self.qemu_error.clone(),
+            rust_error: self.rust_error.clone(),
+            pongs: self.pongs.clone(),
+            shut: self.shut,
+        }
+    }
+}
+
+/// What the variant does.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Migration { steps: Vec<StepSpec> },
+    Stream { records: Vec<synth::Step>, expect: StreamExpect },
+}
+
+/// One variant's scenario, typed.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub timeout: Duration,
+    /// Capabilities set on both sides.
+    pub capabilities: BTreeMap<String, bool>,
+    pub source: SourceSpec,
+    pub dest: DestSpec,
+    pub body: Body,
+}
+
+impl Spec {
+    pub fn kind(&self) -> Kind {
+        match self.body {
+            Body::Migration { .. } => Kind::Migration,
+            Body::Stream { .. } => Kind::Stream,
+        }
+    }
+
+    /// Validate and type a parsed document.
+    pub fn from_raw(d: RawDoc) -> Result<Spec, SpecError> {
+        let timeout = match &d.timeout {
+            Some(t) => parse_duration(t)
+                .map_err(|e| err(At::Key(&["timeout"]), format!("timeout: {e}")))?,
+            None => DEFAULT_TIMEOUT,
+        };
+        let body = match d.kind {
+            Kind::Migration => migration_body(&d)?,
+            Kind::Stream => stream_body(&d)?,
+        };
+        let dest_kind = match &d.dest.kind {
+            Some(k) => k
+                .parse::<DestKind>()
+                .map_err(|e| err(At::Key(&["kind"]), format!("dest.kind: {e}")))?,
+            None => DestKind::Rust,
+        };
+        let memory = match &d.source.memory {
+            Some(m) => parse_size(m)
+                .map_err(|e| err(At::Key(&["memory"]), format!("source.memory: {e}")))?,
+            None => DEFAULT_MEMORY,
+        };
+        let workload = match &d.source.workload {
+            Some(w) => w
+                .parse::<Workload>()
+                .map_err(|e| err(At::Key(&["workload"]), format!("source.workload: {e}")))?,
+            None => Workload::Sweep,
+        };
+        let params = |t: &toml::Table, side: &str| {
+            steps::params_json(t)
+                .map_err(|e| err(At::Key(&["parameters"]), format!("{side}.parameters: {e}")))
+        };
+        Ok(Spec {
+            name: d.name,
+            description: d.description,
+            timeout,
+            capabilities: d.capabilities,
+            source: SourceSpec {
+                qemu: d.source.qemu,
+                machine: d.source.machine,
+                memory,
+                workload,
+                stopped: d.source.stopped,
+                capabilities: d.source.capabilities,
+                parameters: params(&d.source.parameters, "source")?,
+            },
+            dest: DestSpec {
+                kind: dest_kind,
+                qemu: d.dest.qemu,
+                args: d.dest.args,
+                capabilities: d.dest.capabilities,
+                parameters: params(&d.dest.parameters, "dest")?,
+            },
+            body,
+        })
+    }
+}
+
+fn migration_body(d: &RawDoc) -> Result<Body, SpecError> {
+    if d.steps.is_empty() {
+        return Err(err(At::Nowhere, "a migration scenario needs at least one [[steps]] entry"));
+    }
+    if !d.records.is_empty() || d.expect.is_some() {
+        return Err(err(
+            At::Key(&["records", "expect"]),
+            "[[records]] and [expect] belong to kind = \"stream\" scenarios",
+        ));
+    }
+    let steps = d
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            steps::parse_step(s).map_err(|e| err(At::Table("steps", i), format!("steps[{i}]: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Body::Migration { steps })
+}
+
+fn stream_body(d: &RawDoc) -> Result<Body, SpecError> {
+    if d.records.is_empty() {
+        return Err(err(At::Nowhere, "a stream scenario needs at least one [[records]] entry"));
+    }
+    if !d.steps.is_empty() {
+        return Err(err(At::Key(&["steps"]), "[[steps]] belong to kind = \"migration\" scenarios"));
+    }
+    let e = d
+        .expect
+        .as_ref()
+        .ok_or_else(|| err(At::Nowhere, "a stream scenario needs an [expect] table"))?;
+    let verdict = match e.verdict.as_str() {
+        "completed" => Expect::Completed,
+        "failed" => Expect::Failed,
+        "postcopy-paused" => Expect::PostcopyPaused,
+        v => {
+            return Err(err(
+                At::Key(&["verdict"]),
+                format!("expect.verdict must be \"completed\", \"failed\" or \"postcopy-paused\", not {v:?}"),
+            ))
+        }
+    };
+    let re = |r: Option<&String>| {
+        r.map(|re| {
+            regex::Regex::new(re)
+                .map_err(|er| err(At::Key(&["error"]), format!("bad regex {re:?}: {er}")))
+        })
+        .transpose()
+    };
+    let (error, rust_error, qemu_error) =
+        (re(e.error.as_ref())?, re(e.rust_error.as_ref())?, re(e.qemu_error.as_ref())?);
+    let records = d
+        .records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            records::parse_record(r)
+                .map_err(|e| err(At::Table("records", i), format!("records[{i}]: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Body::Stream {
+        records,
+        expect: StreamExpect {
+            verdict,
+            qemu_error: qemu_error.or_else(|| error.clone()),
+            rust_error: rust_error.or(error),
+            memory: e.memory.unwrap_or(true),
+            pongs: e.pongs.clone(),
+            shut: e.shut,
+        },
+    })
+}

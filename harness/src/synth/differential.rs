@@ -1,0 +1,427 @@
+//! Running one script against one destination ([`run_script`]) or against a
+//! real QEMU destination and rust-dest at once ([`differential`]), and the one
+//! comparison of both outcomes with the script's expectation
+//! ([`Differential::problems`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _, Result};
+use serde_json::{json, Value};
+
+use super::layout::{BlockInfo, SourceLayout, GUEST_MEM};
+use super::player::{play, PlayResult};
+use super::step::Step;
+use super::verdict::{await_verdict, Verdict, VerdictKind};
+use crate::qmp::MigrationStatus;
+use crate::verify::model::{check_memory, MemCheck};
+use crate::vm::dest::{start_dest, DestKind};
+use crate::vm::procs::free_tcp_port;
+use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
+
+/// How to run a script against one destination.
+#[derive(Clone, Debug)]
+pub struct RunOpts {
+    /// Set `postcopy-ram` before `migrate-incoming`.
+    pub postcopy_ram: bool,
+    /// Bound for [`play`].
+    pub play_timeout: Duration,
+    /// Bound for [`await_verdict`].
+    pub verdict_timeout: Duration,
+    /// Compare the backend file with the model on completion.
+    pub check_memory: bool,
+    /// QMP `cont` before `migrate-incoming`: the guest runs as soon as it
+    /// can (after POSTCOPY_RUN in postcopy), so it touches RAM and faults.
+    pub autostart: bool,
+}
+
+impl Default for RunOpts {
+    fn default() -> Self {
+        RunOpts {
+            postcopy_ram: false,
+            play_timeout: Duration::from_secs(20),
+            verdict_timeout: Duration::from_secs(10),
+            check_memory: true,
+            autostart: false,
+        }
+    }
+}
+
+/// Everything observed on one destination.
+#[derive(Debug)]
+pub struct DestRun {
+    pub kind: DestKind,
+    pub verdict: Verdict,
+    pub play: Option<PlayResult>,
+    /// Why play could not run (connect failure, bad script).
+    pub play_error: Option<String>,
+    /// mem0 file vs model (only when completed and requested).
+    pub memory: Option<MemCheck>,
+    /// rust-dest only, on completion: the RAMBlocks it created from the
+    /// stream (`x-crossmig-query-ramblocks`).
+    pub rust_blocks: Option<Vec<BlockInfo>>,
+    pub log_tail: String,
+    pub total: Duration,
+    /// For cleanup checks.
+    pub pid: u32,
+    pub paths: Vec<PathBuf>,
+}
+
+impl DestRun {
+    pub fn summary(&self) -> String {
+        let mut s = format!("{:<4} {}", self.kind.name(), self.verdict);
+        if let Some(p) = &self.play {
+            s += &format!("\n       play: {}", p.summary());
+        }
+        if let Some(e) = &self.play_error {
+            s += &format!("\n       play error: {e}");
+        }
+        if let Some(m) = &self.memory {
+            s += &format!("\n       memory: {m}");
+        }
+        s
+    }
+}
+
+/// Start a destination of `kind` (harness::vm::dest::start_dest: `-incoming
+/// defer -S`), set capabilities, `migrate-incoming tcp:127.0.0.1:PORT`,
+/// play `script`, judge the verdict and (on completion) memory. The
+/// destination is always shut down and its files removed before returning.
+pub async fn run_script(
+    kind: DestKind,
+    qemu: &QemuBinary,
+    layout: &SourceLayout,
+    script: &[Step],
+    opts: &RunOpts,
+    workdir: &Path,
+    tag: &str,
+) -> Result<DestRun> {
+    let t0 = Instant::now();
+    let cfg = VmConfig::new(&format!("synth-{tag}-{}", kind.name()), GUEST_MEM);
+    let paths = vec![cfg.mem_path.clone(), cfg.qmp_socket.clone()];
+    let log = workdir.join(format!("{}.log", cfg.vm_name()));
+    let vm = start_dest(kind, qemu, cfg, log).await?;
+    let pid = vm.pid();
+    let r = drive(kind, &vm, layout, script, opts).await;
+    let log_tail = vm.log_tail(6000);
+    vm.quit().await;
+    let (verdict, play, play_error, memory, rust_blocks) =
+        r.map_err(|e| anyhow!("{e:#}\n--- {} log ---\n{log_tail}", kind.name()))?;
+    Ok(DestRun {
+        kind,
+        verdict,
+        play,
+        play_error,
+        memory,
+        rust_blocks,
+        log_tail,
+        total: t0.elapsed(),
+        pid,
+        paths,
+    })
+}
+
+type DriveOut =
+    (Verdict, Option<PlayResult>, Option<String>, Option<MemCheck>, Option<Vec<BlockInfo>>);
+
+async fn drive(
+    kind: DestKind,
+    vm: &QemuVm,
+    layout: &SourceLayout,
+    script: &[Step],
+    opts: &RunOpts,
+) -> Result<DriveOut> {
+    vm.qmp.set_timeout(Duration::from_secs(10));
+    if opts.postcopy_ram {
+        vm.qmp
+            .set_capabilities(&[("postcopy-ram", true)])
+            .await
+            .context("migrate-set-capabilities")?;
+    }
+    if opts.autostart {
+        vm.execute("cont", Value::Null).await.context("cont (autostart)")?;
+    }
+    let mut attempt = 0;
+    let addr: SocketAddr = loop {
+        let port = free_tcp_port();
+        let uri = format!("tcp:127.0.0.1:{port}");
+        match vm.execute("migrate-incoming", json!({ "uri": uri })).await {
+            Ok(_) => break format!("127.0.0.1:{port}").parse().unwrap(),
+            Err(e) if attempt < 3 && vm.child.is_running() => {
+                tracing::warn!("migrate-incoming {uri}: {e:#}; retrying");
+                attempt += 1;
+            }
+            Err(e) => return Err(e.context("migrate-incoming")),
+        }
+    };
+    let (play, play_error) = match play(addr, layout, script, opts.play_timeout).await {
+        Ok(p) => (Some(p), None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    };
+    let verdict = await_verdict(vm, opts.verdict_timeout).await;
+    let mut memory = None;
+    let mut rust_blocks = None;
+    if verdict == Verdict::Completed {
+        if let (true, Some(p)) = (opts.check_memory, &play) {
+            memory = Some(check_memory(&p.model, &vm.cfg.backend_id, &vm.cfg.mem_path)?);
+        }
+        if kind == DestKind::Rust {
+            let v = vm.execute("x-crossmig-query-ramblocks", Value::Null).await?;
+            rust_blocks = Some(
+                v.as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|b| BlockInfo {
+                        name: b["name"].as_str().unwrap_or("?").into(),
+                        used_length: b["used-length"].as_u64().unwrap_or(0),
+                    })
+                    .collect(),
+            );
+        }
+    }
+    Ok((verdict, play, play_error, memory, rust_blocks))
+}
+
+// ---------------------------------------------------------------------------
+// Expectations and the comparison
+
+/// What a script must lead to on both destinations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Completed,
+    Failed,
+    /// Neither: the destination waits (e.g. in postcopy-paused after a load
+    /// error once postcopy runs, as QEMU does).
+    Stuck,
+    /// Stuck in `postcopy-paused` precisely (QEMU pauses instead of failing
+    /// on a load error once postcopy runs).
+    PostcopyPaused,
+}
+
+impl Expect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Completed => "completed",
+            Expect::Failed => "failed",
+            Expect::Stuck => "stuck",
+            Expect::PostcopyPaused => "postcopy-paused",
+        }
+    }
+
+    /// Is `o` what this expectation asks for?
+    pub fn met_by(self, o: &Observed) -> bool {
+        match (self, o) {
+            (Expect::Completed, Observed::Completed)
+            | (Expect::Failed, Observed::Failed)
+            | (Expect::Stuck, Observed::Stuck(_)) => true,
+            (Expect::PostcopyPaused, Observed::Stuck(s)) => {
+                s.as_ref() == Some(&MigrationStatus::PostcopyPaused)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Expect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a destination ended, in the terms an [`Expect`] is stated in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    Completed,
+    Failed,
+    /// Waiting in this status (None: the monitor never answered).
+    Stuck(Option<MigrationStatus>),
+}
+
+impl std::fmt::Display for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Observed::Completed => f.write_str("completed"),
+            Observed::Failed => f.write_str("failed"),
+            Observed::Stuck(s) => {
+                f.write_str(s.as_ref().map(MigrationStatus::as_str).unwrap_or("?"))
+            }
+        }
+    }
+}
+
+impl DestRun {
+    /// The verdict as an expectation sees it.
+    pub fn observed(&self) -> Observed {
+        match &self.verdict {
+            Verdict::Completed => Observed::Completed,
+            Verdict::Failed(_) => Observed::Failed,
+            // QEMU's monitor can stop answering while its migration is
+            // paused; its own log line then says so.
+            Verdict::Stuck { status: None, .. } if self.log_tail.contains("Migration paused") => {
+                Observed::Stuck(Some(MigrationStatus::PostcopyPaused))
+            }
+            // A destination that told the source SHUT(non-zero) has failed,
+            // even if its status lags (seen with QEMU 11.1 in postcopy-device).
+            Verdict::Stuck { .. }
+                if self.play.as_ref().is_some_and(|p| p.shuts().iter().any(|v| *v != 0)) =>
+            {
+                Observed::Failed
+            }
+            Verdict::Stuck { status, .. } => Observed::Stuck(status.clone()),
+        }
+    }
+}
+
+/// Everything a script expects of both destinations.
+#[derive(Clone, Debug)]
+pub struct Expectation {
+    pub verdict: Expect,
+    /// A regex the failure text (or the log) of the QEMU destination must
+    /// match when it failed.
+    pub qemu_error: Option<regex::Regex>,
+    /// The same for rust-dest.
+    pub rust_error: Option<regex::Regex>,
+    /// PONG values, in order.
+    pub pongs: Option<Vec<u32>>,
+    /// The SHUT value on completion.
+    pub shut: Option<u32>,
+}
+
+impl From<Expect> for Expectation {
+    fn from(verdict: Expect) -> Self {
+        Expectation { verdict, qemu_error: None, rust_error: None, pongs: None, shut: None }
+    }
+}
+
+/// One way the destinations did not do what the script expects.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Problem {
+    #[error(
+        "DISAGREEMENT: verdicts differ between QEMU (the oracle, {qemu}) and rust-dest ({rust})"
+    )]
+    Disagreement { qemu: VerdictKind, rust: VerdictKind },
+    #[error("{dest}: verdict {got} but the script expects {want}")]
+    Verdict { dest: &'static str, got: Observed, want: Expect },
+    #[error("{dest}: error does not match /{re}/")]
+    ErrorText { dest: &'static str, re: String },
+    #[error("{dest}: play error: {error}")]
+    PlayError { dest: &'static str, error: String },
+    #[error("{dest}: memory differs from the script's model: {check}")]
+    Memory { dest: &'static str, check: MemCheck },
+    #[error("{dest}: PONGs {got:?}, expected {want:?}")]
+    Pongs { dest: &'static str, got: Vec<u32>, want: Vec<u32> },
+    #[error("{dest}: no SHUT({want}) received (got {got:?})")]
+    Shut { dest: &'static str, want: u32, got: Vec<u32> },
+    #[error("{dest}: unmet return-path expectations: {}", unmet.join("; "))]
+    UnmetRp { dest: &'static str, unmet: Vec<String> },
+    #[error("{dest}: play aborted: {why}")]
+    Aborted { dest: &'static str, why: String },
+}
+
+/// Both destinations' results for one script.
+#[derive(Debug)]
+pub struct Differential {
+    pub name: String,
+    pub expect: Expectation,
+    pub qemu: DestRun,
+    pub rust: DestRun,
+    pub total: Duration,
+}
+
+impl Differential {
+    /// Both verdicts side by side.
+    pub fn side_by_side(&self) -> String {
+        format!(
+            "script '{}' (expected {}), {:.1}s\n  {}\n  {}",
+            self.name,
+            self.expect.verdict,
+            self.total.as_secs_f64(),
+            self.qemu.summary(),
+            self.rust.summary()
+        )
+    }
+
+    /// Everything that differs from the expectation: the verdict kinds of
+    /// the two destinations differ; a verdict is not the expected one; a
+    /// failure text does not match; play could not run; memory differs from
+    /// the model; PONGs or SHUT differ; on an expected completion, unmet
+    /// return-path expectations or an aborted play.
+    pub fn problems(&self) -> Vec<Problem> {
+        let x = &self.expect;
+        let mut p = Vec::new();
+        if self.qemu.verdict.kind() != self.rust.verdict.kind() {
+            p.push(Problem::Disagreement {
+                qemu: self.qemu.verdict.kind(),
+                rust: self.rust.verdict.kind(),
+            });
+        }
+        for (d, re) in [(&self.qemu, &x.qemu_error), (&self.rust, &x.rust_error)] {
+            let dest = d.kind.name();
+            let got = d.observed();
+            if !x.verdict.met_by(&got) {
+                p.push(Problem::Verdict { dest, got, want: x.verdict });
+            }
+            if let (Some(re), VerdictKind::Failed) = (re, d.verdict.kind()) {
+                // QEMU's specific message may be several log lines above the last.
+                if !re.is_match(d.verdict.error()) && !re.is_match(&d.log_tail) {
+                    p.push(Problem::ErrorText { dest, re: re.as_str().into() });
+                }
+            }
+            if let Some(e) = &d.play_error {
+                p.push(Problem::PlayError { dest, error: e.clone() });
+            }
+            if let Some(m) = &d.memory {
+                if !m.ok() {
+                    p.push(Problem::Memory { dest, check: m.clone() });
+                }
+            }
+            let Some(pl) = &d.play else { continue };
+            if let Some(want) = &x.pongs {
+                let got = pl.pongs();
+                if &got != want {
+                    p.push(Problem::Pongs { dest, got, want: want.clone() });
+                }
+            }
+            if let (Some(want), VerdictKind::Completed) = (x.shut, d.verdict.kind()) {
+                if !pl.shuts().contains(&want) {
+                    p.push(Problem::Shut { dest, want, got: pl.shuts() });
+                }
+            }
+            if x.verdict == Expect::Completed {
+                if !pl.expect_failures.is_empty() {
+                    p.push(Problem::UnmetRp { dest, unmet: pl.expect_failures.clone() });
+                }
+                if let Some(a) = &pl.aborted {
+                    p.push(Problem::Aborted { dest, why: a.clone() });
+                }
+            }
+        }
+        p
+    }
+}
+
+/// Run `script` on a QEMU and a rust-dest destination concurrently.
+pub async fn differential(
+    name: &str,
+    qemu: &QemuBinary,
+    layout: &SourceLayout,
+    script: &[Step],
+    expect: impl Into<Expectation>,
+    opts: &RunOpts,
+    workdir: &Path,
+) -> Result<Differential> {
+    let t0 = Instant::now();
+    let (q, r) = tokio::join!(
+        run_script(DestKind::Qemu, qemu, layout, script, opts, workdir, name),
+        run_script(DestKind::Rust, qemu, layout, script, opts, workdir, name),
+    );
+    Ok(Differential {
+        name: name.into(),
+        expect: expect.into(),
+        qemu: q.context("QEMU destination")?,
+        rust: r.context("rust-dest")?,
+        total: t0.elapsed(),
+    })
+}
