@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::fault::{Pattern, VcpuConfig};
+use crate::postcopy::{Pattern, VcpuConfig};
 use crate::ram::Backend;
 
 pub const USAGE: &str = "\

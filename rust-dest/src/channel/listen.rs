@@ -6,7 +6,7 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::session::{Session, Sock};
+use super::session::{Session, Sock};
 use crate::state::MigStatus;
 
 /// A parsed incoming URI.
