@@ -214,7 +214,7 @@ fn parse_discard(p: &[u8], off: u64) -> Result<Discard> {
         ));
     }
     let rest = &p[3 + n..];
-    if rest.len() % 16 != 0 {
+    if !rest.len().is_multiple_of(16) {
         return Err(DecodeError::invalid(
             off + 3 + n as u64,
             format!("{what}: range list of {} bytes is not a multiple of 16", rest.len()),

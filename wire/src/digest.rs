@@ -27,7 +27,7 @@ pub fn to_hex(d: &[u64]) -> String {
 
 /// Parse a string produced by [`to_hex`].
 pub fn from_hex(s: &str) -> Option<Vec<u64>> {
-    if s.len() % 16 != 0 {
+    if !s.len().is_multiple_of(16) {
         return None;
     }
     (0..s.len() / 16).map(|i| u64::from_str_radix(&s[i * 16..i * 16 + 16], 16).ok()).collect()

@@ -75,13 +75,15 @@ impl Loader {
                     }
                     return Ok(());
                 }
-                other => return Err(LoadError::protocol(
-                    rec_off,
-                    format!(
+                other => {
+                    return Err(LoadError::protocol(
+                        rec_off,
+                        format!(
                         "unexpected record {other:?} inside the package at byte offset {rec_off}"
                     ),
-                )
-                .within(ctx())),
+                    )
+                    .within(ctx()))
+                }
             }
         }
         // The record loop runs until RUN or EOF; running off the end of the

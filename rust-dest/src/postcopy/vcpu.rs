@@ -72,8 +72,7 @@ pub(super) fn vcpu_thread(guest: Guest, cfg: VcpuConfig, idx: usize) {
         rng % n
     };
     // Sleep once per batch of 64 touches to honour the rate.
-    let interval =
-        if cfg.rate > 0 { Some(Duration::from_nanos(64 * 1_000_000_000 / cfg.rate)) } else { None };
+    let interval = (64u64 * 1_000_000_000).checked_div(cfg.rate).map(Duration::from_nanos);
     // Sweep threads start at different offsets of the RAM.
     let mut cursor: u64 = (total / cfg.threads.max(1) as u64) * idx as u64;
     let mut sink = 0u8;
@@ -92,7 +91,7 @@ pub(super) fn vcpu_thread(guest: Guest, cfg: VcpuConfig, idx: usize) {
                 }
                 Pattern::Random => next(total),
                 Pattern::Hot => {
-                    if touched % 8 == 0 {
+                    if touched.is_multiple_of(8) {
                         cursor = (cursor + 1) % total;
                         cursor
                     } else {

@@ -28,6 +28,9 @@ pub use status::{MigStatus, PcState, RunState};
 /// listening on a URI. Returns a QMP-style error text on failure.
 pub type IncomingStarter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
+/// Callback used by `migrate-pause`: shut the incoming main channel down.
+pub type PauseHandler = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 pub struct Inner {
     pub status: MigStatus,
     pub error_desc: Option<String>,
@@ -72,7 +75,7 @@ pub struct SharedInner {
     /// `migrate-recover URI`: listen for the recovery channel.
     recover: Mutex<Option<IncomingStarter>>,
     /// `migrate-pause`: shut the incoming main channel down.
-    pause: Mutex<Option<Box<dyn Fn() -> Result<(), String> + Send + Sync>>>,
+    pause: Mutex<Option<PauseHandler>>,
     /// Signals process exit (`quit`).
     quit: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
@@ -220,7 +223,7 @@ impl Shared {
         }
     }
 
-    pub fn set_pause_handler(&self, f: Box<dyn Fn() -> Result<(), String> + Send + Sync>) {
+    pub fn set_pause_handler(&self, f: PauseHandler) {
         *self.0.pause.lock().unwrap() = Some(f);
     }
 
