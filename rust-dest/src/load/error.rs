@@ -82,6 +82,10 @@ impl LoadError {
     pub fn within(self, context: impl Into<String>) -> LoadError {
         LoadError::Context { context: context.into(), source: Box::new(self) }
     }
+    /// Inside the RAM section `section_id`.
+    pub fn in_ram_section(self, section_id: u32) -> LoadError {
+        self.within(format!("section 'ram' (id {section_id})"))
+    }
     /// The innermost error (under every context).
     pub fn root(&self) -> &LoadError {
         match self {

@@ -42,6 +42,30 @@ impl Loader {
         Ok(flow)
     }
 
+    /// The channel ended inside the header. The configuration section carries
+    /// no length, so at the very end of the stream the header decoder cannot
+    /// tell a complete header from one whose subsections are missing and
+    /// reports a truncation at the header's start. If the bytes received form a
+    /// complete header, say the stream ended there.
+    pub(super) fn header_truncated(
+        &self,
+        r: &Reader,
+        expect_cfg: bool,
+        at: u64,
+        needed: usize,
+    ) -> LoadError {
+        let (w, base) = r.window();
+        let mut probe = w.to_vec();
+        probe.push(QEMU_VM_EOF);
+        let mut c = Cursor::new(&probe, base);
+        match decode_header(&mut c, expect_cfg) {
+            Ok(_) if c.pos() == w.len() => {
+                LoadError::TruncatedAfterHeader { at: base + w.len() as u64 }
+            }
+            _ => LoadError::Truncated { at, needed },
+        }
+    }
+
     fn check_machine(&self, stream: &str) -> Result<(), LoadError> {
         let Some(local) = &self.cfg.machine else {
             return Ok(());
@@ -63,24 +87,6 @@ impl Loader {
             });
         }
         Ok(())
-    }
-}
-
-/// The channel ended inside the header. The configuration section carries
-/// no length, so at the very end of the stream the header decoder cannot
-/// tell a complete header from one whose subsections are missing and
-/// reports a truncation at the header's start. If the bytes received form a
-/// complete header, say the stream ended there.
-pub(super) fn truncated(r: &Reader, expect_cfg: bool, at: u64, needed: usize) -> LoadError {
-    let (w, base) = r.window();
-    let mut probe = w.to_vec();
-    probe.push(QEMU_VM_EOF);
-    let mut c = Cursor::new(&probe, base);
-    match decode_header(&mut c, expect_cfg) {
-        Ok(_) if c.pos() == w.len() => {
-            LoadError::TruncatedAfterHeader { at: base + w.len() as u64 }
-        }
-        _ => LoadError::Truncated { at, needed },
     }
 }
 

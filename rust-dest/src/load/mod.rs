@@ -30,8 +30,6 @@ mod ram;
 mod tests;
 
 pub use error::LoadError;
-pub use header::machine_version;
-pub use ram::{check_page_addr, resolve_block};
 
 /// Loader configuration (from the command line).
 #[derive(Clone, Debug)]
@@ -82,7 +80,8 @@ impl Incoming for Dest {
         r: Box<dyn Read + Send>,
         w: Box<dyn Write + Send>,
     ) {
-        Loader::new(session.shared.clone(), self.cfg.clone(), w)
+        // The outcome is in the shared state (status, error-desc).
+        let _ = Loader::new(session.shared.clone(), self.cfg.clone(), w)
             .with_session(session, self.slot.clone())
             .run(r);
     }
@@ -182,9 +181,11 @@ impl Loader {
     /// Run the whole incoming migration on `src`. Marks the migration
     /// completed or failed; never panics on bad input. A connection lost
     /// while postcopy runs pauses the migration (`postcopy-paused`) until a
-    /// recovery connection arrives (`migrate-recover`).
-    pub fn run(mut self, src: Box<dyn Read + Send>) {
+    /// recovery connection arrives (`migrate-recover`). Returns the error
+    /// that failed (or paused, when no recovery came) the migration.
+    pub fn run(mut self, src: Box<dyn Read + Send>) -> Result<(), LoadError> {
         self.shared.set_status(MigStatus::Active);
+        let mut outcome = Ok(());
         let mut r = Reader::new(src, self.shared.clone());
         let mut w = Walker::main(self.cfg.expect_configuration, self.cfg.section_footers);
         loop {
@@ -200,12 +201,14 @@ impl Loader {
                     tracing::warn!("postcopy paused: {e}");
                     self.pause(&e);
                     let Some(sock) = self.session.as_ref().and_then(|s| s.wait_recovery()) else {
+                        outcome = Err(e);
                         break;
                     };
                     let wr = match sock.try_clone() {
                         Ok(wr) => wr,
-                        Err(e) => {
-                            self.fail(format!("recovery channel: {e}"));
+                        Err(io) => {
+                            self.fail(format!("recovery channel: {io}"));
+                            outcome = Err(e);
                             break;
                         }
                     };
@@ -219,6 +222,7 @@ impl Loader {
                 }
                 Err(e) => {
                     self.fail(e.to_string());
+                    outcome = Err(e);
                     break;
                 }
             }
@@ -231,6 +235,7 @@ impl Loader {
         if let Some(pc) = self.postcopy.take() {
             pc.shutdown();
         }
+        outcome
     }
 
     /// Postcopy-paused: drop the channel and return path; RAM stays
@@ -313,12 +318,12 @@ impl Loader {
         match e {
             ReadError::Io { at, source } => LoadError::Io { at, source },
             ReadError::Truncated { at, needed, empty, mode } => match mode {
-                Mode::Header { expect_cfg } => header::truncated(r, expect_cfg, at, needed),
+                Mode::Header { expect_cfg } => self.header_truncated(r, expect_cfg, at, needed),
                 Mode::Ram { section_id } if self.placing => {
                     LoadError::ClosedDuringPostcopyRam { at, section_id }
                 }
                 Mode::Ram { section_id } => {
-                    LoadError::Truncated { at, needed }.within(ram::section_context(section_id))
+                    LoadError::Truncated { at, needed }.in_ram_section(section_id)
                 }
                 Mode::Top if self.placing && needed > 0 && empty => {
                     LoadError::ClosedDuringPostcopy { at, state: self.pc_state }
@@ -331,9 +336,7 @@ impl Loader {
                 _ => LoadError::Truncated { at, needed },
             },
             ReadError::Decode(d) => match w.mode() {
-                Mode::Ram { section_id } => {
-                    LoadError::Decode(d).within(ram::section_context(section_id))
-                }
+                Mode::Ram { section_id } => LoadError::Decode(d).in_ram_section(section_id),
                 _ => LoadError::Decode(d),
             },
         }
@@ -357,8 +360,7 @@ impl Loader {
             Item::Top(t) => self.top(t, off, w)?,
             Item::Ram(rec) => {
                 if let Mode::Ram { section_id } = mode {
-                    self.apply_ram(rec, off)
-                        .map_err(|e| e.within(ram::section_context(section_id)))?;
+                    self.apply_ram(rec, off).map_err(|e| e.in_ram_section(section_id))?;
                 }
                 Flow::Continue
             }

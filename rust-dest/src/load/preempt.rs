@@ -7,7 +7,8 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use super::{check_page_addr, resolve_block, LoadError};
+use super::error::LoadError;
+use super::ram::{check_page_addr, resolve_block};
 use crate::channel::{ReadError, Reader};
 use crate::postcopy::{PostcopyRuntime, RuntimeSlot};
 use crate::ram::RamBlock;

@@ -4,15 +4,11 @@
 
 use std::sync::Arc;
 
-use super::{LoadError, Loader};
+use super::error::LoadError;
+use super::Loader;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, Shared};
 use wire::ramrec::{xbzrle_decode, BlockRef, RamRecord};
-
-/// The context errors inside a RAM section are reported in.
-pub(super) fn section_context(section_id: u32) -> String {
-    format!("section 'ram' (id {section_id})")
-}
 
 impl Loader {
     fn runtime(&self) -> &crate::postcopy::PostcopyRuntime {

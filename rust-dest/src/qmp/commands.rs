@@ -7,7 +7,7 @@ use std::pin::Pin;
 use serde_json::{json, Map, Value};
 
 use super::args::{Args, QResult, QmpErr};
-use super::{crossmig, migration, version};
+use super::{crossmig, migration};
 use crate::state::{MigStatus, RunState, Shared};
 
 /// A synchronous handler.
@@ -125,6 +125,15 @@ pub(super) fn check_oob(name: &str) -> QResult<()> {
         }
         Some(_) => Ok(()),
     }
+}
+
+/// The version rust-dest reports in the greeting and `query-version`: it
+/// presents itself as QEMU 10.0.0 so clients enable the matching feature set.
+pub fn version() -> Value {
+    json!({
+        "qemu": { "major": 10, "minor": 0, "micro": 0 },
+        "package": concat!(" (rust-dest ", env!("CARGO_PKG_VERSION"), ")"),
+    })
 }
 
 fn query_commands() -> Value {

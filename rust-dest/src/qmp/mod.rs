@@ -24,8 +24,6 @@ use std::os::unix::net::UnixListener as StdUnixListener;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
 use crate::state::Shared;
 
 mod args;
@@ -35,7 +33,7 @@ mod migration;
 mod server;
 
 pub use args::{QResult, QmpErr};
-pub use commands::{CommandDef, COMMANDS};
+pub use commands::{version, CommandDef, COMMANDS};
 use server::serve_conn;
 
 // ---------------------------------------------------------------------------
@@ -169,23 +167,6 @@ pub fn parse_spec(spec: &str) -> Result<QmpAddr, String> {
         }
     };
     Ok(QmpAddr { endpoint, server, wait })
-}
-
-// ---------------------------------------------------------------------------
-// Version
-// ---------------------------------------------------------------------------
-
-/// The version rust-dest reports in the greeting and `query-version`: it
-/// presents itself as QEMU 10.0.0 so clients enable the matching feature set.
-pub fn version() -> Value {
-    json!({
-        "qemu": { "major": 10, "minor": 0, "micro": 0 },
-        "package": concat!(" (rust-dest ", env!("CARGO_PKG_VERSION"), ")"),
-    })
-}
-
-pub(super) fn greeting() -> Value {
-    json!({ "QMP": { "version": version(), "capabilities": ["oob"] } })
 }
 
 // ---------------------------------------------------------------------------

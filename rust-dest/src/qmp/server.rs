@@ -10,9 +10,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::args::{invalid_type, not_accepted, Args, QResult, QmpErr};
-use super::commands::{self, dispatch};
-use super::greeting;
+use super::commands::{self, dispatch, version};
 use crate::state::{Event, Shared};
+
+fn greeting() -> Value {
+    json!({ "QMP": { "version": version(), "capabilities": ["oob"] } })
+}
 
 /// Largest incomplete request kept while waiting for its end.
 const MAX_REQUEST: usize = 64 << 20;
