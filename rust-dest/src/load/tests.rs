@@ -236,10 +236,13 @@ fn recorded(name: &str) -> Option<Vec<u8>> {
     std::fs::read(p).ok()
 }
 
+/// Per block, each page's last content (`None`: never sent).
+type Pages = HashMap<String, Vec<Option<Vec<u8>>>>;
+
 /// What the stream carried: per block, the last content sent for each page
 /// (discards zero a page), and the offsets of the top-level records.
-fn replay(bytes: &[u8]) -> (HashMap<String, Vec<Option<Vec<u8>>>>, Vec<u64>) {
-    let mut pages: HashMap<String, Vec<Option<Vec<u8>>>> = HashMap::new();
+fn replay(bytes: &[u8]) -> (Pages, Vec<u64>) {
+    let mut pages = Pages::new();
     let mut tops = Vec::new();
     let mut last: Option<String> = None;
     let mut w = Walker::main(true, true).records(bytes);
@@ -285,8 +288,8 @@ fn replay(bytes: &[u8]) -> (HashMap<String, Vec<Option<Vec<u8>>>>, Vec<u64>) {
                 if let Ok(Command::PostcopyRamDiscard(d)) = Command::parse(&rc) {
                     let b = pages.get_mut(&d.block).unwrap();
                     for (s, l) in d.ranges {
-                        for p in s as usize / PAGE..(s + l) as usize / PAGE {
-                            b[p] = Some(vec![0; PAGE]);
+                        for p in &mut b[s as usize / PAGE..(s + l) as usize / PAGE] {
+                            *p = Some(vec![0; PAGE]);
                         }
                     }
                 }
