@@ -5,8 +5,9 @@
 //!   [`find_vmdesc_tail`] finds it in a buffered tail and
 //!   [`split_with_vmdesc`] walks the buffered FULL sections with the JSON's
 //!   field sizes (as QEMU's analyze-migration does);
-//! - postcopy (no vmdesc): [`split_by_footers`] finds each FULL section's end
-//!   by its footer and validates that a plausible record follows.
+//! - postcopy (no vmdesc): [`package_section_ends`] finds each FULL
+//!   section's end inside the package by its footer (the one parse that ends
+//!   with POSTCOPY_RUN), [`split_exact`] / [`split_one_by_footer`] cut it out.
 
 use serde_json::Value;
 
