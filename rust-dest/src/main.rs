@@ -65,10 +65,12 @@ fn main() {
             if !deferred {
                 return Err("The incoming migration has already been started (or -incoming defer was not given)".into());
             }
-            listen::start(se.clone(), uri)
+            listen::start(se.clone(), uri).map_err(|e| e.to_string())
         }));
         let se = session.clone();
-        shared.set_recover_handler(Box::new(move |uri: &str| listen::bind(se.clone(), uri)));
+        shared.set_recover_handler(Box::new(move |uri: &str| {
+            listen::bind(se.clone(), uri).map_err(|e| e.to_string())
+        }));
     }
     for q in &opts.qmp {
         if let Err(e) = qmp::spawn(shared.clone(), q) {
