@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::fault::{Pattern, VcpuConfig};
+use crate::postcopy::{Pattern, VcpuConfig};
 use crate::ram::Backend;
 
 pub const USAGE: &str = "\
@@ -90,7 +90,7 @@ impl Default for Options {
 }
 
 pub enum Parsed {
-    Run(Options),
+    Run(Box<Options>),
     Help,
     Version,
 }
@@ -359,7 +359,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     if o.qmp.is_empty() && o.incoming.is_none() {
         return Err("nothing to do: give -incoming and/or -qmp (see --help)".into());
     }
-    Ok(Parsed::Run(o))
+    Ok(Parsed::Run(Box::new(o)))
 }
 
 #[cfg(test)]
@@ -368,7 +368,7 @@ mod tests {
 
     fn p(s: &str) -> Result<Options, String> {
         match parse(s.split_whitespace().map(String::from))? {
-            Parsed::Run(o) => Ok(o),
+            Parsed::Run(o) => Ok(*o),
             _ => Err("help".into()),
         }
     }

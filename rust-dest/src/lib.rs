@@ -1,24 +1,28 @@
 //! rust-dest: a QEMU-compatible live-migration destination.
 //!
-//! Layers, bottom up:
-//! - [`codec`]: the pure wire codec (bytes in, records out, and back; no I/O),
-//!   shared with the harness's synthetic source.
+//! Modules, bottom up (dependencies point down this list, never back):
 //! - [`mem`]: the only `unsafe` code (mmap, page placement, userfaultfd).
 //! - [`ram`]: the RAMBlock table and received bitmaps.
-//! - [`incoming`]: the loader state machine over a byte stream, including the
-//!   postcopy state machine and device-state keeping ([`devstate`]).
-//! - [`state`]: the shared status/counters/events seen by QMP.
+//! - [`state`]: the shared status, capabilities, counters, events and kept
+//!   device sections seen by QMP.
+//! - [`channel`]: accepting and classifying connections, the buffered reader
+//!   (QEMU's `migration/qemu-file.c`) and the return-path writer.
+//! - [`postcopy`]: postcopy legality rules, userfaultfd runtime and fault
+//!   thread, simulated vCPUs.
+//! - [`load`]: the loader (QEMU's `migration/savevm.c` and `migration/ram.c`
+//!   load side): header, sections, commands, package, RAM, device state, the
+//!   preempt channel.
 //! - [`qmp`]: the QMP server.
 //! - [`cli`]: the QEMU-style command line.
+//!
+//! The wire codec (bytes in, records out, and back; no I/O) is the `wire`
+//! crate, shared with the harness.
 
+pub mod channel;
 pub mod cli;
-pub mod fault;
-pub mod incoming;
-pub mod listen;
+pub mod load;
 pub mod mem;
 pub mod postcopy;
-pub mod preempt;
 pub mod qmp;
 pub mod ram;
-pub mod session;
 pub mod state;

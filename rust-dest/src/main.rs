@@ -2,16 +2,17 @@
 
 use std::sync::Arc;
 
+use rust_dest::channel::{listen, Session};
 use rust_dest::cli::{self, Parsed};
-use rust_dest::incoming::Config;
+use rust_dest::load::{Config, Dest};
+use rust_dest::qmp;
 use rust_dest::ram::RamTable;
 use rust_dest::state::Shared;
-use rust_dest::{listen, qmp};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match cli::parse(args) {
-        Ok(Parsed::Run(o)) => o,
+        Ok(Parsed::Run(o)) => *o,
         Ok(Parsed::Help) => {
             print!("{}", cli::USAGE);
             return;
@@ -48,26 +49,28 @@ fn main() {
     let shared = Shared::new(ram, opts.start_paused);
     let (qtx, qrx) = std::sync::mpsc::channel();
     shared.set_quit_sender(qtx.clone());
-    let cfg = Arc::new(Config {
+    let cfg = Config {
         expect_configuration: opts.send_configuration,
         section_footers: opts.send_section_footer,
         suppress_vmdesc: opts.suppress_vmdesc,
         machine: opts.machine.clone(),
         vcpu: opts.vcpu.clone(),
         ..Config::default()
-    });
+    };
     let deferred = opts.incoming.as_deref() == Some("defer");
-    let session = rust_dest::session::Session::new(shared.clone(), cfg.clone());
+    let session = Session::new(shared.clone(), Dest::new(cfg));
     {
         let se = session.clone();
         shared.set_incoming_starter(Box::new(move |uri: &str| {
             if !deferred {
                 return Err("The incoming migration has already been started (or -incoming defer was not given)".into());
             }
-            listen::start(se.clone(), uri)
+            listen::start(se.clone(), uri).map_err(|e| e.to_string())
         }));
         let se = session.clone();
-        shared.set_recover_handler(Box::new(move |uri: &str| listen::bind(se.clone(), uri)));
+        shared.set_recover_handler(Box::new(move |uri: &str| {
+            listen::bind(se.clone(), uri).map_err(|e| e.to_string())
+        }));
     }
     for q in &opts.qmp {
         if let Err(e) = qmp::spawn(shared.clone(), q) {

@@ -169,7 +169,7 @@ impl RamTable {
         used_length: u64,
         page_size: u64,
     ) -> Result<Arc<RamBlock>, RamError> {
-        if used_length % TARGET_PAGE_SIZE != 0 || used_length == 0 {
+        if !used_length.is_multiple_of(TARGET_PAGE_SIZE) || used_length == 0 {
             return Err(RamError::Unaligned { name: name.into(), len: used_length });
         }
         let mut blocks = self.blocks.write().unwrap_or_else(|e| e.into_inner());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rust_dest::qmp::{self, QmpAddr, QmpEndpoint};
 use rust_dest::ram::RamTable;
-use rust_dest::state::{DeviceSection, MigStatus, RunState, Shared};
+use rust_dest::state::{DeviceSection, MigStatus, PcState, RunState, Shared};
 use serde_json::{json, Value};
 use wire::digest;
 
@@ -427,7 +427,7 @@ fn postcopy_stats() {
     {
         let mut g = s.shared.lock();
         g.fault_latencies_us = vec![1000, 2000, 3000, 4000];
-        g.postcopy_state = "running";
+        g.postcopy_state = PcState::Running;
     }
     let m = c.ok("query-migrate", Value::Null);
     assert_eq!(m["postcopy-blocktime"], 10);

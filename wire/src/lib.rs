@@ -61,6 +61,7 @@
 //!   PACKAGED blob's footers.
 //! - [`digest`]: page digests (xxh3), identical wherever pages are compared.
 //! - [`units`]: sizes, durations, and the target page size.
+//! - [`walk`]: the incremental top-level record walker (window in, records out).
 //!
 //! # Example
 //!
@@ -128,6 +129,7 @@ pub mod rp;
 pub mod stream;
 pub mod units;
 pub mod vmdesc;
+pub mod walk;
 
 pub use cursor::{Cursor, DecodeError, Encoder};
 pub use units::TARGET_PAGE_SIZE;

@@ -143,11 +143,8 @@ fn decode_inner<'a>(c: &mut Cursor<'a>, ctx: &RamContext) -> Result<RamRecord<'a
                     return Err(DecodeError::invalid(eoff, "MEM_SIZE: empty RAMBlock name"));
                 }
                 let used_length = c.be64(start)?;
-                let page_size = if ctx.hugepage_blocks.contains(&name) {
-                    Some(c.be64(start)?)
-                } else {
-                    None
-                };
+                let page_size =
+                    if ctx.hugepage_blocks.contains(&name) { Some(c.be64(start)?) } else { None };
                 let gpa = if ctx.ignore_shared { Some(c.be64(start)?) } else { None };
                 sum = sum.checked_add(used_length).ok_or_else(|| {
                     DecodeError::invalid(

@@ -1,44 +1,25 @@
 //! The postcopy incoming state machine (pure): which postcopy command is
-//! legal in which state, following QEMU's rules.
+//! legal in which state, following QEMU's rules (`migration/savevm.c`,
+//! `loadvm_postcopy_handle_*`).
 //!
-//! States: NONE → ADVISE → DISCARD → LISTENING → RUNNING → END.
+//! States ([`PcState`]): NONE → ADVISE → DISCARD → LISTENING → RUNNING → END.
 
+pub use crate::state::PcState;
 use wire::command::{Advise, Command};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum PcState {
-    None,
-    Advise,
-    Discard,
-    Listening,
-    Running,
-    End,
-}
-
-impl PcState {
-    pub fn name(self) -> &'static str {
-        match self {
-            PcState::None => "none",
-            PcState::Advise => "advise",
-            PcState::Discard => "discard",
-            PcState::Listening => "listening",
-            PcState::Running => "running",
-            PcState::End => "end",
-        }
-    }
-    pub const ALL: [PcState; 6] = [
-        PcState::None,
-        PcState::Advise,
-        PcState::Discard,
-        PcState::Listening,
-        PcState::Running,
-        PcState::End,
-    ];
-
-    /// Incoming RAM is placed atomically (userfaultfd) in these states.
-    pub fn is_postcopy_running(self) -> bool {
-        self >= PcState::Listening && self < PcState::End
-    }
+/// A postcopy command refused by the rules.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("{cmd} received in postcopy state {state} (not allowed there)")]
+    NotAllowed { cmd: &'static str, state: PcState },
+    #[error("POSTCOPY_ADVISE without page sizes (dirty-bitmaps only) but postcopy-ram is enabled on the destination")]
+    AdviseWithoutSizes,
+    #[error("POSTCOPY_ADVISE for postcopy-ram but the postcopy-ram capability is not enabled on the destination")]
+    AdviseWithoutCapability,
+    #[error("POSTCOPY_ADVISE: source RAM page size summary {source_size:#x} does not match destination host page size {dest:#x}")]
+    HostPageSize { source_size: u64, dest: u64 },
+    #[error("POSTCOPY_ADVISE: source target page size {source_size:#x} does not match destination target page size {dest:#x}")]
+    TargetPageSize { source_size: u64, dest: u64 },
 }
 
 /// What the destination must do after a legal transition.
@@ -66,12 +47,10 @@ pub struct Local {
     pub target_page_size: u64,
 }
 
-/// Apply `cmd` in `state`. Returns the new state and the action, or an error
-/// text naming the command and the state.
-pub fn step(state: PcState, cmd: &Command, local: &Local) -> Result<(PcState, Action), String> {
-    let bad = |name: &str| {
-        Err(format!("{name} received in postcopy state {} (not allowed there)", state.name()))
-    };
+/// Apply `cmd` in `state`. Returns the new state and the action, or the
+/// rule that refused it.
+pub fn step(state: PcState, cmd: &Command, local: &Local) -> Result<(PcState, Action), RuleError> {
+    let bad = |cmd: &'static str| Err(RuleError::NotAllowed { cmd, state });
     match cmd {
         Command::PostcopyAdvise(adv) => {
             if state != PcState::None {
@@ -80,24 +59,24 @@ pub fn step(state: PcState, cmd: &Command, local: &Local) -> Result<(PcState, Ac
             match adv {
                 None => {
                     if local.postcopy_ram {
-                        return Err("POSTCOPY_ADVISE without page sizes (dirty-bitmaps only) but postcopy-ram is enabled on the destination".into());
+                        return Err(RuleError::AdviseWithoutSizes);
                     }
                 }
                 Some(Advise { ram_pagesize_summary, target_page_size }) => {
                     if !local.postcopy_ram {
-                        return Err("POSTCOPY_ADVISE for postcopy-ram but the postcopy-ram capability is not enabled on the destination".into());
+                        return Err(RuleError::AdviseWithoutCapability);
                     }
                     if *ram_pagesize_summary != local.host_page_size {
-                        return Err(format!(
-                            "POSTCOPY_ADVISE: source RAM page size summary {ram_pagesize_summary:#x} does not match destination host page size {:#x}",
-                            local.host_page_size
-                        ));
+                        return Err(RuleError::HostPageSize {
+                            source_size: *ram_pagesize_summary,
+                            dest: local.host_page_size,
+                        });
                     }
                     if *target_page_size != local.target_page_size {
-                        return Err(format!(
-                            "POSTCOPY_ADVISE: source target page size {target_page_size:#x} does not match destination target page size {:#x}",
-                            local.target_page_size
-                        ));
+                        return Err(RuleError::TargetPageSize {
+                            source_size: *target_page_size,
+                            dest: local.target_page_size,
+                        });
                     }
                 }
             }
@@ -171,7 +150,7 @@ mod tests {
                 match expect(s, n) {
                     Some(ns) => assert_eq!(r.unwrap().0, ns, "{s:?} {n}"),
                     Option::None => {
-                        let e = r.unwrap_err();
+                        let e = r.unwrap_err().to_string();
                         assert!(e.contains(s.name()), "{e}");
                         assert!(e.contains("POSTCOPY_"), "{e}");
                     }
@@ -186,13 +165,13 @@ mod tests {
             ram_pagesize_summary: 0x201000,
             target_page_size: 4096,
         }));
-        let e = step(PcState::None, &c, &L).unwrap_err();
+        let e = step(PcState::None, &c, &L).unwrap_err().to_string();
         assert!(e.contains("0x201000") && e.contains("0x1000"), "{e}");
         let c = Command::PostcopyAdvise(Some(Advise {
             ram_pagesize_summary: 4096,
             target_page_size: 1024,
         }));
-        let e = step(PcState::None, &c, &L).unwrap_err();
+        let e = step(PcState::None, &c, &L).unwrap_err().to_string();
         assert!(e.contains("target page size 0x400"), "{e}");
         assert!(step(PcState::None, &Command::PostcopyAdvise(None), &L).is_err());
         let l2 = Local { postcopy_ram: false, ..L };

@@ -5,8 +5,6 @@
 //! The loader thread(s) write here; the QMP server reads and (for
 //! capabilities, parameters, run state) writes.
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -14,129 +12,24 @@ use serde_json::{json, Value};
 
 use crate::ram::RamTable;
 
-/// QEMU's `MigrationStatus` values that an incoming side can be in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MigStatus {
-    None,
-    Setup,
-    Active,
-    PostcopyActive,
-    PostcopyPaused,
-    PostcopyRecover,
-    Completed,
-    Failed,
-}
+mod caps;
+mod counters;
+mod devices;
+mod events;
+mod status;
 
-impl MigStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MigStatus::None => "none",
-            MigStatus::Setup => "setup",
-            MigStatus::Active => "active",
-            MigStatus::PostcopyActive => "postcopy-active",
-            MigStatus::PostcopyPaused => "postcopy-paused",
-            MigStatus::PostcopyRecover => "postcopy-recover",
-            MigStatus::Completed => "completed",
-            MigStatus::Failed => "failed",
-        }
-    }
-    pub fn is_terminal(self) -> bool {
-        matches!(self, MigStatus::Completed | MigStatus::Failed)
-    }
-}
-
-/// QEMU's `RunState` as reported by `query-status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunState {
-    /// Waiting for / receiving an incoming migration.
-    InMigrate,
-    /// Migration done, `-S` given (or `stop` issued).
-    Paused,
-    /// The simulated vCPUs run.
-    Running,
-    /// Migration failed; the VM cannot run.
-    PostMigrate,
-}
-
-impl RunState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunState::InMigrate => "inmigrate",
-            RunState::Paused => "paused",
-            RunState::Running => "running",
-            RunState::PostMigrate => "postmigrate",
-        }
-    }
-}
-
-/// Something the QMP server should emit as an asynchronous event.
-#[derive(Clone, Debug)]
-pub struct Event {
-    /// QMP event name, e.g. `MIGRATION`, `STOP`, `RESUME`.
-    pub name: &'static str,
-    /// The `data` member.
-    pub data: Value,
-}
-
-/// Counters updated on the data path without taking the state lock.
-#[derive(Default, Debug)]
-pub struct Counters {
-    /// Bytes read from the main channel (and other channels).
-    pub transferred: AtomicU64,
-    /// Full pages written (PAGE records).
-    pub normal_pages: AtomicU64,
-    /// ZERO records.
-    pub zero_pages: AtomicU64,
-    /// RAM section iterations seen (START/PART/END "ram" sections).
-    pub ram_sections: AtomicU64,
-    /// PINGs answered.
-    pub pings: AtomicU64,
-    // --- postcopy ---
-    pub discard_commands: AtomicU64,
-    pub discarded_pages: AtomicU64,
-    pub faults: AtomicU64,
-    pub page_requests: AtomicU64,
-    pub pages_placed_stream: AtomicU64,
-    pub pages_placed_requested: AtomicU64,
-    /// Faults on pages already received as zero and never written
-    /// (resolved locally with a zero page, no request).
-    pub zero_pages_on_fault: AtomicU64,
-    /// Pages received on the postcopy-preempt channel.
-    pub preempt_pages: AtomicU64,
-    /// Sum of fault-to-placement latencies in microseconds.
-    pub fault_latency_us_total: AtomicU64,
-}
-
-impl Counters {
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
-
-/// One device section kept from the stream (FULL sections of non-RAM
-/// handlers), with its vmdesc layout when the stream carried one.
-#[derive(Clone, Debug)]
-pub struct DeviceSection {
-    pub section_id: u32,
-    pub idstr: String,
-    pub instance_id: u32,
-    pub version_id: u32,
-    /// The device data bytes (between header and footer).
-    pub data: Vec<u8>,
-    /// Byte offset of the section header in the main stream (or inside the
-    /// PACKAGED blob, see `in_package`).
-    pub stream_offset: u64,
-    pub in_package: bool,
-    /// The vmdesc JSON entry describing this section, if known.
-    pub vmdesc: Option<Value>,
-}
+pub use caps::{Capabilities, Capability, KNOWN_CAPABILITIES};
+pub use counters::Counters;
+pub use devices::DeviceSection;
+pub use events::Event;
+pub use status::{MigStatus, PcState, RunState};
 
 /// Callback used by `migrate-incoming` (with `-incoming defer`) to start
 /// listening on a URI. Returns a QMP-style error text on failure.
 pub type IncomingStarter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// Callback used by `migrate-pause`: shut the incoming main channel down.
+pub type PauseHandler = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 pub struct Inner {
     pub status: MigStatus,
@@ -144,8 +37,8 @@ pub struct Inner {
     pub run_state: RunState,
     /// `-S` was given: stay paused after migration until `cont`.
     pub start_paused: bool,
-    /// Migration capabilities (QEMU names) and their values.
-    pub capabilities: BTreeMap<String, bool>,
+    /// Migration capabilities and their values.
+    pub capabilities: Capabilities,
     /// Migration parameters (QEMU names), as JSON values.
     pub parameters: serde_json::Map<String, Value>,
     /// URI we listen on (after `-incoming` or `migrate-incoming`).
@@ -161,8 +54,8 @@ pub struct Inner {
     pub globalstate: Option<String>,
     /// The whole vmdesc JSON, if one was received.
     pub vmdesc: Option<Value>,
-    /// Postcopy incoming state name ("none", "advise", ...).
-    pub postcopy_state: &'static str,
+    /// Postcopy incoming state.
+    pub postcopy_state: PcState,
     /// Latencies of served faults in microseconds (for percentiles).
     pub fault_latencies_us: Vec<u64>,
 }
@@ -182,48 +75,21 @@ pub struct SharedInner {
     /// `migrate-recover URI`: listen for the recovery channel.
     recover: Mutex<Option<IncomingStarter>>,
     /// `migrate-pause`: shut the incoming main channel down.
-    pause: Mutex<Option<Box<dyn Fn() -> Result<(), String> + Send + Sync>>>,
+    pause: Mutex<Option<PauseHandler>>,
     /// Signals process exit (`quit`).
     quit: Mutex<Option<std::sync::mpsc::Sender<()>>>,
 }
 
-/// The capabilities rust-dest knows (QEMU 10.x names), all off by default.
-pub const KNOWN_CAPABILITIES: &[&str] = &[
-    "xbzrle",
-    "rdma-pin-all",
-    "auto-converge",
-    "zero-blocks",
-    "events",
-    "postcopy-ram",
-    "x-colo",
-    "release-ram",
-    "return-path",
-    "pause-before-switchover",
-    "multifd",
-    "dirty-bitmaps",
-    "postcopy-blocktime",
-    "late-block-activate",
-    "x-ignore-shared",
-    "validate-uuid",
-    "background-snapshot",
-    "zero-copy-send",
-    "postcopy-preempt",
-    "switchover-ack",
-    "dirty-limit",
-    "mapped-ram",
-];
-
 impl Shared {
     pub fn new(ram: Arc<RamTable>, start_paused: bool) -> Shared {
         let (tx, _) = tokio::sync::broadcast::channel(1024);
-        let capabilities = KNOWN_CAPABILITIES.iter().map(|c| (c.to_string(), false)).collect();
         Shared(Arc::new(SharedInner {
             inner: Mutex::new(Inner {
                 status: MigStatus::None,
                 error_desc: None,
                 run_state: RunState::InMigrate,
                 start_paused,
-                capabilities,
+                capabilities: Capabilities::default(),
                 parameters: default_parameters(),
                 incoming_uri: None,
                 incoming_started: false,
@@ -233,7 +99,7 @@ impl Shared {
                 stream_machine: None,
                 globalstate: None,
                 vmdesc: None,
-                postcopy_state: "none",
+                postcopy_state: PcState::None,
                 fault_latencies_us: Vec::new(),
             }),
             counters: Counters::default(),
@@ -266,8 +132,15 @@ impl Shared {
         let _ = self.0.events.send(Event { name, data });
     }
 
+    /// Whether capability `c` is on.
+    pub fn has(&self, c: Capability) -> bool {
+        self.lock().capabilities.get(c)
+    }
+
+    /// Whether the capability named `name` (QEMU name) is on; unknown names
+    /// are off.
     pub fn capability(&self, name: &str) -> bool {
-        self.lock().capabilities.get(name).copied().unwrap_or(false)
+        Capability::parse(name).is_some_and(|c| self.has(c))
     }
 
     /// Change the migration status and emit a `MIGRATION` event (QEMU emits
@@ -350,7 +223,7 @@ impl Shared {
         }
     }
 
-    pub fn set_pause_handler(&self, f: Box<dyn Fn() -> Result<(), String> + Send + Sync>) {
+    pub fn set_pause_handler(&self, f: PauseHandler) {
         *self.0.pause.lock().unwrap() = Some(f);
     }
 

@@ -1,59 +1,43 @@
 //! Postcopy at run time: userfaultfd registration, atomic page placement,
 //! the fault thread that turns missing-page faults into page requests on the
-//! return path, and the simulated vCPUs that touch guest RAM.
+//! return path (QEMU's `migration/postcopy-ram.c`), and the hand-off of the
+//! runtime between the main loader and the preempt reader ([`RuntimeSlot`]).
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use userfaultfd::{Event, FeatureFlags, Uffd, UffdBuilder};
 
-use crate::incoming::ReturnPath;
+use super::vcpu::{vcpu_thread, Guest, Pattern, VcpuConfig};
+use crate::channel::ReturnPath;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
-use crate::state::{Counters, RunState, Shared};
+use crate::state::{Counters, Shared};
 use wire::rp::RpMessage;
 
-/// How the simulated vCPUs touch guest RAM after POSTCOPY_RUN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Pattern {
-    /// Address order through every block, over and over (like the test guest).
-    Sweep,
-    /// Uniformly random pages.
-    Random,
-    /// A small hot set (the first 256 pages of the largest block) plus a slow sweep.
-    Hot,
-    /// No accesses.
-    None,
+/// Setting up userfaultfd at POSTCOPY_LISTEN failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("userfaultfd: {0}")]
+    Userfaultfd(userfaultfd::Error),
+    #[error("RAMBlock {name:?}: {source}")]
+    Block { name: String, source: std::io::Error },
+    #[error("spawning fault thread: {0}")]
+    Thread(std::io::Error),
 }
 
-impl std::str::FromStr for Pattern {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "sweep" => Ok(Pattern::Sweep),
-            "random" => Ok(Pattern::Random),
-            "hot" => Ok(Pattern::Hot),
-            "none" => Ok(Pattern::None),
-            o => Err(format!("unknown vCPU pattern {o:?} (expected sweep, random, hot or none)")),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct VcpuConfig {
-    pub pattern: Pattern,
-    pub threads: usize,
-    /// Page touches per second per thread (0 = as fast as possible).
-    pub rate: u64,
-}
-
-impl Default for VcpuConfig {
-    fn default() -> Self {
-        VcpuConfig { pattern: Pattern::Random, threads: 1, rate: 50_000 }
-    }
+/// Placing a received page failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    #[error("placing page {addr:#x} of {block:?}: {source}")]
+    Uffd { addr: u64, block: String, source: std::io::Error },
+    /// Like QEMU: a correct source never sends a page the destination already
+    /// holds (it clears the dirty bit when sending).
+    #[error("page {addr:#x} of RAMBlock {block:?} arrived but is already present (placed twice)")]
+    Twice { addr: u64, block: String },
 }
 
 struct Outstanding {
@@ -70,7 +54,7 @@ struct Inner {
     rp: Mutex<Option<Arc<ReturnPath>>>,
     out: Mutex<Outstanding>,
     n_out: AtomicUsize,
-    stop: AtomicBool,
+    stop: Arc<AtomicBool>,
     run: AtomicBool,
 }
 
@@ -89,7 +73,7 @@ impl PostcopyRuntime {
         shared: Shared,
         rp: Option<Arc<ReturnPath>>,
         vcpu: VcpuConfig,
-    ) -> Result<PostcopyRuntime, String> {
+    ) -> Result<PostcopyRuntime, StartError> {
         let blocks = shared.ram().blocks();
         let needs_shmem = blocks.iter().any(|b| b.backing_path().is_some());
         let mut builder = UffdBuilder::new();
@@ -97,12 +81,13 @@ impl PostcopyRuntime {
         if needs_shmem {
             builder.require_features(FeatureFlags::MISSING_SHMEM);
         }
-        let uffd = builder.create().map_err(|e| format!("userfaultfd: {e}"))?;
+        let uffd = builder.create().map_err(StartError::Userfaultfd)?;
         for b in &blocks {
             // Pages not yet received must fault: drop whatever is mapped
             // there (fresh memory reads as zero but may be populated).
-            drop_missing(b).map_err(|e| format!("RAMBlock {:?}: {e}", b.name))?;
-            b.mapping.uffd_register(&uffd).map_err(|e| format!("RAMBlock {:?}: {e}", b.name))?;
+            let err = |source| StartError::Block { name: b.name.clone(), source };
+            drop_missing(b).map_err(err)?;
+            b.mapping.uffd_register(&uffd).map_err(err)?;
         }
         let inner = Arc::new(Inner {
             shared,
@@ -111,14 +96,14 @@ impl PostcopyRuntime {
             rp: Mutex::new(rp),
             out: Mutex::new(Outstanding { map: HashMap::new(), last_block: None }),
             n_out: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
+            stop: Arc::new(AtomicBool::new(false)),
             run: AtomicBool::new(false),
         });
         let i2 = inner.clone();
         let h = std::thread::Builder::new()
             .name("postcopy-fault".into())
             .spawn(move || fault_thread(i2))
-            .map_err(|e| format!("spawning fault thread: {e}"))?;
+            .map_err(StartError::Thread)?;
         Ok(PostcopyRuntime {
             inner,
             threads: Mutex::new(vec![h]),
@@ -138,21 +123,15 @@ impl PostcopyRuntime {
         b: &Arc<RamBlock>,
         addr: u64,
         data: Option<&[u8]>,
-        _ch: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), PlaceError> {
         let page = addr / TARGET_PAGE_SIZE;
         let placed = match data {
             Some(d) => b.mapping.uffd_copy(&self.inner.uffd, addr as usize, d),
             None => b.mapping.uffd_zero(&self.inner.uffd, addr as usize, TARGET_PAGE_SIZE as usize),
         }
-        .map_err(|e| format!("placing page {addr:#x} of {:?}: {e}", b.name))?;
+        .map_err(|source| PlaceError::Uffd { addr, block: b.name.clone(), source })?;
         if !placed {
-            // Like QEMU: a correct source never sends a page the destination
-            // already holds (it clears the dirty bit when sending).
-            return Err(format!(
-                "page {addr:#x} of RAMBlock {:?} arrived but is already present (placed twice)",
-                b.name
-            ));
+            return Err(PlaceError::Twice { addr, block: b.name.clone() });
         }
         b.received.set(page);
         let c = self.inner.shared.counters();
@@ -219,11 +198,15 @@ impl PostcopyRuntime {
         }
         let mut th = self.threads.lock().unwrap();
         for i in 0..self.vcpu.threads.max(1) {
-            let inner = self.inner.clone();
+            let guest = Guest {
+                shared: self.inner.shared.clone(),
+                blocks: self.inner.blocks.clone(),
+                stop: self.inner.stop.clone(),
+            };
             let cfg = self.vcpu.clone();
             if let Ok(h) = std::thread::Builder::new()
                 .name(format!("vcpu{i}"))
-                .spawn(move || vcpu_thread(inner, cfg, i))
+                .spawn(move || vcpu_thread(guest, cfg, i))
             {
                 th.push(h);
             }
@@ -385,69 +368,41 @@ fn resolve_present_or_zero(inner: &Inner, b: &RamBlock, off: u64) {
     }
 }
 
-fn vcpu_thread(inner: Arc<Inner>, cfg: VcpuConfig, idx: usize) {
-    let blocks: Vec<_> = inner.blocks.clone();
-    let total: u64 = blocks.iter().map(|b| b.pages()).sum();
-    if total == 0 {
-        return;
+/// The postcopy runtime of one session, handed from the main loader (which
+/// creates it at LISTEN) to the preempt reader (which waits for it).
+#[derive(Default)]
+pub struct RuntimeSlot {
+    st: Mutex<(Option<Arc<PostcopyRuntime>>, bool)>,
+    cv: Condvar,
+}
+
+impl RuntimeSlot {
+    pub fn set(&self, rt: Option<Arc<PostcopyRuntime>>) {
+        self.st.lock().unwrap_or_else(|e| e.into_inner()).0 = rt;
+        self.cv.notify_all();
     }
-    let largest =
-        blocks.iter().enumerate().max_by_key(|(_, b)| b.used_length).map(|(i, _)| i).unwrap_or(0);
-    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15 ^ (idx as u64 + 1);
-    let mut next = |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
-    // Sleep once per batch of 64 touches to honour the rate.
-    let interval =
-        if cfg.rate > 0 { Some(Duration::from_nanos(64 * 1_000_000_000 / cfg.rate)) } else { None };
-    // Sweep threads start at different offsets of the RAM.
-    let mut cursor: u64 = (total / cfg.threads.max(1) as u64) * idx as u64;
-    let mut sink = 0u8;
-    let mut touched: u64 = 0;
-    while !inner.stop.load(Ordering::Acquire) {
-        if inner.shared.lock().run_state != RunState::Running {
-            std::thread::sleep(Duration::from_millis(2));
-            continue;
-        }
-        // A batch between checks of the stop flag.
-        for _ in 0..64 {
-            let g = match cfg.pattern {
-                Pattern::Sweep => {
-                    cursor = (cursor + 1) % total;
-                    cursor
-                }
-                Pattern::Random => next(total),
-                Pattern::Hot => {
-                    if touched % 8 == 0 {
-                        cursor = (cursor + 1) % total;
-                        cursor
-                    } else {
-                        let hot = blocks[largest].pages().min(256);
-                        let base: u64 = blocks[..largest].iter().map(|b| b.pages()).sum();
-                        base + next(hot.max(1))
-                    }
-                }
-                Pattern::None => return,
-            };
-            touched += 1;
-            let mut rem = g;
-            for b in &blocks {
-                if rem < b.pages() {
-                    sink ^= b.mapping.touch((rem * TARGET_PAGE_SIZE) as usize);
-                    break;
-                }
-                rem -= b.pages();
+
+    /// The session ended: waiters get `None`.
+    pub fn end(&self) {
+        self.st.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.cv.notify_all();
+    }
+
+    /// Wait until the runtime exists (LISTEN); `None` once the session ended.
+    pub fn wait(&self) -> Option<Arc<PostcopyRuntime>> {
+        let mut g = self.st.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(rt) = &g.0 {
+                return Some(rt.clone());
             }
-            if inner.stop.load(Ordering::Relaxed) {
-                break;
+            if g.1 {
+                return None;
             }
-        }
-        if let Some(iv) = interval {
-            std::thread::sleep(iv);
+            g = self
+                .cv
+                .wait_timeout(g, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
-    std::hint::black_box(sink);
 }

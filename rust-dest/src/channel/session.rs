@@ -1,6 +1,7 @@
 //! One incoming migration session: which connection is which (main,
-//! postcopy-preempt, recovery main), the postcopy runtime shared with the
-//! preempt reader, and the hand-off of a recovery connection to the loader.
+//! postcopy-preempt, recovery main), and the hand-off of a recovery
+//! connection to the loader. What runs on a channel is not decided here: the
+//! session hands each classified channel to its [`Incoming`] handler.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -8,9 +9,22 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::fault::PostcopyRuntime;
-use crate::incoming::{Config, Loader};
-use crate::state::Shared;
+use crate::state::{Capability, Shared};
+
+/// What runs on the channels a session classifies (the loader implements
+/// it; the session never calls the loader directly).
+pub trait Incoming: Send + Sync + 'static {
+    /// The main channel: `r` to read the stream, `w` for the return path.
+    /// Called on a fresh thread; returns when the migration is over.
+    fn main_channel(
+        &self,
+        session: Arc<Session>,
+        r: Box<dyn Read + Send>,
+        w: Box<dyn Write + Send>,
+    );
+    /// The postcopy-preempt channel. Called on a fresh thread.
+    fn preempt_channel(&self, session: Arc<Session>, sock: Sock);
+}
 
 /// A connected stream socket.
 pub enum Sock {
@@ -62,7 +76,6 @@ struct St {
     main_taken: bool,
     /// A shutdown handle for the current main channel (migrate-pause).
     main_sock: Option<Sock>,
-    runtime: Option<Arc<PostcopyRuntime>>,
     preempt_active: bool,
     /// The loader is in postcopy-paused and waits for a new main channel.
     awaiting_recovery: bool,
@@ -73,16 +86,16 @@ struct St {
 /// Shared by the accept loops, the loader and the preempt reader.
 pub struct Session {
     pub shared: Shared,
-    pub cfg: Arc<Config>,
+    incoming: Arc<dyn Incoming>,
     st: Mutex<St>,
     cv: Condvar,
 }
 
 impl Session {
-    pub fn new(shared: Shared, cfg: Arc<Config>) -> Arc<Session> {
+    pub fn new(shared: Shared, incoming: Arc<dyn Incoming>) -> Arc<Session> {
         let s = Arc::new(Session {
             shared: shared.clone(),
-            cfg,
+            incoming,
             st: Mutex::new(St::default()),
             cv: Condvar::new(),
         });
@@ -125,19 +138,19 @@ impl Session {
             let me = self.clone();
             let _ = std::thread::Builder::new()
                 .name("incoming-main".into())
-                .spawn(move || Loader::new(me, Box::new(w)).run(Box::new(r)));
+                .spawn(move || me.incoming.clone().main_channel(me, Box::new(r), Box::new(w)));
         } else if g.awaiting_recovery && g.recovery.is_none() {
             tracing::info!("recovery connection accepted as the new main channel");
             g.recovery = Some(sock);
             self.cv.notify_all();
-        } else if self.shared.capability("postcopy-preempt") && !g.preempt_active {
+        } else if self.shared.has(Capability::PostcopyPreempt) && !g.preempt_active {
             g.preempt_active = true;
             drop(g);
             tracing::info!("postcopy-preempt channel connected");
             let me = self.clone();
             let _ = std::thread::Builder::new()
                 .name("incoming-preempt".into())
-                .spawn(move || crate::preempt::run(me, sock));
+                .spawn(move || me.incoming.clone().preempt_channel(me, sock));
         } else {
             tracing::warn!("extra incoming connection ignored (no multifd; preempt channel already connected or not enabled)");
         }
@@ -150,31 +163,7 @@ impl Session {
         let me = self.clone();
         let _ = std::thread::Builder::new()
             .name("incoming-file".into())
-            .spawn(move || Loader::new(me, Box::new(io::sink())).run(Box::new(f)));
-    }
-
-    pub fn set_runtime(&self, rt: Option<Arc<PostcopyRuntime>>) {
-        self.lock().runtime = rt;
-        self.cv.notify_all();
-    }
-
-    /// Wait until the postcopy runtime exists (LISTEN); None once the
-    /// session ended.
-    pub fn wait_runtime(&self) -> Option<Arc<PostcopyRuntime>> {
-        let mut g = self.lock();
-        loop {
-            if let Some(rt) = &g.runtime {
-                return Some(rt.clone());
-            }
-            if g.ended {
-                return None;
-            }
-            g = self
-                .cv
-                .wait_timeout(g, Duration::from_millis(200))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+            .spawn(move || me.incoming.clone().main_channel(me, Box::new(f), Box::new(io::sink())));
     }
 
     pub fn preempt_closed(&self) {

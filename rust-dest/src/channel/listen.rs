@@ -6,8 +6,32 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::session::{Session, Sock};
+use super::session::{Session, Sock};
 use crate::state::MigStatus;
+
+/// Why an incoming URI could not be listened on. The texts are what
+/// `migrate-incoming` / `migrate-recover` report.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("invalid tcp address {0:?} (expected HOST:PORT)")]
+    TcpAddress(String),
+    #[error("file: URI without a path")]
+    FileWithoutPath,
+    #[error("unix: URI without a path")]
+    UnixWithoutPath,
+    #[error("unknown migration protocol: {0:?} (rust-dest supports tcp:, unix:, file: and defer)")]
+    UnknownProtocol(String),
+    #[error("The incoming migration has already been started")]
+    AlreadyStarted,
+    #[error("'defer' cannot be used here")]
+    Defer,
+    #[error("Failed to open file {path}: {source}")]
+    Open { path: String, source: std::io::Error },
+    #[error("Failed to bind socket {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Thread(std::io::Error),
+}
 
 /// A parsed incoming URI.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,7 +43,7 @@ pub enum IncomingUri {
     Defer,
 }
 
-pub fn parse_uri(uri: &str) -> Result<IncomingUri, String> {
+pub fn parse_uri(uri: &str) -> Result<IncomingUri, ListenError> {
     if uri == "defer" {
         return Ok(IncomingUri::Defer);
     }
@@ -27,36 +51,34 @@ pub fn parse_uri(uri: &str) -> Result<IncomingUri, String> {
         let addr = rest.split(',').next().unwrap_or("");
         let addr = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_string() };
         if !addr.contains(':') {
-            return Err(format!("invalid tcp address {rest:?} (expected HOST:PORT)"));
+            return Err(ListenError::TcpAddress(rest.to_string()));
         }
         return Ok(IncomingUri::Tcp(addr));
     }
     if let Some(p) = uri.strip_prefix("file:") {
         let p = p.split(',').next().unwrap_or("");
         if p.is_empty() {
-            return Err("file: URI without a path".into());
+            return Err(ListenError::FileWithoutPath);
         }
         return Ok(IncomingUri::File(PathBuf::from(p)));
     }
     if let Some(p) = uri.strip_prefix("unix:") {
         if p.is_empty() {
-            return Err("unix: URI without a path".into());
+            return Err(ListenError::UnixWithoutPath);
         }
         return Ok(IncomingUri::Unix(PathBuf::from(p)));
     }
-    Err(format!(
-        "unknown migration protocol: {uri:?} (rust-dest supports tcp:, unix:, file: and defer)"
-    ))
+    Err(ListenError::UnknownProtocol(uri.to_string()))
 }
 
 /// Bind the listener now (so errors are reported to the caller) and accept
 /// connections on a background thread. Marks the incoming migration started
 /// (status `setup`).
-pub fn start(session: Arc<Session>, uri: &str) -> Result<(), String> {
+pub fn start(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
     {
         let g = session.shared.lock();
         if g.incoming_started {
-            return Err("The incoming migration has already been started".into());
+            return Err(ListenError::AlreadyStarted);
         }
     }
     bind(session.clone(), uri)?;
@@ -70,18 +92,18 @@ pub fn start(session: Arc<Session>, uri: &str) -> Result<(), String> {
 }
 
 /// Bind another listener for the same session (`migrate-recover URI`).
-pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), String> {
+pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
     match parse_uri(uri)? {
-        IncomingUri::Defer => Err("'defer' cannot be used here".into()),
+        IncomingUri::Defer => Err(ListenError::Defer),
         IncomingUri::File(p) => {
             let f = std::fs::File::open(&p)
-                .map_err(|e| format!("Failed to open file {}: {e}", p.display()))?;
+                .map_err(|source| ListenError::Open { path: p.display().to_string(), source })?;
             session.on_file(f);
             Ok(())
         }
         IncomingUri::Tcp(addr) => {
             let l = TcpListener::bind(&addr)
-                .map_err(|e| format!("Failed to bind socket {addr}: {e}"))?;
+                .map_err(|source| ListenError::Bind { addr: addr.clone(), source })?;
             std::thread::Builder::new()
                 .name("incoming-accept".into())
                 .spawn(move || {
@@ -95,13 +117,13 @@ pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), String> {
                         }
                     }
                 })
-                .map_err(|e| e.to_string())?;
+                .map_err(ListenError::Thread)?;
             Ok(())
         }
         IncomingUri::Unix(p) => {
             let _ = std::fs::remove_file(&p);
             let l = UnixListener::bind(&p)
-                .map_err(|e| format!("Failed to bind socket {}: {e}", p.display()))?;
+                .map_err(|source| ListenError::Bind { addr: p.display().to_string(), source })?;
             std::thread::Builder::new()
                 .name("incoming-accept".into())
                 .spawn(move || {
@@ -112,7 +134,7 @@ pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), String> {
                         }
                     }
                 })
-                .map_err(|e| e.to_string())?;
+                .map_err(ListenError::Thread)?;
             Ok(())
         }
     }
@@ -130,6 +152,10 @@ mod tests {
         assert_eq!(parse_uri("tcp::4444").unwrap(), IncomingUri::Tcp("0.0.0.0:4444".into()));
         assert_eq!(parse_uri("unix:/tmp/x").unwrap(), IncomingUri::Unix("/tmp/x".into()));
         assert_eq!(parse_uri("defer").unwrap(), IncomingUri::Defer);
-        assert!(parse_uri("exec:cat").unwrap_err().contains("unknown migration protocol"));
+        assert!(matches!(parse_uri("exec:cat"), Err(ListenError::UnknownProtocol(_))));
+        assert!(parse_uri("exec:cat")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown migration protocol"));
     }
 }

@@ -1,0 +1,119 @@
+//! The buffered reader of an incoming channel (QEMU's
+//! `migration/qemu-file.c` role): a window over the bytes received so far
+//! with their absolute stream offset, and [`Reader::next_record`], the one
+//! read → walk → read-more loop every channel uses.
+
+use std::io::{self, Read};
+
+use crate::state::{Counters, Shared};
+use wire::walk::{Item, Mode, Walked, Walker};
+use wire::DecodeError;
+
+const READ_CHUNK: usize = 1 << 20;
+
+/// Why [`Reader::next_record`] could not deliver a record.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The channel ended inside the record at `at` (`needed` more bytes were
+    /// needed); `empty` when not a single byte of it had arrived. `mode` is
+    /// what the walker was reading.
+    #[error("channel closed inside the record at byte offset {at} ({needed} more byte(s) needed)")]
+    Truncated { at: u64, needed: usize, empty: bool, mode: Mode },
+    #[error("read error at byte offset {at}: {source}")]
+    Io { at: u64, source: io::Error },
+    #[error("{0}")]
+    Decode(DecodeError),
+}
+
+/// Buffered reader that tracks the absolute stream offset.
+pub struct Reader {
+    src: Box<dyn Read + Send>,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Absolute offset of buf[0].
+    base: u64,
+    shared: Shared,
+}
+
+impl Reader {
+    pub fn new(src: Box<dyn Read + Send>, shared: Shared) -> Reader {
+        Reader { src, buf: vec![0; 4 * READ_CHUNK], start: 0, end: 0, base: 0, shared }
+    }
+
+    /// The bytes received and not consumed, and the offset of the first.
+    pub fn window(&self) -> (&[u8], u64) {
+        (&self.buf[self.start..self.end], self.base + self.start as u64)
+    }
+
+    pub fn offset(&self) -> u64 {
+        self.base + self.start as u64
+    }
+
+    pub fn consume(&mut self, n: usize) {
+        assert!(self.start + n <= self.end);
+        self.start += n;
+    }
+
+    /// Read more bytes (at least one, and room for `need` more). Returns
+    /// false on end of stream.
+    pub fn fill(&mut self, need: usize) -> io::Result<bool> {
+        let avail = self.end - self.start;
+        let want_cap = avail + need.max(READ_CHUNK);
+        if self.start > 0 && (self.buf.len() - self.end < need.max(READ_CHUNK / 4)) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.base += self.start as u64;
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < want_cap {
+            self.buf.resize(want_cap, 0);
+        }
+        loop {
+            match self.src.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.end += n;
+                    Counters::add(&self.shared.counters().transferred, n as u64);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next record of the channel as walked by `w`, reading more bytes
+    /// until it is complete. `f` gets the record, its offset and the walker
+    /// (past the record), and returns
+    /// its result and whether the record is taken (consumed); a record not
+    /// taken stays in the window. `Ok(None)`: the walker expects nothing more.
+    pub fn next_record<T, E: From<ReadError>>(
+        &mut self,
+        w: &mut Walker,
+        f: impl FnOnce(Item<'_>, u64, &Walker) -> Result<(T, bool), E>,
+    ) -> Result<Option<T>, E> {
+        loop {
+            let (win, base) = (&self.buf[self.start..self.end], self.base + self.start as u64);
+            let (at, needed) = match w.next(win, base).map_err(ReadError::Decode)? {
+                Walked::End => return Ok(None),
+                Walked::Record { item, offset, len } => {
+                    let (v, take) = f(item, offset, w)?;
+                    if take {
+                        self.consume(len);
+                    }
+                    return Ok(Some(v));
+                }
+                Walked::NeedMore { at, needed } => (at, needed),
+            };
+            match self.fill(needed) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let empty = self.start == self.end;
+                    return Err(ReadError::Truncated { at, needed, empty, mode: w.mode() }.into());
+                }
+                Err(source) => return Err(ReadError::Io { at: self.offset(), source }.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! The stream header and configuration section (QEMU's
+//! `migration/savevm.c` `qemu_loadvm_state_header` and the configuration
+//! vmstate): machine type, capabilities, target page size.
+
+use super::{Flow, LoadError, Loader};
+use crate::channel::Reader;
+use crate::ram::TARGET_PAGE_SIZE;
+use wire::consts::QEMU_VM_EOF;
+use wire::stream::{decode_header, Header};
+use wire::Cursor;
+
+impl Loader {
+    pub(super) fn header(&mut self, hdr: &Header) -> Result<Flow, LoadError> {
+        let mut flow = Flow::Continue;
+        let Some(cfg) = &hdr.configuration else { return Ok(flow) };
+        self.check_machine(&cfg.machine)?;
+        self.shared.lock().stream_machine = Some(cfg.machine.clone());
+        self.stream_machine = Some(cfg.machine.clone());
+        if let Some(caps) = &cfg.capabilities {
+            if caps.iter().any(|c| c == "x-ignore-shared") {
+                flow = Flow::IgnoreShared;
+            }
+            if let Some(c) = caps.iter().find(|c| *c == "mapped-ram") {
+                return Err(LoadError::Unsupported {
+                    at: None,
+                    msg: format!(
+                        "configuration: capability {c} (file migration) is not supported by rust-dest"
+                    ),
+                });
+            }
+        }
+        if let Some(bits) = cfg.target_page_bits {
+            if 1u64 << bits != TARGET_PAGE_SIZE {
+                return Err(LoadError::Unsupported {
+                    at: None,
+                    msg: format!(
+                        "configuration: target page bits {bits} do not match the destination's 12"
+                    ),
+                });
+            }
+        }
+        Ok(flow)
+    }
+
+    /// The channel ended inside the header. The configuration section carries
+    /// no length, so at the very end of the stream the header decoder cannot
+    /// tell a complete header from one whose subsections are missing and
+    /// reports a truncation at the header's start. If the bytes received form a
+    /// complete header, say the stream ended there.
+    pub(super) fn header_truncated(
+        &self,
+        r: &Reader,
+        expect_cfg: bool,
+        at: u64,
+        needed: usize,
+    ) -> LoadError {
+        let (w, base) = r.window();
+        let mut probe = w.to_vec();
+        probe.push(QEMU_VM_EOF);
+        let mut c = Cursor::new(&probe, base);
+        match decode_header(&mut c, expect_cfg) {
+            Ok(_) if c.pos() == w.len() => {
+                LoadError::TruncatedAfterHeader { at: base + w.len() as u64 }
+            }
+            _ => LoadError::Truncated { at, needed },
+        }
+    }
+
+    fn check_machine(&self, stream: &str) -> Result<(), LoadError> {
+        let Some(local) = &self.cfg.machine else {
+            return Ok(());
+        };
+        let family = |m: &str| -> String {
+            if m == "q35" || m.starts_with("pc-q35") {
+                "q35".into()
+            } else if m == "pc" || m.starts_with("pc-i440fx") {
+                "pc".into()
+            } else {
+                m.into()
+            }
+        };
+        let versioned = local.starts_with("pc-");
+        if (versioned && local != stream) || (!versioned && family(local) != family(stream)) {
+            return Err(LoadError::Protocol {
+                at: None,
+                msg: format!("configuration: machine type received is '{stream}' but the destination was started with '{local}'"),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The version of a versioned machine type (`pc-q35-10.0` → (10, 0)).
+pub fn machine_version(m: &str) -> Option<(u32, u32)> {
+    let v = m.rsplit('-').next()?;
+    let (a, b) = v.split_once('.')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+pub(super) fn machine_at_least(m: Option<&str>, v: (u32, u32)) -> bool {
+    m.and_then(machine_version).is_some_and(|mv| mv >= v)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn machine_versions() {
+        assert_eq!(super::machine_version("pc-q35-10.0"), Some((10, 0)));
+        assert_eq!(super::machine_version("pc-i440fx-7.2"), Some((7, 2)));
+        assert_eq!(super::machine_version("q35"), None);
+        assert!(super::machine_at_least(Some("pc-q35-11.1"), (11, 1)));
+        assert!(!super::machine_at_least(Some("pc-q35-11.0"), (11, 1)));
+        assert!(!super::machine_at_least(None, (11, 1)));
+    }
+}

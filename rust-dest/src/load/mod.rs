@@ -1,0 +1,467 @@
+//! The incoming-migration loader (QEMU's `migration/savevm.c` load side):
+//! walks the main channel with [`wire::walk::Walker`], dispatches each record
+//! (header, sections, commands, package, device state) and finishes or fails
+//! the migration.
+//!
+//! Threads: one loader thread per main connection; during postcopy the
+//! fault thread and simulated vCPUs ([`crate::postcopy`]) and the preempt
+//! reader ([`preempt`]).
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use crate::channel::{Incoming, ReadError, Reader, ReturnPath, Session, Sock};
+use crate::postcopy::{PcState, PostcopyRuntime, RuntimeSlot, VcpuConfig};
+use crate::ram::RamBlock;
+use crate::state::{Capability, Counters, MigStatus, RunState, Shared};
+use wire::command::Command;
+use wire::rp::RpMessage;
+use wire::stream::{SectionKind, TopRecord};
+use wire::walk::{Item, Mode, Walker};
+
+mod commands;
+mod device;
+mod error;
+mod header;
+mod package;
+pub mod preempt;
+mod ram;
+#[cfg(test)]
+mod tests;
+
+pub use error::LoadError;
+
+/// Loader configuration (from the command line).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Expect a configuration section after the header (QEMU's default).
+    pub expect_configuration: bool,
+    /// Section footers are present (QEMU's default).
+    pub section_footers: bool,
+    /// `-machine suppress-vmdesc=on`: no vmdesc after EOF.
+    pub suppress_vmdesc: bool,
+    /// `-machine TYPE` as given (checked against the stream's machine).
+    pub machine: Option<String>,
+    /// Cap on buffered device state (bytes).
+    pub max_device_state: usize,
+    pub vcpu: VcpuConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            expect_configuration: true,
+            section_footers: true,
+            suppress_vmdesc: false,
+            machine: None,
+            max_device_state: 64 << 20,
+            vcpu: VcpuConfig::default(),
+        }
+    }
+}
+
+/// The loader side of a session: what runs on the channels the session
+/// classifies.
+pub struct Dest {
+    cfg: Config,
+    slot: Arc<RuntimeSlot>,
+}
+
+impl Dest {
+    pub fn new(cfg: Config) -> Arc<Dest> {
+        Arc::new(Dest { cfg, slot: Arc::new(RuntimeSlot::default()) })
+    }
+}
+
+impl Incoming for Dest {
+    fn main_channel(
+        &self,
+        session: Arc<Session>,
+        r: Box<dyn Read + Send>,
+        w: Box<dyn Write + Send>,
+    ) {
+        // The outcome is in the shared state (status, error-desc).
+        let _ = Loader::new(session.shared.clone(), self.cfg.clone(), w)
+            .with_session(session, self.slot.clone())
+            .run(r);
+    }
+
+    fn preempt_channel(&self, session: Arc<Session>, sock: Sock) {
+        preempt::run(&session.shared, &self.slot, Box::new(sock));
+        session.preempt_closed();
+    }
+}
+
+/// Why reading the next record stopped (before it is given a context).
+enum Stop {
+    Read(ReadError),
+    Load(LoadError),
+}
+
+impl From<ReadError> for Stop {
+    fn from(e: ReadError) -> Stop {
+        Stop::Read(e)
+    }
+}
+
+impl From<LoadError> for Stop {
+    fn from(e: LoadError) -> Stop {
+        Stop::Load(e)
+    }
+}
+
+/// What the record loop does after a record.
+enum Flow {
+    Continue,
+    /// The configuration announced `x-ignore-shared`.
+    IgnoreShared,
+    /// A FULL section at top level: switch to buffering device state.
+    DeviceTail,
+    /// EOF read.
+    Eof,
+}
+
+/// Per-connection loader state.
+pub struct Loader {
+    /// The session (recovery connections); `None` when loading from memory.
+    session: Option<Arc<Session>>,
+    slot: Arc<RuntimeSlot>,
+    shared: Shared,
+    cfg: Config,
+    rp: Option<Arc<ReturnPath>>,
+    rp_writer: Option<Box<dyn Write + Send>>,
+    rp_open: bool,
+    /// The main channel's last RAMBlock (for CONTINUE).
+    last_block: Option<Arc<RamBlock>>,
+    pc_state: PcState,
+    postcopy: Option<Arc<PostcopyRuntime>>,
+    /// RAM is registered with userfaultfd and placed atomically (from
+    /// LISTEN until END). Kept apart from the legality state, which QEMU can
+    /// leave at DISCARD after a LISTEN (see postcopy/rules.rs).
+    placing: bool,
+    /// SWITCHOVER_ACK still to be sent.
+    ack_pending: bool,
+    /// Machine type named by the stream's configuration section.
+    stream_machine: Option<String>,
+    /// The PACKAGED command whose blob comes next: (length, offset).
+    package: Option<(u32, u64)>,
+}
+
+impl Loader {
+    /// A loader writing its return path to `rp_writer`. Without
+    /// [`Loader::with_session`] it cannot be recovered: a postcopy failure
+    /// leaves it `postcopy-paused`.
+    pub fn new(shared: Shared, cfg: Config, rp_writer: Box<dyn Write + Send>) -> Loader {
+        Loader {
+            session: None,
+            slot: Arc::new(RuntimeSlot::default()),
+            shared,
+            cfg,
+            rp: None,
+            rp_writer: Some(rp_writer),
+            rp_open: false,
+            last_block: None,
+            pc_state: PcState::None,
+            postcopy: None,
+            placing: false,
+            ack_pending: false,
+            stream_machine: None,
+            package: None,
+        }
+    }
+
+    /// Attach to a session (recovery connections) and the runtime slot the
+    /// preempt reader waits on.
+    pub fn with_session(mut self, session: Arc<Session>, slot: Arc<RuntimeSlot>) -> Loader {
+        self.session = Some(session);
+        self.slot = slot;
+        self
+    }
+
+    /// Run the whole incoming migration on `src`. Marks the migration
+    /// completed or failed; never panics on bad input. A connection lost
+    /// while postcopy runs pauses the migration (`postcopy-paused`) until a
+    /// recovery connection arrives (`migrate-recover`). Returns the error
+    /// that failed (or paused, when no recovery came) the migration.
+    pub fn run(mut self, src: Box<dyn Read + Send>) -> Result<(), LoadError> {
+        self.shared.set_status(MigStatus::Active);
+        let mut outcome = Ok(());
+        let mut r = Reader::new(src, self.shared.clone());
+        let mut w = Walker::main(self.cfg.expect_configuration, self.cfg.section_footers);
+        loop {
+            match self.load(&mut r, &mut w) {
+                Ok(()) => break,
+                // Like QEMU: any load error once postcopy runs (the guest
+                // runs here and the source no longer can) pauses instead of
+                // failing, so the migration can be recovered.
+                Err(e)
+                    if self.pc_state == PcState::Running
+                        && self.shared.has(Capability::PostcopyRam) =>
+                {
+                    tracing::warn!("postcopy paused: {e}");
+                    self.pause(&e);
+                    let Some(sock) = self.session.as_ref().and_then(|s| s.wait_recovery()) else {
+                        outcome = Err(e);
+                        break;
+                    };
+                    let wr = match sock.try_clone() {
+                        Ok(wr) => wr,
+                        Err(io) => {
+                            self.fail(format!("recovery channel: {io}"));
+                            outcome = Err(e);
+                            break;
+                        }
+                    };
+                    self.shared.set_status(MigStatus::PostcopyRecover);
+                    self.rp_writer = Some(Box::new(wr));
+                    r = Reader::new(Box::new(sock), self.shared.clone());
+                    // The source opens the return path itself on the
+                    // recovery channel (no OPEN_RETURN_PATH command).
+                    self.open_rp();
+                    w.resume_headerless();
+                }
+                Err(e) => {
+                    self.fail(e.to_string());
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        self.slot.set(None);
+        self.slot.end();
+        if let Some(s) = &self.session {
+            s.end();
+        }
+        if let Some(pc) = self.postcopy.take() {
+            pc.shutdown();
+        }
+        outcome
+    }
+
+    /// Postcopy-paused: drop the channel and return path; RAM stays
+    /// registered, faulting readers wait, requests are kept for resending.
+    fn pause(&mut self, e: &LoadError) {
+        self.shared.lock().error_desc = Some(format!("postcopy paused: {e}"));
+        if let Some(rp) = &self.rp {
+            rp.close();
+        }
+        self.rp = None;
+        self.rp_open = false;
+        self.last_block = None;
+        if let Some(pc) = &self.postcopy {
+            pc.set_rp(None);
+        }
+        if let Some(s) = &self.session {
+            s.begin_pause();
+        }
+        self.shared.set_status(MigStatus::PostcopyPaused);
+    }
+
+    fn open_rp(&mut self) {
+        if let Some(w) = self.rp_writer.take() {
+            let rp = Arc::new(ReturnPath::new(w));
+            self.rp = Some(rp.clone());
+            self.rp_open = true;
+            if let Some(pc) = &self.postcopy {
+                pc.set_rp(Some(rp));
+            }
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        self.shared.lock().postcopy_state = self.pc_state;
+        self.shared.fail(msg);
+        if self.rp_open {
+            if let Some(rp) = &self.rp {
+                let _ = rp.send(&RpMessage::Shut(1));
+                rp.close();
+            }
+        }
+    }
+
+    fn set_pc_state(&mut self, s: PcState) {
+        self.pc_state = s;
+        self.shared.lock().postcopy_state = s;
+    }
+
+    fn rp(&self) -> Option<&Arc<ReturnPath>> {
+        if self.rp_open {
+            self.rp.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// The record loop: until EOF (then the vmdesc) or the device state.
+    fn load(&mut self, r: &mut Reader, w: &mut Walker) -> Result<(), LoadError> {
+        loop {
+            let mode = w.mode();
+            let flow = r
+                .next_record(w, |item, off, w| self.record(item, off, mode, w))
+                .map_err(|e| self.stopped(e, r, w))?;
+            match flow {
+                None | Some(Flow::Continue) => {}
+                Some(Flow::IgnoreShared) => w.set_ignore_shared(true),
+                Some(Flow::DeviceTail) => return self.device_tail(r),
+                Some(Flow::Eof) => return self.finish_after_eof(r, w),
+            }
+        }
+    }
+
+    /// Give a read failure its context (which part of the stream was being
+    /// read, and whether postcopy runs).
+    fn stopped(&self, e: Stop, r: &Reader, w: &Walker) -> LoadError {
+        let e = match e {
+            Stop::Load(e) => return e,
+            Stop::Read(e) => e,
+        };
+        match e {
+            ReadError::Io { at, source } => LoadError::Io { at, source },
+            ReadError::Truncated { at, needed, empty, mode } => match mode {
+                Mode::Header { expect_cfg } => self.header_truncated(r, expect_cfg, at, needed),
+                Mode::Ram { section_id } if self.placing => {
+                    LoadError::ClosedDuringPostcopyRam { at, section_id }
+                }
+                Mode::Ram { section_id } => {
+                    LoadError::Truncated { at, needed }.in_ram_section(section_id)
+                }
+                Mode::Top if self.placing && needed > 0 && empty => {
+                    LoadError::ClosedDuringPostcopy { at, state: self.pc_state }
+                }
+                Mode::Package { len } => {
+                    let off = self.package.map_or(0, |p| p.1);
+                    LoadError::Truncated { at, needed }
+                        .within(format!("PACKAGED (length {len}) at byte offset {off}"))
+                }
+                _ => LoadError::Truncated { at, needed },
+            },
+            ReadError::Decode(d) => match w.mode() {
+                Mode::Ram { section_id } => LoadError::Decode(d).in_ram_section(section_id),
+                _ => LoadError::Decode(d),
+            },
+        }
+    }
+
+    /// Handle one record; `mode` is what the walker was reading, `w` the
+    /// walker after it.
+    fn record(
+        &mut self,
+        item: Item<'_>,
+        off: u64,
+        mode: Mode,
+        w: &Walker,
+    ) -> Result<(Flow, bool), Stop> {
+        let flow = match item {
+            Item::Header(h) => self.header(&h)?,
+            Item::Top(TopRecord::SectionOpen { kind: SectionKind::Full, .. }) if !self.placing => {
+                // Device state without lengths: buffer up to the vmdesc.
+                return Ok((Flow::DeviceTail, false));
+            }
+            Item::Top(t) => self.top(t, off, w)?,
+            Item::Ram(rec) => {
+                if let Mode::Ram { section_id } = mode {
+                    self.apply_ram(rec, off).map_err(|e| e.in_ram_section(section_id))?;
+                }
+                Flow::Continue
+            }
+            Item::Footer { .. } => Flow::Continue,
+            Item::Package(blob) => {
+                let (len, cmd_off) = self.package.take().unwrap_or((blob.len() as u32, off));
+                self.packaged(blob, off, len, cmd_off)?;
+                Flow::Continue
+            }
+            Item::VmDesc(_) => {
+                return Err(LoadError::protocol(off, "unexpected VMDESCRIPTION").into());
+            }
+        };
+        Ok((flow, true))
+    }
+
+    /// One top-level record (QEMU's `qemu_loadvm_state_main`).
+    fn top(&mut self, rec: TopRecord<'_>, off: u64, w: &Walker) -> Result<Flow, LoadError> {
+        match rec {
+            TopRecord::SectionOpen { kind, section_id, idstr, instance_id, version_id } => {
+                if idstr == "ram" && instance_id == 0 {
+                    if version_id != 4 {
+                        return Err(LoadError::unsupported(off, format!(
+                            "section 'ram' (id {section_id}): unsupported version {version_id} (expected 4) at byte offset {off}"
+                        )));
+                    }
+                    if kind != SectionKind::Start {
+                        return Err(LoadError::protocol(
+                            off,
+                            format!(
+                                "section 'ram' (id {section_id}) opened with {} at byte offset {off}",
+                                kind.name()
+                            ),
+                        ));
+                    }
+                    Counters::add(&self.shared.counters().ram_sections, 1);
+                    Ok(Flow::Continue)
+                } else if kind == SectionKind::Full {
+                    // Device state arrives in the precopy tail or the package,
+                    // never as a bare FULL section once postcopy runs.
+                    Err(LoadError::protocol(off, format!(
+                        "device section '{idstr}' (FULL, id {section_id}) at byte offset {off} outside the device-state phase"
+                    )))
+                } else {
+                    Err(LoadError::unsupported(off, format!(
+                        "unsupported live section '{idstr}' instance {instance_id} ({}, id {section_id}) at byte offset {off}: rust-dest only migrates RAM iteratively",
+                        kind.name()
+                    )))
+                }
+            }
+            TopRecord::SectionCont { kind, section_id } => {
+                if !w.is_ram_section(section_id) {
+                    return Err(LoadError::protocol(
+                        off,
+                        format!(
+                            "{} section for unknown section id {section_id} at byte offset {off}",
+                            kind.name()
+                        ),
+                    ));
+                }
+                Counters::add(&self.shared.counters().ram_sections, 1);
+                Ok(Flow::Continue)
+            }
+            TopRecord::Command(rc) => {
+                let c = Command::parse(&rc)?;
+                if let Command::Packaged(len) = c {
+                    self.package = Some((len, off));
+                }
+                self.command(c, off, false)?;
+                Ok(Flow::Continue)
+            }
+            TopRecord::Eof => Ok(Flow::Eof),
+            TopRecord::VmDescription { .. } => Err(LoadError::protocol(
+                off,
+                format!("VMDESCRIPTION (0x06) before EOF at byte offset {off}"),
+            )),
+        }
+    }
+
+    fn complete(&mut self) -> Result<(), LoadError> {
+        if let Some(pc) = self.postcopy.take() {
+            pc.finish();
+        }
+        for b in self.shared.ram().blocks() {
+            let _ = b.mapping.sync();
+        }
+        let (paused, gs) = {
+            let g = self.shared.lock();
+            (g.start_paused, g.globalstate.clone())
+        };
+        let run = !paused && gs.as_deref().is_none_or(|s| s == "running");
+        // Run state first, so a client that sees `completed` also sees it.
+        if self.shared.lock().run_state == RunState::InMigrate {
+            self.shared.set_run_state(if run { RunState::Running } else { RunState::Paused });
+        }
+        self.shared.set_status(MigStatus::Completed);
+        if let Some(rp) = self.rp() {
+            rp.send(&RpMessage::Shut(0))
+                .map_err(|source| LoadError::ReturnPath { what: "SHUT(0)".into(), source })?;
+            rp.close();
+        }
+        Ok(())
+    }
+}

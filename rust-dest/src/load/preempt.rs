@@ -1,0 +1,138 @@
+//! The postcopy-preempt channel reader: a bare sequence of RAM page records
+//! (no sections, no commands) carrying urgent pages, read concurrently with
+//! the main channel and with its own CONTINUE state. 7.2-style sources
+//! connect it at setup and end it with an EOS record; 8.0+ sources connect
+//! it at postcopy start and just close it.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use super::error::LoadError;
+use super::ram::{check_page_addr, resolve_block};
+use crate::channel::{ReadError, Reader};
+use crate::postcopy::{PostcopyRuntime, RuntimeSlot};
+use crate::ram::RamBlock;
+use crate::state::{Counters, MigStatus, Shared};
+use wire::ramrec::RamRecord;
+use wire::walk::{Item, Walker};
+
+/// Why the preempt channel stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PreemptError {
+    #[error("preempt channel closed inside a record at byte offset {at}")]
+    Truncated { at: u64 },
+    #[error("preempt channel read error at byte offset {at}: {source}")]
+    Io { at: u64, source: std::io::Error },
+    #[error("preempt channel: {0}")]
+    Decode(wire::DecodeError),
+    #[error("preempt channel: {0}")]
+    Record(LoadError),
+    #[error("preempt channel: unexpected RAM record at byte offset {at}")]
+    Unexpected { at: u64 },
+    #[error("preempt channel: zero page with fill {fill:#04x} at byte offset {at}")]
+    Fill { at: u64, fill: u8 },
+    #[error("preempt page after the migration ended")]
+    Ended,
+    /// Placing failed (not prefixed, as the main channel reports it).
+    #[error("{0}")]
+    Place(LoadError),
+}
+
+/// The channel ended cleanly between records.
+struct Closed;
+
+enum Stop {
+    Closed(Closed),
+    Err(PreemptError),
+}
+
+impl From<ReadError> for Stop {
+    fn from(e: ReadError) -> Stop {
+        match e {
+            ReadError::Truncated { empty: true, .. } => Stop::Closed(Closed),
+            ReadError::Truncated { at, .. } => Stop::Err(PreemptError::Truncated { at }),
+            ReadError::Io { at, source } => Stop::Err(PreemptError::Io { at, source }),
+            ReadError::Decode(d) => Stop::Err(PreemptError::Decode(d)),
+        }
+    }
+}
+
+impl From<PreemptError> for Stop {
+    fn from(e: PreemptError) -> Stop {
+        Stop::Err(e)
+    }
+}
+
+/// Read the preempt channel `src` until it ends; log how it ended.
+pub fn run(shared: &Shared, slot: &RuntimeSlot, src: Box<dyn Read + Send>) {
+    match read_channel(shared, slot, src) {
+        Ok(()) => tracing::info!("postcopy-preempt channel ended"),
+        Err(e) => {
+            let st = shared.lock().status;
+            if st.is_terminal()
+                || matches!(st, MigStatus::PostcopyPaused | MigStatus::PostcopyRecover)
+            {
+                tracing::info!("postcopy-preempt channel closed: {e}");
+            } else {
+                // A lost preempt channel alone does not lose pages: the main
+                // channel and page requests still deliver them.
+                tracing::warn!("postcopy-preempt channel: {e}");
+            }
+        }
+    }
+}
+
+fn read_channel(
+    shared: &Shared,
+    slot: &RuntimeSlot,
+    src: Box<dyn Read + Send>,
+) -> Result<(), PreemptError> {
+    let mut r = Reader::new(src, shared.clone());
+    let mut w = Walker::bare();
+    let mut last: Option<Arc<RamBlock>> = None;
+    let mut rt: Option<Arc<PostcopyRuntime>> = None;
+    loop {
+        let res = r.next_record(&mut w, |item, off, _| {
+            let Item::Ram(rec) = item else {
+                return Err(PreemptError::Unexpected { at: off }.into());
+            };
+            place(shared, slot, &mut last, &mut rt, rec, off).map_err(Stop::Err)?;
+            Ok::<_, Stop>(((), true))
+        });
+        match res {
+            Ok(Some(())) => {}
+            Ok(None) | Err(Stop::Closed(_)) => return Ok(()),
+            Err(Stop::Err(e)) => return Err(e),
+        }
+    }
+}
+
+fn place(
+    shared: &Shared,
+    slot: &RuntimeSlot,
+    last: &mut Option<Arc<RamBlock>>,
+    rt: &mut Option<Arc<PostcopyRuntime>>,
+    rec: RamRecord,
+    off: u64,
+) -> Result<(), PreemptError> {
+    let (addr, block, data) = match rec {
+        RamRecord::Eos => return Ok(()),
+        RamRecord::Page { addr, block, data } => (addr, block, Some(data)),
+        RamRecord::Zero { addr, block, fill } => {
+            if fill != 0 {
+                return Err(PreemptError::Fill { at: off, fill });
+            }
+            (addr, block, None)
+        }
+        _ => return Err(PreemptError::Unexpected { at: off }),
+    };
+    let b = resolve_block(shared, last, block, off).map_err(PreemptError::Record)?;
+    check_page_addr(&b, addr, off).map_err(PreemptError::Record)?;
+    if rt.is_none() {
+        *rt = slot.wait();
+    }
+    let pc = rt.as_ref().ok_or(PreemptError::Ended)?;
+    pc.place(&b, addr, data).map_err(|e| PreemptError::Place(e.into()))?;
+    Counters::add(&shared.counters().preempt_pages, 1);
+    Ok(())
+}

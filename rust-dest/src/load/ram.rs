@@ -1,0 +1,140 @@
+//! Applying RAM records (QEMU's `migration/ram.c` load side): the MEM_SIZE
+//! block list, full pages, zero pages, XBZRLE pages; placed directly in
+//! precopy, atomically through userfaultfd once postcopy listens.
+
+use std::sync::Arc;
+
+use super::error::LoadError;
+use super::Loader;
+use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
+use crate::state::{Counters, Shared};
+use wire::ramrec::{xbzrle_decode, BlockRef, RamRecord};
+
+impl Loader {
+    fn runtime(&self) -> &crate::postcopy::PostcopyRuntime {
+        self.postcopy.as_ref().expect("postcopy runtime exists while placing")
+    }
+
+    pub(super) fn apply_ram(&mut self, rec: RamRecord, off: u64) -> Result<(), LoadError> {
+        let counters = self.shared.counters();
+        match rec {
+            RamRecord::MemSize { total, blocks } => {
+                let ram = self.shared.ram();
+                if !ram.blocks().is_empty() {
+                    return Err(LoadError::protocol(
+                        off,
+                        format!("second MEM_SIZE block list at byte offset {off}"),
+                    ));
+                }
+                if total > ram.max_ram() {
+                    return Err(LoadError::unsupported(off, format!(
+                        "MEM_SIZE: the source announces {total:#x} bytes of RAM, more than the configured cap (--max-ram) of {:#x} bytes at byte offset {off}",
+                        ram.max_ram()
+                    )));
+                }
+                for b in blocks {
+                    if let Some(ps) = b.page_size {
+                        return Err(LoadError::unsupported(off, format!(
+                            "MEM_SIZE: block {:?} has page size {ps:#x}: hugepage blocks are not supported",
+                            b.name
+                        )));
+                    }
+                    ram.add(&b.name, b.used_length, TARGET_PAGE_SIZE)
+                        .map_err(|source| LoadError::Ram { at: off, source })?;
+                }
+            }
+            RamRecord::Page { addr, block, data } => {
+                let b = resolve_block(&self.shared, &mut self.last_block, block, off)?;
+                check_page_addr(&b, addr, off)?;
+                if self.placing {
+                    self.runtime().place(&b, addr, Some(data))?;
+                } else {
+                    b.mapping.write(addr as usize, data);
+                    b.received.set(addr / TARGET_PAGE_SIZE);
+                }
+                Counters::add(&counters.normal_pages, 1);
+            }
+            RamRecord::Zero { addr, block, fill } => {
+                let b = resolve_block(&self.shared, &mut self.last_block, block, off)?;
+                check_page_addr(&b, addr, off)?;
+                if self.placing {
+                    if fill != 0 {
+                        return Err(LoadError::protocol(off, format!(
+                            "zero page record with fill byte {fill:#04x} during postcopy at byte offset {off}"
+                        )));
+                    }
+                    self.runtime().place(&b, addr, None)?;
+                } else {
+                    if fill != 0 {
+                        // QEMU 10 rejects it too; modern sources always send 0.
+                        return Err(LoadError::protocol(off, format!(
+                            "zero page record with fill byte {fill:#04x} at byte offset {off} (only 0 is valid)"
+                        )));
+                    }
+                    let was = b.received.set(addr / TARGET_PAGE_SIZE);
+                    if was {
+                        b.mapping.fill(addr as usize, TARGET_PAGE_SIZE as usize, fill);
+                    }
+                }
+                Counters::add(&counters.zero_pages, 1);
+            }
+            RamRecord::Xbzrle { addr, block, data } => {
+                let b = resolve_block(&self.shared, &mut self.last_block, block, off)?;
+                check_page_addr(&b, addr, off)?;
+                if self.placing {
+                    return Err(LoadError::protocol(
+                        off,
+                        format!("XBZRLE page during postcopy at byte offset {off}"),
+                    ));
+                }
+                let mut page = vec![0u8; TARGET_PAGE_SIZE as usize];
+                b.mapping.read(addr as usize, &mut page);
+                xbzrle_decode(data, &mut page, off)?;
+                b.mapping.write(addr as usize, &page);
+                b.received.set(addr / TARGET_PAGE_SIZE);
+                Counters::add(&counters.normal_pages, 1);
+            }
+            RamRecord::CompressPage { .. } => {
+                return Err(LoadError::unsupported(off, format!(
+                    "compressed page (legacy 'compress' capability) at byte offset {off} is not supported"
+                )))
+            }
+            RamRecord::Eos | RamRecord::MultifdFlush => {}
+        }
+        Ok(())
+    }
+}
+
+/// The RAMBlock a page record refers to: named (and remembered as the
+/// channel's last block), or the channel's last block for CONTINUE.
+pub fn resolve_block(
+    shared: &Shared,
+    last: &mut Option<Arc<RamBlock>>,
+    b: BlockRef,
+    off: u64,
+) -> Result<Arc<RamBlock>, LoadError> {
+    match b {
+        BlockRef::Continue => last.clone().ok_or(LoadError::NoPreviousBlock { at: off }),
+        BlockRef::Named(n) => {
+            let blk = shared
+                .ram()
+                .get(n)
+                .ok_or_else(|| LoadError::UnknownBlock { at: off, name: n.to_string() })?;
+            *last = Some(blk.clone());
+            Ok(blk)
+        }
+    }
+}
+
+/// A page address must lie inside its block.
+pub fn check_page_addr(b: &RamBlock, addr: u64, off: u64) -> Result<(), LoadError> {
+    if addr.checked_add(TARGET_PAGE_SIZE).is_none_or(|e| e > b.used_length) {
+        return Err(LoadError::PageOutsideBlock {
+            at: off,
+            addr,
+            block: b.name.clone(),
+            len: b.used_length,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! Counters updated on the data path without taking the state lock
+//! (what `query-migrate` reports as `ram` and `x-crossmig` statistics).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters updated on the data path without taking the state lock.
+#[derive(Default, Debug)]
+pub struct Counters {
+    /// Bytes read from the main channel (and other channels).
+    pub transferred: AtomicU64,
+    /// Full pages written (PAGE records).
+    pub normal_pages: AtomicU64,
+    /// ZERO records.
+    pub zero_pages: AtomicU64,
+    /// RAM section iterations seen (START/PART/END "ram" sections).
+    pub ram_sections: AtomicU64,
+    /// PINGs answered.
+    pub pings: AtomicU64,
+    // --- postcopy ---
+    pub discard_commands: AtomicU64,
+    pub discarded_pages: AtomicU64,
+    pub faults: AtomicU64,
+    pub page_requests: AtomicU64,
+    pub pages_placed_stream: AtomicU64,
+    pub pages_placed_requested: AtomicU64,
+    /// Faults on pages already received as zero and never written
+    /// (resolved locally with a zero page, no request).
+    pub zero_pages_on_fault: AtomicU64,
+    /// Pages received on the postcopy-preempt channel.
+    pub preempt_pages: AtomicU64,
+    /// Sum of fault-to-placement latencies in microseconds.
+    pub fault_latency_us_total: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
