@@ -209,6 +209,6 @@ fn validate_and_offsets() {
         odd.check_offsets(&V9, 1 << 20, 0),
         Err(MultifdError::OffsetOutsideBlock { index: 1, .. })
     ));
-    let huge = RamPacket { offsets: vec![u64::MAX & !0xfff, 0, 0, 0, 0], ..data_packet() };
+    let huge = RamPacket { offsets: vec![!0xfff, 0, 0, 0, 0], ..data_packet() };
     assert!(huge.check_offsets(&V9, u64::MAX, 0).is_err());
 }
