@@ -60,6 +60,7 @@
 //! - [`vmdesc`]: delimiting device sections with the vmdesc JSON or the
 //!   PACKAGED blob's footers.
 //! - [`digest`]: page digests (xxh3), identical wherever pages are compared.
+//! - [`multifd`]: multifd channels' initial packet and RAM packet headers.
 //! - [`units`]: sizes, durations, and the target page size.
 //! - [`walk`]: the incremental top-level record walker (window in, records out).
 //!
@@ -124,6 +125,7 @@ pub mod command;
 pub mod consts;
 pub mod cursor;
 pub mod digest;
+pub mod multifd;
 pub mod ramrec;
 pub mod rp;
 pub mod stream;

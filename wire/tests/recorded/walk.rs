@@ -55,6 +55,8 @@ pub struct Walk {
     pub pages_after_run: u64,
     /// The vmdesc JSON (precopy).
     pub vmdesc: Option<Value>,
+    /// Absolute offsets of MULTIFD_FLUSH records (multifd sync points).
+    pub flushes: Vec<u64>,
     /// Replay page contents into `blocks` (off: only decode and track coverage).
     replay: bool,
     run_seen: bool,
@@ -89,6 +91,10 @@ impl Walk {
                 return Ok(false);
             }
             RamRecord::Eos => return Ok(true),
+            RamRecord::MultifdFlush => {
+                self.flushes.push(at);
+                return Ok(false);
+            }
             RamRecord::Page { addr, block, data } => (block_name(block)?, addr, 0, Some(data)),
             RamRecord::Zero { addr, block, fill } => (block_name(block)?, addr, fill, None),
             other => {

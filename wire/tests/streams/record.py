@@ -9,6 +9,11 @@ the source->destination bytes as `qemu-<ver>-<mode>.bin` together with a
 resolved machine type, RAMBlock list, digests of the final source RAM).
 
 Usage:  python3 record.py [--out DIR] [--only 10.0] [--mode precopy]
+        python3 record.py --multifd 2 [--compression zlib] [--machine pc-q35-7.2] [--only 10.0]
+With --multifd N it records a precopy with the `multifd` capability and N
+channels instead: every connection the source opens is saved separately as
+`qemu-<ver>-multifd<N>[-<comp>][-<machine>].ch<k>.bin` (k = accept order) with
+one `.json` sidecar naming each connection's role.
 Re-recording overwrites the files; see README.md beside this script.
 """
 
@@ -182,12 +187,12 @@ class Proxy:
 
 
 class Vm:
-    def __init__(self, ver, workdir, tag, incoming):
+    def __init__(self, ver, workdir, tag, incoming, machine="q35"):
         self.shm = f"/dev/shm/crossmig-rec-{os.getpid()}-{ver}-{tag}"
         self.qmp_path = os.path.join(workdir, f"{tag}.qmp")
         self.log_path = os.path.join(workdir, f"{tag}.log")
         args = qemu_prefix(ver) + [
-            "-accel", "tcg", "-machine", "q35", "-m", "64M",
+            "-accel", "tcg", "-machine", machine, "-m", "64M",
             "-object",
             f"memory-backend-file,id=mem0,size=64M,mem-path={self.shm},share=on",
             "-machine", "memory-backend=mem0", "-nodefaults", "-display", "none", "-S",
@@ -378,12 +383,154 @@ def record(ver, mode, outdir):
         os.rmdir(workdir)
 
 
+MULTIFD_MAGIC = b"\x11\x22\x33\x44"
+
+
+def mem_facts(src, blocks, workdir):
+    """Digests of the source's mem0 file and pc.bios (as the sidecars hold)."""
+    bios = next(b for b in blocks if b["name"] == "pc.bios")
+    bios_path = os.path.join(workdir, "bios.bin")
+    src.qmp.cmd("pmemsave", val=(1 << 32) - bios["used_length"],
+                size=bios["used_length"], filename=bios_path)
+    with open(bios_path, "rb") as f:
+        bios_data = f.read()
+    with open(src.shm, "rb") as f:
+        ram = f.read()
+    nonzero = {}
+    for off in range(0, len(ram), PAGE):
+        p = ram[off:off + PAGE]
+        if p.count(0) != PAGE:
+            nonzero[f"{off:#x}"] = f"{zlib.crc32(p):08x}"
+    return {
+        "mem0_sha256": hashlib.sha256(ram).hexdigest(),
+        "mem0_nonzero_pages_crc32": nonzero,
+        "pc_bios_crc32": f"{zlib.crc32(bios_data):08x}",
+    }
+
+
+def record_multifd(ver, channels, comp, machine, outdir):
+    """Precopy with multifd: main channel + `channels` multifd channels, each
+    connection recorded on its own."""
+    tag = f"multifd{channels}" + (f"-{comp}" if comp != "none" else "") + \
+        (f"-{machine}" if machine else "")
+    workdir = tempfile.mkdtemp(prefix=f"crossmig-rec-{ver}-{tag}-")
+    src = dst = proxy = None
+    try:
+        version_line = subprocess.run(qemu_prefix(ver) + ["--version"], capture_output=True,
+                                      text=True, timeout=30, check=True).stdout.splitlines()[0]
+        src = Vm(ver, workdir, "src", incoming=False, machine=machine or "q35")
+        dst = Vm(ver, workdir, "dst", incoming=True, machine=machine or "q35")
+        with open(src.shm, "r+b") as f:
+            for addr, data in pattern_pages().items():
+                f.seek(addr)
+                f.write(data)
+        caps = [{"capability": "events", "state": True},
+                {"capability": "multifd", "state": True}]
+        params = {"multifd-channels": channels, "multifd-compression": comp}
+        for vm in (src, dst):
+            vm.qmp.cmd("migrate-set-capabilities", capabilities=caps)
+            vm.qmp.cmd("migrate-set-parameters", **params)
+        src.qmp.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 30})
+        src_params = src.qmp.cmd("query-migrate-parameters")
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        dport = probe.getsockname()[1]
+        probe.close()
+        dst.qmp.cmd("migrate-incoming", uri=f"tcp:127.0.0.1:{dport}")
+        proxy = Proxy(("127.0.0.1", dport))
+        blocks = ramblocks(src)
+        resolved = machine or machine_name(src)
+        uuid = src.qmp.cmd("query-uuid")["UUID"]
+        src.qmp.cmd("migrate", uri=f"tcp:127.0.0.1:{proxy.port}")
+        src_info, src_seen = wait_status(src, "completed", 120, "source")
+        _, dst_seen = wait_status(dst, "completed", 120, "destination")
+        src_events = [e["data"]["status"] for e in src.qmp.events if e["event"] == "MIGRATION"]
+        deadline = time.monotonic() + 20
+        while any(t.is_alive() for t in proxy.threads) and time.monotonic() < deadline:
+            src.qmp.cmd("query-status")
+            time.sleep(0.05)
+        if proxy.errors:
+            raise RuntimeError("; ".join(proxy.errors))
+        if len(proxy.recorded) != channels + 1:
+            raise RuntimeError(f"expected {channels + 1} connections, got {len(proxy.recorded)}")
+        conns = []
+        for k, rec in enumerate(proxy.recorded):
+            data = bytes(rec)
+            info = {"connection": k, "file": f"qemu-{ver}-{tag}.ch{k}.bin",
+                    "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            if data[:4] == b"QEVM":
+                info["role"] = "main"
+            elif data[:4] == MULTIFD_MAGIC and len(data) >= 64:
+                info["role"] = "multifd"
+                info["multifd_id"] = data[24]
+            else:
+                raise RuntimeError(f"connection {k} starts with {data[:4].hex()}")
+            conns.append((info, data))
+        roles = sorted((i["role"], i.get("multifd_id", -1)) for i, _ in conns)
+        want = [("main", -1)] + [("multifd", i) for i in range(channels)]
+        if roles != sorted(want):
+            raise RuntimeError(f"connections {roles}, expected {want}")
+        for info, data in conns:
+            with open(os.path.join(outdir, info["file"]), "wb") as f:
+                f.write(data)
+        facts = {
+            "qemu_version": version_line,
+            "machine": resolved,
+            "mode": "precopy",
+            "ram_bytes": MEM_BYTES,
+            "capabilities": [c["capability"] for c in caps],
+            "parameters": {k: src_params.get(k) for k in
+                           ("multifd-channels", "multifd-compression", "multifd-zlib-level",
+                            "multifd-zstd-level", "zero-page-detection")
+                           if k in src_params},
+            "uuid": uuid,
+            "channels": [i for i, _ in conns],
+            "ramblocks": blocks,
+            **mem_facts(src, blocks, workdir),
+            "source_status_seen": src_seen,
+            "source_events": src_events,
+            "destination_status_seen": dst_seen,
+            "source_ram_stats": {k: src_info.get("ram", {}).get(k) for k in
+                                 ("transferred", "normal", "duplicate", "multifd-bytes")},
+        }
+        with open(os.path.join(outdir, f"qemu-{ver}-{tag}.json"), "w") as f:
+            json.dump(facts, f, indent=1, sort_keys=True)
+            f.write("\n")
+        sizes = ", ".join(f"ch{i['connection']} {i['role']}"
+                          f"{i.get('multifd_id', '')} {i['bytes']}" for i, _ in conns)
+        print(f"qemu-{ver}-{tag}: {sizes} ({version_line}; {resolved}; "
+              f"zero-page-detection {src_params.get('zero-page-detection')})")
+    except Exception:
+        for vm in (src, dst):
+            if vm is not None:
+                sys.stderr.write(f"--- {vm.log_path}\n{vm.log_tail()}\n")
+        raise
+    finally:
+        if proxy is not None:
+            proxy.close()
+        for vm in (dst, src):
+            if vm is not None:
+                vm.kill()
+        for name in os.listdir(workdir):
+            os.unlink(os.path.join(workdir, name))
+        os.rmdir(workdir)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--only", action="append", help="QEMU version (7.2, 10.0, 11.1); repeatable")
     ap.add_argument("--mode", action="append", choices=["precopy", "postcopy"])
+    ap.add_argument("--multifd", type=int, metavar="N",
+                    help="record a multifd precopy with N channels instead of --mode")
+    ap.add_argument("--compression", default="none", choices=["none", "zlib", "zstd"],
+                    help="multifd-compression (with --multifd)")
+    ap.add_argument("--machine", help="machine type instead of q35 (with --multifd)")
     a = ap.parse_args()
+    if a.multifd:
+        for ver in a.only or ["7.2", "10.0", "11.1"]:
+            record_multifd(ver, a.multifd, a.compression, a.machine, a.out)
+        return
     for ver in a.only or ["7.2", "10.0", "11.1"]:
         for mode in a.mode or ["precopy", "postcopy"]:
             record(ver, mode, a.out)
