@@ -229,7 +229,7 @@ impl Loader {
 
     fn discard(&mut self, d: &Discard, off: u64) -> Result<(), LoadError> {
         // QEMU requires at least one range's worth of payload: version, name
-        // length, name, NUL, 16 bytes (len >= 20; wire-format §3.2).
+        // length, name, NUL, 16 bytes (len >= 20; docs/wire-format.md §6.3).
         let plen = 3 + d.block.len() + 16 * d.ranges.len();
         if plen < 20 {
             return Err(LoadError::protocol(off, format!(
