@@ -7,7 +7,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::drive::recorder::Route;
@@ -23,8 +23,9 @@ pub const RECOVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The status a sample carries when `query-migrate` failed on a live process.
 pub const QUERY_FAILED: &str = "unknown";
 
-/// Which VM(s) a command goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which VM(s) a command goes to (also the `side` of scenario steps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Side {
     Source,
     Dest,
@@ -37,6 +38,14 @@ impl Side {
             Side::Source => "source",
             Side::Dest => "destination",
             Side::Both => "both",
+        }
+    }
+
+    /// The single sides this one stands for (`both` = source, then destination).
+    pub fn each(self) -> Vec<Side> {
+        match self {
+            Side::Both => vec![Side::Source, Side::Dest],
+            s => vec![s],
         }
     }
 }
@@ -57,6 +66,16 @@ pub enum RecoverFault {
     Handshake,
     /// `migrate resume=true` to a dead address: the source must fall back.
     Reconnect,
+}
+
+impl RecoverFault {
+    /// The name scenario files use (`recover` step, `fail = "..."`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecoverFault::Handshake => "handshake",
+            RecoverFault::Reconnect => "reconnect",
+        }
+    }
 }
 
 /// What ended a [`Migration::wait_until`].
@@ -118,13 +137,6 @@ impl Migration {
         }
     }
 
-    fn sides(side: Side) -> Vec<Side> {
-        match side {
-            Side::Both => vec![Side::Source, Side::Dest],
-            s => vec![s],
-        }
-    }
-
     fn vm(&self, side: Side) -> &QemuVm {
         if side == Side::Dest {
             &self.dst
@@ -135,7 +147,7 @@ impl Migration {
 
     /// Run a QMP command on one or both sides.
     pub async fn execute(&self, side: Side, cmd: &str, args: Value) -> Result<()> {
-        for s in Self::sides(side) {
+        for s in side.each() {
             self.vm(s)
                 .execute(cmd, args.clone())
                 .await
@@ -146,7 +158,7 @@ impl Migration {
 
     /// `migrate-set-capabilities` on one or both sides.
     pub async fn set_capabilities(&self, side: Side, caps: &[(&str, bool)]) -> Result<()> {
-        for s in Self::sides(side) {
+        for s in side.each() {
             self.vm(s)
                 .qmp
                 .set_capabilities(caps)
@@ -158,7 +170,7 @@ impl Migration {
 
     /// `migrate-set-parameters` on one or both sides.
     pub async fn set_parameters(&self, side: Side, params: &Value) -> Result<()> {
-        for s in Self::sides(side) {
+        for s in side.each() {
             self.vm(s)
                 .qmp
                 .set_parameters(params.clone())

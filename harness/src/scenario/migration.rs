@@ -1,17 +1,20 @@
 //! Migration scenarios: start the real QEMU source with its test guest and the
-//! destination, set capabilities and parameters, then run the steps in order.
+//! destination, set capabilities and parameters on the shared migration
+//! session (`drive::session::Migration`), then run the steps in order.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde_json::Value;
 
 use super::exec::{exec_step, Ctx};
 use super::file::Variant;
 use super::outcome::{Outcome, StepResult};
 use super::qemu::{common_machine, resolve_qemu, source_qemu};
-use super::steps::StepSpec;
+use super::spec::Spec;
+use super::steps::{Side, StepSpec};
+use crate::drive::session::Migration;
 use crate::images::Workload;
 use crate::vm::dest::start_dest;
 use crate::vm::procs::{unique_name, PathGuard};
@@ -52,53 +55,35 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     let dst_log = workdir.join(format!("{tag}-dst.log"));
     let _l2 = PathGuard::new(&dst_log);
     let dst = start_dest(dest_kind, &dq, dcfg, dst_log).await?;
-    // Capabilities: common, then per side; parameters per side.
-    let caps = |side: &BTreeMap<String, bool>| -> Vec<(String, bool)> {
-        let mut c: Vec<(String, bool)> = vec![("events".into(), true)];
-        c.extend(d.capabilities.iter().map(|(k, v)| (k.clone(), *v)));
-        c.extend(side.iter().map(|(k, v)| (k.clone(), *v)));
-        c
+    let mut ctx = Ctx { m: Migration::new(src, dst, dest_kind), workload, mem };
+    let res = match setup(d, &ctx.m).await {
+        Ok(()) => run_steps(v, &mut ctx, steps, out).await,
+        Err(e) => Err(e),
     };
-    let sc = caps(&d.source.capabilities);
-    let dc = caps(&d.dest.capabilities);
-    src.qmp
-        .set_capabilities(&sc.iter().map(|(a, b)| (a.as_str(), *b)).collect::<Vec<_>>())
-        .await
-        .context("source capabilities")?;
-    dst.qmp
-        .set_capabilities(&dc.iter().map(|(a, b)| (a.as_str(), *b)).collect::<Vec<_>>())
-        .await
-        .context("destination capabilities")?;
-    if !is_empty(&d.source.parameters) {
-        src.qmp.set_parameters(d.source.parameters.clone()).await.context("source parameters")?;
-    }
-    if !is_empty(&d.dest.parameters) {
-        dst.qmp
-            .set_parameters(d.dest.parameters.clone())
-            .await
-            .context("destination parameters")?;
-    }
-    let mut ctx = Ctx {
-        src,
-        dst,
-        dest_kind,
-        workload,
-        mem,
-        proxy: None,
-        proxy_handle: None,
-        use_proxy: false,
-        t0: Instant::now(),
-        first_sync: None,
-        samples: Vec::new(),
-    };
-    let res = run_steps(v, &mut ctx, steps, out).await;
-    out.samples = std::mem::take(&mut ctx.samples);
-    let Ctx { src, dst, proxy, .. } = ctx;
-    drop(proxy);
-    let _ = dst.quit().await;
-    let _ = src.quit().await;
+    out.samples = ctx.m.take_samples();
+    ctx.m.quit().await;
     drop(disk_guard);
     res
+}
+
+/// Capabilities (`events`, the common ones, then each side's) and each
+/// side's parameters.
+async fn setup(d: &Spec, m: &Migration) -> Result<()> {
+    fn caps<'a>(d: &'a Spec, side: &'a BTreeMap<String, bool>) -> Vec<(&'a str, bool)> {
+        let mut c = vec![("events", true)];
+        c.extend(d.capabilities.iter().map(|(k, v)| (k.as_str(), *v)));
+        c.extend(side.iter().map(|(k, v)| (k.as_str(), *v)));
+        c
+    }
+    m.set_capabilities(Side::Source, &caps(d, &d.source.capabilities)).await?;
+    m.set_capabilities(Side::Dest, &caps(d, &d.dest.capabilities)).await?;
+    if !is_empty(&d.source.parameters) {
+        m.set_parameters(Side::Source, &d.source.parameters).await?;
+    }
+    if !is_empty(&d.dest.parameters) {
+        m.set_parameters(Side::Dest, &d.dest.parameters).await?;
+    }
+    Ok(())
 }
 
 fn is_empty(params: &Value) -> bool {
@@ -131,12 +116,7 @@ async fn run_steps(
             detail,
         });
         if !ok {
-            let tail = format!(
-                "\n--- source log ---\n{}\n--- destination ({}) log ---\n{}",
-                ctx.src.log_tail(1500),
-                ctx.dest_kind.name(),
-                ctx.dst.log_tail(3000)
-            );
+            let tail = format!("\n{}", ctx.m.log_tails(1500, 3000));
             out.steps.last_mut().unwrap().detail += &tail;
             return Ok(());
         }

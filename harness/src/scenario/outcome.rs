@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::drive::migrate::Sample;
+use crate::drive::session::Sample;
 
 /// One executed step.
 #[derive(Clone, Debug, Serialize)]

@@ -7,36 +7,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::qmp::MigrationStatus;
+use crate::qmp::{MigrationStatus, StatusWait};
 use wire::units::{parse_duration, parse_size};
 
-/// Which side a step acts on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Side {
-    Source,
-    Dest,
-    Both,
-}
-
-impl Side {
-    /// The single sides this one stands for (`both` = source, then destination).
-    pub fn each(self) -> Vec<Side> {
-        match self {
-            Side::Both => vec![Side::Source, Side::Dest],
-            s => vec![s],
-        }
-    }
-
-    /// "source" / "destination" (for messages).
-    pub fn noun(self) -> &'static str {
-        match self {
-            Side::Source => "source",
-            Side::Dest => "destination",
-            Side::Both => "both sides",
-        }
-    }
-}
+/// Which side a step acts on (the one `Side` of `drive::session`).
+pub use crate::drive::session::Side;
 
 fn source() -> Side {
     Side::Source
@@ -55,23 +30,11 @@ pub enum FaultKind {
     Kill,
 }
 
-/// The failing attempt a `recover` step makes first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecoverFailure {
-    /// The recovery connection to the destination sends one command byte and closes.
-    Handshake,
-    /// The source resumes towards an address where nothing listens.
-    Reconnect,
-}
-
-impl RecoverFailure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecoverFailure::Handshake => "handshake",
-            RecoverFailure::Reconnect => "reconnect",
-        }
-    }
-}
+/// The failing attempt a `recover` step makes first (`fail = "handshake"`:
+/// the recovery connection to the destination sends one command byte and
+/// closes; `"reconnect"`: the source resumes towards an address where
+/// nothing listens).
+pub use crate::drive::session::RecoverFault;
 
 /// A comparison of an `expect` counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,8 +99,8 @@ pub struct ProxyOpts {
 /// What a `wait` step waits for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitFor {
-    /// One of these statuses on `side`.
-    Status(Vec<MigrationStatus>),
+    /// One of these statuses on `side` (`failed` ends the wait unless awaited).
+    Status(StatusWait),
     /// This many completed RAM passes on the source.
     Passes(u64),
     /// A plain sleep.
@@ -197,7 +160,7 @@ pub enum Step {
     },
     /// `migrate-recover` + `migrate resume=true`, optionally after a failing attempt.
     Recover {
-        fail: Option<RecoverFailure>,
+        fail: Option<RecoverFault>,
     },
     /// Assert on `query-migrate` of `side`.
     Expect {
@@ -339,7 +302,7 @@ fn typed(raw: RawStep) -> Result<Step, String> {
         RawStep::Migrate { proxy } => Step::Migrate { proxy: proxy.map(proxy_opts).transpose()? },
         RawStep::Wait { status, side, passes, time, serial, timeout } => {
             let what = match (status, passes, time, serial) {
-                (Some(s), None, None, None) => WaitFor::Status(parse_statuses(&s)?),
+                (Some(s), None, None, None) => WaitFor::Status(StatusWait::parse_any(&s)?),
                 (None, Some(n), None, None) => WaitFor::Passes(n),
                 (None, None, Some(t), None) => WaitFor::Time(parse_duration(&t)?),
                 (None, None, None, Some(m)) => WaitFor::Serial(m),
@@ -364,8 +327,8 @@ fn typed(raw: RawStep) -> Result<Step, String> {
         RawStep::Recover { fail } => Step::Recover {
             fail: match fail.as_deref() {
                 None => None,
-                Some("handshake") => Some(RecoverFailure::Handshake),
-                Some("reconnect") => Some(RecoverFailure::Reconnect),
+                Some("handshake") => Some(RecoverFault::Handshake),
+                Some("reconnect") => Some(RecoverFault::Reconnect),
                 Some(f) => {
                     return Err(format!(
                         "recover: fail must be \"handshake\" or \"reconnect\", not {f:?}"
@@ -422,8 +385,8 @@ impl Step {
             Step::Migrate { proxy } => {
                 format!("migrate{}", if proxy.is_some() { " (proxy)" } else { "" })
             }
-            Step::Wait { what: WaitFor::Status(s), side, .. } => {
-                format!("wait {side:?} status {}", statuses_text(s))
+            Step::Wait { what: WaitFor::Status(w), side, .. } => {
+                format!("wait {side:?} status {}", w.goal_names().join("|"))
             }
             Step::Wait { what: WaitFor::Passes(p), .. } => format!("wait {p} pass(es)"),
             Step::Wait { what: WaitFor::Time(t), .. } => format!("wait {t:?}"),
@@ -468,8 +431,9 @@ mod tests {
     fn typed_steps() {
         let s = step("do = \"wait\"\nstatus = \"completed | failed\"\ntimeout = \"2s\"").unwrap();
         match s.step {
-            Step::Wait { what: WaitFor::Status(v), side: Side::Both, timeout } => {
-                assert_eq!(v, vec![MigrationStatus::Completed, MigrationStatus::Failed]);
+            Step::Wait { what: WaitFor::Status(w), side: Side::Both, timeout } => {
+                assert_eq!(w.goals, vec![MigrationStatus::Completed, MigrationStatus::Failed]);
+                assert!(w.fail_on.is_empty());
                 assert_eq!(timeout, Duration::from_secs(2));
             }
             o => panic!("{o:?}"),

@@ -16,9 +16,12 @@ use super::step::Step;
 use super::verdict::{await_verdict, Verdict, VerdictKind};
 use crate::qmp::MigrationStatus;
 use crate::verify::model::{check_memory, MemCheck};
-use crate::vm::dest::{start_dest, DestKind};
+use crate::vm::dest::{start_dest_with, DestKind};
 use crate::vm::procs::free_tcp_port;
-use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
+use crate::vm::qemu::{LaunchOpts, QemuBinary, QemuVm, VmConfig};
+
+/// Per-command QMP timeout of a synthetic-source destination.
+const QMP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to run a script against one destination.
 #[derive(Clone, Debug)]
@@ -84,8 +87,8 @@ impl DestRun {
     }
 }
 
-/// Start a destination of `kind` (harness::vm::dest::start_dest: `-incoming
-/// defer -S`), set capabilities, `migrate-incoming tcp:127.0.0.1:PORT`,
+/// Start a destination of `kind` (`vm::dest::start_dest_with`: `-incoming
+/// defer -S`, 10 s per QMP command), set capabilities, `migrate-incoming tcp:127.0.0.1:PORT`,
 /// play `script`, judge the verdict and (on completion) memory. The
 /// destination is always shut down and its files removed before returning.
 pub async fn run_script(
@@ -101,7 +104,8 @@ pub async fn run_script(
     let cfg = VmConfig::new(&format!("synth-{tag}-{}", kind.name()), GUEST_MEM);
     let paths = vec![cfg.mem_path.clone(), cfg.qmp_socket.clone()];
     let log = workdir.join(format!("{}.log", cfg.vm_name()));
-    let vm = start_dest(kind, qemu, cfg, log).await?;
+    let launch = LaunchOpts { command_timeout: Some(QMP_TIMEOUT), ..LaunchOpts::new(log) };
+    let vm = start_dest_with(kind, qemu, cfg, launch).await?;
     let pid = vm.pid();
     let r = drive(kind, &vm, layout, script, opts).await;
     let log_tail = vm.log_tail(6000);
@@ -132,7 +136,6 @@ async fn drive(
     script: &[Step],
     opts: &RunOpts,
 ) -> Result<DriveOut> {
-    vm.qmp.set_timeout(Duration::from_secs(10));
     if opts.postcopy_ram {
         vm.qmp
             .set_capabilities(&[("postcopy-ram", true)])

@@ -13,6 +13,7 @@ use wire::ramrec::{decode_ram_record, BlockEntry, RamContext, RamRecord};
 use wire::stream::{self, SectionKind, TopRecord};
 use wire::{vmdesc, Cursor};
 
+use crate::qmp::{MigrationStatus, StatusWait};
 use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
 
 /// Target page size (x86-64).
@@ -152,13 +153,9 @@ pub async fn probe_layout(qemu: &QemuBinary, mem_bytes: u64) -> Result<SourceLay
     let out = dir.path().join("stream.bin");
     let r: Result<()> = async {
         vm.execute("migrate", json!({ "uri": format!("exec:cat > {}", out.display()) })).await?;
-        vm.qmp
-            .wait_migration_status(
-                &["completed"],
-                &["failed", "cancelled"],
-                Duration::from_secs(30),
-            )
-            .await?;
+        let done = StatusWait::until([MigrationStatus::Completed])
+            .failing_on([MigrationStatus::Failed, MigrationStatus::Cancelled]);
+        vm.qmp.wait_for(&done, Duration::from_secs(30)).await?;
         Ok(())
     }
     .await;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::qmp::MigrationStatus;
+use crate::qmp::{error_desc, MigrationStatus};
 use crate::vm::qemu::QemuVm;
 
 /// The three ways a destination ends: what destinations are compared on.
@@ -129,7 +129,7 @@ pub async fn await_verdict(vm: &QemuVm, timeout: Duration) -> Verdict {
         match vm.qmp.execute_timeout("query-migrate", Value::Null, Duration::from_secs(3)).await {
             Ok(v) => {
                 let status = MigrationStatus::of(&v);
-                last_desc = v.get("error-desc").and_then(Value::as_str).unwrap_or("").to_string();
+                last_desc = error_desc(&v).unwrap_or("").to_string();
                 match status {
                     MigrationStatus::Completed => return Verdict::Completed,
                     MigrationStatus::Failed => {

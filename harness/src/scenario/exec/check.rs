@@ -1,11 +1,13 @@
 //! The `expect` step (assertions on `query-migrate`) and the `check-memory`
-//! step (guest RAM page by page, and the sweep guest's invariant).
+//! step (guest RAM page by page, and the sweep guest's invariant), with the
+//! checks of `verify/`.
 
 use anyhow::{anyhow, bail, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::Ctx;
-use crate::images::{self, Workload};
+use crate::drive::session::Migration;
+use crate::images::Workload;
 use crate::qmp::MigrationStatus;
 use crate::scenario::steps::{CounterCheck, Side};
 use crate::verify::{guest, memory};
@@ -14,7 +16,7 @@ use crate::vm::dest::DestKind;
 /// Assert on `query-migrate` of `side`: status one of `status`, `error-desc`
 /// matching `error`, a counter comparison.
 pub(super) async fn expect(
-    ctx: &Ctx,
+    m: &Migration,
     side: Side,
     status: Option<&[MigrationStatus]>,
     error: Option<&regex::Regex>,
@@ -22,8 +24,8 @@ pub(super) async fn expect(
 ) -> Result<String> {
     let mut detail = Vec::new();
     for s in side.each() {
-        let q = ctx.query(s).await;
-        let name = s.noun();
+        let q = m.query(s).await;
+        let name = s.name();
         if let Some(want) = status {
             let got = MigrationStatus::of(&q);
             if !want.contains(&got) {
@@ -64,38 +66,29 @@ pub(super) async fn expect(
 /// rust-dest also its QMP page digests); with the sweep guest and
 /// `invariant`, the guest's own invariant on the destination's copy.
 pub(super) async fn check_memory(ctx: &Ctx, invariant: bool) -> Result<String> {
-    let c = memory::compare_files(
-        &ctx.src.cfg.backend_id,
-        &ctx.src.cfg.mem_path,
-        &ctx.dst.cfg.mem_path,
-    )?;
-    if !c.ok() {
-        bail!("{c}");
+    let (src, dst) = (&ctx.m.src.cfg, &ctx.m.dst.cfg);
+    let block = src.backend_id.as_str();
+    let (c, _) = memory::check_files("guest RAM", block, &src.mem_path, &dst.mem_path)?;
+    if !c.ok {
+        bail!("{}", c.detail);
     }
-    let mut detail = c.to_string();
-    if ctx.dest_kind == DestKind::Rust {
-        let d = ctx
-            .dst
-            .execute(
-                "x-crossmig-ram-digests",
-                json!({"block": ctx.src.cfg.backend_id, "pages": true}),
-            )
-            .await?;
-        let pd = wire::digest::from_hex(d["blocks"][0]["page-digests"].as_str().unwrap_or(""))
-            .unwrap_or_default();
-        let sd = memory::file_page_digests(&ctx.src.cfg.mem_path)?;
-        let c2 = memory::compare_digests("mem0", &sd, &pd, "rust-dest QMP digests");
-        if !c2.ok() {
-            bail!("{c2}");
+    let mut detail = c.detail;
+    if ctx.m.dest_kind == DestKind::Rust {
+        let how = "rust-dest QMP digests";
+        let blocks = memory::query_block_digests(&ctx.m.dst.qmp, Some(block)).await?;
+        match memory::check_block_digests(how, &src.mem_path, block, &blocks, how)? {
+            None => bail!("rust-dest reports no RAMBlock {block} (x-crossmig-ram-digests)"),
+            Some((c, _)) if !c.ok => bail!("{}", c.detail),
+            Some(_) => {}
         }
     }
     if invariant && ctx.workload == Workload::Sweep {
-        let ram = std::fs::read(&ctx.dst.cfg.mem_path)?;
-        let r = guest::check_sweep_invariant(&ram, images::SWEEP_START, images::sweep_end(ctx.mem));
-        if !r.ok() {
-            bail!("{r}");
+        let ram = std::fs::read(&dst.mem_path)?;
+        let c = guest::check_workload(ctx.workload, &ram, ctx.mem);
+        if !c.ok {
+            bail!("{}", c.detail);
         }
-        detail += &format!("; {r}");
+        detail += &format!("; {}", c.detail);
     }
     Ok(detail)
 }
