@@ -220,7 +220,7 @@ impl Step {
 
 /// Device data of vmsd "globalstate" v1 as QEMU 10.x writes it: be32 size
 /// (strlen(runstate)+1), runstate[32] NUL-padded, u8 has_vm_was_suspended,
-/// u8 vm_was_suspended, 66 unused bytes (104 bytes; wire-format §10.7).
+/// u8 vm_was_suspended, 66 unused bytes (104 bytes; docs/wire-format.md §5.1, QEMU migration/global_state.c).
 pub fn globalstate_data(runstate: &str) -> Vec<u8> {
     assert!(runstate.len() < 32);
     let mut d = Vec::with_capacity(104);
