@@ -4,19 +4,19 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use serde_json::{json, Value};
 use wire::units::TARGET_PAGE_SIZE;
 
+use super::ctx::{launch, Ctx, UNLIMITED_BW};
 use super::host::{proc_cpu_seconds, proc_mem};
 use super::metrics::RunRecord;
-use super::probe::{compare_pages, ms, read_pages, sample_pages, VERIFY_PAGES};
-use super::vm::{Ctx, Vm, UNLIMITED_BW};
+use super::probe::{compare_pages, ms, page_digests, sample_pages, VERIFY_PAGES};
 use crate::images::Workload;
-use crate::qmp::MigrationStatus;
+use crate::qmp::{MigrationStatus, StatusWait};
 use crate::vm::dest::DestKind;
 use crate::vm::procs::{file_tail, unique_name, PathGuard};
-use crate::vm::qemu::VmConfig;
+use crate::vm::qemu::{QemuVm, VmConfig};
 
 /// query-migrate polling period while waiting for a file ingest.
 const INGEST_POLL: Duration = Duration::from_millis(2);
@@ -27,7 +27,8 @@ pub(super) struct Recorded {
     pub(super) bytes: u64,
     mem: u64,
     pages: Vec<u64>,
-    contents: Vec<Vec<u8>>,
+    /// Digests of the sampled pages on the source.
+    digests: Vec<u64>,
     pub(super) info: Value,
 }
 
@@ -44,22 +45,23 @@ pub(super) async fn record_stream(ctx: &Ctx, mem: u64, dir: &Path) -> Result<Rec
     let serial = ctx.workdir.join(format!("{tag}.serial"));
     scfg.serial_log = Some(serial.clone());
     let _serial = PathGuard::new(&serial);
-    let src = Vm::start(&ctx.qemu, scfg, ctx.log(&tag), Duration::from_secs(60)).await?;
+    let src = launch(&ctx.qemu, scfg, ctx.log(&tag), Duration::from_secs(60)).await?;
     let t = Instant::now();
-    src.wait_serial('F', Duration::from_secs(300)).await?;
+    src.wait_serial(|s| s.contains('F'), Duration::from_secs(300)).await?;
     let boot_ms = ms(t.elapsed());
-    src.execute("stop", Value::Null).await?;
+    src.execute("stop", Value::Null).await.context("QMP stop")?;
     src.qmp.set_capabilities(&[("events", true)]).await?;
     src.qmp.set_parameters(json!({"max-bandwidth": UNLIMITED_BW})).await?;
     let t = Instant::now();
-    src.execute("migrate", json!({"uri": format!("file:{}", path.display())})).await?;
-    let fin = src
-        .qmp
-        .wait_migration_status(&["completed"], &["failed", "cancelled"], Duration::from_secs(600))
-        .await?;
+    src.execute("migrate", json!({"uri": format!("file:{}", path.display())}))
+        .await
+        .context("QMP migrate")?;
+    let done = StatusWait::until([MigrationStatus::Completed])
+        .failing_on([MigrationStatus::Failed, MigrationStatus::Cancelled]);
+    let fin = src.qmp.wait_for(&done, Duration::from_secs(600)).await?;
     let record_ms = ms(t.elapsed());
     let pages = sample_pages(0, mem / TARGET_PAGE_SIZE, VERIFY_PAGES);
-    let contents = read_pages(&src.cfg.mem_path, &pages)?;
+    let digests = page_digests(&src.cfg.mem_path, &pages)?;
     src.quit().await;
     let bytes = std::fs::metadata(&path)?.len();
     // Read it once, so every ingest finds it in the page cache.
@@ -82,7 +84,7 @@ pub(super) async fn record_stream(ctx: &Ctx, mem: u64, dir: &Path) -> Result<Rec
         "page_cache_read_gb_s": bytes as f64 / warm_s / 1e9,
         "location": path.display().to_string(),
     });
-    Ok(Recorded { path, bytes, mem, pages, contents, info })
+    Ok(Recorded { path, bytes, mem, pages, digests, info })
 }
 
 /// One ingest run of one side (both loads, see the notes).
@@ -102,10 +104,10 @@ pub(super) async fn run_ingest(ctx: &Ctx, r: &Recorded, side: DestKind, rep: u32
 }
 
 /// Poll query-migrate until `completed`; returns when that reply arrived.
-async fn wait_completed(vm: &Vm, timeout: Duration) -> Result<Instant> {
+async fn wait_completed(vm: &QemuVm, timeout: Duration) -> Result<Instant> {
     let deadline = Instant::now() + timeout;
     loop {
-        let v = vm.status().await?;
+        let v = vm.qmp.query_migrate().await?;
         let now = Instant::now();
         match MigrationStatus::of(&v) {
             MigrationStatus::Completed => return Ok(now),
@@ -133,7 +135,7 @@ async fn ingest_inner(
     let uri = format!("file:{}", r.path.display());
     let to = Duration::from_secs(600);
     // (a) start-up on its own (-incoming defer), then a QMP-triggered ingest.
-    let vm = Vm::start(
+    let vm = launch(
         &ctx.dest_bin(side),
         ctx.dest_cfg(side, r.mem, "defer"),
         la.to_path_buf(),
@@ -143,18 +145,18 @@ async fn ingest_inner(
     let startup = vm.startup;
     let cpu0 = proc_cpu_seconds(vm.pid());
     let t1 = Instant::now();
-    vm.execute("migrate-incoming", json!({ "uri": uri })).await?;
+    vm.execute("migrate-incoming", json!({ "uri": uri })).await.context("QMP migrate-incoming")?;
     let t2 = wait_completed(&vm, to).await?;
     let cpu1 = proc_cpu_seconds(vm.pid());
     let pm = proc_mem(vm.pid()).unwrap_or_default();
-    let bad_a = compare_pages(&vm.cfg.mem_path, &r.pages, &r.contents)?;
+    let bad_a = compare_pages(&vm.cfg.mem_path, &r.pages, &r.digests)?;
     vm.quit().await;
     // (b) end to end: a process started with -incoming file:PATH.
     let t_spawn = Instant::now();
-    let vm = Vm::start(&ctx.dest_bin(side), ctx.dest_cfg(side, r.mem, &uri), lb.to_path_buf(), to)
-        .await?;
+    let vm =
+        launch(&ctx.dest_bin(side), ctx.dest_cfg(side, r.mem, &uri), lb.to_path_buf(), to).await?;
     let t_done = wait_completed(&vm, to).await?;
-    let bad_b = compare_pages(&vm.cfg.mem_path, &r.pages, &r.contents)?;
+    let bad_b = compare_pages(&vm.cfg.mem_path, &r.pages, &r.digests)?;
     vm.quit().await;
     if bad_a + bad_b > 0 {
         bail!("sampled pages differ from the source after ingest ({bad_a} and {bad_b} of {VERIFY_PAGES})");

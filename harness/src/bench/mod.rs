@@ -19,13 +19,14 @@
 //!    handshake, guest boot until its serial marker, teardown).
 //!
 //! Layout: `args` (command line) → `run` / `ingest` / `memcpy`
-//! (the measurements, on `vm`, `poller`, `probe`, `trace`, `host`)
+//! (the measurements, on `ctx`, `poller`, `probe`, `trace`, `host`)
 //! → `metrics` (the data model) and `catalog` (which metrics exist) →
 //! `report` → `text`, `svg`, `html` (the outputs). This file only
 //! orchestrates.
 
 mod args;
 mod catalog;
+mod ctx;
 mod host;
 mod html;
 mod ingest;
@@ -38,7 +39,6 @@ mod run;
 mod svg;
 mod text;
 mod trace;
-mod vm;
 
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -64,13 +64,13 @@ pub use text::{fmt_num, render_table};
 pub use trace::{parse_qemu_fault_trace, parse_rust_fault_trace};
 
 use catalog::metric_defs;
+use ctx::Ctx;
 use host::{build_profile, host_info, loadavg};
 use ingest::{record_stream, run_ingest};
 use metrics::summarize;
 use report::notes;
 use run::{run_tcp, TcpScenario};
 use text::side_label;
-use vm::Ctx;
 
 /// Run the benchmark; prints the table, writes OUT/bench.json and
 /// OUT/bench.html. Returns whether every run succeeded.

@@ -3,13 +3,13 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 
 use super::host::proc_mem;
 use super::metrics::Sample;
-use super::probe::{src_pages, u64_at};
-use super::vm::Vm;
+use super::probe::src_pages;
+use crate::drive::session::{desc_suffix, query_failed, u64_at, Migration, Side};
 use crate::qmp::MigrationStatus;
 
 /// query-migrate sampling period during TCP migrations (as guestperf).
@@ -19,7 +19,8 @@ type M<T> = std::sync::Mutex<T>;
 
 /// Samples both sides of a TCP migration in two independent loops (a QEMU
 /// destination answers late while its main loop loads, which must not
-/// thin out the source's samples), until both report `completed`.
+/// thin out the source's samples), until both report `completed`. Queries
+/// go through [`Migration::query`]; the destination's /proc is read too.
 pub(super) struct Poller {
     t0: Instant,
     deadline: Instant,
@@ -62,14 +63,20 @@ impl Poller {
             && *self.dst_status.lock().unwrap() == MigrationStatus::Completed
     }
 
+    /// A query that failed on a live process ends the sampling.
+    fn answered(&self, who: &str, v: &Value) -> Result<()> {
+        if query_failed(v) {
+            *self.stop.lock().unwrap() = true;
+            bail!("{who} query-migrate failed{}", desc_suffix(v));
+        }
+        Ok(())
+    }
+
     fn check(&self, who: &str, v: &Value) -> Result<()> {
         let st = MigrationStatus::of(v);
         if matches!(st, MigrationStatus::Failed | MigrationStatus::Cancelled) {
             *self.stop.lock().unwrap() = true;
-            bail!(
-                "migration failed on the {who}: {st}{}",
-                v.get("error-desc").map(|e| format!(" ({e})")).unwrap_or_default()
-            );
+            bail!("migration failed on the {who}: {st}{}", desc_suffix(v));
         }
         if Instant::now() > self.deadline {
             *self.stop.lock().unwrap() = true;
@@ -82,16 +89,10 @@ impl Poller {
         Ok(())
     }
 
-    async fn src_loop(&self, src: &Vm) -> Result<Value> {
+    async fn src_loop(&self, m: &Migration) -> Result<Value> {
         loop {
-            let sv = src.status().await.context("source query-migrate");
-            let sv = match sv {
-                Ok(v) => v,
-                Err(e) => {
-                    *self.stop.lock().unwrap() = true;
-                    return Err(e);
-                }
-            };
+            let sv = m.query(Side::Source).await;
+            self.answered("source", &sv)?;
             let now = Instant::now();
             let ss = MigrationStatus::of(&sv);
             *self.src_status.lock().unwrap() = ss.clone();
@@ -123,15 +124,10 @@ impl Poller {
         }
     }
 
-    async fn dst_loop(&self, dst: &Vm) -> Result<Value> {
+    async fn dst_loop(&self, m: &Migration) -> Result<Value> {
         loop {
-            let dv = match dst.status().await.context("destination query-migrate") {
-                Ok(v) => v,
-                Err(e) => {
-                    *self.stop.lock().unwrap() = true;
-                    return Err(e);
-                }
-            };
+            let dv = m.query(Side::Dest).await;
+            self.answered("destination", &dv)?;
             let ds = MigrationStatus::of(&dv);
             if ds == MigrationStatus::Completed {
                 self.dst_done_poll.lock().unwrap().get_or_insert_with(Instant::now);
@@ -145,8 +141,8 @@ impl Poller {
         }
     }
 
-    pub(super) async fn run(&self, src: &Vm, dst: &Vm) -> Result<(Value, Value)> {
-        let (a, b) = tokio::join!(self.src_loop(src), self.dst_loop(dst));
+    pub(super) async fn run(&self, m: &Migration) -> Result<(Value, Value)> {
+        let (a, b) = tokio::join!(self.src_loop(m), self.dst_loop(m));
         let (sv, dv) = (a?, b?);
         if !self.both_done() {
             bail!(

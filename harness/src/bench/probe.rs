@@ -1,5 +1,5 @@
 //! Reading figures off a run: query-migrate fields, MIGRATION event times,
-//! and guest pages sampled from the RAM files of both sides.
+//! and digests of guest pages sampled from the RAM files of both sides.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -9,21 +9,15 @@ use anyhow::{Context as _, Result};
 use serde_json::Value;
 use wire::units::TARGET_PAGE_SIZE;
 
-use crate::qmp::Qmp;
+use crate::drive::session::u64_at;
+use crate::qmp::{MigrationStatus, Qmp};
+use crate::verify::memory::compare_digests;
 
 /// Pages compared between source and destination after a precopy/ingest run.
 pub(super) const VERIFY_PAGES: u64 = 512;
 
 pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-pub(super) fn u64_at(v: &Value, path: &[&str]) -> u64 {
-    let mut x = v;
-    for p in path {
-        x = &x[*p];
-    }
-    x.as_u64().unwrap_or(0)
 }
 
 /// `ram.normal + ram.duplicate` of a source query-migrate reply.
@@ -33,12 +27,10 @@ pub(super) fn src_pages(v: &Value) -> u64 {
 
 /// When this side's first `MIGRATION {status}` event at or after `after`
 /// was received by the harness.
-pub(super) fn event_time(qmp: &Qmp, status: &str, after: Instant) -> Option<Instant> {
+pub(super) fn event_time(qmp: &Qmp, status: MigrationStatus, after: Instant) -> Option<Instant> {
     qmp.events()
         .into_iter()
-        .find(|e| {
-            e.name == "MIGRATION" && e.data_str("status") == Some(status) && e.received >= after
-        })
+        .find(|e| e.migration_status().as_ref() == Some(&status) && e.received >= after)
         .map(|e| e.received)
 }
 
@@ -56,21 +48,22 @@ pub(super) fn sample_pages(lo: u64, hi: u64, n: u64) -> Vec<u64> {
         .collect()
 }
 
-/// Read pages (by index) from a RAM file.
-pub(super) fn read_pages(path: &Path, pages: &[u64]) -> Result<Vec<Vec<u8>>> {
+/// xxh3 digests of pages (by index) of a RAM file.
+pub(super) fn page_digests(path: &Path, pages: &[u64]) -> Result<Vec<u64>> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut b = vec![0u8; TARGET_PAGE_SIZE as usize];
     pages
         .iter()
         .map(|&p| {
-            let mut b = vec![0u8; TARGET_PAGE_SIZE as usize];
             f.read_exact_at(&mut b, p * TARGET_PAGE_SIZE)?;
-            Ok(b)
+            Ok(wire::digest::page_digest(&b))
         })
         .collect()
 }
 
-/// Compare sampled pages; returns the number of mismatches.
-pub(super) fn compare_pages(path: &Path, pages: &[u64], want: &[Vec<u8>]) -> Result<u64> {
-    let got = read_pages(path, pages)?;
-    Ok(got.iter().zip(want).filter(|(a, b)| a != b).count() as u64)
+/// Compare sampled pages with their digests `want` (taken by
+/// [`page_digests`] on the source); returns the number of mismatches.
+pub(super) fn compare_pages(path: &Path, pages: &[u64], want: &[u64]) -> Result<u64> {
+    let got = page_digests(path, pages)?;
+    Ok(compare_digests("sampled pages", want, &got, "xxh3 per sampled page").mismatched)
 }

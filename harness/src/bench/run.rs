@@ -8,17 +8,19 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
 use wire::units::TARGET_PAGE_SIZE;
 
+use super::ctx::{launch, Ctx, UNLIMITED_BW};
 use super::host::{proc_cpu_seconds, proc_mem};
 use super::metrics::{percentiles, RunRecord};
 use super::poller::Poller;
 use super::probe::{
-    compare_pages, event_time, ms, read_pages, sample_pages, src_pages, u64_at, VERIFY_PAGES,
+    compare_pages, event_time, ms, page_digests, sample_pages, src_pages, VERIFY_PAGES,
 };
 use super::trace::{parse_qemu_fault_trace, parse_rust_fault_trace, RUST_FAULT_TRACE};
-use super::vm::{Ctx, Vm, UNLIMITED_BW};
+use crate::drive::session::{u64_at, Migration, Side};
 use crate::images::Workload;
+use crate::qmp::{MigrationStatus, StatusWait};
 use crate::vm::dest::DestKind;
-use crate::vm::procs::{file_tail, free_tcp_port, unique_name, PathGuard};
+use crate::vm::procs::{file_tail, unique_name, PathGuard};
 use crate::vm::qemu::VmConfig;
 
 const MIB: u64 = 1 << 20;
@@ -71,7 +73,7 @@ async fn tcp_inner(
     let serial = ctx.workdir.join(format!("{tag}-src.serial"));
     scfg.serial_log = Some(serial.clone());
     let _serial = PathGuard::new(&serial);
-    let src = Vm::start(&ctx.qemu, scfg, slog.to_path_buf(), Duration::from_secs(60))
+    let src = launch(&ctx.qemu, scfg, slog.to_path_buf(), Duration::from_secs(60))
         .await
         .context("starting the source")?;
     rec.set(&ov("src_start_ms"), ms(src.startup));
@@ -80,10 +82,12 @@ async fn tcp_inner(
         Workload::Sweep => 'B',
         Workload::Fill => 'F',
     };
-    src.wait_serial(marker, Duration::from_secs(300)).await.context("waiting for the guest")?;
+    src.wait_serial(|s| s.contains(marker), Duration::from_secs(300))
+        .await
+        .context("waiting for the guest")?;
     rec.set(&ov("guest_boot_ms"), ms(t.elapsed()));
     if !sc.postcopy {
-        src.execute("stop", Value::Null).await?;
+        src.execute("stop", Value::Null).await.context("source stop")?;
     }
 
     // --- destination ---
@@ -114,10 +118,11 @@ async fn tcp_inner(
             ),
         }
     }
-    let dst = Vm::start(&ctx.dest_bin(side), dcfg, dlog.to_path_buf(), Duration::from_secs(60))
+    let dst = launch(&ctx.dest_bin(side), dcfg, dlog.to_path_buf(), Duration::from_secs(60))
         .await
         .context("starting the destination")?;
     rec.set(&ov("dest_start_ms"), ms(dst.startup));
+    let mut m = Migration::new(src, dst, side);
 
     // --- setup ---
     let t = Instant::now();
@@ -125,46 +130,54 @@ async fn tcp_inner(
     if sc.postcopy {
         caps.push(("postcopy-ram", true));
     }
-    src.qmp.set_capabilities(&caps).await.context("source capabilities")?;
+    m.set_capabilities(Side::Source, &caps).await?;
     if sc.postcopy {
         caps.push(("postcopy-blocktime", true));
     }
-    dst.qmp.set_capabilities(&caps).await.context("destination capabilities")?;
-    src.qmp
-        .set_parameters(json!({"max-bandwidth": UNLIMITED_BW, "downtime-limit": 300, "max-postcopy-bandwidth": 0}))
-        .await
-        .context("source parameters")?;
+    m.set_capabilities(Side::Dest, &caps).await?;
+    m.set_parameters(
+        Side::Source,
+        &json!({"max-bandwidth": UNLIMITED_BW, "downtime-limit": 300, "max-postcopy-bandwidth": 0}),
+    )
+    .await?;
     if sc.postcopy {
         // Both destinations run as soon as postcopy runs: `cont` while
         // incoming sets QEMU's autostart (its guest starts at POSTCOPY_RUN);
         // rust-dest starts its simulated vCPUs then.
-        dst.execute("cont", Value::Null).await?;
+        m.cont(Side::Dest).await?;
     }
-    let uri = format!("tcp:127.0.0.1:{}", free_tcp_port());
-    dst.execute("migrate-incoming", json!({ "uri": uri })).await?;
-    dst.qmp.wait_migration_status(&["setup"], &["failed"], Duration::from_secs(10)).await?;
+    let port = m.listen().await?;
+    m.wait_status(
+        Side::Dest,
+        &StatusWait::until([MigrationStatus::Setup]),
+        Duration::from_secs(10),
+    )
+    .await
+    .context("destination listening")?;
     rec.set(&ov("setup_ms"), ms(t.elapsed()));
 
     // --- migrate ---
-    let cpu0 = proc_cpu_seconds(dst.pid());
+    let dst_pid = m.dst.pid();
+    let cpu0 = proc_cpu_seconds(dst_pid);
     let t0 = Instant::now();
     rec.set(&ov("to_migration_ms"), ms(t0 - t_scn));
-    src.execute("migrate", json!({ "uri": uri })).await?;
+    m.start(&format!("tcp:127.0.0.1:{port}")).await?;
     if sc.postcopy {
-        src.execute("migrate-start-postcopy", Value::Null).await?;
+        m.start_postcopy().await?;
     }
-    let poll = Poller::new(t0, Duration::from_secs(600), dst.pid(), sc.postcopy);
-    let (sv, dv) = poll.run(&src, &dst).await?;
+    let poll = Poller::new(t0, Duration::from_secs(600), dst_pid, sc.postcopy);
+    let (sv, dv) = poll.run(&m).await?;
     let Poller { samples, peak_nonshmem_kib, dst_done_poll, pc_seen, pc_pages_before, .. } = poll;
     rec.samples = samples.into_inner().map_err(|_| anyhow!("poisoned"))?;
     let (peak_nonshmem_kib, dst_done_poll) =
         (peak_nonshmem_kib.into_inner()?, dst_done_poll.into_inner()?);
     let (pc_seen, pc_pages_before) = (pc_seen.into_inner()?, pc_pages_before.into_inner()?);
-    let cpu1 = proc_cpu_seconds(dst.pid());
-    let pm = proc_mem(dst.pid()).unwrap_or_default();
+    let cpu1 = proc_cpu_seconds(dst_pid);
+    let pm = proc_mem(dst_pid).unwrap_or_default();
     // The destination's own completion event is precise; polling is the fallback.
-    let t_done =
-        event_time(&dst.qmp, "completed", t0).or(dst_done_poll).unwrap_or_else(Instant::now);
+    let t_done = event_time(&m.dst.qmp, MigrationStatus::Completed, t0)
+        .or(dst_done_poll)
+        .unwrap_or_else(Instant::now);
     let migration = t_done.saturating_duration_since(t0);
     rec.set(&ov("migration_ms"), ms(migration));
     let p = sc.name;
@@ -177,7 +190,7 @@ async fn tcp_inner(
     rec.detail("dest_final", dv.clone());
     rec.detail("dest_proc_status_at_end", serde_json::to_value(pm)?);
     rec.detail("dest_peak_rss_anon_plus_file_kib_sampled", json!(peak_nonshmem_kib));
-    rec.detail("dest_pid", json!(dst.pid()));
+    rec.detail("dest_pid", json!(dst_pid));
     if !sc.postcopy {
         rec.set(
             &format!("{p}.throughput_mib_s"),
@@ -191,15 +204,15 @@ async fn tcp_inner(
         rec.set(&format!("{p}.dest_anon_file_peak_mib"), peak_nonshmem_kib as f64 / 1024.0);
         // Sanity: sampled pages identical on both sides.
         let pages = sample_pages(0, sc.mem / TARGET_PAGE_SIZE, VERIFY_PAGES);
-        let want = read_pages(&src.cfg.mem_path, &pages)?;
-        let bad = compare_pages(&dst.cfg.mem_path, &pages, &want)?;
+        let want = page_digests(&m.src.cfg.mem_path, &pages)?;
+        let bad = compare_pages(&m.dst.cfg.mem_path, &pages, &want)?;
         rec.detail("verify_sampled_pages", json!({"pages": VERIFY_PAGES, "mismatched": bad}));
         if bad > 0 {
             bail!("{bad} of {VERIFY_PAGES} sampled pages differ between source and destination");
         }
     } else {
         let (t_pc_poll, pages_at_pc) = pc_seen.unwrap_or((t0, pc_pages_before));
-        let t_pc = event_time(&src.qmp, "postcopy-active", t0).unwrap_or(t_pc_poll);
+        let t_pc = event_time(&m.src.qmp, MigrationStatus::PostcopyActive, t0).unwrap_or(t_pc_poll);
         let pc = t_done.saturating_duration_since(t_pc);
         // Pages sent before the switch (the first sample in postcopy may be a
         // little late; the last precopy sample is the better lower bound).
@@ -225,9 +238,8 @@ async fn tcp_inner(
 
     // --- teardown ---
     let t = Instant::now();
-    let dst_log = dst.log.clone();
-    dst.quit().await;
-    src.quit().await;
+    let dst_log = m.dst.log.clone();
+    m.quit().await;
     rec.set(&ov("teardown_ms"), ms(t.elapsed()));
     rec.set(&ov("total_ms"), ms(t_scn.elapsed()));
 

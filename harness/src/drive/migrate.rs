@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::drive::recorder::{Recorder, Route};
 use crate::drive::session::{
-    desc_suffix, query_failed, Migration, Side, RECOVER_TIMEOUT, SAMPLE_EVERY,
+    desc_suffix, query_failed, u64_at, Migration, Side, RECOVER_TIMEOUT, SAMPLE_EVERY,
 };
 use crate::images::Workload;
 use crate::qmp::{error_desc, MigrationStatus, RunState};
@@ -168,14 +168,6 @@ pub struct Progress {
     pub dest_status: MigrationStatus,
     pub passes: u64,
     pub transferred: u64,
-}
-
-fn u64_at(v: &Value, path: &[&str]) -> u64 {
-    let mut x = v;
-    for p in path {
-        x = &x[*p];
-    }
-    x.as_u64().unwrap_or(0)
 }
 
 /// What the migration itself produced (before the checks).

@@ -517,3 +517,9 @@ pub async fn wait_incoming_listening(dst: &QemuVm) -> Result<()> {
 pub fn desc_suffix(v: &Value) -> String {
     v.get("error-desc").map(|e| format!(" ({e})")).unwrap_or_default()
 }
+
+/// The number at `path` in a QMP reply (`u64_at(v, &["ram", "transferred"])`),
+/// 0 where it is absent or not a number.
+pub fn u64_at(v: &Value, path: &[&str]) -> u64 {
+    path.iter().fold(v, |x, p| &x[*p]).as_u64().unwrap_or(0)
+}
