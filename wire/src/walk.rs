@@ -9,6 +9,8 @@
 //! job. The same walker serves a network reader (window by window), a
 //! recorded stream held in memory ([`Walker::records`]), and tests.
 
+use std::ops::Range;
+
 use crate::consts::*;
 use crate::cursor::{Cursor, DecodeError};
 use crate::ramrec::{decode_ram_record, RamContext, RamRecord};
@@ -215,6 +217,12 @@ impl Walker {
     pub fn records<'a>(self, bytes: &'a [u8]) -> Records<'a> {
         Records { w: self, bytes, pos: 0, stopped: false }
     }
+
+    /// Like [`Walker::records`], with each record's byte range
+    /// (`start..end`, absolute offsets) instead of its start alone.
+    pub fn spans<'a>(self, bytes: &'a [u8]) -> Spans<'a> {
+        Spans(self.records(bytes))
+    }
 }
 
 /// Iterator returned by [`Walker::records`].
@@ -259,6 +267,28 @@ impl<'a> Iterator for Records<'a> {
                 Some(Err(e))
             }
         }
+    }
+}
+
+/// Iterator returned by [`Walker::spans`].
+pub struct Spans<'a>(Records<'a>);
+
+impl Spans<'_> {
+    /// The walker (its mode tells where the walk stopped, or which part of
+    /// the stream an error came from).
+    pub fn walker(&self) -> &Walker {
+        self.0.walker()
+    }
+    /// Bytes consumed so far.
+    pub fn position(&self) -> usize {
+        self.0.position()
+    }
+}
+
+impl<'a> Iterator for Spans<'a> {
+    type Item = Result<(Range<u64>, Item<'a>), DecodeError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(self.0.next()?.map(|(start, item)| (start..self.0.position() as u64, item)))
     }
 }
 
@@ -388,6 +418,53 @@ mod tests {
             }
         }
         assert_eq!(n, all.len());
+    }
+
+    #[test]
+    fn spans_tile_the_stream() {
+        let s = stream();
+        let mut spans = Walker::main(true, true).spans(&s);
+        let mut end = 0;
+        let mut n = 0;
+        for r in spans.by_ref() {
+            let (range, item) = r.unwrap();
+            assert_eq!(range.start, end, "records are contiguous");
+            assert!(range.end > range.start);
+            if let Item::Ram(RamRecord::Page { .. }) = item {
+                // word + counted name + the page
+                assert_eq!(range.end - range.start, 8 + 1 + 6 + 4096);
+            }
+            end = range.end;
+            n += 1;
+        }
+        assert_eq!(end, s.len() as u64);
+        assert_eq!(spans.position(), s.len());
+        assert_eq!(spans.walker().mode(), Mode::Done);
+        assert_eq!(n, Walker::main(true, true).records(&s).count());
+        // A cut inside the page: the walk stops there, in RAM mode, with
+        // the position at the page's start.
+        let page = Walker::main(true, true)
+            .spans(&s)
+            .map(|r| r.unwrap())
+            .find(|(_, i)| matches!(i, Item::Ram(RamRecord::Page { .. })))
+            .unwrap()
+            .0;
+        let cut = (page.start + 100) as usize;
+        let mut spans = Walker::main(true, true).spans(&s[..cut]);
+        let err = spans.by_ref().find_map(|r| r.err());
+        assert!(matches!(err, Some(DecodeError::Incomplete { .. })), "{err:?}");
+        assert_eq!(spans.position() as u64, page.start);
+        assert_eq!(spans.walker().mode(), Mode::Ram { section_id: 2 });
+        // The bare (postcopy-preempt) channel: RAM records up to EOS.
+        let ctx = RamContext::x86();
+        let mut e = crate::Encoder::new();
+        let page = [1u8; 4096];
+        let p = RamRecord::Page { addr: 0, block: BlockRef::Named("pc.ram"), data: &page };
+        encode_ram_record(&mut e, &p, &ctx);
+        encode_ram_record(&mut e, &RamRecord::Eos, &ctx);
+        let spans: Vec<_> = Walker::bare().spans(&e.buf).collect::<Result<_, _>>().unwrap();
+        let ranges: Vec<_> = spans.iter().map(|(r, _)| r.clone()).collect();
+        assert_eq!(ranges, [0..8 + 1 + 6 + 4096, 8 + 1 + 6 + 4096..e.buf.len() as u64]);
     }
 
     #[test]

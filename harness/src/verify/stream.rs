@@ -4,7 +4,7 @@
 //! memory, so unlike guest RAM they cannot be read from a file. The harness
 //! records what the source sent (main channel and, with postcopy-preempt,
 //! the preempt channel) through its proxy, and this module replays the
-//! recording with the codec, independently of rust-dest's loader: pages and
+//! recording with the codec's record walker (`wire::walk`), independently of rust-dest's loader: pages and
 //! zero pages overwrite, discards zero, everything else is skipped. The
 //! result is the RAM a correct destination must hold.
 
@@ -14,9 +14,9 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 
 use wire::command::Command;
-use wire::ramrec::{decode_ram_record, BlockRef, RamContext, RamRecord};
-use wire::stream::{decode_header, decode_top, SectionKind, TopRecord};
-use wire::Cursor;
+use wire::ramrec::{BlockRef, RamRecord};
+use wire::stream::{SectionKind, TopRecord};
+use wire::walk::{Item, Mode, Spans, Walker};
 
 use crate::verify::memory::{compare_digests, BlockCompare, BlockDigests};
 use crate::verify::report::Check;
@@ -29,12 +29,13 @@ pub struct Replay {
     pub pages: u64,
     pub zero_pages: u64,
     pub discarded_pages: u64,
-    /// Section ids of "ram" (they stay valid on recovery channels).
-    ram_ids: Vec<u32>,
+    /// The walker of the last main channel: a recovery channel continues
+    /// it (the RAM section ids stay valid).
+    walker: Option<Walker>,
 }
 
 impl Replay {
-    fn apply(&mut self, rec: RamRecord, last: &mut Option<String>, off: u64) -> Result<bool> {
+    fn apply(&mut self, rec: RamRecord, last: &mut Option<String>, off: u64) -> Result<()> {
         let mut name = |b: BlockRef| -> Result<String> {
             match b {
                 BlockRef::Named(n) => {
@@ -70,8 +71,7 @@ impl Replay {
                 b[addr as usize..addr as usize + 4096].fill(fill);
                 self.zero_pages += 1;
             }
-            RamRecord::Eos => return Ok(true),
-            RamRecord::MultifdFlush => {}
+            RamRecord::Eos | RamRecord::MultifdFlush => {}
             RamRecord::Xbzrle { addr, block, data } => {
                 let n = name(block)?;
                 let b = self
@@ -86,53 +86,66 @@ impl Replay {
             }
             RamRecord::CompressPage { .. } => bail!("compressed pages are not supported in replay"),
         }
-        Ok(false)
+        Ok(())
     }
 
     /// Replay a recorded main channel.
     pub fn main_channel(&mut self, bytes: &[u8]) -> Result<()> {
-        self.channel(bytes, true)
+        self.channel(bytes, Walker::main(true, true))
     }
 
-    /// Replay a postcopy recovery main channel (no stream header).
+    /// Replay a postcopy recovery main channel (no stream header). It
+    /// continues the stream of the last main channel: the RAM section ids
+    /// stay known.
     pub fn recovery_channel(&mut self, bytes: &[u8]) -> Result<()> {
-        self.channel(bytes, false)
+        let mut w = self.walker.take().unwrap_or_else(|| Walker::headerless(true));
+        w.resume_headerless();
+        self.channel(bytes, w)
     }
 
-    fn channel(&mut self, bytes: &[u8], header: bool) -> Result<()> {
-        let ctx = RamContext::x86();
-        let mut c = Cursor::new(bytes, 0);
-        if header {
-            decode_header(&mut c, true).map_err(|e| anyhow!("replay: {e}"))?;
-        }
+    /// Walk one main channel with the codec's record walker and apply its
+    /// RAM records and discards; a recording that ends (cut) inside a record
+    /// ends the replay of this channel.
+    fn channel(&mut self, bytes: &[u8], w: Walker) -> Result<()> {
+        let mut recs = w.spans(bytes);
+        let r = self.walk_channel(&mut recs);
+        self.walker = Some(recs.walker().clone());
+        r
+    }
+
+    fn walk_channel(&mut self, recs: &mut Spans) -> Result<()> {
         let mut last: Option<String> = None;
-        loop {
-            if c.remaining() == 0 {
-                return Ok(()); // recording ends (e.g. cut)
-            }
-            let rec = match decode_top(&mut c) {
-                Ok(r) => r,
-                Err(e) if e.is_incomplete() => return Ok(()),
+        while let Some(r) = recs.next() {
+            let (range, item) = match r {
+                Ok(x) => x,
+                // The recording ends inside a record (e.g. cut), but not
+                // inside the stream header.
+                Err(e)
+                    if e.is_incomplete()
+                        && !matches!(recs.walker().mode(), Mode::Header { .. }) =>
+                {
+                    return Ok(())
+                }
                 Err(e) => bail!("replay: {e}"),
             };
+            let rec = match item {
+                Item::Ram(rec) => {
+                    self.apply(rec, &mut last, range.start)?;
+                    continue;
+                }
+                Item::Header(_) | Item::Footer { .. } | Item::Package(_) => continue,
+                Item::VmDesc(_) => return Ok(()),
+                Item::Top(rec) => rec,
+            };
             match rec {
-                TopRecord::SectionOpen { kind, section_id, idstr, .. }
-                    if idstr == "ram" && kind == SectionKind::Start =>
-                {
-                    self.ram_ids.push(section_id);
-                    if !self.ram_section(&mut c, &ctx, &mut last)? || c.bytes(5, 0).is_err() {
-                        return Ok(()); // the recording ends inside the section
-                    }
-                }
-                TopRecord::SectionCont { section_id, .. } if self.ram_ids.contains(&section_id) => {
-                    if !self.ram_section(&mut c, &ctx, &mut last)? || c.bytes(5, 0).is_err() {
-                        return Ok(()); // the recording ends inside the section
-                    }
-                }
+                TopRecord::SectionOpen { section_id, .. }
+                | TopRecord::SectionCont { section_id, .. }
+                    if recs.walker().is_ram_section(section_id)
+                        && matches!(recs.walker().mode(), Mode::Ram { .. }) => {}
                 // Device state: no RAM after it in precopy.
                 TopRecord::SectionOpen { kind: SectionKind::Full, .. } => return Ok(()),
                 TopRecord::SectionOpen { .. } | TopRecord::SectionCont { .. } => {
-                    bail!("replay: unsupported live section before offset {}", c.offset())
+                    bail!("replay: unsupported live section before offset {}", range.end)
                 }
                 TopRecord::Command(rc) => {
                     let cmd = Command::parse(&rc).map_err(|e| anyhow!("replay: {e}"))?;
@@ -145,9 +158,7 @@ impl Replay {
                                 }
                             }
                         }
-                        Command::Packaged(len) if c.bytes(len as usize, 0).is_err() => {
-                            return Ok(());
-                        }
+                        // The walker steps over the packaged blob.
                         Command::PostcopyListen | Command::PostcopyResume => {
                             // A new channel segment names its first block.
                             last = None;
@@ -158,42 +169,19 @@ impl Replay {
                 TopRecord::Eof | TopRecord::VmDescription { .. } => return Ok(()),
             }
         }
-    }
-
-    /// Returns false if the recording ends inside the section.
-    fn ram_section(
-        &mut self,
-        c: &mut Cursor,
-        ctx: &RamContext,
-        last: &mut Option<String>,
-    ) -> Result<bool> {
-        loop {
-            let off = c.offset();
-            let rec = match decode_ram_record(c, ctx) {
-                Ok(r) => r,
-                // A recording cut inside a section (postcopy recovery).
-                Err(e) if e.is_incomplete() => return Ok(false),
-                Err(e) => bail!("replay: {e}"),
-            };
-            if self.apply(rec, last, off)? {
-                return Ok(true);
-            }
-        }
+        Ok(()) // the recording ends on a record boundary
     }
 
     /// Replay a recorded postcopy-preempt channel (bare page records).
     pub fn preempt_channel(&mut self, bytes: &[u8]) -> Result<()> {
-        let ctx = RamContext::x86();
-        let mut c = Cursor::new(bytes, 0);
         let mut last = None;
-        while c.remaining() > 0 {
-            let off = c.offset();
-            match decode_ram_record(&mut c, &ctx) {
-                Ok(rec) => {
-                    if self.apply(rec, &mut last, off)? {
-                        return Ok(());
-                    }
+        for r in Walker::bare().records(bytes) {
+            match r {
+                // Up to EOS, after which the walker ends.
+                Ok((off, Item::Ram(rec))) => {
+                    self.apply(rec, &mut last, off)?;
                 }
+                Ok((off, other)) => bail!("replay preempt: unexpected {other:?} at {off}"),
                 Err(e) if e.is_incomplete() => return Ok(()),
                 Err(e) => bail!("replay preempt: {e}"),
             }
@@ -281,7 +269,7 @@ pub fn check_replay(
 mod tests {
     use super::*;
     use wire::command::Discard;
-    use wire::ramrec::{encode_ram_record, BlockEntry};
+    use wire::ramrec::{encode_ram_record, BlockEntry, RamContext};
     use wire::stream::*;
     use wire::Encoder;
 
@@ -356,5 +344,62 @@ mod tests {
         );
         r.preempt_channel(&p.buf).unwrap();
         assert!(r.blocks["a"][4096..8192].iter().all(|&x| x == 1));
+    }
+
+    #[test]
+    fn recovery_channel_continues_the_main_channel() {
+        let ctx = RamContext::x86();
+        let hdr = Header {
+            version: 3,
+            configuration: Some(Configuration {
+                machine: "pc-q35-10.0".into(),
+                ..Default::default()
+            }),
+        };
+        let mut e = Encoder::new();
+        encode_header(&mut e, &hdr);
+        encode_section_open(&mut e, SectionKind::Start, 5, "ram", 0, 4);
+        let blocks =
+            vec![BlockEntry { name: "a".into(), used_length: 8192, page_size: None, gpa: None }];
+        encode_ram_record(&mut e, &RamRecord::MemSize { total: 8192, blocks }, &ctx);
+        encode_ram_record(&mut e, &RamRecord::Eos, &ctx);
+        encode_footer(&mut e, 5);
+        encode_section_cont(&mut e, SectionKind::Part, 5);
+        let p = vec![3u8; 4096];
+        encode_ram_record(
+            &mut e,
+            &RamRecord::Page { addr: 0, block: BlockRef::Named("a"), data: &p },
+            &ctx,
+        );
+        // The connection broke in the middle of the next page.
+        let cut = e.buf.len() + 20;
+        encode_ram_record(
+            &mut e,
+            &RamRecord::Page { addr: 4096, block: BlockRef::Continue, data: &p },
+            &ctx,
+        );
+        let mut r = Replay::default();
+        r.main_channel(&e.buf[..cut]).unwrap();
+        assert_eq!(r.pages, 1);
+        // The recovery channel: commands, then a part of the same RAM section.
+        let mut rec = Encoder::new();
+        Command::PostcopyResume.encode(&mut rec);
+        encode_section_cont(&mut rec, SectionKind::Part, 5);
+        encode_ram_record(
+            &mut rec,
+            &RamRecord::Page { addr: 4096, block: BlockRef::Named("a"), data: &p },
+            &ctx,
+        );
+        encode_ram_record(&mut rec, &RamRecord::Eos, &ctx);
+        encode_footer(&mut rec, 5);
+        r.recovery_channel(&rec.buf).unwrap();
+        assert_eq!(r.pages, 2);
+        assert!(r.blocks["a"].iter().all(|&x| x == 3));
+        // Without the main channel the section is unknown.
+        let err = Replay::default().recovery_channel(&rec.buf).unwrap_err().to_string();
+        assert!(err.contains("unsupported live section"), "{err}");
+        // A recording cut inside the stream header is an error.
+        let err = Replay::default().main_channel(&e.buf[..6]).unwrap_err().to_string();
+        assert!(err.starts_with("replay: "), "{err}");
     }
 }

@@ -1,0 +1,272 @@
+//! The migration-facing QMP surface: status, events and run state,
+//! postcopy stats, RAM digests, devices, `migrate-incoming`.
+
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
+
+use rust_dest::state::{DeviceSection, MigStatus, PcState, RunState};
+use serde_json::{json, Value};
+use wire::digest;
+
+use crate::client::{server, Client};
+
+#[test]
+fn status_events_and_run_state() {
+    let s = server();
+    // A client that never negotiates gets no events.
+    let mut quiet = Client::connect(&s.sock);
+    quiet.recv();
+    let mut c = Client::ready(&s.sock);
+    let st = c.ok("query-status", Value::Null);
+    assert_eq!(st, json!({"status": "inmigrate", "running": false, "singlestep": false}));
+    assert_eq!(c.ok("query-migrate", Value::Null), json!({}));
+
+    s.shared.set_status(MigStatus::Setup);
+    let ev = c.event("MIGRATION");
+    assert_eq!(ev["data"], json!({"status": "setup"}));
+    assert!(ev["timestamp"]["seconds"].as_u64().unwrap() > 1_600_000_000, "{ev}");
+    assert!(ev["timestamp"]["microseconds"].as_u64().unwrap() < 1_000_000);
+
+    // `cont` during incoming migration: autostart, no state change.
+    {
+        s.shared.lock().start_paused = true;
+    }
+    c.ok("cont", Value::Null);
+    assert!(!s.shared.lock().start_paused);
+    assert_eq!(c.ok("query-status", Value::Null)["status"], "inmigrate");
+
+    s.shared.set_status(MigStatus::Active);
+    assert_eq!(c.event("MIGRATION")["data"]["status"], "active");
+    let m = c.ok("query-migrate", Value::Null);
+    assert_eq!(m["status"], "active");
+    assert_eq!(m["ram"]["page-size"], 4096);
+    assert!(m["x-crossmig"]["fault-latency-us"].is_object());
+
+    s.shared.set_status(MigStatus::Completed);
+    s.shared.set_run_state(RunState::Paused);
+    assert_eq!(c.event("MIGRATION")["data"]["status"], "completed");
+    let m = c.ok("query-migrate", Value::Null);
+    assert_eq!(m["status"], "completed");
+    assert!(m["total-time"].is_u64());
+    c.ok("cont", Value::Null);
+    let ev = c.event("RESUME");
+    assert!(ev.get("data").is_none(), "QEMU's RESUME has no data: {ev}");
+    assert_eq!(
+        c.ok("query-status", Value::Null),
+        json!({"status": "running", "running": true, "singlestep": false})
+    );
+    c.ok("stop", Value::Null);
+    c.event("STOP");
+    assert_eq!(c.ok("query-status", Value::Null)["status"], "paused");
+
+    // The un-negotiated client saw nothing.
+    quiet.wr.set_nonblocking(true).unwrap();
+    let mut l = String::new();
+    assert!(quiet.rd.read_line(&mut l).is_err(), "got {l:?}");
+}
+
+#[test]
+fn cont_after_failure_errors() {
+    let s = server();
+    let mut c = Client::ready(&s.sock);
+    s.shared.fail("stream broke".into());
+    let (class, desc) = c.err("cont", Value::Null);
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("migration failed"), "{desc}");
+    let m = c.ok("query-migrate", Value::Null);
+    assert_eq!(m["status"], "failed");
+    assert_eq!(m["error-desc"], "stream broke");
+}
+
+#[test]
+fn postcopy_stats() {
+    use rust_dest::state::Counters;
+    let s = server();
+    let mut c = Client::ready(&s.sock);
+    c.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "postcopy-blocktime", "state": true}]}),
+    );
+    s.shared.set_status(MigStatus::PostcopyActive);
+    let k = s.shared.counters();
+    Counters::add(&k.faults, 4);
+    Counters::add(&k.fault_latency_us_total, 10_000);
+    Counters::add(&k.normal_pages, 3);
+    Counters::add(&k.zero_pages, 5);
+    {
+        let mut g = s.shared.lock();
+        g.fault_latencies_us = vec![1000, 2000, 3000, 4000];
+        g.postcopy_state = PcState::Running;
+    }
+    let m = c.ok("query-migrate", Value::Null);
+    assert_eq!(m["postcopy-blocktime"], 10);
+    assert_eq!(m["postcopy-latency"], 2_500_000);
+    assert_eq!(m["ram"]["normal"], 3);
+    assert_eq!(m["ram"]["normal-bytes"], 3 * 4096);
+    assert_eq!(m["ram"]["duplicate"], 5);
+    let x = &m["x-crossmig"];
+    assert_eq!(x["postcopy-state"], "running");
+    assert_eq!(x["faults"], 4);
+    assert_eq!(x["fault-latency-us"], json!({"count": 4, "p50": 2000, "p99": 4000, "max": 4000}));
+}
+
+#[test]
+fn ram_digests_dump_and_blocks() {
+    let s = server();
+    let mut c = Client::ready(&s.sock);
+    let b = s.shared.ram().add("pc.ram", 1 << 20, 4096).unwrap();
+    let page: Vec<u8> = (0..4096).map(|i| (i % 251) as u8).collect();
+    b.mapping.write(3 * 4096, &page);
+    b.received.set(3);
+
+    // Expected digests computed locally.
+    let zero = vec![0u8; 4096];
+    let per: Vec<u64> = (0..256)
+        .map(|i| if i == 3 { digest::page_digest(&page) } else { digest::page_digest(&zero) })
+        .collect();
+    let bytes: Vec<u8> = per.iter().flat_map(|d| d.to_le_bytes()).collect();
+    let whole = digest::to_hex(&[digest::page_digest(&bytes)]);
+
+    let r = c.ok("x-crossmig-ram-digests", Value::Null);
+    assert_eq!(r["algorithm"], digest::ALGORITHM);
+    assert_eq!(r["page-size"], 4096);
+    let blk = &r["blocks"][0];
+    assert_eq!(blk["name"], "pc.ram");
+    assert_eq!(blk["used-length"], 1 << 20);
+    assert_eq!(blk["digest"], whole);
+    assert!(blk.get("page-digests").is_none());
+
+    let r = c.ok("x-crossmig-ram-digests", json!({"block": "pc.ram", "pages": true}));
+    let pd = r["blocks"][0]["page-digests"].as_str().unwrap();
+    assert_eq!(digest::from_hex(pd).unwrap(), per);
+
+    let (class, desc) = c.err("x-crossmig-ram-digests", json!({"block": "nope"}));
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("nope"), "{desc}");
+
+    let rb = c.ok("x-crossmig-query-ramblocks", Value::Null);
+    assert_eq!(
+        rb,
+        json!([{"name": "pc.ram", "used-length": 1 << 20, "page-size": 4096, "backing": null, "received-pages": 1}])
+    );
+
+    let out = s._dir.path().join("dump.bin");
+    let r =
+        c.ok("x-crossmig-dump-ramblock", json!({"block": "pc.ram", "file": out.to_str().unwrap()}));
+    assert_eq!(r, json!({"bytes": 1 << 20}));
+    let data = std::fs::read(&out).unwrap();
+    assert_eq!(data.len(), 1 << 20);
+    assert_eq!(&data[3 * 4096..4 * 4096], &page[..]);
+    assert!(data[..3 * 4096].iter().all(|&x| x == 0));
+    assert!(c
+        .err("x-crossmig-dump-ramblock", json!({"block": "pc.ram"}))
+        .1
+        .contains("'file' is missing"));
+}
+
+#[test]
+fn devices() {
+    let s = server();
+    let mut c = Client::ready(&s.sock);
+    {
+        let mut g = s.shared.lock();
+        g.stream_machine = Some("pc-q35-10.0".into());
+        g.globalstate = Some("running".into());
+        g.devices.push(DeviceSection {
+            section_id: 2,
+            idstr: "timer".into(),
+            instance_id: 0,
+            version_id: 2,
+            data: vec![0xde, 0xad, 0x01],
+            stream_offset: 1234,
+            in_package: false,
+            vmdesc: Some(json!({"name": "timer"})),
+        });
+    }
+    let d = c.ok("x-crossmig-query-devices", Value::Null);
+    assert_eq!(d["machine"], "pc-q35-10.0");
+    assert_eq!(d["globalstate"], "running");
+    assert_eq!(
+        d["sections"],
+        json!([{"section-id": 2, "idstr": "timer", "instance-id": 0, "version-id": 2, "size": 3,
+                "stream-offset": 1234, "in-package": false, "vmdesc": {"name": "timer"}}])
+    );
+    assert_eq!(
+        c.ok("x-crossmig-device-data", json!({"idstr": "timer", "instance-id": 0})),
+        json!({"data": "dead01"})
+    );
+    assert_eq!(
+        c.err("x-crossmig-device-data", json!({"idstr": "timer", "instance-id": 1})).0,
+        "GenericError"
+    );
+}
+
+#[test]
+fn migrate_incoming() {
+    let s = server();
+    let uris = Arc::new(Mutex::new(Vec::<String>::new()));
+    let u2 = uris.clone();
+    s.shared.set_incoming_starter(Box::new(move |uri| {
+        if uri.contains("bad") {
+            return Err(format!("Failed to bind {uri}"));
+        }
+        u2.lock().unwrap().push(uri.to_string());
+        Ok(())
+    }));
+    let mut c = Client::ready(&s.sock);
+    assert_eq!(c.err("migrate-incoming", json!({})).0, "GenericError");
+    let (_, desc) = c.err("migrate-incoming", json!({"uri": 5}));
+    assert_eq!(desc, "Invalid parameter type for 'uri', expected: string");
+    let (_, desc) = c.err("migrate-incoming", json!({"uri": "tcp:bad:1"}));
+    assert_eq!(desc, "Failed to bind tcp:bad:1");
+    assert!(!s.shared.lock().incoming_started);
+
+    c.ok("migrate-incoming", json!({"uri": "tcp:127.0.0.1:4444"}));
+    assert_eq!(*uris.lock().unwrap(), vec!["tcp:127.0.0.1:4444".to_string()]);
+    assert!(s.shared.lock().incoming_started);
+    let (class, desc) = c.err("migrate-incoming", json!({"uri": "tcp:127.0.0.1:4445"}));
+    assert_eq!(class, "GenericError");
+    assert!(desc.contains("already been started"), "{desc}");
+    assert_eq!(uris.lock().unwrap().len(), 1);
+    let m = c.ok("query-migrate", Value::Null);
+    assert_eq!(m["socket-address"], json!([{"type": "inet", "host": "127.0.0.1", "port": "4444"}]));
+}
+
+#[test]
+fn migrate_incoming_channels() {
+    let s = server();
+    let uris = Arc::new(Mutex::new(Vec::<String>::new()));
+    let u2 = uris.clone();
+    s.shared.set_incoming_starter(Box::new(move |uri| {
+        u2.lock().unwrap().push(uri.to_string());
+        Ok(())
+    }));
+    let mut c = Client::ready(&s.sock);
+    let (_, desc) = c.err(
+        "migrate-incoming",
+        json!({"channels": [{"channel-type": "main", "addr": {"transport": "socket", "type": "carrier-pigeon"}}]}),
+    );
+    assert!(desc.contains("channels[0].addr.type"), "{desc}");
+    let (_, desc) = c.err("migrate-incoming", json!({"uri": "tcp:a:1", "channels": []}));
+    assert!(desc.contains("mutually exclusive"), "{desc}");
+    c.ok(
+        "migrate-incoming",
+        json!({"channels": [{"channel-type": "main",
+               "addr": {"transport": "socket", "type": "unix", "path": "/tmp/mig.sock"}}]}),
+    );
+    assert_eq!(*uris.lock().unwrap(), vec!["unix:/tmp/mig.sock".to_string()]);
+
+    let s = server();
+    let u3 = uris.clone();
+    s.shared.set_incoming_starter(Box::new(move |uri| {
+        u3.lock().unwrap().push(uri.to_string());
+        Ok(())
+    }));
+    let mut c = Client::ready(&s.sock);
+    c.ok(
+        "migrate-incoming",
+        json!({"channels": [{"channel-type": "main",
+               "addr": {"transport": "socket", "type": "inet", "host": "::1", "port": "4000"}}]}),
+    );
+    assert_eq!(uris.lock().unwrap()[1], "tcp:[::1]:4000");
+}
