@@ -10,9 +10,3 @@ pub use client::{Qmp, QmpError, QmpEvent, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNE
 pub use migration::{error_desc, StatusWait};
 pub use status::{MigrationStatus, RunState};
 
-/// `status` of a `query-migrate` reply as QEMU spells it; `"none"` if missing.
-/// Prefer [`MigrationStatus::of`]; kept for callers not yet converted
-/// (`bench/`, `synth/`).
-pub fn migrate_status_of(v: &serde_json::Value) -> &str {
-    v.get("status").and_then(serde_json::Value::as_str).unwrap_or("none")
-}
