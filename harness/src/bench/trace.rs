@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// rust-dest log filter that enables its per-fault latency trace lines.
 pub(super) const RUST_FAULT_TRACE: &str = "info,fault_latency=trace";
-/// Marker of rust-dest's per-fault trace line (see rust-dest/src/fault.rs).
+/// Marker of rust-dest's per-fault trace line (see rust-dest/src/postcopy/runtime.rs).
 const RUST_FAULT_MARK: &str = "fault-latency-us=";
 
 /// Per-fault latencies from rust-dest's `fault_latency` trace lines.
