@@ -32,7 +32,8 @@ pub struct Counters {
     pub fault_latency_us_total: AtomicU64,
     // --- multifd ---
     /// Bytes read from the multifd channels (initial packets, headers,
-    /// payloads): QEMU's `multifd-bytes`.
+    /// payloads): QEMU's `multifd-bytes` as 8.0+ sources count it (7.2
+    /// sources leave out the 64-byte initial packets).
     pub multifd_bytes: AtomicU64,
 }
 
@@ -40,6 +41,7 @@ pub struct Counters {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MultifdChannelStats {
     pub id: u8,
+    /// Every byte read, the initial packet included.
     pub bytes: u64,
     pub packets: u64,
     pub normal_pages: u64,

@@ -112,6 +112,8 @@ pub(super) fn run(mf: &MultifdRecv, src: Box<dyn Read + Send>) -> Result<(), Cha
     let mut r = Reader::new(src, shared.clone());
     let id = initial(mf, &mut r)?;
     tracing::info!(id, "multifd channel connected");
+    // `multifd-bytes` counts every byte of the channel, as 8.0+ sources do
+    // (7.2 sources leave the initial packets out).
     Counters::add(&shared.counters().multifd_bytes, INIT_PACKET_LEN as u64);
     mf.progress(id, INIT_PACKET_LEN as u64);
     shared.lock().multifd_channels.insert(

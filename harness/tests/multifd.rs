@@ -1,0 +1,150 @@
+//! Multifd precopy from real QEMU sources into rust-dest (and, as the
+//! reference, into a QEMU destination): capability `multifd` on both sides,
+//! `multifd-channels` and `multifd-compression` set on both sides, a live
+//! sweeping guest, every RAM page compared with the source's memory file.
+//!
+//! 10.0 (the system QEMU) with 1, 2, 4 and 8 channels, with zlib and zstd;
+//! 7.2 (machine `pc-q35-7.2`: per-section sync, legacy zero pages) and 11.1
+//! (multifd zero pages, MULTIFD_FLUSH) with 2 channels when provisioned
+//! (skipped with a message otherwise). Migrations run one at a time.
+//!
+//! Run: `cargo build --workspace --bins && cargo test -p harness --test multifd -- --nocapture`
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use harness::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
+use harness::provision::{self, Status};
+use harness::vm::dest::DestKind;
+use harness::vm::qemu::QemuBinary;
+
+/// One migration at a time (timings stay comparable, 2 cores).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn system_qemu() -> QemuBinary {
+    QemuBinary::system().unwrap_or_else(|e| {
+        panic!("real QEMU is required for these tests (install it with ci/install.sh): {e:#}")
+    })
+}
+
+/// A provisioned QEMU series, or `None` (after saying so) when it is not
+/// installed and CI does not require it.
+fn provisioned(test: &str, series: &str) -> Option<QemuBinary> {
+    match provision::status(series) {
+        Status::Complete(i) => Some(i.binary),
+        st => {
+            let why = st.reason().unwrap_or_default();
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+            let listed = std::env::var("CROSSMIG_VERSIONS")
+                .map(|l| l.split([',', ' ']).any(|v| v == series))
+                .unwrap_or(true);
+            assert!(!(ci && listed), "{test}: QEMU {series} {why} (required because CI=true)");
+            println!("SKIPPED {test}: QEMU {series} {why}");
+            None
+        }
+    }
+}
+
+fn opts(dest: DestKind, qemu: QemuBinary, channels: u32, compression: &str) -> MigrateOpts {
+    let mut o = MigrateOpts::new(dest, Mode::Precopy, qemu);
+    o.timeout = Duration::from_secs(120);
+    o.mem_bytes = 128 << 20;
+    o.extra_caps = vec![("multifd".into(), true)];
+    o.parameters = json!({
+        "multifd-channels": channels,
+        "multifd-compression": compression,
+    });
+    // The recorded-stream replay reads the main and preempt channels only.
+    o.record = false;
+    o
+}
+
+async fn run(test: &str, o: MigrateOpts) -> MigrateReport {
+    let _g = SERIAL.lock().await;
+    let t = Instant::now();
+    let r = migrate(&o, |_| {}).await.unwrap_or_else(|e| panic!("{test}: migration failed: {e:#}"));
+    println!("{test}:\n{}", r.summary());
+    assert!(r.ok(), "{test}: checks failed:\n{}", r.summary());
+    println!(
+        "RESULT {test}: migration {} ms (harness wall time {:.1} s), source multifd-bytes {}",
+        r.migration_ms,
+        t.elapsed().as_secs_f64(),
+        r.source_final["ram"]["multifd-bytes"]
+    );
+    r
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// rust-dest's multifd counters agree with what the source sent.
+fn check_rust_counters(test: &str, r: &MigrateReport, channels: u32) {
+    let chans = r.dest_final["x-crossmig"]["multifd-channels"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{test}: no x-crossmig.multifd-channels: {}", r.dest_final));
+    assert_eq!(chans.len(), channels as usize, "{test}: {chans:?}");
+    let dest_bytes = u(&r.dest_final["ram"]["multifd-bytes"]);
+    let per: u64 = chans.iter().map(|c| u(&c["bytes"])).sum();
+    assert_eq!(dest_bytes, per, "{test}: multifd-bytes vs per-channel bytes");
+    let src = u(&r.source_final["ram"]["multifd-bytes"]);
+    // 7.2 sources leave the 64-byte initial packets out of their count.
+    assert!(
+        dest_bytes == src || dest_bytes == src + 64 * u64::from(channels),
+        "{test}: rust-dest multifd-bytes {dest_bytes}, source {src}"
+    );
+    let syncs: Vec<u64> = chans.iter().map(|c| u(&c["syncs"])).collect();
+    assert!(syncs.iter().all(|&s| s > 0 && s == syncs[0]), "{test}: sync packets {syncs:?}");
+    let pages: u64 = chans.iter().map(|c| u(&c["normal-pages"])).sum();
+    assert!(pages > 1000, "{test}: {pages} normal pages through multifd");
+}
+
+async fn into_rust(test: &str, qemu: QemuBinary, machine: &str, channels: u32, comp: &str) {
+    let mut o = opts(DestKind::Rust, qemu, channels, comp);
+    o.machine = machine.into();
+    let r = run(test, o).await;
+    check_rust_counters(test, &r, channels);
+}
+
+#[tokio::test]
+async fn qemu10_channels_1_2_4_8_into_rust() {
+    for n in [1, 2, 4, 8] {
+        into_rust(&format!("qemu10_{n}ch_into_rust"), system_qemu(), "q35", n, "none").await;
+    }
+}
+
+#[tokio::test]
+async fn qemu10_zlib_into_rust() {
+    into_rust("qemu10_zlib_into_rust", system_qemu(), "q35", 2, "zlib").await;
+}
+
+#[tokio::test]
+async fn qemu10_zstd_into_rust() {
+    into_rust("qemu10_zstd_into_rust", system_qemu(), "q35", 2, "zstd").await;
+}
+
+#[tokio::test]
+async fn qemu72_into_rust() {
+    let Some(q) = provisioned("qemu72_into_rust", "7.2") else { return };
+    into_rust("qemu72_into_rust", q, "pc-q35-7.2", 2, "none").await;
+}
+
+#[tokio::test]
+async fn qemu111_into_rust() {
+    let Some(q) = provisioned("qemu111_into_rust", "11.1") else { return };
+    into_rust("qemu111_into_rust", q, "q35", 2, "none").await;
+}
+
+#[tokio::test]
+async fn qemu111_machine_72_into_rust() {
+    // A new source on an old machine type: per-section sync.
+    let Some(q) = provisioned("qemu111_machine_72_into_rust", "11.1") else { return };
+    into_rust("qemu111_machine_72_into_rust", q, "pc-q35-7.2", 2, "none").await;
+}
+
+#[tokio::test]
+async fn qemu10_into_qemu_reference() {
+    let r = run("qemu10_2ch_into_qemu", opts(DestKind::Qemu, system_qemu(), 2, "none")).await;
+    assert!(u(&r.source_final["ram"]["multifd-bytes"]) > 0);
+}
