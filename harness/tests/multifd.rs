@@ -3,7 +3,8 @@
 //! `multifd-channels` and `multifd-compression` set on both sides, a live
 //! sweeping guest, every RAM page compared with the source's memory file.
 //!
-//! 10.0 (the system QEMU) with 1, 2, 4 and 8 channels, with zlib and zstd;
+//! 10.0 (the system QEMU) with 1, 2, 4 and 8 channels, with zlib (fill
+//! guest: zlib cannot keep up with the sweeping one) and zstd;
 //! 7.2 (machine `pc-q35-7.2`: per-section sync, legacy zero pages) and 11.1
 //! (multifd zero pages, MULTIFD_FLUSH) with 2 channels when provisioned
 //! (skipped with a message otherwise). Migrations run one at a time.
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use harness::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
+use harness::images::Workload;
 use harness::provision::{self, Status};
 use harness::vm::dest::DestKind;
 use harness::vm::qemu::QemuBinary;
@@ -103,6 +105,12 @@ fn check_rust_counters(test: &str, r: &MigrateReport, channels: u32) {
 async fn into_rust(test: &str, qemu: QemuBinary, machine: &str, channels: u32, comp: &str) {
     let mut o = opts(DestKind::Rust, qemu, channels, comp);
     o.machine = machine.into();
+    if comp == "zlib" {
+        // zlib on the source cannot keep up with the sweeping guest on this
+        // machine (a QEMU destination does not converge either): the fill
+        // guest writes its RAM once, live, then idles.
+        o.workload = Workload::Fill;
+    }
     let r = run(test, o).await;
     check_rust_counters(test, &r, channels);
 }
@@ -147,4 +155,11 @@ async fn qemu111_machine_72_into_rust() {
 async fn qemu10_into_qemu_reference() {
     let r = run("qemu10_2ch_into_qemu", opts(DestKind::Qemu, system_qemu(), 2, "none")).await;
     assert!(u(&r.source_final["ram"]["multifd-bytes"]) > 0);
+}
+
+#[tokio::test]
+async fn qemu10_zlib_into_qemu_reference() {
+    let mut o = opts(DestKind::Qemu, system_qemu(), 2, "zlib");
+    o.workload = Workload::Fill;
+    run("qemu10_zlib_into_qemu", o).await;
 }
