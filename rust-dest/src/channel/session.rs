@@ -244,7 +244,14 @@ impl Session {
             {
                 self.start_preempt(sock, prefix);
             }
-            Err(None) if n == 0 => tracing::warn!("incoming connection closed before sending anything; ignored"),
+            Err(None) if n == 0 => {
+                tracing::warn!("incoming connection closed before sending anything; ignored")
+            }
+            Err(Some(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                // QEMU would wait for the bytes; nothing is lost by not
+                // using a connection that says nothing.
+                tracing::warn!("incoming connection silent for {CLASSIFY_TIMEOUT:?} ({n} byte(s)) and no preempt channel expected; ignored")
+            }
             Err(e) => {
                 let why = e.map_or("closed".to_string(), |e| e.to_string());
                 self.shared.fail(format!(
