@@ -7,7 +7,8 @@
 //! guest: zlib cannot keep up with the sweeping one) and zstd;
 //! 7.2 (machine `pc-q35-7.2`: per-section sync, legacy zero pages) and 11.1
 //! (multifd zero pages, MULTIFD_FLUSH) with 2 channels when provisioned
-//! (skipped with a message otherwise). Migrations run one at a time.
+//! (skipped with a message otherwise); 11.1 also with postcopy, with and
+//! without postcopy-preempt. Migrations run one at a time.
 //!
 //! Run: `cargo build --workspace --bins && cargo test -p harness --test multifd -- --nocapture`
 
@@ -162,4 +163,27 @@ async fn qemu10_zlib_into_qemu_reference() {
     let mut o = opts(DestKind::Qemu, system_qemu(), 2, "zlib");
     o.workload = Workload::Fill;
     run("qemu10_zlib_into_qemu", o).await;
+}
+
+#[tokio::test]
+async fn qemu111_postcopy_into_rust() {
+    let test = "qemu111_postcopy_into_rust";
+    let Some(q) = provisioned(test, "11.1") else { return };
+    let mut o = opts(DestKind::Rust, q, 2, "none");
+    o.mode = Mode::Postcopy;
+    o.postcopy_bandwidth = 64 << 20;
+    let r = run(test, o).await;
+    check_rust_counters(test, &r, 2);
+}
+
+#[tokio::test]
+async fn qemu111_postcopy_preempt_into_rust() {
+    let test = "qemu111_postcopy_preempt_into_rust";
+    let Some(q) = provisioned(test, "11.1") else { return };
+    let mut o = opts(DestKind::Rust, q, 2, "none");
+    o.mode = Mode::Postcopy;
+    o.postcopy_bandwidth = 64 << 20;
+    o.extra_caps.push(("postcopy-preempt".into(), true));
+    let r = run(test, o).await;
+    check_rust_counters(test, &r, 2);
 }
