@@ -385,6 +385,15 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uuid() {
+        let u = parse_uuid("01234567-89ab-cdef-0011-223344556677").unwrap();
+        assert_eq!(u[0], 0x01);
+        assert_eq!(u[15], 0x77);
+        assert!(parse_uuid("0123456789abcdef0011223344556677").is_none());
+        assert!(parse_uuid("01234567-89ab-cdef-0011-22334455667g").is_none());
+    }
+
     use super::*;
 
     fn p(s: &str) -> Result<Options, String> {

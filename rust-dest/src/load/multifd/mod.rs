@@ -136,7 +136,9 @@ impl MultifdRecv {
     /// is also in the shared state (a failure fails the migration).
     pub fn run_channel(&self, src: Box<dyn Read + Send>) -> Result<(), ChannelError> {
         let res = channel::run(self, src);
-        if let Err(e) = &res {
+        if let Err(ChannelError::Ended { .. }) = &res {
+            tracing::info!("multifd channel stopped: the migration ended");
+        } else if let Err(e) = &res {
             let msg = e.to_string();
             tracing::error!("{msg}");
             self.fail(msg);

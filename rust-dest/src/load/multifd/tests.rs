@@ -243,3 +243,14 @@ fn compression_mismatch_and_damaged_payloads_fail() {
     assert!(d.contains("zlib"), "{d}");
     assert!(d.contains(&format!("byte offset {}", payload - fmt.packet_len())), "{d}");
 }
+
+#[test]
+fn sync_mode_follows_the_machine_type() {
+    use super::flush_after_each_section as f;
+    assert_eq!(f("pc-q35-7.2"), Some(true));
+    assert_eq!(f("pc-i440fx-8.0"), Some(true));
+    assert_eq!(f("pc-q35-8.1"), Some(false));
+    assert_eq!(f("pc-q35-11.1"), Some(false));
+    assert_eq!(f("q35"), None);
+    assert_eq!(f("pc"), None);
+}
