@@ -20,8 +20,11 @@ fn streams() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../wire/tests/streams")
 }
 
-/// The recording's connections: (role, bytes), in accept order.
-fn recording(base: &str) -> Option<(Value, Vec<(String, Vec<u8>)>)> {
+/// A recorded connection: its role (`main`, `multifd`) and bytes.
+type Conn = (String, Vec<u8>);
+
+/// The recording's facts and connections, in accept order.
+fn recording(base: &str) -> Option<(Value, Vec<Conn>)> {
     let facts: Value =
         serde_json::from_slice(&std::fs::read(streams().join(format!("{base}.json"))).ok()?)
             .ok()?;
@@ -71,7 +74,7 @@ fn wait_terminal(shared: &Shared) -> MigStatus {
 
 /// Connect every connection first (in `order`), then write each in full
 /// from its own thread and close it.
-fn send(d: &Dst, conns: &[(String, Vec<u8>)], order: &[usize]) -> Vec<UnixStream> {
+fn send(d: &Dst, conns: &[Conn], order: &[usize]) -> Vec<UnixStream> {
     let socks: Vec<UnixStream> =
         order.iter().map(|_| UnixStream::connect(&d.path).unwrap()).collect();
     let mut keep = Vec::new();
