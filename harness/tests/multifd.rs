@@ -187,3 +187,32 @@ async fn qemu111_postcopy_preempt_into_rust() {
     let r = run(test, o).await;
     check_rust_counters(test, &r, 2);
 }
+
+/// A destination whose `-uuid` differs from the source's (none) refuses the
+/// multifd channels; rust-dest with QEMU's words. The failure text (the
+/// report, or migrate's error with both sides' logs).
+async fn uuid_mismatch(dest: DestKind) -> String {
+    let mut o = opts(dest, system_qemu(), 2, "none");
+    o.dest_extra = vec!["-uuid".into(), "01234567-89ab-cdef-0123-456789abcdef".into()];
+    o.timeout = Duration::from_secs(30);
+    let _g = SERIAL.lock().await;
+    match migrate(&o, |_| {}).await {
+        Ok(r) => {
+            assert!(!r.ok(), "{dest}: a uuid mismatch must fail:\n{}", r.summary());
+            r.summary()
+        }
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[tokio::test]
+async fn uuid_mismatch_fails_like_qemu() {
+    let want = "multifd: received uuid '00000000-0000-0000-0000-000000000000' and expected uuid '01234567-89ab-cdef-0123-456789abcdef' for channel";
+    let rust = uuid_mismatch(DestKind::Rust).await;
+    println!("rust-dest: {rust}");
+    assert!(rust.contains(want), "{rust}");
+    // QEMU reports it in its log and exits.
+    let qemu = uuid_mismatch(DestKind::Qemu).await;
+    println!("QEMU: {qemu}");
+    assert!(qemu.contains(want), "{qemu}");
+}
