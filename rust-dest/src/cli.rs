@@ -66,6 +66,8 @@ pub struct Options {
     pub log: String,
     pub warnings: Vec<String>,
     pub pidfile: Option<PathBuf>,
+    /// `-uuid`: the raw 16 bytes (checked against multifd initial packets).
+    pub uuid: Option<[u8; 16]>,
 }
 
 impl Default for Options {
@@ -85,6 +87,7 @@ impl Default for Options {
             log: "info".into(),
             warnings: Vec::new(),
             pidfile: None,
+            uuid: None,
         }
     }
 }
@@ -118,7 +121,6 @@ const IGNORED_WITH_ARG: &[&str] = &[
     "d",
     "D",
     "trace",
-    "uuid",
     "overcommit",
     "msg",
     "k",
@@ -262,6 +264,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 };
                 o.mem_size = Some(bytes);
             }
+            "uuid" => {
+                let v = val(&mut it)?;
+                o.uuid = Some(parse_uuid(&v).ok_or_else(|| format!("-uuid: invalid UUID {v:?}"))?);
+            }
             "machine" | "M" => {
                 let v = val(&mut it)?;
                 let (first, pairs) = parse_props(&v);
@@ -362,8 +368,32 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     Ok(Parsed::Run(Box::new(o)))
 }
 
+/// A UUID in its text form (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`).
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let groups: Vec<&str> = s.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lens != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    let hex: String = groups.concat();
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn uuid() {
+        let u = parse_uuid("01234567-89ab-cdef-0011-223344556677").unwrap();
+        assert_eq!(u[0], 0x01);
+        assert_eq!(u[15], 0x77);
+        assert!(parse_uuid("0123456789abcdef0011223344556677").is_none());
+        assert!(parse_uuid("01234567-89ab-cdef-0011-22334455667g").is_none());
+    }
+
     use super::*;
 
     fn p(s: &str) -> Result<Options, String> {

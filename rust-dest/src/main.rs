@@ -55,6 +55,7 @@ fn main() {
         suppress_vmdesc: opts.suppress_vmdesc,
         machine: opts.machine.clone(),
         vcpu: opts.vcpu.clone(),
+        uuid: opts.uuid.unwrap_or([0; 16]),
         ..Config::default()
     };
     let deferred = opts.incoming.as_deref() == Some("defer");

@@ -63,6 +63,9 @@ pub struct MigrateOpts {
     pub dest_extra: Vec<String>,
     /// Capabilities set on both sides on top of the defaults.
     pub extra_caps: Vec<(String, bool)>,
+    /// Parameters set on both sides (e.g. `multifd-channels`,
+    /// `multifd-compression`), after the capabilities; null for none.
+    pub parameters: Value,
     /// Postcopy: pause (cut) and recover this many times.
     pub recover_cuts: u32,
     /// Issue `migrate-pause` on the destination instead of the source.
@@ -94,6 +97,7 @@ impl MigrateOpts {
             workdir: None,
             dest_extra: Vec::new(),
             extra_caps: Vec::new(),
+            parameters: Value::Null,
             recover_cuts: 0,
             pause_on_dest: false,
             postcopy_bandwidth: if mode == Mode::Postcopy { 64 << 20 } else { 0 },
@@ -293,6 +297,9 @@ async fn run(
     caps.extend(opts.extra_caps.iter().cloned());
     let capr: Vec<(&str, bool)> = caps.iter().map(|(a, b)| (a.as_str(), *b)).collect();
     m.set_capabilities(Side::Both, &capr).await?;
+    if opts.parameters.as_object().is_some_and(|p| !p.is_empty()) {
+        m.set_parameters(Side::Both, &opts.parameters).await?;
+    }
     let params = match (opts.mode, opts.stopped) {
         // Converge quickly.
         (Mode::Precopy, _) | (Mode::Postcopy, true) => {

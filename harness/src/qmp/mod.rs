@@ -9,4 +9,3 @@ pub mod status;
 pub use client::{Qmp, QmpError, QmpEvent, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_RETRY};
 pub use migration::{error_desc, StatusWait};
 pub use status::{MigrationStatus, RunState};
-

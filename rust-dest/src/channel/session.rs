@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use crate::state::{Capability, Shared};
 
+/// How long a connection of a multifd migration may stay silent before it
+/// is taken for the (possibly silent) postcopy-preempt channel.
+pub const CLASSIFY_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What runs on the channels a session classifies (the loader implements
 /// it; the session never calls the loader directly).
 pub trait Incoming: Send + Sync + 'static {
@@ -23,7 +27,10 @@ pub trait Incoming: Send + Sync + 'static {
         w: Box<dyn Write + Send>,
     );
     /// The postcopy-preempt channel. Called on a fresh thread.
-    fn preempt_channel(&self, session: Arc<Session>, sock: Sock);
+    fn preempt_channel(&self, session: Arc<Session>, r: Box<dyn Read + Send>);
+    /// A multifd channel: `r` reads it from its first byte, `sock` is a
+    /// handle to shut it down. Called on a fresh thread.
+    fn multifd_channel(&self, session: Arc<Session>, r: Box<dyn Read + Send>, sock: Sock);
 }
 
 /// A connected stream socket.
@@ -39,6 +46,12 @@ impl Sock {
             Sock::Unix(s) => Sock::Unix(s.try_clone()?),
         })
     }
+    pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.set_read_timeout(d),
+            Sock::Unix(s) => s.set_read_timeout(d),
+        }
+    }
     pub fn shutdown(&self) {
         let _ = match self {
             Sock::Tcp(s) => s.shutdown(Shutdown::Both),
@@ -52,6 +65,15 @@ impl Read for Sock {
         match self {
             Sock::Tcp(s) => s.read(b),
             Sock::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Read for &Sock {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => (&*s).read(b),
+            Sock::Unix(s) => (&*s).read(b),
         }
     }
 }
@@ -77,6 +99,8 @@ struct St {
     /// A shutdown handle for the current main channel (migrate-pause).
     main_sock: Option<Sock>,
     preempt_active: bool,
+    /// Multifd channels classified so far.
+    multifd_seen: u32,
     /// The loader is in postcopy-paused and waits for a new main channel.
     awaiting_recovery: bool,
     recovery: Option<Sock>,
@@ -117,43 +141,164 @@ impl Session {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Classify a new connection (by order, as QEMU does for non-multifd
-    /// setups: the preempt channel sends no magic): the first is the main
-    /// channel; while paused, the next one is the recovery main channel;
-    /// with postcopy-preempt, the next one is the preempt channel.
+    /// Classify a new connection. Without multifd, by order (as QEMU does:
+    /// the preempt channel sends no magic): the first is the main channel;
+    /// while paused, the next one is the recovery main channel; with
+    /// postcopy-preempt, the next one is the preempt channel. With multifd,
+    /// by its first four bytes like QEMU 8.0+ (see [`Session::classify`]).
     pub fn on_connection(self: &Arc<Session>, sock: Sock) {
-        let mut g = self.lock();
-        if !g.main_taken {
-            g.main_taken = true;
-            let (r, w, h) = match (sock.try_clone(), sock.try_clone()) {
-                (Ok(w), Ok(h)) => (sock, w, h),
-                (Err(e), _) | (_, Err(e)) => {
-                    drop(g);
-                    self.shared.fail(format!("cannot clone the main channel socket: {e}"));
-                    return;
-                }
-            };
-            g.main_sock = Some(h);
-            drop(g);
+        if self.shared.has(Capability::Multifd) {
             let me = self.clone();
             let _ = std::thread::Builder::new()
-                .name("incoming-main".into())
-                .spawn(move || me.incoming.clone().main_channel(me, Box::new(r), Box::new(w)));
+                .name("incoming-classify".into())
+                .spawn(move || me.classify(sock));
+            return;
+        }
+        let mut g = self.lock();
+        if !g.main_taken {
+            drop(g);
+            self.start_main(sock, Box::new(io::empty()));
         } else if g.awaiting_recovery && g.recovery.is_none() {
             tracing::info!("recovery connection accepted as the new main channel");
             g.recovery = Some(sock);
             self.cv.notify_all();
         } else if self.shared.has(Capability::PostcopyPreempt) && !g.preempt_active {
-            g.preempt_active = true;
             drop(g);
-            tracing::info!("postcopy-preempt channel connected");
-            let me = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("incoming-preempt".into())
-                .spawn(move || me.incoming.clone().preempt_channel(me, sock));
+            self.start_preempt(sock, Box::new(io::empty()));
         } else {
             tracing::warn!("extra incoming connection ignored (no multifd; preempt channel already connected or not enabled)");
         }
+    }
+
+    /// Classify a connection of a multifd migration (QEMU's
+    /// `migration_ioc_process_incoming()`, 8.0+): a recovery connection
+    /// while paused; the preempt channel when the main and every multifd
+    /// channel are there (it may be silent, so nothing is read); otherwise
+    /// by the first four bytes: `QEVM` the main channel, 0x11223344 a
+    /// multifd channel. A connection that stays silent for
+    /// [`CLASSIFY_TIMEOUT`] is the preempt channel when one is expected.
+    fn classify(self: &Arc<Session>, sock: Sock) {
+        let channels = self.multifd_channels();
+        {
+            let mut g = self.lock();
+            if g.awaiting_recovery && g.recovery.is_none() {
+                tracing::info!("recovery connection accepted as the new main channel");
+                g.recovery = Some(sock);
+                self.cv.notify_all();
+                return;
+            }
+            if g.main_taken
+                && g.multifd_seen >= channels
+                && self.shared.has(Capability::PostcopyPreempt)
+                && !g.preempt_active
+            {
+                drop(g);
+                self.start_preempt(sock, Box::new(io::empty()));
+                return;
+            }
+        }
+        let mut head = [0u8; 4];
+        let mut n = 0;
+        let _ = sock.set_read_timeout(Some(CLASSIFY_TIMEOUT));
+        let res = loop {
+            if n == head.len() {
+                break Ok(());
+            }
+            match (&sock).read(&mut head[n..]) {
+                Ok(0) => break Err(None),
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(Some(e)),
+            }
+        };
+        let _ = sock.set_read_timeout(None);
+        let prefix: Box<dyn Read + Send> = Box::new(io::Cursor::new(head[..n].to_vec()));
+        let magic = u32::from_be_bytes(head);
+        match res {
+            Ok(()) if magic == wire::consts::QEMU_VM_FILE_MAGIC => {
+                if std::mem::replace(&mut self.lock().main_taken, true) {
+                    tracing::warn!("second main channel (QEVM) ignored");
+                    return;
+                }
+                self.start_main(sock, prefix);
+            }
+            Ok(()) if magic == wire::consts::MULTIFD_MAGIC => {
+                self.lock().multifd_seen += 1;
+                let handle = match sock.try_clone() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.shared.fail(format!("cannot clone a multifd channel socket: {e}"));
+                        return;
+                    }
+                };
+                let me = self.clone();
+                let r: Box<dyn Read + Send> = Box::new(prefix.chain(sock));
+                let _ = std::thread::Builder::new()
+                    .name("incoming-multifd".into())
+                    .spawn(move || me.incoming.clone().multifd_channel(me, r, handle));
+            }
+            Err(Some(e))
+                if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+                    && self.shared.has(Capability::PostcopyPreempt)
+                    && !self.lock().preempt_active =>
+            {
+                self.start_preempt(sock, prefix);
+            }
+            Err(None) if n == 0 => {
+                tracing::warn!("incoming connection closed before sending anything; ignored")
+            }
+            Err(Some(e)) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                // QEMU would wait for the bytes; nothing is lost by not
+                // using a connection that says nothing.
+                tracing::warn!("incoming connection silent for {CLASSIFY_TIMEOUT:?} ({n} byte(s)) and no preempt channel expected; ignored")
+            }
+            Err(e) => {
+                let why = e.map_or("closed".to_string(), |e| e.to_string());
+                self.shared.fail(format!(
+                    "incoming connection: cannot read its first 4 bytes to classify it ({n} read: {why})"
+                ));
+            }
+            Ok(()) => self.shared.fail(format!(
+                "incoming connection with unknown channel magic {magic:#010x} (expected QEVM or the multifd magic 0x11223344)"
+            )),
+        }
+    }
+
+    /// The `multifd-channels` parameter.
+    fn multifd_channels(&self) -> u32 {
+        let g = self.shared.lock();
+        g.parameters.get("multifd-channels").and_then(|v| v.as_u64()).unwrap_or(2) as u32
+    }
+
+    /// Start the main channel on `sock`, reading `prefix` first.
+    fn start_main(self: &Arc<Session>, sock: Sock, prefix: Box<dyn Read + Send>) {
+        let (w, h) = match (sock.try_clone(), sock.try_clone()) {
+            (Ok(w), Ok(h)) => (w, h),
+            (Err(e), _) | (_, Err(e)) => {
+                self.shared.fail(format!("cannot clone the main channel socket: {e}"));
+                return;
+            }
+        };
+        {
+            let mut g = self.lock();
+            g.main_taken = true;
+            g.main_sock = Some(h);
+        }
+        let me = self.clone();
+        let r: Box<dyn Read + Send> = Box::new(prefix.chain(sock));
+        let _ = std::thread::Builder::new()
+            .name("incoming-main".into())
+            .spawn(move || me.incoming.clone().main_channel(me, r, Box::new(w)));
+    }
+
+    fn start_preempt(self: &Arc<Session>, sock: Sock, prefix: Box<dyn Read + Send>) {
+        self.lock().preempt_active = true;
+        tracing::info!("postcopy-preempt channel connected");
+        let me = self.clone();
+        let r: Box<dyn Read + Send> = Box::new(prefix.chain(sock));
+        let _ = std::thread::Builder::new()
+            .name("incoming-preempt".into())
+            .spawn(move || me.incoming.clone().preempt_channel(me, r));
     }
 
     /// A recorded stream from a file: the main channel, no return path

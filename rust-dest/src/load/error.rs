@@ -4,6 +4,7 @@
 
 use std::io;
 
+use super::multifd::SyncError;
 use crate::postcopy::{PcState, PlaceError, RuleError, StartError};
 use crate::ram::RamError;
 use wire::DecodeError;
@@ -66,6 +67,9 @@ pub enum LoadError {
     /// The vmdesc after EOF is not JSON.
     #[error("vmdesc JSON is invalid: {0}")]
     VmdescJson(serde_json::Error),
+    /// A multifd sync point on the main channel (at byte offset `at`) failed.
+    #[error("multifd sync point at byte offset {at}: {source}")]
+    Multifd { at: u64, source: SyncError },
     /// `source` happened inside `context` (a section, the package, a channel).
     #[error("{context}: {source}")]
     Context { context: String, source: Box<LoadError> },
@@ -107,7 +111,8 @@ impl LoadError {
             | LoadError::Ram { at, .. }
             | LoadError::UnknownBlock { at, .. }
             | LoadError::NoPreviousBlock { at }
-            | LoadError::PageOutsideBlock { at, .. } => Some(*at),
+            | LoadError::PageOutsideBlock { at, .. }
+            | LoadError::Multifd { at, .. } => Some(*at),
             LoadError::Decode(DecodeError::Incomplete { at, .. }) => Some(*at),
             LoadError::Decode(DecodeError::Invalid { offset, .. }) => Some(*offset),
             LoadError::Protocol { at, .. } | LoadError::Unsupported { at, .. } => *at,

@@ -8,7 +8,7 @@
 //! reader ([`preempt`]).
 
 use std::io::{Read, Write};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::channel::{Incoming, ReadError, Reader, ReturnPath, Session, Sock};
 use crate::postcopy::{PcState, PostcopyRuntime, RuntimeSlot, VcpuConfig};
@@ -23,6 +23,7 @@ mod commands;
 mod device;
 mod error;
 mod header;
+pub mod multifd;
 mod package;
 pub mod preempt;
 mod ram;
@@ -30,6 +31,7 @@ mod ram;
 mod tests;
 
 pub use error::LoadError;
+use multifd::{MultifdConfig, MultifdRecv};
 
 /// Loader configuration (from the command line).
 #[derive(Clone, Debug)]
@@ -45,6 +47,9 @@ pub struct Config {
     /// Cap on buffered device state (bytes).
     pub max_device_state: usize,
     pub vcpu: VcpuConfig,
+    /// `-uuid`: what multifd channels' initial packets must carry (all
+    /// zero without one, as in QEMU).
+    pub uuid: [u8; 16],
 }
 
 impl Default for Config {
@@ -56,6 +61,7 @@ impl Default for Config {
             machine: None,
             max_device_state: 64 << 20,
             vcpu: VcpuConfig::default(),
+            uuid: [0; 16],
         }
     }
 }
@@ -65,11 +71,22 @@ impl Default for Config {
 pub struct Dest {
     cfg: Config,
     slot: Arc<RuntimeSlot>,
+    /// The multifd receive side, made from the parameters when the first
+    /// channel of a multifd migration connects.
+    multifd: OnceLock<Arc<MultifdRecv>>,
 }
 
 impl Dest {
     pub fn new(cfg: Config) -> Arc<Dest> {
-        Arc::new(Dest { cfg, slot: Arc::new(RuntimeSlot::default()) })
+        Arc::new(Dest { cfg, slot: Arc::new(RuntimeSlot::default()), multifd: OnceLock::new() })
+    }
+
+    fn multifd(&self, shared: &Shared) -> Arc<MultifdRecv> {
+        self.multifd
+            .get_or_init(|| {
+                MultifdRecv::new(shared.clone(), MultifdConfig::from_shared(shared, self.cfg.uuid))
+            })
+            .clone()
     }
 }
 
@@ -80,15 +97,24 @@ impl Incoming for Dest {
         r: Box<dyn Read + Send>,
         w: Box<dyn Write + Send>,
     ) {
+        let mut l = Loader::new(session.shared.clone(), self.cfg.clone(), w);
+        if session.shared.has(Capability::Multifd) {
+            l = l.with_multifd(self.multifd(&session.shared));
+        }
         // The outcome is in the shared state (status, error-desc).
-        let _ = Loader::new(session.shared.clone(), self.cfg.clone(), w)
-            .with_session(session, self.slot.clone())
-            .run(r);
+        let _ = l.with_session(session, self.slot.clone()).run(r);
     }
 
-    fn preempt_channel(&self, session: Arc<Session>, sock: Sock) {
-        preempt::run(&session.shared, &self.slot, Box::new(sock));
+    fn preempt_channel(&self, session: Arc<Session>, r: Box<dyn Read + Send>) {
+        preempt::run(&session.shared, &self.slot, r);
         session.preempt_closed();
+    }
+
+    fn multifd_channel(&self, session: Arc<Session>, r: Box<dyn Read + Send>, sock: Sock) {
+        let mf = self.multifd(&session.shared);
+        mf.add_socket(sock);
+        // The outcome is in the shared state (a failure fails the migration).
+        let _ = mf.run_channel(r);
     }
 }
 
@@ -145,6 +171,8 @@ pub struct Loader {
     stream_machine: Option<String>,
     /// The PACKAGED command whose blob comes next: (length, offset).
     package: Option<(u32, u64)>,
+    /// The multifd receive side, when the `multifd` capability is on.
+    multifd: Option<Arc<MultifdRecv>>,
 }
 
 impl Loader {
@@ -167,7 +195,15 @@ impl Loader {
             ack_pending: false,
             stream_machine: None,
             package: None,
+            multifd: None,
         }
+    }
+
+    /// Sync with these multifd channels (QEMU's sync points on the main
+    /// channel: MULTIFD_FLUSH records or RAM EOS).
+    pub fn with_multifd(mut self, mf: Arc<MultifdRecv>) -> Loader {
+        self.multifd = Some(mf);
+        self
     }
 
     /// Attach to a session (recovery connections) and the runtime slot the
@@ -184,6 +220,12 @@ impl Loader {
     /// recovery connection arrives (`migrate-recover`). Returns the error
     /// that failed (or paused, when no recovery came) the migration.
     pub fn run(mut self, src: Box<dyn Read + Send>) -> Result<(), LoadError> {
+        // A multifd channel may have failed the migration already.
+        if self.shared.lock().status.is_terminal() {
+            let msg = self.shared.lock().error_desc.clone().unwrap_or_default();
+            self.run_end();
+            return Err(LoadError::Protocol { at: None, msg });
+        }
         self.shared.set_status(MigStatus::Active);
         let mut outcome = Ok(());
         let mut r = Reader::new(src, self.shared.clone());
@@ -227,15 +269,24 @@ impl Loader {
                 }
             }
         }
+        self.run_end();
+        outcome
+    }
+
+    /// Release what waits on this loader: the runtime slot, the session,
+    /// the multifd channels, the postcopy runtime.
+    fn run_end(&mut self) {
         self.slot.set(None);
         self.slot.end();
+        if let Some(mf) = &self.multifd {
+            mf.end();
+        }
         if let Some(s) = &self.session {
             s.end();
         }
         if let Some(pc) = self.postcopy.take() {
             pc.shutdown();
         }
-        outcome
     }
 
     /// Postcopy-paused: drop the channel and return path; RAM stays

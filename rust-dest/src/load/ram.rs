@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::error::LoadError;
+use super::multifd::flush_after_each_section;
 use super::Loader;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, Shared};
@@ -41,6 +42,9 @@ impl Loader {
                     }
                     ram.add(&b.name, b.used_length, TARGET_PAGE_SIZE)
                         .map_err(|source| LoadError::Ram { at: off, source })?;
+                }
+                if let Some(mf) = &self.multifd {
+                    mf.blocks_ready();
                 }
             }
             RamRecord::Page { addr, block, data } => {
@@ -99,9 +103,35 @@ impl Loader {
                     "compressed page (legacy 'compress' capability) at byte offset {off} is not supported"
                 )))
             }
-            RamRecord::Eos | RamRecord::MultifdFlush => {}
+            // QEMU's `ram_load_precopy()`: a FLUSH is always a sync point,
+            // an EOS only in per-section mode (machine types <= 8.0).
+            RamRecord::MultifdFlush => self.multifd_sync(off)?,
+            RamRecord::Eos if self.multifd_per_section() => self.multifd_sync(off)?,
+            RamRecord::Eos => {}
         }
         Ok(())
+    }
+}
+
+impl Loader {
+    /// Whether multifd syncs at every RAM section's EOS: decided by the
+    /// machine type like QEMU's destination (its own `-machine`, or the
+    /// stream's when ours is unversioned or absent).
+    fn multifd_per_section(&self) -> bool {
+        if self.multifd.is_none() {
+            return false;
+        }
+        let ours = self.cfg.machine.as_deref().and_then(flush_after_each_section);
+        let theirs = self.stream_machine.as_deref().and_then(flush_after_each_section);
+        ours.or(theirs).unwrap_or(false)
+    }
+
+    /// A sync point on the main channel: wait for every multifd channel.
+    fn multifd_sync(&mut self, off: u64) -> Result<(), LoadError> {
+        match &self.multifd {
+            Some(mf) => mf.sync_main().map_err(|source| LoadError::Multifd { at: off, source }),
+            None => Ok(()),
+        }
     }
 }
 

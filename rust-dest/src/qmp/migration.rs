@@ -81,7 +81,7 @@ pub(super) fn query_migrate(shared: &Shared) -> Value {
             "dirty-sync-count": C::get(&c.ram_sections),
             "postcopy-requests": C::get(&c.page_requests),
             "page-size": TARGET_PAGE_SIZE,
-            "multifd-bytes": 0,
+            "multifd-bytes": C::get(&c.multifd_bytes),
             "pages-per-second": 0,
             "precopy-bytes": transferred,
             "downtime-bytes": 0,
@@ -112,6 +112,15 @@ pub(super) fn query_migrate(shared: &Shared) -> Value {
             "discarded-pages": C::get(&c.discarded_pages),
             "pings": C::get(&c.pings),
             "fault-latency-us": percentiles(&g.fault_latencies_us),
+            "multifd-channels": g.multifd_channels.values().map(|m| json!({
+                "id": m.id,
+                "bytes": m.bytes,
+                "packets": m.packets,
+                "normal-pages": m.normal_pages,
+                "zero-pages": m.zero_pages,
+                "syncs": m.syncs,
+                "compressed-bytes": m.compressed_bytes,
+            })).collect::<Vec<_>>(),
         }),
     );
     Value::Object(out)

@@ -30,6 +30,25 @@ pub struct Counters {
     pub preempt_pages: AtomicU64,
     /// Sum of fault-to-placement latencies in microseconds.
     pub fault_latency_us_total: AtomicU64,
+    // --- multifd ---
+    /// Bytes read from the multifd channels (initial packets, headers,
+    /// payloads): QEMU's `multifd-bytes` as 8.0+ sources count it (7.2
+    /// sources leave out the 64-byte initial packets).
+    pub multifd_bytes: AtomicU64,
+}
+
+/// One multifd channel's statistics (`x-crossmig` `multifd-channels`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MultifdChannelStats {
+    pub id: u8,
+    /// Every byte read, the initial packet included.
+    pub bytes: u64,
+    pub packets: u64,
+    pub normal_pages: u64,
+    pub zero_pages: u64,
+    pub syncs: u64,
+    /// Bytes of compressed payload (0 without compression).
+    pub compressed_bytes: u64,
 }
 
 impl Counters {

@@ -19,7 +19,7 @@ mod events;
 mod status;
 
 pub use caps::{Capabilities, Capability, KNOWN_CAPABILITIES};
-pub use counters::Counters;
+pub use counters::{Counters, MultifdChannelStats};
 pub use devices::DeviceSection;
 pub use events::Event;
 pub use status::{MigStatus, PcState, RunState};
@@ -58,6 +58,8 @@ pub struct Inner {
     pub postcopy_state: PcState,
     /// Latencies of served faults in microseconds (for percentiles).
     pub fault_latencies_us: Vec<u64>,
+    /// Per multifd channel statistics, by channel id.
+    pub multifd_channels: std::collections::BTreeMap<u8, MultifdChannelStats>,
 }
 
 /// The shared state. Cheap to clone (`Arc`).
@@ -101,6 +103,7 @@ impl Shared {
                 vmdesc: None,
                 postcopy_state: PcState::None,
                 fault_latencies_us: Vec::new(),
+                multifd_channels: Default::default(),
             }),
             counters: Counters::default(),
             events: tx,

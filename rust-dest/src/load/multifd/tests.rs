@@ -1,0 +1,256 @@
+//! Multifd loads fed from memory: the real multifd recordings of QEMU 7.2,
+//! 10.0 and 11.1 in `wire/tests/streams/` (every channel, one thread each),
+//! and damaged variants of them.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{ChannelError, MultifdConfig, MultifdRecv};
+use crate::channel::RecordingSink;
+use crate::load::{Config, LoadError, Loader};
+use crate::postcopy::{Pattern, VcpuConfig};
+use crate::ram::RamTable;
+use crate::state::{Capability, MigStatus, Shared};
+use wire::multifd::{Compression, PacketFormat, PacketLayout, RamPacket};
+
+const RECORDINGS: &[&str] = &[
+    "qemu-7.2-multifd2",
+    "qemu-10.0-multifd2",
+    "qemu-10.0-multifd2-zlib",
+    "qemu-10.0-multifd2-zstd",
+    "qemu-11.1-multifd2",
+    "qemu-11.1-multifd2-pc-q35-7.2",
+];
+
+const PAGE: usize = 4096;
+
+struct Recording {
+    facts: Value,
+    main: Vec<u8>,
+    /// The multifd connections, in accept order.
+    channels: Vec<Vec<u8>>,
+}
+
+fn dir() -> String {
+    format!("{}/../wire/tests/streams", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn recording(base: &str) -> Option<Recording> {
+    let facts: Value =
+        serde_json::from_slice(&std::fs::read(format!("{}/{base}.json", dir())).ok()?).ok()?;
+    let mut main = Vec::new();
+    let mut channels = Vec::new();
+    for c in facts["channels"].as_array()? {
+        let b = std::fs::read(format!("{}/{}", dir(), c["file"].as_str()?)).ok()?;
+        match c["role"].as_str()? {
+            "main" => main = b,
+            _ => channels.push(b),
+        }
+    }
+    Some(Recording { facts, main, channels })
+}
+
+struct Outcome {
+    shared: Shared,
+    main: Result<(), LoadError>,
+    channels: Vec<Result<(), ChannelError>>,
+}
+
+/// Load `main` and `channels` concurrently, like rust-dest does with real
+/// connections, with the destination parameters `params`.
+fn load(main: &[u8], channels: &[Vec<u8>], params: &Value, uuid: [u8; 16]) -> Outcome {
+    let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
+    {
+        let mut g = shared.lock();
+        g.capabilities.set(Capability::Multifd, true);
+        for (k, v) in params.as_object().unwrap() {
+            g.parameters.insert(k.clone(), v.clone());
+        }
+    }
+    let mf = MultifdRecv::new(shared.clone(), MultifdConfig::from_shared(&shared, uuid));
+    let threads: Vec<_> = channels
+        .iter()
+        .map(|c| {
+            let (mf, c) = (mf.clone(), c.clone());
+            std::thread::spawn(move || mf.run_channel(Box::new(std::io::Cursor::new(c))))
+        })
+        .collect();
+    let cfg = Config {
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        ..Config::default()
+    };
+    let sink = RecordingSink::default();
+    let main = Loader::new(shared.clone(), cfg, Box::new(sink))
+        .with_multifd(mf)
+        .run(Box::new(std::io::Cursor::new(main.to_vec())));
+    let channels = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    Outcome { shared, main, channels }
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { 0xedb8_8320 ^ (crc >> 1) } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// mem0 and pc.bios as the sidecar describes them.
+fn check_ram(base: &str, shared: &Shared, facts: &Value) {
+    let mem0 = shared.ram().get("mem0").unwrap().read_all();
+    let nonzero = facts["mem0_nonzero_pages_crc32"].as_object().unwrap();
+    for (i, page) in mem0.chunks(PAGE).enumerate() {
+        let key = format!("{:#x}", i * PAGE);
+        match nonzero.get(&key) {
+            Some(crc) => {
+                assert_eq!(format!("{:08x}", crc32(page)), crc.as_str().unwrap(), "{base} {key}")
+            }
+            None => assert!(page.iter().all(|&b| b == 0), "{base}: mem0 page {key} not zero"),
+        }
+    }
+    let bios = shared.ram().get("pc.bios").unwrap().read_all();
+    assert_eq!(format!("{:08x}", crc32(&bios)), facts["pc_bios_crc32"].as_str().unwrap(), "{base}");
+}
+
+#[test]
+fn recorded_multifd_streams_load_completely() {
+    let mut n = 0;
+    for base in RECORDINGS {
+        let Some(rec) = recording(base) else { continue };
+        n += 1;
+        let o = load(&rec.main, &rec.channels, &rec.facts["parameters"], [0; 16]);
+        o.main.unwrap_or_else(|e| panic!("{base}: {e}"));
+        for c in &o.channels {
+            c.as_ref().unwrap_or_else(|e| panic!("{base}: {e}"));
+        }
+        assert_eq!(o.shared.lock().status, MigStatus::Completed, "{base}");
+        check_ram(base, &o.shared, &rec.facts);
+        let mf_bytes: u64 = rec.channels.iter().map(|c| c.len() as u64).sum();
+        let c = o.shared.counters();
+        let counted = c.multifd_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(counted, mf_bytes, "{base}");
+        // 7.2 sources do not count the two initial packets.
+        let source = rec.facts["source_ram_stats"]["multifd-bytes"].as_u64().unwrap();
+        let init = if base.starts_with("qemu-7.2") { 2 * 64 } else { 0 };
+        assert_eq!(counted, source + init, "{base}: the source's multifd-bytes");
+        let g = o.shared.lock();
+        assert_eq!(g.multifd_channels.len(), 2, "{base}");
+        let per: u64 = g.multifd_channels.values().map(|s| s.bytes).sum();
+        assert_eq!(per, mf_bytes, "{base}");
+        let syncs: Vec<u64> = g.multifd_channels.values().map(|s| s.syncs).collect();
+        assert!(syncs[0] > 0 && syncs[0] == syncs[1], "{base}: {syncs:?}");
+    }
+    eprintln!("{n} multifd recording(s) loaded");
+}
+
+#[test]
+fn truncated_channel_fails_cleanly() {
+    for base in ["qemu-10.0-multifd2", "qemu-7.2-multifd2", "qemu-10.0-multifd2-zstd"] {
+        let Some(rec) = recording(base) else { continue };
+        let big = (0..rec.channels.len()).max_by_key(|&i| rec.channels[i].len()).unwrap();
+        for cut in [10, 64 + 100, rec.channels[big].len() / 2, rec.channels[big].len() - 1] {
+            let mut chans = rec.channels.clone();
+            chans[big].truncate(cut);
+            let o = load(&rec.main, &chans, &rec.facts["parameters"], [0; 16]);
+            assert!(o.main.is_err(), "{base} cut {cut}");
+            let g = o.shared.lock();
+            assert_eq!(g.status, MigStatus::Failed, "{base} cut {cut}");
+            let desc = g.error_desc.clone().unwrap();
+            assert!(desc.starts_with("multifd channel "), "{base} cut {cut}: {desc}");
+            assert!(desc.contains("byte offset"), "{base} cut {cut}: {desc}");
+            assert!(desc.contains("closed"), "{base} cut {cut}: {desc}");
+        }
+    }
+}
+
+#[test]
+fn bad_initial_packets_give_qemus_errors() {
+    let Some(rec) = recording("qemu-10.0-multifd2") else { return };
+    let params = &rec.facts["parameters"];
+    // The channel's error (the migration fails with it, unless the main
+    // channel already completed with the other channels).
+    let fail = |chans: Vec<Vec<u8>>, params: &Value, uuid: [u8; 16]| {
+        let o = load(&rec.main, &chans, params, uuid);
+        let errs: Vec<String> =
+            o.channels.iter().filter_map(|c| c.as_ref().err()).map(|e| e.to_string()).collect();
+        assert!(!errs.is_empty());
+        let g = o.shared.lock();
+        if o.main.is_err() {
+            assert_eq!(g.status, MigStatus::Failed);
+            assert!(errs.contains(g.error_desc.as_ref().unwrap()), "{errs:?} {:?}", g.error_desc);
+        }
+        errs.join("; ")
+    };
+    let mut chans = rec.channels.clone();
+    chans[0][0] = 0x12;
+    let d = fail(chans, params, [0; 16]);
+    assert!(d.contains("multifd: received packet magic 12223344 expected 11223344"), "{d}");
+    assert!(d.contains("at byte offset 0"), "{d}");
+    let mut chans = rec.channels.clone();
+    chans[1][7] = 2;
+    let d = fail(chans, params, [0; 16]);
+    assert!(d.contains("multifd: received packet version 2 expected 1"), "{d}");
+    assert!(d.contains("at byte offset 4"), "{d}");
+    let d = fail(rec.channels.clone(), params, [1; 16]);
+    assert!(
+        d.contains("received uuid '00000000-0000-0000-0000-000000000000' and expected uuid '01010101-0101-0101-0101-010101010101' for channel"),
+        "{d}"
+    );
+    assert!(d.contains("at byte offset 8"), "{d}");
+    let one = json!({"multifd-channels": 1, "multifd-compression": "none"});
+    let d = fail(rec.channels.clone(), &one, [0; 16]);
+    assert!(d.contains("is greater than number of channels 1"), "{d}");
+    assert!(d.contains("at byte offset 24"), "{d}");
+    let mut chans = rec.channels.clone();
+    let id0 = chans[0][24];
+    chans[1][24] = id0;
+    let d = fail(chans, params, [0; 16]);
+    assert!(d.contains(&format!("received channel id {id0} twice")), "{d}");
+}
+
+#[test]
+fn compression_mismatch_and_damaged_payloads_fail() {
+    let Some(rec) = recording("qemu-10.0-multifd2-zlib") else { return };
+    // The destination expects no compression.
+    let none = json!({"multifd-channels": 2, "multifd-compression": "none"});
+    let o = load(&rec.main, &rec.channels, &none, [0; 16]);
+    assert!(o.main.is_err());
+    let d = o.shared.lock().error_desc.clone().unwrap();
+    assert!(d.contains("compressed with Zlib"), "{d}");
+    // Garbage in the first payload of a channel.
+    let mut chans = rec.channels.clone();
+    let fmt = PacketFormat::x86(PacketLayout::V9);
+    let mut at = 64;
+    let payload = loop {
+        let mut c = wire::Cursor::new(&chans[0][at..], at as u64);
+        let p = RamPacket::decode(&mut c, &fmt).unwrap();
+        let n = p.payload_len(&fmt, Compression::Zlib, at as u64).unwrap();
+        at += fmt.packet_len();
+        if n > 0 {
+            break at;
+        }
+    };
+    for b in &mut chans[0][payload + 2..payload + 40] {
+        *b ^= 0x5a;
+    }
+    let o = load(&rec.main, &chans, &rec.facts["parameters"], [0; 16]);
+    assert!(o.main.is_err());
+    let d = o.shared.lock().error_desc.clone().unwrap();
+    assert!(d.contains("zlib"), "{d}");
+    assert!(d.contains(&format!("byte offset {}", payload - fmt.packet_len())), "{d}");
+}
+
+#[test]
+fn sync_mode_follows_the_machine_type() {
+    use super::flush_after_each_section as f;
+    assert_eq!(f("pc-q35-7.2"), Some(true));
+    assert_eq!(f("pc-i440fx-8.0"), Some(true));
+    assert_eq!(f("pc-q35-8.1"), Some(false));
+    assert_eq!(f("pc-q35-11.1"), Some(false));
+    assert_eq!(f("q35"), None);
+    assert_eq!(f("pc"), None);
+}
