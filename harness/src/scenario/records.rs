@@ -340,7 +340,9 @@ mod tests {
         )
         .unwrap();
         match parse_record(&t).unwrap() {
-            Step::Multifd(MultifdStep::Ram { pages, sync: false, .. }) => assert_eq!(pages.len(), 5),
+            Step::Multifd(MultifdStep::Ram { pages, sync: false, .. }) => {
+                assert_eq!(pages.len(), 5)
+            }
             o => panic!("{o:?}"),
         }
         let t: toml::Table = toml::from_str(

@@ -16,11 +16,11 @@ use super::player::{play_with, PlayResult};
 use super::step::Step;
 use super::verdict::{await_verdict, Verdict, VerdictKind};
 use crate::qmp::MigrationStatus;
-use wire::multifd::PacketLayout;
 use crate::verify::model::{check_memory, MemCheck};
 use crate::vm::dest::{start_dest_with, DestKind};
 use crate::vm::procs::free_tcp_port;
 use crate::vm::qemu::{LaunchOpts, QemuBinary, QemuVm, VmConfig};
+use wire::multifd::PacketLayout;
 
 /// Per-command QMP timeout of a synthetic-source destination.
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -177,12 +177,11 @@ async fn drive(
             Err(e) => return Err(e.context("migrate-incoming")),
         }
     };
-    let (play, play_error) = match play_with(addr, layout, script, opts.play_timeout, packet_layout)
-        .await
-    {
-        Ok(p) => (Some(p), None),
-        Err(e) => (None, Some(format!("{e:#}"))),
-    };
+    let (play, play_error) =
+        match play_with(addr, layout, script, opts.play_timeout, packet_layout).await {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
     let verdict = await_verdict(vm, opts.verdict_timeout).await;
     let mut memory = None;
     let mut rust_blocks = None;

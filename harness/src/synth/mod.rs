@@ -38,11 +38,11 @@ pub use differential::{
     differential, run_script, DestRun, Differential, Expect, Expectation, Observed, Problem,
     RunOpts,
 };
-pub use multifd::{layout_for_version, MultifdStep};
 pub use layout::{
     decode_layout, probe_layout, source_layout, BlockInfo, SourceLayout, GUEST_MEM, PAGE_SIZE,
     QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
 };
+pub use multifd::{layout_for_version, MultifdStep};
 pub use player::{play, play_with, PlayResult, EXPECT_TIMEOUT};
 pub use step::{
     encode_script, globalstate_data, model_of, pattern_pages, vmdesc_for, EncodeError, Page,

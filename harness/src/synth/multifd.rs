@@ -3,7 +3,9 @@
 //! (docs/multifd.md sections 2, 3 and 6).
 
 use wire::consts::MULTIFD_MAGIC;
-use wire::multifd::{InitPacket, PacketFormat, PacketLayout, RamPacket, FLAG_SYNC, MULTIFD_VERSION};
+use wire::multifd::{
+    InitPacket, PacketFormat, PacketLayout, RamPacket, FLAG_SYNC, MULTIFD_VERSION,
+};
 use wire::Encoder;
 
 use super::layout::PAGE_SIZE;

@@ -498,8 +498,7 @@ pub fn encode_script(layout: &SourceLayout, script: &[Step]) -> Result<Vec<u8>> 
 mod tests {
     use super::*;
     use crate::verify::model::{check_pages, content_bytes, Expected, PageState};
-    use wire::multifd::{PacketFormat, PacketLayout};
-use wire::ramrec::decode_ram_record;
+    use wire::ramrec::decode_ram_record;
     use wire::stream::TopRecord;
     use wire::Cursor;
 
