@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::synth::{Page, RpMatcher, Step};
+use crate::synth::{MultifdStep, Page, RpMatcher, Step};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(
@@ -87,6 +87,39 @@ pub enum Record {
     Sleep {
         ms: u64,
     },
+    /// Open multifd channel `channel` (a new connection to the destination).
+    MultifdConnect {
+        channel: u8,
+    },
+    /// The initial packet on `channel`: `magic`, `version`, `uuid` (32 hex
+    /// digits) and `id` (default: the channel number) override the good values.
+    MultifdInit {
+        channel: u8,
+        magic: Option<u32>,
+        version: Option<u32>,
+        uuid: Option<String>,
+        id: Option<u8>,
+    },
+    /// A RAM packet on `channel` with pages (same syntax as `ram-part`, one
+    /// block; `@zero` pages are the packet's zero pages), then their contents.
+    MultifdRam {
+        channel: u8,
+        pages: Vec<String>,
+        #[serde(default)]
+        sync: bool,
+        normal_pages: Option<u32>,
+        pages_alloc: Option<u32>,
+        #[serde(default)]
+        packet_num: u64,
+    },
+    /// A sync packet on `channel` (SYNC, no pages).
+    MultifdSync {
+        channel: u8,
+        #[serde(default)]
+        packet_num: u64,
+    },
+    /// A PART section "ram" holding only MULTIFD_FLUSH (main channel).
+    MultifdFlush {},
 }
 
 pub fn hex(s: &str) -> Result<Vec<u8>, String> {
@@ -200,6 +233,47 @@ fn to_step(r: Record) -> Result<Step, String> {
         Record::ExpectRp { message } => Step::ExpectRp(matcher(&message)?),
         Record::ServePageRequests {} => Step::ServePageRequests,
         Record::Sleep { ms } => Step::Sleep(ms),
+        Record::MultifdConnect { channel } => Step::Multifd(MultifdStep::Connect { channel }),
+        Record::MultifdInit { channel, magic, version, uuid, id } => {
+            let good = MultifdStep::init(channel);
+            let MultifdStep::Init { magic: m0, version: v0, uuid: u0, .. } = good else {
+                unreachable!("MultifdStep::init builds an Init")
+            };
+            let uuid = match uuid {
+                None => u0,
+                Some(u) => hex(&u)?
+                    .try_into()
+                    .map_err(|_| format!("multifd-init: uuid {u:?} is not 16 bytes"))?,
+            };
+            Step::Multifd(MultifdStep::Init {
+                channel,
+                magic: magic.unwrap_or(m0),
+                version: version.unwrap_or(v0),
+                uuid,
+                id: id.unwrap_or(channel),
+            })
+        }
+        Record::MultifdRam { channel, pages: p, sync, normal_pages, pages_alloc, packet_num } => {
+            let pages = p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat();
+            if pages.iter().any(|x| x.block != pages[0].block) {
+                return Err("multifd-ram: all pages of a packet belong to one block".into());
+            }
+            if pages.len() > 128 {
+                return Err(format!("multifd-ram: {} pages, a packet holds 128", pages.len()));
+            }
+            Step::Multifd(MultifdStep::Ram {
+                channel,
+                pages,
+                sync,
+                normal_pages,
+                pages_alloc,
+                packet_num,
+            })
+        }
+        Record::MultifdSync { channel, packet_num } => {
+            Step::Multifd(MultifdStep::Sync { channel, packet_num })
+        }
+        Record::MultifdFlush {} => Step::MultifdFlush,
     })
 }
 
@@ -251,5 +325,33 @@ mod tests {
         assert!(parse_record(&t).unwrap_err().contains("lisen"));
         let t: toml::Table = toml::from_str("op = \"ping\"\nvalu = 1").unwrap();
         assert!(parse_record(&t).is_err());
+    }
+
+    #[test]
+    fn multifd_records_parse() {
+        let t: toml::Table =
+            toml::from_str("op = \"multifd-init\"\nchannel = 1\nmagic = 1").unwrap();
+        match parse_record(&t).unwrap() {
+            Step::Multifd(MultifdStep::Init { magic: 1, version: 1, id: 1, .. }) => {}
+            o => panic!("{o:?}"),
+        }
+        let t: toml::Table = toml::from_str(
+            "op = \"multifd-ram\"\nchannel = 0\npages = [\"mem0:0-3@1\", \"mem0:4@zero\"]",
+        )
+        .unwrap();
+        match parse_record(&t).unwrap() {
+            Step::Multifd(MultifdStep::Ram { pages, sync: false, .. }) => {
+                assert_eq!(pages.len(), 5)
+            }
+            o => panic!("{o:?}"),
+        }
+        let t: toml::Table = toml::from_str(
+            "op = \"multifd-ram\"\nchannel = 0\npages = [\"mem0:0@1\", \"pc.bios:0@1\"]",
+        )
+        .unwrap();
+        assert!(parse_record(&t).unwrap_err().contains("one block"));
+        let t: toml::Table =
+            toml::from_str("op = \"multifd-init\"\nchannel = 0\nuuid = \"00\"").unwrap();
+        assert!(parse_record(&t).unwrap_err().contains("16 bytes"));
     }
 }

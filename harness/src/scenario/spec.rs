@@ -150,7 +150,7 @@ pub struct DestSpec {
 /// `[expect]` of a stream scenario, typed.
 #[derive(Debug, Clone)]
 pub struct StreamExpect {
-    /// Completed, Failed or PostcopyPaused.
+    /// Completed, Failed, PostcopyPaused or Stuck.
     pub verdict: Expect,
     /// Regexes on the error text: `error` applies to both unless overridden.
     pub qemu_error: Option<regex::Regex>,
@@ -296,10 +296,11 @@ fn stream_body(d: &RawDoc) -> Result<Body, SpecError> {
         "completed" => Expect::Completed,
         "failed" => Expect::Failed,
         "postcopy-paused" => Expect::PostcopyPaused,
+        "stuck" => Expect::Stuck,
         v => {
             return Err(err(
                 At::Key(&["verdict"]),
-                format!("expect.verdict must be \"completed\", \"failed\" or \"postcopy-paused\", not {v:?}"),
+                format!("expect.verdict must be \"completed\", \"failed\", \"postcopy-paused\" or \"stuck\", not {v:?}"),
             ))
         }
     };

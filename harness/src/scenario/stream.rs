@@ -31,9 +31,22 @@ pub async fn run_stream(
             }
         }
     }
+    // `[capabilities]` and `[dest] capabilities` / `parameters` go to both
+    // destinations (e.g. `multifd` and `multifd-channels`).
+    let capabilities = v
+        .spec
+        .capabilities
+        .iter()
+        .chain(&v.spec.dest.capabilities)
+        .filter(|(c, _)| c.as_str() != "postcopy-ram")
+        .map(|(c, on)| (c.clone(), *on))
+        .collect();
+    let parameters = v.spec.dest.parameters.as_object().filter(|p| !p.is_empty());
     let opts = synth::RunOpts {
         postcopy_ram: v.spec.capabilities.get("postcopy-ram").copied().unwrap_or(false),
         check_memory: exp.memory,
+        capabilities,
+        parameters: parameters.map(|p| serde_json::Value::Object(p.clone())),
         ..Default::default()
     };
     let workdir = tempfile::Builder::new().prefix("crossmig-stream-").tempdir()?;

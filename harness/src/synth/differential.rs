@@ -11,7 +11,8 @@ use anyhow::{anyhow, Context as _, Result};
 use serde_json::{json, Value};
 
 use super::layout::{BlockInfo, SourceLayout, GUEST_MEM};
-use super::player::{play, PlayResult};
+use super::multifd::layout_for_version;
+use super::player::{play_with, PlayResult};
 use super::step::Step;
 use super::verdict::{await_verdict, Verdict, VerdictKind};
 use crate::qmp::MigrationStatus;
@@ -19,6 +20,7 @@ use crate::verify::model::{check_memory, MemCheck};
 use crate::vm::dest::{start_dest_with, DestKind};
 use crate::vm::procs::free_tcp_port;
 use crate::vm::qemu::{LaunchOpts, QemuBinary, QemuVm, VmConfig};
+use wire::multifd::PacketLayout;
 
 /// Per-command QMP timeout of a synthetic-source destination.
 const QMP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -37,6 +39,10 @@ pub struct RunOpts {
     /// QMP `cont` before `migrate-incoming`: the guest runs as soon as it
     /// can (after POSTCOPY_RUN in postcopy), so it touches RAM and faults.
     pub autostart: bool,
+    /// Further capabilities set before `migrate-incoming` (e.g. `multifd`).
+    pub capabilities: Vec<(String, bool)>,
+    /// `migrate-set-parameters` arguments (e.g. `multifd-channels`), if any.
+    pub parameters: Option<Value>,
 }
 
 impl Default for RunOpts {
@@ -47,6 +53,8 @@ impl Default for RunOpts {
             verdict_timeout: Duration::from_secs(10),
             check_memory: true,
             autostart: false,
+            capabilities: Vec::new(),
+            parameters: None,
         }
     }
 }
@@ -107,7 +115,12 @@ pub async fn run_script(
     let launch = LaunchOpts { command_timeout: Some(QMP_TIMEOUT), ..LaunchOpts::new(log) };
     let vm = start_dest_with(kind, qemu, cfg, launch).await?;
     let pid = vm.pid();
-    let r = drive(kind, &vm, layout, script, opts).await;
+    // The destination reads multifd packets in its own version's layout.
+    let packet_layout = match qemu.version() {
+        Ok((major, minor, _)) => layout_for_version(major, minor),
+        Err(_) => PacketLayout::V9,
+    };
+    let r = drive(kind, &vm, layout, script, opts, packet_layout).await;
     let log_tail = vm.log_tail(6000);
     vm.quit().await;
     let (verdict, play, play_error, memory, rust_blocks) =
@@ -135,12 +148,18 @@ async fn drive(
     layout: &SourceLayout,
     script: &[Step],
     opts: &RunOpts,
+    packet_layout: PacketLayout,
 ) -> Result<DriveOut> {
+    let mut caps: Vec<(&str, bool)> =
+        opts.capabilities.iter().map(|(c, on)| (c.as_str(), *on)).collect();
     if opts.postcopy_ram {
-        vm.qmp
-            .set_capabilities(&[("postcopy-ram", true)])
-            .await
-            .context("migrate-set-capabilities")?;
+        caps.insert(0, ("postcopy-ram", true));
+    }
+    if !caps.is_empty() {
+        vm.qmp.set_capabilities(&caps).await.context("migrate-set-capabilities")?;
+    }
+    if let Some(p) = &opts.parameters {
+        vm.qmp.set_parameters(p.clone()).await.context("migrate-set-parameters")?;
     }
     if opts.autostart {
         vm.execute("cont", Value::Null).await.context("cont (autostart)")?;
@@ -158,10 +177,11 @@ async fn drive(
             Err(e) => return Err(e.context("migrate-incoming")),
         }
     };
-    let (play, play_error) = match play(addr, layout, script, opts.play_timeout).await {
-        Ok(p) => (Some(p), None),
-        Err(e) => (None, Some(format!("{e:#}"))),
-    };
+    let (play, play_error) =
+        match play_with(addr, layout, script, opts.play_timeout, packet_layout).await {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(format!("{e:#}"))),
+        };
     let verdict = await_verdict(vm, opts.verdict_timeout).await;
     let mut memory = None;
     let mut rust_blocks = None;

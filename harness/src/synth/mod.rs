@@ -7,6 +7,10 @@
 //!   rejects unknown blocks and wrong lengths), learned at run time from a
 //!   real QEMU source ([`probe_layout`], cached per process by
 //!   [`source_layout`]).
+//! * [`page`]: one page of guest RAM as the source sends it ([`Page`]).
+//! * [`multifd`]: elements of the multifd channels ([`MultifdStep`]: open
+//!   channel k, initial packet, RAM and SYNC packets), encoded with
+//!   `wire::multifd`.
 //! * [`step`]: one scripted protocol element ([`Step`]), encoded with the
 //!   `wire` crate.
 //! * [`player`]: connect, write the steps in order (flushing each), read the
@@ -17,11 +21,13 @@
 //!   against QEMU and rust-dest at once, compared in one place
 //!   ([`Differential::problems`]).
 //!
-//! Dependencies point one way: layout ← step ← player ← differential, and
-//! verdict ← differential.
+//! Dependencies point one way: layout, page ← multifd ← step ← player ←
+//! differential, and verdict ← differential.
 
 pub mod differential;
 pub mod layout;
+pub mod multifd;
+pub mod page;
 pub mod player;
 pub mod step;
 pub mod verdict;
@@ -36,7 +42,8 @@ pub use layout::{
     decode_layout, probe_layout, source_layout, BlockInfo, SourceLayout, GUEST_MEM, PAGE_SIZE,
     QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
 };
-pub use player::{play, PlayResult, EXPECT_TIMEOUT};
+pub use multifd::{layout_for_version, MultifdStep};
+pub use player::{play, play_with, PlayResult, EXPECT_TIMEOUT};
 pub use step::{
     encode_script, globalstate_data, model_of, pattern_pages, vmdesc_for, EncodeError, Page,
     RpMatcher, Step, FIRST_DEVICE_SECTION_ID, RAM_SECTION_ID,

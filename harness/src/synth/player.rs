@@ -1,7 +1,7 @@
 //! Playing a script into a destination: write the steps in order, read the
 //! return path concurrently, answer page requests from the RAM model.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -10,10 +10,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use wire::multifd::{PacketFormat, PacketLayout};
 use wire::rp::{decode_rp, RpMessage};
 use wire::{Cursor, DecodeError, Encoder};
 
 use super::layout::SourceLayout;
+use super::multifd::MultifdStep;
 use super::step::{Enc, RpMatcher, Step};
 use crate::verify::model::RamModel;
 
@@ -82,6 +84,19 @@ impl PlayResult {
                 format!("; unmet: {}", self.expect_failures.join("; "))
             },
         )
+    }
+}
+
+/// Write `b` on a multifd channel, within `deadline`.
+async fn write_all(
+    s: &mut TcpStream,
+    b: &[u8],
+    deadline: tokio::time::Instant,
+) -> std::result::Result<(), String> {
+    match tokio::time::timeout_at(deadline, s.write_all(b)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("write failed: {e}")),
+        Err(_) => Err("write timed out (destination not reading)".into()),
     }
 }
 
@@ -217,6 +232,20 @@ pub async fn play(
     script: &[Step],
     timeout: Duration,
 ) -> Result<PlayResult> {
+    play_with(dest_addr, layout, script, timeout, PacketLayout::V9).await
+}
+
+/// [`play`], writing multifd RAM packets in `packet_layout` (the layout the
+/// destination's QEMU version expects). Each [`MultifdStep::Connect`] opens
+/// a new connection to `dest_addr`; the channels are shut down after the
+/// last step.
+pub async fn play_with(
+    dest_addr: SocketAddr,
+    layout: &SourceLayout,
+    script: &[Step],
+    timeout: Duration,
+    packet_layout: PacketLayout,
+) -> Result<PlayResult> {
     let t0 = Instant::now();
     let deadline = t0 + timeout;
     let stream = connect_retry(dest_addr, timeout.min(Duration::from_secs(5))).await?;
@@ -226,6 +255,8 @@ pub async fn play(
     let reader = tokio::spawn(reader_task(rd, tx));
 
     let mut enc = Enc::new(layout);
+    enc.multifd_fmt = PacketFormat::x86(packet_layout);
+    let mut channels: HashMap<u8, TcpStream> = HashMap::new();
     let mut st = RpState::default();
     let mut res = PlayResult::default();
     let mut serving = false;
@@ -323,6 +354,35 @@ pub async fn play(
                 }
             }
             Step::ServePageRequests => serving = true,
+            Step::Multifd(MultifdStep::Connect { channel }) => {
+                match connect_retry(dest_addr, timeout.min(Duration::from_secs(5))).await {
+                    Ok(s) => {
+                        let _ = s.set_nodelay(true);
+                        channels.insert(*channel, s);
+                    }
+                    Err(e) => {
+                        res.aborted = Some(format!("step {i} ({}): {e:#}", step.name()));
+                        break 'steps;
+                    }
+                }
+            }
+            Step::Multifd(m) => {
+                let mut e = Encoder::new();
+                enc.encode(step, &mut e).map_err(|m| anyhow!("step {i} ({}): {m}", step.name()))?;
+                let Some(ch) = channels.get_mut(&m.channel()) else {
+                    res.aborted = Some(format!(
+                        "step {i} ({}): multifd channel {} is not connected",
+                        step.name(),
+                        m.channel()
+                    ));
+                    break 'steps;
+                };
+                if let Err(m) = write_all(ch, &e.buf, tdeadline).await {
+                    res.aborted = Some(format!("step {i} ({}): {m}", step.name()));
+                    break 'steps;
+                }
+                res.bytes_sent += e.buf.len() as u64;
+            }
             _ => {
                 if matches!(step, Step::Eof) {
                     serving = false;
@@ -342,6 +402,9 @@ pub async fn play(
     // Half-close: the destination sees the end of the stream after our data;
     // keep reading the return path until it closes.
     let _ = wr.shutdown().await;
+    for ch in channels.values_mut() {
+        let _ = ch.shutdown().await;
+    }
     let linger = tokio::time::Instant::now() + Duration::from_secs(5);
     let until = linger.min(tdeadline.max(tokio::time::Instant::now() + Duration::from_millis(200)));
     while st.closed.is_none() {
@@ -353,6 +416,7 @@ pub async fn play(
     reader.abort();
     st.drain(&mut rx);
     drop(wr);
+    drop(channels);
     res.rp_messages = st.msgs;
     res.rp_end = st.closed;
     res.page_request_errors.extend(st.req_errors);

@@ -8,13 +8,16 @@ use serde_json::{json, Value};
 
 use wire::command::{discard_payload, Advise, Command};
 use wire::consts::{MIG_CMD_POSTCOPY_ADVISE, MIG_CMD_POSTCOPY_RAM_DISCARD};
+use wire::multifd::{PacketFormat, PacketLayout};
 use wire::ramrec::{encode_ram_record, BlockEntry, BlockRef, RamContext, RamRecord};
 use wire::rp::RpMessage;
 use wire::stream::{self, Configuration, Header, SectionKind};
 use wire::{vmdesc, Encoder};
 
 use super::layout::{SourceLayout, PAGE_SIZE};
-use crate::verify::model::{content_bytes, Content, RamModel};
+use super::multifd::MultifdStep;
+pub use super::page::{pattern_pages, Page};
+use crate::verify::model::{Content, RamModel};
 
 /// Section id the synthetic source uses for "ram" (any id is legal; a real
 /// QEMU 10.0 q35 source happens to use 1).
@@ -33,32 +36,6 @@ pub enum EncodeError {
     UnknownBlock(String),
     #[error("page request {block:?} start {start:#x} length {len:#x} is invalid (block length {block_len:#x})")]
     BadPageRequest { block: String, start: u64, len: u32, block_len: u64 },
-}
-
-/// One page record of a RAM section.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Page {
-    pub block: String,
-    /// Target-page index within the block.
-    pub index: u64,
-    pub content: Content,
-}
-
-impl Page {
-    pub fn pattern(block: &str, index: u64, version: u8) -> Page {
-        Page { block: block.into(), index, content: Content::Pattern(version) }
-    }
-    pub fn zero(block: &str, index: u64) -> Page {
-        Page { block: block.into(), index, content: Content::Zero }
-    }
-    pub fn bytes(&self) -> Vec<u8> {
-        content_bytes(&self.block, self.index, self.content)
-    }
-}
-
-/// Pattern pages `range` of `block`, all with `version`.
-pub fn pattern_pages(block: &str, range: std::ops::Range<u64>, version: u8) -> Vec<Page> {
-    range.map(|i| Page::pattern(block, i, version)).collect()
 }
 
 /// Which return-path message an [`Step::ExpectRp`] waits for.
@@ -154,6 +131,12 @@ pub enum Step {
     /// from the model in a PART section.
     ServePageRequests,
     Sleep(u64),
+    /// An element of a multifd channel (written on that channel's own
+    /// connection; `Connect` opens it).
+    Multifd(MultifdStep),
+    /// PART section "ram" holding only a MULTIFD_FLUSH record (the main
+    /// channel's sync-point marker in per-round mode), EOS, footer.
+    MultifdFlush,
 }
 
 impl Step {
@@ -214,6 +197,8 @@ impl Step {
             Step::ExpectRp(m) => format!("ExpectRp({m:?})"),
             Step::ServePageRequests => "ServePageRequests".into(),
             Step::Sleep(ms) => format!("Sleep({ms})"),
+            Step::Multifd(m) => m.name(),
+            Step::MultifdFlush => "MultifdFlush".into(),
         }
     }
 }
@@ -285,6 +270,8 @@ pub(super) struct Enc<'a> {
     /// Pages served on request after LISTEN: later RamPart/RamEnd steps skip
     /// them, like a real source whose dirty bit was cleared by the send.
     served: HashSet<(String, u64)>,
+    /// The packet format of multifd RAM packets.
+    pub(super) multifd_fmt: PacketFormat,
 }
 
 impl<'a> Enc<'a> {
@@ -297,6 +284,7 @@ impl<'a> Enc<'a> {
             dev_ids: HashMap::new(),
             listening: false,
             served: HashSet::new(),
+            multifd_fmt: PacketFormat::x86(PacketLayout::V9),
         }
     }
 
@@ -403,6 +391,16 @@ impl<'a> Enc<'a> {
             Step::Raw(b) => {
                 e.bytes(b);
             }
+            Step::MultifdFlush => {
+                stream::encode_section_cont(e, SectionKind::Part, RAM_SECTION_ID);
+                self.last_block = None;
+                encode_ram_record(e, &RamRecord::MultifdFlush, &self.ctx);
+                encode_ram_record(e, &RamRecord::Eos, &self.ctx);
+                stream::encode_footer(e, RAM_SECTION_ID);
+            }
+            // The bytes of a multifd channel; the player writes them on
+            // that channel, not on the main one.
+            Step::Multifd(m) => m.encode(e, &self.multifd_fmt, &mut self.model),
             Step::ExpectRp(_) | Step::ServePageRequests | Step::Sleep(_) => {
                 return Err(EncodeError::NotStreamData(step.name()))
             }
@@ -482,13 +480,14 @@ pub fn model_of(layout: &SourceLayout, script: &[Step]) -> RamModel {
     enc.model
 }
 
-/// The bytes `script` writes (no page requests), for inspection.
+/// The bytes `script` writes on the main channel (no page requests), for
+/// inspection.
 pub fn encode_script(layout: &SourceLayout, script: &[Step]) -> Result<Vec<u8>> {
     let mut enc = Enc::new(layout);
     let mut e = Encoder::new();
     for (i, s) in script.iter().enumerate() {
         match s {
-            Step::ExpectRp(_) | Step::ServePageRequests | Step::Sleep(_) => {}
+            Step::ExpectRp(_) | Step::ServePageRequests | Step::Sleep(_) | Step::Multifd(_) => {}
             _ => enc.encode(s, &mut e).map_err(|m| anyhow!("step {i}: {m}"))?,
         }
     }
@@ -498,7 +497,7 @@ pub fn encode_script(layout: &SourceLayout, script: &[Step]) -> Result<Vec<u8>> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::model::{check_pages, Expected, PageState};
+    use crate::verify::model::{check_pages, content_bytes, Expected, PageState};
     use wire::ramrec::decode_ram_record;
     use wire::stream::TopRecord;
     use wire::Cursor;
