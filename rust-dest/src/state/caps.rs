@@ -152,8 +152,7 @@ impl ComboError {
         let on = |c| caps.get(c);
         if on(Capability::PostcopyRam)
             && on(Capability::Multifd)
-            && (8, 1) <= version
-            && version < (10, 1)
+            && ((8, 1)..(10, 1)).contains(&version)
         {
             return Err(ComboError::PostcopyMultifd);
         }
