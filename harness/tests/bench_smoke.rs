@@ -1,4 +1,4 @@
-//! Smoke check of `crossmig bench`: a short run of all four parts at a small
+//! Smoke check of `crossmig bench`: a short run of all five parts at a small
 //! guest size; asserts the JSON and HTML reports exist and carry every metric
 //! for both destinations. No thresholds on timings.
 //!
@@ -28,6 +28,12 @@ const REQUIRED: &[&str] = &[
     "overhead.precopy.guest_boot_ms",
     "overhead.precopy.total_ms",
     "overhead.postcopy.total_ms",
+    "multifd_none.migration_ms",
+    "multifd_none.dest_cpu_s",
+    "multifd_none.dest_rss_beyond_mib",
+    "multifd_zstd.migration_ms",
+    "multifd_zstd.dest_cpu_s",
+    "multifd_zstd.dest_rss_beyond_mib",
 ];
 
 fn leftovers(pid: u32) -> Vec<String> {
@@ -96,7 +102,8 @@ async fn bench_quick_smoke() {
         j["config"]["parts"].as_array().unwrap().iter().filter_map(|p| p.as_str()).collect();
     let wanted = |key: &str| {
         let mut it = key.split('.');
-        let first = it.next().unwrap();
+        // The multifd part's scenarios are multifd_<compression>.
+        let first = it.next().unwrap().split('_').next().unwrap();
         // overhead.<scenario>.<phase> needs both the overhead part and the scenario.
         parts.contains(&first) && (first != "overhead" || parts.contains(&it.next().unwrap()))
     };
@@ -128,6 +135,7 @@ async fn bench_quick_smoke() {
         ("postcopy", "tput-postcopy"),
         ("ingest", "ingest-bars"),
         ("overhead", "overhead-bars"),
+        ("multifd", "tput-multifd"),
     ] {
         if parts.contains(&part) {
             assert!(html.contains(&format!("<svg id=\"{id}\"")), "bench.html lacks plot {id}");

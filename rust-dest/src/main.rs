@@ -47,6 +47,7 @@ fn main() {
 
     let ram = Arc::new(RamTable::new(opts.backends.clone(), opts.max_ram));
     let shared = Shared::new(ram, opts.start_paused);
+    shared.lock().machine = opts.machine.clone();
     let (qtx, qrx) = std::sync::mpsc::channel();
     shared.set_quit_sender(qtx.clone());
     let cfg = Config {

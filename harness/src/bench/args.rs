@@ -19,16 +19,20 @@ pub enum Part {
     Postcopy,
     Ingest,
     Overhead,
+    /// Multifd precopy (4 channels, compression none and zstd).
+    Multifd,
 }
 
 impl Part {
-    pub const ALL: [Part; 4] = [Part::Precopy, Part::Postcopy, Part::Ingest, Part::Overhead];
+    pub const ALL: [Part; 5] =
+        [Part::Precopy, Part::Postcopy, Part::Ingest, Part::Overhead, Part::Multifd];
     pub fn name(self) -> &'static str {
         match self {
             Part::Precopy => "precopy",
             Part::Postcopy => "postcopy",
             Part::Ingest => "ingest",
             Part::Overhead => "overhead",
+            Part::Multifd => "multifd",
         }
     }
 }
@@ -38,7 +42,7 @@ impl Part {
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Short run: 1 GiB guest instead of 2 GiB, 1 repetition per side
-    /// instead of 3, postcopy with half the guest RAM.
+    /// instead of 3, postcopy and multifd with half the guest RAM.
     #[arg(long)]
     pub quick: bool,
     /// Repetitions per destination (default 3, or 1 with --quick).
@@ -167,7 +171,9 @@ mod tests {
         assert_eq!(c.parts, vec![Part::Precopy, Part::Ingest, Part::Overhead]);
         assert_eq!((c.reps, c.mem_bytes, c.postcopy_mem_bytes), (1, 256 << 20, 128 << 20));
         let c = BenchConfig::from_args(&parse_args(Vec::<String>::new()).unwrap()).unwrap();
-        assert_eq!((c.reps, c.mem_bytes, c.parts.len()), (3, 2 << 30, 4));
+        assert_eq!((c.reps, c.mem_bytes, c.parts.len()), (3, 2 << 30, 5));
+        let c = BenchConfig::from_args(&parse_args(["--only", "multifd"]).unwrap()).unwrap();
+        assert_eq!(c.parts, vec![Part::Multifd]);
         assert_eq!(c.out, PathBuf::from("bench-out"));
     }
 }

@@ -102,6 +102,40 @@ pub(super) fn metric_defs(cfg: &BenchConfig, overhead_scenarios: &[&str]) -> Vec
             Better::Info,
         ));
     }
+    if cfg.has(Part::Multifd) {
+        for (sc, comp) in super::MULTIFD_SCENARIOS {
+            let k = |x: &str| format!("{sc}.{x}");
+            let ch = super::run::MULTIFD_CHANNELS;
+            d.push(def(
+                &k("migration_ms"),
+                "multifd",
+                &format!("{ch} channels, {comp}: total migration time"),
+                "ms",
+                Better::Lower,
+            ));
+            d.push(def(
+                &k("throughput_mib_s"),
+                "multifd",
+                &format!("{ch} channels, {comp}: throughput (source ram.transferred / time)"),
+                "MiB/s",
+                Better::Higher,
+            ));
+            d.push(def(
+                &k("dest_cpu_s"),
+                "multifd",
+                &format!("{ch} channels, {comp}: destination CPU, user+sys"),
+                "s",
+                Better::Lower,
+            ));
+            d.push(def(
+                &k("dest_rss_beyond_mib"),
+                "multifd",
+                &format!("{ch} channels, {comp}: destination peak RSS beyond guest RAM"),
+                "MiB",
+                Better::Lower,
+            ));
+        }
+    }
     if cfg.has(Part::Ingest) {
         d.push(def(
             "ingest.gb_s",

@@ -232,6 +232,19 @@ pre{{background:#f8f8f8;padding:.6em;overflow-x:auto;font-size:12px}}svg{{displa
         h += &svg_stacked("overhead-bars", "Where a scenario's wall time goes", &rows, &phases);
         h += &note("Overhead");
     }
+    if c.has(Part::Multifd) {
+        let _ = write!(h, "<h2>5. Multifd precopy</h2>{}", html_metric_rows(r, "multifd"));
+        let runs: Vec<&RunRecord> =
+            r.runs.iter().filter(|x| x.scenario.starts_with("multifd") && x.ok).collect();
+        h += &svg_lines(
+            "tput-multifd",
+            "Multifd: throughput over time (source ram.transferred, 50 ms samples)",
+            "seconds since migrate",
+            "MiB/s",
+            &throughput_series(&runs),
+        );
+        h += &note("Multifd");
+    }
     let _ = write!(h, "<h2>Text summary</h2><pre>{}</pre>", esc(table));
     let _ = write!(h, "<h2>Runs</h2><table><tr><th>scenario</th><th>rep</th><th>destination</th><th>result</th></tr>");
     for x in &r.runs {

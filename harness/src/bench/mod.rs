@@ -70,6 +70,9 @@ use ingest::{record_stream, run_ingest};
 use metrics::summarize;
 use report::notes;
 use run::{run_tcp, TcpScenario};
+
+/// The multifd part's scenarios: name (metric prefix), compression.
+const MULTIFD_SCENARIOS: [(&str, &str); 2] = [("multifd_none", "none"), ("multifd_zstd", "zstd")];
 use text::side_label;
 
 /// Run the benchmark; prints the table, writes OUT/bench.json and
@@ -163,6 +166,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
             postcopy: false,
             workload: Workload::Fill,
             mem: cfg.mem_bytes,
+            multifd: None,
         });
     }
     if cfg.has(Part::Postcopy) {
@@ -171,7 +175,21 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
             postcopy: true,
             workload: Workload::Sweep,
             mem: cfg.postcopy_mem_bytes,
+            multifd: None,
         });
+    }
+    if cfg.has(Part::Multifd) {
+        // A stopped fill guest, like precopy; half the RAM with --quick.
+        let mem = if cfg.quick { (cfg.mem_bytes / 2).max(64 << 20) } else { cfg.mem_bytes };
+        for (name, comp) in MULTIFD_SCENARIOS {
+            tcp.push(TcpScenario {
+                name,
+                postcopy: false,
+                workload: Workload::Fill,
+                mem,
+                multifd: Some(comp),
+            });
+        }
     }
     if cfg.has(Part::Overhead) && tcp.is_empty() {
         // Overhead alone: a minimal scenario (stopped sweep guest, precopy).
@@ -180,6 +198,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
             postcopy: false,
             workload: Workload::Sweep,
             mem: cfg.mem_bytes,
+            multifd: None,
         });
     }
     for sc in &tcp {

@@ -31,7 +31,13 @@ pub(super) struct TcpScenario {
     pub(super) postcopy: bool,
     pub(super) workload: Workload,
     pub(super) mem: u64,
+    /// Multifd with [`MULTIFD_CHANNELS`] channels and this
+    /// `multifd-compression` on both sides.
+    pub(super) multifd: Option<&'static str>,
 }
+
+/// Channels of the multifd scenarios.
+pub(super) const MULTIFD_CHANNELS: u32 = 4;
 
 /// One run of one side; failures end up in the record, with log tails.
 pub(super) async fn run_tcp(ctx: &Ctx, sc: TcpScenario, side: DestKind, rep: u32) -> RunRecord {
@@ -130,11 +136,19 @@ async fn tcp_inner(
     if sc.postcopy {
         caps.push(("postcopy-ram", true));
     }
+    if sc.multifd.is_some() {
+        caps.push(("multifd", true));
+    }
     m.set_capabilities(Side::Source, &caps).await?;
     if sc.postcopy {
         caps.push(("postcopy-blocktime", true));
     }
     m.set_capabilities(Side::Dest, &caps).await?;
+    if let Some(comp) = sc.multifd {
+        let p = json!({"multifd-channels": MULTIFD_CHANNELS, "multifd-compression": comp});
+        m.set_parameters(Side::Source, &p).await?;
+        m.set_parameters(Side::Dest, &p).await?;
+    }
     m.set_parameters(
         Side::Source,
         &json!({"max-bandwidth": UNLIMITED_BW, "downtime-limit": 300, "max-postcopy-bandwidth": 0}),

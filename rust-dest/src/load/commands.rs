@@ -205,10 +205,18 @@ impl Loader {
         }
         self.set_pc_state(ns);
         self.shared.set_status(MigStatus::PostcopyActive);
+        // Multifd channels place nothing while RAM is being registered, and
+        // through the runtime afterwards.
+        let mf = self.multifd.clone();
+        let mut placement = mf.as_ref().map(|mf| mf.placement_mut());
         let rt =
             PostcopyRuntime::start(self.shared.clone(), self.rp.clone(), self.cfg.vcpu.clone())
                 .map_err(|source| LoadError::Userfaultfd { at: off, source })?;
         let rt = Arc::new(rt);
+        if let Some(p) = placement.as_mut() {
+            **p = Some(rt.clone());
+        }
+        drop(placement);
         self.slot.set(Some(rt.clone()));
         self.postcopy = Some(rt);
         self.placing = true;

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::args::{invalid_type, list_elem, not_accepted, Args, QResult, QmpErr};
 use crate::ram::TARGET_PAGE_SIZE;
-use crate::state::{Capability, MigStatus, Shared};
+use crate::state::{machine_version, Capability, ComboError, MigStatus, Shared};
 
 /// `tcp:H:P` / `unix:PATH` → QAPI `SocketAddress` (for `socket-address`).
 fn uri_socket_address(uri: &str) -> Option<Value> {
@@ -157,6 +157,12 @@ pub(super) fn set_capabilities(shared: &Shared, mut a: Args) -> QResult<Value> {
     for (cap, state) in changes {
         caps.set(cap, state);
     }
+    // With a versioned machine type, refuse what that QEMU version refuses;
+    // an alias (`q35`) accepts every combination.
+    let version = g.machine.as_deref().and_then(machine_version);
+    if let Some(v) = version {
+        ComboError::check_postcopy(&caps, v).map_err(|e| QmpErr::generic(e.to_string()))?;
+    }
     let on = |c: Capability| caps.get(c);
     if on(Capability::PostcopyPreempt) && !on(Capability::PostcopyRam) {
         return Err(QmpErr::generic("Postcopy preempt requires postcopy-ram"));
@@ -165,6 +171,9 @@ pub(super) fn set_capabilities(shared: &Shared, mut a: Args) -> QResult<Value> {
         return Err(QmpErr::generic(
             "Capability 'switchover-ack' requires capability 'return-path'",
         ));
+    }
+    if let Some(v) = version {
+        ComboError::check_multifd(&caps, v).map_err(|e| QmpErr::generic(e.to_string()))?;
     }
     g.capabilities = caps;
     Ok(json!({}))

@@ -124,6 +124,50 @@ impl Capabilities {
     }
 }
 
+/// The QEMU version `(major, minor)` of a versioned PC machine type
+/// (`pc-q35-10.0`, `pc-i440fx-7.2`); `None` for aliases (`q35`, `pc`) and
+/// other names.
+pub fn machine_version(machine: &str) -> Option<(u32, u32)> {
+    let ver = machine.strip_prefix("pc-q35-").or_else(|| machine.strip_prefix("pc-i440fx-"))?;
+    let (maj, min) = ver.split_once('.')?;
+    Some((maj.parse().ok()?, min.parse().ok()?))
+}
+
+/// A capability combination the destination's QEMU version refuses
+/// (`migration/options.c` `migrate_caps_check()`; texts verified on the
+/// 7.2, 10.0 and 11.1 binaries).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ComboError {
+    /// 8.1 up to 10.0 (7.2 accepts the pair, 10.1+ again).
+    #[error("Postcopy is not yet compatible with multifd")]
+    PostcopyMultifd,
+    /// 8.2 and later.
+    #[error("Multifd is not compatible with xbzrle")]
+    MultifdXbzrle,
+}
+
+impl ComboError {
+    /// Checks made early in QEMU (within its postcopy-ram block).
+    pub fn check_postcopy(caps: &Capabilities, version: (u32, u32)) -> Result<(), ComboError> {
+        let on = |c| caps.get(c);
+        if on(Capability::PostcopyRam)
+            && on(Capability::Multifd)
+            && ((8, 1)..(10, 1)).contains(&version)
+        {
+            return Err(ComboError::PostcopyMultifd);
+        }
+        Ok(())
+    }
+
+    /// Checks made late in QEMU (after the postcopy and switchover ones).
+    pub fn check_multifd(caps: &Capabilities, version: (u32, u32)) -> Result<(), ComboError> {
+        if caps.get(Capability::Multifd) && caps.get(Capability::Xbzrle) && version >= (8, 2) {
+            return Err(ComboError::MultifdXbzrle);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,5 +184,43 @@ mod tests {
         assert!(s.get(Capability::MappedRam) && !s.get(Capability::Xbzrle));
         s.set(Capability::MappedRam, false);
         assert_eq!(s, Capabilities::default());
+    }
+
+    #[test]
+    fn machine_versions() {
+        assert_eq!(machine_version("pc-q35-10.0"), Some((10, 0)));
+        assert_eq!(machine_version("pc-i440fx-7.2"), Some((7, 2)));
+        assert_eq!(machine_version("pc-q35-11.1"), Some((11, 1)));
+        assert_eq!(machine_version("q35"), None);
+        assert_eq!(machine_version("pc"), None);
+        assert_eq!(machine_version("microvm"), None);
+        assert_eq!(machine_version("pc-q35-x.y"), None);
+    }
+
+    #[test]
+    fn combinations_follow_the_qemu_version() {
+        let mut pm = Capabilities::default();
+        pm.set(Capability::PostcopyRam, true);
+        pm.set(Capability::Multifd, true);
+        let mut xm = Capabilities::default();
+        xm.set(Capability::Xbzrle, true);
+        xm.set(Capability::Multifd, true);
+        let pc = ComboError::check_postcopy;
+        let mf = ComboError::check_multifd;
+        assert_eq!(pc(&pm, (10, 0)), Err(ComboError::PostcopyMultifd));
+        assert_eq!(pc(&pm, (8, 1)), Err(ComboError::PostcopyMultifd));
+        assert_eq!(pc(&pm, (7, 2)), Ok(()));
+        assert_eq!(pc(&pm, (11, 1)), Ok(()));
+        assert_eq!(pc(&pm, (10, 1)), Ok(()));
+        assert_eq!(mf(&pm, (10, 0)), Ok(()));
+        assert_eq!(mf(&xm, (10, 0)), Err(ComboError::MultifdXbzrle));
+        assert_eq!(mf(&xm, (11, 1)), Err(ComboError::MultifdXbzrle));
+        assert_eq!(mf(&xm, (7, 2)), Ok(()));
+        assert_eq!(pc(&xm, (10, 0)), Ok(()));
+        assert_eq!(
+            ComboError::PostcopyMultifd.to_string(),
+            "Postcopy is not yet compatible with multifd"
+        );
+        assert_eq!(ComboError::MultifdXbzrle.to_string(), "Multifd is not compatible with xbzrle");
     }
 }

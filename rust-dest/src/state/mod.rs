@@ -18,7 +18,7 @@ mod devices;
 mod events;
 mod status;
 
-pub use caps::{Capabilities, Capability, KNOWN_CAPABILITIES};
+pub use caps::{machine_version, Capabilities, Capability, ComboError, KNOWN_CAPABILITIES};
 pub use counters::{Counters, MultifdChannelStats};
 pub use devices::DeviceSection;
 pub use events::Event;
@@ -50,6 +50,9 @@ pub struct Inner {
     pub devices: Vec<DeviceSection>,
     /// The machine type named in the stream's configuration section.
     pub stream_machine: Option<String>,
+    /// Our `-machine` type as given (a versioned one selects the QEMU
+    /// version whose capability checks `migrate-set-capabilities` applies).
+    pub machine: Option<String>,
     /// Decoded `globalstate` runstate (e.g. "running").
     pub globalstate: Option<String>,
     /// The whole vmdesc JSON, if one was received.
@@ -99,6 +102,7 @@ impl Shared {
                 finished_at: None,
                 devices: Vec::new(),
                 stream_machine: None,
+                machine: None,
                 globalstate: None,
                 vmdesc: None,
                 postcopy_state: PcState::None,

@@ -270,3 +270,59 @@ fn migrate_incoming_channels() {
     );
     assert_eq!(uris.lock().unwrap()[1], "tcp:[::1]:4000");
 }
+
+/// Capability combinations follow the QEMU version of a versioned machine
+/// type (texts and class as the 7.2, 10.0 and 11.1 binaries give them); an
+/// alias such as `q35` accepts them all.
+#[test]
+fn capability_combinations_follow_the_machine_version() {
+    let caps = |names: &[&str]| {
+        let l: Vec<Value> = names.iter().map(|n| json!({"capability": n, "state": true})).collect();
+        json!({ "capabilities": l })
+    };
+    let pm = caps(&["postcopy-ram", "multifd"]);
+    let xm = caps(&["xbzrle", "multifd"]);
+    let all = caps(&["xbzrle", "postcopy-ram", "multifd"]);
+    let pc_err = ("GenericError".to_string(), "Postcopy is not yet compatible with multifd".into());
+    let xb_err = ("GenericError".to_string(), "Multifd is not compatible with xbzrle".into());
+    for (machine, pm_ok, xm_ok) in [
+        (Some("pc-q35-10.0"), false, false),
+        (Some("pc-i440fx-10.0"), false, false),
+        (Some("pc-q35-11.1"), true, false),
+        (Some("pc-q35-7.2"), true, true),
+        (Some("q35"), true, true),
+        (None, true, true),
+    ] {
+        let s = server();
+        s.shared.lock().machine = machine.map(String::from);
+        let mut c = Client::ready(&s.sock);
+        if pm_ok {
+            c.ok("migrate-set-capabilities", pm.clone());
+        } else {
+            assert_eq!(c.err("migrate-set-capabilities", pm.clone()), pc_err, "{machine:?}");
+            // Refused: nothing changed.
+            let q = c.ok("query-migrate-capabilities", Value::Null);
+            assert!(q.as_array().unwrap().iter().all(|c| c["state"] == false), "{machine:?}");
+        }
+        if xm_ok {
+            c.ok("migrate-set-capabilities", xm.clone());
+        } else {
+            assert_eq!(c.err("migrate-set-capabilities", xm.clone()), xb_err, "{machine:?}");
+        }
+        // QEMU checks the postcopy pair first.
+        if !pm_ok {
+            assert_eq!(c.err("migrate-set-capabilities", all.clone()), pc_err, "{machine:?}");
+        }
+        // One at a time: the check applies to the resulting set.
+        if !xm_ok {
+            let s = server();
+            s.shared.lock().machine = machine.map(String::from);
+            let mut c = Client::ready(&s.sock);
+            c.ok("migrate-set-capabilities", caps(&["multifd"]));
+            assert_eq!(c.err("migrate-set-capabilities", caps(&["xbzrle"])), xb_err);
+            if !pm_ok {
+                assert_eq!(c.err("migrate-set-capabilities", caps(&["postcopy-ram"])), pc_err);
+            }
+        }
+    }
+}

@@ -8,6 +8,7 @@ use std::io::{self, Read};
 use super::decomp::{DecompressError, Decompressor};
 use super::MultifdRecv;
 use crate::channel::Reader;
+use crate::postcopy::PlaceError;
 use crate::ram::TARGET_PAGE_SIZE;
 use crate::state::{Counters, MultifdChannelStats};
 use wire::consts::MULTIFD_MAGIC;
@@ -39,6 +40,8 @@ pub enum ChannelError {
         "multifd channel {id}: multifd: unknown ram block {name} (packet at byte offset {at})"
     )]
     UnknownBlock { id: u8, at: u64, name: String },
+    #[error("multifd channel {id}: {source} (packet at byte offset {at})")]
+    Place { id: u8, at: u64, source: PlaceError },
     #[error("multifd channel {id}: {source} (packet at byte offset {at})")]
     Decompress { id: u8, at: u64, source: DecompressError },
     #[error("multifd channel {id}: closed inside the packet at byte offset {at} ({needed} more byte(s) needed)")]
@@ -190,7 +193,8 @@ fn packets(mf: &MultifdRecv, r: &mut Reader, id: u8) -> Result<(), ChannelError>
 }
 
 /// Place a packet's pages: normal pages from the payload, then zero pages
-/// (zeroed only if received before: fresh memory is zero).
+/// (in precopy zeroed only if received before: fresh memory is zero; once
+/// postcopy listens both through the postcopy runtime).
 fn apply(
     mf: &MultifdRecv,
     r: &Reader,
@@ -227,15 +231,32 @@ fn apply(
             ),
         }
     };
-    for (i, &off) in normal.iter().enumerate() {
-        b.mapping.write(off as usize, &data[i * ps..(i + 1) * ps]);
-        b.received.set(off / TARGET_PAGE_SIZE);
-    }
-    for &off in p.zero_offsets() {
-        if b.received.set(off / TARGET_PAGE_SIZE) {
-            b.mapping.fill(off as usize, ps, 0);
+    let placement = mf.placement();
+    if let Some(pc) = placement.as_ref() {
+        // Postcopy listens: every page goes in atomically (UFFDIO_COPY /
+        // UFFDIO_ZEROPAGE), sets the received bit and wakes a thread
+        // faulting on it.
+        let place = |off: u64, d: Option<&[u8]>| {
+            pc.place(&b, off, d).map_err(|source| ChannelError::Place { id, at, source })
+        };
+        for (i, &off) in normal.iter().enumerate() {
+            place(off, Some(&data[i * ps..(i + 1) * ps]))?;
+        }
+        for &off in p.zero_offsets() {
+            place(off, None)?;
+        }
+    } else {
+        for (i, &off) in normal.iter().enumerate() {
+            b.mapping.write(off as usize, &data[i * ps..(i + 1) * ps]);
+            b.received.set(off / TARGET_PAGE_SIZE);
+        }
+        for &off in p.zero_offsets() {
+            if b.received.set(off / TARGET_PAGE_SIZE) {
+                b.mapping.fill(off as usize, ps, 0);
+            }
         }
     }
+    drop(placement);
     let c = mf.shared.counters();
     Counters::add(&c.normal_pages, normal.len() as u64);
     Counters::add(&c.zero_pages, p.zero_offsets().len() as u64);

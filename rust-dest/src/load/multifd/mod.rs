@@ -5,10 +5,11 @@
 //! (docs/multifd.md section 6).
 
 use std::io::Read;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use crate::channel::Sock;
+use crate::postcopy::PostcopyRuntime;
 use crate::state::Shared;
 use wire::multifd::Compression;
 
@@ -94,12 +95,22 @@ struct St {
     socks: Vec<Sock>,
 }
 
+/// How a channel places pages: `None` writes them directly (precopy);
+/// once postcopy listens, the runtime places them atomically through
+/// userfaultfd, like the main channel.
+pub type Placement = Option<Arc<PostcopyRuntime>>;
+
 /// Shared between the main channel's loader and the channel threads.
 pub struct MultifdRecv {
     shared: Shared,
     cfg: MultifdConfig,
     st: Mutex<St>,
     cv: Condvar,
+    /// Channels hold it for reading while they place a packet's pages; the
+    /// loader holds it for writing while it registers RAM with userfaultfd
+    /// at POSTCOPY_LISTEN, so no page is written directly into memory that
+    /// is being registered (it would be discarded yet marked received).
+    placement: RwLock<Placement>,
 }
 
 impl MultifdRecv {
@@ -110,6 +121,7 @@ impl MultifdRecv {
             cfg,
             st: Mutex::new(St { chans, ..St::default() }),
             cv: Condvar::new(),
+            placement: RwLock::new(None),
         })
     }
 
@@ -119,6 +131,19 @@ impl MultifdRecv {
 
     fn lock(&self) -> MutexGuard<'_, St> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Exclusive access to the placement: hold it while postcopy starts
+    /// listening and store the runtime in it, so later multifd pages are
+    /// placed like the main channel's (`migration/postcopy-ram.c`
+    /// `postcopy_place_page()`).
+    pub fn placement_mut(&self) -> RwLockWriteGuard<'_, Placement> {
+        self.placement.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The placement for one packet's pages.
+    fn placement(&self) -> RwLockReadGuard<'_, Placement> {
+        self.placement.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Keep a handle of a channel's socket, shut down when the migration
@@ -160,6 +185,7 @@ impl MultifdRecv {
 
     /// The migration ended (completed or failed on the main channel).
     pub fn end(&self) {
+        *self.placement_mut() = None;
         let mut g = self.lock();
         g.ended = true;
         for s in g.socks.drain(..) {

@@ -254,3 +254,91 @@ fn sync_mode_follows_the_machine_type() {
     assert_eq!(f("q35"), None);
     assert_eq!(f("pc"), None);
 }
+
+/// A channel with its initial packet and `packets` (pages of 0xaN for page N).
+fn channel_bytes(packets: &[(Vec<u64>, Vec<u64>)]) -> Vec<u8> {
+    let fmt = PacketFormat::x86(PacketLayout::V9);
+    let mut e = wire::Encoder::new();
+    wire::multifd::InitPacket { uuid: [0; 16], id: 0 }.encode(&mut e);
+    for (n, (normal, zero)) in packets.iter().enumerate() {
+        let p = RamPacket {
+            pages_alloc: fmt.page_count(),
+            normal_pages: normal.len() as u32,
+            zero_pages: zero.len() as u32,
+            packet_num: n as u64,
+            ramblock: "mem0".into(),
+            offsets: normal.iter().chain(zero).map(|&pg| pg * PAGE as u64).collect(),
+            ..RamPacket::default()
+        };
+        p.encode(&mut e, &fmt);
+        for &pg in normal {
+            e.bytes(&[0xa0 | pg as u8; PAGE]);
+        }
+    }
+    e.finish()
+}
+
+#[test]
+fn pages_after_listen_are_placed_through_userfaultfd() {
+    use crate::postcopy::PostcopyRuntime;
+    use std::sync::atomic::Ordering::Relaxed;
+    let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
+    {
+        let mut g = shared.lock();
+        g.capabilities.set(Capability::Multifd, true);
+        g.parameters.insert("multifd-channels".into(), json!(1));
+    }
+    let b = shared.ram().add("mem0", 16 * PAGE as u64, PAGE as u64).unwrap();
+    // Page 1 came in precopy.
+    b.mapping.write(PAGE, &[0x11; PAGE]);
+    b.received.set(1);
+    let mf = MultifdRecv::new(shared.clone(), MultifdConfig::from_shared(&shared, [0; 16]));
+    mf.blocks_ready();
+    let vcpu = VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 };
+    let rt = match PostcopyRuntime::start(shared.clone(), None, vcpu) {
+        Ok(rt) => Arc::new(rt),
+        Err(e) => return eprintln!("skipped: no userfaultfd here ({e})"),
+    };
+    *mf.placement_mut() = Some(rt.clone());
+    // A thread faults on page 3 before any channel delivers it.
+    let b2 = b.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = vec![0u8; PAGE];
+        b2.mapping.read(3 * PAGE, &mut buf);
+        buf
+    });
+    let c = shared.counters();
+    let t0 = std::time::Instant::now();
+    while c.faults.load(Relaxed) == 0 {
+        assert!(t0.elapsed().as_secs() < 10, "the reader never faulted");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(!reader.is_finished());
+    // Pages 3, 4 with contents, 5, 6 zero; then page 4 again.
+    let bytes = channel_bytes(&[(vec![3, 4], vec![5, 6]), (vec![4], vec![])]);
+    let second = 64 + PacketFormat::x86(PacketLayout::V9).packet_len() + 2 * PAGE;
+    let res = mf.run_channel(Box::new(std::io::Cursor::new(bytes)));
+    assert_eq!(reader.join().unwrap(), vec![0xa3; PAGE], "the faulting thread woke with the page");
+    for pg in [1, 3, 4, 5, 6] {
+        assert!(b.received.get(pg), "page {pg} received");
+    }
+    assert!(!b.received.get(7));
+    let mut buf = vec![0u8; PAGE];
+    b.mapping.read(4 * PAGE, &mut buf);
+    assert_eq!(buf, vec![0xa4; PAGE]);
+    b.mapping.read(5 * PAGE, &mut buf);
+    assert!(buf.iter().all(|&x| x == 0));
+    b.mapping.read(PAGE, &mut buf);
+    assert_eq!(buf, vec![0x11; PAGE], "the precopy page stays");
+    assert_eq!(c.pages_placed_requested.load(Relaxed), 1);
+    assert_eq!(c.pages_placed_stream.load(Relaxed), 3);
+    // Placed atomically: a page sent twice fails like on the main channel.
+    let e = res.expect_err("page 4 placed twice").to_string();
+    assert_eq!(
+        e,
+        format!("multifd channel 0: page 0x4000 of RAMBlock \"mem0\" arrived but is already present (placed twice) (packet at byte offset {second})")
+    );
+    assert_eq!(shared.lock().status, MigStatus::Failed);
+    mf.end();
+    rt.shutdown();
+}
