@@ -97,8 +97,16 @@ fn check_rust_counters(test: &str, r: &MigrateReport, channels: u32) {
         dest_bytes == src || dest_bytes == src + 64 * u64::from(channels),
         "{test}: rust-dest multifd-bytes {dest_bytes}, source {src}"
     );
+    // Every channel syncs at every sync point; the sample is taken when the
+    // destination reports completed, and a channel's last SYNC may still be
+    // in flight then if the main channel had no reason to wait for it
+    // (seen once with a 7.2 source under load), so allow one behind.
     let syncs: Vec<u64> = chans.iter().map(|c| u(&c["syncs"])).collect();
-    assert!(syncs.iter().all(|&s| s > 0 && s == syncs[0]), "{test}: sync packets {syncs:?}");
+    let (lo, hi) = (syncs.iter().min().copied(), syncs.iter().max().copied());
+    assert!(
+        lo.is_some_and(|lo| lo > 0) && hi.zip(lo).is_some_and(|(hi, lo)| hi - lo <= 1),
+        "{test}: sync packets {syncs:?}"
+    );
     let pages: u64 = chans.iter().map(|c| u(&c["normal-pages"])).sum();
     assert!(pages > 1000, "{test}: {pages} normal pages through multifd");
 }
