@@ -9,7 +9,7 @@ use crate::postcopy::{Pattern, VcpuConfig};
 use crate::ram::Backend;
 
 pub const USAGE: &str = "\
-rust-dest: a QEMU-compatible live-migration destination (precopy and postcopy)
+rust-dest: a QEMU-compatible live-migration destination (precopy, postcopy, multifd)
 
 Usage: rust-dest [QEMU-style options] [rust-dest options]
 
@@ -30,6 +30,8 @@ QEMU-style options (same syntax as qemu-system-x86_64):
                         the RAMBlock named ID lives in this file, byte for byte
                         from block offset 0
   -S                    stay paused after the migration until QMP 'cont'
+  -uuid UUID            the VM's UUID; multifd channels must announce it (an
+                        all-zero UUID is expected without -uuid, as in QEMU)
   -global migration.send-configuration=off | migration.send-section-footer=off
                         old-machine-type stream variants
   Other QEMU options (-accel, -nodefaults, -display, -serial, -drive, -name,
