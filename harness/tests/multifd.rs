@@ -8,7 +8,9 @@
 //! 7.2 (machine `pc-q35-7.2`: per-section sync, legacy zero pages) and 11.1
 //! (multifd zero pages, MULTIFD_FLUSH) with 2 channels when provisioned
 //! (skipped with a message otherwise); 11.1 also with postcopy, with and
-//! without postcopy-preempt. Migrations run one at a time.
+//! without postcopy-preempt. Migrations run one at a time. Into rust-dest,
+//! every RAMBlock is also checked against the replay of the recorded
+//! channels (main, multifd, preempt).
 //!
 //! Run: `cargo build --workspace --bins && cargo test -p harness --test multifd -- --nocapture`
 
@@ -58,8 +60,9 @@ fn opts(dest: DestKind, qemu: QemuBinary, channels: u32, compression: &str) -> M
         "multifd-channels": channels,
         "multifd-compression": compression,
     });
-    // The recorded-stream replay reads the main and preempt channels only.
-    o.record = false;
+    // Into rust-dest every connection is recorded (the default): every
+    // RAMBlock is also checked against the replay of the main, multifd and
+    // preempt channels.
     o
 }
 
@@ -101,6 +104,12 @@ fn check_rust_counters(test: &str, r: &MigrateReport, channels: u32) {
     assert!(syncs.iter().all(|&s| s > 0 && s == syncs[0]), "{test}: sync packets {syncs:?}");
     let pages: u64 = chans.iter().map(|c| u(&c["normal-pages"])).sum();
     assert!(pages > 1000, "{test}: {pages} normal pages through multifd");
+    // The replay of the recorded channels covered the multifd channels.
+    let c = r
+        .check("every RAMBlock matches the recorded stream")
+        .unwrap_or_else(|| panic!("{test}: no replay check:\n{}", r.summary()));
+    let want = format!("{channels} multifd channel(s)");
+    assert!(c.ok && c.detail.contains(&want), "{test}: replay check: {}", c.detail);
 }
 
 async fn into_rust(test: &str, qemu: QemuBinary, machine: &str, channels: u32, comp: &str) {

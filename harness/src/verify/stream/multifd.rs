@@ -1,0 +1,360 @@
+//! Recorded multifd channels for the replay: each decoded with
+//! `wire::multifd` (payloads decompressed, one zlib/zstd stream per
+//! channel) and its packets grouped by sync epoch (docs/multifd.md §6).
+
+use std::ops::Range;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use wire::multifd::{Compression, InitPacket, PacketFormat, PacketLayout, RamPacket};
+use wire::Cursor;
+
+/// Does a recorded connection start like a multifd channel?
+pub fn is_multifd(b: &[u8]) -> bool {
+    b.starts_with(&wire::consts::MULTIFD_MAGIC.to_be_bytes())
+}
+
+/// Where a packet's page contents are.
+enum Payload {
+    /// A range of the channel's recording (no compression).
+    Raw(Range<usize>),
+    /// Decompressed.
+    Owned(Vec<u8>),
+}
+
+/// One RAM packet with pages.
+struct Packet {
+    at: u64,
+    p: RamPacket,
+    payload: Payload,
+}
+
+/// One decoded multifd channel: packets per epoch (epoch `k` holds the
+/// packets after the channel's `k`-th SYNC packet, up to and including the
+/// next one).
+pub struct Channel {
+    pub id: u8,
+    bytes: Vec<u8>,
+    epochs: Vec<Vec<Packet>>,
+    /// Epochs already applied.
+    applied: usize,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("id", &self.id)
+            .field("bytes", &self.bytes.len())
+            .field("syncs", &self.syncs())
+            .field("applied", &self.applied)
+            .finish()
+    }
+}
+
+/// Bytes of one target page (x86).
+const TPS: usize = 4096;
+
+impl Channel {
+    /// Decode a whole recorded channel; a recording that ends inside a
+    /// packet (the connection was cut) ends the channel.
+    pub fn decode(bytes: Vec<u8>) -> Result<Channel> {
+        // The 9.0 layout reads 7.2's packets too (its zero_pages is 0).
+        let fmt = PacketFormat::x86(PacketLayout::V9);
+        let mut c = Cursor::new(&bytes, 0);
+        let init = InitPacket::decode(&mut c).map_err(|e| anyhow!("replay multifd: {e}"))?;
+        let id = init.id;
+        let mut comp: Option<(Compression, Decompressor)> = None;
+        let mut epochs = vec![Vec::new()];
+        while c.remaining() > 0 {
+            let at = c.offset();
+            let p = match RamPacket::decode(&mut c, &fmt) {
+                Ok(p) => p,
+                Err(wire::multifd::MultifdError::Incomplete { .. }) => break,
+                Err(e) => bail!("replay multifd channel {id}: {e}"),
+            };
+            if comp.is_none() && p.normal_pages > 0 {
+                let m = p.compression(&fmt, at).map_err(|e| anyhow!("channel {id}: {e}"))?;
+                comp = Some((m, Decompressor::new(m).with_context(|| format!("channel {id}"))?));
+            }
+            let method = comp.as_ref().map_or(Compression::None, |x| x.0);
+            let len = p
+                .payload_len(&fmt, method, at)
+                .map_err(|e| anyhow!("replay multifd channel {id}: {e}"))?;
+            let start = c.pos();
+            if c.remaining() < len {
+                break; // cut inside the payload
+            }
+            c.set_pos(start + len);
+            let sync = p.is_sync();
+            if !p.offsets.is_empty() {
+                let want = p.normal_pages as usize * TPS;
+                let payload = match comp.as_mut() {
+                    Some((_, d)) if p.normal_pages > 0 && !matches!(d, Decompressor::None) => {
+                        let raw = &bytes[start..start + len];
+                        Payload::Owned(d.decompress(raw, want).map_err(|e| {
+                            anyhow!("replay multifd channel {id} (packet at byte offset {at}): {e}")
+                        })?)
+                    }
+                    _ => Payload::Raw(start..start + len),
+                };
+                epochs.last_mut().expect("one epoch").push(Packet { at, p, payload });
+            }
+            if sync {
+                epochs.push(Vec::new());
+            }
+        }
+        Ok(Channel { id, bytes, epochs, applied: 0 })
+    }
+
+    /// SYNC packets seen.
+    pub fn syncs(&self) -> usize {
+        self.epochs.len() - 1
+    }
+
+    /// Apply every not yet applied epoch before `upto` (all with `None`) to
+    /// `blocks`; returns (normal, zero) pages applied.
+    pub fn apply(
+        &mut self,
+        upto: Option<usize>,
+        blocks: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<(u64, u64)> {
+        let end = upto.unwrap_or(self.epochs.len()).min(self.epochs.len());
+        let (mut normal, mut zero) = (0, 0);
+        for e in self.applied..end {
+            for pk in std::mem::take(&mut self.epochs[e]) {
+                let (id, at) = (self.id, pk.at);
+                let b = blocks.get_mut(&pk.p.ramblock).ok_or_else(|| {
+                    anyhow!(
+                        "replay multifd channel {id}: page for unknown block {:?} at {at}",
+                        pk.p.ramblock
+                    )
+                })?;
+                let fmt = PacketFormat::x86(PacketLayout::V9);
+                pk.p.check_offsets(&fmt, b.len() as u64, at)
+                    .map_err(|e| anyhow!("replay multifd channel {id}: {e}"))?;
+                let data = match &pk.payload {
+                    Payload::Raw(r) => &self.bytes[r.clone()],
+                    Payload::Owned(v) => &v[..],
+                };
+                for (i, &off) in pk.p.normal_offsets().iter().enumerate() {
+                    b[off as usize..][..TPS].copy_from_slice(&data[i * TPS..][..TPS]);
+                    normal += 1;
+                }
+                for &off in pk.p.zero_offsets() {
+                    b[off as usize..][..TPS].fill(0);
+                    zero += 1;
+                }
+            }
+        }
+        self.applied = self.applied.max(end);
+        Ok((normal, zero))
+    }
+}
+
+/// One channel's decompression state: one stream for the whole migration,
+/// flushed at the end of every packet (`migration/multifd-zlib.c`,
+/// `migration/multifd-zstd.c`).
+enum Decompressor {
+    None,
+    Zlib(Box<flate2::Decompress>),
+    Zstd(Box<zstd::stream::raw::Decoder<'static>>),
+}
+
+impl Decompressor {
+    fn new(c: Compression) -> Result<Decompressor> {
+        Ok(match c {
+            Compression::None => Decompressor::None,
+            Compression::Zlib => Decompressor::Zlib(Box::new(flate2::Decompress::new(true))),
+            Compression::Zstd => Decompressor::Zstd(Box::new(zstd::stream::raw::Decoder::new()?)),
+            other => bail!("replay: multifd compression {} is not covered", other.name()),
+        })
+    }
+
+    /// Decompress one payload to exactly `want` bytes, consuming all input.
+    fn decompress(&mut self, input: &[u8], want: usize) -> Result<Vec<u8>> {
+        // One spare byte lets the trailing flush marker be consumed.
+        let mut out = vec![0u8; want + 1];
+        let (used, got) = match self {
+            Decompressor::None => return Ok(input.to_vec()),
+            Decompressor::Zlib(d) => {
+                let (mut ip, mut op) = (0usize, 0usize);
+                loop {
+                    let (i0, o0) = (d.total_in(), d.total_out());
+                    d.decompress(&input[ip..], &mut out[op..], flate2::FlushDecompress::Sync)?;
+                    let (di, dout) = ((d.total_in() - i0) as usize, (d.total_out() - o0) as usize);
+                    ip += di;
+                    op += dout;
+                    if (di == 0 && dout == 0) || (ip == input.len() && op == out.len()) {
+                        break (ip, op);
+                    }
+                }
+            }
+            Decompressor::Zstd(d) => {
+                use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+                let mut inb = InBuffer::around(input);
+                let mut outb = OutBuffer::around(&mut out[..]);
+                loop {
+                    let before = (inb.pos(), outb.pos());
+                    d.run(&mut inb, &mut outb)?;
+                    if (inb.pos(), outb.pos()) == before {
+                        break;
+                    }
+                }
+                (inb.pos(), outb.pos())
+            }
+        };
+        if got != want || used != input.len() {
+            bail!(
+                "{} payload bytes decompressed to {got} bytes (expected {want}), {} left unused",
+                input.len(),
+                input.len() - used
+            );
+        }
+        out.truncate(want);
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Replay;
+    use super::*;
+    use std::io::Write;
+    use wire::ramrec::{encode_ram_record, BlockEntry, BlockRef, RamContext, RamRecord};
+    use wire::stream::*;
+    use wire::Encoder;
+
+    /// Main channel: MEM_SIZE (4 pages of "a"), then RAM sections whose
+    /// records are given; `flush` puts a MULTIFD_FLUSH before each EOS.
+    fn main_channel(sections: &[Vec<(u64, u8)>], flush: bool) -> Vec<u8> {
+        let ctx = RamContext::x86();
+        let mut e = Encoder::new();
+        let configuration =
+            Some(Configuration { machine: "pc-q35-10.0".into(), ..Default::default() });
+        encode_header(&mut e, &Header { version: 3, configuration });
+        for (i, recs) in sections.iter().enumerate() {
+            if i == 0 {
+                encode_section_open(&mut e, SectionKind::Start, 2, "ram", 0, 4);
+                let blocks = vec![BlockEntry {
+                    name: "a".into(),
+                    used_length: 4 * 4096,
+                    page_size: None,
+                    gpa: None,
+                }];
+                encode_ram_record(&mut e, &RamRecord::MemSize { total: 4 * 4096, blocks }, &ctx);
+            } else {
+                encode_section_cont(&mut e, SectionKind::Part, 2);
+            }
+            for &(addr, v) in recs {
+                let data = vec![v; 4096];
+                let block = BlockRef::Named("a");
+                encode_ram_record(&mut e, &RamRecord::Page { addr, block, data: &data }, &ctx);
+            }
+            if flush {
+                encode_ram_record(&mut e, &RamRecord::MultifdFlush, &ctx);
+            }
+            encode_ram_record(&mut e, &RamRecord::Eos, &ctx);
+            encode_footer(&mut e, 2);
+        }
+        encode_eof(&mut e);
+        e.buf
+    }
+
+    /// A multifd channel: per epoch, pages (offset, value; value 0 is a
+    /// zero page), each epoch ended by a SYNC packet.
+    fn channel(id: u8, epochs: &[Vec<(u64, u8)>], comp: Compression) -> Vec<u8> {
+        let fmt = PacketFormat::x86(PacketLayout::V9);
+        let mut e = Encoder::new();
+        InitPacket { uuid: [0; 16], id }.encode(&mut e);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut num = 0;
+        for pages in epochs {
+            let normal: Vec<_> = pages.iter().filter(|p| p.1 != 0).collect();
+            let zero: Vec<_> = pages.iter().filter(|p| p.1 == 0).collect();
+            let mut data: Vec<u8> = normal.iter().flat_map(|p| vec![p.1; 4096]).collect();
+            if comp == Compression::Zlib && !normal.is_empty() {
+                let before = z.get_ref().len();
+                z.write_all(&data).unwrap();
+                z.flush().unwrap();
+                data = z.get_ref()[before..].to_vec();
+            }
+            let p = RamPacket {
+                flags: comp.flag(),
+                pages_alloc: fmt.page_count(),
+                normal_pages: normal.len() as u32,
+                zero_pages: zero.len() as u32,
+                next_packet_size: data.len() as u32,
+                packet_num: num,
+                ramblock: "a".into(),
+                offsets: normal.iter().chain(&zero).map(|p| p.0).collect(),
+            };
+            p.encode(&mut e, &fmt);
+            e.bytes(&data);
+            let sync = RamPacket { flags: wire::multifd::FLAG_SYNC, packet_num: num + 1, ..Default::default() };
+            sync.encode(&mut e, &fmt);
+            num += 2;
+        }
+        e.buf
+    }
+
+    fn pages(r: &Replay) -> Vec<u8> {
+        r.blocks["a"].chunks(4096).map(|p| p[0]).collect()
+    }
+
+    fn replay(main: Vec<u8>, chans: Vec<Vec<u8>>) -> Replay {
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = vec![dir.path().join("main")];
+        std::fs::write(&files[0], main).unwrap();
+        for (i, c) in chans.into_iter().enumerate() {
+            files.push(dir.path().join(format!("ch{i}")));
+            std::fs::write(files.last().unwrap(), c).unwrap();
+        }
+        Replay::from_recordings(&files).unwrap()
+    }
+
+    #[test]
+    fn multifd_pages_are_ordered_by_sync_points() {
+        for (flush, comp) in [(true, Compression::None), (false, Compression::Zlib)] {
+            // Epoch 0 (setup): multifd writes pages 0, 1 and 3. Epoch 1: the
+            // main channel overwrites page 0. Epoch 2: multifd rewrites page
+            // 1 and zeroes page 3. In file order page 0 would be 1.
+            let main = main_channel(&[vec![], vec![(0, 2)], vec![]], flush);
+            let ch0 = channel(0, &[vec![(0, 1), (4096, 1)], vec![], vec![(4096, 3)]], comp);
+            let ch1 = channel(1, &[vec![(3 * 4096, 4)], vec![], vec![(3 * 4096, 0)]], comp);
+            let r = replay(main, vec![ch0, ch1]);
+            assert_eq!(pages(&r), vec![2, 3, 0, 0], "flush {flush}");
+            assert_eq!((r.multifd_pages, r.multifd_zero_pages, r.pages), (4, 1, 5));
+            let s = r.multifd_summary().unwrap();
+            assert!(s.contains("2 multifd channel(s)") && s.contains("[3, 3]"), "{s}");
+            assert!(s.contains(if flush { "3 MULTIFD_FLUSH" } else { "3 EOS" }), "{s}");
+        }
+    }
+
+    #[test]
+    fn pages_after_the_last_sync_and_cut_channels() {
+        let main = main_channel(&[vec![(0, 2)]], true);
+        let mut ch = channel(0, &[vec![], vec![(0, 5)]], Compression::None);
+        // Cut inside the second epoch's SYNC packet: its pages still count.
+        ch.truncate(ch.len() - 10);
+        let r = replay(main, vec![ch]);
+        assert_eq!(pages(&r), vec![5, 0, 0, 0]);
+        // An unknown block is an error, not a silent pass.
+        let fmt = PacketFormat::x86(PacketLayout::V9);
+        let mut e = Encoder::new();
+        InitPacket { uuid: [0; 16], id: 0 }.encode(&mut e);
+        let p = RamPacket {
+            pages_alloc: 128,
+            zero_pages: 1,
+            ramblock: "b".into(),
+            offsets: vec![0],
+            ..Default::default()
+        };
+        p.encode(&mut e, &fmt);
+        let dir = tempfile::tempdir().unwrap();
+        let files = [dir.path().join("m"), dir.path().join("c")];
+        std::fs::write(&files[0], main_channel(&[vec![]], true)).unwrap();
+        std::fs::write(&files[1], &e.buf).unwrap();
+        let err = Replay::from_recordings(&files).unwrap_err().to_string();
+        assert!(err.contains("unknown block \"b\""), "{err}");
+    }
+}
