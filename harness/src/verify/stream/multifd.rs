@@ -1,12 +1,13 @@
 //! Recorded multifd channels for the replay: each decoded with
 //! `wire::multifd` (payloads decompressed, one zlib/zstd stream per
-//! channel) and its packets grouped by sync epoch (docs/multifd.md §6).
+//! channel) up to a given SYNC packet (docs/multifd.md §6), its pages
+//! applied as they are decoded (nothing decompressed is kept).
 
-use std::ops::Range;
+use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use wire::multifd::{Compression, InitPacket, PacketFormat, PacketLayout, RamPacket};
+use wire::multifd::{Compression, InitPacket, MultifdError, PacketFormat, PacketLayout, RamPacket};
 use wire::Cursor;
 
 /// Does a recorded connection start like a multifd channel?
@@ -14,30 +15,26 @@ pub fn is_multifd(b: &[u8]) -> bool {
     b.starts_with(&wire::consts::MULTIFD_MAGIC.to_be_bytes())
 }
 
-/// Where a packet's page contents are.
-enum Payload {
-    /// A range of the channel's recording (no compression).
-    Raw(Range<usize>),
-    /// Decompressed.
-    Owned(Vec<u8>),
-}
+/// The 9.0 layout reads 7.2's packets too (their zero_pages is 0).
+const FMT: PacketFormat = PacketFormat { layout: PacketLayout::V9, page_size: TPS as u32 };
 
-/// One RAM packet with pages.
-struct Packet {
-    at: u64,
-    p: RamPacket,
-    payload: Payload,
-}
+/// Bytes of one target page (x86).
+const TPS: usize = 4096;
 
-/// One decoded multifd channel: packets per epoch (epoch `k` holds the
+/// One recorded multifd channel, applied epoch by epoch: epoch `k` is the
 /// packets after the channel's `k`-th SYNC packet, up to and including the
-/// next one).
+/// next one.
 pub struct Channel {
     pub id: u8,
     bytes: Vec<u8>,
-    epochs: Vec<Vec<Packet>>,
-    /// Epochs already applied.
-    applied: usize,
+    /// Where the next packet starts.
+    pos: usize,
+    /// SYNC packets applied so far.
+    syncs: usize,
+    /// The channel's compression, known from its first packet with pages.
+    comp: Option<(Compression, Decompressor)>,
+    /// The recording ended (possibly inside a packet: a cut connection).
+    done: bool,
 }
 
 impl std::fmt::Debug for Channel {
@@ -45,108 +42,98 @@ impl std::fmt::Debug for Channel {
         f.debug_struct("Channel")
             .field("id", &self.id)
             .field("bytes", &self.bytes.len())
-            .field("syncs", &self.syncs())
-            .field("applied", &self.applied)
+            .field("pos", &self.pos)
+            .field("syncs", &self.syncs)
             .finish()
     }
 }
 
-/// Bytes of one target page (x86).
-const TPS: usize = 4096;
-
 impl Channel {
-    /// Decode a whole recorded channel; a recording that ends inside a
-    /// packet (the connection was cut) ends the channel.
+    /// Check the initial packet; packets are decoded by [`Channel::apply`].
     pub fn decode(bytes: Vec<u8>) -> Result<Channel> {
-        // The 9.0 layout reads 7.2's packets too (its zero_pages is 0).
-        let fmt = PacketFormat::x86(PacketLayout::V9);
         let mut c = Cursor::new(&bytes, 0);
         let init = InitPacket::decode(&mut c).map_err(|e| anyhow!("replay multifd: {e}"))?;
-        let id = init.id;
-        let mut comp: Option<(Compression, Decompressor)> = None;
-        let mut epochs = vec![Vec::new()];
-        while c.remaining() > 0 {
-            let at = c.offset();
-            let p = match RamPacket::decode(&mut c, &fmt) {
-                Ok(p) => p,
-                Err(wire::multifd::MultifdError::Incomplete { .. }) => break,
-                Err(e) => bail!("replay multifd channel {id}: {e}"),
-            };
-            if comp.is_none() && p.normal_pages > 0 {
-                let m = p.compression(&fmt, at).map_err(|e| anyhow!("channel {id}: {e}"))?;
-                comp = Some((m, Decompressor::new(m).with_context(|| format!("channel {id}"))?));
-            }
-            let method = comp.as_ref().map_or(Compression::None, |x| x.0);
-            let len = p
-                .payload_len(&fmt, method, at)
-                .map_err(|e| anyhow!("replay multifd channel {id}: {e}"))?;
-            let start = c.pos();
-            if c.remaining() < len {
-                break; // cut inside the payload
-            }
-            c.set_pos(start + len);
-            let sync = p.is_sync();
-            if !p.offsets.is_empty() {
-                let want = p.normal_pages as usize * TPS;
-                let payload = match comp.as_mut() {
-                    Some((_, d)) if p.normal_pages > 0 && !matches!(d, Decompressor::None) => {
-                        let raw = &bytes[start..start + len];
-                        Payload::Owned(d.decompress(raw, want).map_err(|e| {
-                            anyhow!("replay multifd channel {id} (packet at byte offset {at}): {e}")
-                        })?)
-                    }
-                    _ => Payload::Raw(start..start + len),
-                };
-                epochs.last_mut().expect("one epoch").push(Packet { at, p, payload });
-            }
-            if sync {
-                epochs.push(Vec::new());
-            }
-        }
-        Ok(Channel { id, bytes, epochs, applied: 0 })
+        let pos = c.pos();
+        Ok(Channel { id: init.id, bytes, pos, syncs: 0, comp: None, done: false })
     }
 
-    /// SYNC packets seen.
+    /// SYNC packets applied so far.
     pub fn syncs(&self) -> usize {
-        self.epochs.len() - 1
+        self.syncs
     }
 
-    /// Apply every not yet applied epoch before `upto` (all with `None`) to
-    /// `blocks`; returns (normal, zero) pages applied.
+    /// Apply the packets of every epoch before `upto` (all with `None`) to
+    /// `blocks`; returns the (normal, zero) pages applied.
     pub fn apply(
         &mut self,
         upto: Option<usize>,
-        blocks: &mut std::collections::BTreeMap<String, Vec<u8>>,
+        blocks: &mut BTreeMap<String, Vec<u8>>,
     ) -> Result<(u64, u64)> {
-        let end = upto.unwrap_or(self.epochs.len()).min(self.epochs.len());
+        let id = self.id;
         let (mut normal, mut zero) = (0, 0);
-        for e in self.applied..end {
-            for pk in std::mem::take(&mut self.epochs[e]) {
-                let (id, at) = (self.id, pk.at);
-                let b = blocks.get_mut(&pk.p.ramblock).ok_or_else(|| {
+        while !self.done && upto.is_none_or(|u| self.syncs < u) {
+            let mut c = Cursor::new(&self.bytes[self.pos..], self.pos as u64);
+            if c.remaining() == 0 {
+                self.done = true;
+                break;
+            }
+            let at = c.offset();
+            let p = match RamPacket::decode(&mut c, &FMT) {
+                Ok(p) => p,
+                Err(MultifdError::Incomplete { .. }) => {
+                    self.done = true;
+                    break;
+                }
+                Err(e) => bail!("replay multifd channel {id}: {e}"),
+            };
+            if self.comp.is_none() && p.normal_pages > 0 {
+                let m = p.compression(&FMT, at).map_err(|e| anyhow!("channel {id}: {e}"))?;
+                let d = Decompressor::new(m).with_context(|| format!("channel {id}"))?;
+                self.comp = Some((m, d));
+            }
+            let method = self.comp.as_ref().map_or(Compression::None, |x| x.0);
+            let len = p
+                .payload_len(&FMT, method, at)
+                .map_err(|e| anyhow!("replay multifd channel {id}: {e}"))?;
+            let start = c.pos();
+            if c.remaining() < len {
+                self.done = true; // cut inside the payload
+                break;
+            }
+            let raw = &self.bytes[self.pos + start..][..len];
+            self.pos += start + len;
+            let owned;
+            let data = match self.comp.as_mut() {
+                Some((_, d)) if p.normal_pages > 0 && !matches!(d, Decompressor::None) => {
+                    owned = d.decompress(raw, p.normal_pages as usize * TPS).map_err(|e| {
+                        anyhow!("replay multifd channel {id} (packet at byte offset {at}): {e}")
+                    })?;
+                    &owned[..]
+                }
+                _ => raw,
+            };
+            if !p.offsets.is_empty() {
+                let b = blocks.get_mut(&p.ramblock).ok_or_else(|| {
                     anyhow!(
                         "replay multifd channel {id}: page for unknown block {:?} at {at}",
-                        pk.p.ramblock
+                        p.ramblock
                     )
                 })?;
-                let fmt = PacketFormat::x86(PacketLayout::V9);
-                pk.p.check_offsets(&fmt, b.len() as u64, at)
+                p.check_offsets(&FMT, b.len() as u64, at)
                     .map_err(|e| anyhow!("replay multifd channel {id}: {e}"))?;
-                let data = match &pk.payload {
-                    Payload::Raw(r) => &self.bytes[r.clone()],
-                    Payload::Owned(v) => &v[..],
-                };
-                for (i, &off) in pk.p.normal_offsets().iter().enumerate() {
+                for (i, &off) in p.normal_offsets().iter().enumerate() {
                     b[off as usize..][..TPS].copy_from_slice(&data[i * TPS..][..TPS]);
                     normal += 1;
                 }
-                for &off in pk.p.zero_offsets() {
+                for &off in p.zero_offsets() {
                     b[off as usize..][..TPS].fill(0);
                     zero += 1;
                 }
             }
+            if p.is_sync() {
+                self.syncs += 1;
+            }
         }
-        self.applied = self.applied.max(end);
         Ok((normal, zero))
     }
 }
