@@ -253,17 +253,22 @@ mod tests {
         let fmt = PacketFormat::x86(PacketLayout::V9);
         let mut e = Encoder::new();
         InitPacket { uuid: [0; 16], id }.encode(&mut e);
-        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut z: Box<dyn StreamWriter> = match comp {
+            Compression::Zstd => {
+                Box::new(zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap())
+            }
+            _ => Box::new(flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast())),
+        };
         let mut num = 0;
         for pages in epochs {
             let normal: Vec<_> = pages.iter().filter(|p| p.1 != 0).collect();
             let zero: Vec<_> = pages.iter().filter(|p| p.1 == 0).collect();
             let mut data: Vec<u8> = normal.iter().flat_map(|p| vec![p.1; 4096]).collect();
-            if comp == Compression::Zlib && !normal.is_empty() {
-                let before = z.get_ref().len();
+            if comp != Compression::None && !normal.is_empty() {
+                let before = z.out().len();
                 z.write_all(&data).unwrap();
                 z.flush().unwrap();
-                data = z.get_ref()[before..].to_vec();
+                data = z.out()[before..].to_vec();
             }
             let p = RamPacket {
                 flags: comp.flag(),
@@ -277,11 +282,30 @@ mod tests {
             };
             p.encode(&mut e, &fmt);
             e.bytes(&data);
-            let sync = RamPacket { flags: wire::multifd::FLAG_SYNC, packet_num: num + 1, ..Default::default() };
+            let sync = RamPacket {
+                flags: wire::multifd::FLAG_SYNC,
+                packet_num: num + 1,
+                ..Default::default()
+            };
             sync.encode(&mut e, &fmt);
             num += 2;
         }
         e.buf
+    }
+
+    /// A compressor whose output so far can be read.
+    trait StreamWriter: Write {
+        fn out(&self) -> &Vec<u8>;
+    }
+    impl StreamWriter for flate2::write::ZlibEncoder<Vec<u8>> {
+        fn out(&self) -> &Vec<u8> {
+            self.get_ref()
+        }
+    }
+    impl StreamWriter for zstd::stream::write::Encoder<'_, Vec<u8>> {
+        fn out(&self) -> &Vec<u8> {
+            self.get_ref()
+        }
     }
 
     fn pages(r: &Replay) -> Vec<u8> {
@@ -301,7 +325,9 @@ mod tests {
 
     #[test]
     fn multifd_pages_are_ordered_by_sync_points() {
-        for (flush, comp) in [(true, Compression::None), (false, Compression::Zlib)] {
+        let cases =
+            [(true, Compression::None), (false, Compression::Zlib), (true, Compression::Zstd)];
+        for (flush, comp) in cases {
             // Epoch 0 (setup): multifd writes pages 0, 1 and 3. Epoch 1: the
             // main channel overwrites page 0. Epoch 2: multifd rewrites page
             // 1 and zeroes page 3. In file order page 0 would be 1.
