@@ -9,13 +9,17 @@ use anyhow::Result;
 use crate::drive::proxy::{Proxy, ProxyHandle, ProxyPlan};
 use crate::verify::stream::Replay;
 
+/// Connections recorded per proxy: main, up to 8 multifd channels, preempt,
+/// and spare ones (later connections are forwarded unrecorded).
+pub const CONNECTIONS: usize = 12;
+
 /// Recording proxies in front of the destination; the recordings are
 /// removed on drop.
 pub struct Recorder {
     pub dir: PathBuf,
     pub tag: String,
     pub proxies: Vec<Proxy>,
-    /// One file per planned connection (4 per proxy), in order.
+    /// One file per planned connection ([`CONNECTIONS`] per proxy), in order.
     pub files: Vec<PathBuf>,
 }
 
@@ -29,7 +33,7 @@ impl Recorder {
     /// the URI the source should connect to.
     pub async fn uri_for(&mut self, port: u16) -> Result<String> {
         let k = self.proxies.len();
-        let plans: Vec<ProxyPlan> = (0..4)
+        let plans: Vec<ProxyPlan> = (0..CONNECTIONS)
             .map(|c| {
                 let f = self.dir.join(format!("{}-rec{k}-conn{c}.bin", self.tag));
                 self.files.push(f.clone());

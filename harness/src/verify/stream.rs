@@ -2,11 +2,23 @@
 //!
 //! The source keeps its ROM blocks (pc.bios, ACPI tables, ...) in process
 //! memory, so unlike guest RAM they cannot be read from a file. The harness
-//! records what the source sent (main channel and, with postcopy-preempt,
-//! the preempt channel) through its proxy, and this module replays the
-//! recording with the codec's record walker (`wire::walk`), independently of rust-dest's loader: pages and
-//! zero pages overwrite, discards zero, everything else is skipped. The
-//! result is the RAM a correct destination must hold.
+//! records what the source sent (main channel, multifd channels and, with
+//! postcopy-preempt, the preempt channel) through its proxy, and this module
+//! replays the recording with the codec's record walker (`wire::walk`) and
+//! `wire::multifd` (child module `multifd`), independently of rust-dest's
+//! loader: pages and zero pages overwrite, discards zero, everything else is
+//! skipped. The result is the RAM a correct destination must hold.
+//!
+//! Multifd order (docs/multifd.md §6): the main channel's sync markers
+//! (MULTIFD_FLUSH, or every RAM section's EOS in per-section mode, told
+//! apart by the START section) and each channel's SYNC packets cut the
+//! migration into epochs. A channel's packets before its `k`-th SYNC are
+//! applied when the main channel reaches its `k`-th marker, so main-channel
+//! records after that marker win over them, and they win over the main
+//! channel's records before it. Within one epoch a page is sent at most once
+//! (once per dirty-page scan), so the order inside an epoch does not matter.
+//! Packets after a channel's last SYNC are applied after the main channels,
+//! before the preempt channels.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -17,6 +29,8 @@ use wire::command::Command;
 use wire::ramrec::{BlockRef, RamRecord};
 use wire::stream::{SectionKind, TopRecord};
 use wire::walk::{Item, Mode, Spans, Walker};
+
+mod multifd;
 
 use crate::verify::memory::{compare_digests, BlockCompare, BlockDigests};
 use crate::verify::report::Check;
@@ -29,6 +43,17 @@ pub struct Replay {
     pub pages: u64,
     pub zero_pages: u64,
     pub discarded_pages: u64,
+    /// Of `pages` / `zero_pages`: those from multifd packets.
+    pub multifd_pages: u64,
+    pub multifd_zero_pages: u64,
+    /// Non-empty recorded connections.
+    pub recorded: usize,
+    /// Decoded multifd channels, applied epoch by epoch.
+    channels: Vec<multifd::Channel>,
+    /// Sync markers seen on the main channel(s).
+    markers: usize,
+    /// Per-round (MULTIFD_FLUSH) or per-section (EOS) sync, once known.
+    per_round: Option<bool>,
     /// The walker of the last main channel: a recovery channel continues
     /// it (the RAM section ids stay valid).
     walker: Option<Walker>,
@@ -130,6 +155,7 @@ impl Replay {
             };
             let rec = match item {
                 Item::Ram(rec) => {
+                    self.sync_marker(&rec)?;
                     self.apply(rec, &mut last, range.start)?;
                     continue;
                 }
@@ -172,6 +198,46 @@ impl Replay {
         Ok(()) // the recording ends on a record boundary
     }
 
+    /// At a main-channel sync marker, apply the multifd packets before it.
+    fn sync_marker(&mut self, rec: &RamRecord) -> Result<()> {
+        if self.channels.is_empty() {
+            return Ok(());
+        }
+        let marker = match rec {
+            RamRecord::MultifdFlush => {
+                self.per_round = Some(true);
+                true
+            }
+            // Per-round mode always has a FLUSH before the first EOS.
+            RamRecord::Eos => !*self.per_round.get_or_insert(false),
+            _ => false,
+        };
+        if marker {
+            self.markers += 1;
+            self.apply_multifd(Some(self.markers))?;
+        }
+        Ok(())
+    }
+
+    /// Apply the multifd epochs before `upto` (all with `None`).
+    fn apply_multifd(&mut self, upto: Option<usize>) -> Result<()> {
+        for ch in &mut self.channels {
+            let (n, z) = ch.apply(upto, &mut self.blocks)?;
+            self.pages += n;
+            self.zero_pages += z;
+            self.multifd_pages += n;
+            self.multifd_zero_pages += z;
+        }
+        Ok(())
+    }
+
+    /// Decode a recorded multifd channel; its pages are applied at the main
+    /// channel's sync markers (replay the main channels after this).
+    pub fn multifd_channel(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.channels.push(multifd::Channel::decode(bytes)?);
+        Ok(())
+    }
+
     /// Replay a recorded postcopy-preempt channel (bare page records).
     pub fn preempt_channel(&mut self, bytes: &[u8]) -> Result<()> {
         let mut last = None;
@@ -193,29 +259,58 @@ impl Replay {
         self.blocks.get(block).map(|b| wire::digest::page_digests(b, 4096))
     }
 
-    /// Replay recorded connections (empty or missing files are skipped):
+    /// Replay recorded connections (empty or missing files are skipped),
+    /// classified by their first bytes: multifd channels (decoded first),
     /// main channels (the first with the stream header, recovery channels
-    /// starting with a command), then preempt channels.
+    /// starting with a command) with the multifd packets applied at their
+    /// sync markers, then the multifd packets after the last marker, then
+    /// preempt channels.
     pub fn from_recordings(files: &[PathBuf]) -> Result<Replay> {
         let mut r = Replay::default();
+        let mut mains = Vec::new();
         let mut preempt = Vec::new();
         for f in files {
             let b = match std::fs::read(f) {
                 Ok(b) if !b.is_empty() => b,
                 _ => continue,
             };
-            if b.starts_with(b"QEVM") {
-                r.main_channel(&b)?;
-            } else if b[0] == wire::consts::QEMU_VM_COMMAND {
-                r.recovery_channel(&b)?;
+            r.recorded += 1;
+            if multifd::is_multifd(&b) {
+                r.multifd_channel(b)?;
+            } else if b.starts_with(b"QEVM") || b[0] == wire::consts::QEMU_VM_COMMAND {
+                mains.push(b);
             } else {
                 preempt.push(b);
             }
         }
+        for b in mains {
+            if b.starts_with(b"QEVM") {
+                r.main_channel(&b)?;
+            } else {
+                r.recovery_channel(&b)?;
+            }
+        }
+        r.apply_multifd(None)?;
         for b in preempt {
             r.preempt_channel(&b)?;
         }
         Ok(r)
+    }
+
+    /// Multifd channels and their SYNC packets, for reporting.
+    pub fn multifd_summary(&self) -> Option<String> {
+        if self.channels.is_empty() {
+            return None;
+        }
+        let syncs: Vec<usize> = self.channels.iter().map(|c| c.syncs()).collect();
+        Some(format!(
+            "{} multifd channel(s) ({} + {} zero pages, SYNC packets {syncs:?}, {} {} marker(s) on main)",
+            self.channels.len(),
+            self.multifd_pages,
+            self.multifd_zero_pages,
+            self.markers,
+            if self.per_round == Some(true) { "MULTIFD_FLUSH" } else { "EOS" },
+        ))
     }
 }
 
@@ -242,14 +337,18 @@ pub fn check_replay(
         }
         compares.push(c);
     }
+    // Connections that carried bytes, when known.
+    let connections = if replay.recorded > 0 { replay.recorded } else { connections };
     let n = blocks.len();
     let missing: Vec<_> =
         replay.blocks.keys().filter(|k| !blocks.iter().any(|b| &b.name == *k)).cloned().collect();
     let ok = bad.is_empty() && missing.is_empty() && n > 0;
     let detail = if bad.is_empty() && missing.is_empty() {
         format!(
-            "{n} blocks, {connections} connection(s) recorded, {} pages + {} zero pages replayed",
-            replay.pages, replay.zero_pages
+            "{n} blocks, {connections} connection(s) recorded, {} pages + {} zero pages replayed{}",
+            replay.pages,
+            replay.zero_pages,
+            replay.multifd_summary().map(|m| format!(", of which {m}")).unwrap_or_default()
         )
     } else {
         format!(
