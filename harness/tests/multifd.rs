@@ -96,9 +96,14 @@ fn check_rust_counters(test: &str, r: &MigrateReport, channels: u32, recorded: b
     let per: u64 = chans.iter().map(|c| u(&c["bytes"])).sum();
     assert_eq!(dest_bytes, per, "{test}: multifd-bytes vs per-channel bytes");
     let src = u(&r.source_final["ram"]["multifd-bytes"]);
-    // 7.2 sources leave the 64-byte initial packets out of their count.
+    // 7.2 sources leave the 64-byte initial packets out of their count. A
+    // 7.2 source's last SYNC packet (a bare 1344-byte header) may still be in
+    // flight when the destination reports completed (seen 2 in 6 runs through
+    // the recording proxy), so one header per channel may be missing.
+    let ch = u64::from(channels);
+    let counted = dest_bytes.checked_sub(64 * ch).unwrap_or(dest_bytes);
     assert!(
-        dest_bytes == src || dest_bytes == src + 64 * u64::from(channels),
+        dest_bytes == src || counted == src || (src > counted && src - counted <= 1344 * ch),
         "{test}: rust-dest multifd-bytes {dest_bytes}, source {src}"
     );
     // Every channel syncs at every sync point; the sample is taken when the
