@@ -46,6 +46,11 @@ fn main() {
     let _ = set.thread_block();
 
     let ram = Arc::new(RamTable::new(opts.backends.clone(), opts.max_ram));
+    // Like QEMU, every memory backend exists from start-up (its file too).
+    if let Err(e) = ram.create_backends() {
+        eprintln!("rust-dest: {e}");
+        std::process::exit(1);
+    }
     let shared = Shared::new(ram, opts.start_paused);
     shared.lock().machine = opts.machine.clone();
     let (qtx, qrx) = std::sync::mpsc::channel();

@@ -1,9 +1,10 @@
 //! Guest RAM: the table of RAMBlocks announced by the source's MEM_SIZE list,
 //! each backed by a [`Mapping`], with a per-target-page "received" bitmap.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::mem::Mapping;
 use wire::digest;
@@ -122,18 +123,48 @@ pub enum RamError {
     Duplicate { name: String },
     #[error("RAMBlock {name:?}: cannot map memory: {err}")]
     Map { name: String, err: std::io::Error },
+    #[error("memory backend {id:?}: cannot create its memory: {err}")]
+    Backend { id: String, err: std::io::Error },
 }
 
-/// The RAMBlock table. Blocks are added while the stream announces them.
+/// The RAMBlock table. Blocks are added while the stream announces them;
+/// the memory of every backend exists from start-up ([`RamTable::create_backends`]).
 pub struct RamTable {
     blocks: RwLock<Vec<Arc<RamBlock>>>,
     backends: Vec<Backend>,
+    /// Backend memory created at start-up, not yet announced by a stream.
+    created: Mutex<HashMap<String, Mapping>>,
     max_ram: u64,
 }
 
 impl RamTable {
     pub fn new(backends: Vec<Backend>, max_ram: u64) -> RamTable {
-        RamTable { blocks: RwLock::new(Vec::new()), backends, max_ram }
+        RamTable {
+            blocks: RwLock::new(Vec::new()),
+            backends,
+            created: Mutex::new(HashMap::new()),
+            max_ram,
+        }
+    }
+
+    /// Create the memory of every backend now, as QEMU does when it creates
+    /// its `-object memory-backend-*` (the file of a `memory-backend-file`
+    /// exists with its size whether or not a stream ever names the block).
+    /// The `--max-ram` cap applies to what a stream announces, not here.
+    pub fn create_backends(&self) -> Result<(), RamError> {
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        for be in &self.backends {
+            if created.contains_key(&be.id) {
+                continue;
+            }
+            let m = match &be.mem_path {
+                Some(p) => Mapping::file_shared(p, be.size as usize),
+                None => Mapping::anonymous(be.size as usize),
+            }
+            .map_err(|err| RamError::Backend { id: be.id.clone(), err })?;
+            created.insert(be.id.clone(), m);
+        }
+        Ok(())
     }
 
     pub fn backends(&self) -> &[Backend] {
@@ -191,9 +222,11 @@ impl RamTable {
                         backend: be.size,
                     });
                 }
-                match &be.mem_path {
-                    Some(p) => Mapping::file_shared(p, used_length as usize),
-                    None => Mapping::anonymous(used_length as usize),
+                let made = self.created.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+                match (made, &be.mem_path) {
+                    (Some(m), _) => Ok(m),
+                    (None, Some(p)) => Mapping::file_shared(p, used_length as usize),
+                    (None, None) => Mapping::anonymous(used_length as usize),
                 }
             }
             None => Mapping::anonymous(used_length as usize),
@@ -250,6 +283,31 @@ mod tests {
         b.mapping.write(4096, b"xyz");
         assert_eq!(&std::fs::read(&p).unwrap()[4096..4099], b"xyz");
         assert_eq!(b.backing_path(), Some(p.as_path()));
+    }
+
+    #[test]
+    fn backends_exist_from_start_up() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("mem0");
+        let be = |id: &str, size, mem_path| Backend { id: id.into(), size, mem_path, share: true };
+        let t = RamTable::new(
+            vec![be("mem0", 1 << 20, Some(p.clone())), be("ram1", 1 << 20, None)],
+            1 << 30,
+        );
+        t.create_backends().unwrap();
+        // The file exists with the backend's size before any stream.
+        assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
+        assert!(t.blocks().is_empty());
+        // A stream's size mismatch is still refused; the right size gets
+        // the memory created at start-up.
+        assert!(matches!(t.add("mem0", 2 << 20, 4096), Err(RamError::BackendSize { .. })));
+        let b = t.add("mem0", 1 << 20, 4096).unwrap();
+        b.mapping.write(0, b"abc");
+        assert_eq!(&std::fs::read(&p).unwrap()[..3], b"abc");
+        assert_eq!(t.add("ram1", 1 << 20, 4096).unwrap().used_length, 1 << 20);
+        // A backend whose file cannot be created fails at start-up.
+        let bad = RamTable::new(vec![be("m", 4096, Some(d.path().join("no/such/dir")))], 1 << 30);
+        assert!(matches!(bad.create_backends(), Err(RamError::Backend { .. })));
     }
 
     #[test]

@@ -129,6 +129,7 @@ pub mod multifd;
 pub mod ramrec;
 pub mod rp;
 pub mod stream;
+pub mod tail;
 pub mod units;
 pub mod vmdesc;
 pub mod walk;

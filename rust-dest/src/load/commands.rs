@@ -245,18 +245,20 @@ impl Loader {
                 d.block
             )));
         }
-        let b = self.shared.ram().get(&d.block).ok_or_else(|| {
-            LoadError::protocol(
-                off,
-                format!(
-                    "POSTCOPY_RAM_DISCARD for unknown RAMBlock {:?} at byte offset {off}",
-                    d.block
-                ),
-            )
-        })?;
         Counters::add(&self.shared.counters().discard_commands, 1);
         let hps = crate::mem::host_page_size() as u64;
         for &(start, len) in &d.ranges {
+            // Looked up per range, as QEMU's `ram_discard_range()` does: a
+            // DISCARD without ranges names no block that must exist.
+            let b = self.shared.ram().get(&d.block).ok_or_else(|| {
+                LoadError::protocol(
+                    off,
+                    format!(
+                        "POSTCOPY_RAM_DISCARD for unknown RAMBlock {:?} at byte offset {off}",
+                        d.block
+                    ),
+                )
+            })?;
             if start % hps != 0 || len % hps != 0 {
                 return Err(LoadError::protocol(off, format!(
                     "POSTCOPY_RAM_DISCARD {:?}: range start {start:#x} length {len:#x} is not aligned to the host page size {hps:#x} at byte offset {off}",

@@ -19,7 +19,7 @@ pub enum LoadError {
     #[error("stream truncated: connection closed by the source right after the stream header, at byte offset {at} (no section or command followed)")]
     TruncatedAfterHeader { at: u64 },
     /// The source closed the channel inside the precopy device state.
-    #[error("stream truncated: connection closed by the source at byte offset {at} while reading device state (started at byte offset {start}); no complete vmdesc was received")]
+    #[error("stream truncated: connection closed by the source at byte offset {at} while reading device state (started at byte offset {start}), before its end (EOF)")]
     TruncatedDeviceState { at: u64, start: u64 },
     /// The main channel closed between records while postcopy places pages.
     #[error("main channel closed by the source during postcopy at byte offset {at} (postcopy state {state})")]

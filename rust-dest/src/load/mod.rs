@@ -27,6 +27,7 @@ pub mod multifd;
 mod package;
 pub mod preempt;
 mod ram;
+mod tail;
 #[cfg(test)]
 mod tests;
 
@@ -343,7 +344,8 @@ impl Loader {
         }
     }
 
-    /// The record loop: until EOF (then the vmdesc) or the device state.
+    /// The record loop: until EOF (then the vmdesc, if any) or the device
+    /// state (`tail.rs`).
     fn load(&mut self, r: &mut Reader, w: &mut Walker) -> Result<(), LoadError> {
         loop {
             let mode = w.mode();
@@ -354,7 +356,7 @@ impl Loader {
                 None | Some(Flow::Continue) => {}
                 Some(Flow::IgnoreShared) => w.set_ignore_shared(true),
                 Some(Flow::DeviceTail) => return self.device_tail(r),
-                Some(Flow::Eof) => return self.finish_after_eof(r, w),
+                Some(Flow::Eof) => return self.finish_after_eof(r),
             }
         }
     }
@@ -405,7 +407,7 @@ impl Loader {
         let flow = match item {
             Item::Header(h) => self.header(&h)?,
             Item::Top(TopRecord::SectionOpen { kind: SectionKind::Full, .. }) if !self.placing => {
-                // Device state without lengths: buffer up to the vmdesc.
+                // Device state without lengths: buffer it through EOF.
                 return Ok((Flow::DeviceTail, false));
             }
             Item::Top(t) => self.top(t, off, w)?,

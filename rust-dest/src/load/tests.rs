@@ -22,7 +22,7 @@ const PAGE: usize = 4096;
 
 /// Load `bytes` from memory; the shared state, the return-path bytes and
 /// the outcome.
-fn load(bytes: &[u8], postcopy: bool) -> (Shared, RecordingSink, Result<(), LoadError>) {
+pub(super) fn load(bytes: &[u8], postcopy: bool) -> (Shared, RecordingSink, Result<(), LoadError>) {
     let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
     if postcopy {
         shared.lock().capabilities.set(Capability::PostcopyRam, true);
@@ -124,11 +124,21 @@ fn synthetic_precopy_completes_with_the_pages_sent() {
 fn synthetic_precopy_truncated_anywhere_fails_cleanly() {
     let s = synthetic();
     // The device state (one section: 19 header bytes, 8 data, 5 footer)
-    // is buffered up to the vmdesc, which ends the stream: any cut after
-    // its start is truncated device state.
+    // is buffered through EOF: any cut after its start and before EOF is
+    // truncated device state. A cut after EOF (no vmdesc, or a vmdesc cut
+    // short) completes, as on QEMU.
     let (eof_at, _) = wire::vmdesc::find_vmdesc_tail(&s.bytes).unwrap();
     let device_at = eof_at - 32;
-    for cut in 0..s.bytes.len() {
+    for cut in eof_at + 1..s.bytes.len() {
+        let (shared, _, res) = load(&s.bytes[..cut], false);
+        res.unwrap_or_else(|e| panic!("cut {cut} after EOF: {e}"));
+        let g = shared.lock();
+        assert_eq!(g.status, MigStatus::Completed, "cut {cut}");
+        assert_eq!(g.devices.len(), 1, "cut {cut}");
+        assert_eq!(g.devices[0].data, vec![9u8; 8], "cut {cut}");
+        assert!(g.vmdesc.is_none(), "cut {cut}");
+    }
+    for cut in 0..=eof_at {
         let (shared, _, res) = load(&s.bytes[..cut], false);
         let e = res.expect_err("a truncated stream must fail");
         assert!(e.is_truncation(), "cut {cut}: {e:?}");
