@@ -68,8 +68,11 @@ pub enum Record {
     },
     SwitchoverStart {},
     Eof {},
-    /// The vmdesc JSON for the device sections of this script (computed).
-    Vmdesc {},
+    /// The vmdesc JSON for the device sections of this script (computed);
+    /// `cut`: only the record's first N bytes.
+    Vmdesc {
+        cut: Option<usize>,
+    },
     /// Any command number with a raw payload (hex).
     Command {
         cmd: u16,
@@ -225,7 +228,7 @@ fn to_step(r: Record) -> Result<Step, String> {
         },
         Record::SwitchoverStart {} => Step::SwitchoverStart,
         Record::Eof {} => Step::Eof,
-        Record::Vmdesc {} => Step::Vmdesc(serde_json::Value::Null),
+        Record::Vmdesc { cut } => Step::Vmdesc { desc: serde_json::Value::Null, cut },
         Record::Command { cmd, payload } => {
             Step::Command { cmd, payload: hex(payload.as_deref().unwrap_or(""))? }
         }

@@ -25,7 +25,7 @@ pub async fn run_stream(
     let desc = synth::vmdesc_for(&layout, records);
     let mut script = records.to_vec();
     for s in script.iter_mut() {
-        if let synth::Step::Vmdesc(vv) = s {
+        if let synth::Step::Vmdesc { desc: vv, .. } = s {
             if vv.is_null() {
                 *vv = desc.clone();
             }
@@ -45,6 +45,9 @@ pub async fn run_stream(
     let opts = synth::RunOpts {
         postcopy_ram: v.spec.capabilities.get("postcopy-ram").copied().unwrap_or(false),
         check_memory: exp.memory,
+        // `source.machine`: the destinations' machine (the header's machine
+        // name is the real source's unless the `header` record sets one).
+        machine: v.spec.source.machine.clone(),
         capabilities,
         parameters: parameters.map(|p| serde_json::Value::Object(p.clone())),
         ..Default::default()

@@ -36,6 +36,8 @@ pub struct RunOpts {
     pub verdict_timeout: Duration,
     /// Compare the backend file with the model on completion.
     pub check_memory: bool,
+    /// The destinations' `-machine` type and properties (None: `q35`).
+    pub machine: Option<String>,
     /// QMP `cont` before `migrate-incoming`: the guest runs as soon as it
     /// can (after POSTCOPY_RUN in postcopy), so it touches RAM and faults.
     pub autostart: bool,
@@ -52,6 +54,7 @@ impl Default for RunOpts {
             play_timeout: Duration::from_secs(20),
             verdict_timeout: Duration::from_secs(10),
             check_memory: true,
+            machine: None,
             autostart: false,
             capabilities: Vec::new(),
             parameters: None,
@@ -109,7 +112,10 @@ pub async fn run_script(
     tag: &str,
 ) -> Result<DestRun> {
     let t0 = Instant::now();
-    let cfg = VmConfig::new(&format!("synth-{tag}-{}", kind.name()), GUEST_MEM);
+    let mut cfg = VmConfig::new(&format!("synth-{tag}-{}", kind.name()), GUEST_MEM);
+    if let Some(m) = &opts.machine {
+        cfg.machine = m.clone();
+    }
     let paths = vec![cfg.mem_path.clone(), cfg.qmp_socket.clone()];
     let log = workdir.join(format!("{}.log", cfg.vm_name()));
     let launch = LaunchOpts { command_timeout: Some(QMP_TIMEOUT), ..LaunchOpts::new(log) };

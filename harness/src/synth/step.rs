@@ -115,8 +115,12 @@ pub enum Step {
     },
     SwitchoverStart,
     Eof,
-    /// VMDESCRIPTION (0x06, be32 len, JSON).
-    Vmdesc(Value),
+    /// VMDESCRIPTION (0x06, be32 len, JSON); with `cut`, only the record's
+    /// first `cut` bytes (a vmdesc cut short: the stream ends inside it).
+    Vmdesc {
+        desc: Value,
+        cut: Option<usize>,
+    },
     /// Any command with an arbitrary payload.
     Command {
         cmd: u16,
@@ -191,7 +195,8 @@ impl Step {
             Step::DeviceFull { idstr, .. } => format!("DeviceFull({idstr})"),
             Step::SwitchoverStart => "SwitchoverStart".into(),
             Step::Eof => "Eof".into(),
-            Step::Vmdesc(_) => "Vmdesc".into(),
+            Step::Vmdesc { cut: None, .. } => "Vmdesc".into(),
+            Step::Vmdesc { cut: Some(n), .. } => format!("Vmdesc(cut at {n})"),
             Step::Command { cmd, payload } => format!("Command({cmd}, {} bytes)", payload.len()),
             Step::Raw(b) => format!("Raw({} bytes)", b.len()),
             Step::ExpectRp(m) => format!("ExpectRp({m:?})"),
@@ -386,7 +391,12 @@ impl<'a> Enc<'a> {
             }
             Step::SwitchoverStart => Command::SwitchoverStart.encode(e),
             Step::Eof => stream::encode_eof(e),
-            Step::Vmdesc(v) => stream::encode_vmdesc(e, &serde_json::to_vec(v).expect("JSON")),
+            Step::Vmdesc { desc, cut } => {
+                let mut rec = Encoder::new();
+                stream::encode_vmdesc(&mut rec, &serde_json::to_vec(desc).expect("JSON"));
+                let n = cut.unwrap_or(rec.buf.len()).min(rec.buf.len());
+                e.bytes(&rec.buf[..n]);
+            }
             Step::Command { cmd, payload } => stream::encode_command(e, *cmd, payload),
             Step::Raw(b) => {
                 e.bytes(b);

@@ -39,7 +39,7 @@ pub fn precopy_with(layout: &SourceLayout, prefix: Vec<Step>, before_end: Vec<St
     s.extend(before_end);
     s.extend([Step::RamEnd(precopy_end()), globalstate(), Step::Eof]);
     let vd = vmdesc_for(layout, &s);
-    s.push(Step::Vmdesc(vd));
+    s.push(Step::Vmdesc { desc: vd, cut: None });
     s
 }
 
