@@ -224,8 +224,50 @@ fn on_off(v: &str, what: &str) -> Result<bool, String> {
     }
 }
 
+/// What a machine type implies for the stream (QEMU's compat properties of
+/// old machine types, `hw/i386/pc_piix.c`; observed on QEMU 7.2, the last
+/// version with these types, docs/qemu-versions-verified.md): up to
+/// `pc-i440fx-2.3` no configuration section and no section footers; up to
+/// `pc-i440fx-2.2` also no vmdesc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MachineCompat {
+    pub suppress_vmdesc: bool,
+    pub send_configuration: bool,
+    pub send_section_footer: bool,
+}
+
+impl Default for MachineCompat {
+    fn default() -> Self {
+        MachineCompat {
+            suppress_vmdesc: false,
+            send_configuration: true,
+            send_section_footer: true,
+        }
+    }
+}
+
+impl MachineCompat {
+    pub fn of(machine: &str) -> MachineCompat {
+        let version = machine
+            .strip_prefix("pc-i440fx-")
+            .and_then(|v| v.split_once('.'))
+            .and_then(|(a, b)| Some((a.parse::<u32>().ok()?, b.parse::<u32>().ok()?)));
+        match version {
+            Some(v) if v <= (2, 3) => MachineCompat {
+                suppress_vmdesc: v <= (2, 2),
+                send_configuration: false,
+                send_section_footer: false,
+            },
+            _ => MachineCompat::default(),
+        }
+    }
+}
+
 pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> {
     let mut o = Options::default();
+    // Set explicitly (`-machine suppress-vmdesc=`, `-global migration.*`):
+    // they override what the machine type implies.
+    let (mut suppress, mut send_cfg, mut footers) = (None, None, None);
     let mut it = args.into_iter().peekable();
     while let Some(a) = it.next() {
         if !a.starts_with('-') || a == "-" {
@@ -278,7 +320,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                     match k.as_str() {
                         "type" => ty = Some(v),
                         "suppress-vmdesc" => {
-                            o.suppress_vmdesc = on_off(&v, "-machine suppress-vmdesc")?
+                            suppress = Some(on_off(&v, "-machine suppress-vmdesc")?)
                         }
                         "memory-backend" | "accel" => {}
                         other => o.warnings.push(format!("-machine property {other}={v} ignored")),
@@ -332,10 +374,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                 let v = val(&mut it)?;
                 match v.split_once('=') {
                     Some(("migration.send-configuration", x)) => {
-                        o.send_configuration = on_off(x, "-global")?
+                        send_cfg = Some(on_off(x, "-global")?)
                     }
                     Some(("migration.send-section-footer", x)) => {
-                        o.send_section_footer = on_off(x, "-global")?
+                        footers = Some(on_off(x, "-global")?)
                     }
                     _ => o.warnings.push(format!("-global {v} ignored")),
                 }
@@ -364,6 +406,10 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
             other => return Err(format!("-{other}: invalid option (see --help)")),
         }
     }
+    let compat = o.machine.as_deref().map(MachineCompat::of).unwrap_or_default();
+    o.suppress_vmdesc = suppress.unwrap_or(compat.suppress_vmdesc);
+    o.send_configuration = send_cfg.unwrap_or(compat.send_configuration);
+    o.send_section_footer = footers.unwrap_or(compat.send_section_footer);
     if o.qmp.is_empty() && o.incoming.is_none() {
         return Err("nothing to do: give -incoming and/or -qmp (see --help)".into());
     }
@@ -434,6 +480,20 @@ mod tests {
             p("-machine pc-q35-10.0,suppress-vmdesc=on -incoming defer").unwrap().suppress_vmdesc
         );
         assert!(p("--vcpu-pattern zigzag -incoming defer").is_err());
+    }
+
+    #[test]
+    fn old_machine_types_imply_their_stream_format() {
+        let o = p("-machine pc-i440fx-2.2 -incoming defer").unwrap();
+        assert!(o.suppress_vmdesc && !o.send_configuration && !o.send_section_footer);
+        let o = p("-machine pc-i440fx-2.3 -incoming defer").unwrap();
+        assert!(!o.suppress_vmdesc && !o.send_configuration && !o.send_section_footer);
+        for m in ["pc-i440fx-2.4", "pc-i440fx-2.12", "q35", "pc-q35-7.2", "pc-i440fx-10.0"] {
+            assert_eq!(MachineCompat::of(m), MachineCompat::default(), "{m}");
+        }
+        // Explicit settings win, in any order.
+        let o = p("-machine pc-i440fx-2.2,suppress-vmdesc=off -global migration.send-section-footer=on -incoming defer").unwrap();
+        assert!(!o.suppress_vmdesc && o.send_section_footer && !o.send_configuration);
     }
 
     #[test]

@@ -297,7 +297,11 @@ async fn package_edge_cases() {
             Step::RamPart(precopy_part()),
             Step::RamEnd(precopy_end()),
         ];
-        s.extend([Step::Packaged(inner), Step::Eof, Step::Vmdesc { desc: vmdesc_for(&l, &[]), cut: None }]);
+        s.extend([
+            Step::Packaged(inner),
+            Step::Eof,
+            Step::Vmdesc { desc: vmdesc_for(&l, &[]), cut: None },
+        ]);
         s
     };
     let cases = vec![

@@ -27,6 +27,13 @@ impl Loader {
     /// complete.
     pub(super) fn device_tail(&mut self, r: &mut Reader) -> Result<(), LoadError> {
         let tail_base = r.offset();
+        if !self.cfg.section_footers {
+            // Old machine types (pc-i440fx-2.3 and older): nothing bounds a
+            // section but the device model that reads it.
+            return Err(LoadError::unsupported(tail_base, format!(
+                "device state at byte offset {tail_base} cannot be delimited: the machine type sends no section footers (send-section-footer=off) and rust-dest does not model devices"
+            )));
+        }
         let mut tail: Vec<u8> = Vec::new();
         let mut closed = false;
         loop {
