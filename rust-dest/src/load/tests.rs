@@ -232,7 +232,7 @@ fn ping_is_answered_on_the_return_path() {
 // Recorded streams
 // ---------------------------------------------------------------------------
 
-const RECORDED: &[&str] = &[
+pub(super) const RECORDED: &[&str] = &[
     "qemu-7.2-precopy",
     "qemu-7.2-postcopy",
     "qemu-10.0-precopy",
@@ -241,7 +241,7 @@ const RECORDED: &[&str] = &[
     "qemu-11.1-postcopy",
 ];
 
-fn recorded(name: &str) -> Option<Vec<u8>> {
+pub(super) fn recorded(name: &str) -> Option<Vec<u8>> {
     let p = format!("{}/../wire/tests/streams/{name}.bin", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(p).ok()
 }
