@@ -32,7 +32,7 @@
 //!   | 08 be16 cmd, be16 len, payload                                  command::Command
 //!   }*
 //!   00                                                                EOF
-//!   [06 be32 len JSON]                                                vmdesc (precopy only)
+//!   [06 be32 len JSON]                                                vmdesc (precopy, optional)
 //!
 //! "ram" section data: records until EOS                               ramrec
 //!   be64 addr|flags [counted block name unless CONTINUE] body
@@ -59,6 +59,8 @@
 //! - [`rp`]: return-path messages and the received-bitmap data.
 //! - [`vmdesc`]: delimiting device sections with the vmdesc JSON or the
 //!   PACKAGED blob's footers.
+//! - [`tail`]: the end of a precopy stream: device sections delimited by
+//!   footers through EOF, and what follows EOF (the optional vmdesc).
 //! - [`digest`]: page digests (xxh3), identical wherever pages are compared.
 //! - [`multifd`]: multifd channels' initial packet and RAM packet headers.
 //! - [`units`]: sizes, durations, and the target page size.
