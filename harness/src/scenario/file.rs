@@ -87,7 +87,7 @@ fn value_of<'a>(values: &'a [(String, Value)], axis: &str) -> Option<&'a Value> 
     values.iter().find(|(k, _)| k == axis).map(|(_, v)| v)
 }
 
-fn values_match(values: &[(String, Value)], when: &toml::Table) -> bool {
+pub(super) fn values_match(values: &[(String, Value)], when: &toml::Table) -> bool {
     when.iter().all(|(k, want)| match value_of(values, k) {
         Some(v) => match want {
             Value::Array(a) => a.iter().any(|w| same(w, v)),
@@ -238,7 +238,7 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
         };
         let doc: RawDoc = toml::from_str(&vtext)
             .map_err(|e| ferr(line_of(&vtext, e.span()), format!("{}{note}", e.message())))?;
-        let spec = Spec::from_raw(doc).map_err(|SpecError { at, msg }| {
+        let spec = Spec::from_raw(doc, &values).map_err(|SpecError { at, msg }| {
             let line = match at {
                 At::Nowhere => None,
                 At::Key(keys) => keys.iter().find_map(|k| find_key_line(&vtext, k)),

@@ -13,7 +13,9 @@
 //! typed spec, parsed once) → [`steps`] / [`records`]. Running: [`run`] →
 //! [`migration`] (→ [`exec`]) or [`stream`].
 
+pub mod cases;
 pub mod exec;
+pub mod expect;
 pub mod file;
 pub mod migration;
 pub mod outcome;
