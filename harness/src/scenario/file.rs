@@ -87,7 +87,7 @@ fn value_of<'a>(values: &'a [(String, Value)], axis: &str) -> Option<&'a Value> 
     values.iter().find(|(k, _)| k == axis).map(|(_, v)| v)
 }
 
-pub(super) fn values_match(values: &[(String, Value)], when: &toml::Table) -> bool {
+fn values_match(values: &[(String, Value)], when: &toml::Table) -> bool {
     when.iter().all(|(k, want)| match value_of(values, k) {
         Some(v) => match want {
             Value::Array(a) => a.iter().any(|w| same(w, v)),
@@ -244,7 +244,7 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
                 At::Key(keys) => keys.iter().find_map(|k| find_key_line(&vtext, k)),
                 At::Table(array, n) => table_line(&vtext, array, n),
             };
-            ferr(line, msg)
+            ferr(line, format!("{msg}{note}"))
         })?;
         out.push(Variant {
             scenario: scenario.clone(),

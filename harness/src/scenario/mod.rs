@@ -24,6 +24,8 @@ pub mod records;
 pub mod run;
 pub mod runner;
 pub mod spec;
+#[cfg(test)]
+mod spec_tests;
 pub mod steps;
 pub mod stream;
 

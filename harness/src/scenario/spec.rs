@@ -232,7 +232,7 @@ impl StreamExpect {
 #[derive(Debug, Clone)]
 pub enum Body {
     Migration { steps: Vec<StepSpec> },
-    Stream { records: Vec<synth::Step>, expect: StreamExpect },
+    Stream { records: Vec<synth::Step>, expect: Box<StreamExpect> },
 }
 
 /// One variant's scenario, typed.
@@ -401,8 +401,9 @@ fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
     if !d.steps.is_empty() {
         return Err(err(At::Key(&["steps"]), "[[steps]] belong to kind = \"migration\" scenarios"));
     }
-    let e = e.ok_or_else(|| {
-        err(At::Nowhere, "a stream scenario needs an [expect] table (for every variant)")
+    let e = e.ok_or_else(|| match d.expect {
+        Some(_) => err(At::Key(&["expect"]), "no [[expect]] entry applies to this variant"),
+        None => err(At::Nowhere, "a stream scenario needs an [expect] table"),
     })?;
     let verdict = e
         .verdict
@@ -440,7 +441,7 @@ fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
         .collect::<Result<_, _>>()?;
     Ok(Body::Stream {
         records,
-        expect: StreamExpect {
+        expect: Box::new(StreamExpect {
             verdict,
             qemu_error: qemu_error.or_else(|| error.clone()),
             rust_error: rust_error.or(error),
@@ -450,6 +451,6 @@ fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
             min_page_requests: e.min_page_requests,
             qemu: e.dest(false).map_err(|m| err(At::Key(&["expect"]), format!("expect: {m}")))?,
             rust: e.dest(true).map_err(|m| err(At::Key(&["expect"]), format!("expect: {m}")))?,
-        },
+        }),
     })
 }

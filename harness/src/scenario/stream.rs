@@ -42,7 +42,7 @@ pub async fn run_stream(
         .map(|(c, on)| (c.clone(), *on))
         .collect();
     let parameters = v.spec.dest.parameters.as_object().filter(|p| !p.is_empty());
-    let opts = synth::RunOpts {
+    let mut opts = synth::RunOpts {
         postcopy_ram: v.spec.capabilities.get("postcopy-ram").copied().unwrap_or(false),
         check_memory: exp.memory,
         capabilities,
@@ -52,19 +52,11 @@ pub async fn run_stream(
     let workdir = tempfile::Builder::new().prefix("crossmig-stream-").tempdir()?;
     let tag = unique_name("s");
     if let Some(vcpus) = &v.spec.dest.vcpus {
-        let args = vcpus.args();
-        let s = synth::solo(
-            &tag,
-            &qemu,
-            &layout,
-            &script,
-            exp.expectation(),
-            &opts,
-            &args,
-            workdir.path(),
-        )
-        .await
-        .context("playing the records")?;
+        opts.rust_args = vcpus.args();
+        let s =
+            synth::solo(&tag, &qemu, &layout, &script, exp.expectation(), &opts, workdir.path())
+                .await
+                .context("playing the records")?;
         let problems: Vec<String> = s.problems().iter().map(ToString::to_string).collect();
         out.destinations.push(dest_json(&s.rust, Some(synth::NO_ORACLE)));
         out.steps.push(StepResult {

@@ -41,9 +41,9 @@ impl Solo {
     }
 }
 
-/// Run `script` on rust-dest started with `vcpu_args` and autostart (`cont`
-/// before `migrate-incoming`), so its vCPUs run as soon as POSTCOPY_RUN
-/// arrives.
+/// Run `script` on rust-dest with autostart (`cont` before
+/// `migrate-incoming`), so the vCPUs that `opts.rust_args` configure
+/// (`--vcpu-pattern ...`) run as soon as POSTCOPY_RUN arrives.
 pub async fn solo(
     name: &str,
     qemu: &QemuBinary,
@@ -51,13 +51,11 @@ pub async fn solo(
     script: &[Step],
     expect: impl Into<Expectation>,
     opts: &RunOpts,
-    vcpu_args: &[String],
     workdir: &Path,
 ) -> Result<Solo> {
     let t0 = Instant::now();
     let mut opts = opts.clone();
     opts.autostart = true;
-    opts.rust_args.extend(vcpu_args.iter().cloned());
     let rust = run_script(DestKind::Rust, qemu, layout, script, &opts, workdir, name)
         .await
         .context("rust-dest")?;
