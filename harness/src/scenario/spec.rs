@@ -385,6 +385,9 @@ fn migration_body(
             let mut s = s.clone();
             let expect_error = s.remove("expect-error");
             let mut spec = steps::parse_step(&s).map_err(at)?;
+            if let Some(w) = &spec.when {
+                cases::when_matches(w, values).map_err(at)?;
+            }
             if let Some(raw) = expect_error {
                 spec.expect_error = cases::expect_error(&raw, values).map_err(at)?;
             }

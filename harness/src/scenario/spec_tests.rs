@@ -106,3 +106,11 @@ fn stream_vcpus() {
         format!("{AXES}[[steps]]\ndo = \"migrate\"\n[dest.vcpus]\npattern = \"sweep\"\n");
     assert!(load(&migration).unwrap_err().contains("dest.vcpus belongs to kind = \"stream\""));
 }
+
+#[test]
+fn step_when_names_axes() {
+    let f = format!("{AXES}[[steps]]\ndo = \"migrate\"\nwhen = {{ dest = \"rust\" }}\n");
+    let e = load(&f).unwrap_err();
+    assert!(e.starts_with("t.toml:3: steps[0]:") && e.contains("`dest`"), "{e}");
+    assert!(load(&f.replace("dest = \"rust\"", "qemu = \"7.2\"")).is_ok());
+}
