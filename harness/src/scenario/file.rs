@@ -238,13 +238,13 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
         };
         let doc: RawDoc = toml::from_str(&vtext)
             .map_err(|e| ferr(line_of(&vtext, e.span()), format!("{}{note}", e.message())))?;
-        let spec = Spec::from_raw(doc).map_err(|SpecError { at, msg }| {
+        let spec = Spec::from_raw(doc, &values).map_err(|SpecError { at, msg }| {
             let line = match at {
                 At::Nowhere => None,
                 At::Key(keys) => keys.iter().find_map(|k| find_key_line(&vtext, k)),
                 At::Table(array, n) => table_line(&vtext, array, n),
             };
-            ferr(line, msg)
+            ferr(line, format!("{msg}{note}"))
         })?;
         out.push(Variant {
             scenario: scenario.clone(),

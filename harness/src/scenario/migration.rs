@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::Value;
 
-use super::exec::{exec_step, Ctx};
+use super::cases::judge;
+use super::exec::{check_dest_end, exec_step, Ctx};
 use super::file::Variant;
 use super::outcome::{Outcome, StepResult};
 use super::qemu::{common_machine, resolve_qemu, source_qemu};
@@ -16,6 +17,7 @@ use super::spec::Spec;
 use super::steps::{Side, StepSpec};
 use crate::drive::session::Migration;
 use crate::images::Workload;
+use crate::verify::limits::RssProbe;
 use crate::vm::dest::start_dest;
 use crate::vm::procs::{unique_name, PathGuard};
 use crate::vm::qemu::{QemuVm, VmConfig};
@@ -55,11 +57,28 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     let dst_log = workdir.join(format!("{tag}-dst.log"));
     let _l2 = PathGuard::new(&dst_log);
     let dst = start_dest(dest_kind, &dq, dcfg, dst_log).await?;
+    let probe = RssProbe::start(dst.pid());
     let mut ctx = Ctx { m: Migration::new(src, dst, dest_kind), workload, mem };
     let res = match setup(d, &ctx.m).await {
         Ok(()) => run_steps(v, &mut ctx, steps, out).await,
         Err(e) => Err(e),
     };
+    // `[expect]` of the destination, once every step passed.
+    let peak_rss = probe.finish();
+    if res.is_ok() && !d.dest_expect.is_empty() && out.steps.iter().all(|s| s.ok) {
+        let t = Instant::now();
+        let (ok, detail) = match check_dest_end(&ctx, &d.dest_expect, peak_rss).await {
+            Ok(d) => (true, d),
+            Err(e) => (false, format!("{e:#}")),
+        };
+        out.steps.push(StepResult {
+            index: steps.len(),
+            step: "expect (end of the variant)".into(),
+            ok,
+            ms: t.elapsed().as_millis() as u64,
+            detail,
+        });
+    }
     out.samples = ctx.m.take_samples();
     ctx.m.quit().await;
     drop(disk_guard);
@@ -103,14 +122,14 @@ async fn run_steps(
             }
         }
         let t = Instant::now();
-        let r = exec_step(ctx, &spec.step).await;
-        let (ok, detail) = match r {
-            Ok(d) => (true, d),
-            Err(e) => (false, format!("{e:#}")),
-        };
+        let r = exec_step(ctx, &spec.step).await.map_err(|e| format!("{e:#}"));
+        let (ok, detail) = judge(r, spec.expect_error.as_ref());
         out.steps.push(StepResult {
             index: i,
-            step: spec.step.label(),
+            step: match &spec.expect_error {
+                Some(re) => format!("{} (must be refused: /{}/)", spec.step.label(), re.as_str()),
+                None => spec.step.label(),
+            },
             ok,
             ms: t.elapsed().as_millis() as u64,
             detail,

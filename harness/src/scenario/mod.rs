@@ -13,7 +13,9 @@
 //! typed spec, parsed once) → [`steps`] / [`records`]. Running: [`run`] →
 //! [`migration`] (→ [`exec`]) or [`stream`].
 
+pub mod cases;
 pub mod exec;
+pub mod expect;
 pub mod file;
 pub mod migration;
 pub mod outcome;
@@ -22,6 +24,8 @@ pub mod records;
 pub mod run;
 pub mod runner;
 pub mod spec;
+#[cfg(test)]
+mod spec_tests;
 pub mod steps;
 pub mod stream;
 

@@ -9,6 +9,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Value as TomlValue;
 
+use super::cases;
+use super::expect::{DestExpect, RawExpect};
 use super::records;
 use super::steps::{self, StepSpec};
 use crate::images::Workload;
@@ -57,7 +59,8 @@ pub struct RawDoc {
     pub steps: Vec<toml::Table>,
     #[serde(default)]
     pub records: Vec<toml::Table>,
-    pub expect: Option<RawExpect>,
+    /// `[expect]` or `[[expect]]` (merged per variant: `cases::merge_expect`).
+    pub expect: Option<TomlValue>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -86,18 +89,58 @@ pub struct RawDest {
     pub capabilities: BTreeMap<String, bool>,
     #[serde(default)]
     pub parameters: toml::Table,
+    /// Stream scenarios: run rust-dest's simulated vCPUs (judged against the
+    /// model alone).
+    pub vcpus: Option<RawVcpus>,
 }
 
+/// `[dest.vcpus]` as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawExpect {
-    pub verdict: String,
-    pub error: Option<String>,
-    pub rust_error: Option<String>,
-    pub qemu_error: Option<String>,
-    pub memory: Option<bool>,
-    pub pongs: Option<Vec<u32>>,
-    pub shut: Option<u32>,
+pub struct RawVcpus {
+    pub pattern: String,
+    pub threads: Option<u32>,
+    pub rate: Option<u64>,
+}
+
+/// rust-dest's simulated vCPUs (`rust-dest/src/postcopy/vcpu.rs`): after
+/// POSTCOPY_RUN they touch guest RAM in `pattern`, so missing pages fault
+/// and are requested from the source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vcpus {
+    /// `sweep`, `random` or `hot` (rust-dest's `--vcpu-pattern`).
+    pub pattern: String,
+    pub threads: u32,
+    /// Page touches per second per thread (0: as fast as possible).
+    pub rate: u64,
+}
+
+impl Vcpus {
+    fn from_raw(r: &RawVcpus) -> Result<Vcpus, String> {
+        if !["sweep", "random", "hot"].contains(&r.pattern.as_str()) {
+            return Err(format!(
+                "dest.vcpus.pattern must be \"sweep\", \"random\" or \"hot\", not {:?}",
+                r.pattern
+            ));
+        }
+        let threads = r.threads.unwrap_or(1);
+        if !(1..=64).contains(&threads) {
+            return Err(format!("dest.vcpus.threads must be 1..=64, not {threads}"));
+        }
+        Ok(Vcpus { pattern: r.pattern.clone(), threads, rate: r.rate.unwrap_or(50_000) })
+    }
+
+    /// rust-dest's command-line arguments for these vCPUs.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--vcpu-pattern".into(),
+            self.pattern.clone(),
+            "--vcpu-threads".into(),
+            self.threads.to_string(),
+            "--vcpu-rate".into(),
+            self.rate.to_string(),
+        ]
+    }
 }
 
 /// Where in the file a spec error is (resolved to a line by `file`).
@@ -145,6 +188,9 @@ pub struct DestSpec {
     pub args: Vec<String>,
     pub capabilities: BTreeMap<String, bool>,
     pub parameters: Value,
+    /// Stream scenarios: rust-dest's simulated vCPUs run after RUN (no QEMU
+    /// oracle: judged against the model alone).
+    pub vcpus: Option<Vcpus>,
 }
 
 /// `[expect]` of a stream scenario, typed.
@@ -159,6 +205,11 @@ pub struct StreamExpect {
     pub memory: bool,
     pub pongs: Option<Vec<u32>>,
     pub shut: Option<u32>,
+    /// At least this many page requests served (needs `[dest.vcpus]`).
+    pub min_page_requests: Option<u64>,
+    /// Run state and limits of the QEMU destination and of rust-dest.
+    pub qemu: DestExpect,
+    pub rust: DestExpect,
 }
 
 impl StreamExpect {
@@ -170,6 +221,9 @@ impl StreamExpect {
             rust_error: self.rust_error.clone(),
             pongs: self.pongs.clone(),
             shut: self.shut,
+            min_page_requests: self.min_page_requests,
+            qemu: self.qemu.clone(),
+            rust: self.rust.clone(),
         }
     }
 }
@@ -178,7 +232,7 @@ impl StreamExpect {
 #[derive(Debug, Clone)]
 pub enum Body {
     Migration { steps: Vec<StepSpec> },
-    Stream { records: Vec<synth::Step>, expect: StreamExpect },
+    Stream { records: Vec<synth::Step>, expect: Box<StreamExpect> },
 }
 
 /// One variant's scenario, typed.
@@ -192,6 +246,9 @@ pub struct Spec {
     pub source: SourceSpec,
     pub dest: DestSpec,
     pub body: Body,
+    /// Migration scenarios: what the destination must have done by the end
+    /// (`[expect]`: run state, peak memory, time).
+    pub dest_expect: DestExpect,
 }
 
 impl Spec {
@@ -202,16 +259,34 @@ impl Spec {
         }
     }
 
-    /// Validate and type a parsed document.
-    pub fn from_raw(d: RawDoc) -> Result<Spec, SpecError> {
+    /// Validate and type a parsed document of the variant with these axis
+    /// values (for `when` in `[[expect]]` and `expect-error`).
+    pub fn from_raw(d: RawDoc, values: &[(String, TomlValue)]) -> Result<Spec, SpecError> {
+        let expect = match &d.expect {
+            Some(e) => cases::merge_expect(e, values).map_err(|m| err(At::Key(&["expect"]), m))?,
+            None => None,
+        };
         let timeout = match &d.timeout {
             Some(t) => parse_duration(t)
                 .map_err(|e| err(At::Key(&["timeout"]), format!("timeout: {e}")))?,
             None => DEFAULT_TIMEOUT,
         };
-        let body = match d.kind {
-            Kind::Migration => migration_body(&d)?,
-            Kind::Stream => stream_body(&d)?,
+        let (body, dest_expect) = match d.kind {
+            Kind::Migration => migration_body(&d, expect.as_ref(), values)?,
+            Kind::Stream => (stream_body(&d, expect.as_ref())?, DestExpect::default()),
+        };
+        let vcpus = match (&d.dest.vcpus, d.kind) {
+            (None, _) => None,
+            (Some(v), Kind::Stream) => {
+                Some(Vcpus::from_raw(v).map_err(|m| err(At::Key(&["vcpus", "pattern"]), m))?)
+            }
+            (Some(_), Kind::Migration) => {
+                return Err(err(
+                    At::Key(&["vcpus"]),
+                    "dest.vcpus belongs to kind = \"stream\" scenarios (migration scenarios: \
+                     dest.args = [\"--vcpu-pattern\", ...] and a `cont` step on the destination)",
+                ))
+            }
         };
         let dest_kind = match &d.dest.kind {
             Some(k) => k
@@ -219,6 +294,14 @@ impl Spec {
                 .map_err(|e| err(At::Key(&["kind"]), format!("dest.kind: {e}")))?,
             None => DestKind::Rust,
         };
+        if let (Body::Stream { expect, .. }, None) = (&body, &vcpus) {
+            if expect.min_page_requests.is_some() {
+                return Err(err(
+                    At::Key(&["min-page-requests"]),
+                    "expect.min-page-requests needs [dest.vcpus] (nothing else requests pages)",
+                ));
+            }
+        }
         let memory = match &d.source.memory {
             Some(m) => parse_size(m)
                 .map_err(|e| err(At::Key(&["memory"]), format!("source.memory: {e}")))?,
@@ -254,45 +337,82 @@ impl Spec {
                 args: d.dest.args,
                 capabilities: d.dest.capabilities,
                 parameters: params(&d.dest.parameters, "dest")?,
+                vcpus,
             },
             body,
+            dest_expect,
         })
     }
 }
 
-fn migration_body(d: &RawDoc) -> Result<Body, SpecError> {
+fn migration_body(
+    d: &RawDoc,
+    expect: Option<&RawExpect>,
+    values: &[(String, TomlValue)],
+) -> Result<(Body, DestExpect), SpecError> {
     if d.steps.is_empty() {
         return Err(err(At::Nowhere, "a migration scenario needs at least one [[steps]] entry"));
     }
-    if !d.records.is_empty() || d.expect.is_some() {
+    if !d.records.is_empty() {
         return Err(err(
-            At::Key(&["records", "expect"]),
-            "[[records]] and [expect] belong to kind = \"stream\" scenarios",
+            At::Key(&["records"]),
+            "[[records]] belong to kind = \"stream\" scenarios",
         ));
     }
+    let dest_expect = match expect {
+        None => DestExpect::default(),
+        Some(e) => {
+            let stream_only = e.stream_only_keys();
+            if !stream_only.is_empty() {
+                return Err(err(
+                    At::Key(&["expect"]),
+                    format!(
+                        "expect: {} belong(s) to kind = \"stream\" scenarios (a migration scenario's \
+                         [expect] has run-state, max-rss, max-time)",
+                        stream_only.join(", ")
+                    ),
+                ));
+            }
+            e.dest(false).map_err(|m| err(At::Key(&["expect"]), format!("expect: {m}")))?
+        }
+    };
     let steps = d
         .steps
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            steps::parse_step(s).map_err(|e| err(At::Table("steps", i), format!("steps[{i}]: {e}")))
+            let at = |e: String| err(At::Table("steps", i), format!("steps[{i}]: {e}"));
+            let mut s = s.clone();
+            let expect_error = s.remove("expect-error");
+            let mut spec = steps::parse_step(&s).map_err(at)?;
+            if let Some(w) = &spec.when {
+                cases::when_matches(w, values).map_err(at)?;
+            }
+            if let Some(raw) = expect_error {
+                spec.expect_error = cases::expect_error(&raw, values).map_err(at)?;
+            }
+            Ok(spec)
         })
         .collect::<Result<_, _>>()?;
-    Ok(Body::Migration { steps })
+    Ok((Body::Migration { steps }, dest_expect))
 }
 
-fn stream_body(d: &RawDoc) -> Result<Body, SpecError> {
+fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
     if d.records.is_empty() {
         return Err(err(At::Nowhere, "a stream scenario needs at least one [[records]] entry"));
     }
     if !d.steps.is_empty() {
         return Err(err(At::Key(&["steps"]), "[[steps]] belong to kind = \"migration\" scenarios"));
     }
-    let e = d
-        .expect
-        .as_ref()
-        .ok_or_else(|| err(At::Nowhere, "a stream scenario needs an [expect] table"))?;
-    let verdict = match e.verdict.as_str() {
+    let e = e.ok_or_else(|| match d.expect {
+        Some(_) => err(At::Key(&["expect"]), "no [[expect]] entry applies to this variant"),
+        None => err(At::Nowhere, "a stream scenario needs an [expect] table"),
+    })?;
+    let verdict = e
+        .verdict
+        .as_deref()
+        .ok_or_else(|| err(At::Key(&["expect"]), "expect.verdict is missing (for this variant)"))?;
+    let verdict = match verdict {
         "completed" => Expect::Completed,
         "failed" => Expect::Failed,
         "postcopy-paused" => Expect::PostcopyPaused,
@@ -324,13 +444,16 @@ fn stream_body(d: &RawDoc) -> Result<Body, SpecError> {
         .collect::<Result<_, _>>()?;
     Ok(Body::Stream {
         records,
-        expect: StreamExpect {
+        expect: Box::new(StreamExpect {
             verdict,
             qemu_error: qemu_error.or_else(|| error.clone()),
             rust_error: rust_error.or(error),
             memory: e.memory.unwrap_or(true),
             pongs: e.pongs.clone(),
             shut: e.shut,
-        },
+            min_page_requests: e.min_page_requests,
+            qemu: e.dest(false).map_err(|m| err(At::Key(&["expect"]), format!("expect: {m}")))?,
+            rust: e.dest(true).map_err(|m| err(At::Key(&["expect"]), format!("expect: {m}")))?,
+        }),
     })
 }

@@ -182,6 +182,9 @@ pub enum Step {
 pub struct StepSpec {
     pub step: Step,
     pub when: Option<toml::Table>,
+    /// This variant's `expect-error`: the step must be refused with an
+    /// error matching it (see `cases`).
+    pub expect_error: Option<regex::Regex>,
 }
 
 /// The TOML shape of a `[[steps]]` table (see `scenarios/README.md`).
@@ -294,7 +297,7 @@ pub fn parse_step(t: &toml::Table) -> Result<StepSpec, String> {
         Some(_) => return Err("`when` must be a table of axis = value".into()),
     };
     let raw = RawStep::deserialize(toml::Value::Table(t)).map_err(|e| e.message().to_string())?;
-    Ok(StepSpec { step: typed(raw)?, when })
+    Ok(StepSpec { step: typed(raw)?, when, expect_error: None })
 }
 
 fn typed(raw: RawStep) -> Result<Step, String> {

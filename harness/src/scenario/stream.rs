@@ -42,7 +42,7 @@ pub async fn run_stream(
         .map(|(c, on)| (c.clone(), *on))
         .collect();
     let parameters = v.spec.dest.parameters.as_object().filter(|p| !p.is_empty());
-    let opts = synth::RunOpts {
+    let mut opts = synth::RunOpts {
         postcopy_ram: v.spec.capabilities.get("postcopy-ram").copied().unwrap_or(false),
         check_memory: exp.memory,
         // `source.machine`: the destinations' machine (the header's machine
@@ -54,6 +54,36 @@ pub async fn run_stream(
     };
     let workdir = tempfile::Builder::new().prefix("crossmig-stream-").tempdir()?;
     let tag = unique_name("s");
+    if let Some(vcpus) = &v.spec.dest.vcpus {
+        opts.rust_args = vcpus.args();
+        let s =
+            synth::solo(&tag, &qemu, &layout, &script, exp.expectation(), &opts, workdir.path())
+                .await
+                .context("playing the records")?;
+        let problems: Vec<String> = s.problems().iter().map(ToString::to_string).collect();
+        out.destinations.push(dest_json(&s.rust, Some(synth::NO_ORACLE)));
+        out.steps.push(StepResult {
+            index: 0,
+            step: format!(
+                "play {} record(s) into rust-dest with vCPUs running ({})",
+                script.len(),
+                vcpus.pattern
+            ),
+            ok: problems.is_empty(),
+            ms: s.rust.total.as_millis() as u64,
+            detail: format!(
+                "{}; {}\n  rust: {}",
+                if problems.is_empty() {
+                    format!("{}", s.rust.verdict.kind())
+                } else {
+                    problems.join("; ")
+                },
+                synth::NO_ORACLE,
+                s.rust.summary()
+            ),
+        });
+        return Ok(());
+    }
     let d = synth::differential(
         &tag,
         &qemu,
@@ -67,12 +97,7 @@ pub async fn run_stream(
     .context("playing the records")?;
     let problems: Vec<String> = d.problems().iter().map(ToString::to_string).collect();
     for run in [&d.qemu, &d.rust] {
-        out.destinations.push(json!({
-            "destination": run.kind.name(),
-            "verdict": run.verdict.kind().as_str(),
-            "error": run.verdict.error(),
-            "ms": run.total.as_millis() as u64,
-        }));
+        out.destinations.push(dest_json(run, None));
     }
     let side_by_side = format!("\n  qemu: {}\n  rust: {}", d.qemu.summary(), d.rust.summary());
     out.steps.push(StepResult {
@@ -87,4 +112,27 @@ pub async fn run_stream(
         },
     });
     Ok(())
+}
+
+/// One destination's entry in the report: verdict, error, measurements,
+/// and (for runs without the QEMU oracle) how it was judged.
+fn dest_json(run: &synth::DestRun, judged: Option<&str>) -> serde_json::Value {
+    let mut j = json!({
+        "destination": run.kind.name(),
+        "verdict": run.verdict.kind().as_str(),
+        "error": run.verdict.error(),
+        "ms": run.total.as_millis() as u64,
+        "measured": run.measured,
+    });
+    if let Some(p) = &run.play {
+        j["page-requests-served"] = p.page_requests_served.into();
+        j["pages-served"] = p.pages_served.into();
+    }
+    if let Some(m) = &run.memory {
+        j["memory"] = m.to_string().into();
+    }
+    if let Some(how) = judged {
+        j["judged"] = how.into();
+    }
+    j
 }

@@ -16,6 +16,7 @@ use super::player::{play_with, PlayResult};
 use super::step::Step;
 use super::verdict::{await_verdict, Verdict, VerdictKind};
 use crate::qmp::MigrationStatus;
+use crate::verify::limits::{check_end, DestExpect, EndProblem, Measured, RssProbe};
 use crate::verify::model::{check_memory, MemCheck};
 use crate::vm::dest::{start_dest_with, DestKind};
 use crate::vm::procs::free_tcp_port;
@@ -45,6 +46,9 @@ pub struct RunOpts {
     pub capabilities: Vec<(String, bool)>,
     /// `migrate-set-parameters` arguments (e.g. `multifd-channels`), if any.
     pub parameters: Option<Value>,
+    /// Extra command-line arguments of a rust-dest destination (e.g. its
+    /// simulated vCPUs: `--vcpu-pattern sweep`).
+    pub rust_args: Vec<String>,
 }
 
 impl Default for RunOpts {
@@ -58,6 +62,7 @@ impl Default for RunOpts {
             autostart: false,
             capabilities: Vec::new(),
             parameters: None,
+            rust_args: Vec::new(),
         }
     }
 }
@@ -77,6 +82,8 @@ pub struct DestRun {
     pub rust_blocks: Option<Vec<BlockInfo>>,
     pub log_tail: String,
     pub total: Duration,
+    /// Run state at the end, peak RSS, migration time.
+    pub measured: Measured,
     /// For cleanup checks.
     pub pid: u32,
     pub paths: Vec<PathBuf>,
@@ -94,6 +101,7 @@ impl DestRun {
         if let Some(m) = &self.memory {
             s += &format!("\n       memory: {m}");
         }
+        s += &format!("\n       {}", self.measured);
         s
     }
 }
@@ -116,6 +124,9 @@ pub async fn run_script(
     if let Some(m) = &opts.machine {
         cfg.machine = m.clone();
     }
+    if kind == DestKind::Rust {
+        cfg.extra = opts.rust_args.clone();
+    }
     let paths = vec![cfg.mem_path.clone(), cfg.qmp_socket.clone()];
     let log = workdir.join(format!("{}.log", cfg.vm_name()));
     let launch = LaunchOpts { command_timeout: Some(QMP_TIMEOUT), ..LaunchOpts::new(log) };
@@ -126,10 +137,16 @@ pub async fn run_script(
         Ok((major, minor, _)) => layout_for_version(major, minor),
         Err(_) => PacketLayout::V9,
     };
+    let probe = RssProbe::start(pid);
     let r = drive(kind, &vm, layout, script, opts, packet_layout).await;
+    let run_state = match vm.child.is_running() {
+        true => vm.qmp.run_state().await.ok(),
+        false => None,
+    };
+    let peak_rss = probe.finish();
     let log_tail = vm.log_tail(6000);
     vm.quit().await;
-    let (verdict, play, play_error, memory, rust_blocks) =
+    let (verdict, play, play_error, memory, rust_blocks, time) =
         r.map_err(|e| anyhow!("{e:#}\n--- {} log ---\n{log_tail}", kind.name()))?;
     Ok(DestRun {
         kind,
@@ -140,13 +157,20 @@ pub async fn run_script(
         rust_blocks,
         log_tail,
         total: t0.elapsed(),
+        measured: Measured { run_state, peak_rss, time },
         pid,
         paths,
     })
 }
 
-type DriveOut =
-    (Verdict, Option<PlayResult>, Option<String>, Option<MemCheck>, Option<Vec<BlockInfo>>);
+type DriveOut = (
+    Verdict,
+    Option<PlayResult>,
+    Option<String>,
+    Option<MemCheck>,
+    Option<Vec<BlockInfo>>,
+    Option<Duration>,
+);
 
 async fn drive(
     kind: DestKind,
@@ -183,12 +207,15 @@ async fn drive(
             Err(e) => return Err(e.context("migrate-incoming")),
         }
     };
+    let t_incoming = Instant::now();
     let (play, play_error) =
         match play_with(addr, layout, script, opts.play_timeout, packet_layout).await {
             Ok(p) => (Some(p), None),
             Err(e) => (None, Some(format!("{e:#}"))),
         };
     let verdict = await_verdict(vm, opts.verdict_timeout).await;
+    // The migration time: until the verdict, if it is a final status.
+    let time = (verdict.kind() != VerdictKind::Stuck).then(|| t_incoming.elapsed());
     let mut memory = None;
     let mut rust_blocks = None;
     if verdict == Verdict::Completed {
@@ -210,7 +237,7 @@ async fn drive(
             );
         }
     }
-    Ok((verdict, play, play_error, memory, rust_blocks))
+    Ok((verdict, play, play_error, memory, rust_blocks, time))
 }
 
 // ---------------------------------------------------------------------------
@@ -316,11 +343,25 @@ pub struct Expectation {
     pub pongs: Option<Vec<u32>>,
     /// The SHUT value on completion.
     pub shut: Option<u32>,
+    /// At least this many page requests served (rust-dest's vCPUs).
+    pub min_page_requests: Option<u64>,
+    /// Run state and limits of the QEMU destination and of rust-dest.
+    pub qemu: DestExpect,
+    pub rust: DestExpect,
 }
 
 impl From<Expect> for Expectation {
     fn from(verdict: Expect) -> Self {
-        Expectation { verdict, qemu_error: None, rust_error: None, pongs: None, shut: None }
+        Expectation {
+            verdict,
+            qemu_error: None,
+            rust_error: None,
+            pongs: None,
+            shut: None,
+            min_page_requests: None,
+            qemu: DestExpect::default(),
+            rust: DestExpect::default(),
+        }
     }
 }
 
@@ -347,6 +388,12 @@ pub enum Problem {
     UnmetRp { dest: &'static str, unmet: Vec<String> },
     #[error("{dest}: play aborted: {why}")]
     Aborted { dest: &'static str, why: String },
+    #[error("{dest}: {problem}")]
+    End { dest: &'static str, problem: EndProblem },
+    #[error("{dest}: {got} page request(s) served, expected at least {want}")]
+    PageRequests { dest: &'static str, got: u64, want: u64 },
+    #[error("{dest}: bad page requests: {}", errors.join("; "))]
+    PageRequestErrors { dest: &'static str, errors: Vec<String> },
 }
 
 /// Both destinations' results for one script.
@@ -386,49 +433,72 @@ impl Differential {
                 rust: self.rust.verdict.kind(),
             });
         }
-        for (d, re) in [(&self.qemu, &x.qemu_error), (&self.rust, &x.rust_error)] {
-            let dest = d.kind.name();
-            let got = d.observed();
-            if !x.verdict.met_by(&got) {
-                p.push(Problem::Verdict { dest, got, want: x.verdict });
-            }
-            if let (Some(re), VerdictKind::Failed) = (re, d.verdict.kind()) {
-                // QEMU's specific message may be several log lines above the last.
-                if !re.is_match(d.verdict.error()) && !re.is_match(&d.log_tail) {
-                    p.push(Problem::ErrorText { dest, re: re.as_str().into() });
-                }
-            }
-            if let Some(e) = &d.play_error {
-                p.push(Problem::PlayError { dest, error: e.clone() });
-            }
-            if let Some(m) = &d.memory {
-                if !m.ok() {
-                    p.push(Problem::Memory { dest, check: m.clone() });
-                }
-            }
-            let Some(pl) = &d.play else { continue };
-            if let Some(want) = &x.pongs {
-                let got = pl.pongs();
-                if &got != want {
-                    p.push(Problem::Pongs { dest, got, want: want.clone() });
-                }
-            }
-            if let (Some(want), VerdictKind::Completed) = (x.shut, d.verdict.kind()) {
-                if !pl.shuts().contains(&want) {
-                    p.push(Problem::Shut { dest, want, got: pl.shuts() });
-                }
-            }
-            if x.verdict == Expect::Completed {
-                if !pl.expect_failures.is_empty() {
-                    p.push(Problem::UnmetRp { dest, unmet: pl.expect_failures.clone() });
-                }
-                if let Some(a) = &pl.aborted {
-                    p.push(Problem::Aborted { dest, why: a.clone() });
-                }
-            }
-        }
+        p.extend(dest_problems(x, &self.qemu));
+        p.extend(dest_problems(x, &self.rust));
         p
     }
+}
+
+/// Everything that differs from the expectation on one destination (see
+/// [`Differential::problems`]; also the whole judgement of a destination
+/// judged against the model alone, [`super::solo`]).
+pub fn dest_problems(x: &Expectation, d: &DestRun) -> Vec<Problem> {
+    let mut p = Vec::new();
+    let (re, end) = match d.kind {
+        DestKind::Qemu => (&x.qemu_error, &x.qemu),
+        DestKind::Rust => (&x.rust_error, &x.rust),
+    };
+    let dest = d.kind.name();
+    let got = d.observed();
+    if !x.verdict.met_by(&got) {
+        p.push(Problem::Verdict { dest, got, want: x.verdict });
+    }
+    if let (Some(re), VerdictKind::Failed) = (re, d.verdict.kind()) {
+        // QEMU's specific message may be several log lines above the last.
+        if !re.is_match(d.verdict.error()) && !re.is_match(&d.log_tail) {
+            p.push(Problem::ErrorText { dest, re: re.as_str().into() });
+        }
+    }
+    if let Some(e) = &d.play_error {
+        p.push(Problem::PlayError { dest, error: e.clone() });
+    }
+    if let Some(m) = &d.memory {
+        if !m.ok() {
+            p.push(Problem::Memory { dest, check: m.clone() });
+        }
+    }
+    p.extend(check_end(end, &d.measured).into_iter().map(|problem| Problem::End { dest, problem }));
+    let Some(pl) = &d.play else { return p };
+    if let Some(want) = &x.pongs {
+        let got = pl.pongs();
+        if &got != want {
+            p.push(Problem::Pongs { dest, got, want: want.clone() });
+        }
+    }
+    if let (Some(want), VerdictKind::Completed) = (x.shut, d.verdict.kind()) {
+        if !pl.shuts().contains(&want) {
+            p.push(Problem::Shut { dest, want, got: pl.shuts() });
+        }
+    }
+    if x.verdict == Expect::Completed {
+        if !pl.expect_failures.is_empty() {
+            p.push(Problem::UnmetRp { dest, unmet: pl.expect_failures.clone() });
+        }
+        if let Some(a) = &pl.aborted {
+            p.push(Problem::Aborted { dest, why: a.clone() });
+        }
+    }
+    if let Some(want) = x.min_page_requests {
+        if pl.page_requests_served < want {
+            let got = pl.page_requests_served;
+            p.push(Problem::PageRequests { dest, got, want });
+        }
+    }
+    if !pl.page_request_errors.is_empty() {
+        let errors = pl.page_request_errors.clone();
+        p.push(Problem::PageRequestErrors { dest, errors });
+    }
+    p
 }
 
 /// Run `script` on a QEMU and a rust-dest destination concurrently.

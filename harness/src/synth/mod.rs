@@ -20,15 +20,19 @@
 //! * [`differential`]: one script against one destination ([`run_script`]) or
 //!   against QEMU and rust-dest at once, compared in one place
 //!   ([`Differential::problems`]).
+//! * [`solo`]: one script against rust-dest with its simulated vCPUs
+//!   running (page requests served from the model), judged against the
+//!   model alone ([`Solo::problems`]).
 //!
 //! Dependencies point one way: layout, page ← multifd ← step ← player ←
-//! differential, and verdict ← differential.
+//! differential, and verdict ← differential ← solo.
 
 pub mod differential;
 pub mod layout;
 pub mod multifd;
 pub mod page;
 pub mod player;
+pub mod solo;
 pub mod step;
 pub mod verdict;
 
@@ -44,6 +48,7 @@ pub use layout::{
 };
 pub use multifd::{layout_for_version, MultifdStep};
 pub use player::{play, play_with, PlayResult, EXPECT_TIMEOUT};
+pub use solo::{solo, Solo, NO_ORACLE};
 pub use step::{
     encode_script, globalstate_data, model_of, pattern_pages, vmdesc_for, EncodeError, Page,
     RpMatcher, Step, FIRST_DEVICE_SECTION_ID, RAM_SECTION_ID,

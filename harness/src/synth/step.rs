@@ -565,7 +565,15 @@ mod tests {
         assert_eq!(check_pages(&m, "mem0", &page_data).mismatched, 1);
         let mut m2 = m.clone();
         m2.discard("mem0", 0, 4096);
-        assert_eq!(m2.expected("mem0", 0), Expected::Unknown);
+        assert_eq!(m2.expected("mem0", 0), Expected::DiscardedZero);
         assert_eq!(m2.content_for_request("mem0", 0), Content::Pattern(1));
+        // A discarded page never re-sent must read zero, not its old content.
+        page_data[3 * 4096] = 0;
+        let c = check_pages(&m2, "mem0", &page_data);
+        assert_eq!((c.mismatched, c.discarded_zero), (1, 0), "{c}");
+        assert!(c.mismatches[0].contains("discarded"), "{c}");
+        page_data[..4096].fill(0);
+        let c = check_pages(&m2, "mem0", &page_data);
+        assert_eq!((c.mismatched, c.discarded_zero), (0, 1), "{c}");
     }
 }

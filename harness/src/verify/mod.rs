@@ -5,6 +5,7 @@
 //! ([`model`]), and the [`Check`](report::Check) they all produce ([`report`]).
 
 pub mod guest;
+pub mod limits;
 pub mod memory;
 pub mod model;
 pub mod report;

@@ -1,5 +1,12 @@
 //! The guest RAM a synthetic source's script defines (pages sent, discarded,
 //! re-sent) and the check of a destination's RAM against it.
+//!
+//! A page discarded (POSTCOPY_RAM_DISCARD) and never re-sent reads as zero:
+//! QEMU's destination drops the page (`ram_discard_range` in
+//! `migration/ram.c` punches it out of the memory backend) and nothing
+//! fills it until a page for it arrives, in the stream or on request.
+//! Verified with real QEMU 7.2, 10.0 and 11.1 destinations by
+//! `scenarios/stream-discard-never-resent.toml`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -51,9 +58,10 @@ pub fn content_bytes(block: &str, index: u64, c: Content) -> Vec<u8> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageState {
     Defined(Content),
-    /// Discarded and not re-sent: the destination's content is unspecified.
-    /// `last` is what the source sent before (what it serves on request).
-    Unknown {
+    /// Discarded and not re-sent: the destination holds zero until a page
+    /// arrives. `last` is what the source sent before (what it serves on
+    /// request).
+    Discarded {
         last: Option<Content>,
     },
 }
@@ -63,7 +71,8 @@ pub enum PageState {
 pub enum Expected {
     Digest(u64),
     Zero,
-    Unknown,
+    /// Discarded and never re-sent: zero as well, counted apart.
+    DiscardedZero,
 }
 
 /// Model of the guest RAM the script defines.
@@ -78,7 +87,7 @@ impl RamModel {
         self.pages.insert((block.to_string(), index), PageState::Defined(content));
     }
 
-    /// Every page touched by the byte range becomes unknown.
+    /// Every page touched by the byte range becomes discarded.
     pub fn discard(&mut self, block: &str, start: u64, len: u64) {
         if len == 0 {
             return;
@@ -90,10 +99,10 @@ impl RamModel {
             let k = (block.to_string(), i);
             let last = match self.pages.get(&k) {
                 Some(PageState::Defined(c)) => Some(*c),
-                Some(PageState::Unknown { last }) => *last,
+                Some(PageState::Discarded { last }) => *last,
                 None => None,
             };
-            self.pages.insert(k, PageState::Unknown { last });
+            self.pages.insert(k, PageState::Discarded { last });
         }
     }
 
@@ -107,7 +116,7 @@ impl RamModel {
             Some(PageState::Defined(c)) => {
                 Expected::Digest(page_digest(&content_bytes(block, index, c)))
             }
-            Some(PageState::Unknown { .. }) => Expected::Unknown,
+            Some(PageState::Discarded { .. }) => Expected::DiscardedZero,
         }
     }
 
@@ -115,7 +124,7 @@ impl RamModel {
     pub fn content_for_request(&self, block: &str, index: u64) -> Content {
         match self.state(block, index) {
             Some(PageState::Defined(c)) => c,
-            Some(PageState::Unknown { last }) => last.unwrap_or(Content::Zero),
+            Some(PageState::Discarded { last }) => last.unwrap_or(Content::Zero),
             None => Content::Zero,
         }
     }
@@ -146,7 +155,8 @@ pub struct MemCheck {
     pub pages: u64,
     /// Pages with a defined non-zero content that matched.
     pub matched_defined: u64,
-    pub unknown_skipped: u64,
+    /// Discarded, never re-sent pages that read zero.
+    pub discarded_zero: u64,
     pub mismatched: u64,
     /// First mismatches.
     pub mismatches: Vec<String>,
@@ -162,8 +172,8 @@ impl std::fmt::Display for MemCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {} pages, {} defined matched, {} unknown skipped, {} mismatched",
-            self.block, self.pages, self.matched_defined, self.unknown_skipped, self.mismatched
+            "{}: {} pages, {} defined matched, {} discarded read zero, {} mismatched",
+            self.block, self.pages, self.matched_defined, self.discarded_zero, self.mismatched
         )?;
         if !self.mismatches.is_empty() {
             write!(f, " [{}]", self.mismatches.join("; "))?;
@@ -173,24 +183,29 @@ impl std::fmt::Display for MemCheck {
 }
 
 /// Compare the pages of `block` held in `data` with the model: defined pages
-/// must match their digests, unknown ones are skipped, all others are zero.
+/// must match their digests; discarded, never re-sent ones and all others
+/// must be zero.
 pub fn check_pages(model: &RamModel, block: &str, data: &[u8]) -> MemCheck {
     let mut r = MemCheck { block: block.into(), ..Default::default() };
     for (i, page) in data.chunks(PAGE_SIZE as usize).enumerate() {
         let i = i as u64;
         r.pages += 1;
         let bad = match model.expected(block, i) {
-            Expected::Unknown => {
-                r.unknown_skipped += 1;
-                None
-            }
-            Expected::Zero => {
+            e @ (Expected::Zero | Expected::DiscardedZero) => {
                 if page.iter().all(|&b| b == 0) {
+                    if e == Expected::DiscardedZero {
+                        r.discarded_zero += 1;
+                    }
                     None
                 } else {
                     Some(format!(
-                        "page {i} ({:#x}) should be zero, has digest {:016x}",
+                        "page {i} ({:#x}) should be zero{}, has digest {:016x}",
                         i * PAGE_SIZE,
+                        if e == Expected::DiscardedZero {
+                            " (discarded, never re-sent)"
+                        } else {
+                            ""
+                        },
                         page_digest(page)
                     ))
                 }

@@ -162,8 +162,12 @@ pub fn check_postcopy(d: &Differential) -> Vec<String> {
                     m.matched_defined
                 ));
             }
-            if m.unknown_skipped != 0 {
-                p.push(format!("{}: {} pages left unknown", r.kind.name(), m.unknown_skipped));
+            if m.discarded_zero != 0 {
+                p.push(format!(
+                    "{}: {} discarded pages never re-sent",
+                    r.kind.name(),
+                    m.discarded_zero
+                ));
             }
         }
     }

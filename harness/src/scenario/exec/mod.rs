@@ -4,6 +4,7 @@
 //! text or an error.
 
 mod check;
+mod end;
 mod migrate;
 
 use std::collections::BTreeMap;
@@ -13,6 +14,8 @@ use anyhow::{anyhow, Result};
 use super::steps::{FaultKind, Side, Step};
 use crate::drive::session::Migration;
 use crate::images::Workload;
+
+pub use end::check_dest_end;
 
 /// Everything a running migration variant holds.
 pub struct Ctx {
