@@ -92,6 +92,8 @@ pub struct RawDest {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawExpect {
     pub verdict: String,
+    /// The QEMU destination's verdict when it differs (a known QEMU bug).
+    pub qemu_verdict: Option<String>,
     pub error: Option<String>,
     pub rust_error: Option<String>,
     pub qemu_error: Option<String>,
@@ -152,6 +154,8 @@ pub struct DestSpec {
 pub struct StreamExpect {
     /// Completed, Failed, PostcopyPaused or Stuck.
     pub verdict: Expect,
+    /// QEMU's verdict where it is known to differ (e.g. `Crashed`).
+    pub qemu_verdict: Option<Expect>,
     /// Regexes on the error text: `error` applies to both unless overridden.
     pub qemu_error: Option<regex::Regex>,
     pub rust_error: Option<regex::Regex>,
@@ -166,6 +170,7 @@ impl StreamExpect {
     pub fn expectation(&self) -> synth::Expectation {
         synth::Expectation {
             verdict: self.verdict,
+            qemu_verdict: self.qemu_verdict,
             qemu_error: self.qemu_error.clone(),
             rust_error: self.rust_error.clone(),
             pongs: self.pongs.clone(),
@@ -292,18 +297,16 @@ fn stream_body(d: &RawDoc) -> Result<Body, SpecError> {
         .expect
         .as_ref()
         .ok_or_else(|| err(At::Nowhere, "a stream scenario needs an [expect] table"))?;
-    let verdict = match e.verdict.as_str() {
-        "completed" => Expect::Completed,
-        "failed" => Expect::Failed,
-        "postcopy-paused" => Expect::PostcopyPaused,
-        "stuck" => Expect::Stuck,
-        v => {
-            return Err(err(
-                At::Key(&["verdict"]),
-                format!("expect.verdict must be \"completed\", \"failed\", \"postcopy-paused\" or \"stuck\", not {v:?}"),
-            ))
-        }
-    };
+    let verdict = e
+        .verdict
+        .parse::<Expect>()
+        .map_err(|m| err(At::Key(&["verdict"]), format!("expect.verdict {m}")))?;
+    let qemu_verdict = e
+        .qemu_verdict
+        .as_deref()
+        .map(|v| v.parse::<Expect>())
+        .transpose()
+        .map_err(|m| err(At::Key(&["qemu-verdict"]), format!("expect.qemu-verdict {m}")))?;
     let re = |r: Option<&String>| {
         r.map(|re| {
             regex::Regex::new(re)
@@ -326,6 +329,7 @@ fn stream_body(d: &RawDoc) -> Result<Body, SpecError> {
         records,
         expect: StreamExpect {
             verdict,
+            qemu_verdict,
             qemu_error: qemu_error.or_else(|| error.clone()),
             rust_error: rust_error.or(error),
             memory: e.memory.unwrap_or(true),
