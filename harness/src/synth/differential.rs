@@ -219,6 +219,9 @@ pub enum Expect {
     /// abort on a failed assertion): kept as a scenario so that a fixed QEMU
     /// shows up as a change.
     Crashed,
+    /// Either (a crash that does not happen on every run, e.g. QEMU 7.2's
+    /// `qemu_thread_join` abort, docs/qemu-bugs.md).
+    FailedOrCrashed,
     /// Neither: the destination waits (e.g. in postcopy-paused after a load
     /// error once postcopy runs, as QEMU does).
     Stuck,
@@ -233,6 +236,7 @@ impl Expect {
             Expect::Completed => "completed",
             Expect::Failed => "failed",
             Expect::Crashed => "crashed",
+            Expect::FailedOrCrashed => "failed-or-crashed",
             Expect::Stuck => "stuck",
             Expect::PostcopyPaused => "postcopy-paused",
         }
@@ -244,6 +248,7 @@ impl Expect {
             (Expect::Completed, Observed::Completed)
             | (Expect::Failed, Observed::Failed)
             | (Expect::Crashed, Observed::Crashed)
+            | (Expect::FailedOrCrashed, Observed::Failed | Observed::Crashed)
             | (Expect::Stuck, Observed::Stuck(_)) => true,
             (Expect::PostcopyPaused, Observed::Stuck(s)) => {
                 s.as_ref() == Some(&MigrationStatus::PostcopyPaused)
@@ -260,11 +265,12 @@ impl std::str::FromStr for Expect {
             "completed" => Expect::Completed,
             "failed" => Expect::Failed,
             "crashed" => Expect::Crashed,
+            "failed-or-crashed" => Expect::FailedOrCrashed,
             "postcopy-paused" => Expect::PostcopyPaused,
             "stuck" => Expect::Stuck,
             v => {
                 return Err(format!(
-                    "must be \"completed\", \"failed\", \"crashed\", \"postcopy-paused\" or \"stuck\", not {v:?}"
+                    "must be \"completed\", \"failed\", \"crashed\", \"failed-or-crashed\", \"postcopy-paused\" or \"stuck\", not {v:?}"
                 ))
             }
         })
@@ -346,7 +352,14 @@ pub struct Expectation {
 
 impl From<Expect> for Expectation {
     fn from(verdict: Expect) -> Self {
-        Expectation { verdict, qemu_verdict: None, qemu_error: None, rust_error: None, pongs: None, shut: None }
+        Expectation {
+            verdict,
+            qemu_verdict: None,
+            qemu_error: None,
+            rust_error: None,
+            pongs: None,
+            shut: None,
+        }
     }
 }
 

@@ -136,10 +136,10 @@ pub async fn await_verdict(vm: &QemuVm, timeout: Duration) -> Verdict {
     let exited = |vm: &QemuVm| {
         let tail = vm.log_tail(4000);
         match vm.child.killed_by() {
-            Some(sig) => Verdict::Crashed { signal: sig.as_str().into(), detail: log_lines(&tail, 6) },
-            None => {
-                Verdict::Failed(format!("destination process exited: {}", log_lines(&tail, 6)))
+            Some(sig) => {
+                Verdict::Crashed { signal: sig.as_str().into(), detail: log_lines(&tail, 6) }
             }
+            None => Verdict::Failed(format!("destination process exited: {}", log_lines(&tail, 6))),
         }
     };
     loop {

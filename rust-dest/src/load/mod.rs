@@ -10,7 +10,9 @@
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 
+use crate::catalogue::DeviceCheck;
 use crate::channel::{Incoming, ReadError, Reader, ReturnPath, Session, Sock};
+use crate::compat::QemuVersion;
 use crate::postcopy::{PcState, PostcopyRuntime, RuntimeSlot, VcpuConfig};
 use crate::ram::RamBlock;
 use crate::state::{Capability, Counters, MigStatus, RunState, Shared};
@@ -50,6 +52,10 @@ pub struct Config {
     /// `-uuid`: what multifd channels' initial packets must carry (all
     /// zero without one, as in QEMU).
     pub uuid: [u8; 16],
+    /// The QEMU version whose rules apply where versions differ.
+    pub compat: QemuVersion,
+    /// Device sections are checked against this catalogue, if any.
+    pub devices: Option<DeviceCheck>,
 }
 
 impl Default for Config {
@@ -62,6 +68,8 @@ impl Default for Config {
             max_device_state: 64 << 20,
             vcpu: VcpuConfig::default(),
             uuid: [0; 16],
+            compat: QemuVersion::NEWEST,
+            devices: None,
         }
     }
 }
@@ -498,6 +506,7 @@ impl Loader {
         for b in self.shared.ram().blocks() {
             let _ = b.mapping.sync();
         }
+        self.check_final_runstate()?;
         let (paused, gs) = {
             let g = self.shared.lock();
             (g.start_paused, g.globalstate.clone())
