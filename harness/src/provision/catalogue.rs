@@ -49,9 +49,12 @@ fn module_dir(qemu: &QemuBinary) -> Option<PathBuf> {
     d.is_dir().then_some(d)
 }
 
+/// VMState name → (version, minimum version).
+pub type VmsdVersions = BTreeMap<String, (u32, u32)>;
+
 /// `-dump-vmstate` of `qemu` with the reference machine: the machine type
-/// the alias resolves to, and VMState name → (version, minimum version).
-pub fn dump_vmstate(qemu: &QemuBinary) -> Result<(String, BTreeMap<String, (u32, u32)>)> {
+/// the alias resolves to, and every VMState description's versions.
+pub fn dump_vmstate(qemu: &QemuBinary) -> Result<(String, VmsdVersions)> {
     let dir = tempfile::Builder::new().prefix("crossmig-vmstate-").tempdir()?;
     let out = dir.path().join("vmstate.json");
     let mut cmd = qemu.command();

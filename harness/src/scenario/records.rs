@@ -320,6 +320,10 @@ mod tests {
         assert_eq!(pages("/rom@etc/acpi/tables:0@zero").unwrap()[0].block, "/rom@etc/acpi/tables");
         assert!(pages("mem0:5-3@1").is_err());
         assert!(pages("mem0:1").is_err());
+        let f = pages("mem0:2-3@fill=0x5a").unwrap();
+        assert_eq!(f[1].content, Content::Fill(0x5a));
+        assert_eq!(pages("mem0:2@fill=7").unwrap()[0].content, Content::Fill(7));
+        assert!(pages("mem0:2@fill=256").is_err() && pages("mem0:2@fill=0xzz").is_err());
     }
 
     #[test]

@@ -496,3 +496,30 @@ pub async fn differential(
         total: t0.elapsed(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_parse_and_match() {
+        for e in [
+            Expect::Completed,
+            Expect::Failed,
+            Expect::Crashed,
+            Expect::FailedOrCrashed,
+            Expect::Stuck,
+            Expect::PostcopyPaused,
+        ] {
+            assert_eq!(e.as_str().parse::<Expect>(), Ok(e));
+        }
+        assert!("crash".parse::<Expect>().unwrap_err().contains("failed-or-crashed"));
+        // A crash is not a clean failure, and the other way round.
+        assert!(!Expect::Failed.met_by(&Observed::Crashed));
+        assert!(!Expect::Crashed.met_by(&Observed::Failed));
+        assert!(Expect::Crashed.met_by(&Observed::Crashed));
+        assert!(Expect::FailedOrCrashed.met_by(&Observed::Crashed));
+        assert!(Expect::FailedOrCrashed.met_by(&Observed::Failed));
+        assert!(!Expect::FailedOrCrashed.met_by(&Observed::Completed));
+    }
+}
