@@ -31,6 +31,8 @@ pub mod preempt;
 mod ram;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod version_tests;
 
 pub use error::LoadError;
 use multifd::{MultifdConfig, MultifdRecv};
