@@ -4,8 +4,9 @@
 //!
 //! QEMU's post-load hook reads the name up to its first NUL (the `size` field
 //! is not used) and refuses a name that is not a `RunState` ("invalid
-//! parameter value: NAME", also for the empty name). At the end of the
-//! migration it switches from `inmigrate` to that state; a state its
+//! parameter value: NAME", also for the empty name). At the end of a precopy
+//! migration it switches from `inmigrate` to that state (not after postcopy,
+//! `scenarios/stream-globalstate-debug-postcopy.toml`); a state its
 //! transition table does not allow from `inmigrate` (`debug`, `save-vm`,
 //! `restore-vm`) makes every tested QEMU abort ("invalid runstate transition",
 //! docs/qemu-bugs.md). rust-dest refuses those cleanly instead.
