@@ -121,7 +121,7 @@ async fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
         Cmd::Bench(a) => harness::bench::run_bench(a).await,
         Cmd::Qemu(c) => {
-            harness::provision::cli::run_qemu_cmd(c)?;
+            harness::provision::cli::run_qemu_cmd(c).await?;
             Ok(true)
         }
         Cmd::Run { files, filter, list, check, json } => {

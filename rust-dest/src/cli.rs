@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use crate::compat::QemuVersion;
 use crate::postcopy::{Pattern, VcpuConfig};
 use crate::ram::Backend;
 
@@ -45,6 +46,14 @@ rust-dest options:
   --vcpu-threads N      simulated vCPU threads (default 1)
   --vcpu-rate N         page touches per second per thread (default 50000;
                         0 = unlimited)
+  --device-catalogue FILE
+                        refuse device sections the QEMU version described by
+                        FILE refuses (unknown names, versions out of range,
+                        instances of the reference configuration); made by
+                        `crossmig qemu catalogue` (docs/device-catalogue.md)
+  --compat-version V    behave as QEMU V (e.g. 7.2, 10.0, 11.1) where versions
+                        differ (default: the -machine type's version, else the
+                        newest known)
   --log LEVEL           error, warn, info (default), debug, trace
   -h, --help            this text
   -V, --version         print version
@@ -70,6 +79,15 @@ pub struct Options {
     pub pidfile: Option<PathBuf>,
     /// `-uuid`: the raw 16 bytes (checked against multifd initial packets).
     pub uuid: Option<[u8; 16]>,
+    /// `--device-catalogue FILE`.
+    pub device_catalogue: Option<PathBuf>,
+    /// `--compat-version V`.
+    pub compat_version: Option<QemuVersion>,
+    /// `-nodefaults` was given (no default devices).
+    pub nodefaults: bool,
+    /// Options that add, remove or change devices (so the device instances
+    /// are not those of a catalogue's reference configuration).
+    pub device_changes: Vec<String>,
 }
 
 impl Default for Options {
@@ -90,6 +108,10 @@ impl Default for Options {
             warnings: Vec::new(),
             pidfile: None,
             uuid: None,
+            device_catalogue: None,
+            compat_version: None,
+            nodefaults: false,
+            device_changes: Vec::new(),
         }
     }
 }
@@ -157,6 +179,26 @@ const IGNORED_WITH_ARG: &[&str] = &[
     "compat",
     "object-ignored",
 ];
+/// Ignored options that add or change devices, unless their value is one of
+/// the listed ones (what the device catalogue's reference configuration
+/// uses).
+const DEVICE_OPTIONS: &[(&str, &[&str])] = &[
+    ("device", &[]),
+    ("drive", &[]),
+    ("net", &[]),
+    ("vga", &["none"]),
+    ("usbdevice", &[]),
+    ("numa", &[]),
+    ("hda", &[]),
+    ("hdb", &[]),
+    ("cdrom", &[]),
+    ("parallel", &["none"]),
+    ("smp", &["1", "cpus=1"]),
+    ("accel", &["tcg"]),
+];
+/// Ignored flags that add or remove devices.
+const DEVICE_FLAGS: &[&str] = &["usb", "no-hpet", "no-acpi", "enable-kvm"];
+
 /// QEMU flags without an argument that rust-dest ignores.
 const IGNORED_FLAGS: &[&str] = &[
     "nodefaults",
@@ -268,6 +310,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
     // Set explicitly (`-machine suppress-vmdesc=`, `-global migration.*`):
     // they override what the machine type implies.
     let (mut suppress, mut send_cfg, mut footers) = (None, None, None);
+    let mut serials = 0usize;
     let mut it = args.into_iter().peekable();
     while let Some(a) = it.next() {
         if !a.starts_with('-') || a == "-" {
@@ -322,8 +365,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                         "suppress-vmdesc" => {
                             suppress = Some(on_off(&v, "-machine suppress-vmdesc")?)
                         }
-                        "memory-backend" | "accel" => {}
-                        other => o.warnings.push(format!("-machine property {other}={v} ignored")),
+                        "memory-backend" => {}
+                        "accel" if v == "tcg" => {}
+                        other => {
+                            o.device_changes.push(format!("-machine {other}={v}"));
+                            o.warnings.push(format!("-machine property {other}={v} ignored"))
+                        }
                     }
                 }
                 o.machine = ty;
@@ -398,11 +445,34 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, String> 
                     .map_err(|_| "--vcpu-rate: expected a number".to_string())?
             }
             "log" => o.log = val(&mut it)?,
+            "device-catalogue" => o.device_catalogue = Some(PathBuf::from(val(&mut it)?)),
+            "compat-version" => {
+                o.compat_version =
+                    Some(val(&mut it)?.parse().map_err(|e| format!("--compat-version: {e}"))?)
+            }
             n if IGNORED_WITH_ARG.contains(&n) => {
                 let v = val(&mut it)?;
+                let changes = match DEVICE_OPTIONS.iter().find(|(d, _)| *d == n) {
+                    Some((_, same)) => !same.contains(&v.as_str()),
+                    // A second serial port is a second device.
+                    None if n == "serial" => {
+                        serials += 1;
+                        serials > 1
+                    }
+                    None => false,
+                };
+                if changes {
+                    o.device_changes.push(format!("-{n} {v}"));
+                }
                 o.warnings.push(format!("option -{n} {v} ignored"));
             }
-            n if IGNORED_FLAGS.contains(&n) => o.warnings.push(format!("option -{n} ignored")),
+            "nodefaults" => o.nodefaults = true,
+            n if IGNORED_FLAGS.contains(&n) => {
+                if DEVICE_FLAGS.contains(&n) {
+                    o.device_changes.push(format!("-{n}"));
+                }
+                o.warnings.push(format!("option -{n} ignored"))
+            }
             other => return Err(format!("-{other}: invalid option (see --help)")),
         }
     }
@@ -461,7 +531,32 @@ mod tests {
         assert_eq!(o.backends[0].id, "mem0");
         assert_eq!(o.backends[0].size, 256 << 20);
         assert!(o.start_paused);
-        assert_eq!(o.warnings.len(), 5, "{:?}", o.warnings);
+        assert_eq!(o.warnings.len(), 4, "{:?}", o.warnings);
+        assert!(o.nodefaults && o.device_changes.is_empty(), "{:?}", o.device_changes);
+    }
+
+    #[test]
+    fn device_catalogue_options() {
+        let o = p("-incoming defer --device-catalogue /x.devices --compat-version 7.2").unwrap();
+        assert_eq!(o.device_catalogue.as_deref(), Some(std::path::Path::new("/x.devices")));
+        assert_eq!(o.compat_version, Some(QemuVersion::new(7, 2)));
+        assert!(p("-incoming defer --compat-version seven")
+            .unwrap_err()
+            .contains("--compat-version"));
+        // What changes the device instances of the reference configuration.
+        let o = p("-incoming defer -nodefaults -smp 1 -accel tcg -serial null -vga none").unwrap();
+        assert!(o.device_changes.is_empty(), "{:?}", o.device_changes);
+        for extra in [
+            "-smp 2",
+            "-device e1000",
+            "-drive file=x,if=ide",
+            "-enable-kvm",
+            "-machine q35,hpet=off",
+            "-serial null -serial null",
+        ] {
+            let o = p(&format!("-incoming defer -nodefaults {extra}")).unwrap();
+            assert!(!o.device_changes.is_empty(), "{extra}");
+        }
     }
 
     #[test]

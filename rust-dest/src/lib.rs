@@ -1,6 +1,9 @@
 //! rust-dest: a QEMU-compatible live-migration destination.
 //!
 //! Modules, bottom up (dependencies point down this list, never back):
+//! - [`compat`]: rules that differ between QEMU versions (`--compat-version`).
+//! - [`globalstate`]: the `globalstate` section's run state, as QEMU checks it.
+//! - [`catalogue`]: the device catalogue (`--device-catalogue`).
 //! - [`mem`]: the only `unsafe` code (mmap, page placement, userfaultfd).
 //! - [`ram`]: the RAMBlock table and received bitmaps.
 //! - [`state`]: the shared status, capabilities, counters, events and kept
@@ -18,8 +21,11 @@
 //! The wire codec (bytes in, records out, and back; no I/O) is the `wire`
 //! crate, shared with the harness.
 
+pub mod catalogue;
 pub mod channel;
 pub mod cli;
+pub mod compat;
+pub mod globalstate;
 pub mod load;
 pub mod mem;
 pub mod postcopy;

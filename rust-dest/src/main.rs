@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
+use rust_dest::catalogue::{Catalogue, DeviceCheck};
 use rust_dest::channel::{listen, Session};
 use rust_dest::cli::{self, Parsed};
+use rust_dest::compat::QemuVersion;
 use rust_dest::load::{Config, Dest};
 use rust_dest::qmp;
 use rust_dest::ram::RamTable;
@@ -45,6 +47,34 @@ fn main() {
     set.add(nix::sys::signal::Signal::SIGTERM);
     let _ = set.thread_block();
 
+    let compat = QemuVersion::resolve(opts.compat_version, opts.machine.as_deref());
+    let devices = match &opts.device_catalogue {
+        Some(p) => match Catalogue::load(p) {
+            Ok(c) => {
+                let instances_known = opts.nodefaults
+                    && opts.device_changes.is_empty()
+                    && c.is_reference_machine(opts.machine.as_deref());
+                tracing::info!(
+                    "{c}; instances {}",
+                    if instances_known {
+                        "checked (reference configuration)".to_string()
+                    } else {
+                        format!(
+                            "unchecked (not the reference configuration: {:?})",
+                            opts.device_changes
+                        )
+                    }
+                );
+                Some(DeviceCheck { catalogue: Arc::new(c), instances_known })
+            }
+            Err(e) => {
+                eprintln!("rust-dest: --device-catalogue: {e}");
+                std::process::exit(1);
+            }
+        },
+        None => None,
+    };
+    tracing::info!("following the rules of QEMU {compat} where versions differ");
     let ram = Arc::new(RamTable::new(opts.backends.clone(), opts.max_ram));
     // Like QEMU, every memory backend exists from start-up (its file too).
     if let Err(e) = ram.create_backends() {
@@ -62,6 +92,8 @@ fn main() {
         machine: opts.machine.clone(),
         vcpu: opts.vcpu.clone(),
         uuid: opts.uuid.unwrap_or([0; 16]),
+        compat,
+        devices,
         ..Config::default()
     };
     let deferred = opts.incoming.as_deref() == Some("defer");

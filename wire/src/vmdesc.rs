@@ -122,14 +122,15 @@ pub fn split_with_vmdesc(buf: &[u8], base: u64, vmdesc: &Value) -> Result<Vec<Sp
         let (id, name, inst, ver) =
             section_header(&mut c, start).map_err(|e| e.context("device state"))?;
         // Find the description: devices are in stream order; early-setup
-        // devices described earlier are skipped by name match.
+        // devices described earlier are skipped by name match. The instance
+        // id is not compared: QEMU's destination never reads the vmdesc, so
+        // a header whose instance id differs from its description (another
+        // instance of the same device) still loads there.
         let mut found = None;
         while di < devices.len() {
             let d = &devices[di];
             di += 1;
-            if d.get("name").and_then(|n| n.as_str()) == Some(name.as_str())
-                && d.get("instance_id").and_then(|n| n.as_u64()) == Some(inst as u64)
-            {
+            if d.get("name").and_then(|n| n.as_str()) == Some(name.as_str()) {
                 found = Some(d.clone());
                 break;
             }
@@ -137,7 +138,7 @@ pub fn split_with_vmdesc(buf: &[u8], base: u64, vmdesc: &Value) -> Result<Vec<Sp
         let desc = found.ok_or_else(|| {
             DecodeError::invalid(
                 start,
-                format!("device section {name:?} instance {inst} is not described in the vmdesc"),
+                format!("device section {name:?} instance {inst} is not described in the vmdesc (no further description of {name:?})"),
             )
         })?;
         let size = described_size(&desc)
@@ -421,6 +422,32 @@ mod tests {
         bad["devices"][1]["fields"][1]["size"] = json!(99);
         let err = split_with_vmdesc(&e.buf[..eofp], 1000, &bad).unwrap_err().to_string();
         assert!(err.contains("globalstate"), "{err}");
+    }
+
+    /// Headers whose instance ids differ from the vmdesc's (QEMU's
+    /// destination never reads the vmdesc): described by name, in order.
+    #[test]
+    fn split_ignores_changed_instance_ids() {
+        let pic = |i: u32| {
+            json!({"name": "i8259", "instance_id": i, "vmsd_name": "i8259", "version": 1,
+            "fields": [{"name": "d", "type": "buffer", "size": 16}]})
+        };
+        let desc = json!({"devices": [pic(0), pic(1)]});
+        let mut e = Encoder::new();
+        for (id, inst) in [(4u32, 1u32), (5, 1)] {
+            encode_section_open(&mut e, SectionKind::Full, id, "i8259", inst, 1);
+            e.bytes(&[inst as u8; 16]);
+            encode_footer(&mut e, id);
+        }
+        let secs = split_with_vmdesc(&e.buf, 0, &desc).unwrap();
+        assert_eq!(secs.iter().map(|s| s.instance_id).collect::<Vec<_>>(), [1, 1]);
+        assert_eq!(secs[1].data.len(), 16);
+        // A third section has no description left.
+        encode_section_open(&mut e, SectionKind::Full, 6, "i8259", 0, 1);
+        e.bytes(&[0; 16]);
+        encode_footer(&mut e, 6);
+        let err = split_with_vmdesc(&e.buf, 0, &desc).unwrap_err().to_string();
+        assert!(err.contains("not described"), "{err}");
     }
 
     #[test]

@@ -19,11 +19,35 @@ pub enum QemuCmd {
     },
     /// List the installed versions (verified), with firmware folders and source packages.
     List,
+    /// Make the device catalogue of an installed version for rust-dest's
+    /// --device-catalogue (-dump-vmstate and a probed reference source), to
+    /// stdout or into rust-dest/catalogues/ with --write.
+    Catalogue {
+        /// Version: 7.2, 10.0 or 11.1.
+        version: String,
+        /// Write rust-dest/catalogues/qemu-VERSION.devices (the checked-in copy).
+        #[arg(long)]
+        write: bool,
+    },
 }
 
 /// Run a `crossmig qemu` subcommand.
-pub fn run_qemu_cmd(cmd: QemuCmd) -> Result<()> {
+pub async fn run_qemu_cmd(cmd: QemuCmd) -> Result<()> {
     match cmd {
+        QemuCmd::Catalogue { version, write } => {
+            check_series(&version)?;
+            let bin = crate::scenario::resolve_qemu(Some(&version))?;
+            let text = super::catalogue::generate(&bin).await?;
+            if write {
+                let (a, b, _) = bin.version()?;
+                let p = super::catalogue::checked_in_path(a, b);
+                std::fs::write(&p, text)?;
+                eprintln!("wrote {}", p.display());
+            } else {
+                print!("{text}");
+            }
+            Ok(())
+        }
         QemuCmd::Install { versions } => {
             let versions: Vec<String> =
                 if versions.is_empty() || versions.iter().any(|v| v == "all") {

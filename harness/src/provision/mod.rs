@@ -51,6 +51,7 @@
 //! this file holds the install/list API; [`cli`] is the command-line front end.
 
 mod apt;
+pub mod catalogue;
 pub mod cli;
 mod debootstrap;
 mod debs;

@@ -15,6 +15,8 @@ pub struct RawExpect {
     /// Axis values this entry applies to (None: every variant).
     pub when: Option<toml::Table>,
     pub verdict: Option<String>,
+    /// The QEMU destination's verdict when it differs (a known QEMU bug).
+    pub qemu_verdict: Option<String>,
     pub error: Option<String>,
     pub rust_error: Option<String>,
     pub qemu_error: Option<String>,
@@ -39,6 +41,7 @@ impl RawExpect {
         RawExpect {
             when: top.when.or(self.when),
             verdict: top.verdict.or(self.verdict),
+            qemu_verdict: top.qemu_verdict.or(self.qemu_verdict),
             error: top.error.or(self.error),
             rust_error: top.rust_error.or(self.rust_error),
             qemu_error: top.qemu_error.or(self.qemu_error),
@@ -67,6 +70,7 @@ impl RawExpect {
             }
         };
         add(self.verdict.is_some(), "verdict");
+        add(self.qemu_verdict.is_some(), "qemu-verdict");
         add(self.error.is_some(), "error");
         add(self.rust_error.is_some(), "rust-error");
         add(self.qemu_error.is_some(), "qemu-error");

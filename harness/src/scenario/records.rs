@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use crate::synth::{MultifdStep, Page, RpMatcher, Step};
+use crate::synth::{Content, MultifdStep, Page, RpMatcher, Step};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(
@@ -65,6 +65,8 @@ pub enum Record {
         instance: Option<u32>,
         version: Option<u32>,
         data: String,
+        /// The instance id the `vmdesc` record gives this section.
+        vmdesc_instance: Option<u32>,
     },
     SwitchoverStart {},
     Eof {},
@@ -136,7 +138,8 @@ pub fn hex(s: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-/// Parse "BLOCK:FIRST-LAST@VERSION", "BLOCK:N@VERSION" or "BLOCK:N@zero".
+/// Parse "BLOCK:FIRST-LAST@VERSION", "BLOCK:N@VERSION", "BLOCK:N@zero" or
+/// "BLOCK:N@fill=0x5a" (a ZERO record with that fill byte).
 pub fn pages(spec: &str) -> Result<Vec<Page>, String> {
     let (block, rest) = spec
         .rsplit_once(':')
@@ -157,6 +160,13 @@ pub fn pages(spec: &str) -> Result<Vec<Page>, String> {
         .map(|i| {
             if ver == "zero" {
                 Ok(Page::zero(block, i))
+            } else if let Some(f) = ver.strip_prefix("fill=") {
+                let v = match f.strip_prefix("0x") {
+                    Some(h) => u8::from_str_radix(h, 16),
+                    None => f.parse::<u8>(),
+                };
+                v.map(|v| Page { block: block.into(), index: i, content: Content::Fill(v) })
+                    .map_err(|_| format!("page spec {spec:?}: fill must be 0-255 (or 0xNN)"))
             } else {
                 ver.parse::<u8>()
                     .map(|v| Page::pattern(block, i, v))
@@ -220,11 +230,12 @@ fn to_step(r: Record) -> Result<Step, String> {
         Record::Globalstate { runstate } => {
             Step::globalstate(runstate.as_deref().unwrap_or("running"))
         }
-        Record::Device { idstr, instance, version, data } => Step::DeviceFull {
+        Record::Device { idstr, instance, version, data, vmdesc_instance } => Step::DeviceFull {
             idstr,
             instance: instance.unwrap_or(0),
             version: version.unwrap_or(1),
             data: hex(&data)?,
+            vmdesc_instance,
         },
         Record::SwitchoverStart {} => Step::SwitchoverStart,
         Record::Eof {} => Step::Eof,
@@ -312,6 +323,10 @@ mod tests {
         assert_eq!(pages("/rom@etc/acpi/tables:0@zero").unwrap()[0].block, "/rom@etc/acpi/tables");
         assert!(pages("mem0:5-3@1").is_err());
         assert!(pages("mem0:1").is_err());
+        let f = pages("mem0:2-3@fill=0x5a").unwrap();
+        assert_eq!(f[1].content, Content::Fill(0x5a));
+        assert_eq!(pages("mem0:2@fill=7").unwrap()[0].content, Content::Fill(7));
+        assert!(pages("mem0:2@fill=256").is_err() && pages("mem0:2@fill=0xzz").is_err());
     }
 
     #[test]

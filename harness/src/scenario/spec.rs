@@ -198,6 +198,8 @@ pub struct DestSpec {
 pub struct StreamExpect {
     /// Completed, Failed, PostcopyPaused or Stuck.
     pub verdict: Expect,
+    /// QEMU's verdict where it is known to differ (e.g. `Crashed`).
+    pub qemu_verdict: Option<Expect>,
     /// Regexes on the error text: `error` applies to both unless overridden.
     pub qemu_error: Option<regex::Regex>,
     pub rust_error: Option<regex::Regex>,
@@ -217,6 +219,7 @@ impl StreamExpect {
     pub fn expectation(&self) -> synth::Expectation {
         synth::Expectation {
             verdict: self.verdict,
+            qemu_verdict: self.qemu_verdict,
             qemu_error: self.qemu_error.clone(),
             rust_error: self.rust_error.clone(),
             pongs: self.pongs.clone(),
@@ -411,19 +414,15 @@ fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
     let verdict = e
         .verdict
         .as_deref()
-        .ok_or_else(|| err(At::Key(&["expect"]), "expect.verdict is missing (for this variant)"))?;
-    let verdict = match verdict {
-        "completed" => Expect::Completed,
-        "failed" => Expect::Failed,
-        "postcopy-paused" => Expect::PostcopyPaused,
-        "stuck" => Expect::Stuck,
-        v => {
-            return Err(err(
-                At::Key(&["verdict"]),
-                format!("expect.verdict must be \"completed\", \"failed\", \"postcopy-paused\" or \"stuck\", not {v:?}"),
-            ))
-        }
-    };
+        .ok_or_else(|| err(At::Key(&["expect"]), "expect.verdict is missing (for this variant)"))?
+        .parse::<Expect>()
+        .map_err(|m| err(At::Key(&["verdict"]), format!("expect.verdict {m}")))?;
+    let qemu_verdict = e
+        .qemu_verdict
+        .as_deref()
+        .map(|v| v.parse::<Expect>())
+        .transpose()
+        .map_err(|m| err(At::Key(&["qemu-verdict"]), format!("expect.qemu-verdict {m}")))?;
     let re = |r: Option<&String>| {
         r.map(|re| {
             regex::Regex::new(re)
@@ -446,6 +445,7 @@ fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
         records,
         expect: Box::new(StreamExpect {
             verdict,
+            qemu_verdict,
             qemu_error: qemu_error.or_else(|| error.clone()),
             rust_error: rust_error.or(error),
             memory: e.memory.unwrap_or(true),

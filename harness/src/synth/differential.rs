@@ -248,6 +248,13 @@ async fn drive(
 pub enum Expect {
     Completed,
     Failed,
+    /// The destination process died of a signal (a known QEMU crash, e.g. an
+    /// abort on a failed assertion): kept as a scenario so that a fixed QEMU
+    /// shows up as a change.
+    Crashed,
+    /// Either (a crash that does not happen on every run, e.g. QEMU 7.2's
+    /// `qemu_thread_join` abort, docs/qemu-bugs.md).
+    FailedOrCrashed,
     /// Neither: the destination waits (e.g. in postcopy-paused after a load
     /// error once postcopy runs, as QEMU does).
     Stuck,
@@ -261,6 +268,8 @@ impl Expect {
         match self {
             Expect::Completed => "completed",
             Expect::Failed => "failed",
+            Expect::Crashed => "crashed",
+            Expect::FailedOrCrashed => "failed-or-crashed",
             Expect::Stuck => "stuck",
             Expect::PostcopyPaused => "postcopy-paused",
         }
@@ -271,12 +280,33 @@ impl Expect {
         match (self, o) {
             (Expect::Completed, Observed::Completed)
             | (Expect::Failed, Observed::Failed)
+            | (Expect::Crashed, Observed::Crashed)
+            | (Expect::FailedOrCrashed, Observed::Failed | Observed::Crashed)
             | (Expect::Stuck, Observed::Stuck(_)) => true,
             (Expect::PostcopyPaused, Observed::Stuck(s)) => {
                 s.as_ref() == Some(&MigrationStatus::PostcopyPaused)
             }
             _ => false,
         }
+    }
+}
+
+impl std::str::FromStr for Expect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Expect, String> {
+        Ok(match s {
+            "completed" => Expect::Completed,
+            "failed" => Expect::Failed,
+            "crashed" => Expect::Crashed,
+            "failed-or-crashed" => Expect::FailedOrCrashed,
+            "postcopy-paused" => Expect::PostcopyPaused,
+            "stuck" => Expect::Stuck,
+            v => {
+                return Err(format!(
+                    "must be \"completed\", \"failed\", \"crashed\", \"failed-or-crashed\", \"postcopy-paused\" or \"stuck\", not {v:?}"
+                ))
+            }
+        })
     }
 }
 
@@ -291,6 +321,8 @@ impl std::fmt::Display for Expect {
 pub enum Observed {
     Completed,
     Failed,
+    /// Died of a signal.
+    Crashed,
     /// Waiting in this status (None: the monitor never answered).
     Stuck(Option<MigrationStatus>),
 }
@@ -300,6 +332,7 @@ impl std::fmt::Display for Observed {
         match self {
             Observed::Completed => f.write_str("completed"),
             Observed::Failed => f.write_str("failed"),
+            Observed::Crashed => f.write_str("crashed"),
             Observed::Stuck(s) => {
                 f.write_str(s.as_ref().map(MigrationStatus::as_str).unwrap_or("?"))
             }
@@ -313,6 +346,7 @@ impl DestRun {
         match &self.verdict {
             Verdict::Completed => Observed::Completed,
             Verdict::Failed(_) => Observed::Failed,
+            Verdict::Crashed { .. } => Observed::Crashed,
             // QEMU's monitor can stop answering while its migration is
             // paused; its own log line then says so.
             Verdict::Stuck { status: None, .. } if self.log_tail.contains("Migration paused") => {
@@ -334,6 +368,10 @@ impl DestRun {
 #[derive(Clone, Debug)]
 pub struct Expectation {
     pub verdict: Expect,
+    /// What the QEMU destination does instead, when it is known to differ
+    /// (a QEMU bug such as a crash, see docs/qemu-bugs.md); `verdict` is then
+    /// rust-dest's, and the two verdicts are not required to agree.
+    pub qemu_verdict: Option<Expect>,
     /// A regex the failure text (or the log) of the QEMU destination must
     /// match when it failed.
     pub qemu_error: Option<regex::Regex>,
@@ -354,6 +392,7 @@ impl From<Expect> for Expectation {
     fn from(verdict: Expect) -> Self {
         Expectation {
             verdict,
+            qemu_verdict: None,
             qemu_error: None,
             rust_error: None,
             pongs: None,
@@ -427,7 +466,7 @@ impl Differential {
     pub fn problems(&self) -> Vec<Problem> {
         let x = &self.expect;
         let mut p = Vec::new();
-        if self.qemu.verdict.kind() != self.rust.verdict.kind() {
+        if x.qemu_verdict.is_none() && self.qemu.verdict.kind() != self.rust.verdict.kind() {
             p.push(Problem::Disagreement {
                 qemu: self.qemu.verdict.kind(),
                 rust: self.rust.verdict.kind(),
@@ -450,10 +489,14 @@ pub fn dest_problems(x: &Expectation, d: &DestRun) -> Vec<Problem> {
     };
     let dest = d.kind.name();
     let got = d.observed();
-    if !x.verdict.met_by(&got) {
-        p.push(Problem::Verdict { dest, got, want: x.verdict });
+    let want = match d.kind {
+        DestKind::Qemu => x.qemu_verdict.unwrap_or(x.verdict),
+        DestKind::Rust => x.verdict,
+    };
+    if !want.met_by(&got) {
+        p.push(Problem::Verdict { dest, got, want });
     }
-    if let (Some(re), VerdictKind::Failed) = (re, d.verdict.kind()) {
+    if let (Some(re), VerdictKind::Failed | VerdictKind::Crashed) = (re, d.verdict.kind()) {
         // QEMU's specific message may be several log lines above the last.
         if !re.is_match(d.verdict.error()) && !re.is_match(&d.log_tail) {
             p.push(Problem::ErrorText { dest, re: re.as_str().into() });
@@ -480,7 +523,7 @@ pub fn dest_problems(x: &Expectation, d: &DestRun) -> Vec<Problem> {
             p.push(Problem::Shut { dest, want, got: pl.shuts() });
         }
     }
-    if x.verdict == Expect::Completed {
+    if want == Expect::Completed {
         if !pl.expect_failures.is_empty() {
             p.push(Problem::UnmetRp { dest, unmet: pl.expect_failures.clone() });
         }
@@ -523,4 +566,31 @@ pub async fn differential(
         rust: r.context("rust-dest")?,
         total: t0.elapsed(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_parse_and_match() {
+        for e in [
+            Expect::Completed,
+            Expect::Failed,
+            Expect::Crashed,
+            Expect::FailedOrCrashed,
+            Expect::Stuck,
+            Expect::PostcopyPaused,
+        ] {
+            assert_eq!(e.as_str().parse::<Expect>(), Ok(e));
+        }
+        assert!("crash".parse::<Expect>().unwrap_err().contains("failed-or-crashed"));
+        // A crash is not a clean failure, and the other way round.
+        assert!(!Expect::Failed.met_by(&Observed::Crashed));
+        assert!(!Expect::Crashed.met_by(&Observed::Failed));
+        assert!(Expect::Crashed.met_by(&Observed::Crashed));
+        assert!(Expect::FailedOrCrashed.met_by(&Observed::Crashed));
+        assert!(Expect::FailedOrCrashed.met_by(&Observed::Failed));
+        assert!(!Expect::FailedOrCrashed.met_by(&Observed::Completed));
+    }
 }

@@ -63,6 +63,8 @@ pub struct SourceLayout {
     pub globalstate_desc: Option<Value>,
     /// The vmdesc `configuration` object of the real stream.
     pub configuration_desc: Option<Value>,
+    /// Every device section the vmdesc describes: (idstr, instance, version).
+    pub sections: Vec<(String, u32, u32)>,
     /// How the layout was obtained.
     pub origin: String,
 }
@@ -78,6 +80,7 @@ impl SourceLayout {
                 .collect(),
             globalstate_desc: None,
             configuration_desc: None,
+            sections: Vec::new(),
             origin: "hard-coded QEMU 10.0 table".into(),
         }
     }
@@ -121,14 +124,23 @@ pub fn decode_layout(buf: &[u8]) -> Result<SourceLayout> {
             other => bail!("unexpected record before the ram START section: {other:?}"),
         }
     };
-    let (globalstate_desc, configuration_desc) = match vmdesc::find_vmdesc_tail(buf) {
-        Some((_, v)) => (
-            v["devices"]
-                .as_array()
-                .and_then(|d| d.iter().find(|d| d["name"] == "globalstate").cloned()),
-            v.get("configuration").cloned(),
-        ),
-        None => (None, None),
+    let (globalstate_desc, configuration_desc, sections) = match vmdesc::find_vmdesc_tail(buf) {
+        Some((_, v)) => {
+            let devices = v["devices"].as_array().cloned().unwrap_or_default();
+            let sections = devices
+                .iter()
+                .filter_map(|d| {
+                    let n = |k: &str| d[k].as_u64().map(|x| x as u32);
+                    Some((d["name"].as_str()?.to_string(), n("instance_id")?, n("version")?))
+                })
+                .collect();
+            (
+                devices.iter().find(|d| d["name"] == "globalstate").cloned(),
+                v.get("configuration").cloned(),
+                sections,
+            )
+        }
+        None => (None, None, Vec::new()),
     };
     Ok(SourceLayout {
         machine,
@@ -138,6 +150,7 @@ pub fn decode_layout(buf: &[u8]) -> Result<SourceLayout> {
             .collect(),
         globalstate_desc,
         configuration_desc,
+        sections,
         origin: "probed".into(),
     })
 }

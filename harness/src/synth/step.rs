@@ -112,6 +112,10 @@ pub enum Step {
         instance: u32,
         version: u32,
         data: Vec<u8>,
+        /// The instance id the `Vmdesc` step describes this section with
+        /// (default: `instance`); a different value stands for a header
+        /// whose instance id was changed after the vmdesc was written.
+        vmdesc_instance: Option<u32>,
     },
     SwitchoverStart,
     Eof,
@@ -165,6 +169,7 @@ impl Step {
             instance: 0,
             version: 1,
             data: globalstate_data(runstate),
+            vmdesc_instance: None,
         }
     }
 
@@ -229,7 +234,8 @@ pub fn globalstate_data(runstate: &str) -> Vec<u8> {
 pub fn vmdesc_for(layout: &SourceLayout, script: &[Step]) -> Value {
     let mut devices = Vec::new();
     for s in script {
-        if let Step::DeviceFull { idstr, instance, version, data } = s {
+        if let Step::DeviceFull { idstr, instance, version, data, vmdesc_instance } = s {
+            let instance = vmdesc_instance.unwrap_or(*instance);
             let desc = match &layout.globalstate_desc {
                 Some(d)
                     if idstr == "globalstate"
@@ -379,7 +385,7 @@ impl<'a> Enc<'a> {
                 encode_ram_record(e, &RamRecord::Eos, &self.ctx);
                 stream::encode_footer(e, RAM_SECTION_ID);
             }
-            Step::DeviceFull { idstr, instance, version, data } => {
+            Step::DeviceFull { idstr, instance, version, data, .. } => {
                 let n = self.dev_ids.len() as u32;
                 let id = *self
                     .dev_ids

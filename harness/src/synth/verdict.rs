@@ -13,6 +13,9 @@ use crate::vm::qemu::QemuVm;
 pub enum VerdictKind {
     Completed,
     Failed,
+    /// The process died of a signal (an abort or a crash), not a clean
+    /// migration failure.
+    Crashed,
     /// Neither within the timeout.
     Stuck,
 }
@@ -22,6 +25,7 @@ impl VerdictKind {
         match self {
             VerdictKind::Completed => "completed",
             VerdictKind::Failed => "failed",
+            VerdictKind::Crashed => "crashed",
             VerdictKind::Stuck => "stuck",
         }
     }
@@ -39,6 +43,14 @@ pub enum Verdict {
     Completed,
     /// `query-migrate` said failed, or the process exited; the error text.
     Failed(String),
+    /// The process was killed by a signal it did not get from the harness
+    /// (e.g. SIGABRT from a failed assertion in QEMU).
+    Crashed {
+        /// The signal's name, e.g. "SIGABRT".
+        signal: String,
+        /// The last lines of its log.
+        detail: String,
+    },
     /// Neither within the timeout (e.g. `postcopy-paused`, or still waiting).
     Stuck {
         /// The last status `query-migrate` reported (None: it never answered).
@@ -52,6 +64,7 @@ impl Verdict {
         match self {
             Verdict::Completed => VerdictKind::Completed,
             Verdict::Failed(_) => VerdictKind::Failed,
+            Verdict::Crashed { .. } => VerdictKind::Crashed,
             Verdict::Stuck { .. } => VerdictKind::Stuck,
         }
     }
@@ -59,6 +72,7 @@ impl Verdict {
         match self {
             Verdict::Completed => "",
             Verdict::Failed(e) => e,
+            Verdict::Crashed { detail, .. } => detail,
             Verdict::Stuck { detail, .. } => detail,
         }
     }
@@ -69,6 +83,7 @@ impl std::fmt::Display for Verdict {
         match self {
             Verdict::Completed => write!(f, "COMPLETED"),
             Verdict::Failed(e) => write!(f, "FAILED: {e}"),
+            Verdict::Crashed { signal, detail } => write!(f, "CRASHED ({signal}): {detail}"),
             Verdict::Stuck { status, detail } => {
                 let status = status.as_ref().map(MigrationStatus::as_str).unwrap_or("?");
                 write!(f, "STUCK in '{status}': {detail}")
@@ -120,7 +135,12 @@ pub async fn await_verdict(vm: &QemuVm, timeout: Duration) -> Verdict {
     let mut last_desc: String;
     let exited = |vm: &QemuVm| {
         let tail = vm.log_tail(4000);
-        Verdict::Failed(format!("destination process exited: {}", log_lines(&tail, 6)))
+        match vm.child.killed_by() {
+            Some(sig) => {
+                Verdict::Crashed { signal: sig.as_str().into(), detail: log_lines(&tail, 6) }
+            }
+            None => Verdict::Failed(format!("destination process exited: {}", log_lines(&tail, 6))),
+        }
     };
     loop {
         if !vm.child.is_running() {

@@ -102,5 +102,29 @@ pub async fn start_dest_with(
     cfg.disk = None;
     cfg.serial_log = None;
     let bin = dest_binary(kind, qemu)?;
+    let mut opts = opts;
+    if kind == DestKind::Rust {
+        opts.extra_args.extend(rust_dest_version_args(qemu));
+    }
     Ok(QemuVm::launch(&bin, cfg, opts).await?)
+}
+
+/// rust-dest's options to behave as the QEMU version of `qemu` (the one a
+/// differential run compares with, or the destination version a migration
+/// stands in for): `--compat-version` and, when one is checked in,
+/// `--device-catalogue` (docs/device-catalogue.md).
+pub fn rust_dest_version_args(qemu: &QemuBinary) -> Vec<String> {
+    let Ok((major, minor, _)) = qemu.version() else {
+        tracing::warn!(
+            "{}: unknown QEMU version; rust-dest uses its defaults",
+            qemu.path.display()
+        );
+        return Vec::new();
+    };
+    let mut a = vec!["--compat-version".to_string(), format!("{major}.{minor}")];
+    match crate::provision::catalogue::catalogue_for(qemu) {
+        Some(p) => a.extend(["--device-catalogue".to_string(), p.display().to_string()]),
+        None => tracing::warn!("no device catalogue for QEMU {major}.{minor}; rust-dest does not check device sections"),
+    }
+    a
 }

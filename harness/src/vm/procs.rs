@@ -186,6 +186,21 @@ impl ChildGuard {
         )
     }
 
+    /// The signal the leader died of, if it has died of one (a crash such
+    /// as SIGABRT, or a kill). Does not reap.
+    pub fn killed_by(&self) -> Option<Signal> {
+        if let Some(st) = self.status {
+            return st.signal().and_then(|s| Signal::try_from(s).ok());
+        }
+        match waitid(
+            Id::Pid(Pid::from_raw(self.pid as i32)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(sig),
+            _ => None,
+        }
+    }
+
     /// Non-blocking: if the leader has exited, kill the rest of its group
     /// (while the zombie still pins the pgid), reap it and return the status.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::header::machine_at_least;
 use super::{LoadError, Loader};
+use crate::compat::Rule;
 use crate::postcopy::{self, Action, PcState, PostcopyRuntime};
 use crate::ram::TARGET_PAGE_SIZE;
 use crate::state::{Capability, Counters, MigStatus, RunState};
@@ -40,7 +41,7 @@ impl Loader {
             Command::EnableColo => self.enable_colo(off),
             Command::PostcopyResume => self.postcopy_resume(off),
             Command::RecvBitmap(ref b) => self.recv_bitmap(b, off),
-            Command::SwitchoverStart => self.switchover_start(),
+            Command::SwitchoverStart => self.switchover_start(off),
         }
     }
 
@@ -94,7 +95,14 @@ impl Loader {
     }
 
     /// SWITCHOVER_START: the final-phase marker; no device here needs it.
-    fn switchover_start(&mut self) -> Result<(), LoadError> {
+    /// Versions before it existed refuse command 0xb as unknown.
+    fn switchover_start(&mut self, off: u64) -> Result<(), LoadError> {
+        if !self.cfg.compat.has(Rule::SwitchoverStartCommand) {
+            return Err(LoadError::protocol(off, format!(
+                "MIG_CMD 0xb unknown (len 0x0) at byte offset {off}: SWITCHOVER_START does not exist in QEMU {}",
+                self.cfg.compat
+            )));
+        }
         Ok(())
     }
 

@@ -5,6 +5,8 @@
 use std::io;
 
 use super::multifd::SyncError;
+use crate::catalogue::DeviceError;
+use crate::globalstate::GlobalStateError;
 use crate::postcopy::{PcState, PlaceError, RuleError, StartError};
 use crate::ram::RamError;
 use wire::DecodeError;
@@ -70,6 +72,13 @@ pub enum LoadError {
     /// A multifd sync point on the main channel (at byte offset `at`) failed.
     #[error("multifd sync point at byte offset {at}: {source}")]
     Multifd { at: u64, source: SyncError },
+    /// A device section the destination's QEMU version refuses (device
+    /// catalogue).
+    #[error("device section at byte offset {at}: {source}")]
+    Device { at: u64, source: DeviceError },
+    /// The `globalstate` section's run state is refused.
+    #[error("{source} (section at byte offset {at})")]
+    GlobalState { at: u64, source: GlobalStateError },
     /// `source` happened inside `context` (a section, the package, a channel).
     #[error("{context}: {source}")]
     Context { context: String, source: Box<LoadError> },
@@ -112,7 +121,9 @@ impl LoadError {
             | LoadError::UnknownBlock { at, .. }
             | LoadError::NoPreviousBlock { at }
             | LoadError::PageOutsideBlock { at, .. }
-            | LoadError::Multifd { at, .. } => Some(*at),
+            | LoadError::Multifd { at, .. }
+            | LoadError::Device { at, .. }
+            | LoadError::GlobalState { at, .. } => Some(*at),
             LoadError::Decode(DecodeError::Incomplete { at, .. }) => Some(*at),
             LoadError::Decode(DecodeError::Invalid { offset, .. }) => Some(*offset),
             LoadError::Protocol { at, .. } | LoadError::Unsupported { at, .. } => *at,

@@ -10,7 +10,9 @@
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 
+use crate::catalogue::DeviceCheck;
 use crate::channel::{Incoming, ReadError, Reader, ReturnPath, Session, Sock};
+use crate::compat::QemuVersion;
 use crate::postcopy::{PcState, PostcopyRuntime, RuntimeSlot, VcpuConfig};
 use crate::ram::RamBlock;
 use crate::state::{Capability, Counters, MigStatus, RunState, Shared};
@@ -30,6 +32,8 @@ mod ram;
 mod tail;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod version_tests;
 
 pub use error::LoadError;
 use multifd::{MultifdConfig, MultifdRecv};
@@ -51,6 +55,10 @@ pub struct Config {
     /// `-uuid`: what multifd channels' initial packets must carry (all
     /// zero without one, as in QEMU).
     pub uuid: [u8; 16],
+    /// The QEMU version whose rules apply where versions differ.
+    pub compat: QemuVersion,
+    /// Device sections are checked against this catalogue, if any.
+    pub devices: Option<DeviceCheck>,
 }
 
 impl Default for Config {
@@ -63,6 +71,8 @@ impl Default for Config {
             max_device_state: 64 << 20,
             vcpu: VcpuConfig::default(),
             uuid: [0; 16],
+            compat: QemuVersion::NEWEST,
+            devices: None,
         }
     }
 }
@@ -500,6 +510,7 @@ impl Loader {
         for b in self.shared.ram().blocks() {
             let _ = b.mapping.sync();
         }
+        self.check_final_runstate()?;
         let (paused, gs) = {
             let g = self.shared.lock();
             (g.start_paused, g.globalstate.clone())

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::error::LoadError;
 use super::multifd::flush_after_each_section;
 use super::Loader;
+use crate::compat::Rule;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, Shared};
 use wire::ramrec::{xbzrle_decode, BlockRef, RamRecord};
@@ -61,22 +62,25 @@ impl Loader {
             RamRecord::Zero { addr, block, fill } => {
                 let b = resolve_block(&self.shared, &mut self.last_block, block, off)?;
                 check_page_addr(&b, addr, off)?;
+                // From 9.0 QEMU refuses a non-zero fill byte; before, it
+                // filled the page with it (docs/wire-format.md).
+                if fill != 0 && self.cfg.compat.has(Rule::ZeroFillMustBeZero) {
+                    let phase = if self.placing { " during postcopy" } else { "" };
+                    return Err(LoadError::protocol(off, format!(
+                        "zero page record with fill byte {fill:#04x}{phase} at byte offset {off} (only 0 is valid from QEMU 9.0; rules of QEMU {})",
+                        self.cfg.compat
+                    )));
+                }
                 if self.placing {
                     if fill != 0 {
-                        return Err(LoadError::protocol(off, format!(
-                            "zero page record with fill byte {fill:#04x} during postcopy at byte offset {off}"
-                        )));
+                        let page = vec![fill; TARGET_PAGE_SIZE as usize];
+                        self.runtime().place(&b, addr, Some(&page))?;
+                    } else {
+                        self.runtime().place(&b, addr, None)?;
                     }
-                    self.runtime().place(&b, addr, None)?;
                 } else {
-                    if fill != 0 {
-                        // QEMU 10 rejects it too; modern sources always send 0.
-                        return Err(LoadError::protocol(off, format!(
-                            "zero page record with fill byte {fill:#04x} at byte offset {off} (only 0 is valid)"
-                        )));
-                    }
                     let was = b.received.set(addr / TARGET_PAGE_SIZE);
-                    if was {
+                    if was || fill != 0 {
                         b.mapping.fill(addr as usize, TARGET_PAGE_SIZE as usize, fill);
                     }
                 }

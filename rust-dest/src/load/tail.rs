@@ -43,7 +43,7 @@ impl Loader {
                 w.len()
             };
             r.consume(n);
-            if self.finish_tail(&tail, tail_base, closed) {
+            if self.finish_tail(&tail, tail_base, closed)? {
                 return self.complete();
             }
             if tail.len() > self.cfg.max_device_state {
@@ -71,24 +71,24 @@ impl Loader {
     /// that describes them, else the footer parse through EOF once what
     /// follows EOF is what QEMU would have read (a complete vmdesc, nothing
     /// with `suppress-vmdesc`, anything once the stream has ended).
-    fn finish_tail(&mut self, tail: &[u8], base: u64, closed: bool) -> bool {
+    fn finish_tail(&mut self, tail: &[u8], base: u64, closed: bool) -> Result<bool, LoadError> {
         if let Some((eof_pos, json)) = vmdesc::find_vmdesc_tail(tail) {
             if let Ok(secs) = vmdesc::split_with_vmdesc(&tail[..eof_pos], base, &json) {
                 for s in &secs {
-                    self.keep_device(tail, s, base, false);
+                    self.keep_device(tail, s, base, false)?;
                 }
                 self.shared.lock().vmdesc = Some(json);
-                return true;
+                return Ok(true);
             }
         }
-        let Some(p) = parse_tail(tail) else { return false };
+        let Some(p) = parse_tail(tail) else { return Ok(false) };
         let certain = match p.after {
             AfterEof::Vmdesc { .. } => true,
             AfterEof::Nothing => closed || self.cfg.suppress_vmdesc,
             AfterEof::VmdescPartial { .. } | AfterEof::Other(_) => closed,
         };
         if !certain {
-            return false;
+            return Ok(false);
         }
         let eof_at = base + p.eof_pos as u64;
         match &p.after {
@@ -111,7 +111,7 @@ impl Loader {
         for &(start, end) in &p.sections {
             // The parse found these bounds; split_exact only reads them.
             match vmdesc::split_exact(tail, start, end, base) {
-                Ok((s, _)) => self.keep_device(tail, &s, base, false),
+                Ok((s, _)) => self.keep_device(tail, &s, base, false)?,
                 Err(e) => tracing::warn!("device section at byte offset {start}: {e}"),
             }
         }
@@ -120,7 +120,7 @@ impl Loader {
                 self.shared.lock().vmdesc = Some(v);
             }
         }
-        true
+        Ok(true)
     }
 
     /// After a top-level EOF: END in postcopy; in precopy the vmdesc, read
