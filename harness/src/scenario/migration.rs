@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::Value;
 
+use super::exec::check::postcopy_evidence;
 use super::exec::{exec_step, Ctx};
 use super::file::Variant;
 use super::outcome::{Outcome, StepResult};
 use super::qemu::{common_machine, resolve_qemu, source_qemu};
 use super::spec::Spec;
-use super::steps::{Side, StepSpec};
+use super::steps::{Side, Step, StepSpec};
 use crate::drive::session::Migration;
 use crate::images::Workload;
+use crate::qmp::MigrationStatus;
 use crate::vm::dest::start_dest;
 use crate::vm::procs::{unique_name, PathGuard};
 use crate::vm::qemu::{QemuVm, VmConfig};
@@ -96,6 +98,7 @@ async fn run_steps(
     steps: &[StepSpec],
     out: &mut Outcome,
 ) -> Result<()> {
+    let mut postcopy_asked = false;
     for (i, spec) in steps.iter().enumerate() {
         if let Some(w) = &spec.when {
             if !v.matches(w) {
@@ -120,6 +123,36 @@ async fn run_steps(
             out.steps.last_mut().unwrap().detail += &tail;
             return Ok(());
         }
+        if matches!(spec.step, Step::StartPostcopy { precopy_may_win: false }) {
+            postcopy_asked = true;
+        }
+    }
+    if postcopy_asked {
+        out.steps.push(postcopy_ran(ctx, steps.len()).await);
     }
     Ok(())
+}
+
+/// The implied check of a `start-postcopy` step without `precopy-may-win`:
+/// postcopy really ran (by the source's replies, see [`postcopy_evidence`]).
+async fn postcopy_ran(ctx: &mut Ctx, index: usize) -> StepResult {
+    let t = Instant::now();
+    let last = ctx.m.query(Side::Source).await;
+    let seen = ctx.m.samples().iter().map(|s| &s.source).chain([&last]);
+    let (ok, detail) = match postcopy_evidence(seen) {
+        Some(e) => (true, e),
+        None => (
+            false,
+            format!(
+                "postcopy never ran: precopy finished first (source {}, ram.postcopy-bytes {}, \
+                 ram.postcopy-requests {}); set `precopy-may-win = true` on start-postcopy \
+                 if that is allowed",
+                MigrationStatus::of(&last),
+                last["ram"]["postcopy-bytes"],
+                last["ram"]["postcopy-requests"]
+            ),
+        ),
+    };
+    let ms = t.elapsed().as_millis() as u64;
+    StepResult { index, step: "postcopy ran (implied by start-postcopy)".into(), ok, ms, detail }
 }

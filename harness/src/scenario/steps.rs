@@ -132,7 +132,11 @@ pub enum Step {
         side: Side,
         timeout: Duration,
     },
-    StartPostcopy,
+    /// `migrate-start-postcopy`; unless `precopy_may_win`, the variant fails
+    /// when postcopy never ran (see `exec::check::postcopy_evidence`).
+    StartPostcopy {
+        precopy_may_win: bool,
+    },
     Stop {
         side: Side,
     },
@@ -206,7 +210,10 @@ enum RawStep {
         serial: Option<String>,
         timeout: Option<String>,
     },
-    StartPostcopy {},
+    StartPostcopy {
+        #[serde(default)]
+        precopy_may_win: bool,
+    },
     Stop {
         #[serde(default = "source")]
         side: Side,
@@ -312,7 +319,7 @@ fn typed(raw: RawStep) -> Result<Step, String> {
                 timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_WAIT);
             Step::Wait { what, side, timeout }
         }
-        RawStep::StartPostcopy {} => Step::StartPostcopy,
+        RawStep::StartPostcopy { precopy_may_win } => Step::StartPostcopy { precopy_may_win },
         RawStep::Stop { side } => Step::Stop { side },
         RawStep::Cont { side } => Step::Cont { side },
         RawStep::SetParameters { side, parameters } => {
@@ -391,7 +398,10 @@ impl Step {
             Step::Wait { what: WaitFor::Passes(p), .. } => format!("wait {p} pass(es)"),
             Step::Wait { what: WaitFor::Time(t), .. } => format!("wait {t:?}"),
             Step::Wait { what: WaitFor::Serial(m), .. } => format!("wait serial {m:?}"),
-            Step::StartPostcopy => "start-postcopy".into(),
+            Step::StartPostcopy { precopy_may_win: false } => "start-postcopy".into(),
+            Step::StartPostcopy { precopy_may_win: true } => {
+                "start-postcopy (precopy may win)".into()
+            }
             Step::Stop { side } => format!("stop {side:?}"),
             Step::Cont { side } => format!("cont {side:?}"),
             Step::SetParameters { side, .. } => format!("set-parameters {side:?}"),
@@ -451,6 +461,10 @@ mod tests {
         assert!(step("do = \"migrate\"\nproxy = { stall-at = \"1M\" }").is_err());
         assert!(step("do = \"expect\"\ncounter = \"a.b\"\nop = \"=~\"\nvalue = 1").is_err());
         assert!(step("do = \"recover\"\nfail = \"x\"").is_err());
+        let s = step("do = \"start-postcopy\"\nprecopy-may-win = true").unwrap();
+        assert!(matches!(s.step, Step::StartPostcopy { precopy_may_win: true }));
+        let s = step("do = \"start-postcopy\"").unwrap();
+        assert!(matches!(s.step, Step::StartPostcopy { precopy_may_win: false }));
         let s = step("do = \"set-parameters\"\nparameters = { max-bandwidth = \"1K\" }").unwrap();
         match s.step {
             Step::SetParameters { parameters, .. } => {
