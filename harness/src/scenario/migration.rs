@@ -137,21 +137,26 @@ async fn run_steps(
 /// postcopy really ran (by the source's replies, see [`postcopy_evidence`]).
 async fn postcopy_ran(ctx: &mut Ctx, index: usize) -> StepResult {
     let t = Instant::now();
-    let last = ctx.m.query(Side::Source).await;
-    let seen = ctx.m.samples().iter().map(|s| &s.source).chain([&last]);
-    let (ok, detail) = match postcopy_evidence(seen) {
+    let (last, last_dest) = (ctx.m.query(Side::Source).await, ctx.m.query(Side::Dest).await);
+    let samples = ctx.m.samples();
+    let source = samples.iter().map(|s| &s.source).chain([&last]);
+    let dest = samples.iter().map(|s| &s.dest).chain([&last_dest]);
+    let (ok, detail) = match postcopy_evidence(source, dest) {
         Some(e) => (true, e),
-        None => (
-            false,
-            format!(
-                "postcopy never ran: precopy finished first (source {}, ram.postcopy-bytes {}, \
-                 ram.postcopy-requests {}); set `precopy-may-win = true` on start-postcopy \
-                 if that is allowed",
-                MigrationStatus::of(&last),
+        None => {
+            let st = MigrationStatus::of(&last);
+            let first =
+                if st == MigrationStatus::Completed { ": precopy finished first" } else { "" };
+            let detail = format!(
+                "postcopy never ran{first} (source {st}, ram.postcopy-bytes {}, \
+                 ram.postcopy-requests {}; destination {}); set `precopy-may-win = true` on \
+                 start-postcopy if that is allowed",
                 last["ram"]["postcopy-bytes"],
-                last["ram"]["postcopy-requests"]
-            ),
-        ),
+                last["ram"]["postcopy-requests"],
+                MigrationStatus::of(&last_dest)
+            );
+            (false, detail)
+        }
     };
     let ms = t.elapsed().as_millis() as u64;
     StepResult { index, step: "postcopy ran (implied by start-postcopy)".into(), ok, ms, detail }

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use crate::synth::{MultifdStep, Page, RpMatcher, Step};
+use wire::units::TARGET_PAGE_SIZE as PAGE_SIZE;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(
@@ -124,6 +125,9 @@ pub enum Record {
 
 pub fn hex(s: &str) -> Result<Vec<u8>, String> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if let Some(c) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!("hex string {s:?}: {c:?} is not a hex digit"));
+    }
     if !s.len().is_multiple_of(2) {
         return Err(format!("hex string {s:?} has an odd number of digits"));
     }
@@ -131,6 +135,33 @@ pub fn hex(s: &str) -> Result<Vec<u8>, String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex {s:?}")))
         .collect()
+}
+
+/// Bytes a counted string (RAMBlock and section names) can hold.
+pub const MAX_COUNTED: usize = 255;
+/// Pages one page spec may name (4 GiB of 4 KiB pages).
+pub const MAX_PAGE_RANGE: u64 = 1 << 20;
+/// Bytes a command's payload can hold (its length field is 16 bits).
+pub const MAX_COMMAND_PAYLOAD: usize = u16::MAX as usize;
+/// Bytes of globalstate's run-state buffer (QEMU `migration/global_state.c`).
+pub const RUNSTATE_BUFFER: usize = 32;
+/// The longest `sleep` (one day).
+pub const MAX_SLEEP_MS: u64 = 86_400_000;
+
+/// `what` must fit a counted string (u8 length).
+fn counted(what: &str, s: &str) -> Result<(), String> {
+    if s.len() > MAX_COUNTED {
+        return Err(format!("{what} is {} bytes, at most {MAX_COUNTED} fit", s.len()));
+    }
+    Ok(())
+}
+
+/// `what` must fit a command's 16-bit length.
+fn payload(what: &str, p: Vec<u8>) -> Result<Vec<u8>, String> {
+    if p.len() > MAX_COMMAND_PAYLOAD {
+        return Err(format!("{what} is {} bytes, at most {MAX_COMMAND_PAYLOAD} fit", p.len()));
+    }
+    Ok(p)
 }
 
 /// Parse "BLOCK:FIRST-LAST@VERSION", "BLOCK:N@VERSION" or "BLOCK:N@zero".
@@ -149,6 +180,13 @@ pub fn pages(spec: &str) -> Result<Vec<Page>, String> {
     let b: u64 = b.parse().map_err(|_| format!("page spec {spec:?}: bad page index {b:?}"))?;
     if b < a {
         return Err(format!("page spec {spec:?}: empty range"));
+    }
+    counted(&format!("page spec {spec:?}: block name"), block)?;
+    if b > u64::MAX / PAGE_SIZE {
+        return Err(format!("page spec {spec:?}: page {b} is beyond any address"));
+    }
+    if b - a >= MAX_PAGE_RANGE {
+        return Err(format!("page spec {spec:?}: more than {MAX_PAGE_RANGE} pages"));
     }
     (a..=b)
         .map(|i| {
@@ -177,7 +215,7 @@ fn to_step(r: Record) -> Result<Step, String> {
         Record::Advise { summary, tps } => {
             Step::Advise { summary: summary.unwrap_or(4096), tps: tps.unwrap_or(4096) }
         }
-        Record::AdviseRaw { bytes } => Step::AdviseRaw(hex(&bytes)?),
+        Record::AdviseRaw { bytes } => Step::AdviseRaw(payload("advise-raw: bytes", hex(&bytes)?)?),
         Record::Discard { block, ranges, version, terminator } => {
             let terminator = match terminator {
                 None => Some(0),
@@ -187,6 +225,10 @@ fn to_step(r: Record) -> Result<Step, String> {
                     return Err(format!("discard: terminator must be a byte or false, not {o}"))
                 }
             };
+            counted("discard: block", &block)?;
+            if 1 + 1 + block.len() + 1 + 16 * ranges.len() > MAX_COMMAND_PAYLOAD {
+                return Err(format!("discard: {} ranges do not fit one command", ranges.len()));
+            }
             Step::Discard {
                 block,
                 ranges: ranges.iter().map(|r| (r[0], r[1])).collect(),
@@ -215,23 +257,39 @@ fn to_step(r: Record) -> Result<Step, String> {
             Step::RamEnd(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat())
         }
         Record::Globalstate { runstate } => {
-            Step::globalstate(runstate.as_deref().unwrap_or("running"))
+            let r = runstate.as_deref().unwrap_or("running");
+            if r.len() > RUNSTATE_BUFFER {
+                return Err(format!(
+                    "globalstate: runstate {r:?} is {} bytes, its buffer holds {RUNSTATE_BUFFER} \
+                     (a {RUNSTATE_BUFFER}-byte one is sent without NUL; for other layouts use a \
+                     `device` record with raw data)",
+                    r.len()
+                ));
+            }
+            Step::globalstate(r)
         }
-        Record::Device { idstr, instance, version, data } => Step::DeviceFull {
-            idstr,
-            instance: instance.unwrap_or(0),
-            version: version.unwrap_or(1),
-            data: hex(&data)?,
-        },
+        Record::Device { idstr, instance, version, data } => {
+            counted("device: idstr", &idstr)?;
+            Step::DeviceFull {
+                idstr,
+                instance: instance.unwrap_or(0),
+                version: version.unwrap_or(1),
+                data: hex(&data)?,
+            }
+        }
         Record::SwitchoverStart {} => Step::SwitchoverStart,
         Record::Eof {} => Step::Eof,
         Record::Vmdesc {} => Step::Vmdesc(serde_json::Value::Null),
         Record::Command { cmd, payload } => {
-            Step::Command { cmd, payload: hex(payload.as_deref().unwrap_or(""))? }
+            let p = hex(payload.as_deref().unwrap_or(""))?;
+            Step::Command { cmd, payload: self::payload("command: payload", p)? }
         }
         Record::Raw { bytes } => Step::Raw(hex(&bytes)?),
         Record::ExpectRp { message } => Step::ExpectRp(matcher(&message)?),
         Record::ServePageRequests {} => Step::ServePageRequests,
+        Record::Sleep { ms } if ms > MAX_SLEEP_MS => {
+            return Err(format!("sleep: ms = {ms}, at most {MAX_SLEEP_MS} (one day)"))
+        }
         Record::Sleep { ms } => Step::Sleep(ms),
         Record::MultifdConnect { channel } => Step::Multifd(MultifdStep::Connect { channel }),
         Record::MultifdInit { channel, magic, version, uuid, id } => {

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::qmp::{MigrationStatus, StatusWait};
-use wire::units::{parse_duration, parse_size};
+use wire::units::parse_size;
 
 /// Which side a step acts on (the one `Side` of `drive::session`).
 pub use crate::drive::session::Side;
@@ -268,6 +268,19 @@ struct RawProxy {
     cut_at: Option<String>,
 }
 
+/// The longest duration a scenario may write (one day).
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// A scenario duration (`"500ms"`, `"2s"`, `"3m"`, seconds), at most
+/// [`MAX_DURATION`] (so that deadlines computed from it never overflow).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let d = wire::units::parse_duration(s)?;
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is longer than one day"));
+    }
+    Ok(d)
+}
+
 /// Default limit of a `wait` step.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
 
@@ -311,12 +324,11 @@ fn typed(raw: RawStep) -> Result<Step, String> {
             let what = match (status, passes, time, serial) {
                 (Some(s), None, None, None) => WaitFor::Status(StatusWait::parse_any(&s)?),
                 (None, Some(n), None, None) => WaitFor::Passes(n),
-                (None, None, Some(t), None) => WaitFor::Time(parse_duration(&t)?),
+                (None, None, Some(t), None) => WaitFor::Time(duration(&t)?),
                 (None, None, None, Some(m)) => WaitFor::Serial(m),
                 _ => return Err("wait needs exactly one of status, passes, time, serial".into()),
             };
-            let timeout =
-                timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_WAIT);
+            let timeout = timeout.as_deref().map(duration).transpose()?.unwrap_or(DEFAULT_WAIT);
             Step::Wait { what, side, timeout }
         }
         RawStep::StartPostcopy { precopy_may_win } => Step::StartPostcopy { precopy_may_win },
@@ -372,7 +384,7 @@ fn typed(raw: RawStep) -> Result<Step, String> {
 fn proxy_opts(p: RawProxy) -> Result<ProxyOpts, String> {
     let size = |s: &Option<String>| s.as_deref().map(parse_size).transpose();
     let (stall_at, throttle, cut_at) = (size(&p.stall_at)?, size(&p.throttle)?, size(&p.cut_at)?);
-    let stall_for = p.stall_for.as_deref().map(parse_duration).transpose()?;
+    let stall_for = p.stall_for.as_deref().map(duration).transpose()?;
     let stall = match (stall_at, stall_for) {
         (Some(a), Some(f)) => Some((a, f)),
         (None, None) => None,
