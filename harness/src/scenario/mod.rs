@@ -24,6 +24,7 @@ pub mod runner;
 pub mod spec;
 pub mod steps;
 pub mod stream;
+pub mod subst;
 
 use std::path::{Path, PathBuf};
 

@@ -412,4 +412,51 @@ mod tests {
             toml::from_str("op = \"multifd-init\"\nchannel = 0\nuuid = \"00\"").unwrap();
         assert!(parse_record(&t).unwrap_err().contains("16 bytes"));
     }
+
+    fn rec(t: &str) -> Result<Step, String> {
+        parse_record(&toml::from_str(t).unwrap())
+    }
+
+    /// Values a scenario can write that once panicked the engine.
+    #[test]
+    fn values_that_cannot_be_encoded_are_refused() {
+        let long = "r".repeat(33);
+        let e = rec(&format!("op = \"globalstate\"\nruntime = 1")).unwrap_err();
+        assert!(e.contains("runtime"), "{e}");
+        let e = rec(&format!("op = \"globalstate\"\nrunstate = \"{long}\"")).unwrap_err();
+        assert!(e.contains("runstate") && e.contains("33 bytes"), "{e}");
+        // 32 bytes fill the buffer without NUL: sent as written.
+        let r32 = "r".repeat(32);
+        match rec(&format!("op = \"globalstate\"\nrunstate = \"{r32}\"")).unwrap() {
+            Step::DeviceFull { data, .. } => {
+                assert_eq!(data.len(), 104);
+                assert_eq!(&data[..4], &33u32.to_be_bytes());
+                assert_eq!(&data[4..36], r32.as_bytes());
+            }
+            o => panic!("{o:?}"),
+        }
+        let name = "n".repeat(256);
+        let e = rec(&format!("op = \"device\"\nidstr = \"{name}\"\ndata = \"\"")).unwrap_err();
+        assert!(e.contains("idstr") && e.contains("256 bytes"), "{e}");
+        let e = rec(&format!("op = \"discard\"\nblock = \"{name}\"\nranges = []")).unwrap_err();
+        assert!(e.contains("block"), "{e}");
+        let e = rec(&format!("op = \"ram-part\"\npages = [\"{name}:0@1\"]")).unwrap_err();
+        assert!(e.contains("block name"), "{e}");
+        let e = rec("op = \"ram-part\"\npages = [\"mem0:0-99999999999@1\"]").unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+        let e = rec("op = \"ram-part\"\npages = [\"mem0:18446744073709551615@1\"]").unwrap_err();
+        assert!(e.contains("beyond"), "{e}");
+        let big = "00".repeat(65536);
+        let e = rec(&format!("op = \"command\"\ncmd = 1\npayload = \"{big}\"")).unwrap_err();
+        assert!(e.contains("payload") && e.contains("65536 bytes"), "{e}");
+        let e = rec(&format!("op = \"advise-raw\"\nbytes = \"{big}\"")).unwrap_err();
+        assert!(e.contains("advise-raw"), "{e}");
+        // A non-ASCII character in hex (slicing it panicked).
+        let e = rec("op = \"raw\"\nbytes = \"aéb\"").unwrap_err();
+        assert!(e.contains("not a hex digit"), "{e}");
+        let e = rec("op = \"sleep\"\nms = 9223372036854775807").unwrap_err();
+        assert!(e.contains("sleep"), "{e}");
+        let e = rec("op = \"ping\"\nvalue = 4294967296").unwrap_err();
+        assert!(e.contains("4294967296") || e.contains("invalid value"), "{e}");
+    }
 }

@@ -473,6 +473,11 @@ mod tests {
         assert!(step("do = \"migrate\"\nproxy = { stall-at = \"1M\" }").is_err());
         assert!(step("do = \"expect\"\ncounter = \"a.b\"\nop = \"=~\"\nvalue = 1").is_err());
         assert!(step("do = \"recover\"\nfail = \"x\"").is_err());
+        // Durations that overflowed a deadline or Duration itself.
+        let e = step("do = \"wait\"\ntime = \"99999999999999999999999\"").unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = step("do = \"wait\"\nstatus = \"completed\"\ntimeout = \"100000000\"").unwrap_err();
+        assert!(e.contains("longer than one day"), "{e}");
         let s = step("do = \"start-postcopy\"\nprecopy-may-win = true").unwrap();
         assert!(matches!(s.step, Step::StartPostcopy { precopy_may_win: true }));
         let s = step("do = \"start-postcopy\"").unwrap();
