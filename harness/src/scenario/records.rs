@@ -421,7 +421,7 @@ mod tests {
     #[test]
     fn values_that_cannot_be_encoded_are_refused() {
         let long = "r".repeat(33);
-        let e = rec(&format!("op = \"globalstate\"\nruntime = 1")).unwrap_err();
+        let e = rec("op = \"globalstate\"\nruntime = 1").unwrap_err();
         assert!(e.contains("runtime"), "{e}");
         let e = rec(&format!("op = \"globalstate\"\nrunstate = \"{long}\"")).unwrap_err();
         assert!(e.contains("runstate") && e.contains("33 bytes"), "{e}");

@@ -104,9 +104,9 @@ fn in_string(
     while let Some(p) = rest.find('$') {
         o.push_str(&rest[..p]);
         let tail = &rest[p..];
-        if tail.starts_with("$${") {
+        if let Some(after) = tail.strip_prefix("$${") {
             o.push_str("${");
-            rest = &tail[3..];
+            rest = after;
             at += p + 3;
         } else if let Some(after) = tail.strip_prefix("${") {
             let name = after.split('}').next().unwrap_or(after);

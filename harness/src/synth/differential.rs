@@ -72,6 +72,9 @@ pub struct DestRun {
     /// rust-dest only, on completion: the RAMBlocks it created from the
     /// stream (`x-crossmig-query-ramblocks`).
     pub rust_blocks: Option<Vec<BlockInfo>>,
+    /// A check after the verdict that could not run (reading the RAM file,
+    /// querying rust-dest's RAMBlocks); the verdict is kept.
+    pub check_error: Option<String>,
     pub log_tail: String,
     pub total: Duration,
     /// For cleanup checks.
@@ -90,6 +93,9 @@ impl DestRun {
         }
         if let Some(m) = &self.memory {
             s += &format!("\n       memory: {m}");
+        }
+        if let Some(e) = &self.check_error {
+            s += &format!("\n       check error: {e}");
         }
         s
     }
@@ -123,7 +129,7 @@ pub async fn run_script(
     let r = drive(kind, &vm, layout, script, opts, packet_layout).await;
     let log_tail = vm.log_tail(6000);
     vm.quit().await;
-    let (verdict, play, play_error, memory, rust_blocks) =
+    let DriveOut { verdict, play, play_error, memory, rust_blocks, check_error } =
         r.map_err(|e| anyhow!("{e:#}\n--- {} log ---\n{log_tail}", kind.name()))?;
     Ok(DestRun {
         kind,
@@ -132,6 +138,7 @@ pub async fn run_script(
         play_error,
         memory,
         rust_blocks,
+        check_error,
         log_tail,
         total: t0.elapsed(),
         pid,
@@ -139,8 +146,15 @@ pub async fn run_script(
     })
 }
 
-type DriveOut =
-    (Verdict, Option<PlayResult>, Option<String>, Option<MemCheck>, Option<Vec<BlockInfo>>);
+/// What [`drive`] observed (see [`DestRun`]).
+struct DriveOut {
+    verdict: Verdict,
+    play: Option<PlayResult>,
+    play_error: Option<String>,
+    memory: Option<MemCheck>,
+    rust_blocks: Option<Vec<BlockInfo>>,
+    check_error: Option<String>,
+}
 
 async fn drive(
     kind: DestKind,
@@ -183,28 +197,44 @@ async fn drive(
             Err(e) => (None, Some(format!("{e:#}"))),
         };
     let verdict = await_verdict(vm, opts.verdict_timeout).await;
-    let mut memory = None;
-    let mut rust_blocks = None;
-    if verdict == Verdict::Completed {
-        if let (true, Some(p)) = (opts.check_memory, &play) {
-            memory = Some(check_memory(&p.model, &vm.cfg.backend_id, &vm.cfg.mem_path)?);
-        }
-        if kind == DestKind::Rust {
-            let v = vm.execute("x-crossmig-query-ramblocks", Value::Null).await?;
-            rust_blocks = Some(
-                v.as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|b| BlockInfo {
-                        name: b["name"].as_str().unwrap_or("?").into(),
-                        used_length: b["used-length"].as_u64().unwrap_or(0),
-                    })
-                    .collect(),
-            );
+    let mut out =
+        DriveOut { verdict, play, play_error, memory: None, rust_blocks: None, check_error: None };
+    if out.verdict == Verdict::Completed {
+        // Checks after the verdict: a failure is recorded, the verdict kept.
+        if let Err(e) = after_completion(kind, vm, opts, &mut out).await {
+            out.check_error = Some(format!("{e:#}"));
         }
     }
-    Ok((verdict, play, play_error, memory, rust_blocks))
+    Ok(out)
+}
+
+/// On completion: memory against the model, rust-dest's RAMBlocks.
+async fn after_completion(
+    kind: DestKind,
+    vm: &QemuVm,
+    opts: &RunOpts,
+    out: &mut DriveOut,
+) -> Result<()> {
+    if let (true, Some(p)) = (opts.check_memory, &out.play) {
+        let m = check_memory(&p.model, &vm.cfg.backend_id, &vm.cfg.mem_path)
+            .with_context(|| format!("memory check of {}", vm.cfg.mem_path.display()))?;
+        out.memory = Some(m);
+    }
+    if kind == DestKind::Rust {
+        let v = vm.execute("x-crossmig-query-ramblocks", Value::Null).await?;
+        out.rust_blocks = Some(
+            v.as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|b| BlockInfo {
+                    name: b["name"].as_str().unwrap_or("?").into(),
+                    used_length: b["used-length"].as_u64().unwrap_or(0),
+                })
+                .collect(),
+        );
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -341,6 +371,8 @@ pub enum Problem {
     UnmetRp { dest: &'static str, unmet: Vec<String> },
     #[error("{dest}: play aborted: {why}")]
     Aborted { dest: &'static str, why: String },
+    #[error("{dest}: check after the verdict failed: {error}")]
+    CheckError { dest: &'static str, error: String },
 }
 
 /// Both destinations' results for one script.
@@ -395,6 +427,9 @@ impl Differential {
             if let Some(e) = &d.play_error {
                 p.push(Problem::PlayError { dest, error: e.clone() });
             }
+            if let Some(e) = &d.check_error {
+                p.push(Problem::CheckError { dest, error: e.clone() });
+            }
             if let Some(m) = &d.memory {
                 if !m.ok() {
                     p.push(Problem::Memory { dest, check: m.clone() });
@@ -436,15 +471,29 @@ pub async fn differential(
     workdir: &Path,
 ) -> Result<Differential> {
     let t0 = Instant::now();
+    let (q, r) = differential_parts(name, qemu, layout, script, opts, workdir).await;
+    Ok(Differential {
+        name: name.into(),
+        expect: expect.into(),
+        qemu: q?,
+        rust: r?,
+        total: t0.elapsed(),
+    })
+}
+
+/// Both destinations' runs of [`differential`], each on its own: one that
+/// could not run does not hide the other's verdict.
+pub async fn differential_parts(
+    name: &str,
+    qemu: &QemuBinary,
+    layout: &SourceLayout,
+    script: &[Step],
+    opts: &RunOpts,
+    workdir: &Path,
+) -> (Result<DestRun>, Result<DestRun>) {
     let (q, r) = tokio::join!(
         run_script(DestKind::Qemu, qemu, layout, script, opts, workdir, name),
         run_script(DestKind::Rust, qemu, layout, script, opts, workdir, name),
     );
-    Ok(Differential {
-        name: name.into(),
-        expect: expect.into(),
-        qemu: q.context("QEMU destination")?,
-        rust: r.context("rust-dest")?,
-        total: t0.elapsed(),
-    })
+    (q.context("QEMU destination"), r.context("rust-dest"))
 }
