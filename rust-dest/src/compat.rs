@@ -34,6 +34,10 @@ pub enum Rule {
     /// "too old for local minimum version_id  1" with two spaces (a typo
     /// fixed by 11.1).
     TooOldDoubleSpace,
+    /// globalstate's run-state buffer is 32 bytes, its last forced to NUL
+    /// (`migration/global_state.c`, 9.0, from QEMU's history; observed on
+    /// 10.0 and 11.1); before, 100 bytes.
+    RunstateBuffer32,
 }
 
 impl Rule {
@@ -45,6 +49,7 @@ impl Rule {
             Rule::ZeroFillMustBeZero => Since::From(QemuVersion::new(9, 0)),
             Rule::SavevmInMessages => Since::Until(QemuVersion::new(11, 1)),
             Rule::TooOldDoubleSpace => Since::Until(QemuVersion::new(11, 1)),
+            Rule::RunstateBuffer32 => Since::From(QemuVersion::new(9, 0)),
         }
     }
 }

@@ -113,19 +113,19 @@ pub enum GlobalStateError {
     Transition(GuestRunState),
 }
 
-/// Where the name is in the section data: after the be32 size, up to 100
-/// bytes (7.2's buffer; 10.0 and 11.1 have 32 and a NUL always ends a name
-/// that fits).
+/// Where the name is in the section data: after the be32 size (which QEMU
+/// does not use when loading).
 const NAME_AT: usize = 4;
-const NAME_MAX: usize = 100;
 
 /// The run state named by a `globalstate` section's data (QEMU's post-load
-/// check).
-pub fn parse(data: &[u8]) -> Result<GuestRunState, GlobalStateError> {
+/// check, `migration/global_state.c`): up to the first NUL of a buffer of
+/// `buffer` bytes (32 from 9.0, 100 before) whose last byte QEMU forces to
+/// NUL, so a name without NUL is cut to `buffer - 1` bytes.
+pub fn parse(data: &[u8], buffer: usize) -> Result<GuestRunState, GlobalStateError> {
     if data.len() < NAME_AT + 1 {
         return Err(GlobalStateError::TooShort(data.len()));
     }
-    let buf = &data[NAME_AT..data.len().min(NAME_AT + NAME_MAX)];
+    let buf = &data[NAME_AT..data.len().min(NAME_AT + buffer.saturating_sub(1))];
     let name = &buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())];
     let text = String::from_utf8_lossy(name);
     text.parse().map_err(|()| GlobalStateError::InvalidRunState(text.into_owned()))
@@ -159,25 +159,44 @@ mod tests {
     #[test]
     fn every_name_round_trips() {
         for r in ALL {
-            assert_eq!(parse(&section(r.name().as_bytes(), 8)), Ok(r));
+            assert_eq!(parse(&section(r.name().as_bytes(), 8), 32), Ok(r));
         }
     }
 
     #[test]
     fn invalid_names_are_refused_with_qemus_text() {
         for (name, shown) in [(&b"bogus"[..], "bogus"), (b"", ""), (b"Running", "Running")] {
-            let e = parse(&section(name, name.len() as u32 + 1)).unwrap_err();
+            let e = parse(&section(name, name.len() as u32 + 1), 32).unwrap_err();
             assert_eq!(e, GlobalStateError::InvalidRunState(shown.into()));
             assert!(e.to_string().contains(&format!("invalid parameter value: {shown}")));
         }
-        assert_eq!(parse(&[0, 0, 0]), Err(GlobalStateError::TooShort(3)));
+        assert_eq!(parse(&[0, 0, 0], 32), Err(GlobalStateError::TooShort(3)));
+    }
+
+    /// A name filling the 32-byte buffer is cut to 31 bytes (observed on
+    /// 10.0 and 11.1); with 7.2's 100-byte buffer it runs on into the flags.
+    #[test]
+    fn names_without_nul_are_cut_at_the_buffer() {
+        let GlobalStateError::InvalidRunState(n) =
+            parse(&section(&[b'r'; 32], 33), 32).unwrap_err()
+        else {
+            panic!("not an invalid name")
+        };
+        assert_eq!(n.len(), 31);
+        let GlobalStateError::InvalidRunState(n) =
+            parse(&section(&[b'r'; 32], 33), 100).unwrap_err()
+        else {
+            panic!("not an invalid name")
+        };
+        assert_eq!(n, format!("{}\u{1}", "r".repeat(32)));
+        assert_eq!(parse(&[0, 0, 0, 1], 32), Err(GlobalStateError::TooShort(4)));
     }
 
     #[test]
     fn size_field_is_ignored_like_qemu() {
         // QEMU reads up to the NUL whatever `size` says.
-        assert_eq!(parse(&section(b"paused", 0)), Ok(GuestRunState::Paused));
-        assert_eq!(parse(&section(b"paused", 999)), Ok(GuestRunState::Paused));
+        assert_eq!(parse(&section(b"paused", 0), 32), Ok(GuestRunState::Paused));
+        assert_eq!(parse(&section(b"paused", 999), 32), Ok(GuestRunState::Paused));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::drive::recorder::Route;
-use crate::qmp::{MigrationStatus, StatusWait};
+use crate::qmp::{MigrationStatus, PassProgress, StatusWait};
 use crate::vm::dest::DestKind;
 use crate::vm::procs::free_tcp_port;
 use crate::vm::qemu::QemuVm;
@@ -82,16 +82,14 @@ impl RecoverFault {
 #[derive(Clone, Debug)]
 pub enum WaitDone {
     Status { source: MigrationStatus, dest: MigrationStatus },
-    Passes { done: u64, dirty_sync_count: u64 },
+    Passes { done: u64, progress: PassProgress },
 }
 
 impl fmt::Display for WaitDone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             WaitDone::Status { source, dest } => write!(f, "source {source}, destination {dest}"),
-            WaitDone::Passes { done, dirty_sync_count } => {
-                write!(f, "{done} pass(es) (dirty-sync-count {dirty_sync_count})")
-            }
+            WaitDone::Passes { done, progress } => write!(f, "{done} pass(es) ({progress})"),
         }
     }
 }
@@ -112,7 +110,6 @@ pub struct Migration {
     pub dest_kind: DestKind,
     pub route: Route,
     t0: Instant,
-    first_sync: Option<u64>,
     samples: Vec<Sample>,
 }
 
@@ -124,7 +121,6 @@ impl Migration {
             dest_kind,
             route: Route::Direct,
             t0: Instant::now(),
-            first_sync: None,
             samples: Vec::new(),
         }
     }
@@ -280,13 +276,6 @@ impl Migration {
     pub async fn sample(&mut self) -> (Value, Value) {
         let s = self.query(Side::Source).await;
         let d = self.query(Side::Dest).await;
-        let sync = s["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
-        if self.first_sync.is_none()
-            && MigrationStatus::of(&s) == MigrationStatus::Active
-            && sync > 0
-        {
-            self.first_sync = Some(sync);
-        }
         self.samples.push(Sample {
             t_ms: self.t0.elapsed().as_millis() as u64,
             source: s.clone(),
@@ -295,10 +284,9 @@ impl Migration {
         (s, d)
     }
 
-    /// RAM passes completed since precopy became active, by a source reply.
+    /// RAM passes completed, by a source reply (see [`PassProgress`]).
     pub fn passes(&self, source: &Value) -> u64 {
-        let sync = source["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
-        self.first_sync.map(|f| sync.saturating_sub(f)).unwrap_or(0)
+        PassProgress::of(source).passes()
     }
 
     pub fn samples(&self) -> &[Sample] {
@@ -349,13 +337,13 @@ impl Migration {
                 }
             }
             if let Some(n) = passes {
-                let sync = s["ram"]["dirty-sync-count"].as_u64().unwrap_or(0);
-                let done = self.passes(&s);
+                let progress = PassProgress::of(&s);
+                let done = progress.passes();
                 if done >= n {
-                    return Ok(WaitDone::Passes { done, dirty_sync_count: sync });
+                    return Ok(WaitDone::Passes { done, progress });
                 }
                 if ss != MigrationStatus::Active && ss != MigrationStatus::Setup {
-                    bail!("source left precopy ({ss}) after {done} of {n} passes");
+                    bail!("source left precopy ({ss}) after {done} of {n} passes ({progress})");
                 }
             }
             if Instant::now() > deadline {

@@ -63,6 +63,57 @@ impl StatusWait {
     }
 }
 
+/// How far the source's RAM passes got, from one source `query-migrate`
+/// reply: the pages it has dealt with so far (`ram.normal` + `ram.duplicate`,
+/// counted from the start of the migration) against the pages of all its
+/// RAMBlocks (`ram.total` / `ram.page-size`).
+///
+/// [`passes`](Self::passes) is `floor(pages / ram_pages)`. A pass (one round
+/// of the source's dirty-page search over every RAMBlock, `migration/ram.c`)
+/// deals with each page at most once, so N × `ram_pages` pages mean at least
+/// N complete passes on every version: exactly one for N = 1, and for N > 1
+/// more real passes when later passes resend only part of RAM. The source's
+/// `ram.dirty-sync-count` is no pass count: 11.1 with `postcopy-ram` syncs
+/// the dirty bitmap about every 100 ms within the first pass (see
+/// `docs/qemu-versions-verified.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassProgress {
+    /// `ram.normal` + `ram.duplicate`.
+    pub pages: u64,
+    /// `ram.total` / `ram.page-size` (0 before the source reports it).
+    pub ram_pages: u64,
+    /// `ram.dirty-sync-count`, for reports only.
+    pub dirty_sync_count: u64,
+}
+
+impl PassProgress {
+    pub fn of(source: &Value) -> PassProgress {
+        let ram = &source["ram"];
+        let n = |k: &str| ram[k].as_u64().unwrap_or(0);
+        let page_size = n("page-size").max(1);
+        PassProgress {
+            pages: n("normal") + n("duplicate"),
+            ram_pages: n("total") / page_size,
+            dirty_sync_count: n("dirty-sync-count"),
+        }
+    }
+
+    /// Complete passes (0 while `ram.total` is unknown).
+    pub fn passes(&self) -> u64 {
+        self.pages.checked_div(self.ram_pages).unwrap_or(0)
+    }
+}
+
+impl std::fmt::Display for PassProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} pages sent of {} per pass, dirty-sync-count {}",
+            self.pages, self.ram_pages, self.dirty_sync_count
+        )
+    }
+}
+
 /// `error-desc` of a `query-migrate` reply, if any.
 pub fn error_desc(v: &Value) -> Option<&str> {
     v.get("error-desc").and_then(Value::as_str)
@@ -162,5 +213,25 @@ mod tests {
         assert_eq!(w.goal_names(), ["postcopy-active", "completed"]);
         assert!(StatusWait::until([MigrationStatus::Failed]).fail_on.is_empty());
         assert!(StatusWait::parse_any("done").is_err());
+    }
+
+    /// A QEMU 11.1.3 source with `postcopy-ram`, 256 MiB guest, 67 ms into
+    /// the first pass: dirty-sync-count already went 2 → 3 (it counted as
+    /// one pass before), with 36 MB of 268 MB sent.
+    #[test]
+    fn passes_count_pages_not_syncs() {
+        let early = json!({"status": "active", "ram": {"dirty-sync-count": 3, "normal": 8927,
+            "duplicate": 223, "page-size": 4096, "total": 268967936u64, "transferred": 36511446}});
+        let p = PassProgress::of(&early);
+        assert_eq!((p.pages, p.ram_pages, p.passes()), (9150, 65666, 0));
+        // The end of the first pass (sync 9, 11.1; sync 2 on 7.2 and 10.0).
+        let one = json!({"ram": {"dirty-sync-count": 9, "normal": 30517, "duplicate": 40205,
+            "page-size": 4096, "total": 268967936u64}});
+        assert_eq!(PassProgress::of(&one).passes(), 1);
+        let five = json!({"ram": {"normal": 255926, "duplicate": 72405, "page-size": 4096,
+            "total": 268967936u64}});
+        assert_eq!(PassProgress::of(&five).passes(), 5);
+        // Setup: nothing reported yet.
+        assert_eq!(PassProgress::of(&json!({"status": "setup"})).passes(), 0);
     }
 }

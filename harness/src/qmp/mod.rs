@@ -7,5 +7,5 @@ pub mod migration;
 pub mod status;
 
 pub use client::{Qmp, QmpError, QmpEvent, DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_RETRY};
-pub use migration::{error_desc, StatusWait};
+pub use migration::{error_desc, PassProgress, StatusWait};
 pub use status::{MigrationStatus, RunState};

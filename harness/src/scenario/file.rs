@@ -113,20 +113,9 @@ fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> Option<usize> {
     span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
 }
 
-/// Substitute `${axis}` for one variant.
-pub fn substitute(text: &str, values: &[(String, Value)]) -> String {
-    let mut out = text.to_string();
-    for (k, v) in values {
-        let quoted = format!("\"${{{k}}}\"");
-        let lit = match v {
-            Value::String(s) => format!("{:?}", s),
-            other => other.to_string(),
-        };
-        out = out.replace(&quoted, &lit);
-        out = out.replace(&format!("${{{k}}}"), &plain(v));
-    }
-    out
-}
+/// Substitute `${axis}` in the string values of `text` for one variant
+/// (see [`subst`](super::subst); `$${...}` is a literal `${...}`).
+pub use super::subst::substitute;
 
 /// Load a scenario file and expand it into variants. Errors name the file
 /// and line.
@@ -223,14 +212,12 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
         if excludes.iter().any(|ex| values_match(&values, ex)) {
             continue;
         }
-        let vtext = substitute(text, &values);
-        if let Some(p) = vtext.find("${") {
-            let name: String = vtext[p + 2..].chars().take_while(|c| *c != '}').collect();
-            return Err(ferr(
-                line_of(&vtext, Some(p..p)),
-                format!("`${{{name}}}` is not an axis of this scenario"),
-            ));
-        }
+        let vtext = substitute(text, &values).map_err(|u| {
+            ferr(
+                line_of(text, Some(u.offset..u.offset)),
+                format!("`${{{}}}` is not an axis of this scenario (`$${{...}}` is a literal `${{...}}`)", u.name),
+            )
+        })?;
         let note = if values.is_empty() {
             String::new()
         } else {

@@ -9,14 +9,16 @@ use anyhow::Result;
 use serde_json::Value;
 
 use super::cases::judge;
+use super::exec::check::postcopy_evidence;
 use super::exec::{check_dest_end, exec_step, Ctx};
 use super::file::Variant;
 use super::outcome::{Outcome, StepResult};
 use super::qemu::{common_machine, resolve_qemu, source_qemu};
 use super::spec::Spec;
-use super::steps::{Side, StepSpec};
+use super::steps::{Side, Step, StepSpec};
 use crate::drive::session::Migration;
 use crate::images::Workload;
+use crate::qmp::MigrationStatus;
 use crate::verify::limits::RssProbe;
 use crate::vm::dest::start_dest;
 use crate::vm::procs::{unique_name, PathGuard};
@@ -115,6 +117,7 @@ async fn run_steps(
     steps: &[StepSpec],
     out: &mut Outcome,
 ) -> Result<()> {
+    let mut postcopy_asked = false;
     for (i, spec) in steps.iter().enumerate() {
         if let Some(w) = &spec.when {
             if !v.matches(w) {
@@ -139,6 +142,41 @@ async fn run_steps(
             out.steps.last_mut().unwrap().detail += &tail;
             return Ok(());
         }
+        if matches!(spec.step, Step::StartPostcopy { precopy_may_win: false }) {
+            postcopy_asked = true;
+        }
+    }
+    if postcopy_asked {
+        out.steps.push(postcopy_ran(ctx, steps.len()).await);
     }
     Ok(())
+}
+
+/// The implied check of a `start-postcopy` step without `precopy-may-win`:
+/// postcopy really ran (by the source's replies, see [`postcopy_evidence`]).
+async fn postcopy_ran(ctx: &mut Ctx, index: usize) -> StepResult {
+    let t = Instant::now();
+    let (last, last_dest) = (ctx.m.query(Side::Source).await, ctx.m.query(Side::Dest).await);
+    let samples = ctx.m.samples();
+    let source = samples.iter().map(|s| &s.source).chain([&last]);
+    let dest = samples.iter().map(|s| &s.dest).chain([&last_dest]);
+    let (ok, detail) = match postcopy_evidence(source, dest) {
+        Some(e) => (true, e),
+        None => {
+            let st = MigrationStatus::of(&last);
+            let first =
+                if st == MigrationStatus::Completed { ": precopy finished first" } else { "" };
+            let detail = format!(
+                "postcopy never ran{first} (source {st}, ram.postcopy-bytes {}, \
+                 ram.postcopy-requests {}; destination {}); set `precopy-may-win = true` on \
+                 start-postcopy if that is allowed",
+                last["ram"]["postcopy-bytes"],
+                last["ram"]["postcopy-requests"],
+                MigrationStatus::of(&last_dest)
+            );
+            (false, detail)
+        }
+    };
+    let ms = t.elapsed().as_millis() as u64;
+    StepResult { index, step: "postcopy ran (implied by start-postcopy)".into(), ok, ms, detail }
 }

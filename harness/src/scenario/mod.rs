@@ -28,6 +28,7 @@ pub mod spec;
 mod spec_tests;
 pub mod steps;
 pub mod stream;
+pub mod subst;
 
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use crate::synth::{Content, MultifdStep, Page, RpMatcher, Step};
+use wire::units::TARGET_PAGE_SIZE as PAGE_SIZE;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(
@@ -129,6 +130,9 @@ pub enum Record {
 
 pub fn hex(s: &str) -> Result<Vec<u8>, String> {
     let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if let Some(c) = s.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!("hex string {s:?}: {c:?} is not a hex digit"));
+    }
     if !s.len().is_multiple_of(2) {
         return Err(format!("hex string {s:?} has an odd number of digits"));
     }
@@ -136,6 +140,33 @@ pub fn hex(s: &str) -> Result<Vec<u8>, String> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| format!("bad hex {s:?}")))
         .collect()
+}
+
+/// Bytes a counted string (RAMBlock and section names) can hold.
+pub const MAX_COUNTED: usize = 255;
+/// Pages one page spec may name (4 GiB of 4 KiB pages).
+pub const MAX_PAGE_RANGE: u64 = 1 << 20;
+/// Bytes a command's payload can hold (its length field is 16 bits).
+pub const MAX_COMMAND_PAYLOAD: usize = u16::MAX as usize;
+/// Bytes of globalstate's run-state buffer (QEMU `migration/global_state.c`).
+pub const RUNSTATE_BUFFER: usize = 32;
+/// The longest `sleep` (one day).
+pub const MAX_SLEEP_MS: u64 = 86_400_000;
+
+/// `what` must fit a counted string (u8 length).
+fn counted(what: &str, s: &str) -> Result<(), String> {
+    if s.len() > MAX_COUNTED {
+        return Err(format!("{what} is {} bytes, at most {MAX_COUNTED} fit", s.len()));
+    }
+    Ok(())
+}
+
+/// `what` must fit a command's 16-bit length.
+fn payload(what: &str, p: Vec<u8>) -> Result<Vec<u8>, String> {
+    if p.len() > MAX_COMMAND_PAYLOAD {
+        return Err(format!("{what} is {} bytes, at most {MAX_COMMAND_PAYLOAD} fit", p.len()));
+    }
+    Ok(p)
 }
 
 /// Parse "BLOCK:FIRST-LAST@VERSION", "BLOCK:N@VERSION", "BLOCK:N@zero" or
@@ -155,6 +186,13 @@ pub fn pages(spec: &str) -> Result<Vec<Page>, String> {
     let b: u64 = b.parse().map_err(|_| format!("page spec {spec:?}: bad page index {b:?}"))?;
     if b < a {
         return Err(format!("page spec {spec:?}: empty range"));
+    }
+    counted(&format!("page spec {spec:?}: block name"), block)?;
+    if b > u64::MAX / PAGE_SIZE {
+        return Err(format!("page spec {spec:?}: page {b} is beyond any address"));
+    }
+    if b - a >= MAX_PAGE_RANGE {
+        return Err(format!("page spec {spec:?}: more than {MAX_PAGE_RANGE} pages"));
     }
     (a..=b)
         .map(|i| {
@@ -190,7 +228,7 @@ fn to_step(r: Record) -> Result<Step, String> {
         Record::Advise { summary, tps } => {
             Step::Advise { summary: summary.unwrap_or(4096), tps: tps.unwrap_or(4096) }
         }
-        Record::AdviseRaw { bytes } => Step::AdviseRaw(hex(&bytes)?),
+        Record::AdviseRaw { bytes } => Step::AdviseRaw(payload("advise-raw: bytes", hex(&bytes)?)?),
         Record::Discard { block, ranges, version, terminator } => {
             let terminator = match terminator {
                 None => Some(0),
@@ -200,6 +238,10 @@ fn to_step(r: Record) -> Result<Step, String> {
                     return Err(format!("discard: terminator must be a byte or false, not {o}"))
                 }
             };
+            counted("discard: block", &block)?;
+            if 1 + 1 + block.len() + 1 + 16 * ranges.len() > MAX_COMMAND_PAYLOAD {
+                return Err(format!("discard: {} ranges do not fit one command", ranges.len()));
+            }
             Step::Discard {
                 block,
                 ranges: ranges.iter().map(|r| (r[0], r[1])).collect(),
@@ -228,24 +270,40 @@ fn to_step(r: Record) -> Result<Step, String> {
             Step::RamEnd(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat())
         }
         Record::Globalstate { runstate } => {
-            Step::globalstate(runstate.as_deref().unwrap_or("running"))
+            let r = runstate.as_deref().unwrap_or("running");
+            if r.len() > RUNSTATE_BUFFER {
+                return Err(format!(
+                    "globalstate: runstate {r:?} is {} bytes, its buffer holds {RUNSTATE_BUFFER} \
+                     (a {RUNSTATE_BUFFER}-byte one is sent without NUL; for other layouts use a \
+                     `device` record with raw data)",
+                    r.len()
+                ));
+            }
+            Step::globalstate(r)
         }
-        Record::Device { idstr, instance, version, data, vmdesc_instance } => Step::DeviceFull {
-            idstr,
-            instance: instance.unwrap_or(0),
-            version: version.unwrap_or(1),
-            data: hex(&data)?,
-            vmdesc_instance,
-        },
+        Record::Device { idstr, instance, version, data, vmdesc_instance } => {
+            counted("device: idstr", &idstr)?;
+            Step::DeviceFull {
+                idstr,
+                instance: instance.unwrap_or(0),
+                version: version.unwrap_or(1),
+                data: hex(&data)?,
+                vmdesc_instance,
+            }
+        }
         Record::SwitchoverStart {} => Step::SwitchoverStart,
         Record::Eof {} => Step::Eof,
         Record::Vmdesc { cut } => Step::Vmdesc { desc: serde_json::Value::Null, cut },
         Record::Command { cmd, payload } => {
-            Step::Command { cmd, payload: hex(payload.as_deref().unwrap_or(""))? }
+            let p = hex(payload.as_deref().unwrap_or(""))?;
+            Step::Command { cmd, payload: self::payload("command: payload", p)? }
         }
         Record::Raw { bytes } => Step::Raw(hex(&bytes)?),
         Record::ExpectRp { message } => Step::ExpectRp(matcher(&message)?),
         Record::ServePageRequests {} => Step::ServePageRequests,
+        Record::Sleep { ms } if ms > MAX_SLEEP_MS => {
+            return Err(format!("sleep: ms = {ms}, at most {MAX_SLEEP_MS} (one day)"))
+        }
         Record::Sleep { ms } => Step::Sleep(ms),
         Record::MultifdConnect { channel } => Step::Multifd(MultifdStep::Connect { channel }),
         Record::MultifdInit { channel, magic, version, uuid, id } => {
@@ -371,5 +429,52 @@ mod tests {
         let t: toml::Table =
             toml::from_str("op = \"multifd-init\"\nchannel = 0\nuuid = \"00\"").unwrap();
         assert!(parse_record(&t).unwrap_err().contains("16 bytes"));
+    }
+
+    fn rec(t: &str) -> Result<Step, String> {
+        parse_record(&toml::from_str(t).unwrap())
+    }
+
+    /// Values a scenario can write that once panicked the engine.
+    #[test]
+    fn values_that_cannot_be_encoded_are_refused() {
+        let long = "r".repeat(33);
+        let e = rec("op = \"globalstate\"\nruntime = 1").unwrap_err();
+        assert!(e.contains("runtime"), "{e}");
+        let e = rec(&format!("op = \"globalstate\"\nrunstate = \"{long}\"")).unwrap_err();
+        assert!(e.contains("runstate") && e.contains("33 bytes"), "{e}");
+        // 32 bytes fill the buffer without NUL: sent as written.
+        let r32 = "r".repeat(32);
+        match rec(&format!("op = \"globalstate\"\nrunstate = \"{r32}\"")).unwrap() {
+            Step::DeviceFull { data, .. } => {
+                assert_eq!(data.len(), 104);
+                assert_eq!(&data[..4], &33u32.to_be_bytes());
+                assert_eq!(&data[4..36], r32.as_bytes());
+            }
+            o => panic!("{o:?}"),
+        }
+        let name = "n".repeat(256);
+        let e = rec(&format!("op = \"device\"\nidstr = \"{name}\"\ndata = \"\"")).unwrap_err();
+        assert!(e.contains("idstr") && e.contains("256 bytes"), "{e}");
+        let e = rec(&format!("op = \"discard\"\nblock = \"{name}\"\nranges = []")).unwrap_err();
+        assert!(e.contains("block"), "{e}");
+        let e = rec(&format!("op = \"ram-part\"\npages = [\"{name}:0@1\"]")).unwrap_err();
+        assert!(e.contains("block name"), "{e}");
+        let e = rec("op = \"ram-part\"\npages = [\"mem0:0-99999999999@1\"]").unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+        let e = rec("op = \"ram-part\"\npages = [\"mem0:18446744073709551615@1\"]").unwrap_err();
+        assert!(e.contains("beyond"), "{e}");
+        let big = "00".repeat(65536);
+        let e = rec(&format!("op = \"command\"\ncmd = 1\npayload = \"{big}\"")).unwrap_err();
+        assert!(e.contains("payload") && e.contains("65536 bytes"), "{e}");
+        let e = rec(&format!("op = \"advise-raw\"\nbytes = \"{big}\"")).unwrap_err();
+        assert!(e.contains("advise-raw"), "{e}");
+        // A non-ASCII character in hex (slicing it panicked).
+        let e = rec("op = \"raw\"\nbytes = \"aéb\"").unwrap_err();
+        assert!(e.contains("not a hex digit"), "{e}");
+        let e = rec("op = \"sleep\"\nms = 9223372036854775807").unwrap_err();
+        assert!(e.contains("sleep"), "{e}");
+        let e = rec("op = \"ping\"\nvalue = 4294967296").unwrap_err();
+        assert!(e.contains("4294967296") || e.contains("invalid value"), "{e}");
     }
 }

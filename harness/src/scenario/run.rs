@@ -40,5 +40,6 @@ pub async fn run_variant(v: &Variant) -> Outcome {
         out.error = Some(format!("step {} ({}) failed: {}", s.index, s.step, s.detail));
     }
     out.ms = t0.elapsed().as_millis() as u64;
+    out.clean_text();
     out
 }

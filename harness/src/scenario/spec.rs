@@ -16,7 +16,7 @@ use super::steps::{self, StepSpec};
 use crate::images::Workload;
 use crate::synth::{self, Expect};
 use crate::vm::dest::DestKind;
-use wire::units::{parse_duration, parse_size};
+use wire::units::parse_size;
 
 /// Default per-variant time limit.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -270,7 +270,7 @@ impl Spec {
             None => None,
         };
         let timeout = match &d.timeout {
-            Some(t) => parse_duration(t)
+            Some(t) => steps::duration(t)
                 .map_err(|e| err(At::Key(&["timeout"]), format!("timeout: {e}")))?,
             None => DEFAULT_TIMEOUT,
         };

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::qmp::{MigrationStatus, StatusWait};
-use wire::units::{parse_duration, parse_size};
+use wire::units::parse_size;
 
 /// Which side a step acts on (the one `Side` of `drive::session`).
 pub use crate::drive::session::Side;
@@ -132,7 +132,11 @@ pub enum Step {
         side: Side,
         timeout: Duration,
     },
-    StartPostcopy,
+    /// `migrate-start-postcopy`; unless `precopy_may_win`, the variant fails
+    /// when postcopy never ran (see `exec::check::postcopy_evidence`).
+    StartPostcopy {
+        precopy_may_win: bool,
+    },
     Stop {
         side: Side,
     },
@@ -209,7 +213,10 @@ enum RawStep {
         serial: Option<String>,
         timeout: Option<String>,
     },
-    StartPostcopy {},
+    StartPostcopy {
+        #[serde(default)]
+        precopy_may_win: bool,
+    },
     Stop {
         #[serde(default = "source")]
         side: Side,
@@ -264,6 +271,19 @@ struct RawProxy {
     cut_at: Option<String>,
 }
 
+/// The longest duration a scenario may write (one day).
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// A scenario duration (`"500ms"`, `"2s"`, `"3m"`, seconds), at most
+/// [`MAX_DURATION`] (so that deadlines computed from it never overflow).
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let d = wire::units::parse_duration(s)?;
+    if d > MAX_DURATION {
+        return Err(format!("duration {s:?} is longer than one day"));
+    }
+    Ok(d)
+}
+
 /// Default limit of a `wait` step.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(120);
 
@@ -307,15 +327,14 @@ fn typed(raw: RawStep) -> Result<Step, String> {
             let what = match (status, passes, time, serial) {
                 (Some(s), None, None, None) => WaitFor::Status(StatusWait::parse_any(&s)?),
                 (None, Some(n), None, None) => WaitFor::Passes(n),
-                (None, None, Some(t), None) => WaitFor::Time(parse_duration(&t)?),
+                (None, None, Some(t), None) => WaitFor::Time(duration(&t)?),
                 (None, None, None, Some(m)) => WaitFor::Serial(m),
                 _ => return Err("wait needs exactly one of status, passes, time, serial".into()),
             };
-            let timeout =
-                timeout.as_deref().map(parse_duration).transpose()?.unwrap_or(DEFAULT_WAIT);
+            let timeout = timeout.as_deref().map(duration).transpose()?.unwrap_or(DEFAULT_WAIT);
             Step::Wait { what, side, timeout }
         }
-        RawStep::StartPostcopy {} => Step::StartPostcopy,
+        RawStep::StartPostcopy { precopy_may_win } => Step::StartPostcopy { precopy_may_win },
         RawStep::Stop { side } => Step::Stop { side },
         RawStep::Cont { side } => Step::Cont { side },
         RawStep::SetParameters { side, parameters } => {
@@ -368,7 +387,7 @@ fn typed(raw: RawStep) -> Result<Step, String> {
 fn proxy_opts(p: RawProxy) -> Result<ProxyOpts, String> {
     let size = |s: &Option<String>| s.as_deref().map(parse_size).transpose();
     let (stall_at, throttle, cut_at) = (size(&p.stall_at)?, size(&p.throttle)?, size(&p.cut_at)?);
-    let stall_for = p.stall_for.as_deref().map(parse_duration).transpose()?;
+    let stall_for = p.stall_for.as_deref().map(duration).transpose()?;
     let stall = match (stall_at, stall_for) {
         (Some(a), Some(f)) => Some((a, f)),
         (None, None) => None,
@@ -394,7 +413,10 @@ impl Step {
             Step::Wait { what: WaitFor::Passes(p), .. } => format!("wait {p} pass(es)"),
             Step::Wait { what: WaitFor::Time(t), .. } => format!("wait {t:?}"),
             Step::Wait { what: WaitFor::Serial(m), .. } => format!("wait serial {m:?}"),
-            Step::StartPostcopy => "start-postcopy".into(),
+            Step::StartPostcopy { precopy_may_win: false } => "start-postcopy".into(),
+            Step::StartPostcopy { precopy_may_win: true } => {
+                "start-postcopy (precopy may win)".into()
+            }
             Step::Stop { side } => format!("stop {side:?}"),
             Step::Cont { side } => format!("cont {side:?}"),
             Step::SetParameters { side, .. } => format!("set-parameters {side:?}"),
@@ -454,6 +476,15 @@ mod tests {
         assert!(step("do = \"migrate\"\nproxy = { stall-at = \"1M\" }").is_err());
         assert!(step("do = \"expect\"\ncounter = \"a.b\"\nop = \"=~\"\nvalue = 1").is_err());
         assert!(step("do = \"recover\"\nfail = \"x\"").is_err());
+        // Durations that overflowed a deadline or Duration itself.
+        let e = step("do = \"wait\"\ntime = \"99999999999999999999999\"").unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = step("do = \"wait\"\nstatus = \"completed\"\ntimeout = \"100000000\"").unwrap_err();
+        assert!(e.contains("longer than one day"), "{e}");
+        let s = step("do = \"start-postcopy\"\nprecopy-may-win = true").unwrap();
+        assert!(matches!(s.step, Step::StartPostcopy { precopy_may_win: true }));
+        let s = step("do = \"start-postcopy\"").unwrap();
+        assert!(matches!(s.step, Step::StartPostcopy { precopy_may_win: false }));
         let s = step("do = \"set-parameters\"\nparameters = { max-bandwidth = \"1K\" }").unwrap();
         match s.step {
             Step::SetParameters { parameters, .. } => {

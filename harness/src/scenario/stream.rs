@@ -2,6 +2,8 @@
 //! destination (the oracle) and rust-dest; both outcomes are compared with
 //! the expectation by [`synth::Differential::problems`].
 
+use std::time::{Duration, Instant};
+
 use anyhow::{Context, Result};
 use serde_json::json;
 
@@ -10,6 +12,7 @@ use super::outcome::{Outcome, StepResult};
 use super::qemu::{resolve_qemu, source_qemu};
 use super::spec::StreamExpect;
 use crate::synth;
+use crate::vm::dest::DestKind;
 use crate::vm::procs::unique_name;
 
 /// Run a stream variant's `records`, recording one step result in `out`.
@@ -84,25 +87,63 @@ pub async fn run_stream(
         });
         return Ok(());
     }
-    let d = synth::differential(
-        &tag,
-        &qemu,
-        &layout,
-        &script,
-        exp.expectation(),
-        &opts,
-        workdir.path(),
-    )
-    .await
-    .context("playing the records")?;
-    let problems: Vec<String> = d.problems().iter().map(ToString::to_string).collect();
-    for run in [&d.qemu, &d.rust] {
-        out.destinations.push(dest_json(run, None));
+    let t0 = Instant::now();
+    let (q, r) =
+        synth::differential_parts(&tag, &qemu, &layout, &script, &opts, workdir.path()).await;
+    record(out, &tag, script.len(), exp.expectation(), q, r, t0.elapsed());
+    Ok(())
+}
+
+/// Record both destinations' runs in `out`: each verdict (also when the
+/// other destination could not run, or a check after the verdict failed)
+/// and one step judged by [`synth::Differential::problems`].
+fn record(
+    out: &mut Outcome,
+    tag: &str,
+    records: usize,
+    expect: synth::Expectation,
+    q: Result<synth::DestRun>,
+    r: Result<synth::DestRun>,
+    total: Duration,
+) {
+    for (kind, run) in [(DestKind::Qemu, &q), (DestKind::Rust, &r)] {
+        out.destinations.push(match run {
+            Ok(run) => dest_json(run, None),
+            Err(e) => json!({
+                "destination": kind.name(),
+                "verdict": null,
+                "error": format!("{e:#}"),
+            }),
+        });
     }
+    let step = format!("play {records} record(s) into qemu and rust-dest");
+    let (q, r) = match (q, r) {
+        (Ok(q), Ok(r)) => (q, r),
+        (q, r) => {
+            let e = |x: &Result<synth::DestRun>| match x {
+                Ok(run) => run.summary(),
+                Err(e) => format!("{e:#}"),
+            };
+            out.steps.push(StepResult {
+                index: 0,
+                step,
+                ok: false,
+                ms: total.as_millis() as u64,
+                detail: format!(
+                    "a destination could not run\n  qemu: {}\n  rust: {}",
+                    e(&q),
+                    e(&r)
+                ),
+            });
+            return;
+        }
+    };
+    let d = synth::Differential { name: tag.into(), expect, qemu: q, rust: r, total };
+    let problems: Vec<String> = d.problems().iter().map(ToString::to_string).collect();
     let side_by_side = format!("\n  qemu: {}\n  rust: {}", d.qemu.summary(), d.rust.summary());
     out.steps.push(StepResult {
         index: 0,
-        step: format!("play {} record(s) into qemu and rust-dest", script.len()),
+        step,
         ok: problems.is_empty(),
         ms: d.qemu.total.max(d.rust.total).as_millis() as u64,
         detail: if problems.is_empty() {
@@ -111,7 +152,6 @@ pub async fn run_stream(
             format!("{}{side_by_side}", problems.join("; "))
         },
     });
-    Ok(())
 }
 
 /// One destination's entry in the report: verdict, error, measurements,
@@ -131,8 +171,80 @@ fn dest_json(run: &synth::DestRun, judged: Option<&str>) -> serde_json::Value {
     if let Some(m) = &run.memory {
         j["memory"] = m.to_string().into();
     }
+    if let Some(e) = &run.check_error {
+        j["check-error"] = e.as_str().into();
+    }
     if let Some(how) = judged {
         j["judged"] = how.into();
     }
     j
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::{DestRun, Expect, Verdict};
+
+    fn run(kind: DestKind, check_error: Option<&str>) -> DestRun {
+        DestRun {
+            kind,
+            verdict: Verdict::Completed,
+            play: None,
+            play_error: None,
+            memory: None,
+            rust_blocks: None,
+            check_error: check_error.map(String::from),
+            log_tail: String::new(),
+            total: Duration::from_millis(5),
+            measured: Default::default(),
+            pid: 0,
+            paths: vec![],
+        }
+    }
+
+    fn outcome() -> Outcome {
+        Outcome {
+            name: "s".into(),
+            file: "s.toml".into(),
+            ok: false,
+            error: None,
+            ms: 0,
+            steps: vec![],
+            samples: vec![],
+            destinations: vec![],
+        }
+    }
+
+    /// A check after the comparison failed (reading rust-dest's RAM file):
+    /// both verdicts stay in the report, the step fails and says why.
+    #[test]
+    fn failures_after_the_verdict_keep_both_verdicts() {
+        let mut out = outcome();
+        let q = Ok(run(DestKind::Qemu, None));
+        let r = Ok(run(DestKind::Rust, Some("reading /dev/shm/x: No such file or directory")));
+        record(&mut out, "s", 3, Expect::Completed.into(), q, r, Duration::ZERO);
+        assert_eq!(out.destinations.len(), 2);
+        assert_eq!(out.destinations[0]["verdict"], "completed");
+        assert_eq!(out.destinations[1]["verdict"], "completed");
+        assert!(out.destinations[1]["check-error"].as_str().unwrap().contains("/dev/shm/x"));
+        assert_eq!(out.steps.len(), 1);
+        assert!(!out.steps[0].ok);
+        assert!(out.steps[0].detail.contains("check after the verdict failed"), "{:?}", out.steps);
+        // One destination could not run at all: the other's verdict is kept.
+        let mut out = outcome();
+        let q = Err(anyhow::anyhow!("QEMU destination: could not start"));
+        record(
+            &mut out,
+            "s",
+            3,
+            Expect::Completed.into(),
+            q,
+            Ok(run(DestKind::Rust, None)),
+            Duration::ZERO,
+        );
+        assert_eq!(out.destinations[0]["verdict"], serde_json::Value::Null);
+        assert!(out.destinations[0]["error"].as_str().unwrap().contains("could not start"));
+        assert_eq!(out.destinations[1]["verdict"], "completed");
+        assert!(!out.steps[0].ok && out.steps[0].detail.contains("could not run"));
+    }
 }

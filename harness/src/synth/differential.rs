@@ -80,6 +80,9 @@ pub struct DestRun {
     /// rust-dest only, on completion: the RAMBlocks it created from the
     /// stream (`x-crossmig-query-ramblocks`).
     pub rust_blocks: Option<Vec<BlockInfo>>,
+    /// A check after the verdict that could not run (reading the RAM file,
+    /// querying rust-dest's RAMBlocks); the verdict is kept.
+    pub check_error: Option<String>,
     pub log_tail: String,
     pub total: Duration,
     /// Run state at the end, peak RSS, migration time.
@@ -102,6 +105,9 @@ impl DestRun {
             s += &format!("\n       memory: {m}");
         }
         s += &format!("\n       {}", self.measured);
+        if let Some(e) = &self.check_error {
+            s += &format!("\n       check error: {e}");
+        }
         s
     }
 }
@@ -146,7 +152,7 @@ pub async fn run_script(
     let peak_rss = probe.finish();
     let log_tail = vm.log_tail(6000);
     vm.quit().await;
-    let (verdict, play, play_error, memory, rust_blocks, time) =
+    let DriveOut { verdict, play, play_error, memory, rust_blocks, check_error, time } =
         r.map_err(|e| anyhow!("{e:#}\n--- {} log ---\n{log_tail}", kind.name()))?;
     Ok(DestRun {
         kind,
@@ -155,6 +161,7 @@ pub async fn run_script(
         play_error,
         memory,
         rust_blocks,
+        check_error,
         log_tail,
         total: t0.elapsed(),
         measured: Measured { run_state, peak_rss, time },
@@ -163,14 +170,17 @@ pub async fn run_script(
     })
 }
 
-type DriveOut = (
-    Verdict,
-    Option<PlayResult>,
-    Option<String>,
-    Option<MemCheck>,
-    Option<Vec<BlockInfo>>,
-    Option<Duration>,
-);
+/// What [`drive`] observed (see [`DestRun`]).
+struct DriveOut {
+    verdict: Verdict,
+    play: Option<PlayResult>,
+    play_error: Option<String>,
+    memory: Option<MemCheck>,
+    rust_blocks: Option<Vec<BlockInfo>>,
+    check_error: Option<String>,
+    /// The migration time: until the verdict, if it is a final status.
+    time: Option<Duration>,
+}
 
 async fn drive(
     kind: DestKind,
@@ -216,28 +226,51 @@ async fn drive(
     let verdict = await_verdict(vm, opts.verdict_timeout).await;
     // The migration time: until the verdict, if it is a final status.
     let time = (verdict.kind() != VerdictKind::Stuck).then(|| t_incoming.elapsed());
-    let mut memory = None;
-    let mut rust_blocks = None;
-    if verdict == Verdict::Completed {
-        if let (true, Some(p)) = (opts.check_memory, &play) {
-            memory = Some(check_memory(&p.model, &vm.cfg.backend_id, &vm.cfg.mem_path)?);
-        }
-        if kind == DestKind::Rust {
-            let v = vm.execute("x-crossmig-query-ramblocks", Value::Null).await?;
-            rust_blocks = Some(
-                v.as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|b| BlockInfo {
-                        name: b["name"].as_str().unwrap_or("?").into(),
-                        used_length: b["used-length"].as_u64().unwrap_or(0),
-                    })
-                    .collect(),
-            );
+    let mut out = DriveOut {
+        verdict,
+        play,
+        play_error,
+        memory: None,
+        rust_blocks: None,
+        check_error: None,
+        time,
+    };
+    if out.verdict == Verdict::Completed {
+        // Checks after the verdict: a failure is recorded, the verdict kept.
+        if let Err(e) = after_completion(kind, vm, opts, &mut out).await {
+            out.check_error = Some(format!("{e:#}"));
         }
     }
-    Ok((verdict, play, play_error, memory, rust_blocks, time))
+    Ok(out)
+}
+
+/// On completion: memory against the model, rust-dest's RAMBlocks.
+async fn after_completion(
+    kind: DestKind,
+    vm: &QemuVm,
+    opts: &RunOpts,
+    out: &mut DriveOut,
+) -> Result<()> {
+    if let (true, Some(p)) = (opts.check_memory, &out.play) {
+        let m = check_memory(&p.model, &vm.cfg.backend_id, &vm.cfg.mem_path)
+            .with_context(|| format!("memory check of {}", vm.cfg.mem_path.display()))?;
+        out.memory = Some(m);
+    }
+    if kind == DestKind::Rust {
+        let v = vm.execute("x-crossmig-query-ramblocks", Value::Null).await?;
+        out.rust_blocks = Some(
+            v.as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|b| BlockInfo {
+                    name: b["name"].as_str().unwrap_or("?").into(),
+                    used_length: b["used-length"].as_u64().unwrap_or(0),
+                })
+                .collect(),
+        );
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------
@@ -433,6 +466,8 @@ pub enum Problem {
     PageRequests { dest: &'static str, got: u64, want: u64 },
     #[error("{dest}: bad page requests: {}", errors.join("; "))]
     PageRequestErrors { dest: &'static str, errors: Vec<String> },
+    #[error("{dest}: check after the verdict failed: {error}")]
+    CheckError { dest: &'static str, error: String },
 }
 
 /// Both destinations' results for one script.
@@ -505,6 +540,9 @@ pub fn dest_problems(x: &Expectation, d: &DestRun) -> Vec<Problem> {
     if let Some(e) = &d.play_error {
         p.push(Problem::PlayError { dest, error: e.clone() });
     }
+    if let Some(e) = &d.check_error {
+        p.push(Problem::CheckError { dest, error: e.clone() });
+    }
     if let Some(m) = &d.memory {
         if !m.ok() {
             p.push(Problem::Memory { dest, check: m.clone() });
@@ -555,17 +593,31 @@ pub async fn differential(
     workdir: &Path,
 ) -> Result<Differential> {
     let t0 = Instant::now();
+    let (q, r) = differential_parts(name, qemu, layout, script, opts, workdir).await;
+    Ok(Differential {
+        name: name.into(),
+        expect: expect.into(),
+        qemu: q?,
+        rust: r?,
+        total: t0.elapsed(),
+    })
+}
+
+/// Both destinations' runs of [`differential`], each on its own: one that
+/// could not run does not hide the other's verdict.
+pub async fn differential_parts(
+    name: &str,
+    qemu: &QemuBinary,
+    layout: &SourceLayout,
+    script: &[Step],
+    opts: &RunOpts,
+    workdir: &Path,
+) -> (Result<DestRun>, Result<DestRun>) {
     let (q, r) = tokio::join!(
         run_script(DestKind::Qemu, qemu, layout, script, opts, workdir, name),
         run_script(DestKind::Rust, qemu, layout, script, opts, workdir, name),
     );
-    Ok(Differential {
-        name: name.into(),
-        expect: expect.into(),
-        qemu: q.context("QEMU destination")?,
-        rust: r.context("rust-dest")?,
-        total: t0.elapsed(),
-    })
+    (q.context("QEMU destination"), r.context("rust-dest"))
 }
 
 #[cfg(test)]

@@ -39,8 +39,8 @@ pub mod verdict;
 // The RAM model's home is verify/ (with its check); the source writes it.
 pub use crate::verify::model::{content_bytes, Content, RamModel};
 pub use differential::{
-    differential, run_script, DestRun, Differential, Expect, Expectation, Observed, Problem,
-    RunOpts,
+    differential, differential_parts, run_script, DestRun, Differential, Expect, Expectation,
+    Observed, Problem, RunOpts,
 };
 pub use layout::{
     decode_layout, probe_layout, source_layout, BlockInfo, SourceLayout, GUEST_MEM, PAGE_SIZE,

@@ -216,10 +216,12 @@ impl Step {
 /// Device data of vmsd "globalstate" v1 as QEMU 10.x writes it: be32 size
 /// (strlen(runstate)+1), runstate[32] NUL-padded, u8 has_vm_was_suspended,
 /// u8 vm_was_suspended, 66 unused bytes (104 bytes; docs/wire-format.md §5.1, QEMU migration/global_state.c).
+/// A run state of 32 bytes fills the buffer without NUL, as only a broken or
+/// malicious source writes it; longer ones are cut to 32 bytes (scenario
+/// files reject them).
 pub fn globalstate_data(runstate: &str) -> Vec<u8> {
-    assert!(runstate.len() < 32);
     let mut d = Vec::with_capacity(104);
-    d.extend_from_slice(&(runstate.len() as u32 + 1).to_be_bytes());
+    d.extend_from_slice(&(runstate.len() as u32).saturating_add(1).to_be_bytes());
     let mut rs = runstate.as_bytes().to_vec();
     rs.resize(32, 0);
     d.extend_from_slice(&rs);

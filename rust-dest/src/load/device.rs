@@ -26,7 +26,7 @@ impl Loader {
         let data = buf[s.data.clone()].to_vec();
         let runstate = match s.idstr.as_str() {
             "globalstate" => Some(
-                globalstate::parse(&data)
+                globalstate::parse(&data, self.runstate_buffer())
                     .map_err(|source| LoadError::GlobalState { at, source })?,
             ),
             _ => None,
@@ -46,6 +46,16 @@ impl Loader {
             vmdesc: s.vmdesc.clone(),
         });
         Ok(())
+    }
+
+    /// Bytes of globalstate's run-state buffer for the version rust-dest
+    /// behaves as.
+    fn runstate_buffer(&self) -> usize {
+        if self.cfg.compat.has(crate::compat::Rule::RunstateBuffer32) {
+            32
+        } else {
+            100
+        }
     }
 
     /// QEMU enters the received run state at the end of a precopy migration;

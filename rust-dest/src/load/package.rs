@@ -42,7 +42,7 @@ impl Loader {
                         None => vmdesc::split_one_by_footer(blob, pos, blob_off),
                     }
                     .map_err(|e| LoadError::Decode(e).within(ctx()))?;
-                    self.keep_device(blob, &s, blob_off, true)?;
+                    self.keep_device(blob, &s, blob_off, true).map_err(|e| e.within(ctx()))?;
                     pos = next;
                 }
                 TopRecord::Command(rc) => {

@@ -62,6 +62,39 @@ pub(super) async fn expect(
     Ok(detail.join(", "))
 }
 
+/// Evidence that postcopy really ran, from `query-migrate` replies of the
+/// source and the destination (the sampler's and a last one): a postcopy
+/// status on either side (`postcopy-active`, `-paused`, `-recover`, ...; a
+/// destination enters it at POSTCOPY_LISTEN, which a source sends only once
+/// it switched), or on the source `ram.postcopy-bytes > 0` or
+/// `ram.postcopy-requests > 0` (7.2, 10.0 and 11.1 report both counters).
+/// `None`: precopy completed on its own and a `migrate-start-postcopy`
+/// (which QEMU still accepts) switched nothing.
+pub fn postcopy_evidence<'a>(
+    source: impl IntoIterator<Item = &'a Value>,
+    dest: impl IntoIterator<Item = &'a Value>,
+) -> Option<String> {
+    let mut status = None;
+    let (mut bytes, mut requests) = (0, 0);
+    for q in source {
+        let st = MigrationStatus::of(q);
+        if status.is_none() && st.is_postcopy() {
+            status = Some(format!("source status {st}, "));
+        }
+        bytes = bytes.max(q["ram"]["postcopy-bytes"].as_u64().unwrap_or(0));
+        requests = requests.max(q["ram"]["postcopy-requests"].as_u64().unwrap_or(0));
+    }
+    if status.is_none() {
+        let st = dest.into_iter().map(MigrationStatus::of).find(MigrationStatus::is_postcopy);
+        status = st.map(|st| format!("destination status {st}, "));
+    }
+    if status.is_none() && bytes == 0 && requests == 0 {
+        return None;
+    }
+    let seen = status.unwrap_or_default();
+    Some(format!("{seen}ram.postcopy-bytes {bytes}, ram.postcopy-requests {requests}"))
+}
+
 /// Every page of guest RAM: the source's file against the destination's (on
 /// rust-dest also its QMP page digests); with the sweep guest and
 /// `invariant`, the guest's own invariant on the destination's copy.
@@ -91,4 +124,32 @@ pub(super) async fn check_memory(ctx: &Ctx, invariant: bool) -> Result<String> {
         detail += &format!("; {}", c.detail);
     }
     Ok(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::postcopy_evidence;
+    use serde_json::json;
+
+    /// An idle guest's precopy completed before `migrate-start-postcopy`
+    /// (observed shape of a 10.0 source's replies): no evidence.
+    #[test]
+    fn postcopy_that_never_ran() {
+        let replies = [
+            json!({"status": "active", "ram": {"postcopy-bytes": 0, "postcopy-requests": 0}}),
+            json!({"status": "completed", "ram": {"postcopy-bytes": 0, "postcopy-requests": 0}}),
+        ];
+        let dest = [json!({"status": "active"}), json!({"status": "completed"})];
+        assert_eq!(postcopy_evidence(&replies, &dest), None);
+        let ran = [json!({"status": "postcopy-active", "ram": {"postcopy-bytes": 0}})];
+        assert!(postcopy_evidence(&ran, &dest).unwrap().contains("source status postcopy-active"));
+        let done = [json!({"status": "completed", "ram": {"postcopy-bytes": 4096}})];
+        assert!(postcopy_evidence(&done, &dest).unwrap().contains("postcopy-bytes 4096"));
+        // The source killed right after the switch: only the destination saw it.
+        let killed = [json!({"status": "failed", "error-desc": "process exited"})];
+        assert_eq!(postcopy_evidence(&killed, &dest), None);
+        let paused = [json!({"status": "postcopy-active"}), json!({"status": "postcopy-paused"})];
+        let e = postcopy_evidence(&killed, &paused).unwrap();
+        assert!(e.contains("destination status postcopy-active"), "{e}");
+    }
 }

@@ -3,7 +3,7 @@
 //! per step kind, dispatched by [`exec_step`]. Each returns the step's detail
 //! text or an error.
 
-mod check;
+pub mod check;
 mod end;
 mod migrate;
 
@@ -32,7 +32,7 @@ pub async fn exec_step(ctx: &mut Ctx, step: &Step) -> Result<String> {
     match step {
         Step::Migrate { proxy } => migrate::migrate(m, proxy.as_ref()).await,
         Step::Wait { what, side, timeout } => migrate::wait(m, what, *side, *timeout).await,
-        Step::StartPostcopy => m.start_postcopy().await.map(|()| String::new()),
+        Step::StartPostcopy { .. } => m.start_postcopy().await.map(|()| String::new()),
         Step::Stop { side } => m.stop(*side).await.map(|()| String::new()),
         Step::Cont { side } => m.cont(*side).await.map(|()| String::new()),
         Step::SetParameters { side, parameters } => {
