@@ -179,6 +179,10 @@ fn packets(mf: &MultifdRecv, r: &mut ChanReader, id: u8) -> Result<(), ChannelEr
     }
 }
 
+/// Runs of consecutive pages at least this long are mapped with
+/// [`crate::mem::Mapping::populate_write`] before they are written.
+const POPULATE_MIN: usize = 16 * TARGET_PAGE_SIZE as usize;
+
 /// A channel's reused state for placing packets.
 struct Placing {
     dec: Decompressor,
@@ -265,6 +269,14 @@ fn apply(
         }
     } else {
         runs(normal, ps, &mut st.runs);
+        // Fresh guest RAM would otherwise take one page fault per page
+        // while it is written (most of the receive cost on a shmem-backed
+        // guest): map longer runs in one call first.
+        for &(off, len) in &st.runs {
+            if len >= POPULATE_MIN {
+                b.mapping.populate_write(off, len);
+            }
+        }
         if !compressed {
             // Straight from the socket into guest RAM.
             let got = r.read_into(&b.mapping, &st.runs).map_err(io_err)?;
