@@ -152,10 +152,8 @@ impl Mapping {
             // SAFETY: range checked above, so the pointer stays inside the
             // live mapping (no reference is created; the kernel writes the
             // bytes like any other write to guest RAM, see module docs).
-            *v = libc::iovec {
-                iov_base: unsafe { self.ptr.as_ptr().add(offset) } as *mut _,
-                iov_len: len,
-            };
+            let base = unsafe { self.ptr.as_ptr().add(offset) };
+            *v = libc::iovec { iov_base: base as *mut _, iov_len: len };
         }
         // SAFETY: all-zero is a valid msghdr (no name, no control data).
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
