@@ -15,13 +15,17 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 /// How often a placement is retried while the kernel says EAGAIN (the
 /// address space is changing) before it is reported as an error.
 const EAGAIN_RETRIES: u32 = 10_000;
+
+/// Most ranges [`Mapping::recv_into`] fills in one call (a multifd packet
+/// has at most 128 pages of 4 KiB).
+pub const RECV_IOV_MAX: usize = 128;
 
 /// One mmap'd region holding a RAMBlock.
 pub struct Mapping {
@@ -130,6 +134,76 @@ impl Mapping {
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len())
         }
+    }
+
+    /// Receive from the stream socket `fd` straight into the mapping, like
+    /// QEMU's multifd receiver reads pages with `recvmsg()` into guest RAM
+    /// (`migration/multifd-nocomp.c`, `qio_channel_readv_all()`): `segs`
+    /// are (offset, length) ranges filled in order by one `recvmsg()` with
+    /// `MSG_WAITALL` (at most [`RECV_IOV_MAX`] of them). Returns the bytes
+    /// received: all of them unless the stream ended (0: nothing came) or
+    /// the socket was shut down. Panics if a range is out of the mapping
+    /// (callers validate offsets against the block first).
+    pub fn recv_into(&self, fd: BorrowedFd<'_>, segs: &[(usize, usize)]) -> io::Result<usize> {
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; RECV_IOV_MAX];
+        let n = segs.len().min(RECV_IOV_MAX);
+        for (v, &(offset, len)) in iov.iter_mut().zip(&segs[..n]) {
+            self.check(offset, len);
+            // SAFETY: range checked above, so the pointer stays inside the
+            // live mapping (no reference is created; the kernel writes the
+            // bytes like any other write to guest RAM, see module docs).
+            let base = unsafe { self.ptr.as_ptr().add(offset) };
+            *v = libc::iovec { iov_base: base as *mut _, iov_len: len };
+        }
+        // SAFETY: all-zero is a valid msghdr (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = n as _;
+        loop {
+            // SAFETY: `msg` points at `n` iovecs, each inside this mapping
+            // (checked above), valid for `&self`; `fd` is a borrowed open fd.
+            let r = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_WAITALL) };
+            if r >= 0 {
+                return Ok(r as usize);
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Let `f` write the `len` bytes at `offset` through a slice (a
+    /// decompressor's output). Panics if out of range.
+    pub fn with_mut_slice<R>(
+        &self,
+        offset: usize,
+        len: usize,
+        f: impl FnOnce(&mut [u8]) -> R,
+    ) -> R {
+        self.check(offset, len);
+        // SAFETY: range checked above; the mapping is live for `&self`. The
+        // slice does not outlive `f`. Its pages are written only by the
+        // caller during `f` (one multifd packet's pages, which no other
+        // channel writes in the same sync round); other threads only copy
+        // out of guest RAM through raw pointers, racing exactly like they
+        // do with `write` or with the kernel's `recv_into` (module docs).
+        let s = unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(offset), len) };
+        f(s)
+    }
+
+    /// Allocate and map the pages of a range for writing in one call
+    /// (`MADV_POPULATE_WRITE`, Linux 5.14+) instead of one page fault per
+    /// page when they are first written. Returns false when the kernel
+    /// cannot (the pages then fault in as usual).
+    pub fn populate_write(&self, offset: usize, len: usize) -> bool {
+        self.check(offset, len);
+        // SAFETY: range checked; populating pages of our own mapping does
+        // not change their contents (pages already present stay as they are).
+        let r = unsafe {
+            libc::madvise(self.ptr.as_ptr().add(offset) as *mut _, len, libc::MADV_POPULATE_WRITE)
+        };
+        r == 0
     }
 
     /// Fill `len` bytes at `offset` with `byte`.

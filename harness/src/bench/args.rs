@@ -42,13 +42,13 @@ impl Part {
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Short run: 1 GiB guest instead of 2 GiB, 1 repetition per side
-    /// instead of 3, postcopy and multifd with half the guest RAM.
+    /// instead of 3, postcopy with half the guest RAM.
     #[arg(long)]
     pub quick: bool,
     /// Repetitions per destination (default 3, or 1 with --quick).
     #[arg(long)]
     pub reps: Option<u32>,
-    /// Guest RAM for precopy and ingest (default 2G, or 1G with --quick).
+    /// Guest RAM for precopy, multifd and ingest (default 2G, or 1G with --quick).
     #[arg(long, value_parser = parse_size)]
     pub mem: Option<u64>,
     /// Guest RAM for postcopy (default: --mem, or half of it with --quick).

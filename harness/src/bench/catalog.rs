@@ -128,6 +128,27 @@ pub(super) fn metric_defs(cfg: &BenchConfig, overhead_scenarios: &[&str]) -> Vec
                 Better::Lower,
             ));
             d.push(def(
+                &k("dest_cpu_s_per_gib"),
+                "multifd",
+                &format!("{ch} channels, {comp}: destination CPU per GiB transferred"),
+                "s/GiB",
+                Better::Lower,
+            ));
+            d.push(def(
+                &k("src_cpu_s"),
+                "multifd",
+                &format!("{ch} channels, {comp}: source CPU, user+sys"),
+                "s",
+                Better::Info,
+            ));
+            d.push(def(
+                &k("cpu_floor_ms"),
+                "multifd",
+                &format!("{ch} channels, {comp}: (source + destination CPU) / cores"),
+                "ms",
+                Better::Info,
+            ));
+            d.push(def(
                 &k("dest_rss_beyond_mib"),
                 "multifd",
                 &format!("{ch} channels, {comp}: destination peak RSS beyond guest RAM"),

@@ -171,8 +171,9 @@ async fn tcp_inner(
     rec.set(&ov("setup_ms"), ms(t.elapsed()));
 
     // --- migrate ---
-    let dst_pid = m.dst.pid();
+    let (dst_pid, src_pid) = (m.dst.pid(), m.src.pid());
     let cpu0 = proc_cpu_seconds(dst_pid);
+    let src_cpu0 = proc_cpu_seconds(src_pid);
     let t0 = Instant::now();
     rec.set(&ov("to_migration_ms"), ms(t0 - t_scn));
     m.start(&format!("tcp:127.0.0.1:{port}")).await?;
@@ -187,6 +188,7 @@ async fn tcp_inner(
         (peak_nonshmem_kib.into_inner()?, dst_done_poll.into_inner()?);
     let (pc_seen, pc_pages_before) = (pc_seen.into_inner()?, pc_pages_before.into_inner()?);
     let cpu1 = proc_cpu_seconds(dst_pid);
+    let src_cpu1 = proc_cpu_seconds(src_pid);
     let pm = proc_mem(dst_pid).unwrap_or_default();
     // The destination's own completion event is precise; polling is the fallback.
     let t_done = event_time(&m.dst.qmp, MigrationStatus::Completed, t0)
@@ -199,6 +201,21 @@ async fn tcp_inner(
     let transferred = u64_at(&sv, &["ram", "transferred"]);
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         rec.set(&format!("{p}.dest_cpu_s"), b - a);
+        if sc.multifd.is_some() && transferred > 0 {
+            // CPU per byte: robust where wall-clock time is not (a loaded
+            // machine shares its cores with the source and others).
+            let gib = transferred as f64 / (1u64 << 30) as f64;
+            rec.set(&format!("{p}.dest_cpu_s_per_gib"), (b - a) / gib);
+        }
+    }
+    if let (Some(a), Some(b), true) = (src_cpu0, src_cpu1, sc.multifd.is_some()) {
+        // The source shares the machine's cores: (source + destination CPU)
+        // / cores is the shortest migration time the machine allows.
+        rec.set(&format!("{p}.src_cpu_s"), b - a);
+        if let (Some(d0), Some(d1)) = (cpu0, cpu1) {
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            rec.set(&format!("{p}.cpu_floor_ms"), (b - a + d1 - d0) / cores as f64 * 1000.0);
+        }
     }
     rec.detail("source_final", sv.clone());
     rec.detail("dest_final", dv.clone());

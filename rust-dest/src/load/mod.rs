@@ -123,9 +123,11 @@ impl Incoming for Dest {
 
     fn multifd_channel(&self, session: Arc<Session>, r: Box<dyn Read + Send>, sock: Sock) {
         let mf = self.multifd(&session.shared);
+        // Pages are received straight from the socket into guest RAM.
+        let direct = sock.try_clone().ok();
         mf.add_socket(sock);
         // The outcome is in the shared state (a failure fails the migration).
-        let _ = mf.run_channel(r);
+        let _ = mf.run_channel_direct(r, direct);
     }
 }
 

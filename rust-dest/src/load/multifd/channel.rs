@@ -4,12 +4,14 @@
 //! main channel reaches the same sync point.
 
 use std::io::{self, Read};
+use std::sync::Arc;
 
 use super::decomp::{DecompressError, Decompressor};
+use super::recv::{runs, ChanReader};
 use super::MultifdRecv;
-use crate::channel::Reader;
+use crate::channel::Sock;
 use crate::postcopy::PlaceError;
-use crate::ram::TARGET_PAGE_SIZE;
+use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, MultifdChannelStats};
 use wire::consts::MULTIFD_MAGIC;
 use wire::multifd::{
@@ -57,27 +59,17 @@ fn uuid_text(u: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
-/// Make `n` bytes available in `r`'s window. `Ok(false)`: the channel
-/// ended with fewer (`r.window()` has what came).
-fn want(r: &mut Reader, n: usize) -> io::Result<bool> {
-    while r.window().0.len() < n {
-        let need = n - r.window().0.len();
-        if !r.fill(need)? {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// Read and check the initial packet; the channel id.
-fn initial(mf: &MultifdRecv, r: &mut Reader) -> Result<u8, ChannelError> {
+fn initial(mf: &MultifdRecv, r: &mut ChanReader) -> Result<u8, ChannelError> {
     let ch = || "(id not yet known)".to_string();
-    let ok = want(r, INIT_PACKET_LEN).map_err(|source| ChannelError::Io {
+    let base = r.offset();
+    let got = r.read_header(INIT_PACKET_LEN).map_err(|source| ChannelError::Io {
         ch: ch(),
-        at: r.offset(),
+        at: base,
         source,
     })?;
-    let (win, base) = r.window();
+    let ok = got == INIT_PACKET_LEN;
+    let win = r.header();
     let mut c = Cursor::new(win, base);
     let p = match InitPacket::decode(&mut c) {
         Ok(p) => p,
@@ -93,7 +85,6 @@ fn initial(mf: &MultifdRecv, r: &mut Reader) -> Result<u8, ChannelError> {
         }
         Err(e) => return Err(ChannelError::Packet { id: 0, source: e }),
     };
-    r.consume(INIT_PACKET_LEN);
     let (id, cfg) = (p.id, mf.config());
     if p.uuid != cfg.uuid {
         let (found, expected) = (uuid_text(&p.uuid), uuid_text(&cfg.uuid));
@@ -110,9 +101,13 @@ fn initial(mf: &MultifdRecv, r: &mut Reader) -> Result<u8, ChannelError> {
 
 /// The whole channel: initial packet, then packets until the source closes
 /// it between two packets.
-pub(super) fn run(mf: &MultifdRecv, src: Box<dyn Read + Send>) -> Result<(), ChannelError> {
+pub(super) fn run(
+    mf: &MultifdRecv,
+    src: Box<dyn Read + Send>,
+    direct: Option<Sock>,
+) -> Result<(), ChannelError> {
     let shared = mf.shared.clone();
-    let mut r = Reader::new(src, shared.clone());
+    let mut r = ChanReader::new(src, direct, shared.clone());
     let id = initial(mf, &mut r)?;
     tracing::info!(id, "multifd channel connected");
     // `multifd-bytes` counts every byte of the channel, as 8.0+ sources do
@@ -132,43 +127,35 @@ pub(super) fn run(mf: &MultifdRecv, src: Box<dyn Read + Send>) -> Result<(), Cha
     res
 }
 
-fn packets(mf: &MultifdRecv, r: &mut Reader, id: u8) -> Result<(), ChannelError> {
+fn packets(mf: &MultifdRecv, r: &mut ChanReader, id: u8) -> Result<(), ChannelError> {
     let shared = mf.shared.clone();
     // A V9 reader reads V7 packets too (the zero_pages field was zero).
     let fmt = PacketFormat::x86(PacketLayout::V9);
     let hlen = fmt.packet_len();
     let compression = mf.config().compression;
-    let mut dec = Decompressor::new(compression).map_err(|source| ChannelError::Decompress {
+    let dec = Decompressor::new(compression).map_err(|source| ChannelError::Decompress {
         id,
         at: r.offset(),
         source,
     })?;
     let io_err = |at, source| ChannelError::Io { ch: id.to_string(), at, source };
+    let mut st = Placing { dec, block: None, runs: Vec::new(), out: Vec::new() };
     loop {
         let at = r.offset();
-        let ok = want(r, hlen).map_err(|e| io_err(at, e))?;
-        if !ok {
-            let have = r.window().0.len();
-            if have == 0 {
+        let got = r.read_header(hlen).map_err(|e| io_err(at, e))?;
+        if got < hlen {
+            if got == 0 {
                 tracing::info!(id, "multifd channel closed by the source");
                 return Ok(());
             }
-            return Err(ChannelError::Truncated { id, at, needed: hlen - have });
+            return Err(ChannelError::Truncated { id, at, needed: hlen - got });
         }
-        let p = {
-            let (win, base) = r.window();
-            RamPacket::decode(&mut Cursor::new(win, base), &fmt)
-                .map_err(|source| ChannelError::Packet { id, source })?
-        };
+        let p = RamPacket::decode(&mut Cursor::new(r.header(), at), &fmt)
+            .map_err(|source| ChannelError::Packet { id, source })?;
         let plen = p
             .payload_len(&fmt, compression, at)
             .map_err(|source| ChannelError::Packet { id, source })?;
-        if !want(r, hlen + plen).map_err(|e| io_err(at, e))? {
-            let have = r.window().0.len();
-            return Err(ChannelError::Truncated { id, at, needed: hlen + plen - have });
-        }
-        apply(mf, r, id, &p, &fmt, plen, &mut dec)?;
-        r.consume(hlen + plen);
+        apply(mf, r, id, at, &p, &fmt, plen, &mut st)?;
         let n = (hlen + plen) as u64;
         Counters::add(&shared.counters().multifd_bytes, n);
         mf.progress(id, n);
@@ -192,50 +179,85 @@ fn packets(mf: &MultifdRecv, r: &mut Reader, id: u8) -> Result<(), ChannelError>
     }
 }
 
-/// Place a packet's pages: normal pages from the payload, then zero pages
-/// (in precopy zeroed only if received before: fresh memory is zero; once
-/// postcopy listens both through the postcopy runtime).
+/// Runs of consecutive pages at least this long are mapped with
+/// [`crate::mem::Mapping::populate_write`] before they are written.
+const POPULATE_MIN: usize = 16 * TARGET_PAGE_SIZE as usize;
+
+/// A channel's reused state for placing packets.
+struct Placing {
+    dec: Decompressor,
+    /// The block of the last packet (most packets name the same).
+    block: Option<Arc<RamBlock>>,
+    /// The last packet's normal pages as runs of consecutive pages.
+    runs: Vec<(usize, usize)>,
+    /// Decompressed pages that do not go straight into guest RAM.
+    out: Vec<u8>,
+}
+
+/// Read a packet's payload and place its pages: normal pages from the
+/// payload, then zero pages (in precopy zeroed only if received before:
+/// fresh memory is zero; once postcopy listens both through the postcopy
+/// runtime). In precopy uncompressed pages are received straight into
+/// guest RAM and a compressed run of consecutive pages is decompressed
+/// straight into it; nothing is allocated per packet.
+#[allow(clippy::too_many_arguments)]
 fn apply(
     mf: &MultifdRecv,
-    r: &Reader,
+    r: &mut ChanReader,
     id: u8,
+    at: u64,
     p: &RamPacket,
     fmt: &PacketFormat,
     plen: usize,
-    dec: &mut Decompressor,
+    st: &mut Placing,
 ) -> Result<(), ChannelError> {
+    let truncated = |got: usize| ChannelError::Truncated { id, at, needed: plen - got };
+    let io_err = |source| ChannelError::Io { ch: id.to_string(), at, source };
     if p.offsets.is_empty() {
-        return Ok(());
+        // No pages: a payload (none in QEMU's packets) is read and dropped.
+        let got = r.read_payload(plen).map_err(io_err)?;
+        return if got < plen { Err(truncated(got)) } else { Ok(()) };
     }
-    let (win, at) = r.window();
-    let hlen = fmt.packet_len();
     if !mf.wait_blocks() {
         return Err(ChannelError::Ended { id, at });
     }
-    let Some(b) = mf.shared.ram().get(&p.ramblock) else {
-        return Err(ChannelError::UnknownBlock { id, at, name: p.ramblock.clone() });
+    let b = match &st.block {
+        Some(b) if b.name == p.ramblock => b.clone(),
+        _ => {
+            let Some(b) = mf.shared.ram().get(&p.ramblock) else {
+                return Err(ChannelError::UnknownBlock { id, at, name: p.ramblock.clone() });
+            };
+            st.block = Some(b.clone());
+            b
+        }
     };
     p.check_offsets(fmt, b.used_length, at)
         .map_err(|source| ChannelError::Packet { id, source })?;
     let ps = TARGET_PAGE_SIZE as usize;
     let normal = p.normal_offsets();
-    let raw = &win[hlen..hlen + plen];
-    let data = if normal.is_empty() {
-        std::borrow::Cow::Borrowed(raw)
-    } else {
-        match dec {
-            Decompressor::None => std::borrow::Cow::Borrowed(raw),
-            d => std::borrow::Cow::Owned(
-                d.decompress(raw, normal.len() * ps)
-                    .map_err(|source| ChannelError::Decompress { id, at, source })?,
-            ),
-        }
-    };
+    let want = normal.len() * ps;
+    let compressed = !matches!(st.dec, Decompressor::None);
+    let decomp_err = |source| ChannelError::Decompress { id, at, source };
+    // Held while the pages are read and placed: postcopy cannot start
+    // listening in between (see `MultifdRecv::placement`). The wait is
+    // bounded by the source delivering the packet it started, or by the
+    // socket's shutdown when the migration fails or ends.
     let placement = mf.placement();
     if let Some(pc) = placement.as_ref() {
         // Postcopy listens: every page goes in atomically (UFFDIO_COPY /
         // UFFDIO_ZEROPAGE), sets the received bit and wakes a thread
         // faulting on it.
+        let got = r.read_payload(plen).map_err(io_err)?;
+        if got < plen {
+            return Err(truncated(got));
+        }
+        let data = if compressed && want > 0 {
+            st.out.resize(want, 0);
+            st.dec.decompress_into(r.payload(plen), &mut st.out).map_err(decomp_err)?;
+            &st.out[..]
+        } else {
+            r.payload(plen)
+        };
         let place = |off: u64, d: Option<&[u8]>| {
             pc.place(&b, off, d).map_err(|source| ChannelError::Place { id, at, source })
         };
@@ -246,8 +268,41 @@ fn apply(
             place(off, None)?;
         }
     } else {
-        for (i, &off) in normal.iter().enumerate() {
-            b.mapping.write(off as usize, &data[i * ps..(i + 1) * ps]);
+        runs(normal, ps, &mut st.runs);
+        // Fresh guest RAM would otherwise take one page fault per page
+        // while it is written (most of the receive cost on a shmem-backed
+        // guest): map longer runs in one call first.
+        for &(off, len) in &st.runs {
+            if len >= POPULATE_MIN {
+                b.mapping.populate_write(off, len);
+            }
+        }
+        if !compressed {
+            // Straight from the socket into guest RAM.
+            let got = r.read_into(&b.mapping, &st.runs).map_err(io_err)?;
+            if got < plen {
+                return Err(truncated(got));
+            }
+        } else if want > 0 {
+            let got = r.read_payload(plen).map_err(io_err)?;
+            if got < plen {
+                return Err(truncated(got));
+            }
+            let input = r.payload(plen);
+            if let [(off, len)] = st.runs[..] {
+                // One run of consecutive pages: decompressed in place.
+                b.mapping
+                    .with_mut_slice(off, len, |s| st.dec.decompress_into(input, s))
+                    .map_err(decomp_err)?;
+            } else {
+                st.out.resize(want, 0);
+                st.dec.decompress_into(input, &mut st.out).map_err(decomp_err)?;
+                for (i, &off) in normal.iter().enumerate() {
+                    b.mapping.write(off as usize, &st.out[i * ps..(i + 1) * ps]);
+                }
+            }
+        }
+        for &off in normal {
             b.received.set(off / TARGET_PAGE_SIZE);
         }
         for &off in p.zero_offsets() {

@@ -41,47 +41,84 @@ impl Decompressor {
         })
     }
 
-    /// Decompress one packet's payload into exactly `want` bytes. The
-    /// output has one byte of slack so that the flush marker that ends the
-    /// payload is consumed too (it produces no output).
+    /// Decompress one packet's payload into exactly `want` bytes (a new
+    /// buffer; the receive path uses [`Decompressor::decompress_into`]).
     pub fn decompress(&mut self, input: &[u8], want: usize) -> Result<Vec<u8>, DecompressError> {
-        let mut out = vec![0u8; want + 1];
+        if let Decompressor::None = self {
+            return Ok(input.to_vec());
+        }
+        let mut out = vec![0u8; want];
+        self.decompress_into(input, &mut out)?;
+        Ok(out)
+    }
+
+    /// Decompress one packet's payload into exactly `out.len()` bytes of
+    /// `out` (guest RAM or a reused buffer: nothing is allocated). All of
+    /// `input` must be used: after `out` is full the stream is run into one
+    /// byte of slack so that the flush marker ending the payload is
+    /// consumed too (it produces no output; any output there is an error).
+    pub fn decompress_into(&mut self, input: &[u8], out: &mut [u8]) -> Result<(), DecompressError> {
+        let want = out.len();
+        let mut slack = [0u8; 1];
         let (method, used, got) = match self {
-            Decompressor::None => return Ok(input.to_vec()),
+            Decompressor::None => {
+                if input.len() != want {
+                    let (input, got) = (input.len(), input.len());
+                    return Err(DecompressError::Length { method: "none", input, got, want });
+                }
+                out.copy_from_slice(input);
+                return Ok(());
+            }
             Decompressor::Zlib(d) => {
-                let (mut ip, mut op) = (0usize, 0usize);
-                loop {
-                    let (i0, o0) = (d.total_in(), d.total_out());
-                    d.decompress(&input[ip..], &mut out[op..], flate2::FlushDecompress::Sync)
-                        .map_err(|e| DecompressError::Failed {
+                let mut ip = 0usize;
+                let mut got = 0usize;
+                for buf in [&mut out[..], &mut slack[..]] {
+                    let mut op = 0usize;
+                    loop {
+                        let (i0, o0) = (d.total_in(), d.total_out());
+                        d.decompress(&input[ip..], &mut buf[op..], flate2::FlushDecompress::Sync)
+                            .map_err(|e| DecompressError::Failed {
                             method: "zlib",
                             msg: e.to_string(),
                         })?;
-                    let (di, dout) = ((d.total_in() - i0) as usize, (d.total_out() - o0) as usize);
-                    ip += di;
-                    op += dout;
-                    if (di == 0 && dout == 0) || ip == input.len() && op == out.len() {
+                        let (di, dout) =
+                            ((d.total_in() - i0) as usize, (d.total_out() - o0) as usize);
+                        ip += di;
+                        op += dout;
+                        if (di == 0 && dout == 0) || ip == input.len() || op == buf.len() {
+                            break;
+                        }
+                    }
+                    got += op;
+                    if op < buf.len() {
                         break;
                     }
                 }
-                ("zlib", ip, op)
+                ("zlib", ip, got)
             }
             Decompressor::Zstd(d) => {
                 use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
                 let mut inb = InBuffer::around(input);
-                let mut outb = OutBuffer::around(&mut out[..]);
-                loop {
-                    let before = (inb.pos(), outb.pos());
-                    d.run(&mut inb, &mut outb).map_err(|e| DecompressError::Failed {
-                        method: "zstd",
-                        msg: e.to_string(),
-                    })?;
-                    if (inb.pos(), outb.pos()) == before {
+                let mut got = 0usize;
+                for buf in [&mut out[..], &mut slack[..]] {
+                    let len = buf.len();
+                    let mut outb = OutBuffer::around(buf);
+                    loop {
+                        let before = (inb.pos(), outb.pos());
+                        d.run(&mut inb, &mut outb).map_err(|e| DecompressError::Failed {
+                            method: "zstd",
+                            msg: e.to_string(),
+                        })?;
+                        if (inb.pos(), outb.pos()) == before {
+                            break;
+                        }
+                    }
+                    got += outb.pos();
+                    if outb.pos() < len {
                         break;
                     }
                 }
-                let (ip, op) = (inb.pos(), outb.pos());
-                ("zstd", ip, op)
+                ("zstd", inb.pos(), got)
             }
         };
         if got != want {
@@ -94,8 +131,7 @@ impl Decompressor {
                 left: input.len() - used,
             });
         }
-        out.truncate(want);
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -15,6 +15,7 @@ use wire::multifd::Compression;
 
 pub mod channel;
 pub mod decomp;
+mod recv;
 #[cfg(test)]
 mod tests;
 
@@ -160,7 +161,18 @@ impl MultifdRecv {
     /// Run one multifd channel to its end on the calling thread. The outcome
     /// is also in the shared state (a failure fails the migration).
     pub fn run_channel(&self, src: Box<dyn Read + Send>) -> Result<(), ChannelError> {
-        let res = channel::run(self, src);
+        self.run_channel_direct(src, None)
+    }
+
+    /// [`MultifdRecv::run_channel`] on a socket: `src` reads the channel
+    /// from its first byte, `direct` is the same socket, from which
+    /// uncompressed pages are received straight into guest RAM.
+    pub fn run_channel_direct(
+        &self,
+        src: Box<dyn Read + Send>,
+        direct: Option<Sock>,
+    ) -> Result<(), ChannelError> {
+        let res = channel::run(self, src, direct);
         if let Err(ChannelError::Ended { .. }) = &res {
             tracing::info!("multifd channel stopped: the migration ended");
         } else if let Err(e) = &res {
@@ -185,13 +197,17 @@ impl MultifdRecv {
 
     /// The migration ended (completed or failed on the main channel).
     pub fn end(&self) {
-        *self.placement_mut() = None;
-        let mut g = self.lock();
-        g.ended = true;
-        for s in g.socks.drain(..) {
-            s.shutdown();
+        {
+            let mut g = self.lock();
+            g.ended = true;
+            // First: a channel blocked reading a packet's pages holds the
+            // placement (it returns once its socket is shut down).
+            for s in g.socks.drain(..) {
+                s.shutdown();
+            }
+            self.cv.notify_all();
         }
-        self.cv.notify_all();
+        *self.placement_mut() = None;
     }
 
     /// The main channel created the RAMBlocks of the MEM_SIZE list: packets

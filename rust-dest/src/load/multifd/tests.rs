@@ -2,12 +2,14 @@
 //! 10.0 and 11.1 in `wire/tests/streams/` (every channel, one thread each),
 //! and damaged variants of them.
 
+use std::io::Write;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 
 use serde_json::{json, Value};
 
 use super::{ChannelError, MultifdConfig, MultifdRecv};
-use crate::channel::RecordingSink;
+use crate::channel::{RecordingSink, Sock};
 use crate::load::{Config, LoadError, Loader};
 use crate::postcopy::{Pattern, VcpuConfig};
 use crate::ram::RamTable;
@@ -60,6 +62,19 @@ struct Outcome {
 /// Load `main` and `channels` concurrently, like rust-dest does with real
 /// connections, with the destination parameters `params`.
 fn load(main: &[u8], channels: &[Vec<u8>], params: &Value, uuid: [u8; 16]) -> Outcome {
+    load_via(main, channels, params, uuid, false)
+}
+
+/// [`load`], the channels either read from memory or (`sockets`) sent over
+/// unix socket pairs and received like real connections: uncompressed
+/// pages straight into guest RAM.
+fn load_via(
+    main: &[u8],
+    channels: &[Vec<u8>],
+    params: &Value,
+    uuid: [u8; 16],
+    sockets: bool,
+) -> Outcome {
     let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
     {
         let mut g = shared.lock();
@@ -73,7 +88,18 @@ fn load(main: &[u8], channels: &[Vec<u8>], params: &Value, uuid: [u8; 16]) -> Ou
         .iter()
         .map(|c| {
             let (mf, c) = (mf.clone(), c.clone());
-            std::thread::spawn(move || mf.run_channel(Box::new(std::io::Cursor::new(c))))
+            if !sockets {
+                return std::thread::spawn(move || {
+                    mf.run_channel(Box::new(std::io::Cursor::new(c)))
+                });
+            }
+            let (mut w, r) = UnixStream::pair().unwrap();
+            std::thread::spawn(move || {
+                // The reader may stop early (a failed migration).
+                let _ = w.write_all(&c);
+            });
+            let direct = Some(Sock::Unix(r.try_clone().unwrap()));
+            std::thread::spawn(move || mf.run_channel_direct(Box::new(Sock::Unix(r)), direct))
         })
         .collect();
     let cfg = Config {
@@ -118,11 +144,20 @@ fn check_ram(base: &str, shared: &Shared, facts: &Value) {
 
 #[test]
 fn recorded_multifd_streams_load_completely() {
+    recorded_streams_load(false);
+}
+
+#[test]
+fn recorded_multifd_streams_load_completely_over_sockets() {
+    recorded_streams_load(true);
+}
+
+fn recorded_streams_load(sockets: bool) {
     let mut n = 0;
     for base in RECORDINGS {
         let Some(rec) = recording(base) else { continue };
         n += 1;
-        let o = load(&rec.main, &rec.channels, &rec.facts["parameters"], [0; 16]);
+        let o = load_via(&rec.main, &rec.channels, &rec.facts["parameters"], [0; 16], sockets);
         o.main.unwrap_or_else(|e| panic!("{base}: {e}"));
         for c in &o.channels {
             c.as_ref().unwrap_or_else(|e| panic!("{base}: {e}"));
@@ -155,7 +190,8 @@ fn truncated_channel_fails_cleanly() {
         for cut in [10, 64 + 100, rec.channels[big].len() / 2, rec.channels[big].len() - 1] {
             let mut chans = rec.channels.clone();
             chans[big].truncate(cut);
-            let o = load(&rec.main, &chans, &rec.facts["parameters"], [0; 16]);
+            let sockets = cut % 2 == 1;
+            let o = load_via(&rec.main, &chans, &rec.facts["parameters"], [0; 16], sockets);
             assert!(o.main.is_err(), "{base} cut {cut}");
             let g = o.shared.lock();
             assert_eq!(g.status, MigStatus::Failed, "{base} cut {cut}");
