@@ -92,6 +92,8 @@ pub struct RawDest {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawExpect {
     pub verdict: String,
+    pub qemu_verdict: Option<String>,
+    pub qemu_bug: Option<String>,
     pub error: Option<String>,
     pub rust_error: Option<String>,
     pub qemu_error: Option<String>,
@@ -152,6 +154,10 @@ pub struct DestSpec {
 pub struct StreamExpect {
     /// Completed, Failed, PostcopyPaused or Stuck.
     pub verdict: Expect,
+    /// The QEMU destination's verdict when a documented QEMU bug makes it
+    /// differ (also Hang or Crash), with the `docs/` reference.
+    pub qemu_verdict: Option<Expect>,
+    pub qemu_bug: Option<String>,
     /// Regexes on the error text: `error` applies to both unless overridden.
     pub qemu_error: Option<regex::Regex>,
     pub rust_error: Option<regex::Regex>,
@@ -166,6 +172,8 @@ impl StreamExpect {
     pub fn expectation(&self) -> synth::Expectation {
         synth::Expectation {
             verdict: self.verdict,
+            qemu_verdict: self.qemu_verdict,
+            qemu_bug: self.qemu_bug.clone(),
             qemu_error: self.qemu_error.clone(),
             rust_error: self.rust_error.clone(),
             pongs: self.pongs.clone(),
@@ -304,6 +312,36 @@ fn stream_body(d: &RawDoc) -> Result<Body, SpecError> {
             ))
         }
     };
+    let qemu_verdict = match e.qemu_verdict.as_deref() {
+        None => None,
+        Some("completed") => Some(Expect::Completed),
+        Some("failed") => Some(Expect::Failed),
+        Some("postcopy-paused") => Some(Expect::PostcopyPaused),
+        Some("stuck") => Some(Expect::Stuck),
+        Some("hang") => Some(Expect::Hang),
+        Some("crash") => Some(Expect::Crash),
+        Some(v) => {
+            return Err(err(
+                At::Key(&["qemu-verdict"]),
+                format!("expect.qemu-verdict must be a verdict, \"hang\" or \"crash\", not {v:?}"),
+            ))
+        }
+    };
+    // A QEMU destination that does something else than rust-dest must be a
+    // QEMU bug, written down.
+    let qemu_bug = match (&qemu_verdict, &e.qemu_bug) {
+        (Some(_), Some(b)) if b.starts_with("docs/") => Some(b.clone()),
+        (Some(_), _) => {
+            return Err(err(
+                At::Key(&["qemu-verdict"]),
+                "expect.qemu-verdict needs qemu-bug = \"docs/FILE.md#anchor\" (the QEMU bug it documents)",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(At::Key(&["qemu-bug"]), "expect.qemu-bug goes with qemu-verdict"))
+        }
+        (None, None) => None,
+    };
     let re = |r: Option<&String>| {
         r.map(|re| {
             regex::Regex::new(re)
@@ -326,6 +364,8 @@ fn stream_body(d: &RawDoc) -> Result<Body, SpecError> {
         records,
         expect: StreamExpect {
             verdict,
+            qemu_verdict,
+            qemu_bug,
             qemu_error: qemu_error.or_else(|| error.clone()),
             rust_error: rust_error.or(error),
             memory: e.memory.unwrap_or(true),

@@ -73,6 +73,9 @@ pub struct DestRun {
     /// stream (`x-crossmig-query-ramblocks`).
     pub rust_blocks: Option<Vec<BlockInfo>>,
     pub log_tail: String,
+    /// The signal that ended the destination process during the run (a
+    /// crash), seen before it was asked to quit.
+    pub exit_signal: Option<nix::sys::signal::Signal>,
     pub total: Duration,
     /// For cleanup checks.
     pub pid: u32,
@@ -122,6 +125,7 @@ pub async fn run_script(
     };
     let r = drive(kind, &vm, layout, script, opts, packet_layout).await;
     let log_tail = vm.log_tail(6000);
+    let exit_signal = vm.child.exit_signal();
     vm.quit().await;
     let (verdict, play, play_error, memory, rust_blocks) =
         r.map_err(|e| anyhow!("{e:#}\n--- {} log ---\n{log_tail}", kind.name()))?;
@@ -133,6 +137,7 @@ pub async fn run_script(
         memory,
         rust_blocks,
         log_tail,
+        exit_signal,
         total: t0.elapsed(),
         pid,
         paths,
@@ -221,6 +226,13 @@ pub enum Expect {
     /// Stuck in `postcopy-paused` precisely (QEMU pauses instead of failing
     /// on a load error once postcopy runs).
     PostcopyPaused,
+    /// Stuck with a monitor that never answers `query-migrate` (a QEMU
+    /// destination whose main loop is blocked): only for a documented QEMU
+    /// bug (`qemu-verdict`).
+    Hang,
+    /// The process died of a signal (SIGSEGV, SIGABRT): only for a
+    /// documented QEMU bug (`qemu-verdict`).
+    Crash,
 }
 
 impl Expect {
@@ -230,6 +242,8 @@ impl Expect {
             Expect::Failed => "failed",
             Expect::Stuck => "stuck",
             Expect::PostcopyPaused => "postcopy-paused",
+            Expect::Hang => "hang",
+            Expect::Crash => "crash",
         }
     }
 
@@ -242,6 +256,7 @@ impl Expect {
             (Expect::PostcopyPaused, Observed::Stuck(s)) => {
                 s.as_ref() == Some(&MigrationStatus::PostcopyPaused)
             }
+            (Expect::Hang, Observed::Stuck(None)) | (Expect::Crash, Observed::Crashed(_)) => true,
             _ => false,
         }
     }
@@ -260,6 +275,8 @@ pub enum Observed {
     Failed,
     /// Waiting in this status (None: the monitor never answered).
     Stuck(Option<MigrationStatus>),
+    /// The process died of this signal.
+    Crashed(nix::sys::signal::Signal),
 }
 
 impl std::fmt::Display for Observed {
@@ -270,6 +287,7 @@ impl std::fmt::Display for Observed {
             Observed::Stuck(s) => {
                 f.write_str(s.as_ref().map(MigrationStatus::as_str).unwrap_or("?"))
             }
+            Observed::Crashed(sig) => write!(f, "crashed ({sig})"),
         }
     }
 }
@@ -279,6 +297,9 @@ impl DestRun {
     pub fn observed(&self) -> Observed {
         match &self.verdict {
             Verdict::Completed => Observed::Completed,
+            Verdict::Failed(_) if self.exit_signal.is_some() => {
+                Observed::Crashed(self.exit_signal.expect("checked"))
+            }
             Verdict::Failed(_) => Observed::Failed,
             // QEMU's monitor can stop answering while its migration is
             // paused; its own log line then says so.
@@ -300,7 +321,13 @@ impl DestRun {
 /// Everything a script expects of both destinations.
 #[derive(Clone, Debug)]
 pub struct Expectation {
+    /// What both destinations must do (rust-dest always).
     pub verdict: Expect,
+    /// What the QEMU destination does instead, because of a QEMU bug
+    /// written down in `qemu_bug` (a `docs/` reference): no disagreement is
+    /// reported then, each destination is held to its own verdict.
+    pub qemu_verdict: Option<Expect>,
+    pub qemu_bug: Option<String>,
     /// A regex the failure text (or the log) of the QEMU destination must
     /// match when it failed.
     pub qemu_error: Option<regex::Regex>,
@@ -314,7 +341,15 @@ pub struct Expectation {
 
 impl From<Expect> for Expectation {
     fn from(verdict: Expect) -> Self {
-        Expectation { verdict, qemu_error: None, rust_error: None, pongs: None, shut: None }
+        Expectation {
+            verdict,
+            qemu_verdict: None,
+            qemu_bug: None,
+            qemu_error: None,
+            rust_error: None,
+            pongs: None,
+            shut: None,
+        }
     }
 }
 
@@ -327,6 +362,8 @@ pub enum Problem {
     Disagreement { qemu: VerdictKind, rust: VerdictKind },
     #[error("{dest}: verdict {got} but the script expects {want}")]
     Verdict { dest: &'static str, got: Observed, want: Expect },
+    #[error("qemu: verdict {got} but the script expects {want} (QEMU bug {bug}): fixed in this QEMU? update the script")]
+    BugVerdict { got: Observed, want: Expect, bug: String },
     #[error("{dest}: error does not match /{re}/")]
     ErrorText { dest: &'static str, re: String },
     #[error("{dest}: play error: {error}")]
@@ -357,9 +394,16 @@ impl Differential {
     /// Both verdicts side by side.
     pub fn side_by_side(&self) -> String {
         format!(
-            "script '{}' (expected {}), {:.1}s\n  {}\n  {}",
+            "script '{}' (expected {}{}), {:.1}s\n  {}\n  {}",
             self.name,
             self.expect.verdict,
+            self.expect
+                .qemu_verdict
+                .map(|q| format!(
+                    ", QEMU {q} (bug {})",
+                    self.expect.qemu_bug.as_deref().unwrap_or("?")
+                ))
+                .unwrap_or_default(),
             self.total.as_secs_f64(),
             self.qemu.summary(),
             self.rust.summary()
@@ -374,17 +418,25 @@ impl Differential {
     pub fn problems(&self) -> Vec<Problem> {
         let x = &self.expect;
         let mut p = Vec::new();
-        if self.qemu.verdict.kind() != self.rust.verdict.kind() {
+        if x.qemu_verdict.is_none() && self.qemu.verdict.kind() != self.rust.verdict.kind() {
             p.push(Problem::Disagreement {
                 qemu: self.qemu.verdict.kind(),
                 rust: self.rust.verdict.kind(),
             });
         }
-        for (d, re) in [(&self.qemu, &x.qemu_error), (&self.rust, &x.rust_error)] {
+        let qemu_want = x.qemu_verdict.unwrap_or(x.verdict);
+        for (d, re, want) in
+            [(&self.qemu, &x.qemu_error, qemu_want), (&self.rust, &x.rust_error, x.verdict)]
+        {
             let dest = d.kind.name();
             let got = d.observed();
-            if !x.verdict.met_by(&got) {
-                p.push(Problem::Verdict { dest, got, want: x.verdict });
+            if !want.met_by(&got) {
+                p.push(match (&x.qemu_bug, d.kind) {
+                    (Some(bug), DestKind::Qemu) if x.qemu_verdict.is_some() => {
+                        Problem::BugVerdict { got, want, bug: bug.clone() }
+                    }
+                    _ => Problem::Verdict { dest, got, want },
+                });
             }
             if let (Some(re), VerdictKind::Failed) = (re, d.verdict.kind()) {
                 // QEMU's specific message may be several log lines above the last.
@@ -412,7 +464,7 @@ impl Differential {
                     p.push(Problem::Shut { dest, want, got: pl.shuts() });
                 }
             }
-            if x.verdict == Expect::Completed {
+            if want == Expect::Completed {
                 if !pl.expect_failures.is_empty() {
                     p.push(Problem::UnmetRp { dest, unmet: pl.expect_failures.clone() });
                 }

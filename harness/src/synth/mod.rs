@@ -42,7 +42,7 @@ pub use layout::{
     decode_layout, probe_layout, source_layout, BlockInfo, SourceLayout, GUEST_MEM, PAGE_SIZE,
     QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
 };
-pub use multifd::{layout_for_version, MultifdStep};
+pub use multifd::{layout_for_version, Compressors, Corruption, MultifdStep};
 pub use player::{play, play_with, PlayResult, EXPECT_TIMEOUT};
 pub use step::{
     encode_script, globalstate_data, model_of, pattern_pages, vmdesc_for, EncodeError, Page,

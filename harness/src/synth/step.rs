@@ -15,7 +15,7 @@ use wire::stream::{self, Configuration, Header, SectionKind};
 use wire::{vmdesc, Encoder};
 
 use super::layout::{SourceLayout, PAGE_SIZE};
-use super::multifd::MultifdStep;
+use super::multifd::{Compressors, MultifdStep};
 pub use super::page::{pattern_pages, Page};
 use crate::verify::model::{Content, RamModel};
 
@@ -272,6 +272,8 @@ pub(super) struct Enc<'a> {
     served: HashSet<(String, u64)>,
     /// The packet format of multifd RAM packets.
     pub(super) multifd_fmt: PacketFormat,
+    /// Each multifd channel's compression stream.
+    multifd_comp: Compressors,
 }
 
 impl<'a> Enc<'a> {
@@ -285,6 +287,7 @@ impl<'a> Enc<'a> {
             listening: false,
             served: HashSet::new(),
             multifd_fmt: PacketFormat::x86(PacketLayout::V9),
+            multifd_comp: Compressors::default(),
         }
     }
 
@@ -400,7 +403,9 @@ impl<'a> Enc<'a> {
             }
             // The bytes of a multifd channel; the player writes them on
             // that channel, not on the main one.
-            Step::Multifd(m) => m.encode(e, &self.multifd_fmt, &mut self.model),
+            Step::Multifd(m) => {
+                m.encode(e, &self.multifd_fmt, &mut self.model, &mut self.multifd_comp)
+            }
             Step::ExpectRp(_) | Step::ServePageRequests | Step::Sleep(_) => {
                 return Err(EncodeError::NotStreamData(step.name()))
             }

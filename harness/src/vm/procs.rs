@@ -171,6 +171,21 @@ impl ChildGuard {
         self.status
     }
 
+    /// The signal that ended the leader, if it died of one (SIGSEGV,
+    /// SIGABRT: a crash). Does not reap.
+    pub fn exit_signal(&self) -> Option<Signal> {
+        if let Some(st) = self.status {
+            return st.signal().and_then(|s| Signal::try_from(s).ok());
+        }
+        match waitid(
+            Id::Pid(Pid::from_raw(self.pid as i32)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        ) {
+            Ok(WaitStatus::Signaled(_, sig, _)) => Some(sig),
+            _ => None,
+        }
+    }
+
     /// Whether the group leader is still alive (exited-but-unreaped counts
     /// as not running). Does not reap.
     pub fn is_running(&self) -> bool {
