@@ -138,9 +138,12 @@ impl Loader {
             )));
         }
         if !self.shared.has(Capability::Compress) {
-            return Err(LoadError::protocol(off, format!(
-                "compressed page at byte offset {off} but the 'compress' capability is off"
-            )));
+            return Err(LoadError::protocol(
+                off,
+                format!(
+                    "compressed page at byte offset {off} but the 'compress' capability is off"
+                ),
+            ));
         }
         if data.len() > COMPRESSED_PAGE_MAX {
             return Err(LoadError::protocol(off, format!(

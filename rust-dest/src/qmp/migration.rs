@@ -9,8 +9,7 @@ use serde_json::{json, Map, Value};
 use super::args::{invalid_type, list_elem, not_accepted, Args, QResult, QmpErr};
 use crate::ram::TARGET_PAGE_SIZE;
 use crate::state::{
-    compress_exists, machine_version, Capability, ComboError, MigStatus, Shared,
-    KNOWN_CAPABILITIES,
+    compress_exists, machine_version, Capability, ComboError, MigStatus, Shared, KNOWN_CAPABILITIES,
 };
 
 /// `tcp:H:P` / `unix:PATH` → QAPI `SocketAddress` (for `socket-address`).

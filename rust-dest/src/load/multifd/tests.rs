@@ -378,7 +378,9 @@ fn main_channel_waits_for_every_channel() {
     let mf = MultifdRecv::new(shared.clone(), MultifdConfig::from_shared(&shared, [0; 16]));
     let bad = {
         let mf = mf.clone();
-        std::thread::spawn(move || mf.run_channel(Box::new(std::io::Cursor::new(init_packet(0, 2)))))
+        std::thread::spawn(move || {
+            mf.run_channel(Box::new(std::io::Cursor::new(init_packet(0, 2))))
+        })
     };
     assert!(!mf.wait_all_connected());
     assert!(bad.join().unwrap().is_err());
