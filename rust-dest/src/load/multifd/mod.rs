@@ -163,6 +163,19 @@ impl MultifdRecv {
         let res = channel::run(self, src);
         if let Err(ChannelError::Ended { .. }) = &res {
             tracing::info!("multifd channel stopped: the migration ended");
+        } else if let Err(e @ (ChannelError::Io { .. } | ChannelError::Truncated { .. })) = &res
+        {
+            if self.placement().is_some() {
+                // Once postcopy listens the channels carry nothing more
+                // (docs/multifd.md section 11): losing one is part of a
+                // network failure the main channel pauses and recovers from;
+                // QEMU's destination only ends the channel's thread
+                // (`multifd_recv_thread()`), the migration goes on.
+                tracing::warn!("{e}; postcopy runs, the migration goes on without the channel");
+            } else {
+                tracing::error!("{e}");
+                self.fail(e.to_string());
+            }
         } else if let Err(e) = &res {
             let msg = e.to_string();
             tracing::error!("{msg}");
