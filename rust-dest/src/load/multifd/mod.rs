@@ -163,8 +163,7 @@ impl MultifdRecv {
         let res = channel::run(self, src);
         if let Err(ChannelError::Ended { .. }) = &res {
             tracing::info!("multifd channel stopped: the migration ended");
-        } else if let Err(e @ (ChannelError::Io { .. } | ChannelError::Truncated { .. })) = &res
-        {
+        } else if let Err(e @ (ChannelError::Io { .. } | ChannelError::Truncated { .. })) = &res {
             if self.placement().is_some() {
                 // Once postcopy listens the channels carry nothing more
                 // (docs/multifd.md section 11): losing one is part of a
