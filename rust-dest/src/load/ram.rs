@@ -121,9 +121,13 @@ impl Loader {
     }
 }
 
-/// zlib's `compressBound(TARGET_PAGE_SIZE)`: the longest compressed page
-/// QEMU 7.2's destination accepts (`migration/ram.c: ram_load_precopy()`).
-const COMPRESSED_PAGE_MAX: usize = 4096 + (4096 >> 12) + (4096 >> 14) + (4096 >> 25) + 13;
+/// zlib's `compressBound(TARGET_PAGE_SIZE)` (len + len/4096 + len/16384 +
+/// len/2^25 + 13 = 4110): the longest compressed page QEMU 7.2's destination
+/// accepts (`migration/ram.c: ram_load_precopy()`).
+const COMPRESSED_PAGE_MAX: usize = {
+    let len = TARGET_PAGE_SIZE as usize;
+    len + (len >> 12) + (len >> 14) + (len >> 25) + 13
+};
 
 impl Loader {
     /// One page of the legacy `compress` capability (QEMU 9.0 and older,
