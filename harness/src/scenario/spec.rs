@@ -374,3 +374,34 @@ fn stream_body(d: &RawDoc) -> Result<Body, SpecError> {
         },
     })
 }
+
+#[cfg(test)]
+mod qemu_bug_tests {
+    use std::path::Path;
+
+    use super::super::file::load_str;
+
+    const F: &str = "kind = \"stream\"\n[source]\nqemu = \"system\"\n[expect]\nverdict = \"failed\"\nQV\n[[records]]\nop = \"header\"\n";
+
+    #[test]
+    fn qemu_verdict_needs_a_documented_bug() {
+        let load = |qv: &str| load_str(Path::new("s.toml"), &F.replace("QV", qv));
+        let ok = load("qemu-verdict = \"hang\"\nqemu-bug = \"docs/multifd.md#x\"").unwrap();
+        assert_eq!(ok.len(), 1);
+        let e = load("qemu-verdict = \"crash\"").unwrap_err().to_string();
+        assert!(e.contains("needs qemu-bug"), "{e}");
+        let e = load("qemu-verdict = \"hang\"\nqemu-bug = \"somewhere\"").unwrap_err().to_string();
+        assert!(e.contains("needs qemu-bug"), "{e}");
+        let e = load("qemu-bug = \"docs/x.md\"").unwrap_err().to_string();
+        assert!(e.contains("goes with qemu-verdict"), "{e}");
+        let e =
+            load("qemu-verdict = \"melted\"\nqemu-bug = \"docs/x.md\"").unwrap_err().to_string();
+        assert!(e.contains("qemu-verdict must be"), "{e}");
+        // rust-dest itself may never be expected to hang or crash.
+        let e =
+            load_str(Path::new("s.toml"), &F.replace("\"failed\"", "\"hang\"").replace("QV", ""))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("expect.verdict must be"), "{e}");
+    }
+}
