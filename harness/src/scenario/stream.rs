@@ -67,6 +67,8 @@ pub async fn run_stream(
         out.destinations.push(json!({
             "destination": run.kind.name(),
             "verdict": run.verdict.kind().as_str(),
+            // The status it was stuck in, "crashed (SIGSEGV)", ...
+            "observed": run.observed().to_string(),
             "error": run.verdict.error(),
             "ms": run.total.as_millis() as u64,
         }));
