@@ -56,6 +56,12 @@ pub enum Record {
         #[serde(default)]
         pages: Vec<String>,
     },
+    /// PART section "ram" with COMPRESS_PAGE records (legacy `compress`,
+    /// QEMU 7.2); `corrupt` = "garbage" or "short" damages every one.
+    RamCompressed {
+        pages: Vec<String>,
+        corrupt: Option<String>,
+    },
     /// A correct globalstate FULL section.
     Globalstate {
         runstate: Option<String>,
@@ -215,6 +221,17 @@ fn to_step(r: Record) -> Result<Step, String> {
         Record::RamStart {} => Step::RamStart,
         Record::RamPart { pages: p } => {
             Step::RamPart(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat())
+        }
+        Record::RamCompressed { pages: p, corrupt } => {
+            Step::RamCompressed(
+                p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat(),
+                match corrupt.as_deref() {
+                    None => None,
+                    Some(c) => Some(Corruption::parse(c).ok_or_else(|| {
+                        format!("ram-compressed: corrupt {c:?} (garbage or short)")
+                    })?),
+                },
+            )
         }
         Record::RamEnd { pages: p } => {
             Step::RamEnd(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat())

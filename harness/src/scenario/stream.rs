@@ -47,6 +47,10 @@ pub async fn run_stream(
         check_memory: exp.memory,
         capabilities,
         parameters: parameters.map(|p| serde_json::Value::Object(p.clone())),
+        // `[source] machine`: the machine type of the synthetic source, which
+        // both destinations are started with (e.g. a versioned one for
+        // capabilities that only exist for old machine types).
+        machine: v.spec.source.machine.clone(),
         ..Default::default()
     };
     let workdir = tempfile::Builder::new().prefix("crossmig-stream-").tempdir()?;

@@ -43,6 +43,8 @@ pub struct RunOpts {
     pub capabilities: Vec<(String, bool)>,
     /// `migrate-set-parameters` arguments (e.g. `multifd-channels`), if any.
     pub parameters: Option<Value>,
+    /// The destinations' `-machine` type (None: the `q35` alias).
+    pub machine: Option<String>,
 }
 
 impl Default for RunOpts {
@@ -55,6 +57,7 @@ impl Default for RunOpts {
             autostart: false,
             capabilities: Vec::new(),
             parameters: None,
+            machine: None,
         }
     }
 }
@@ -112,7 +115,10 @@ pub async fn run_script(
     tag: &str,
 ) -> Result<DestRun> {
     let t0 = Instant::now();
-    let cfg = VmConfig::new(&format!("synth-{tag}-{}", kind.name()), GUEST_MEM);
+    let mut cfg = VmConfig::new(&format!("synth-{tag}-{}", kind.name()), GUEST_MEM);
+    if let Some(m) = &opts.machine {
+        cfg.machine = m.clone();
+    }
     let paths = vec![cfg.mem_path.clone(), cfg.qmp_socket.clone()];
     let log = workdir.join(format!("{}.log", cfg.vm_name()));
     let launch = LaunchOpts { command_timeout: Some(QMP_TIMEOUT), ..LaunchOpts::new(log) };
