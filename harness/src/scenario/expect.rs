@@ -17,6 +17,8 @@ pub struct RawExpect {
     pub verdict: Option<String>,
     /// The QEMU destination's verdict when it differs (a known QEMU bug).
     pub qemu_verdict: Option<String>,
+    /// The `docs/` reference of the QEMU bug behind `qemu_verdict`.
+    pub qemu_bug: Option<String>,
     pub error: Option<String>,
     pub rust_error: Option<String>,
     pub qemu_error: Option<String>,
@@ -42,6 +44,7 @@ impl RawExpect {
             when: top.when.or(self.when),
             verdict: top.verdict.or(self.verdict),
             qemu_verdict: top.qemu_verdict.or(self.qemu_verdict),
+            qemu_bug: top.qemu_bug.or(self.qemu_bug),
             error: top.error.or(self.error),
             rust_error: top.rust_error.or(self.rust_error),
             qemu_error: top.qemu_error.or(self.qemu_error),
@@ -71,6 +74,7 @@ impl RawExpect {
         };
         add(self.verdict.is_some(), "verdict");
         add(self.qemu_verdict.is_some(), "qemu-verdict");
+        add(self.qemu_bug.is_some(), "qemu-bug");
         add(self.error.is_some(), "error");
         add(self.rust_error.is_some(), "rust-error");
         add(self.qemu_error.is_some(), "qemu-error");

@@ -2,7 +2,8 @@
 
 use serde::Deserialize;
 
-use crate::synth::{Content, MultifdStep, Page, RpMatcher, Step};
+use crate::synth::{Content, Corruption, MultifdStep, Page, RpMatcher, Step};
+use wire::multifd::Compression;
 use wire::units::TARGET_PAGE_SIZE as PAGE_SIZE;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -55,6 +56,12 @@ pub enum Record {
     RamEnd {
         #[serde(default)]
         pages: Vec<String>,
+    },
+    /// PART section "ram" with COMPRESS_PAGE records (legacy `compress`,
+    /// QEMU 7.2); `corrupt` = "garbage" or "short" damages every one.
+    RamCompressed {
+        pages: Vec<String>,
+        corrupt: Option<String>,
     },
     /// A correct globalstate FULL section.
     Globalstate {
@@ -117,6 +124,10 @@ pub enum Record {
         pages_alloc: Option<u32>,
         #[serde(default)]
         packet_num: u64,
+        /// "zlib" or "zstd": compress the normal pages on the channel's stream.
+        compression: Option<String>,
+        /// "garbage" or "short": damage the compressed payload.
+        corrupt: Option<String>,
     },
     /// A sync packet on `channel` (SYNC, no pages).
     MultifdSync {
@@ -266,6 +277,17 @@ fn to_step(r: Record) -> Result<Step, String> {
         Record::RamPart { pages: p } => {
             Step::RamPart(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat())
         }
+        Record::RamCompressed { pages: p, corrupt } => {
+            Step::RamCompressed(
+                p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat(),
+                match corrupt.as_deref() {
+                    None => None,
+                    Some(c) => Some(Corruption::parse(c).ok_or_else(|| {
+                        format!("ram-compressed: corrupt {c:?} (garbage or short)")
+                    })?),
+                },
+            )
+        }
         Record::RamEnd { pages: p } => {
             Step::RamEnd(p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat())
         }
@@ -325,13 +347,40 @@ fn to_step(r: Record) -> Result<Step, String> {
                 id: id.unwrap_or(channel),
             })
         }
-        Record::MultifdRam { channel, pages: p, sync, normal_pages, pages_alloc, packet_num } => {
+        Record::MultifdRam {
+            channel,
+            pages: p,
+            sync,
+            normal_pages,
+            pages_alloc,
+            packet_num,
+            compression,
+            corrupt,
+        } => {
             let pages = p.iter().map(|s| pages(s)).collect::<Result<Vec<_>, _>>()?.concat();
             if pages.iter().any(|x| x.block != pages[0].block) {
                 return Err("multifd-ram: all pages of a packet belong to one block".into());
             }
             if pages.len() > 128 {
                 return Err(format!("multifd-ram: {} pages, a packet holds 128", pages.len()));
+            }
+            let compression = match compression.as_deref() {
+                None | Some("none") => Compression::None,
+                Some("zlib") => Compression::Zlib,
+                Some("zstd") => Compression::Zstd,
+                Some(o) => {
+                    return Err(format!("multifd-ram: compression {o:?} (none, zlib or zstd)"))
+                }
+            };
+            let corrupt = match corrupt.as_deref() {
+                None => None,
+                Some(c) => Some(
+                    Corruption::parse(c)
+                        .ok_or_else(|| format!("multifd-ram: corrupt {c:?} (garbage or short)"))?,
+                ),
+            };
+            if corrupt.is_some() && compression == Compression::None {
+                return Err("multifd-ram: corrupt needs a compression (zlib or zstd)".into());
             }
             Step::Multifd(MultifdStep::Ram {
                 channel,
@@ -340,6 +389,8 @@ fn to_step(r: Record) -> Result<Step, String> {
                 normal_pages,
                 pages_alloc,
                 packet_num,
+                compression,
+                corrupt,
             })
         }
         Record::MultifdSync { channel, packet_num } => {

@@ -198,8 +198,10 @@ pub struct DestSpec {
 pub struct StreamExpect {
     /// Completed, Failed, PostcopyPaused or Stuck.
     pub verdict: Expect,
-    /// QEMU's verdict where it is known to differ (e.g. `Crashed`).
+    /// The QEMU destination's verdict when a documented QEMU bug makes it
+    /// differ (also Hang or Crash), with the `docs/` reference.
     pub qemu_verdict: Option<Expect>,
+    pub qemu_bug: Option<String>,
     /// Regexes on the error text: `error` applies to both unless overridden.
     pub qemu_error: Option<regex::Regex>,
     pub rust_error: Option<regex::Regex>,
@@ -220,6 +222,7 @@ impl StreamExpect {
         synth::Expectation {
             verdict: self.verdict,
             qemu_verdict: self.qemu_verdict,
+            qemu_bug: self.qemu_bug.clone(),
             qemu_error: self.qemu_error.clone(),
             rust_error: self.rust_error.clone(),
             pongs: self.pongs.clone(),
@@ -417,12 +420,35 @@ fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
         .ok_or_else(|| err(At::Key(&["expect"]), "expect.verdict is missing (for this variant)"))?
         .parse::<Expect>()
         .map_err(|m| err(At::Key(&["verdict"]), format!("expect.verdict {m}")))?;
+    // rust-dest must fail cleanly: it is never expected to crash or hang.
+    if matches!(verdict, Expect::Crashed | Expect::FailedOrCrashed | Expect::Hang) {
+        return Err(err(
+            At::Key(&["verdict"]),
+            format!("expect.verdict must be a verdict rust-dest may give (completed, failed, postcopy-paused, stuck), not {:?}; a QEMU crash or hang goes in qemu-verdict", verdict.as_str()),
+        ));
+    }
     let qemu_verdict = e
         .qemu_verdict
         .as_deref()
         .map(|v| v.parse::<Expect>())
         .transpose()
         .map_err(|m| err(At::Key(&["qemu-verdict"]), format!("expect.qemu-verdict {m}")))?;
+    // A QEMU destination that does something else than rust-dest must be a
+    // QEMU bug, written down.
+    let differs = qemu_verdict.is_some_and(|q| q != verdict);
+    let qemu_bug = match (differs, &e.qemu_bug) {
+        (true, Some(b)) if b.starts_with("docs/") => Some(b.clone()),
+        (true, _) => {
+            return Err(err(
+                At::Key(&["qemu-verdict"]),
+                "expect.qemu-verdict needs qemu-bug = \"docs/FILE.md#anchor\" (the QEMU bug it documents)",
+            ))
+        }
+        (false, Some(_)) if qemu_verdict.is_none() => {
+            return Err(err(At::Key(&["qemu-bug"]), "expect.qemu-bug goes with qemu-verdict"));
+        }
+        (false, b) => b.clone(),
+    };
     let re = |r: Option<&String>| {
         r.map(|re| {
             regex::Regex::new(re)
@@ -446,6 +472,7 @@ fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
         expect: Box::new(StreamExpect {
             verdict,
             qemu_verdict,
+            qemu_bug,
             qemu_error: qemu_error.or_else(|| error.clone()),
             rust_error: rust_error.or(error),
             memory: e.memory.unwrap_or(true),
@@ -456,4 +483,35 @@ fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
             rust: e.dest(true).map_err(|m| err(At::Key(&["expect"]), format!("expect: {m}")))?,
         }),
     })
+}
+
+#[cfg(test)]
+mod qemu_bug_tests {
+    use std::path::Path;
+
+    use super::super::file::load_str;
+
+    const F: &str = "kind = \"stream\"\n[source]\nqemu = \"system\"\n[expect]\nverdict = \"failed\"\nQV\n[[records]]\nop = \"header\"\n";
+
+    #[test]
+    fn qemu_verdict_needs_a_documented_bug() {
+        let load = |qv: &str| load_str(Path::new("s.toml"), &F.replace("QV", qv));
+        let ok = load("qemu-verdict = \"hang\"\nqemu-bug = \"docs/multifd.md#x\"").unwrap();
+        assert_eq!(ok.len(), 1);
+        let e = load("qemu-verdict = \"crashed\"").unwrap_err().to_string();
+        assert!(e.contains("needs qemu-bug"), "{e}");
+        let e = load("qemu-verdict = \"hang\"\nqemu-bug = \"somewhere\"").unwrap_err().to_string();
+        assert!(e.contains("needs qemu-bug"), "{e}");
+        let e = load("qemu-bug = \"docs/x.md\"").unwrap_err().to_string();
+        assert!(e.contains("goes with qemu-verdict"), "{e}");
+        let e =
+            load("qemu-verdict = \"melted\"\nqemu-bug = \"docs/x.md\"").unwrap_err().to_string();
+        assert!(e.contains("qemu-verdict must be"), "{e}");
+        // rust-dest itself may never be expected to hang or crash.
+        let e =
+            load_str(Path::new("s.toml"), &F.replace("\"failed\"", "\"hang\"").replace("QV", ""))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("expect.verdict must be"), "{e}");
+    }
 }

@@ -160,6 +160,8 @@ fn dest_json(run: &synth::DestRun, judged: Option<&str>) -> serde_json::Value {
     let mut j = json!({
         "destination": run.kind.name(),
         "verdict": run.verdict.kind().as_str(),
+        // The status it was stuck in, "crashed", ...
+        "observed": run.observed().to_string(),
         "error": run.verdict.error(),
         "ms": run.total.as_millis() as u64,
         "measured": run.measured,

@@ -294,6 +294,10 @@ pub enum Expect {
     /// Stuck in `postcopy-paused` precisely (QEMU pauses instead of failing
     /// on a load error once postcopy runs).
     PostcopyPaused,
+    /// Stuck with a monitor that never answers `query-migrate` (a QEMU
+    /// destination whose main loop is blocked): only for a documented QEMU
+    /// bug (`qemu-verdict`).
+    Hang,
 }
 
 impl Expect {
@@ -305,6 +309,7 @@ impl Expect {
             Expect::FailedOrCrashed => "failed-or-crashed",
             Expect::Stuck => "stuck",
             Expect::PostcopyPaused => "postcopy-paused",
+            Expect::Hang => "hang",
         }
     }
 
@@ -319,6 +324,7 @@ impl Expect {
             (Expect::PostcopyPaused, Observed::Stuck(s)) => {
                 s.as_ref() == Some(&MigrationStatus::PostcopyPaused)
             }
+            (Expect::Hang, Observed::Stuck(None)) => true,
             _ => false,
         }
     }
@@ -334,9 +340,10 @@ impl std::str::FromStr for Expect {
             "failed-or-crashed" => Expect::FailedOrCrashed,
             "postcopy-paused" => Expect::PostcopyPaused,
             "stuck" => Expect::Stuck,
+            "hang" => Expect::Hang,
             v => {
                 return Err(format!(
-                    "must be \"completed\", \"failed\", \"crashed\", \"failed-or-crashed\", \"postcopy-paused\" or \"stuck\", not {v:?}"
+                    "must be \"completed\", \"failed\", \"crashed\", \"failed-or-crashed\", \"postcopy-paused\", \"stuck\" or \"hang\", not {v:?}"
                 ))
             }
         })
@@ -400,11 +407,13 @@ impl DestRun {
 /// Everything a script expects of both destinations.
 #[derive(Clone, Debug)]
 pub struct Expectation {
+    /// What both destinations must do (rust-dest always).
     pub verdict: Expect,
-    /// What the QEMU destination does instead, when it is known to differ
-    /// (a QEMU bug such as a crash, see docs/qemu-bugs.md); `verdict` is then
-    /// rust-dest's, and the two verdicts are not required to agree.
+    /// What the QEMU destination does instead, because of a QEMU bug
+    /// written down in `qemu_bug` (a `docs/` reference): no disagreement is
+    /// reported then, each destination is held to its own verdict.
     pub qemu_verdict: Option<Expect>,
+    pub qemu_bug: Option<String>,
     /// A regex the failure text (or the log) of the QEMU destination must
     /// match when it failed.
     pub qemu_error: Option<regex::Regex>,
@@ -426,6 +435,7 @@ impl From<Expect> for Expectation {
         Expectation {
             verdict,
             qemu_verdict: None,
+            qemu_bug: None,
             qemu_error: None,
             rust_error: None,
             pongs: None,
@@ -446,6 +456,8 @@ pub enum Problem {
     Disagreement { qemu: VerdictKind, rust: VerdictKind },
     #[error("{dest}: verdict {got} but the script expects {want}")]
     Verdict { dest: &'static str, got: Observed, want: Expect },
+    #[error("qemu: verdict {got} but the script expects {want} (QEMU bug {bug}): fixed in this QEMU? update the script")]
+    BugVerdict { got: Observed, want: Expect, bug: String },
     #[error("{dest}: error does not match /{re}/")]
     ErrorText { dest: &'static str, re: String },
     #[error("{dest}: play error: {error}")]
@@ -484,9 +496,16 @@ impl Differential {
     /// Both verdicts side by side.
     pub fn side_by_side(&self) -> String {
         format!(
-            "script '{}' (expected {}), {:.1}s\n  {}\n  {}",
+            "script '{}' (expected {}{}), {:.1}s\n  {}\n  {}",
             self.name,
             self.expect.verdict,
+            self.expect
+                .qemu_verdict
+                .map(|q| format!(
+                    ", QEMU {q} (bug {})",
+                    self.expect.qemu_bug.as_deref().unwrap_or("?")
+                ))
+                .unwrap_or_default(),
             self.total.as_secs_f64(),
             self.qemu.summary(),
             self.rust.summary()
@@ -529,7 +548,12 @@ pub fn dest_problems(x: &Expectation, d: &DestRun) -> Vec<Problem> {
         DestKind::Rust => x.verdict,
     };
     if !want.met_by(&got) {
-        p.push(Problem::Verdict { dest, got, want });
+        p.push(match (&x.qemu_bug, d.kind) {
+            (Some(bug), DestKind::Qemu) if x.qemu_verdict.is_some() => {
+                Problem::BugVerdict { got, want, bug: bug.clone() }
+            }
+            _ => Problem::Verdict { dest, got, want },
+        });
     }
     if let (Some(re), VerdictKind::Failed | VerdictKind::Crashed) = (re, d.verdict.kind()) {
         // QEMU's specific message may be several log lines above the last.
@@ -633,6 +657,7 @@ mod tests {
             Expect::FailedOrCrashed,
             Expect::Stuck,
             Expect::PostcopyPaused,
+            Expect::Hang,
         ] {
             assert_eq!(e.as_str().parse::<Expect>(), Ok(e));
         }

@@ -46,7 +46,7 @@ pub use layout::{
     decode_layout, probe_layout, source_layout, BlockInfo, SourceLayout, GUEST_MEM, PAGE_SIZE,
     QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
 };
-pub use multifd::{layout_for_version, MultifdStep};
+pub use multifd::{layout_for_version, Compressors, Corruption, MultifdStep};
 pub use player::{play, play_with, PlayResult, EXPECT_TIMEOUT};
 pub use solo::{solo, Solo, NO_ORACLE};
 pub use step::{

@@ -15,7 +15,16 @@ use wire::stream::{self, Configuration, Header, SectionKind};
 use wire::{vmdesc, Encoder};
 
 use super::layout::{SourceLayout, PAGE_SIZE};
-use super::multifd::MultifdStep;
+use super::multifd::{Compressors, Corruption, MultifdStep};
+
+/// One complete zlib stream of `data` (a page of the legacy `compress`
+/// capability, `migration/ram.c` in 7.2: deflate reset and finished per page).
+fn zlib_page(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    z.write_all(data).expect("compressing into memory");
+    z.finish().expect("compressing into memory")
+}
 pub use super::page::{pattern_pages, Page};
 use crate::verify::model::{Content, RamModel};
 
@@ -106,6 +115,10 @@ pub enum Step {
     RamPart(Vec<Page>),
     /// END section "ram" with PAGE/ZERO records, EOS, footer.
     RamEnd(Vec<Page>),
+    /// PART section "ram" whose non-zero pages are COMPRESS_PAGE records
+    /// (QEMU 7.2's legacy `compress`: one complete zlib stream per page),
+    /// optionally damaged.
+    RamCompressed(Vec<Page>, Option<Corruption>),
     /// FULL section with raw device data and footer.
     DeviceFull {
         idstr: String,
@@ -197,6 +210,7 @@ impl Step {
             Step::RamStart => "RamStart".into(),
             Step::RamPart(p) => format!("RamPart({} pages)", p.len()),
             Step::RamEnd(p) => format!("RamEnd({} pages)", p.len()),
+            Step::RamCompressed(p, c) => format!("RamCompressed({} pages, {c:?})", p.len()),
             Step::DeviceFull { idstr, .. } => format!("DeviceFull({idstr})"),
             Step::SwitchoverStart => "SwitchoverStart".into(),
             Step::Eof => "Eof".into(),
@@ -285,6 +299,8 @@ pub(super) struct Enc<'a> {
     served: HashSet<(String, u64)>,
     /// The packet format of multifd RAM packets.
     pub(super) multifd_fmt: PacketFormat,
+    /// Each multifd channel's compression stream.
+    multifd_comp: Compressors,
 }
 
 impl<'a> Enc<'a> {
@@ -298,6 +314,7 @@ impl<'a> Enc<'a> {
             listening: false,
             served: HashSet::new(),
             multifd_fmt: PacketFormat::x86(PacketLayout::V9),
+            multifd_comp: Compressors::default(),
         }
     }
 
@@ -387,6 +404,39 @@ impl<'a> Enc<'a> {
                 encode_ram_record(e, &RamRecord::Eos, &self.ctx);
                 stream::encode_footer(e, RAM_SECTION_ID);
             }
+            Step::RamCompressed(pages, corrupt) => {
+                stream::encode_section_cont(e, SectionKind::Part, RAM_SECTION_ID);
+                self.last_block = None;
+                for p in pages {
+                    if !matches!(p.content, Content::Pattern(_)) {
+                        self.page_record(p, e);
+                        continue;
+                    }
+                    let addr = p.index * PAGE_SIZE;
+                    let block = if self.last_block.as_deref() == Some(p.block.as_str()) {
+                        BlockRef::Continue
+                    } else {
+                        BlockRef::Named(p.block.as_str())
+                    };
+                    let raw = p.bytes();
+                    let data = match corrupt {
+                        None => zlib_page(&raw),
+                        Some(Corruption::Garbage) => vec![0xff; 64],
+                        Some(Corruption::Short) => zlib_page(&raw[..raw.len() / 2]),
+                    };
+                    encode_ram_record(
+                        e,
+                        &RamRecord::CompressPage { addr, block, data: &data },
+                        &self.ctx,
+                    );
+                    self.last_block = Some(p.block.clone());
+                    if corrupt.is_none() {
+                        self.model.set(&p.block, p.index, p.content);
+                    }
+                }
+                encode_ram_record(e, &RamRecord::Eos, &self.ctx);
+                stream::encode_footer(e, RAM_SECTION_ID);
+            }
             Step::DeviceFull { idstr, instance, version, data, .. } => {
                 let n = self.dev_ids.len() as u32;
                 let id = *self
@@ -418,7 +468,9 @@ impl<'a> Enc<'a> {
             }
             // The bytes of a multifd channel; the player writes them on
             // that channel, not on the main one.
-            Step::Multifd(m) => m.encode(e, &self.multifd_fmt, &mut self.model),
+            Step::Multifd(m) => {
+                m.encode(e, &self.multifd_fmt, &mut self.model, &mut self.multifd_comp)
+            }
             Step::ExpectRp(_) | Step::ServePageRequests | Step::Sleep(_) => {
                 return Err(EncodeError::NotStreamData(step.name()))
             }

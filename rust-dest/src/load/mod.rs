@@ -110,7 +110,12 @@ impl Incoming for Dest {
     ) {
         let mut l = Loader::new(session.shared.clone(), self.cfg.clone(), w);
         if session.shared.has(Capability::Multifd) {
-            l = l.with_multifd(self.multifd(&session.shared));
+            let mf = self.multifd(&session.shared);
+            // Not a byte of the main channel before every multifd channel
+            // is there (docs/multifd.md section 11); a failure meanwhile is
+            // in the shared status, which `run` checks first.
+            let _ = mf.wait_all_connected();
+            l = l.with_multifd(mf);
         }
         // The outcome is in the shared state (status, error-desc).
         let _ = l.with_session(session, self.slot.clone()).run(r);

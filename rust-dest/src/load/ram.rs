@@ -1,5 +1,6 @@
 //! Applying RAM records (QEMU's `migration/ram.c` load side): the MEM_SIZE
-//! block list, full pages, zero pages, XBZRLE pages; placed directly in
+//! block list, full pages, zero pages, XBZRLE pages, zlib pages of the
+//! legacy `compress` capability; placed directly in
 //! precopy, atomically through userfaultfd once postcopy listens.
 
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use super::multifd::flush_after_each_section;
 use super::Loader;
 use crate::compat::Rule;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
-use crate::state::{Counters, Shared};
+use crate::state::{compress_exists, machine_version, Capability, Counters, Shared};
 use wire::ramrec::{xbzrle_decode, BlockRef, RamRecord};
 
 impl Loader {
@@ -102,10 +103,23 @@ impl Loader {
                 b.received.set(addr / TARGET_PAGE_SIZE);
                 Counters::add(&counters.normal_pages, 1);
             }
-            RamRecord::CompressPage { .. } => {
-                return Err(LoadError::unsupported(off, format!(
-                    "compressed page (legacy 'compress' capability) at byte offset {off} is not supported"
-                )))
+            RamRecord::CompressPage { addr, block, data } => {
+                let b = resolve_block(&self.shared, &mut self.last_block, block, off)?;
+                check_page_addr(&b, addr, off)?;
+                let mut page = self.inflate_compressed_page(data, off)?;
+                if self.placing {
+                    // A short page is completed with zeros (placement is
+                    // by whole pages).
+                    page.resize(TARGET_PAGE_SIZE as usize, 0);
+                    self.runtime().place(&b, addr, Some(&page))?;
+                } else {
+                    // Like QEMU 7.2, a stream of less than a page overwrites
+                    // only the start of the page (verified:
+                    // scenarios/stream-compress-short.toml).
+                    b.mapping.write(addr as usize, &page);
+                    b.received.set(addr / TARGET_PAGE_SIZE);
+                }
+                Counters::add(&counters.normal_pages, 1);
             }
             // QEMU's `ram_load_precopy()`: a FLUSH is always a sync point,
             // an EOS only in per-section mode (machine types <= 8.0).
@@ -117,7 +131,59 @@ impl Loader {
     }
 }
 
+/// zlib's `compressBound(TARGET_PAGE_SIZE)` (len + len/4096 + len/16384 +
+/// len/2^25 + 13 = 4110): the longest compressed page QEMU 7.2's destination
+/// accepts (`migration/ram.c: ram_load_precopy()`).
+const COMPRESSED_PAGE_MAX: usize = {
+    let len = TARGET_PAGE_SIZE as usize;
+    len + (len >> 12) + (len >> 14) + (len >> 25) + 13
+};
+
 impl Loader {
+    /// One page of the legacy `compress` capability (QEMU 9.0 and older,
+    /// `migration/ram-compress.c` / 7.2's `migration/ram.c`): a complete
+    /// zlib stream per page, inflated to at most one page (QEMU 7.2 only
+    /// requires the stream to end within the page). Only when the
+    /// capability exists for our machine type and is on.
+    fn inflate_compressed_page(&self, data: &[u8], off: u64) -> Result<Vec<u8>, LoadError> {
+        let version = self.cfg.machine.as_deref().and_then(machine_version);
+        if !compress_exists(version) {
+            return Err(LoadError::unsupported(off, format!(
+                "compressed page at byte offset {off}: the 'compress' capability does not exist for this machine type (removed in QEMU 9.1)"
+            )));
+        }
+        if !self.shared.has(Capability::Compress) {
+            return Err(LoadError::protocol(
+                off,
+                format!(
+                    "compressed page at byte offset {off} but the 'compress' capability is off"
+                ),
+            ));
+        }
+        if data.len() > COMPRESSED_PAGE_MAX {
+            return Err(LoadError::protocol(off, format!(
+                "Invalid compressed data length: {} (at most {COMPRESSED_PAGE_MAX}) at byte offset {off}",
+                data.len()
+            )));
+        }
+        let mut page = vec![0u8; TARGET_PAGE_SIZE as usize + 1];
+        let mut z = flate2::Decompress::new(true);
+        let st = z.decompress(data, &mut page, flate2::FlushDecompress::Finish).map_err(|e| {
+            LoadError::protocol(off, format!("compressed page at byte offset {off}: zlib: {e}"))
+        })?;
+        let (used, got) = (z.total_in() as usize, z.total_out() as usize);
+        if st != flate2::Status::StreamEnd || got > TARGET_PAGE_SIZE as usize || used != data.len()
+        {
+            return Err(LoadError::protocol(off, format!(
+                "compressed page at byte offset {off}: {} bytes inflated to {got} bytes ({used} used, stream {}), expected at most one page of {TARGET_PAGE_SIZE}",
+                data.len(),
+                if st == flate2::Status::StreamEnd { "complete" } else { "incomplete" }
+            )));
+        }
+        page.truncate(got);
+        Ok(page)
+    }
+
     /// Whether multifd syncs at every RAM section's EOS: decided by the
     /// machine type like QEMU's destination (its own `-machine`, or the
     /// stream's when ours is unversioned or absent).

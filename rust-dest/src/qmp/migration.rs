@@ -8,7 +8,9 @@ use serde_json::{json, Map, Value};
 
 use super::args::{invalid_type, list_elem, not_accepted, Args, QResult, QmpErr};
 use crate::ram::TARGET_PAGE_SIZE;
-use crate::state::{machine_version, Capability, ComboError, MigStatus, Shared};
+use crate::state::{
+    compress_exists, machine_version, Capability, ComboError, MigStatus, Shared, KNOWN_CAPABILITIES,
+};
 
 /// `tcp:H:P` / `unix:PATH` → QAPI `SocketAddress` (for `socket-address`).
 fn uri_socket_address(uri: &str) -> Option<Value> {
@@ -127,11 +129,16 @@ pub(super) fn query_migrate(shared: &Shared) -> Value {
 }
 
 /// `query-migrate-capabilities`: every known capability and its state.
+/// With a machine type of QEMU 9.0 or older, `compress` too (second, as
+/// 7.2 lists it).
 pub(super) fn query_capabilities(shared: &Shared) -> Value {
     let g = shared.lock();
+    let mut caps = Capability::ALL.to_vec();
+    if compress_exists(g.machine.as_deref().and_then(machine_version)) {
+        caps.insert(1, Capability::Compress);
+    }
     Value::Array(
-        Capability::ALL
-            .iter()
+        caps.iter()
             .map(|c| json!({ "capability": c.name(), "state": g.capabilities.get(*c) }))
             .collect(),
     )
@@ -140,9 +147,14 @@ pub(super) fn query_capabilities(shared: &Shared) -> Value {
 pub(super) fn set_capabilities(shared: &Shared, mut a: Args) -> QResult<Value> {
     let list = a.array("capabilities")?;
     let mut changes = Vec::with_capacity(list.len());
+    // `compress` only exists for machine types of QEMU 9.0 and older.
+    let mut known = KNOWN_CAPABILITIES.to_vec();
+    if compress_exists(shared.lock().machine.as_deref().and_then(machine_version)) {
+        known.push(Capability::Compress.name());
+    }
     for (i, v) in list.into_iter().enumerate() {
         let mut e = list_elem(&a, "capabilities", i, v)?;
-        let name = e.enum_str("capability", &crate::state::KNOWN_CAPABILITIES)?;
+        let name = e.enum_str("capability", &known)?;
         let cap = Capability::parse(&name).expect("a known capability");
         let state = e.bool("state")?;
         e.finish()?;
@@ -222,6 +234,17 @@ fn param_kind(name: &str, current: Option<&Value>) -> Option<ParamKind> {
     })
 }
 
+/// The parameters of the legacy `compress` capability (QEMU 9.0 and older;
+/// ranges as 7.2's `migrate_params_check()`).
+fn compress_param_kind(name: &str) -> Option<ParamKind> {
+    Some(match name {
+        "compress-level" => ParamKind::UInt(0, 9),
+        "compress-threads" | "decompress-threads" => ParamKind::UInt(1, u8::MAX as u64),
+        "compress-wait-thread" => ParamKind::Bool,
+        _ => return None,
+    })
+}
+
 fn check_param(name: &str, kind: ParamKind, v: Value) -> QResult<Value> {
     match (kind, v) {
         (ParamKind::UInt(lo, hi), Value::Number(n)) => {
@@ -262,11 +285,15 @@ fn check_param(name: &str, kind: ParamKind, v: Value) -> QResult<Value> {
 
 pub(super) fn set_parameters(shared: &Shared, a: Args) -> QResult<Value> {
     let mut g = shared.lock();
+    let legacy_compress = compress_exists(g.machine.as_deref().and_then(machine_version));
     let mut updates = Vec::with_capacity(a.map.len());
     for (k, v) in a.map {
-        let kind = param_kind(&k, g.parameters.get(&k))
-            .filter(|_| g.parameters.contains_key(&k) || k == "block-bitmap-mapping")
-            .ok_or_else(|| QmpErr::generic(format!("Parameter '{k}' is unexpected")))?;
+        let kind = match legacy_compress.then(|| compress_param_kind(&k)).flatten() {
+            Some(kind) => kind,
+            None => param_kind(&k, g.parameters.get(&k))
+                .filter(|_| g.parameters.contains_key(&k) || k == "block-bitmap-mapping")
+                .ok_or_else(|| QmpErr::generic(format!("Parameter '{k}' is unexpected")))?,
+        };
         let v = check_param(&k, kind, v)?;
         updates.push((k, v));
     }

@@ -26,6 +26,9 @@ pub enum Capability {
     SwitchoverAck,
     DirtyLimit,
     MappedRam,
+    /// QEMU's legacy `compress` (zlib per page on the main channel): only up
+    /// to 9.0, so not in [`Capability::ALL`]; see [`compress_exists`].
+    Compress,
 }
 
 impl Capability {
@@ -81,12 +84,13 @@ impl Capability {
             Capability::SwitchoverAck => "switchover-ack",
             Capability::DirtyLimit => "dirty-limit",
             Capability::MappedRam => "mapped-ram",
+            Capability::Compress => "compress",
         }
     }
 
     /// The capability with QEMU name `s`.
     pub fn parse(s: &str) -> Option<Capability> {
-        Capability::ALL.into_iter().find(|c| c.name() == s)
+        Capability::ALL.into_iter().chain([Capability::Compress]).find(|c| c.name() == s)
     }
 }
 
@@ -133,6 +137,16 @@ pub fn machine_version(machine: &str) -> Option<(u32, u32)> {
     Some((maj.parse().ok()?, min.parse().ok()?))
 }
 
+/// Whether the `compress` capability (and the `compress-threads`,
+/// `decompress-threads`, `compress-level`, `compress-wait-thread`
+/// parameters) exists for a destination of this machine type's QEMU
+/// version: it was removed in 9.1 (refused as an unknown value by the 10.0
+/// and 11.1 binaries, accepted by 7.2); unversioned machine types are the
+/// newest.
+pub fn compress_exists(version: Option<(u32, u32)>) -> bool {
+    version.is_some_and(|v| v < (9, 1))
+}
+
 /// A capability combination the destination's QEMU version refuses
 /// (`migration/options.c` `migrate_caps_check()`; texts verified on the
 /// 7.2, 10.0 and 11.1 binaries).
@@ -144,6 +158,9 @@ pub enum ComboError {
     /// 8.2 and later.
     #[error("Multifd is not compatible with xbzrle")]
     MultifdXbzrle,
+    /// While `compress` existed (up to 9.0; verified on 7.2).
+    #[error("Multifd is not compatible with compress")]
+    MultifdCompress,
 }
 
 impl ComboError {
@@ -163,6 +180,9 @@ impl ComboError {
     pub fn check_multifd(caps: &Capabilities, version: (u32, u32)) -> Result<(), ComboError> {
         if caps.get(Capability::Multifd) && caps.get(Capability::Xbzrle) && version >= (8, 2) {
             return Err(ComboError::MultifdXbzrle);
+        }
+        if caps.get(Capability::Multifd) && caps.get(Capability::Compress) {
+            return Err(ComboError::MultifdCompress);
         }
         Ok(())
     }
@@ -222,5 +242,21 @@ mod tests {
             "Postcopy is not yet compatible with multifd"
         );
         assert_eq!(ComboError::MultifdXbzrle.to_string(), "Multifd is not compatible with xbzrle");
+        let mut cm = Capabilities::default();
+        cm.set(Capability::Compress, true);
+        assert_eq!(mf(&cm, (7, 2)), Ok(()));
+        cm.set(Capability::Multifd, true);
+        assert_eq!(mf(&cm, (7, 2)), Err(ComboError::MultifdCompress));
+    }
+
+    #[test]
+    fn compress_exists_before_9_1() {
+        assert!(compress_exists(Some((7, 2))));
+        assert!(compress_exists(Some((9, 0))));
+        assert!(!compress_exists(Some((9, 1))));
+        assert!(!compress_exists(Some((10, 0))));
+        assert!(!compress_exists(None));
+        assert_eq!(Capability::parse("compress"), Some(Capability::Compress));
+        assert!(!KNOWN_CAPABILITIES.contains(&"compress"));
     }
 }

@@ -18,7 +18,9 @@ mod devices;
 mod events;
 mod status;
 
-pub use caps::{machine_version, Capabilities, Capability, ComboError, KNOWN_CAPABILITIES};
+pub use caps::{
+    compress_exists, machine_version, Capabilities, Capability, ComboError, KNOWN_CAPABILITIES,
+};
 pub use counters::{Counters, MultifdChannelStats};
 pub use devices::DeviceSection;
 pub use events::Event;

@@ -175,6 +175,18 @@ impl MultifdRecv {
         let res = channel::run(self, src, direct);
         if let Err(ChannelError::Ended { .. }) = &res {
             tracing::info!("multifd channel stopped: the migration ended");
+        } else if let Err(e @ (ChannelError::Io { .. } | ChannelError::Truncated { .. })) = &res {
+            if self.placement().is_some() {
+                // Once postcopy listens the channels carry nothing more
+                // (docs/multifd.md section 11): losing one is part of a
+                // network failure the main channel pauses and recovers from;
+                // QEMU's destination only ends the channel's thread
+                // (`multifd_recv_thread()`), the migration goes on.
+                tracing::warn!("{e}; postcopy runs, the migration goes on without the channel");
+            } else {
+                tracing::error!("{e}");
+                self.fail(e.to_string());
+            }
         } else if let Err(e) = &res {
             let msg = e.to_string();
             tracing::error!("{msg}");
@@ -234,11 +246,31 @@ impl MultifdRecv {
         }
     }
 
+    /// Wait until every channel has connected and passed its initial
+    /// packet: like QEMU's destination, which starts loading the main
+    /// channel only then (`migration/migration.c:
+    /// migration_has_all_channels()`), so until then the status stays
+    /// `setup` and the main channel is not read. False when the migration
+    /// failed (e.g. a bad initial packet) or ended meanwhile.
+    pub fn wait_all_connected(&self) -> bool {
+        let mut g = self.lock();
+        loop {
+            if g.chans.iter().all(|c| c.connected) {
+                return true;
+            }
+            if g.failed.is_some() || g.ended || self.shared.lock().status.is_terminal() {
+                return false;
+            }
+            g = self.cv.wait_timeout(g, TICK).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
     /// Register channel `id` (false: already connected).
     fn connect(&self, id: u8) -> bool {
         let mut g = self.lock();
-        let c = &mut g.chans[id as usize];
-        !std::mem::replace(&mut c.connected, true)
+        let first = !std::mem::replace(&mut g.chans[id as usize].connected, true);
+        self.cv.notify_all();
+        first
     }
 
     fn progress(&self, id: u8, bytes: u64) {

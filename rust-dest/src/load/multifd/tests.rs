@@ -378,3 +378,47 @@ fn pages_after_listen_are_placed_through_userfaultfd() {
     mf.end();
     rt.shutdown();
 }
+
+/// The initial packet of channel `id` (zero uuid), optionally with a wrong
+/// version.
+fn init_packet(id: u8, version: u32) -> Vec<u8> {
+    let mut e = wire::Encoder::new();
+    wire::multifd::InitPacket { uuid: [0; 16], id }.encode(&mut e);
+    e.buf[4..8].copy_from_slice(&version.to_be_bytes());
+    e.buf
+}
+
+#[test]
+fn main_channel_waits_for_every_channel() {
+    let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
+    let mf = MultifdRecv::new(shared.clone(), MultifdConfig::from_shared(&shared, [0; 16]));
+    let waiter = {
+        let mf = mf.clone();
+        std::thread::spawn(move || mf.wait_all_connected())
+    };
+    let run = |id: u8, version: u32| {
+        let (mf, b) = (mf.clone(), init_packet(id, version));
+        std::thread::spawn(move || mf.run_channel(Box::new(std::io::Cursor::new(b))))
+    };
+    // Channel 1 alone (it then waits for the RAMBlocks, then ends).
+    let c1 = run(1, 1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!waiter.is_finished(), "the main channel must wait for channel 0");
+    let c0 = run(0, 1);
+    assert!(waiter.join().unwrap(), "both channels connected");
+    mf.end();
+    let _ = (c0.join().unwrap(), c1.join().unwrap());
+
+    // A bad initial packet fails the migration and releases the waiter.
+    let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
+    let mf = MultifdRecv::new(shared.clone(), MultifdConfig::from_shared(&shared, [0; 16]));
+    let bad = {
+        let mf = mf.clone();
+        std::thread::spawn(move || {
+            mf.run_channel(Box::new(std::io::Cursor::new(init_packet(0, 2))))
+        })
+    };
+    assert!(!mf.wait_all_connected());
+    assert!(bad.join().unwrap().is_err());
+    assert_eq!(shared.lock().status, MigStatus::Failed);
+}
