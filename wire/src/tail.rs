@@ -41,6 +41,10 @@ pub struct TailParse {
     /// Position of the EOF byte.
     pub eof_pos: usize,
     pub after: AfterEof,
+    /// The whole data also parses as FULL sections ending exactly at its end,
+    /// with no EOF: what a stream cut right before its EOF looks like (the
+    /// EOF found is then a footer-like pattern and `0x00` inside device data).
+    pub sections_reach_end: bool,
 }
 
 impl TailParse {
@@ -138,7 +142,8 @@ pub fn parse_tail(buf: &[u8]) -> Option<TailParse> {
         at = p;
     }
     sections.reverse();
-    Some(TailParse { sections, eof_pos, after })
+    let sections_reach_end = !buf.is_empty() && seen.contains(&buf.len());
+    Some(TailParse { sections, eof_pos, after, sections_reach_end })
 }
 
 #[cfg(test)]
@@ -177,6 +182,9 @@ mod tests {
         // parses.
         let early = parse_tail(&e.buf[..eof]).unwrap();
         assert!(early.eof_pos < secs[0].1);
+        // ... and the data also parses as whole sections: cut before EOF.
+        assert!(early.sections_reach_end);
+        assert!(!p.sections_reach_end);
     }
 
     #[test]

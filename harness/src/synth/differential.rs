@@ -145,13 +145,20 @@ pub async fn run_script(
     };
     let probe = RssProbe::start(pid);
     let r = drive(kind, &vm, layout, script, opts, packet_layout).await;
-    let run_state = match vm.child.is_running() {
+    // A monitor that never answered (a hung QEMU main loop) will not answer
+    // `query-status` or `quit` either: kill it instead of waiting for both.
+    let hung = matches!(&r, Ok(d) if matches!(d.verdict, Verdict::Stuck { status: None, .. }));
+    let run_state = match vm.child.is_running() && !hung {
         true => vm.qmp.run_state().await.ok(),
         false => None,
     };
     let peak_rss = probe.finish();
     let log_tail = vm.log_tail(6000);
-    vm.quit().await;
+    if hung {
+        vm.kill();
+    } else {
+        vm.quit().await;
+    }
     let DriveOut { verdict, play, play_error, memory, rust_blocks, check_error, time } =
         r.map_err(|e| anyhow!("{e:#}\n--- {} log ---\n{log_tail}", kind.name()))?;
     Ok(DestRun {

@@ -85,6 +85,11 @@ impl Loader {
         let certain = match p.after {
             AfterEof::Vmdesc { .. } => true,
             AfterEof::Nothing => closed || self.cfg.suppress_vmdesc,
+            // Other bytes after an EOF, when the same bytes also parse as
+            // whole sections up to the end: the EOF is a footer-like pattern
+            // and 0x00 inside device data and the real EOF never came (QEMU,
+            // parsing the device, reports a truncated stream).
+            AfterEof::Other(_) if p.sections_reach_end => false,
             AfterEof::VmdescPartial { .. } | AfterEof::Other(_) => closed,
         };
         if !certain {
