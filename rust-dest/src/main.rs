@@ -25,6 +25,7 @@ fn main() {
             return;
         }
         Err(e) => {
+            // QEMU's form: `qemu-system-x86_64: -opt ARG: what`.
             eprintln!("rust-dest: {e}");
             std::process::exit(1);
         }
@@ -47,7 +48,23 @@ fn main() {
 
     let ram = Arc::new(RamTable::new(opts.backends.clone(), opts.max_ram));
     let shared = Shared::new(ram, opts.start_paused);
-    shared.lock().machine = opts.machine.clone();
+    {
+        let mut g = shared.lock();
+        g.machine = opts.machine.clone();
+        let smp = opts.smp;
+        g.guest = rust_dest::state::GuestInfo {
+            name: opts.name.clone(),
+            uuid: opts.uuid,
+            vcpus: (0..smp.cpus)
+                .map(|i| {
+                    let (socket, die, module, core, thread) = smp.ids(i);
+                    rust_dest::state::VcpuIds { socket, die, module, core, thread }
+                })
+                .collect(),
+            dies: smp.dies,
+            modules: smp.modules,
+        };
+    }
     let (qtx, qrx) = std::sync::mpsc::channel();
     shared.set_quit_sender(qtx.clone());
     let cfg = Config {

@@ -16,12 +16,14 @@ mod caps;
 mod counters;
 mod devices;
 mod events;
+mod guest;
 mod status;
 
 pub use caps::{machine_version, Capabilities, Capability, ComboError, KNOWN_CAPABILITIES};
 pub use counters::{Counters, MultifdChannelStats};
 pub use devices::DeviceSection;
 pub use events::Event;
+pub use guest::{GuestInfo, VcpuIds};
 pub use status::{MigStatus, PcState, RunState};
 
 /// Callback used by `migrate-incoming` (with `-incoming defer`) to start
@@ -63,6 +65,8 @@ pub struct Inner {
     pub fault_latencies_us: Vec<u64>,
     /// Per multifd channel statistics, by channel id.
     pub multifd_channels: std::collections::BTreeMap<u8, MultifdChannelStats>,
+    /// `-name`, `-uuid`, `-smp` (for the QMP queries).
+    pub guest: GuestInfo,
 }
 
 /// The shared state. Cheap to clone (`Arc`).
@@ -108,6 +112,7 @@ impl Shared {
                 postcopy_state: PcState::None,
                 fault_latencies_us: Vec::new(),
                 multifd_channels: Default::default(),
+                guest: GuestInfo::default(),
             }),
             counters: Counters::default(),
             events: tx,
