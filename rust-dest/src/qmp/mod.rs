@@ -29,8 +29,12 @@ use crate::state::Shared;
 mod args;
 mod commands;
 mod crossmig;
+mod info;
 mod migration;
+mod params;
+pub mod schema;
 mod server;
+pub mod types;
 
 pub use args::{QResult, QmpErr};
 pub use commands::{version, CommandDef, COMMANDS};

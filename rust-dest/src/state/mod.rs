@@ -288,6 +288,7 @@ fn default_parameters() -> serde_json::Map<String, Value> {
         "multifd-compression": "none",
         "multifd-zlib-level": 1,
         "multifd-zstd-level": 1,
+        "multifd-qatzip-level": 1,
         "x-vcpu-dirty-limit-period": 1000,
         "vcpu-dirty-limit": 1,
         "mode": "normal",
