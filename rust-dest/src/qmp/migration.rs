@@ -47,8 +47,11 @@ pub(super) fn query_migrate(shared: &Shared) -> Value {
     let ram_total = shared.ram().total();
     let g = shared.lock();
     let mut out = Map::new();
+    // QEMU drops the listening addresses once the incoming side is done.
     if let Some(sa) = g.incoming_uri.as_deref().and_then(uri_socket_address) {
-        out.insert("socket-address".into(), json!([sa]));
+        if !g.status.is_terminal() {
+            out.insert("socket-address".into(), json!([sa]));
+        }
     }
     if g.status == MigStatus::None && g.started_at.is_none() {
         return Value::Object(out);

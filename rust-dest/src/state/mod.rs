@@ -155,11 +155,11 @@ impl Shared {
         Capability::parse(name).is_some_and(|c| self.has(c))
     }
 
-    /// Change the migration status and emit a `MIGRATION` event (QEMU emits
-    /// one per change regardless of the `events` capability on the incoming
-    /// side).
+    /// Change the migration status and emit a `MIGRATION` event when the
+    /// `events` capability is on (as QEMU's `migrate_set_state()`; observed
+    /// on a 10.0 destination: no event without it).
     pub fn set_status(&self, st: MigStatus) {
-        {
+        let events = {
             let mut g = self.lock();
             if g.status == st {
                 return;
@@ -171,9 +171,12 @@ impl Shared {
             if st.is_terminal() {
                 g.finished_at = Some(Instant::now());
             }
-        }
+            g.capabilities.get(Capability::Events)
+        };
         tracing::info!(status = st.as_str(), "migration status");
-        self.emit("MIGRATION", json!({ "status": st.as_str() }));
+        if events {
+            self.emit("MIGRATION", json!({ "status": st.as_str() }));
+        }
     }
 
     /// Fail the migration with a message (kept as `error-desc`).

@@ -298,7 +298,11 @@ fn two_clients_independent() {
     assert_eq!(b.err("query-status", Value::Null).0, "CommandNotFound");
     assert_eq!(a.ok("query-status", Value::Null)["status"], "inmigrate");
     b.cmd("qmp_capabilities", Value::Null);
-    // Both receive events.
+    // Both receive events (MIGRATION needs the `events` capability).
+    a.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    );
     s.shared.set_status(MigStatus::Setup);
     assert_eq!(a.event("MIGRATION")["data"]["status"], "setup");
     assert_eq!(b.event("MIGRATION")["data"]["status"], "setup");

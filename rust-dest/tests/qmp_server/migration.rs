@@ -21,6 +21,16 @@ fn status_events_and_run_state() {
     assert_eq!(st, json!({"status": "inmigrate", "running": false}));
     assert_eq!(c.ok("query-migrate", Value::Null), json!({}));
 
+    // Without the `events` capability, no MIGRATION event (as QEMU 10.0's
+    // destination): the next event seen is the one after it is set.
+    s.shared.set_status(MigStatus::Setup);
+    c.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    );
+    s.shared.set_status(MigStatus::Active);
+    assert_eq!(c.event("MIGRATION")["data"]["status"], "active");
+    s.shared.lock().status = MigStatus::None;
     s.shared.set_status(MigStatus::Setup);
     let ev = c.event("MIGRATION");
     assert_eq!(ev["data"], json!({"status": "setup"}));
