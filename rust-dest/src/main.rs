@@ -91,9 +91,9 @@ fn main() {
             listen::bind(se.clone(), uri).map_err(|e| e.to_string())
         }));
     }
-    for q in &opts.qmp {
+    for (q, from) in opts.qmp.iter().zip(&opts.qmp_from) {
         if let Err(e) = qmp::spawn(shared.clone(), q) {
-            eprintln!("rust-dest: -qmp {q}: {e}");
+            eprintln!("rust-dest: {from}: {e}");
             std::process::exit(1);
         }
     }

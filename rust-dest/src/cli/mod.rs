@@ -97,6 +97,9 @@ pub struct Options {
     /// Every QMP monitor, as a `-qmp` spec (`-mon` chardevs converted,
     /// `fd:N` for an inherited descriptor).
     pub qmp: Vec<String>,
+    /// For each of `qmp`, the option it came from (`-qmp ARG`, `-chardev
+    /// ARG`), for start-up errors.
+    pub qmp_from: Vec<String>,
     pub machine: Option<String>,
     pub suppress_vmdesc: bool,
     pub mem_size: Option<u64>,
@@ -126,6 +129,7 @@ impl Default for Options {
         Options {
             incoming: None,
             qmp: Vec::new(),
+            qmp_from: Vec::new(),
             machine: None,
             suppress_vmdesc: false,
             mem_size: None,
@@ -396,7 +400,11 @@ fn object(o: &mut Options, v: &str) -> Result<(), CliError> {
 /// Whole-line checks: monitors resolved, memory backends cross-checked, and
 /// a line that nothing could ever start refused.
 fn finish(mut o: Options, pend: Pending) -> Result<Options, CliError> {
-    o.qmp.extend(monitor::resolve(&pend.chardevs, &pend.mons, &mut o.warnings)?);
+    o.qmp_from = o.qmp.iter().map(|q| format!("-qmp {q}")).collect();
+    for (spec, from) in monitor::resolve(&pend.chardevs, &pend.mons, &mut o.warnings)? {
+        o.qmp.push(spec);
+        o.qmp_from.push(from);
+    }
     memory::check(&o.backends, &o.mem, o.machine_backend.as_deref(), &pend.numa)?;
     for (opt, id) in &pend.dimm_memdevs {
         if !o.backends.iter().any(|b| &b.id == id) {

@@ -107,12 +107,13 @@ fn esc(s: &str) -> String {
 }
 
 /// The `-qmp`-style spec of each monitor's chardev (what `qmp::spawn`
-/// serves). Chardevs no monitor uses get one warning each.
+/// serves), with the `-chardev` option it came from. Chardevs no monitor
+/// uses get one warning each.
 pub fn resolve(
     chardevs: &[Chardev],
     mons: &[Mon],
     warnings: &mut Vec<String>,
-) -> Result<Vec<String>, CliError> {
+) -> Result<Vec<(String, String)>, CliError> {
     let mut specs = Vec::new();
     for m in mons {
         let c = chardevs
@@ -158,7 +159,7 @@ pub fn resolve(
         if p.bool("abstract")? == Some(true) {
             spec.push_str(",abstract=on");
         }
-        specs.push(spec);
+        specs.push((spec, p.opt.clone()));
     }
     for c in chardevs.iter().filter(|c| !mons.iter().any(|m| m.chardev == c.id)) {
         warnings.push(format!("{}: not used by a monitor, ignored", c.props.opt));
@@ -181,7 +182,9 @@ mod tests {
             .map(|a| parse_mon(a))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
-        resolve(&c, &m, &mut Vec::new()).map_err(|e| e.to_string())
+        resolve(&c, &m, &mut Vec::new())
+            .map(|v| v.into_iter().map(|(spec, _)| spec).collect())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
