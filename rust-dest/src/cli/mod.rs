@@ -59,22 +59,36 @@ QEMU-style options (same syntax as qemu-system-x86_64):
                         migrate-incoming)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
                         QMP monitor (may be given several times)
-  -machine TYPE[,memory-backend=ID][,suppress-vmdesc=on|off]
+  -chardev socket,id=ID,path=PATH|host=H,port=P|fd=N,server=on,wait=off
+  -mon chardev=ID,mode=control
+                        QMP monitor as management stacks give it (fd=N: an
+                        inherited socket); a readline (HMP) monitor is refused
+  -machine TYPE[,memory-backend=ID][,suppress-vmdesc=on|off][,...]
                         machine type; a versioned type (pc-q35-10.0) must match
                         the stream's, an alias (q35, pc) its family
-  -m SIZE               guest RAM size (accepted; the stream's RAMBlock list
-                        decides the real layout)
+  -m [size=]SIZE[,slots=N][,maxmem=SIZE]
+                        guest RAM size (checked against the memory backends;
+                        the stream's RAMBlock list decides the real layout)
   -object memory-backend-file,id=ID,size=SIZE,mem-path=PATH[,share=on]
-  -object memory-backend-ram,id=ID,size=SIZE
-                        the RAMBlock named ID lives in this file, byte for byte
-                        from block offset 0
+  -object memory-backend-ram|memory-backend-memfd,id=ID,size=SIZE
+  -object {\"qom-type\":\"memory-backend-file\",\"id\":ID,\"size\":N,...} (JSON)
+                        the RAMBlock named ID lives in this backend, byte for
+                        byte from block offset 0 (-machine memory-backend=,
+                        -numa node,memdev= and -device pc-dimm,memdev= must
+                        name one)
+  -numa node,memdev=ID,...
   -S                    stay paused after the migration until QMP 'cont'
   -uuid UUID            the VM's UUID; multifd channels must announce it (an
                         all-zero UUID is expected without -uuid, as in QEMU)
+  -name [guest=]NAME[,debug-threads=on]   -smp N[,sockets=,dies=,cores=,threads=]
+                        reported by query-name and query-cpus-fast
   -global migration.send-configuration=off | migration.send-section-footer=off
                         old-machine-type stream variants
-  Other QEMU options (-accel, -nodefaults, -display, -serial, -drive, -name,
-  -device, -cpu, -smp, ...) are accepted and ignored with a warning.
+  Options that only describe the guest (-accel, -cpu, -device, -blockdev,
+  -netdev, -drive, -serial, -rtc, -boot, -overcommit, -sandbox, -msg, other
+  -object types, ...) are checked like QEMU checks them (key=value or JSON)
+  and accepted with one warning line each. -mem-path and -monitor (HMP) are
+  refused; -incoming defer without a QMP monitor is refused.
 
 rust-dest options:
   --max-ram SIZE        refuse streams announcing more RAM than this
@@ -222,7 +236,7 @@ const IGNORED_FLAGS: &[&str] = &[
 const NEUTRAL_FLAGS: &[&str] = &["nodefaults", "no-user-config"];
 /// `-mem-path`/`-mem-prealloc` decide where RAM lives without a backend id:
 /// refused (use `-object memory-backend-file`).
-const REFUSED: &[&str] = &["mem-path", "object-ignored"];
+const REFUSED: &[&str] = &["mem-path"];
 
 /// Everything read from the line before the whole-line checks.
 #[derive(Default)]
