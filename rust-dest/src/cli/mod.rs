@@ -365,6 +365,62 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, CliError
     finish(o, pend).map(|o| Parsed::Run(Box::new(o)))
 }
 
+/// Properties of QEMU 10.0's x86 machine types (`-machine pc-q35-10.0,help`,
+/// plus those QEMU accepts without listing them); the first part of an
+/// indexed key (`cxl-fmw.0.targets.0`) counts.
+const MACHINE_PROPS: &[&str] = &[
+    "acpi",
+    "append",
+    "aux-ram-share",
+    "boot",
+    "bus-lock-ratelimit",
+    "confidential-guest-support",
+    "default-bus-bypass-iommu",
+    "dt-compatible",
+    "dtb",
+    "dump-guest-core",
+    "dumpdtb",
+    "fd-bootchk",
+    "firmware",
+    "graphics",
+    "hpet",
+    "i8042",
+    "initrd",
+    "kernel",
+    "max-fw-size",
+    "max-ram-below-4g",
+    "mem-merge",
+    "memory",
+    "memory-encryption",
+    "phandle-start",
+    "pic",
+    "pit",
+    "sata",
+    "sgx-epc",
+    "shim",
+    "smbios-entry-point-type",
+    "smbus",
+    "smm",
+    "smp",
+    "smp-cache",
+    "usb",
+    "vmport",
+    "x-oem-id",
+    "x-oem-table-id",
+    "x-south-bridge",
+    "kernel-irqchip",
+    "kernel_irqchip",
+    "kvm-shadow-mem",
+    "pflash0",
+    "pflash1",
+    "nvdimm",
+    "nvdimm-persistence",
+    "hmat",
+    "cxl",
+    "cxl-fmw",
+    "igd-passthru",
+];
+
 /// `-machine [type=]TYPE[,memory-backend=ID][,suppress-vmdesc=on|off][,...]`.
 fn machine(o: &mut Options, v: &str) -> Result<(), CliError> {
     let p = Props::parse("machine", v, Some("type"))?;
@@ -372,7 +428,17 @@ fn machine(o: &mut Options, v: &str) -> Result<(), CliError> {
     for k in p.map.keys() {
         match k.as_str() {
             "type" | "memory-backend" | "suppress-vmdesc" | "accel" => {}
-            other => ignored.push(other.to_string()),
+            other if MACHINE_PROPS.contains(&other.split('.').next().unwrap_or(other)) => {
+                ignored.push(other.to_string())
+            }
+            other => {
+                let ty = match p.str("type")?.as_deref() {
+                    Some("q35") | None => "pc-q35-10.0".to_string(),
+                    Some("pc") => "pc-i440fx-10.0".to_string(),
+                    Some(t) => t.to_string(),
+                };
+                return Err(CliError::Config(format!("Property '{ty}-machine.{other}' not found")));
+            }
         }
     }
     if let Some(b) = p.bool("suppress-vmdesc")? {

@@ -176,6 +176,13 @@ fn sizes_and_errors() {
     assert_eq!(p(&format!("-m 128 {q}")).unwrap().mem_size, Some(128 << 20));
     assert!(p(&format!("-machine pc-q35-10.0,suppress-vmdesc=on {q}")).unwrap().suppress_vmdesc);
     assert!(p(&format!("--vcpu-pattern zigzag {q}")).is_err());
+    assert_eq!(
+        p(&format!("-machine pc-q35-10.0,bogus=on {q}")).unwrap_err(),
+        "Property 'pc-q35-10.0-machine.bogus' not found"
+    );
+    assert!(
+        p(&format!("-machine q35,pflash0=fw,kernel-irqchip=split,cxl-fmw.0.size=4G {q}")).is_ok()
+    );
     assert!(p(&format!("-m foo {q}"))
         .unwrap_err()
         .starts_with("-m foo: Parameter 'size' expects a non-negative number"));
