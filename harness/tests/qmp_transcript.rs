@@ -14,9 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use harness::vm::dest::rust_dest_binary;
-use harness::vm::qemu::QemuBinary;
-use serde_json::Value;
+use harness::qmp::QmpError;
+use harness::vm::dest::{rust_dest_binary, start_dest_with, DestKind};
+use harness::vm::qemu::{LaunchOpts, QemuBinary, VmConfig};
+use serde_json::{json, Value};
 
 fn python() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("CROSSMIG_PYTHON") {
@@ -111,4 +112,109 @@ fn transcript_postcopy() {
 #[test]
 fn transcript_postcopy_pause_recover() {
     compare("recover");
+}
+
+/// JSON types and member names (values aside), like the Python script's.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.starts_with("x-crossmig"))
+                .map(|(k, x)| (k.clone(), shape(x)))
+                .collect(),
+        ),
+        Value::Array(a) => {
+            let mut s: Vec<Value> = Vec::new();
+            for x in a.iter().map(shape) {
+                if !s.contains(&x) {
+                    s.push(x);
+                }
+            }
+            Value::Array(s)
+        }
+        Value::Bool(_) => json!("bool"),
+        Value::Number(_) => json!("number"),
+        Value::Null => json!("null"),
+        Value::String(_) => json!("str"),
+    }
+}
+
+/// The same queries and refused arguments through the harness's own QMP
+/// client: reply shapes, and for errors the class and QEMU's exact text.
+#[tokio::test]
+async fn harness_client_same_answers() {
+    let qemu = QemuBinary::system().expect("real QEMU (ci/install.sh)");
+    let requests: Vec<(&str, Value)> = vec![
+        ("query-version", json!({})),
+        ("query-status", json!({})),
+        ("query-name", json!({})),
+        ("query-uuid", json!({})),
+        ("query-kvm", json!({})),
+        ("query-target", json!({})),
+        ("query-cpus-fast", json!({})),
+        ("query-machines", json!({})),
+        ("query-migrate", json!({})),
+        ("query-migrate-capabilities", json!({})),
+        ("query-migrate-parameters", json!({})),
+        ("human-monitor-command", json!({"command-line": "info migrate_capabilities"})),
+        ("human-monitor-command", json!({"command-line": "info migrate_parameters"})),
+        ("human-monitor-command", json!({})),
+        ("no-such-command", json!({})),
+        ("query-status", json!({"bogus": 1})),
+        ("migrate-set-parameters", json!({"max-bandwidth": "x"})),
+        ("migrate-set-parameters", json!({"max-bandwidth": 1.5})),
+        ("migrate-set-parameters", json!({"no-such-parameter": 1})),
+        ("migrate-set-parameters", json!({"downtime-limit": 3_000_000})),
+        ("migrate-set-parameters", json!({"multifd-channels": 0})),
+        ("migrate-set-parameters", json!({"multifd-channels": 256})),
+        ("migrate-set-parameters", json!({"cpu-throttle-initial": 100})),
+        ("migrate-set-parameters", json!({"xbzrle-cache-size": 1000})),
+        ("migrate-set-parameters", json!({"tls-creds": 1})),
+        ("migrate-set-parameters", json!({"multifd-compression": "lzma"})),
+        ("migrate-set-parameters", json!({"max-bandwidth": -1, "tls-creds": null})),
+        ("query-migrate-parameters", json!({})),
+        (
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "no-such-cap", "state": true}]}),
+        ),
+        ("migrate-set-capabilities", json!({"capabilities": [{"capability": "events"}]})),
+        ("migrate-set-capabilities", json!({"capabilities": {}})),
+        ("migrate-incoming", json!({"uri": 1})),
+        ("migrate-recover", json!({})),
+    ];
+    let mut answers = Vec::new();
+    for kind in [DestKind::Qemu, DestKind::Rust] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = VmConfig::new("transcript", 64 << 20);
+        cfg.machine = "pc-q35-10.0".into();
+        let mut o = LaunchOpts::new(dir.path().join("log"));
+        o.extra_args =
+            ["-name", "guest=t1", "-uuid", "c7a5fdbd-cdaf-9455-926a-d65c16db1809", "-smp", "2"]
+                .map(String::from)
+                .to_vec();
+        let vm = start_dest_with(kind, &qemu, cfg, o).await.unwrap();
+        let mut got = Vec::new();
+        for (cmd, args) in &requests {
+            got.push(match vm.qmp.execute(cmd, args.clone()).await {
+                Ok(v) if cmd.starts_with("human") => v,
+                Ok(v) => shape(&v),
+                Err(QmpError::Command { class, desc, .. }) => {
+                    json!({ "class": class, "desc": desc })
+                }
+                Err(e) => panic!("{kind} {cmd}: {e}"),
+            });
+        }
+        vm.quit().await;
+        answers.push(got);
+    }
+    for ((cmd, args), (q, r)) in requests.iter().zip(answers[0].iter().zip(&answers[1])) {
+        let mut r = r.clone();
+        if *cmd == "query-migrate" {
+            if let Some(m) = r.as_object_mut() {
+                m.remove("ram");
+                m.remove("total-time");
+            }
+        }
+        assert!(compatible(q, &r), "{cmd} {args}:\nQEMU:      {q}\nrust-dest: {r}");
+    }
 }

@@ -108,7 +108,9 @@ pub fn check_value(v: &Value, ty: &Ty, path: &str) -> QResult<()> {
         (Ty::Number, Value::Number(_)) => true,
         (Ty::Enum(e), Value::String(s)) => {
             if !e.values.contains(&s.as_str()) {
-                return Err(not_accepted(path, s));
+                // QEMU names the member alone here, not its path.
+                let leaf = path.rsplit('.').next().unwrap_or(path);
+                return Err(not_accepted(leaf, s));
             }
             true
         }
