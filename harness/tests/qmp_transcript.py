@@ -6,11 +6,13 @@ shape (JSON types and member names, values aside) or its error class, and
 the destination's events in order (names and data shapes; the MIGRATION
 status values and the run states are kept, since they are the behaviour).
 
-Usage: qmp_transcript.py MODE QEMU DEST [DEST-ARGS...]
+Usage: qmp_transcript.py MODE QEMU DEST IMAGE [DEST-ARGS...]
   MODE  precopy | postcopy | recover (postcopy with one pause and recovery)
   QEMU  the QEMU binary for the source
   DEST  the destination binary (QEMU or rust-dest), started with the same
         command line, to which DEST-ARGS are appended.
+  IMAGE the source's boot disk: the harness's sweep guest, which keeps
+        rewriting ~99 MiB, so precopy never converges and postcopy lasts.
 The transcript is printed as one JSON document on stdout. Every process and
 socket is removed at the end.
 """
@@ -93,7 +95,8 @@ def is_status(*sts):
 
 
 async def main():
-    mode, qemu, dest_bin, dest_args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+    mode, qemu, dest_bin, image = sys.argv[1:5]
+    dest_args = sys.argv[5:]
     tmp = tempfile.mkdtemp(prefix="crossmig-transcript-")
     procs = []
     try:
@@ -101,13 +104,17 @@ async def main():
                   "-display", "none", "-name", "guest=transcript,debug-threads=on",
                   "-uuid", "c7a5fdbd-cdaf-9455-926a-d65c16db1809", "-smp", "2"]
         ssock, dsock = os.path.join(tmp, "src.qmp"), os.path.join(tmp, "dst.qmp")
+        serial = os.path.join(tmp, "src.serial")
         log = open(os.path.join(tmp, "log"), "w")
         procs.append(subprocess.Popen(
-            [qemu] + common + ["-qmp", f"unix:{ssock},server=on,wait=off"],
+            [qemu] + common + ["-qmp", f"unix:{ssock},server=on,wait=off",
+                               "-drive", f"file={image},format=raw,if=ide,snapshot=on",
+                               "-serial", f"file:{serial}"],
             stdout=log, stderr=log))
         procs.append(subprocess.Popen(
             [dest_bin] + common + ["-chardev", f"socket,id=mon,path={dsock},server=on,wait=off",
-                                   "-mon", "chardev=mon,mode=control", "-incoming", "defer", "-S"]
+                                   "-mon", "chardev=mon,mode=control", "-serial", "null",
+                                   "-incoming", "defer", "-S"]
             + dest_args, stdout=log, stderr=log))
         src, dst = QMPClient("src"), QMPClient("dst")
         for c, p in ((src, ssock), (dst, dsock)):
@@ -119,6 +126,13 @@ async def main():
                     await asyncio.sleep(0.02)
             else:
                 raise RuntimeError(f"cannot connect to {p}")
+        # The guest prints 'B' once it has swept its memory 64 times.
+        for _ in range(3000):
+            if os.path.exists(serial) and "B" in open(serial).read():
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise RuntimeError("the source's guest did not start")
         t = Transcript(dst)
         t.lines.append({"greeting": shape(dict(dst.greeting._raw))})
         events = []
@@ -150,11 +164,17 @@ async def main():
             caps.append({"capability": "postcopy-ram", "state": True})
         await src.execute("migrate-set-capabilities", {"capabilities": caps})
         await t.run("migrate-set-capabilities", {"capabilities": caps})
-        if mode != "precopy":
+        if mode == "precopy":
+            # The sweeping guest never converges: migrate it stopped.
+            await src.execute("stop")
+            await src.execute("migrate-set-parameters", {"max-bandwidth": 10 << 30})
+        else:
             # Like libvirt: the destination runs as soon as postcopy starts.
             await t.run("cont")
+            # Never converge in precopy; keep postcopy long enough to cut.
             await src.execute("migrate-set-parameters",
-                              {"max-bandwidth": 32 << 20, "max-postcopy-bandwidth": 16 << 20})
+                              {"max-bandwidth": 64 << 20, "downtime-limit": 1,
+                               "max-postcopy-bandwidth": 16 << 20})
         port = free_port()
         await t.run("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
         await events_until(dst, events, is_status("setup"))
@@ -167,6 +187,9 @@ async def main():
             await src.execute("migrate-start-postcopy")
             await events_until(dst, events, is_status("postcopy-active", "failed"))
             if mode == "recover":
+                # The destination resumes once it processes RUN; pause after
+                # that, so the event order does not depend on timing.
+                await events_until(dst, events, lambda ev: ev["event"] == "RESUME")
                 await src.execute("migrate-pause")
                 await events_until(dst, events, is_status("postcopy-paused"))
                 await t.run("query-status", keep=True)
@@ -218,7 +241,7 @@ async def main():
     finally:
         for p in procs:
             try:
-                p.wait(timeout=10)
+                p.wait(timeout=3)
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()

@@ -14,6 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use harness::images::Workload;
 use harness::qmp::QmpError;
 use harness::vm::dest::{rust_dest_binary, start_dest_with, DestKind};
 use harness::vm::qemu::{LaunchOpts, QemuBinary, VmConfig};
@@ -35,6 +36,7 @@ fn transcript(py: &Path, mode: &str, qemu: &Path, dest: &Path) -> Value {
     let out = Command::new(py)
         .arg(&script)
         .args([mode.as_ref(), qemu.as_os_str(), dest.as_os_str()])
+        .arg(Workload::Sweep.image_path())
         .output()
         .expect("running the transcript script");
     assert!(
