@@ -172,8 +172,9 @@ async fn management_line_into(kind: DestKind) {
     let disk = dir.path().join("sweep.img");
     std::fs::copy(Workload::Sweep.image_path(), &disk).unwrap();
     let (sf, df) = (files("mgmt-src", true), files(&format!("mgmt-dst-{kind}"), false));
-    // Node 1's files (node 0's are guarded by the launcher).
-    let _g = [PathGuard::new(&sf.nodes[1]), PathGuard::new(&df.nodes[1])];
+    // Node 1's files and the serial log (node 0's are guarded by the launcher).
+    let serial = sf.serial.clone().unwrap();
+    let _g = [PathGuard::new(&sf.nodes[1]), PathGuard::new(&df.nodes[1]), PathGuard::new(&serial)];
     let src = launch(&q, "mgmt-src", &sf, &disk, false).await;
     src.wait_serial(|s| s.contains('B'), Duration::from_secs(60)).await.expect("guest runs");
     let dst = launch(&dest_binary(kind, &q).unwrap(), "mgmt-dst", &df, &disk, true).await;
