@@ -40,3 +40,16 @@ fi
 qemu-system-x86_64 --version | head -1
 # userfaultfd for postcopy (root may use it regardless; keep the sysctl permissive for tests)
 if [ -w /proc/sys/vm/unprivileged_userfaultfd ]; then echo 1 > /proc/sys/vm/unprivileged_userfaultfd || true; fi
+
+# QEMU's own Python QMP library (`qemu.qmp`, from PyPI) for the QMP transcript
+# test (harness/tests/qmp_transcript.rs), in a venv under target/.
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+VENV="$ROOT/target/pyvenv"
+if ! "$VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
+  if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends python3-venv
+  fi
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q qemu.qmp
+fi

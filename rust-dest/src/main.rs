@@ -27,6 +27,7 @@ fn main() {
             return;
         }
         Err(e) => {
+            // QEMU's form: `qemu-system-x86_64: -opt ARG: what`.
             eprintln!("rust-dest: {e}");
             std::process::exit(1);
         }
@@ -82,7 +83,23 @@ fn main() {
         std::process::exit(1);
     }
     let shared = Shared::new(ram, opts.start_paused);
-    shared.lock().machine = opts.machine.clone();
+    {
+        let mut g = shared.lock();
+        g.machine = opts.machine.clone();
+        let smp = opts.smp;
+        g.guest = rust_dest::state::GuestInfo {
+            name: opts.name.clone(),
+            uuid: opts.uuid,
+            vcpus: (0..smp.cpus)
+                .map(|i| {
+                    let (socket, die, module, core, thread) = smp.ids(i);
+                    rust_dest::state::VcpuIds { socket, die, module, core, thread }
+                })
+                .collect(),
+            dies: smp.dies,
+            modules: smp.modules,
+        };
+    }
     let (qtx, qrx) = std::sync::mpsc::channel();
     shared.set_quit_sender(qtx.clone());
     let cfg = Config {
@@ -111,9 +128,9 @@ fn main() {
             listen::bind(se.clone(), uri).map_err(|e| e.to_string())
         }));
     }
-    for q in &opts.qmp {
+    for (q, from) in opts.qmp.iter().zip(&opts.qmp_from) {
         if let Err(e) = qmp::spawn(shared.clone(), q) {
-            eprintln!("rust-dest: -qmp {q}: {e}");
+            eprintln!("rust-dest: {from}: {e}");
             std::process::exit(1);
         }
     }

@@ -410,6 +410,19 @@ pub fn host_page_size() -> usize {
     }
 }
 
+/// Take ownership of descriptor `fd` inherited from the parent process
+/// (`-chardev socket,fd=N`), flagged close-on-exec. The caller checked that
+/// it is an open socket meant for rust-dest.
+pub fn adopt_inherited_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(std::io::Error::from)?;
+    // SAFETY: `fd` is open (fcntl succeeded) and was handed to this process
+    // on its command line for this one use; nothing else in the process
+    // owns or closes it, so the OwnedFd is its only owner.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

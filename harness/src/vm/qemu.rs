@@ -223,6 +223,10 @@ pub struct LaunchOpts {
     pub serial_poll: Duration,
     /// Appended to the command line after [`vm_args`].
     pub extra_args: Vec<String>,
+    /// A whole command line used instead of [`vm_args`] (e.g. one written
+    /// the way a management stack writes it). It must put the QMP monitor
+    /// on `cfg.qmp_socket`; `cfg.mem_path` is still removed on drop.
+    pub argv: Option<Vec<String>>,
 }
 
 impl LaunchOpts {
@@ -235,6 +239,7 @@ impl LaunchOpts {
             command_timeout: None,
             serial_poll: Duration::from_millis(50),
             extra_args: Vec::new(),
+            argv: None,
         }
     }
 }
@@ -296,7 +301,11 @@ impl QemuVm {
         }
         let log = opts.log.clone();
         let mut cmd = bin.command();
-        cmd.args(vm_args(&cfg)).args(&opts.extra_args);
+        match &opts.argv {
+            Some(argv) => cmd.args(argv),
+            None => cmd.args(vm_args(&cfg)),
+        };
+        cmd.args(&opts.extra_args);
         let cmdline = format!("{cmd:?}");
         tracing::debug!("starting QEMU: {cmdline}");
         let t = Instant::now();

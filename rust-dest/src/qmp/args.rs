@@ -131,7 +131,8 @@ impl Args {
         if allowed.contains(&s.as_str()) {
             Ok(s)
         } else {
-            Err(not_accepted(&self.full(key), &s))
+            // QEMU's enum visitor names the member alone, not its path.
+            Err(not_accepted(key, &s))
         }
     }
 

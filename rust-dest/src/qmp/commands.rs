@@ -1,5 +1,7 @@
-//! The QMP command table: ONE name → handler list, which also answers
-//! `query-commands` and says which commands allow `exec-oob`.
+//! The QMP command table: ONE list of name, argument type, return type and
+//! handler, which dispatches (after checking the arguments against their
+//! type), answers `query-commands` and generates `query-qmp-schema`, and
+//! says which commands allow `exec-oob`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,7 +9,9 @@ use std::pin::Pin;
 use serde_json::{json, Map, Value};
 
 use super::args::{Args, QResult, QmpErr};
-use super::{crossmig, migration};
+use super::schema::{self, ObjTy, Ty, EMPTY};
+use super::types as t;
+use super::{crossmig, info, migration, params};
 use crate::state::{MigStatus, RunState, Shared};
 
 /// A synchronous handler.
@@ -30,67 +34,100 @@ pub struct CommandDef {
     /// May be sent with `exec-oob` (as in QEMU, only the migration recovery
     /// commands).
     pub oob: bool,
+    /// The arguments it takes (checked before the handler runs).
+    pub args: &'static ObjTy,
+    /// What it returns.
+    pub ret: Ty,
     pub run: Run,
 }
 
-const fn sync(name: &'static str, f: SyncFn) -> CommandDef {
-    CommandDef { name, oob: false, run: Run::Sync(f) }
+const OK: Ty = Ty::Obj(&EMPTY);
+
+const fn sync(name: &'static str, args: &'static ObjTy, ret: Ty, f: SyncFn) -> CommandDef {
+    CommandDef { name, oob: false, args, ret, run: Run::Sync(f) }
 }
 
-const fn oob(name: &'static str, f: SyncFn) -> CommandDef {
-    CommandDef { name, oob: true, run: Run::Sync(f) }
+/// A command without arguments.
+const fn query(name: &'static str, ret: Ty, f: SyncFn) -> CommandDef {
+    sync(name, &EMPTY, ret, f)
+}
+
+const fn oob(name: &'static str, args: &'static ObjTy, f: SyncFn) -> CommandDef {
+    CommandDef { name, oob: true, args, ret: OK, run: Run::Sync(f) }
+}
+
+const fn slow(name: &'static str, args: &'static ObjTy, f: AsyncFn) -> CommandDef {
+    CommandDef { name, oob: false, args, ret: Ty::Any, run: Run::Async(f) }
 }
 
 /// Every command this server knows, in `query-commands` order. Adding a
 /// command means adding one line here.
 pub const COMMANDS: &[CommandDef] = &[
-    CommandDef { name: "qmp_capabilities", oob: false, run: Run::Negotiation },
-    sync("query-version", |_, a| a.finish().map(|_| version())),
-    sync("query-commands", |_, a| a.finish().map(|_| query_commands())),
-    sync("query-status", |s, a| a.finish().map(|_| query_status(s))),
-    sync("query-migrate", |s, a| a.finish().map(|_| migration::query_migrate(s))),
-    sync("migrate-set-capabilities", migration::set_capabilities),
-    sync("query-migrate-capabilities", |s, a| a.finish().map(|_| migration::query_capabilities(s))),
-    sync("migrate-set-parameters", migration::set_parameters),
-    sync("query-migrate-parameters", |s, a| {
+    CommandDef {
+        name: "qmp_capabilities",
+        oob: false,
+        args: &t::QMP_CAPABILITIES_ARGS,
+        ret: OK,
+        run: Run::Negotiation,
+    },
+    query("query-version", Ty::Obj(&t::VERSION_INFO), |_, a| a.finish().map(|_| version())),
+    query("query-commands", t::COMMAND_LIST, |_, a| a.finish().map(|_| query_commands())),
+    query("query-qmp-schema", Ty::Array(&Ty::Any), |_, a| {
+        a.finish().map(|_| schema::introspect(COMMANDS, t::EVENTS))
+    }),
+    query("query-status", Ty::Obj(&t::STATUS_INFO), |s, a| a.finish().map(|_| query_status(s))),
+    query("query-name", Ty::Obj(&t::NAME_INFO), |s, a| a.finish().map(|_| info::name(s))),
+    query("query-uuid", Ty::Obj(&t::UUID_INFO), |s, a| a.finish().map(|_| info::uuid(s))),
+    query("query-kvm", Ty::Obj(&t::KVM_INFO), |_, a| {
+        a.finish().map(|_| json!({ "enabled": false, "present": false }))
+    }),
+    query("query-cpus-fast", t::CPU_LIST, |s, a| a.finish().map(|_| info::cpus_fast(s))),
+    sync("query-machines", &t::MACHINES_ARGS, t::MACHINE_LIST, info::machines),
+    query("query-target", Ty::Obj(&t::TARGET_INFO), |_, a| {
+        a.finish().map(|_| json!({ "arch": "x86_64" }))
+    }),
+    sync("human-monitor-command", &t::HMP_ARGS, Ty::Str, info::hmp),
+    query("query-migrate", Ty::Obj(&t::MIGRATION_INFO), |s, a| {
+        a.finish().map(|_| migration::query_migrate(s))
+    }),
+    sync("migrate-set-capabilities", &t::SET_CAPABILITIES_ARGS, OK, migration::set_capabilities),
+    query("query-migrate-capabilities", t::CAPABILITY_LIST, |s, a| {
+        a.finish().map(|_| migration::query_capabilities(s))
+    }),
+    sync("migrate-set-parameters", &t::SET_PARAMETERS_ARGS, OK, params::set_parameters),
+    query("query-migrate-parameters", Ty::Obj(&t::PARAMETERS), |s, a| {
         a.finish().map(|_| Value::Object(s.lock().parameters.clone()))
     }),
-    sync("migrate-incoming", migration::migrate_incoming),
-    oob("migrate-pause", |s, a| {
+    sync("migrate-incoming", &t::INCOMING_ARGS, OK, migration::migrate_incoming),
+    oob("migrate-pause", &EMPTY, |s, a| {
         a.finish()?;
         s.pause().map_err(QmpErr::generic)?;
         Ok(json!({}))
     }),
-    oob("migrate-recover", |s, mut a| {
+    oob("migrate-recover", &t::RECOVER_ARGS, |s, mut a| {
         let uri = a.str("uri")?;
         a.finish()?;
         s.recover(&uri).map_err(QmpErr::generic)?;
         Ok(json!({}))
     }),
-    sync("cont", |s, a| {
+    query("cont", OK, |s, a| {
         a.finish()?;
         cont(s)
     }),
-    sync("stop", |s, a| {
+    query("stop", OK, |s, a| {
         a.finish()?;
         stop(s);
         Ok(json!({}))
     }),
     // The connection asks the process to quit after sending the reply.
-    sync("quit", |_, a| a.finish().map(|_| json!({}))),
-    sync("x-crossmig-query-ramblocks", |s, a| a.finish().map(|_| crossmig::ramblocks(s))),
-    CommandDef {
-        name: "x-crossmig-ram-digests",
-        oob: false,
-        run: Run::Async(|s, a| Box::pin(crossmig::ram_digests(s, a))),
-    },
-    CommandDef {
-        name: "x-crossmig-dump-ramblock",
-        oob: false,
-        run: Run::Async(|s, a| Box::pin(crossmig::dump_ramblock(s, a))),
-    },
-    sync("x-crossmig-query-devices", |s, a| a.finish().map(|_| crossmig::query_devices(s))),
-    sync("x-crossmig-device-data", crossmig::device_data),
+    query("quit", OK, |_, a| a.finish().map(|_| json!({}))),
+    query("x-crossmig-query-ramblocks", Ty::Any, |s, a| a.finish().map(|_| crossmig::ramblocks(s))),
+    slow("x-crossmig-ram-digests", &t::DIGESTS_ARGS, |s, a| Box::pin(crossmig::ram_digests(s, a))),
+    slow("x-crossmig-dump-ramblock", &t::DUMP_ARGS, |s, a| Box::pin(crossmig::dump_ramblock(s, a))),
+    query("x-crossmig-query-devices", Ty::Any, |s, a| {
+        a.finish().map(|_| crossmig::query_devices(s))
+    }),
+    sync("x-crossmig-device-data", &t::DEVICE_DATA_ARGS, Ty::Any, crossmig::device_data),
 ];
 
 /// The command named `name`.
@@ -108,11 +145,18 @@ pub(super) async fn dispatch(
     name: &str,
     args: Map<String, Value>,
 ) -> QResult<Value> {
+    let Some(c) = find(name) else { return Err(not_found(name)) };
+    if matches!(c.run, Run::Negotiation) {
+        return Err(not_found(name));
+    }
+    // Members, types and enum values as declared: the same declaration
+    // `query-qmp-schema` publishes.
+    schema::check_object(&args, c.args, "")?;
     let a = Args::new(args);
-    match find(name).map(|c| c.run) {
-        Some(Run::Sync(f)) => f(shared, a),
-        Some(Run::Async(f)) => f(shared.clone(), a).await,
-        Some(Run::Negotiation) | None => Err(not_found(name)),
+    match c.run {
+        Run::Sync(f) => f(shared, a),
+        Run::Async(f) => f(shared.clone(), a).await,
+        Run::Negotiation => Err(not_found(name)),
     }
 }
 
@@ -142,7 +186,7 @@ fn query_commands() -> Value {
 
 fn query_status(shared: &Shared) -> Value {
     let rs = shared.lock().run_state;
-    json!({ "status": rs.as_str(), "running": rs == RunState::Running, "singlestep": false })
+    json!({ "status": rs.as_str(), "running": rs == RunState::Running })
 }
 
 fn cont(shared: &Shared) -> QResult<Value> {

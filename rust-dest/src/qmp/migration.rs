@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use super::args::{invalid_type, list_elem, not_accepted, Args, QResult, QmpErr};
+use super::args::{invalid_type, list_elem, Args, QResult, QmpErr};
 use crate::ram::TARGET_PAGE_SIZE;
 use crate::state::{
     compress_exists, machine_version, Capability, ComboError, MigStatus, Shared, KNOWN_CAPABILITIES,
@@ -49,8 +49,11 @@ pub(super) fn query_migrate(shared: &Shared) -> Value {
     let ram_total = shared.ram().total();
     let g = shared.lock();
     let mut out = Map::new();
+    // QEMU drops the listening addresses once the incoming side is done.
     if let Some(sa) = g.incoming_uri.as_deref().and_then(uri_socket_address) {
-        out.insert("socket-address".into(), json!([sa]));
+        if !g.status.is_terminal() {
+            out.insert("socket-address".into(), json!([sa]));
+        }
     }
     if g.status == MigStatus::None && g.started_at.is_none() {
         return Value::Object(out);
@@ -188,118 +191,6 @@ pub(super) fn set_capabilities(shared: &Shared, mut a: Args) -> QResult<Value> {
         ComboError::check_multifd(&caps, v).map_err(|e| QmpErr::generic(e.to_string()))?;
     }
     g.capabilities = caps;
-    Ok(json!({}))
-}
-
-/// Types of migration parameters (QEMU's `MigrateSetParameters`).
-#[derive(Clone, Copy)]
-enum ParamKind {
-    /// Unsigned integer in an inclusive range.
-    UInt(u64, u64),
-    Bool,
-    /// String, or null meaning "" (QEMU's `StrOrNull`).
-    StrOrNull,
-    Enum(&'static [&'static str]),
-    /// Stored as given (e.g. `block-bitmap-mapping`).
-    Array,
-}
-
-fn param_kind(name: &str, current: Option<&Value>) -> Option<ParamKind> {
-    use ParamKind::*;
-    const U8: u64 = u8::MAX as u64;
-    const U32: u64 = u32::MAX as u64;
-    Some(match name {
-        "throttle-trigger-threshold" => UInt(1, 100),
-        "cpu-throttle-initial" | "cpu-throttle-increment" | "max-cpu-throttle" => UInt(1, 99),
-        "multifd-channels" => UInt(1, U8),
-        "multifd-zlib-level" => UInt(0, 9),
-        "multifd-zstd-level" => UInt(0, 20),
-        "x-checkpoint-delay" => UInt(0, U32),
-        "downtime-limit" => UInt(0, 2_000_000),
-        "x-vcpu-dirty-limit-period" => UInt(1, 1000),
-        "vcpu-dirty-limit" => UInt(1, u64::MAX),
-        "cpu-throttle-tailslow" | "direct-io" => Bool,
-        "tls-creds" | "tls-hostname" | "tls-authz" => StrOrNull,
-        "multifd-compression" => Enum(&["none", "zlib", "zstd", "qatzip", "qpl", "uadk"]),
-        "mode" => Enum(&["normal", "cpr-reboot", "cpr-transfer"]),
-        "zero-page-detection" => Enum(&["none", "legacy", "multifd"]),
-        "block-bitmap-mapping" => Array,
-        _ => match current? {
-            Value::Number(_) => UInt(0, u64::MAX),
-            Value::Bool(_) => Bool,
-            Value::String(_) => StrOrNull,
-            Value::Array(_) => Array,
-            _ => return None,
-        },
-    })
-}
-
-/// The parameters of the legacy `compress` capability (QEMU 9.0 and older;
-/// ranges as 7.2's `migrate_params_check()`).
-fn compress_param_kind(name: &str) -> Option<ParamKind> {
-    Some(match name {
-        "compress-level" => ParamKind::UInt(0, 9),
-        "compress-threads" | "decompress-threads" => ParamKind::UInt(1, u8::MAX as u64),
-        "compress-wait-thread" => ParamKind::Bool,
-        _ => return None,
-    })
-}
-
-fn check_param(name: &str, kind: ParamKind, v: Value) -> QResult<Value> {
-    match (kind, v) {
-        (ParamKind::UInt(lo, hi), Value::Number(n)) => {
-            let x = n.as_u64().ok_or_else(|| {
-                if n.is_i64() {
-                    QmpErr::generic(format!(
-                        "Parameter '{name}' expects an integer in the range of {lo} to {hi}"
-                    ))
-                } else {
-                    invalid_type(name, "integer")
-                }
-            })?;
-            if x < lo || x > hi {
-                return Err(QmpErr::generic(format!(
-                    "Parameter '{name}' expects an integer in the range of {lo} to {hi}"
-                )));
-            }
-            Ok(json!(x))
-        }
-        (ParamKind::UInt(..), _) => Err(invalid_type(name, "integer")),
-        (ParamKind::Bool, v @ Value::Bool(_)) => Ok(v),
-        (ParamKind::Bool, _) => Err(invalid_type(name, "boolean")),
-        (ParamKind::StrOrNull, Value::Null) => Ok(json!("")),
-        (ParamKind::StrOrNull, v @ Value::String(_)) => Ok(v),
-        (ParamKind::StrOrNull, _) => Err(invalid_type(name, "string")),
-        (ParamKind::Enum(allowed), Value::String(s)) => {
-            if allowed.contains(&s.as_str()) {
-                Ok(Value::String(s))
-            } else {
-                Err(not_accepted(name, &s))
-            }
-        }
-        (ParamKind::Enum(_), _) => Err(invalid_type(name, "string")),
-        (ParamKind::Array, v @ Value::Array(_)) => Ok(v),
-        (ParamKind::Array, _) => Err(invalid_type(name, "array")),
-    }
-}
-
-pub(super) fn set_parameters(shared: &Shared, a: Args) -> QResult<Value> {
-    let mut g = shared.lock();
-    let legacy_compress = compress_exists(g.machine.as_deref().and_then(machine_version));
-    let mut updates = Vec::with_capacity(a.map.len());
-    for (k, v) in a.map {
-        let kind = match legacy_compress.then(|| compress_param_kind(&k)).flatten() {
-            Some(kind) => kind,
-            None => param_kind(&k, g.parameters.get(&k))
-                .filter(|_| g.parameters.contains_key(&k) || k == "block-bitmap-mapping")
-                .ok_or_else(|| QmpErr::generic(format!("Parameter '{k}' is unexpected")))?,
-        };
-        let v = check_param(&k, kind, v)?;
-        updates.push((k, v));
-    }
-    for (k, v) in updates {
-        g.parameters.insert(k, v);
-    }
     Ok(json!({}))
 }
 

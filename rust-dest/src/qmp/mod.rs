@@ -29,8 +29,12 @@ use crate::state::Shared;
 mod args;
 mod commands;
 mod crossmig;
+mod info;
 mod migration;
+mod params;
+pub mod schema;
 mod server;
+pub mod types;
 
 pub use args::{QResult, QmpErr};
 pub use commands::{version, CommandDef, COMMANDS};
@@ -50,6 +54,9 @@ pub enum QmpEndpoint {
     UnixAbstract(String),
     /// A TCP socket; `host` has no IPv6 brackets and may be empty (= any).
     Tcp { host: String, port: u16 },
+    /// An inherited descriptor (`-chardev socket,fd=N`): a listening socket
+    /// with `server`, a connected one without; unix or TCP.
+    Fd(i32),
 }
 
 /// A parsed `-qmp` argument.
@@ -147,6 +154,14 @@ pub fn parse_spec(spec: &str) -> Result<QmpAddr, String> {
                 QmpEndpoint::Unix(PathBuf::from(rest))
             }
         }
+        "fd" => {
+            let n: i32 = rest
+                .parse()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| format!("Unable to parse FD number {rest}"))?;
+            QmpEndpoint::Fd(n)
+        }
         "tcp" => {
             if abstract_ns {
                 return Err("'abstract' is only valid for unix sockets".into());
@@ -199,6 +214,25 @@ fn abstract_addr(name: &str) -> io::Result<std::os::unix::net::SocketAddr> {
     std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
 }
 
+/// Take ownership of inherited descriptor `fd`, which must be a unix or
+/// TCP socket (`true`: unix). QEMU's text when it is not a socket.
+fn inherited(fd: i32) -> io::Result<(std::os::fd::OwnedFd, bool)> {
+    use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
+    let not_socket = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("File descriptor '{fd}' is not a socket"),
+        )
+    };
+    let addr = getsockname::<SockaddrStorage>(fd).map_err(|_| not_socket())?;
+    let unix = match addr.family() {
+        Some(AddressFamily::Unix) => true,
+        Some(AddressFamily::Inet | AddressFamily::Inet6) => false,
+        _ => return Err(not_socket()),
+    };
+    Ok((crate::mem::adopt_inherited_fd(fd)?, unix))
+}
+
 fn tcp_host(host: &str) -> &str {
     if host.is_empty() {
         "0.0.0.0"
@@ -225,6 +259,10 @@ pub fn spawn(shared: Shared, spec: &str) -> io::Result<std::thread::JoinHandle<(
             QmpEndpoint::Tcp { host, port } => {
                 Listener::Tcp(std::net::TcpListener::bind((tcp_host(host), *port))?)
             }
+            QmpEndpoint::Fd(fd) => match inherited(*fd)? {
+                (fd, true) => Listener::Unix(StdUnixListener::from(fd)),
+                (fd, false) => Listener::Tcp(std::net::TcpListener::from(fd)),
+            },
         };
         match &l {
             Listener::Unix(u) => tracing::info!("QMP listening on {:?}", u.local_addr()?),
@@ -249,6 +287,10 @@ pub fn spawn(shared: Shared, spec: &str) -> io::Result<std::thread::JoinHandle<(
             QmpEndpoint::Tcp { host, port } => {
                 Conn::Tcp(std::net::TcpStream::connect((tcp_host(host), *port))?)
             }
+            QmpEndpoint::Fd(fd) => match inherited(*fd)? {
+                (fd, true) => Conn::Unix(std::os::unix::net::UnixStream::from(fd)),
+                (fd, false) => Conn::Tcp(std::net::TcpStream::from(fd)),
+            },
         };
         (None, Some(c))
     };

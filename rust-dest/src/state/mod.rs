@@ -16,6 +16,7 @@ mod caps;
 mod counters;
 mod devices;
 mod events;
+mod guest;
 mod status;
 
 pub use caps::{
@@ -24,6 +25,7 @@ pub use caps::{
 pub use counters::{Counters, MultifdChannelStats};
 pub use devices::DeviceSection;
 pub use events::Event;
+pub use guest::{GuestInfo, VcpuIds};
 pub use status::{MigStatus, PcState, RunState};
 
 /// Callback used by `migrate-incoming` (with `-incoming defer`) to start
@@ -65,6 +67,8 @@ pub struct Inner {
     pub fault_latencies_us: Vec<u64>,
     /// Per multifd channel statistics, by channel id.
     pub multifd_channels: std::collections::BTreeMap<u8, MultifdChannelStats>,
+    /// `-name`, `-uuid`, `-smp` (for the QMP queries).
+    pub guest: GuestInfo,
 }
 
 /// The shared state. Cheap to clone (`Arc`).
@@ -110,6 +114,7 @@ impl Shared {
                 postcopy_state: PcState::None,
                 fault_latencies_us: Vec::new(),
                 multifd_channels: Default::default(),
+                guest: GuestInfo::default(),
             }),
             counters: Counters::default(),
             events: tx,
@@ -152,11 +157,11 @@ impl Shared {
         Capability::parse(name).is_some_and(|c| self.has(c))
     }
 
-    /// Change the migration status and emit a `MIGRATION` event (QEMU emits
-    /// one per change regardless of the `events` capability on the incoming
-    /// side).
+    /// Change the migration status and emit a `MIGRATION` event when the
+    /// `events` capability is on (as QEMU's `migrate_set_state()`; observed
+    /// on a 10.0 destination: no event without it).
     pub fn set_status(&self, st: MigStatus) {
-        {
+        let events = {
             let mut g = self.lock();
             if g.status == st {
                 return;
@@ -168,9 +173,12 @@ impl Shared {
             if st.is_terminal() {
                 g.finished_at = Some(Instant::now());
             }
-        }
+            g.capabilities.get(Capability::Events)
+        };
         tracing::info!(status = st.as_str(), "migration status");
-        self.emit("MIGRATION", json!({ "status": st.as_str() }));
+        if events {
+            self.emit("MIGRATION", json!({ "status": st.as_str() }));
+        }
     }
 
     /// Fail the migration with a message (kept as `error-desc`).
@@ -285,6 +293,7 @@ fn default_parameters() -> serde_json::Map<String, Value> {
         "multifd-compression": "none",
         "multifd-zlib-level": 1,
         "multifd-zstd-level": 1,
+        "multifd-qatzip-level": 1,
         "x-vcpu-dirty-limit-period": 1000,
         "vcpu-dirty-limit": 1,
         "mode": "normal",

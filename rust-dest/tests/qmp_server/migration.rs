@@ -18,9 +18,19 @@ fn status_events_and_run_state() {
     quiet.recv();
     let mut c = Client::ready(&s.sock);
     let st = c.ok("query-status", Value::Null);
-    assert_eq!(st, json!({"status": "inmigrate", "running": false, "singlestep": false}));
+    assert_eq!(st, json!({"status": "inmigrate", "running": false}));
     assert_eq!(c.ok("query-migrate", Value::Null), json!({}));
 
+    // Without the `events` capability, no MIGRATION event (as QEMU 10.0's
+    // destination): the next event seen is the one after it is set.
+    s.shared.set_status(MigStatus::Setup);
+    c.ok(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    );
+    s.shared.set_status(MigStatus::Active);
+    assert_eq!(c.event("MIGRATION")["data"]["status"], "active");
+    s.shared.lock().status = MigStatus::None;
     s.shared.set_status(MigStatus::Setup);
     let ev = c.event("MIGRATION");
     assert_eq!(ev["data"], json!({"status": "setup"}));
@@ -51,10 +61,7 @@ fn status_events_and_run_state() {
     c.ok("cont", Value::Null);
     let ev = c.event("RESUME");
     assert!(ev.get("data").is_none(), "QEMU's RESUME has no data: {ev}");
-    assert_eq!(
-        c.ok("query-status", Value::Null),
-        json!({"status": "running", "running": true, "singlestep": false})
-    );
+    assert_eq!(c.ok("query-status", Value::Null), json!({"status": "running", "running": true}));
     c.ok("stop", Value::Null);
     c.event("STOP");
     assert_eq!(c.ok("query-status", Value::Null)["status"], "paused");
@@ -246,7 +253,13 @@ fn migrate_incoming_channels() {
         "migrate-incoming",
         json!({"channels": [{"channel-type": "main", "addr": {"transport": "socket", "type": "carrier-pigeon"}}]}),
     );
-    assert!(desc.contains("channels[0].addr.type"), "{desc}");
+    // QEMU 10.0's enum visitor names the member alone (observed).
+    assert_eq!(desc, "Parameter 'type' does not accept value 'carrier-pigeon'");
+    let (_, desc) = c.err(
+        "migrate-incoming",
+        json!({"channels": [{"channel-type": "main", "addr": {"transport": "socket", "type": "inet", "host": "x"}}]}),
+    );
+    assert_eq!(desc, "Parameter 'channels[0].addr.port' is missing");
     let (_, desc) = c.err("migrate-incoming", json!({"uri": "tcp:a:1", "channels": []}));
     assert!(desc.contains("mutually exclusive"), "{desc}");
     c.ok(
