@@ -141,6 +141,19 @@ impl Compression {
             Compression::Qatzip => "qatzip",
         }
     }
+    /// The method a `multifd-compression` value names.
+    pub fn from_name(name: &str) -> Option<Compression> {
+        [
+            Compression::None,
+            Compression::Zlib,
+            Compression::Zstd,
+            Compression::Qpl,
+            Compression::Uadk,
+            Compression::Qatzip,
+        ]
+        .into_iter()
+        .find(|c| c.name() == name)
+    }
 }
 
 /// What is wrong with a multifd packet. Every variant but `Incomplete`

@@ -364,11 +364,13 @@ fn to_step(r: Record) -> Result<Step, String> {
             if pages.len() > 128 {
                 return Err(format!("multifd-ram: {} pages, a packet holds 128", pages.len()));
             }
-            let compression = match compression.as_deref() {
-                None | Some("none") => Compression::None,
-                Some("zlib") => Compression::Zlib,
-                Some("zstd") => Compression::Zstd,
-                Some(o) => {
+            let compression = match compression.as_deref().map(|c| (c, Compression::from_name(c))) {
+                None => Compression::None,
+                Some((
+                    _,
+                    Some(c @ (Compression::None | Compression::Zlib | Compression::Zstd)),
+                )) => c,
+                Some((o, _)) => {
                     return Err(format!("multifd-ram: compression {o:?} (none, zlib or zstd)"))
                 }
             };

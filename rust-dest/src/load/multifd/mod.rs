@@ -59,14 +59,12 @@ impl MultifdConfig {
     pub fn from_shared(shared: &Shared, uuid: [u8; 16]) -> MultifdConfig {
         let g = shared.lock();
         let channels = g.parameters.get("multifd-channels").and_then(|v| v.as_u64()).unwrap_or(2);
-        let compression = match g.parameters.get("multifd-compression").and_then(|v| v.as_str()) {
-            Some("zlib") => Compression::Zlib,
-            Some("zstd") => Compression::Zstd,
-            Some("qpl") => Compression::Qpl,
-            Some("uadk") => Compression::Uadk,
-            Some("qatzip") => Compression::Qatzip,
-            _ => Compression::None,
-        };
+        let compression = g
+            .parameters
+            .get("multifd-compression")
+            .and_then(|v| v.as_str())
+            .and_then(Compression::from_name)
+            .unwrap_or(Compression::None);
         MultifdConfig { channels: channels.clamp(1, 255) as u32, compression, uuid }
     }
 }
