@@ -399,8 +399,39 @@ fn random_u32() -> u32 {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// Ports handed out by [`free_tcp_port`]: below Linux's default ephemeral
+/// range (32768-60999), so no outgoing connection of a parallel test can be
+/// given the port between our check and QEMU's bind.
+const PORT_RANGE: std::ops::Range<u32> = 20000..32000;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago and that this process
+/// has not handed out before.
+///
+/// Asking the kernel for port 0 is not enough: it returns an ephemeral port,
+/// and once our probe socket closes, any test's outgoing connection may be
+/// given that same port as its local end before QEMU binds it ("Address
+/// already in use", seen in CI). Instead each process walks its own stretch
+/// of a range outside the ephemeral one, starting at a random point, and
+/// skips ports it cannot bind.
 pub fn free_tcp_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = PORT_RANGE.end - PORT_RANGE.start;
+    if NEXT.load(Ordering::Relaxed) == u32::MAX {
+        let _ = NEXT.compare_exchange(
+            u32::MAX,
+            random_u32() % span,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    }
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (PORT_RANGE.start + n % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
     l.local_addr().expect("local_addr").port()
 }
