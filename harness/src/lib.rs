@@ -1,6 +1,7 @@
 //! crossmig: drive real QEMU migrations into rust-dest or a QEMU destination
 //! and verify guest memory page by page. See ARCHITECTURE.md for the map.
 
+pub mod analyze;
 pub mod bench;
 pub mod drive;
 pub mod images;

@@ -27,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Read a migration stream at rest (file:, exec:, mapped-ram, or the harness's recordings of every channel) and summarise it.
+    Analyze(harness::analyze::cli::AnalyzeArgs),
     /// Benchmarks: rust-dest against QEMU's own destination, side by side (A B A B), with ratios, JSON and an HTML report.
     Bench(harness::bench::BenchArgs),
     /// Provision and list QEMU builds (7.2, 10.0, 11.1) side by side in a cache folder.
@@ -119,6 +121,7 @@ fn main() {
 
 async fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
+        Cmd::Analyze(a) => harness::analyze::cli::run(&a),
         Cmd::Bench(a) => harness::bench::run_bench(a).await,
         Cmd::Qemu(c) => {
             harness::provision::cli::run_qemu_cmd(c).await?;
