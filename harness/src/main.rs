@@ -96,6 +96,9 @@ enum Cmd {
         /// not checked against the wire bytes); use for timings comparable with a QEMU destination.
         #[arg(long)]
         no_record: bool,
+        /// Record every connection (both directions) and keep the recordings in DIR for `crossmig analyze DIR`.
+        #[arg(long, value_name = "DIR")]
+        keep_recording: Option<PathBuf>,
     },
 }
 
@@ -145,6 +148,7 @@ async fn run(cli: Cli) -> Result<bool> {
             capabilities,
             recover,
             no_record,
+            keep_recording,
         } => {
             let qemu = match qemu {
                 Some(p) => QemuBinary::new(p),
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> Result<bool> {
             if no_record {
                 o.record = false;
             }
+            o.keep_recording = keep_recording;
             run_one(&o, json.as_deref()).await
         }
     }

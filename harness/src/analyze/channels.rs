@@ -65,7 +65,9 @@ pub fn multifd(a: &mut Analysis, ram: &mut Ram, path: &Path, b: &[u8]) {
         if p.is_sync() {
             ch.syncs += 1;
         }
-        for (kind, offs) in [(PageKind::Normal, p.normal_offsets()), (PageKind::Zero, p.zero_offsets())] {
+        for (kind, offs) in
+            [(PageKind::Normal, p.normal_offsets()), (PageKind::Zero, p.zero_offsets())]
+        {
             for &off in offs {
                 if !ram.page(&p.ramblock, off, kind, Source::Multifd) {
                     let what = format!("page at {off:#x} of block {:?}: no such block (or beyond its end) in MEM_SIZE", p.ramblock);
@@ -109,7 +111,8 @@ pub fn preempt(a: &mut Analysis, ram: &mut Ram, path: &Path, b: &[u8]) {
             },
         };
         if !ram.page(&name, addr, kind, Source::Preempt) {
-            let e = DecodeError::invalid(off, format!("page at {addr:#x} of unknown block {name:?}"));
+            let e =
+                DecodeError::invalid(off, format!("page at {addr:#x} of unknown block {name:?}"));
             return a.damage.push(Damage::from_decode(path, &e));
         }
         last = Some(name);

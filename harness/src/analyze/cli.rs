@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use std::io::Write as _;
+
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
@@ -44,17 +46,22 @@ pub struct AnalyzeArgs {
 /// when a channel is damaged (everything decoded before it is printed).
 pub fn run(a: &AnalyzeArgs) -> Result<bool> {
     let an = super::analyze(&a.inputs, a.vmdesc.as_deref())?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&an)?);
+    let out = if a.json {
+        format!("{}\n", serde_json::to_string_pretty(&an)?)
     } else {
         match a.format {
-            Format::Summary => print!("{}", super::text::summary(&an, a.fields)),
+            Format::Summary => super::text::summary(&an, a.fields),
             Format::AnalyzeMigration if a.desc => match super::script::desc_text(&an) {
-                Some(d) => print!("{d}"),
+                Some(d) => d,
                 None => anyhow::bail!("the stream carries no vmdesc (give one with --vmdesc FILE)"),
             },
-            Format::AnalyzeMigration => print!("{}", super::script::state_text(&an)),
+            Format::AnalyzeMigration => super::script::state_text(&an),
         }
+    };
+    // A closed pipe (`| head`) ends the output quietly.
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.into()),
+        _ => {}
     }
     if let Some(dir) = &a.extract {
         for f in super::extract::extract(&an, dir)? {

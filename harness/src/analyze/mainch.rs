@@ -89,7 +89,8 @@ pub fn walk(
         tail_ends: HashMap::new(),
     };
     if let Err(e) = wk.run(&mut w, bytes, 0) {
-        let d = Damage::from_decode(path, &e);
+        let mut d = Damage::from_decode(path, &e);
+        d.expected = format!("expected {}: {}", expecting(w.mode()), d.expected);
         wk.a.damage.push(d);
     }
     wk.st.walker = Some(w);
@@ -151,8 +152,7 @@ impl Walk<'_> {
                     }
                 }
             }
-            if self.st.mapped_ram && matches!(w.mode(), Mode::Ram { .. }) && self.needs_mem_size()
-            {
+            if self.st.mapped_ram && matches!(w.mode(), Mode::Ram { .. }) && self.needs_mem_size() {
                 let next = super::mapped_ram::mem_size(self, bytes, base, pos)?;
                 pos = (next - base) as usize;
             }
@@ -260,11 +260,16 @@ impl Walk<'_> {
                 self.st.sections.insert(section_id, (idstr.to_string(), instance_id));
                 if matches!(w.mode(), Mode::Ram { .. }) {
                     self.last = None;
-                    let i = self.push(offset, len, section_ev(kind, section_id, idstr, Some((instance_id, version_id)), true));
+                    let i = self.push(
+                        offset,
+                        len,
+                        section_ev(kind, section_id, idstr, Some((instance_id, version_id)), true),
+                    );
                     self.open_ram = Some(i);
                     return Ok(None);
                 }
-                let dev = (kind, section_id, idstr.to_string(), Some(instance_id), Some(version_id));
+                let dev =
+                    (kind, section_id, idstr.to_string(), Some(instance_id), Some(version_id));
                 self.device(dev, offset, end, bytes, base).map(Some)
             }
             TopRecord::SectionCont { kind, section_id } => {
@@ -318,7 +323,12 @@ impl Walk<'_> {
                     pages += self.ram.discard(&d.block, l);
                 }
                 let ranges = d.ranges.len();
-                self.pc().discards.push(DiscardInfo { offset, block: d.block.clone(), ranges, pages });
+                self.pc().discards.push(DiscardInfo {
+                    offset,
+                    block: d.block.clone(),
+                    ranges,
+                    pages,
+                });
                 format!("{}: {ranges} range(s), {pages} page(s)", d.block)
             }
             Command::PostcopyListen => {
@@ -359,7 +369,11 @@ impl Walk<'_> {
         let inner = std::mem::replace(&mut self.events, outer);
         self.in_package = was;
         self.tail_ends = saved_tail;
-        self.push(offset, blob.len() as u64, EventKind::Package { len: blob.len() as u32, events: inner });
+        self.push(
+            offset,
+            blob.len() as u64,
+            EventKind::Package { len: blob.len() as u32, events: inner },
+        );
         r.map_err(|e| e.context("inside the PACKAGED blob"))
     }
 
@@ -367,7 +381,13 @@ impl Walk<'_> {
     /// its data; returns the offset after its footer.
     fn device(
         &mut self,
-        (kind, section_id, name, instance_id, version_id): (SectionKind, u32, String, Option<u32>, Option<u32>),
+        (kind, section_id, name, instance_id, version_id): (
+            SectionKind,
+            u32,
+            String,
+            Option<u32>,
+            Option<u32>,
+        ),
         offset: u64,
         hdr_end: u64,
         bytes: &[u8],
@@ -385,7 +405,12 @@ impl Walk<'_> {
                     fields = Some(v);
                     data_end = Some(c.offset());
                 }
-                Ok(_) => decode_error = Some(format!("no footer after the {} bytes the vmdesc describes", c.offset() - hdr_end)),
+                Ok(_) => {
+                    decode_error = Some(format!(
+                        "no footer after the {} bytes the vmdesc describes",
+                        c.offset() - hdr_end
+                    ))
+                }
                 Err(e) => decode_error = Some(e.to_string()),
             }
         }
@@ -449,8 +474,25 @@ impl Walk<'_> {
         }
         Err(DecodeError::invalid(
             hdr_end,
-            format!("device section {id}: its footer (0x7e, be32 {id}) followed by a record or EOF"),
+            format!(
+                "device section {id}: its footer (0x7e, be32 {id}) followed by a record or EOF"
+            ),
         ))
+    }
+}
+
+/// What the walker was reading, for damage reports.
+fn expecting(m: Mode) -> String {
+    match m {
+        Mode::Header { expect_cfg: true } => "the stream header and configuration section".into(),
+        Mode::Header { .. } => "the stream header".into(),
+        Mode::Top => "a section, command or EOF (or device data)".into(),
+        Mode::Ram { section_id } => format!("a RAM record of section {section_id}"),
+        Mode::Footer { section_id } => format!("the footer of section {section_id}"),
+        Mode::Package { len } => format!("the PACKAGED blob of {len} bytes"),
+        Mode::AfterEof => "the vmdesc record after EOF".into(),
+        Mode::Bare => "a RAM record".into(),
+        Mode::Done => "nothing more".into(),
     }
 }
 
@@ -477,7 +519,9 @@ fn describe(v: &pyjson::J, name: &str, instance: Option<u32>) -> Option<pyjson::
         .rev()
         .find(|d| {
             d.get("name").and_then(pyjson::J::as_str) == Some(name)
-                && instance.is_none_or(|i| d.get("instance_id").and_then(pyjson::J::as_u64) == Some(i as u64))
+                && instance.is_none_or(|i| {
+                    d.get("instance_id").and_then(pyjson::J::as_u64) == Some(i as u64)
+                })
         })
         .cloned()
 }

@@ -16,12 +16,20 @@ use super::MappedRamBlock;
 
 /// Decode the MEM_SIZE record at `pos` of a mapped-ram stream; returns the
 /// absolute offset where the stream continues.
-pub(super) fn mem_size(wk: &mut Walk, bytes: &[u8], base: u64, pos: usize) -> Result<u64, DecodeError> {
+pub(super) fn mem_size(
+    wk: &mut Walk,
+    bytes: &[u8],
+    base: u64,
+    pos: usize,
+) -> Result<u64, DecodeError> {
     let mut c = Cursor::new(&bytes[pos..], base + pos as u64);
     let start = c.offset();
     let word = c.be64(start)?;
     if word & RAM_SAVE_FLAG_MEM_SIZE == 0 {
-        return Err(DecodeError::invalid(start, format!("expected MEM_SIZE (flags 0x4) first in the RAM section, found {word:#x}")));
+        return Err(DecodeError::invalid(
+            start,
+            format!("expected MEM_SIZE (flags 0x4) first in the RAM section, found {word:#x}"),
+        ));
     }
     let total = word & !0xfff;
     let ignore_shared = wk.ignore_shared();
@@ -48,7 +56,8 @@ pub(super) fn mem_size(wk: &mut Walk, bytes: &[u8], base: u64, pos: usize) -> Re
         let bm = bytes.get(bitmap_offset as usize..bitmap_offset as usize + words * 8).ok_or_else(|| {
             DecodeError::invalid(hoff, format!("mapped-ram bitmap of {name:?} at {bitmap_offset:#x} ({} bytes) is beyond the end of the file", words * 8))
         })?;
-        let present: Vec<usize> = (0..npages).filter(|&i| bm[i / 8] & (1 << (i % 8)) != 0).collect();
+        let present: Vec<usize> =
+            (0..npages).filter(|&i| bm[i / 8] & (1 << (i % 8)) != 0).collect();
         let (a, ram, _) = wk.analysis();
         ram.block(&name, len);
         ram.mapped_pages(&name, present.iter().copied());
@@ -66,9 +75,16 @@ pub(super) fn mem_size(wk: &mut Walk, bytes: &[u8], base: u64, pos: usize) -> Re
         n += 1;
         next = pages_offset + len;
         // The next entry follows the page area.
-        let rel = next.checked_sub(base).map(|r| r as usize).filter(|&r| r <= bytes.len()).ok_or_else(|| {
-            DecodeError::invalid(hoff, format!("mapped-ram page area ends at {next:#x}, beyond the end of the file"))
-        })?;
+        let rel = next
+            .checked_sub(base)
+            .map(|r| r as usize)
+            .filter(|&r| r <= bytes.len())
+            .ok_or_else(|| {
+                DecodeError::invalid(
+                    hoff,
+                    format!("mapped-ram page area ends at {next:#x}, beyond the end of the file"),
+                )
+            })?;
         c = Cursor::new(&bytes[rel..], next);
     }
     if let Some(ch) = wk.ram_chunk() {
@@ -78,7 +94,10 @@ pub(super) fn mem_size(wk: &mut Walk, bytes: &[u8], base: u64, pos: usize) -> Re
 }
 
 /// The pages of a mapped-ram block as the bitmap says: (page index, bytes).
-pub fn pages<'a>(bytes: &'a [u8], b: &MappedRamBlock) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
+pub fn pages<'a>(
+    bytes: &'a [u8],
+    b: &MappedRamBlock,
+) -> impl Iterator<Item = (usize, &'a [u8])> + 'a {
     let ps = b.page_size as usize;
     let npages = b.used_length.div_ceil(b.page_size) as usize;
     let bm = bytes.get(b.bitmap_offset as usize..).unwrap_or(&[]);

@@ -70,7 +70,9 @@ impl Damage {
         let (offset, expected) = match e {
             wire::DecodeError::Incomplete { at, needed } => (
                 *at,
-                format!("the data ends inside the record starting here ({needed} more byte(s) needed)"),
+                format!(
+                    "the data ends inside the record starting here ({needed} more byte(s) needed)"
+                ),
             ),
             wire::DecodeError::Invalid { offset, what } => (*offset, what.clone()),
         };
@@ -108,7 +110,9 @@ pub struct RamChunk {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum EventKind {
-    Header { version: u32 },
+    Header {
+        version: u32,
+    },
     Section {
         kind: &'static str,
         section_id: u32,
@@ -118,11 +122,21 @@ pub enum EventKind {
         ram: Option<RamChunk>,
     },
     /// A device section: index into [`Analysis::devices`].
-    Device { index: usize },
-    Command { name: String, detail: Option<String> },
-    Package { len: u32, events: Vec<Event> },
+    Device {
+        index: usize,
+    },
+    Command {
+        name: String,
+        detail: Option<String>,
+    },
+    Package {
+        len: u32,
+        events: Vec<Event>,
+    },
     Eof,
-    Vmdesc { len: u64 },
+    Vmdesc {
+        len: u64,
+    },
 }
 
 /// A record with its byte range in its channel.
@@ -277,10 +291,11 @@ pub fn analyze(
             path: p.to_path_buf(),
             what: "no vmdesc record (EOF, 0x06, length, JSON) at the end of the file".into(),
         })?;
-        a.vmdesc = Some(pyjson::parse(raw).map_err(|e| AnalyzeError::Vmdesc {
-            path: p.to_path_buf(),
-            what: e.to_string(),
-        })?);
+        a.vmdesc =
+            Some(pyjson::parse(raw).map_err(|e| AnalyzeError::Vmdesc {
+                path: p.to_path_buf(),
+                what: e.to_string(),
+            })?);
     }
     let mut ram = ram::Ram::default();
     let mut main = mainch::MainState::default();

@@ -310,7 +310,10 @@ impl Parser<'_> {
                         b'r' => '\r',
                         b't' => '\t',
                         b'u' => {
-                            let h = self.b.get(self.i..self.i + 4).ok_or_else(|| self.err("bad \\u"))?;
+                            let h = self
+                                .b
+                                .get(self.i..self.i + 4)
+                                .ok_or_else(|| self.err("bad \\u"))?;
                             let h = std::str::from_utf8(h).map_err(|_| self.err("bad \\u"))?;
                             let u = u16::from_str_radix(h, 16).map_err(|_| self.err("bad \\u"))?;
                             self.i += 4;

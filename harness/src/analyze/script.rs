@@ -20,7 +20,9 @@ pub fn state(a: &Analysis) -> J {
 fn add(a: &Analysis, events: &[Event], out: &mut Vec<(String, J)>) {
     for e in events {
         match &e.kind {
-            EventKind::Section { kind: "START" | "FULL", section_id, name, ram: Some(_), .. } => {
+            EventKind::Section {
+                kind: "START" | "FULL", section_id, name, ram: Some(_), ..
+            } => {
                 let sizes = a
                     .blocks
                     .iter()

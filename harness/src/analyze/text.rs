@@ -16,7 +16,13 @@ fn write_summary(s: &mut String, a: &Analysis, fields: bool) -> std::fmt::Result
     writeln!(s, "Inputs:")?;
     for i in &a.inputs {
         let role = serde_json::to_value(i.role).ok().and_then(|v| v.as_str().map(String::from));
-        writeln!(s, "  {:<12} {:>10} bytes  {}", role.unwrap_or_default(), i.bytes, i.path.display())?;
+        writeln!(
+            s,
+            "  {:<12} {:>10} bytes  {}",
+            role.unwrap_or_default(),
+            i.bytes,
+            i.path.display()
+        )?;
     }
     if let Some(h) = &a.header {
         write!(s, "Header: version {}", h.version)?;
@@ -42,14 +48,22 @@ fn write_summary(s: &mut String, a: &Analysis, fields: bool) -> std::fmt::Result
         let at = |o: Option<u64>| o.map_or("-".to_string(), |o| format!("{o:#010x}"));
         writeln!(s, "  POSTCOPY_ADVISE      {}", at(p.advise))?;
         let pages: u64 = p.discards.iter().map(|d| d.pages).sum();
-        writeln!(s, "  POSTCOPY_RAM_DISCARD {} command(s), {pages} page(s) discarded", p.discards.len())?;
+        writeln!(
+            s,
+            "  POSTCOPY_RAM_DISCARD {} command(s), {pages} page(s) discarded",
+            p.discards.len()
+        )?;
         for d in &p.discards {
-            writeln!(s, "    {:#010x} {}: {} range(s), {} page(s)", d.offset, d.block, d.ranges, d.pages)?;
+            writeln!(
+                s,
+                "    {:#010x} {}: {} range(s), {} page(s)",
+                d.offset, d.block, d.ranges, d.pages
+            )?;
         }
-        writeln!(s, "  POSTCOPY_LISTEN      {}", at(p.listen))?;
         if let Some((o, n)) = p.package {
             writeln!(s, "  PACKAGED             {o:#010x} ({n} bytes)")?;
         }
+        writeln!(s, "  POSTCOPY_LISTEN      {}", at(p.listen))?;
         writeln!(s, "  POSTCOPY_RUN         {}", at(p.run))?;
         for r in &p.resumes {
             writeln!(s, "  POSTCOPY_RESUME      {r:#010x}")?;
@@ -72,14 +86,35 @@ fn write_summary(s: &mut String, a: &Analysis, fields: bool) -> std::fmt::Result
     writeln!(
         s,
         "  {:<24} {:>12} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9}",
-        "block", "bytes", "pages", "zero", "xbzrle", "multifd", "preempt", "postcopy", "resent", "never-sent", "discarded", "requested"
+        "block",
+        "bytes",
+        "pages",
+        "zero",
+        "xbzrle",
+        "multifd",
+        "preempt",
+        "postcopy",
+        "resent",
+        "never-sent",
+        "discarded",
+        "requested"
     )?;
     for b in &a.blocks {
         writeln!(
             s,
             "  {:<24} {:>12} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>7} {:>10} {:>9} {:>9}",
-            b.name, b.used_length, b.pages, b.zero_pages, b.xbzrle_pages, b.multifd_pages, b.preempt_pages,
-            b.postcopy_pages, b.resent_pages, b.never_sent_pages, b.discarded_pages, b.requested_pages
+            b.name,
+            b.used_length,
+            b.pages,
+            b.zero_pages,
+            b.xbzrle_pages,
+            b.multifd_pages,
+            b.preempt_pages,
+            b.postcopy_pages,
+            b.resent_pages,
+            b.never_sent_pages,
+            b.discarded_pages,
+            b.requested_pages
         )?;
     }
     for m in &a.mapped_ram {
@@ -113,7 +148,12 @@ fn write_summary(s: &mut String, a: &Analysis, fields: bool) -> std::fmt::Result
         writeln!(
             s,
             "  {:#010x} {} {} (id {}{inst}{ver}){}: {} bytes, {how}",
-            d.offset, d.kind, d.name, d.section_id, if d.in_package { " [package]" } else { "" }, d.size
+            d.offset,
+            d.kind,
+            d.name,
+            d.section_id,
+            if d.in_package { " [package]" } else { "" },
+            d.size
         )?;
         if fields {
             if let Some(f) = &d.fields {
@@ -155,7 +195,11 @@ fn events(s: &mut String, a: &Analysis, evs: &[Event], depth: usize) -> std::fmt
                     matches!(&x.kind, EventKind::Section { kind: k, section_id: id, ram: Some(r), .. }
                         if k == kind && id == section_id && r.mem_size_blocks == 0)
                 };
-                let j = if ram.is_some() { i + 1 + evs[i + 1..].iter().take_while(|x| same(x)).count() } else { i + 1 };
+                let j = if ram.is_some() {
+                    i + 1 + evs[i + 1..].iter().take_while(|x| same(x)).count()
+                } else {
+                    i + 1
+                };
                 let (mut pages, mut zero, mut xb, mut fl, mut blocks) = (0, 0, 0, 0, 0);
                 for x in &evs[i..j] {
                     if let EventKind::Section { ram: Some(r), .. } = &x.kind {
@@ -173,7 +217,12 @@ fn events(s: &mut String, a: &Analysis, evs: &[Event], depth: usize) -> std::fmt
                     (Some(i), Some(v)) => format!(", instance {i}, version {v}"),
                     _ => String::new(),
                 };
-                write!(s, "{pad}{:#010x} {:>9} {kind}{times} {name} (id {section_id}{iv})", e.offset, end - e.offset)?;
+                write!(
+                    s,
+                    "{pad}{:#010x} {:>9} {kind}{times} {name} (id {section_id}{iv})",
+                    e.offset,
+                    end - e.offset
+                )?;
                 if ram.is_some() {
                     if blocks > 0 {
                         write!(s, ": MEM_SIZE {blocks} block(s)")?;
@@ -190,10 +239,18 @@ fn events(s: &mut String, a: &Analysis, evs: &[Event], depth: usize) -> std::fmt
                 i = j;
                 continue;
             }
-            EventKind::Header { version } => writeln!(s, "{pad}{:#010x} {:>9} header (QEVM, version {version})", e.offset, e.len)?,
+            EventKind::Header { version } => writeln!(
+                s,
+                "{pad}{:#010x} {:>9} header (QEVM, version {version})",
+                e.offset, e.len
+            )?,
             EventKind::Device { index } => {
                 let d = &a.devices[*index];
-                writeln!(s, "{pad}{:#010x} {:>9} {} {} (id {}): {} bytes of device state", e.offset, e.len, d.kind, d.name, d.section_id, d.size)?
+                writeln!(
+                    s,
+                    "{pad}{:#010x} {:>9} {} {} (id {}): {} bytes of device state",
+                    e.offset, e.len, d.kind, d.name, d.section_id, d.size
+                )?
             }
             EventKind::Command { name, detail } => match detail {
                 Some(d) => writeln!(s, "{pad}{:#010x} {:>9} command {name}: {d}", e.offset, e.len)?,
@@ -204,7 +261,9 @@ fn events(s: &mut String, a: &Analysis, evs: &[Event], depth: usize) -> std::fmt
                 events(s, a, inner, depth + 1)?;
             }
             EventKind::Eof => writeln!(s, "{pad}{:#010x} {:>9} EOF", e.offset, e.len)?,
-            EventKind::Vmdesc { len } => writeln!(s, "{pad}{:#010x} {:>9} vmdesc ({len} bytes of JSON)", e.offset, e.len)?,
+            EventKind::Vmdesc { len } => {
+                writeln!(s, "{pad}{:#010x} {:>9} vmdesc ({len} bytes of JSON)", e.offset, e.len)?
+            }
         }
         i += 1;
     }
@@ -234,7 +293,9 @@ fn leaves(s: &mut String, v: &J, path: &mut String) -> std::fmt::Result {
             }
         }
         J::Str(t) => writeln!(s, "      {path} = {t}")?,
-        other => writeln!(s, "      {path} = {}", serde_json::to_string(other).unwrap_or_default())?,
+        other => {
+            writeln!(s, "      {path} = {}", serde_json::to_string(other).unwrap_or_default())?
+        }
     }
     Ok(())
 }

@@ -134,7 +134,10 @@ fn read_field(c: &mut Cursor, f: &J, depth: usize) -> Result<J, DecodeError> {
     Ok(match reader(ty) {
         Reader::Struct => {
             let s = f.get("struct").ok_or_else(|| {
-                DecodeError::invalid(at, format!("struct field {:?} without \"struct\"", field_name(f)))
+                DecodeError::invalid(
+                    at,
+                    format!("struct field {:?} without \"struct\"", field_name(f)),
+                )
             })?;
             read_struct(c, s, depth + 1)?
         }

@@ -79,6 +79,9 @@ pub struct MigrateOpts {
     /// keeps in process memory) can be checked against a replay of the wire
     /// bytes. Default: on for rust-dest.
     pub record: bool,
+    /// Keep the recordings (every connection, and its return path) in this
+    /// directory for `crossmig analyze`, instead of removing them.
+    pub keep_recording: Option<PathBuf>,
 }
 
 impl MigrateOpts {
@@ -102,6 +105,7 @@ impl MigrateOpts {
             pause_on_dest: false,
             postcopy_bandwidth: if mode == Mode::Postcopy { 64 << 20 } else { 0 },
             record: dest == DestKind::Rust,
+            keep_recording: None,
         }
     }
 }
@@ -249,8 +253,10 @@ pub async fn migrate(
     dst.qmp.set_timeout(Duration::from_secs(30));
 
     let mut m = Migration::new(src, dst, opts.dest);
-    if opts.record {
-        m.route = Route::Record(Recorder::new(&workdir, &tag));
+    if opts.record || opts.keep_recording.is_some() {
+        let mut r = Recorder::new(&workdir, &tag);
+        r.keep = opts.keep_recording.clone();
+        m.route = Route::Record(r);
     }
     let run = match run(opts, &mut m, &mut progress).await {
         Ok(v) => v,

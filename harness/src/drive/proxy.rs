@@ -57,6 +57,9 @@ pub struct ProxyPlan {
     /// chunk more than was delivered). The file is created (truncated) by
     /// [`Proxy::start`].
     pub record: Option<PathBuf>,
+    /// Write every byte of the other direction (destination → source: the
+    /// return path) to this file, created like `record`.
+    pub record_return: Option<PathBuf>,
     /// `(offset, xor)`: XOR the byte at `offset` with `xor` on the way.
     pub flip: Vec<(u64, u8)>,
     /// Forward exactly this many bytes, then close both directions: the
@@ -86,6 +89,10 @@ impl ProxyPlan {
     }
     pub fn record(mut self, path: impl Into<PathBuf>) -> Self {
         self.record = Some(path.into());
+        self
+    }
+    pub fn record_return(mut self, path: impl Into<PathBuf>) -> Self {
+        self.record_return = Some(path.into());
         self
     }
     pub fn flip(mut self, offset: u64, xor: u8) -> Self {
@@ -174,6 +181,8 @@ struct Inner {
     plans: Vec<ProxyPlan>,
     /// Record files created at start, taken by their connection.
     records: Mutex<HashMap<usize, File>>,
+    /// Return-path record files, taken by their connection.
+    return_records: Mutex<HashMap<usize, File>>,
     conns: Mutex<Vec<Arc<ConnState>>>,
     tasks: Mutex<Vec<AbortHandle>>,
     /// Signalled on every accept and every connection end.
@@ -296,6 +305,7 @@ impl Proxy {
         plans: Vec<ProxyPlan>,
     ) -> Result<Proxy> {
         let mut records = HashMap::new();
+        let mut return_records = HashMap::new();
         for (i, p) in plans.iter().enumerate() {
             if plans[..i].iter().any(|q| q.conn == p.conn) {
                 anyhow::bail!("proxy: two plans for connection {}", p.conn);
@@ -305,6 +315,11 @@ impl Proxy {
                     .with_context(|| format!("proxy: creating record file {}", path.display()))?;
                 records.insert(p.conn, f);
             }
+            if let Some(path) = &p.record_return {
+                let f = File::create(path)
+                    .with_context(|| format!("proxy: creating record file {}", path.display()))?;
+                return_records.insert(p.conn, f);
+            }
         }
         let listener =
             TcpListener::bind(listen).await.with_context(|| format!("proxy: binding {listen}"))?;
@@ -313,6 +328,7 @@ impl Proxy {
             upstream,
             plans,
             records: Mutex::new(records),
+            return_records: Mutex::new(return_records),
             conns: Mutex::new(Vec::new()),
             tasks: Mutex::new(Vec::new()),
             changed: Notify::new(),
@@ -383,9 +399,10 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
         };
         let plan = inner.plans.iter().find(|p| p.conn == st.index).cloned().unwrap_or_default();
         let record = inner.records.lock().unwrap().remove(&st.index);
+        let record_back = inner.return_records.lock().unwrap().remove(&st.index);
         let inner2 = inner.clone();
         let t = tokio::spawn(async move {
-            run_conn(sock, &st, inner2.upstream, &plan, record).await;
+            run_conn(sock, &st, inner2.upstream, &plan, [record, record_back]).await;
             inner2.changed.notify_waiters();
         });
         inner.tasks.lock().unwrap().push(t.abort_handle());
@@ -406,7 +423,7 @@ async fn run_conn(
     st: &ConnState,
     upstream: SocketAddr,
     plan: &ProxyPlan,
-    mut record: Option<File>,
+    [mut record, mut record_back]: [Option<File>; 2],
 ) {
     let _ = client.set_nodelay(true);
     let up = match TcpStream::connect(upstream).await {
@@ -422,7 +439,7 @@ async fn run_conn(
 
     let end = {
         let fwd = pump_forward(&mut cr, &mut uw, plan, st, &mut record);
-        let back = pump_plain(&mut ur, &mut cw, &st.down);
+        let back = pump_plain(&mut ur, &mut cw, &st.down, &mut record_back);
         tokio::pin!(fwd);
         tokio::pin!(back);
         let (mut fwd_eof, mut back_eof) = (false, false);
@@ -448,7 +465,7 @@ async fn run_conn(
             }
         }
     };
-    if let Some(f) = record.as_mut() {
+    for f in [record.as_mut(), record_back.as_mut()].into_iter().flatten() {
         let _ = f.flush();
     }
     match &end {
@@ -575,6 +592,7 @@ async fn pump_plain(
     r: &mut OwnedReadHalf,
     w: &mut OwnedWriteHalf,
     count: &AtomicU64,
+    record: &mut Option<File>,
 ) -> std::result::Result<(), String> {
     let mut buf = vec![0u8; CHUNK];
     loop {
@@ -586,6 +604,12 @@ async fn pump_plain(
             Ok(n) => n,
             Err(e) => return Err(format!("reading from the destination: {e}")),
         };
+        if let Some(f) = record.as_mut() {
+            if let Err(e) = f.write_all(&buf[..n]) {
+                tracing::warn!("proxy: writing the return-path record file: {e}");
+                *record = None;
+            }
+        }
         w.write_all(&buf[..n]).await.map_err(|e| format!("writing to the source: {e}"))?;
         count.fetch_add(n as u64, Ordering::Relaxed);
     }

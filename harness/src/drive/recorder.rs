@@ -1,6 +1,7 @@
 //! How the source reaches the destination: directly, through recording
 //! proxies (so RAMBlocks can be checked against a replay of the wire bytes),
-//! or through a proxy that damages the first connection.
+//! or through a proxy that damages the first connection. Recordings (both
+//! directions of every connection) can be kept for `crossmig analyze`.
 
 use std::path::PathBuf;
 
@@ -21,12 +22,25 @@ pub struct Recorder {
     pub proxies: Vec<Proxy>,
     /// One file per planned connection ([`CONNECTIONS`] per proxy), in order.
     pub files: Vec<PathBuf>,
+    /// The return path (destination → source) of each planned connection,
+    /// `<tag>-rec<k>-conn<c>.rp.bin`.
+    pub rp_files: Vec<PathBuf>,
+    /// Move the non-empty recordings here on drop (for `crossmig analyze`)
+    /// instead of removing them.
+    pub keep: Option<PathBuf>,
 }
 
 impl Recorder {
     /// Recordings go to `dir/<tag>-rec<k>-conn<c>.bin`.
     pub fn new(dir: impl Into<PathBuf>, tag: impl Into<String>) -> Recorder {
-        Recorder { dir: dir.into(), tag: tag.into(), proxies: Vec::new(), files: Vec::new() }
+        Recorder {
+            dir: dir.into(),
+            tag: tag.into(),
+            proxies: Vec::new(),
+            files: Vec::new(),
+            rp_files: Vec::new(),
+            keep: None,
+        }
     }
 
     /// A new recording proxy to a destination listening on `port`; returns
@@ -36,8 +50,10 @@ impl Recorder {
         let plans: Vec<ProxyPlan> = (0..CONNECTIONS)
             .map(|c| {
                 let f = self.dir.join(format!("{}-rec{k}-conn{c}.bin", self.tag));
+                let rp = self.dir.join(format!("{}-rec{k}-conn{c}.rp.bin", self.tag));
                 self.files.push(f.clone());
-                ProxyPlan::new().on_connection(c).record(f)
+                self.rp_files.push(rp.clone());
+                ProxyPlan::new().on_connection(c).record(f).record_return(rp)
             })
             .collect();
         let p = Proxy::start_plans("127.0.0.1:0", ([127, 0, 0, 1], port).into(), plans).await?;
@@ -55,7 +71,18 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.proxies.clear();
-        for f in &self.files {
+        if let Some(keep) = &self.keep {
+            let _ = std::fs::create_dir_all(keep);
+        }
+        for f in self.files.iter().chain(&self.rp_files) {
+            let non_empty = std::fs::metadata(f).is_ok_and(|m| m.len() > 0);
+            if let (Some(keep), true, Some(name)) = (&self.keep, non_empty, f.file_name()) {
+                let to = keep.join(name);
+                if std::fs::rename(f, &to).is_ok() || std::fs::copy(f, &to).is_ok() {
+                    let _ = std::fs::remove_file(f);
+                    continue;
+                }
+            }
             let _ = std::fs::remove_file(f);
         }
     }
