@@ -98,7 +98,7 @@ fn extract_equals_the_script() {
         let ours = tempfile::tempdir().unwrap();
         let got = crossmig(&[os("--extract"), ours.path().as_os_str(), f.as_os_str()]);
         assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
-        let a = analyze(&[f.clone()], None).unwrap();
+        let a = analyze(std::slice::from_ref(&f), None).unwrap();
         let mut names: Vec<String> = a.blocks.iter().map(|b| b.name.clone()).collect();
         names.extend(["desc.json".into(), "state.json".into()]);
         for n in names {
@@ -123,7 +123,7 @@ fn facts(name: &str) -> serde_json::Value {
 fn postcopy_recordings() {
     for v in VERSIONS {
         let f = stream(&format!("qemu-{v}-postcopy.bin"));
-        let a = analyze(&[f.clone()], None).unwrap();
+        let a = analyze(std::slice::from_ref(&f), None).unwrap();
         assert!(a.damage.is_empty(), "{v}: {:?}", a.damage);
         let p = a.postcopy.as_ref().expect("a postcopy timeline");
         let (pkg, _) = p.package.unwrap();
@@ -161,7 +161,7 @@ fn postcopy_recordings() {
         // With the vmdesc of a precopy stream of the same QEMU, every device
         // decodes field by field.
         let pre = stream(&format!("qemu-{v}-precopy.bin"));
-        let b = analyze(&[f.clone()], Some(&pre)).unwrap();
+        let b = analyze(std::slice::from_ref(&f), Some(&pre)).unwrap();
         assert!(
             b.devices.iter().all(|d| d.fields.is_some()),
             "{v}: {:?}",
@@ -265,7 +265,7 @@ fn damaged_files_report_the_offset_and_keep_what_was_decoded() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("START ram") && text.contains("MEM_SIZE 6 block(s)"), "{text}");
     assert!(err.contains("expected a RAM record of section 1"), "{err}");
-    let d = analyze(&[f.clone()], None).unwrap();
+    let d = analyze(std::slice::from_ref(&f), None).unwrap();
     assert_eq!(d.damage.len(), 1);
     assert!(d.damage[0].offset >= part.offset && d.damage[0].offset < cut as u64, "{:?}", d.damage);
     // An unknown section type where the next section starts.
@@ -273,7 +273,7 @@ fn damaged_files_report_the_offset_and_keep_what_was_decoded() {
     bad[part.offset as usize] = 0x09;
     let f = tmp.path().join("type.bin");
     std::fs::write(&f, &bad).unwrap();
-    let d = analyze(&[f.clone()], None).unwrap();
+    let d = analyze(std::slice::from_ref(&f), None).unwrap();
     assert_eq!(d.damage[0].offset, part.offset);
     assert!(d.damage[0].expected.contains("unknown section type 0x09"), "{:?}", d.damage);
     assert_eq!(d.events.len(), 2, "the header and the START section stay");

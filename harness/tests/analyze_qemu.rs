@@ -157,7 +157,7 @@ async fn mapped_ram_files() {
             let f = tmp.path().join(name);
             save(&vm, &format!("file:{}", f.display()), caps, params).await;
             vm.quit().await;
-            let a = analyze(&[f.clone()], None).unwrap();
+            let a = analyze(std::slice::from_ref(&f), None).unwrap();
             assert!(a.damage.is_empty(), "{series} {name}: {:?}", a.damage);
             let caps = a.header.as_ref().unwrap().capabilities.clone().unwrap_or_default();
             assert!(caps.iter().any(|c| c == "mapped-ram"), "{series}: {caps:?}");

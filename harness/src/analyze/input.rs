@@ -125,7 +125,7 @@ mod tests {
         assert_eq!(role_of(Path::new("x"), &[0x11, 0x22, 0x33, 0x44]), Role::Multifd);
         assert_eq!(role_of(Path::new("x"), &[0x08, 0, 0x0b]), Role::Recovery);
         assert_eq!(role_of(Path::new("x"), &[0, 0, 0, 0]), Role::Preempt);
-        let mut v = vec![PathBuf::from("t-rec0-conn10.bin"), PathBuf::from("t-rec0-conn2.bin")];
+        let mut v = [PathBuf::from("t-rec0-conn10.bin"), PathBuf::from("t-rec0-conn2.bin")];
         v.sort_by_key(|f| natural_key(f));
         assert_eq!(v[0], PathBuf::from("t-rec0-conn2.bin"));
     }

@@ -15,7 +15,7 @@ use wire::walk::{Item, Mode, Walked, Walker};
 use wire::{Cursor, DecodeError};
 
 use super::ram::{PageKind, Ram, Source};
-use super::{pyjson, vmstate};
+use super::{mapped_ram, pyjson, vmstate};
 use super::{Analysis, Damage, Device, DiscardInfo, Event, EventKind, HeaderInfo, RamChunk};
 
 /// What carries over from one main channel to the next (recovery).
@@ -34,11 +34,10 @@ pub fn vmdesc_at_end(b: &[u8]) -> Option<(usize, &[u8])> {
     Some((eof, &b[eof + 6..]))
 }
 
-pub(super) struct Walk<'a> {
+struct Walk<'a> {
     a: &'a mut Analysis,
     ram: &'a mut Ram,
     st: &'a mut MainState,
-    path: &'a Path,
     /// Last block named on this channel (CONTINUE).
     last: Option<String>,
     /// The RAM section event being filled.
@@ -81,7 +80,6 @@ pub fn walk(
         a,
         ram,
         st,
-        path,
         last: None,
         open_ram: None,
         events,
@@ -153,8 +151,17 @@ impl Walk<'_> {
                 }
             }
             if self.st.mapped_ram && matches!(w.mode(), Mode::Ram { .. }) && self.needs_mem_size() {
-                let next = super::mapped_ram::mem_size(self, bytes, base, pos)?;
-                pos = (next - base) as usize;
+                let m = mapped_ram::mem_size(bytes, base, pos, self.st.ignore_shared)?;
+                let n = m.blocks.len();
+                for (b, present) in m.blocks {
+                    self.ram.block(&b.name, b.used_length);
+                    self.ram.mapped_pages(&b.name, present.into_iter());
+                    self.a.mapped_ram.push(b);
+                }
+                if let Some(ch) = self.ram_chunk() {
+                    ch.mem_size_blocks = n;
+                }
+                pos = (m.next - base) as usize;
             }
         }
     }
@@ -166,20 +173,12 @@ impl Walk<'_> {
             EventKind::Section { kind: "START", ram: Some(c), .. } if c.mem_size_blocks == 0)
     }
 
-    pub(super) fn ram_chunk(&mut self) -> Option<&mut RamChunk> {
+    fn ram_chunk(&mut self) -> Option<&mut RamChunk> {
         let i = self.open_ram?;
         match &mut self.events[i].kind {
             EventKind::Section { ram, .. } => ram.as_mut(),
             _ => None,
         }
-    }
-
-    pub(super) fn ignore_shared(&self) -> bool {
-        self.st.ignore_shared
-    }
-
-    pub(super) fn analysis(&mut self) -> (&mut Analysis, &mut Ram, &Path) {
-        (self.a, self.ram, self.path)
     }
 
     fn block_name(&mut self, b: BlockRef, at: u64) -> Result<String, DecodeError> {

@@ -11,17 +11,23 @@
 use wire::consts::RAM_SAVE_FLAG_MEM_SIZE;
 use wire::{Cursor, DecodeError};
 
-use super::mainch::Walk;
 use super::MappedRamBlock;
 
-/// Decode the MEM_SIZE record at `pos` of a mapped-ram stream; returns the
-/// absolute offset where the stream continues.
-pub(super) fn mem_size(
-    wk: &mut Walk,
+/// The MEM_SIZE list of a mapped-ram stream: each block's header, the
+/// indices of the pages its bitmap marks present, and where the stream
+/// continues.
+pub struct MemSize {
+    pub blocks: Vec<(MappedRamBlock, Vec<usize>)>,
+    pub next: u64,
+}
+
+/// Decode the MEM_SIZE record at `pos` of a mapped-ram stream.
+pub fn mem_size(
     bytes: &[u8],
     base: u64,
     pos: usize,
-) -> Result<u64, DecodeError> {
+    ignore_shared: bool,
+) -> Result<MemSize, DecodeError> {
     let mut c = Cursor::new(&bytes[pos..], base + pos as u64);
     let start = c.offset();
     let word = c.be64(start)?;
@@ -32,10 +38,9 @@ pub(super) fn mem_size(
         ));
     }
     let total = word & !0xfff;
-    let ignore_shared = wk.ignore_shared();
     let mut left = total;
     let mut next = c.offset();
-    let mut n = 0;
+    let mut blocks = Vec::new();
     while left > 0 {
         let at = c.offset();
         let name = c.counted_str(at, "RAMBlock name")?.to_string();
@@ -58,10 +63,7 @@ pub(super) fn mem_size(
         })?;
         let present: Vec<usize> =
             (0..npages).filter(|&i| bm[i / 8] & (1 << (i % 8)) != 0).collect();
-        let (a, ram, _) = wk.analysis();
-        ram.block(&name, len);
-        ram.mapped_pages(&name, present.iter().copied());
-        a.mapped_ram.push(MappedRamBlock {
+        let block = MappedRamBlock {
             name,
             used_length: len,
             header_offset: hoff,
@@ -70,9 +72,9 @@ pub(super) fn mem_size(
             bitmap_offset,
             pages_offset,
             pages_present: present.len() as u64,
-        });
+        };
+        blocks.push((block, present));
         left = left.saturating_sub(len);
-        n += 1;
         next = pages_offset + len;
         // The next entry follows the page area.
         let rel = next
@@ -87,10 +89,7 @@ pub(super) fn mem_size(
             })?;
         c = Cursor::new(&bytes[rel..], next);
     }
-    if let Some(ch) = wk.ram_chunk() {
-        ch.mem_size_blocks = n;
-    }
-    Ok(next)
+    Ok(MemSize { blocks, next })
 }
 
 /// The pages of a mapped-ram block as the bitmap says: (page index, bytes).

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{Analysis, Requests};
 
-const TPS: u64 = wire::TARGET_PAGE_SIZE as u64;
+const TPS: u64 = wire::TARGET_PAGE_SIZE;
 
 /// Where a page was seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
