@@ -198,3 +198,43 @@ async fn mapped_ram_files() {
         }
     }
 }
+
+/// A live postcopy migration (10.0 source, sweeping guest, postcopy-preempt)
+/// into rust-dest, every connection recorded with its return path
+/// (`crossmig migrate --keep-recording`), then analysed: the timeline, the
+/// preempt channel's pages, and every page request answered.
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_postcopy_with_return_path() {
+    use harness::drive::migrate::{migrate, MigrateOpts, Mode};
+    use harness::vm::dest::DestKind;
+    let Ok(qemu) = harness::provision::binary("10.0") else {
+        eprintln!("SKIPPED: QEMU 10.0 is not provisioned");
+        return;
+    };
+    let keep = tempfile::tempdir().unwrap();
+    let mut o = MigrateOpts::new(DestKind::Rust, Mode::Postcopy, qemu);
+    o.mem_bytes = 128 << 20;
+    o.timeout = Duration::from_secs(120);
+    o.extra_caps = vec![("postcopy-preempt".into(), true)];
+    o.keep_recording = Some(keep.path().to_path_buf());
+    let r = migrate(&o, |_| {}).await.unwrap();
+    assert!(r.ok(), "{}", r.summary());
+    let a = analyze(&[keep.path().to_path_buf()], None).unwrap();
+    assert!(a.damage.is_empty(), "{:?}", a.damage);
+    let roles: Vec<_> = a.inputs.iter().map(|i| i.role).collect();
+    use harness::analyze::Role;
+    assert_eq!(roles, [Role::Main, Role::ReturnPath, Role::Preempt], "{:?}", a.inputs);
+    let p = a.postcopy.as_ref().unwrap();
+    assert!(p.advise.is_some() && p.listen.is_some() && p.run.is_some() && !p.discards.is_empty());
+    let req = p.requests.as_ref().expect("page requests on the recorded return path");
+    assert!(req.pages > 0, "{req:?}");
+    assert_eq!(req.answered_pages, req.pages, "every requested page was sent after LISTEN");
+    assert_eq!(a.return_path[0].shut, Some(0));
+    assert!(p.preempt_pages > 0);
+    for b in &a.blocks {
+        assert_eq!(b.never_sent_pages, 0, "{}", b.name);
+    }
+    let text = harness::analyze::text::summary(&a, false);
+    println!("{text}");
+    assert!(text.contains("of them sent after LISTEN"), "{text}");
+}
