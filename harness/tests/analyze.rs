@@ -292,6 +292,27 @@ fn damaged_files_report_the_offset_and_keep_what_was_decoded() {
     assert!(err.contains("byte offset"), "{err}");
     let d = analyze(&[f], None).unwrap();
     assert_eq!(d.devices.len(), 3, "devices before the damaged one stay: {:?}", d.damage);
+    // A multifd channel cut inside a packet: the main channel and the other
+    // channel are still read.
+    let mut files: Vec<PathBuf> =
+        (0..3).map(|k| stream(&format!("qemu-10.0-multifd2.ch{k}.bin"))).collect();
+    let ch1 = std::fs::read(&files[1]).unwrap();
+    let f = tmp.path().join("ch1-cut.bin");
+    std::fs::write(&f, &ch1[..ch1.len() - 1000]).unwrap();
+    files[1] = f.clone();
+    let d = analyze(&files, None).unwrap();
+    assert_eq!(d.damage.len(), 1, "{:?}", d.damage);
+    assert_eq!(d.damage[0].path, f);
+    assert!(d.damage[0].offset < ch1.len() as u64 - 1000, "{:?}", d.damage);
+    assert_eq!(d.multifd.len(), 2);
+    let intact: Vec<PathBuf> =
+        (0..3).map(|k| stream(&format!("qemu-10.0-multifd2.ch{k}.bin"))).collect();
+    let i = analyze(&intact, None).unwrap();
+    assert_eq!(d.events.len(), i.events.len());
+    assert!(
+        d.multifd.iter().map(|m| m.packets).sum::<u64>()
+            < i.multifd.iter().map(|m| m.packets).sum::<u64>()
+    );
     // Not a stream at all.
     let f = tmp.path().join("junk.bin");
     std::fs::write(&f, b"QEVM\x00\x00\x00\x09").unwrap();
@@ -312,4 +333,9 @@ fn json_output_has_decoded_fields() {
     assert_eq!(j["blocks"][0]["name"], "mem0");
     assert_eq!(j["blocks"][0]["pages"], 4);
     assert_eq!(j["blocks"][0]["zero_pages"], 16380);
+    // The summary with every field.
+    let out = crossmig(&[os("--fields"), f.as_os_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("      cpu_clock_offset = 0x0000000000000000"), "{text}");
+    assert!(text.contains("      env.regs[2] = 0x"), "{text}");
 }

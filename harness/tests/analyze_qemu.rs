@@ -238,3 +238,38 @@ async fn recorded_postcopy_with_return_path() {
     println!("{text}");
     assert!(text.contains("of them sent after LISTEN"), "{text}");
 }
+
+/// A postcopy migration paused and recovered once: the recovery channel
+/// continues the stream (RECV_BITMAP, POSTCOPY_RESUME, the rest of RAM).
+#[tokio::test(flavor = "multi_thread")]
+async fn recorded_postcopy_recovery() {
+    use harness::analyze::{EventKind, Role};
+    use harness::drive::migrate::{migrate, MigrateOpts, Mode};
+    use harness::vm::dest::DestKind;
+    let Ok(qemu) = harness::provision::binary("10.0") else {
+        eprintln!("SKIPPED: QEMU 10.0 is not provisioned");
+        return;
+    };
+    let keep = tempfile::tempdir().unwrap();
+    let mut o = MigrateOpts::new(DestKind::Rust, Mode::Postcopy, qemu);
+    o.mem_bytes = 128 << 20;
+    o.timeout = Duration::from_secs(120);
+    o.recover_cuts = 1;
+    o.keep_recording = Some(keep.path().to_path_buf());
+    let r = migrate(&o, |_| {}).await.unwrap();
+    assert!(r.ok(), "{}", r.summary());
+    let a = analyze(&[keep.path().to_path_buf()], None).unwrap();
+    assert!(a.damage.is_empty(), "{:?}", a.damage);
+    assert!(a.inputs.iter().any(|i| i.role == Role::Recovery), "{:?}", a.inputs);
+    let p = a.postcopy.as_ref().unwrap();
+    assert_eq!(p.resumes.len(), 1);
+    assert!(a.events.iter().any(|e| matches!(e.kind, EventKind::Channel { .. })));
+    assert!(a
+        .return_path
+        .iter()
+        .any(|r| r.recv_bitmaps == a.blocks.len() as u64 && r.resume_acks == 1));
+    assert!(a.events.last().is_some_and(|e| matches!(e.kind, EventKind::Eof)));
+    for b in &a.blocks {
+        assert_eq!(b.never_sent_pages, 0, "{}", b.name);
+    }
+}

@@ -86,6 +86,9 @@ pub fn walk(
         in_package: false,
         tail_ends: HashMap::new(),
     };
+    if recovery {
+        wk.push(0, 0, EventKind::Channel { path: path.to_path_buf() });
+    }
     if let Err(e) = wk.run(&mut w, bytes, 0) {
         let mut d = Damage::from_decode(path, &e);
         d.expected = format!("expected {}: {}", expecting(w.mode()), d.expected);

@@ -110,6 +110,11 @@ pub struct RamChunk {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum EventKind {
+    /// A new channel continues the stream (postcopy recovery); offsets
+    /// after it count from that file's start.
+    Channel {
+        path: PathBuf,
+    },
     Header {
         version: u32,
     },

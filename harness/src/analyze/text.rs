@@ -239,6 +239,11 @@ fn events(s: &mut String, a: &Analysis, evs: &[Event], depth: usize) -> std::fmt
                 i = j;
                 continue;
             }
+            EventKind::Channel { path } => writeln!(
+                s,
+                "{pad}-- recovery channel {} (offsets from its start):",
+                path.display()
+            )?,
             EventKind::Header { version } => writeln!(
                 s,
                 "{pad}{:#010x} {:>9} header (QEVM, version {version})",
