@@ -120,7 +120,13 @@ impl Header {
         let past = |what: Region, offset: u64, len: u64| {
             let end = offset.checked_add(len);
             if end.is_none_or(|e| e > file_len) {
-                return Err(LayoutError::PastEnd { block: block.clone(), what, offset, len, file_len });
+                return Err(LayoutError::PastEnd {
+                    block: block.clone(),
+                    what,
+                    offset,
+                    len,
+                    file_len,
+                });
             }
             Ok(())
         };

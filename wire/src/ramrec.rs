@@ -94,20 +94,44 @@ pub enum BlockRef<'a> {
 /// One RAM record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RamRecord<'a> {
-    MemSize { total: u64, blocks: Vec<BlockEntry> },
-    Zero { addr: u64, block: BlockRef<'a>, fill: u8 },
-    Page { addr: u64, block: BlockRef<'a>, data: &'a [u8] },
-    Xbzrle { addr: u64, block: BlockRef<'a>, data: &'a [u8] },
-    CompressPage { addr: u64, block: BlockRef<'a>, data: &'a [u8] },
+    MemSize {
+        total: u64,
+        blocks: Vec<BlockEntry>,
+    },
+    Zero {
+        addr: u64,
+        block: BlockRef<'a>,
+        fill: u8,
+    },
+    Page {
+        addr: u64,
+        block: BlockRef<'a>,
+        data: &'a [u8],
+    },
+    Xbzrle {
+        addr: u64,
+        block: BlockRef<'a>,
+        data: &'a [u8],
+    },
+    CompressPage {
+        addr: u64,
+        block: BlockRef<'a>,
+        data: &'a [u8],
+    },
     Eos,
     MultifdFlush,
     /// MEM_SIZE of a `mapped-ram` stream: the total alone; one
     /// [`RamRecord::MappedRamBlock`] per block follows (`crate::mapped_ram`).
-    MappedRamSize { total: u64 },
+    MappedRamSize {
+        total: u64,
+    },
     /// One block entry of a `mapped-ram` MEM_SIZE list with its header. The
     /// stream continues at file offset `header.pages_offset +
     /// entry.used_length`, not after this record.
-    MappedRamBlock { entry: BlockEntry, header: crate::mapped_ram::Header },
+    MappedRamBlock {
+        entry: BlockEntry,
+        header: crate::mapped_ram::Header,
+    },
 }
 
 /// Decode one RAM record. On Incomplete the cursor is unchanged.

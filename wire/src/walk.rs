@@ -231,7 +231,11 @@ impl Walker {
     }
 
     /// A RAM record of a RAM section, with the mapped-ram block list.
-    fn decode_ram<'a>(&mut self, c: &mut Cursor<'a>, offset: u64) -> Result<RamRecord<'a>, DecodeError> {
+    fn decode_ram<'a>(
+        &mut self,
+        c: &mut Cursor<'a>,
+        offset: u64,
+    ) -> Result<RamRecord<'a>, DecodeError> {
         if self.mapped_left > 0 {
             let r = decode_mapped_ram_block(c, &self.ctx)?;
             if let RamRecord::MappedRamBlock { entry, .. } = &r {

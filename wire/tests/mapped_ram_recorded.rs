@@ -61,7 +61,12 @@ fn qemu_10_0_mapped_ram_file() {
             Item::Ram(RamRecord::MappedRamSize { total: t }) => total = Some(t),
             Item::Ram(RamRecord::MappedRamBlock { entry, header }) => {
                 let at = off + 1 + entry.name.len() as u64 + 8;
-                assert_eq!(header, Header::written_at(at, entry.used_length, 4096), "{}", entry.name);
+                assert_eq!(
+                    header,
+                    Header::written_at(at, entry.used_length, 4096),
+                    "{}",
+                    entry.name
+                );
                 assert_eq!(header.version, HEADER_VERSION);
                 assert_eq!(header.pages_offset % FILE_OFFSET_ALIGNMENT, 0);
                 let l = header.layout(&entry.name, entry.used_length, 4096, bytes.len() as u64);

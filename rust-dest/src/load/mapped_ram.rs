@@ -43,7 +43,9 @@ pub enum MappedRamError {
     Pages { block: String, addr: u64, offset: u64, what: String },
     #[error("mapped-ram: cannot open multifd file channel {channel}{}: {source}", if *.direct { " with O_DIRECT" } else { "" })]
     Open { channel: usize, direct: bool, source: std::io::Error },
-    #[error("mapped-ram: block {block} has page size {page_size:#x}: hugepage blocks are not supported")]
+    #[error(
+        "mapped-ram: block {block} has page size {page_size:#x}: hugepage blocks are not supported"
+    )]
     Hugepage { block: String, page_size: u64 },
     /// QEMU's `ram_load_precopy()`: flags not valid with mapped-ram.
     #[error("Unexpected RAM flags: {0}")]
@@ -219,7 +221,9 @@ impl MappedRamFile {
 
 impl Loader {
     fn mapped(&mut self, off: u64) -> Result<&mut MappedRamFile, LoadError> {
-        self.mapped.as_mut().ok_or(LoadError::MappedRam { at: off, source: MappedRamError::NotAFile })
+        self.mapped
+            .as_mut()
+            .ok_or(LoadError::MappedRam { at: off, source: MappedRamError::NotAFile })
     }
 
     /// MEM_SIZE of a mapped-ram stream: the total (checked as for a plain
@@ -227,7 +231,10 @@ impl Loader {
     pub(super) fn mapped_ram_size(&mut self, total: u64, off: u64) -> Result<(), LoadError> {
         let ram = self.shared.ram();
         if !ram.blocks().is_empty() {
-            return Err(LoadError::protocol(off, format!("second MEM_SIZE block list at byte offset {off}")));
+            return Err(LoadError::protocol(
+                off,
+                format!("second MEM_SIZE block list at byte offset {off}"),
+            ));
         }
         if total > ram.max_ram() {
             return Err(LoadError::unsupported(off, format!(

@@ -131,13 +131,18 @@ impl Incoming for Dest {
         }
         let opened = f
             .try_clone()
-            .map_err(|source| mapped_ram::MappedRamError::Open { channel: 0, direct: false, source })
+            .map_err(|source| mapped_ram::MappedRamError::Open {
+                channel: 0,
+                direct: false,
+                source,
+            })
             .and_then(|dup| MappedRamFile::open(Arc::new(dup), base, &shared));
         match opened {
             Ok(m) => {
                 let l = Loader::new(shared, self.cfg.clone(), Box::new(std::io::sink()));
                 // The outcome is in the shared state (status, error-desc).
-                let _ = l.with_mapped_ram(m).with_session(session, self.slot.clone()).run(Box::new(f));
+                let _ =
+                    l.with_mapped_ram(m).with_session(session, self.slot.clone()).run(Box::new(f));
             }
             Err(e) => {
                 shared.fail(e.to_string());

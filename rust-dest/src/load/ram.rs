@@ -39,7 +39,10 @@ impl Loader {
             RamRecord::MappedRamSize { total } => self.mapped_ram_size(total, off)?,
             // Handled by the loader (the stream continues elsewhere).
             RamRecord::MappedRamBlock { .. } => {
-                return Err(LoadError::protocol(off, format!("mapped-ram block entry out of place at byte offset {off}")));
+                return Err(LoadError::protocol(
+                    off,
+                    format!("mapped-ram block entry out of place at byte offset {off}"),
+                ));
             }
             RamRecord::MemSize { total, blocks } => {
                 let ram = self.shared.ram();

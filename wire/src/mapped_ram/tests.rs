@@ -75,7 +75,10 @@ fn bitmap_runs_and_reads() {
     };
     let reads: Vec<_> = l.reads(&bm).collect();
     assert_eq!(reads.len(), 3);
-    assert_eq!(reads[0], PageRead { addr: 10 * 4096, file_offset: 0x20_0000 + 10 * 4096, len: 256 * 4096 });
+    assert_eq!(
+        reads[0],
+        PageRead { addr: 10 * 4096, file_offset: 0x20_0000 + 10 * 4096, len: 256 * 4096 }
+    );
     assert_eq!(reads[2].len, 88 * 4096);
     assert_eq!(reads.iter().map(|r| r.len).sum::<u64>(), 600 * 4096);
 }
@@ -143,7 +146,8 @@ fn walker_follows_the_file_layout() {
     assert_eq!(seen, blocks);
     assert!(matches!(items.last().unwrap().1, Item::Top(crate::stream::TopRecord::Eof)));
     // The same file read without mapped-ram is a bad MEM_SIZE list.
-    let plain: std::result::Result<Vec<_>, _> = Walker::main(false, false).records(&bytes).collect();
+    let plain: std::result::Result<Vec<_>, _> =
+        Walker::main(false, false).records(&bytes).collect();
     assert!(plain.is_err());
 }
 
