@@ -112,7 +112,7 @@ impl Header {
         if self.page_size != tps {
             return Err(LayoutError::PageSize { block, page_size: self.page_size, tps });
         }
-        if self.pages_offset % tps != 0 {
+        if !self.pages_offset.is_multiple_of(tps) {
             return Err(LayoutError::PagesAlignment { block, pages_offset: self.pages_offset });
         }
         let num_pages = used_length / tps;
@@ -237,7 +237,7 @@ pub fn runs(bitmap: &[u8], num_pages: u64) -> impl Iterator<Item = (u64, u64)> +
     std::iter::from_fn(move || {
         while i < num_pages {
             let byte = bitmap.get((i / 8) as usize).copied().unwrap_or(0);
-            if byte == 0 && i % 8 == 0 {
+            if byte == 0 && i.is_multiple_of(8) {
                 i += 8;
                 continue;
             }

@@ -4,7 +4,7 @@
 
 use std::io;
 
-use super::mapped_ram::MappedRamError;
+use super::mapped_ram::error::MappedRamError;
 use super::multifd::SyncError;
 use crate::catalogue::DeviceError;
 use crate::globalstate::GlobalStateError;

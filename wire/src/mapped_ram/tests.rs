@@ -90,7 +90,7 @@ fn synthetic() -> (Vec<u8>, Vec<(String, u64, Header)>) {
     e.be32(0x5145_564d).be32(3); // magic, version (no configuration)
     e.u8(1).be32(2).counted(b"ram").be32(0).be32(4); // START section "ram"
     let blocks = [("pc.ram", 8u64 * 4096), ("vga.vram", 4 * 4096)];
-    e.be64((8 + 4) * 4096 | 4); // MEM_SIZE
+    e.be64(((8 + 4) * 4096) | 4); // MEM_SIZE
     let mut bytes = e.finish();
     let mut out = Vec::new();
     for (name, len) in blocks {
