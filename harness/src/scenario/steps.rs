@@ -500,6 +500,14 @@ mod tests {
         assert!(e.contains("out of range"), "{e}");
         let e = step("do = \"wait\"\nstatus = \"completed\"\ntimeout = \"100000000\"").unwrap_err();
         assert!(e.contains("longer than one day"), "{e}");
+        let s = step("do = \"save-restore\"\ndir = \"/var/tmp\"\ntimeout = \"30s\"").unwrap();
+        match s.step {
+            Step::SaveRestore { dir: Some(d), timeout } => {
+                assert_eq!((d.as_str(), timeout), ("/var/tmp", Duration::from_secs(30)))
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(step("do = \"save-restore\"\nmapped-ram = true").is_err());
         let s = step("do = \"start-postcopy\"\nprecopy-may-win = true").unwrap();
         assert!(matches!(s.step, Step::StartPostcopy { precopy_may_win: true }));
         let s = step("do = \"start-postcopy\"").unwrap();
