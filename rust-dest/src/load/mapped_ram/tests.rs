@@ -196,3 +196,39 @@ fn capability_on_one_side_only() {
     let f = build(BLOCKS, None);
     fails(&f.bytes, &[], "Capability mapped-ram is off, but received capability is on");
 }
+
+/// With `direct-io` (and multifd), the file channels are opened with
+/// `O_DIRECT`, as QEMU opens its multifd file channels; the load still
+/// succeeds (pages are read page-aligned straight into guest RAM).
+#[test]
+fn direct_io_channels_use_o_direct() {
+    let f = build(BLOCKS, None);
+    let mut tmp = tempfile::NamedTempFile::new_in(std::env::temp_dir()).unwrap();
+    tmp.write_all(&f.bytes).unwrap();
+    let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
+    shared.lock().capabilities.set(Capability::MappedRam, true);
+    shared.lock().capabilities.set(Capability::Multifd, true);
+    shared.lock().parameters.insert("multifd-channels".into(), 2.into());
+    shared.lock().parameters.insert("direct-io".into(), true.into());
+    let file = std::fs::File::open(tmp.path()).unwrap();
+    let m = match MappedRamFile::open(Arc::new(file.try_clone().unwrap()), 0, &shared) {
+        Ok(m) => m,
+        // A filesystem without O_DIRECT: the open fails as QEMU's does.
+        Err(e) => return assert!(e.to_string().contains("with O_DIRECT"), "{e}"),
+    };
+    assert_eq!(m.channels.len(), 2);
+    for c in &m.channels {
+        use std::os::fd::AsRawFd;
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", c.as_raw_fd())).unwrap();
+        let flags = info.lines().find_map(|l| l.strip_prefix("flags:")).unwrap().trim();
+        let flags = i64::from_str_radix(flags, 8).unwrap();
+        assert_ne!(flags & libc::O_DIRECT as i64, 0, "{info}");
+    }
+    let cfg = Config {
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        ..Config::default()
+    };
+    let l = Loader::new(shared.clone(), cfg, Box::new(std::io::sink())).with_mapped_ram(m);
+    l.run(Box::new(file)).unwrap();
+    check_ram(&shared);
+}
