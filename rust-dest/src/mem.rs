@@ -173,6 +173,50 @@ impl Mapping {
         }
     }
 
+    /// Read `len` bytes of the file `fd` at `file_offset` straight into the
+    /// mapping at `offset` with `pread()`, as QEMU's mapped-ram loader does
+    /// (`migration/ram.c: read_ramblock_mapped_ram()`, `migration/file.c:
+    /// multifd_file_recv_data()`); works with `O_DIRECT` descriptors when
+    /// offset, length and file offset are block-aligned (guest RAM is
+    /// page-aligned). Returns the bytes read: fewer than `len` only at the
+    /// end of the file. Panics if the range is out of the mapping (callers
+    /// validate it against the block first).
+    pub fn pread_into(
+        &self,
+        fd: BorrowedFd<'_>,
+        file_offset: u64,
+        offset: usize,
+        len: usize,
+    ) -> io::Result<usize> {
+        self.check(offset, len);
+        let mut done = 0usize;
+        while done < len {
+            // SAFETY: range checked above, so `base..base + len - done`
+            // stays inside the live mapping; the kernel writes the bytes like
+            // any other write to guest RAM (module docs); `fd` is open.
+            let r = unsafe {
+                let base = self.ptr.as_ptr().add(offset + done);
+                libc::pread(
+                    fd.as_raw_fd(),
+                    base as *mut _,
+                    len - done,
+                    (file_offset + done as u64) as libc::off_t,
+                )
+            };
+            match r {
+                0 => break,
+                n if n > 0 => done += n as usize,
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+
     /// Let `f` write the `len` bytes at `offset` through a slice (a
     /// decompressor's output). Panics if out of range.
     pub fn with_mut_slice<R>(

@@ -127,6 +127,7 @@ pub mod command;
 pub mod consts;
 pub mod cursor;
 pub mod digest;
+pub mod mapped_ram;
 pub mod multifd;
 pub mod ramrec;
 pub mod rp;

@@ -94,13 +94,44 @@ pub enum BlockRef<'a> {
 /// One RAM record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RamRecord<'a> {
-    MemSize { total: u64, blocks: Vec<BlockEntry> },
-    Zero { addr: u64, block: BlockRef<'a>, fill: u8 },
-    Page { addr: u64, block: BlockRef<'a>, data: &'a [u8] },
-    Xbzrle { addr: u64, block: BlockRef<'a>, data: &'a [u8] },
-    CompressPage { addr: u64, block: BlockRef<'a>, data: &'a [u8] },
+    MemSize {
+        total: u64,
+        blocks: Vec<BlockEntry>,
+    },
+    Zero {
+        addr: u64,
+        block: BlockRef<'a>,
+        fill: u8,
+    },
+    Page {
+        addr: u64,
+        block: BlockRef<'a>,
+        data: &'a [u8],
+    },
+    Xbzrle {
+        addr: u64,
+        block: BlockRef<'a>,
+        data: &'a [u8],
+    },
+    CompressPage {
+        addr: u64,
+        block: BlockRef<'a>,
+        data: &'a [u8],
+    },
     Eos,
     MultifdFlush,
+    /// MEM_SIZE of a `mapped-ram` stream: the total alone; one
+    /// [`RamRecord::MappedRamBlock`] per block follows (`crate::mapped_ram`).
+    MappedRamSize {
+        total: u64,
+    },
+    /// One block entry of a `mapped-ram` MEM_SIZE list with its header. The
+    /// stream continues at file offset `header.pages_offset +
+    /// entry.used_length`, not after this record.
+    MappedRamBlock {
+        entry: BlockEntry,
+        header: crate::mapped_ram::Header,
+    },
 }
 
 /// Decode one RAM record. On Incomplete the cursor is unchanged.
@@ -268,7 +299,61 @@ pub fn encode_ram_record(e: &mut Encoder, r: &RamRecord, ctx: &RamContext) {
         RamRecord::MultifdFlush => {
             e.be64(RAM_SAVE_FLAG_MULTIFD_FLUSH);
         }
+        RamRecord::MappedRamSize { total } => {
+            e.be64(total | RAM_SAVE_FLAG_MEM_SIZE);
+        }
+        RamRecord::MappedRamBlock { entry: b, header } => {
+            e.counted(b.name.as_bytes()).be64(b.used_length);
+            if ctx.hugepage_blocks.contains(&b.name) {
+                e.be64(b.page_size.unwrap_or(ctx.target_page_size));
+            }
+            if ctx.ignore_shared {
+                e.be64(b.gpa.unwrap_or(0));
+            }
+            header.encode(e);
+        }
     }
+}
+
+/// A `mapped-ram` stream's RAM record where a MEM_SIZE word may come: the
+/// word alone as [`RamRecord::MappedRamSize`], any other record as
+/// [`decode_ram_record`] reads it. On Incomplete the cursor is unchanged.
+pub fn decode_mapped_ram_record<'a>(c: &mut Cursor<'a>, ctx: &RamContext) -> Result<RamRecord<'a>> {
+    let save = c.pos();
+    let start = c.offset();
+    let word = c.be64(start)?;
+    let flags = word & (ctx.target_page_size - 1);
+    if flags == RAM_SAVE_FLAG_MEM_SIZE {
+        return Ok(RamRecord::MappedRamSize { total: word & !(ctx.target_page_size - 1) });
+    }
+    c.set_pos(save);
+    decode_ram_record(c, ctx)
+}
+
+/// One block entry of a `mapped-ram` MEM_SIZE list and its header. On
+/// Incomplete the cursor is unchanged.
+pub fn decode_mapped_ram_block<'a>(c: &mut Cursor<'a>, ctx: &RamContext) -> Result<RamRecord<'a>> {
+    let save = c.pos();
+    let start = c.offset();
+    let r = (|| {
+        let name = c.counted_str(start, "RAMBlock name")?.to_string();
+        if name.is_empty() {
+            return Err(DecodeError::invalid(start, "MEM_SIZE: empty RAMBlock name"));
+        }
+        let used_length = c.be64(start)?;
+        let page_size =
+            if ctx.hugepage_blocks.contains(&name) { Some(c.be64(start)?) } else { None };
+        let gpa = if ctx.ignore_shared { Some(c.be64(start)?) } else { None };
+        let header = crate::mapped_ram::Header::decode(c, start)?;
+        Ok(RamRecord::MappedRamBlock {
+            entry: BlockEntry { name, used_length, page_size, gpa },
+            header,
+        })
+    })();
+    if r.is_err() {
+        c.set_pos(save);
+    }
+    r
 }
 
 /// Apply an XBZRLE delta in place on `page` (the destination's current copy).

@@ -13,7 +13,9 @@ use std::ops::Range;
 
 use crate::consts::*;
 use crate::cursor::{Cursor, DecodeError};
-use crate::ramrec::{decode_ram_record, RamContext, RamRecord};
+use crate::ramrec::{
+    decode_mapped_ram_block, decode_mapped_ram_record, decode_ram_record, RamContext, RamRecord,
+};
 use crate::stream::{decode_footer, decode_header, decode_top, Header, SectionKind, TopRecord};
 
 /// What the walker expects next.
@@ -73,6 +75,10 @@ pub struct Walker {
     footers: bool,
     ctx: RamContext,
     ram_ids: Vec<u32>,
+    /// The `mapped-ram` capability is on (MEM_SIZE lists change).
+    mapped_ram: bool,
+    /// Bytes of RAM whose mapped-ram block entries are still to come.
+    mapped_left: u64,
 }
 
 impl Walker {
@@ -89,7 +95,14 @@ impl Walker {
         Walker::with_mode(Mode::Bare, false)
     }
     pub fn with_mode(mode: Mode, footers: bool) -> Walker {
-        Walker { mode, footers, ctx: RamContext::x86(), ram_ids: Vec::new() }
+        Walker {
+            mode,
+            footers,
+            ctx: RamContext::x86(),
+            ram_ids: Vec::new(),
+            mapped_ram: false,
+            mapped_left: 0,
+        }
     }
     pub fn mode(&self) -> Mode {
         self.mode
@@ -100,6 +113,13 @@ impl Walker {
     /// The configuration announced `x-ignore-shared` (RAM records change).
     pub fn set_ignore_shared(&mut self, on: bool) {
         self.ctx.ignore_shared = on;
+    }
+    /// The `mapped-ram` capability is on: MEM_SIZE is followed by one
+    /// [`RamRecord::MappedRamBlock`] per block, after each of which the
+    /// caller continues at the file offset the record names
+    /// ([`crate::mapped_ram`]).
+    pub fn set_mapped_ram(&mut self, on: bool) {
+        self.mapped_ram = on;
     }
     /// Continue the same stream on a new channel (recovery): the RAM section
     /// ids stay known.
@@ -160,7 +180,7 @@ impl Walker {
                 };
                 (Item::Top(r), next)
             }
-            Mode::Ram { section_id } => match decode_ram_record(&mut c, &self.ctx) {
+            Mode::Ram { section_id } => match self.decode_ram(&mut c, offset) {
                 Ok(r) => {
                     let next = match r {
                         RamRecord::Eos if self.footers => Mode::Footer { section_id },
@@ -210,12 +230,41 @@ impl Walker {
         Ok(Walked::Record { item, offset, len: c.pos() })
     }
 
+    /// A RAM record of a RAM section, with the mapped-ram block list.
+    fn decode_ram<'a>(
+        &mut self,
+        c: &mut Cursor<'a>,
+        offset: u64,
+    ) -> Result<RamRecord<'a>, DecodeError> {
+        if self.mapped_left > 0 {
+            let r = decode_mapped_ram_block(c, &self.ctx)?;
+            if let RamRecord::MappedRamBlock { entry, .. } = &r {
+                if entry.used_length > self.mapped_left {
+                    return Err(DecodeError::invalid(offset, format!(
+                        "MEM_SIZE: block {:?} (length {:#x}) takes the sum past the announced total ({:#x} left)",
+                        entry.name, entry.used_length, self.mapped_left
+                    )));
+                }
+                self.mapped_left -= entry.used_length;
+            }
+            return Ok(r);
+        }
+        if !self.mapped_ram {
+            return decode_ram_record(c, &self.ctx);
+        }
+        let r = decode_mapped_ram_record(c, &self.ctx)?;
+        if let RamRecord::MappedRamSize { total } = r {
+            self.mapped_left = total;
+        }
+        Ok(r)
+    }
+
     /// Walk a whole stream held in memory: every record with its offset, then
     /// `Err(Incomplete)` if the bytes end inside a record, or the protocol
     /// error that stopped the walk. Ends after `Done` or at the end of the
     /// bytes on a record boundary.
     pub fn records<'a>(self, bytes: &'a [u8]) -> Records<'a> {
-        Records { w: self, bytes, pos: 0, stopped: false }
+        Records { w: self, bytes, pos: 0, stopped: false, pending: None }
     }
 
     /// Like [`Walker::records`], with each record's byte range
@@ -231,6 +280,8 @@ pub struct Records<'a> {
     bytes: &'a [u8],
     pos: usize,
     stopped: bool,
+    /// An error to report after the record just returned.
+    pending: Option<DecodeError>,
 }
 
 impl Records<'_> {
@@ -247,6 +298,10 @@ impl Records<'_> {
 impl<'a> Iterator for Records<'a> {
     type Item = Result<(u64, Item<'a>), DecodeError>;
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.pending.take() {
+            self.stopped = true;
+            return Some(Err(e));
+        }
         if self.stopped {
             return None;
         }
@@ -254,6 +309,21 @@ impl<'a> Iterator for Records<'a> {
         match self.w.next(rest, self.pos as u64) {
             Ok(Walked::Record { item, offset, len }) => {
                 self.pos += len;
+                // mapped-ram: the stream goes on after the block's pages.
+                if let Item::Ram(RamRecord::MappedRamBlock { entry, header }) = &item {
+                    match header.pages_offset.checked_add(entry.used_length) {
+                        Some(n) if n <= self.bytes.len() as u64 => self.pos = n as usize,
+                        n => {
+                            self.pos = self.bytes.len();
+                            self.pending = Some(DecodeError::invalid(offset, format!(
+                                "mapped-ram block {:?}: the stream continues at offset {} past the end ({} bytes)",
+                                entry.name,
+                                n.map_or("(overflow)".to_string(), |n| format!("{n:#x}")),
+                                self.bytes.len()
+                            )));
+                        }
+                    }
+                }
                 Some(Ok((offset, item)))
             }
             Ok(Walked::End) => None,

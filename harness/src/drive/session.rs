@@ -206,6 +206,17 @@ impl Migration {
         Ok(())
     }
 
+    /// `migrate-incoming URI` on the destination (a stream saved to a
+    /// file); the sampler's clock restarts here.
+    pub async fn incoming(&mut self, uri: &str) -> Result<()> {
+        self.t0 = Instant::now();
+        self.dst
+            .execute("migrate-incoming", json!({ "uri": uri }))
+            .await
+            .context("destination migrate-incoming")?;
+        Ok(())
+    }
+
     /// [`listen`](Self::listen), optionally [`wait_listening`](Self::wait_listening),
     /// then [`start`](Self::start) through the [`Route`]. Returns the source's URI.
     pub async fn migrate(&mut self, wait_listening: bool) -> Result<String> {

@@ -60,7 +60,7 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     let _l2 = PathGuard::new(&dst_log);
     let dst = start_dest(dest_kind, &dq, dcfg, dst_log).await?;
     let probe = RssProbe::start(dst.pid());
-    let mut ctx = Ctx { m: Migration::new(src, dst, dest_kind), workload, mem };
+    let mut ctx = Ctx { m: Migration::new(src, dst, dest_kind), workload, mem, files: Vec::new() };
     let res = match setup(d, &ctx.m).await {
         Ok(()) => run_steps(v, &mut ctx, steps, out).await,
         Err(e) => Err(e),

@@ -126,6 +126,13 @@ pub enum Step {
     Migrate {
         proxy: Option<ProxyOpts>,
     },
+    /// Save the source to a file (`migrate file:PATH`, waiting until the
+    /// source completes), then `migrate-incoming file:PATH` on the
+    /// destination; the file is in `dir` (default: the system temp dir).
+    SaveRestore {
+        dir: Option<String>,
+        timeout: Duration,
+    },
     /// Wait on `side` (statuses) for `what`, at most `timeout`.
     Wait {
         what: WaitFor,
@@ -203,6 +210,10 @@ enum RawStep {
     Migrate {
         #[serde(default)]
         proxy: Option<RawProxy>,
+    },
+    SaveRestore {
+        dir: Option<String>,
+        timeout: Option<String>,
     },
     Wait {
         status: Option<String>,
@@ -323,6 +334,10 @@ pub fn parse_step(t: &toml::Table) -> Result<StepSpec, String> {
 fn typed(raw: RawStep) -> Result<Step, String> {
     Ok(match raw {
         RawStep::Migrate { proxy } => Step::Migrate { proxy: proxy.map(proxy_opts).transpose()? },
+        RawStep::SaveRestore { dir, timeout } => Step::SaveRestore {
+            dir,
+            timeout: timeout.as_deref().map(duration).transpose()?.unwrap_or(DEFAULT_WAIT),
+        },
         RawStep::Wait { status, side, passes, time, serial, timeout } => {
             let what = match (status, passes, time, serial) {
                 (Some(s), None, None, None) => WaitFor::Status(StatusWait::parse_any(&s)?),
@@ -407,6 +422,10 @@ impl Step {
             Step::Migrate { proxy } => {
                 format!("migrate{}", if proxy.is_some() { " (proxy)" } else { "" })
             }
+            Step::SaveRestore { dir, .. } => match dir {
+                Some(d) => format!("save-restore (file in {d})"),
+                None => "save-restore".into(),
+            },
             Step::Wait { what: WaitFor::Status(w), side, .. } => {
                 format!("wait {side:?} status {}", w.goal_names().join("|"))
             }
@@ -481,6 +500,14 @@ mod tests {
         assert!(e.contains("out of range"), "{e}");
         let e = step("do = \"wait\"\nstatus = \"completed\"\ntimeout = \"100000000\"").unwrap_err();
         assert!(e.contains("longer than one day"), "{e}");
+        let s = step("do = \"save-restore\"\ndir = \"/var/tmp\"\ntimeout = \"30s\"").unwrap();
+        match s.step {
+            Step::SaveRestore { dir: Some(d), timeout } => {
+                assert_eq!((d.as_str(), timeout), ("/var/tmp", Duration::from_secs(30)))
+            }
+            o => panic!("{o:?}"),
+        }
+        assert!(step("do = \"save-restore\"\nmapped-ram = true").is_err());
         let s = step("do = \"start-postcopy\"\nprecopy-may-win = true").unwrap();
         assert!(matches!(s.step, Step::StartPostcopy { precopy_may_win: true }));
         let s = step("do = \"start-postcopy\"").unwrap();

@@ -110,6 +110,9 @@ impl Replay {
                 )?;
             }
             RamRecord::CompressPage { .. } => bail!("compressed pages are not supported in replay"),
+            RamRecord::MappedRamSize { .. } | RamRecord::MappedRamBlock { .. } => {
+                bail!("mapped-ram files are not replayed from recorded wire bytes")
+            }
         }
         Ok(())
     }

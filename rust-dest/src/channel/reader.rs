@@ -3,7 +3,9 @@
 //! with their absolute stream offset, and [`Reader::next_record`], the one
 //! read → walk → read-more loop every channel uses.
 
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek};
+use std::sync::Arc;
 
 use crate::state::{Counters, Shared};
 use wire::walk::{Item, Mode, Walked, Walker};
@@ -34,11 +36,47 @@ pub struct Reader {
     /// Absolute offset of buf[0].
     base: u64,
     shared: Shared,
+    /// A file that can be repositioned (mapped-ram) and the file offset of
+    /// stream byte 0; `src` reads a duplicate sharing its position.
+    seekable: Option<(Arc<File>, u64)>,
 }
 
 impl Reader {
     pub fn new(src: Box<dyn Read + Send>, shared: Shared) -> Reader {
-        Reader { src, buf: vec![0; 4 * READ_CHUNK], start: 0, end: 0, base: 0, shared }
+        Reader {
+            src,
+            buf: vec![0; 4 * READ_CHUNK],
+            start: 0,
+            end: 0,
+            base: 0,
+            shared,
+            seekable: None,
+        }
+    }
+
+    /// `src` is a duplicate of `f` (same file position) whose stream starts
+    /// at file offset `base`: [`Reader::seek_file`] may reposition it.
+    pub fn set_seekable(&mut self, f: Arc<File>, base: u64) {
+        self.seekable = Some((f, base));
+    }
+
+    /// Continue the stream at absolute file offset `to` (a mapped-ram
+    /// stream continues after each block's pages): drops what is buffered.
+    pub fn seek_file(&mut self, to: u64) -> io::Result<()> {
+        let Some((f, base)) = &self.seekable else {
+            return Err(io::Error::new(io::ErrorKind::Unsupported, "the channel is not seekable"));
+        };
+        let Some(rel) = to.checked_sub(*base) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("file offset {to:#x} lies before the stream's start {base:#x}"),
+            ));
+        };
+        (&**f).seek(io::SeekFrom::Start(to))?;
+        self.start = 0;
+        self.end = 0;
+        self.base = rel;
+        Ok(())
     }
 
     /// The bytes received and not consumed, and the offset of the first.

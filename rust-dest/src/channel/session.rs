@@ -31,6 +31,12 @@ pub trait Incoming: Send + Sync + 'static {
     /// A multifd channel: `r` reads it from its first byte, `sock` is a
     /// handle to shut it down. Called on a fresh thread.
     fn multifd_channel(&self, session: Arc<Session>, r: Box<dyn Read + Send>, sock: Sock);
+    /// A stream in a file (`file:`): `f` is positioned at the stream's
+    /// first byte, file offset `base`; no return path. Read like a main
+    /// channel unless the implementation needs the file itself (mapped-ram).
+    fn file_channel(&self, session: Arc<Session>, f: std::fs::File, _base: u64) {
+        self.main_channel(session, Box::new(f), Box::new(io::sink()))
+    }
 }
 
 /// A connected stream socket.
@@ -303,12 +309,14 @@ impl Session {
 
     /// A recorded stream from a file: the main channel, no return path
     /// (writes go nowhere).
-    pub fn on_file(self: &Arc<Session>, f: std::fs::File) {
+    pub fn on_file(self: &Arc<Session>, mut f: std::fs::File) {
         self.lock().main_taken = true;
         let me = self.clone();
+        // The stream starts where the file is positioned (`,offset=N`).
+        let base = io::Seek::stream_position(&mut f).unwrap_or(0);
         let _ = std::thread::Builder::new()
             .name("incoming-file".into())
-            .spawn(move || me.incoming.clone().main_channel(me, Box::new(f), Box::new(io::sink())));
+            .spawn(move || me.incoming.clone().file_channel(me, f, base));
     }
 
     pub fn preempt_closed(&self) {

@@ -4,6 +4,7 @@
 
 use std::io;
 
+use super::mapped_ram::error::MappedRamError;
 use super::multifd::SyncError;
 use crate::catalogue::DeviceError;
 use crate::globalstate::GlobalStateError;
@@ -79,6 +80,9 @@ pub enum LoadError {
     /// The `globalstate` section's run state is refused.
     #[error("{source} (section at byte offset {at})")]
     GlobalState { at: u64, source: GlobalStateError },
+    /// A mapped-ram block entry (at byte offset `at`) could not be loaded.
+    #[error("{source} (block entry at byte offset {at})")]
+    MappedRam { at: u64, source: MappedRamError },
     /// `source` happened inside `context` (a section, the package, a channel).
     #[error("{context}: {source}")]
     Context { context: String, source: Box<LoadError> },
@@ -123,7 +127,8 @@ impl LoadError {
             | LoadError::PageOutsideBlock { at, .. }
             | LoadError::Multifd { at, .. }
             | LoadError::Device { at, .. }
-            | LoadError::GlobalState { at, .. } => Some(*at),
+            | LoadError::GlobalState { at, .. }
+            | LoadError::MappedRam { at, .. } => Some(*at),
             LoadError::Decode(DecodeError::Incomplete { at, .. }) => Some(*at),
             LoadError::Decode(DecodeError::Invalid { offset, .. }) => Some(*offset),
             LoadError::Protocol { at, .. } | LoadError::Unsupported { at, .. } => *at,

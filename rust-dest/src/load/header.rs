@@ -20,15 +20,13 @@ impl Loader {
             if caps.iter().any(|c| c == "x-ignore-shared") {
                 flow = Flow::IgnoreShared;
             }
-            if let Some(c) = caps.iter().find(|c| *c == "mapped-ram") {
-                return Err(LoadError::Unsupported {
-                    at: None,
-                    msg: format!(
-                        "configuration: capability {c} (file migration) is not supported by rust-dest"
-                    ),
-                });
-            }
         }
+        // Validated in both directions, also when the stream lists none.
+        let stream_mapped = cfg.capabilities.iter().flatten().any(|c| c == "mapped-ram");
+        super::mapped_ram::check_capability(
+            stream_mapped,
+            self.shared.has(crate::state::Capability::MappedRam),
+        )?;
         if let Some(bits) = cfg.target_page_bits {
             if 1u64 << bits != TARGET_PAGE_SIZE {
                 return Err(LoadError::Unsupported {

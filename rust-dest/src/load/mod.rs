@@ -17,6 +17,7 @@ use crate::postcopy::{PcState, PostcopyRuntime, RuntimeSlot, VcpuConfig};
 use crate::ram::RamBlock;
 use crate::state::{Capability, Counters, MigStatus, RunState, Shared};
 use wire::command::Command;
+use wire::ramrec::RamRecord;
 use wire::rp::RpMessage;
 use wire::stream::{SectionKind, TopRecord};
 use wire::walk::{Item, Mode, Walker};
@@ -25,6 +26,7 @@ mod commands;
 mod device;
 mod error;
 mod header;
+pub mod mapped_ram;
 pub mod multifd;
 mod package;
 pub mod preempt;
@@ -36,6 +38,7 @@ mod tests;
 mod version_tests;
 
 pub use error::LoadError;
+use mapped_ram::MappedRamFile;
 use multifd::{MultifdConfig, MultifdRecv};
 
 /// Loader configuration (from the command line).
@@ -121,6 +124,33 @@ impl Incoming for Dest {
         let _ = l.with_session(session, self.slot.clone()).run(r);
     }
 
+    fn file_channel(&self, session: Arc<Session>, f: std::fs::File, base: u64) {
+        let shared = session.shared.clone();
+        if !shared.has(Capability::MappedRam) {
+            return self.main_channel(session, Box::new(f), Box::new(std::io::sink()));
+        }
+        let opened = f
+            .try_clone()
+            .map_err(|source| mapped_ram::MappedRamError::Open {
+                channel: 0,
+                direct: false,
+                source,
+            })
+            .and_then(|dup| MappedRamFile::open(Arc::new(dup), base, &shared));
+        match opened {
+            Ok(m) => {
+                let l = Loader::new(shared, self.cfg.clone(), Box::new(std::io::sink()));
+                // The outcome is in the shared state (status, error-desc).
+                let _ =
+                    l.with_mapped_ram(m).with_session(session, self.slot.clone()).run(Box::new(f));
+            }
+            Err(e) => {
+                shared.fail(e.to_string());
+                session.end();
+            }
+        }
+    }
+
     fn preempt_channel(&self, session: Arc<Session>, r: Box<dyn Read + Send>) {
         preempt::run(&session.shared, &self.slot, r);
         session.preempt_closed();
@@ -163,6 +193,8 @@ enum Flow {
     DeviceTail,
     /// EOF read.
     Eof,
+    /// mapped-ram: the stream goes on at this file offset.
+    Seek(u64),
 }
 
 /// Per-connection loader state.
@@ -191,6 +223,8 @@ pub struct Loader {
     package: Option<(u32, u64)>,
     /// The multifd receive side, when the `multifd` capability is on.
     multifd: Option<Arc<MultifdRecv>>,
+    /// The file of a `mapped-ram` stream (its own readers for multifd).
+    mapped: Option<MappedRamFile>,
 }
 
 impl Loader {
@@ -214,6 +248,7 @@ impl Loader {
             stream_machine: None,
             package: None,
             multifd: None,
+            mapped: None,
         }
     }
 
@@ -221,6 +256,12 @@ impl Loader {
     /// channel: MULTIFD_FLUSH records or RAM EOS).
     pub fn with_multifd(mut self, mf: Arc<MultifdRecv>) -> Loader {
         self.multifd = Some(mf);
+        self
+    }
+
+    /// Load a `mapped-ram` stream from this file (`load/mapped_ram.rs`).
+    pub fn with_mapped_ram(mut self, f: MappedRamFile) -> Loader {
+        self.mapped = Some(f);
         self
     }
 
@@ -248,6 +289,10 @@ impl Loader {
         let mut outcome = Ok(());
         let mut r = Reader::new(src, self.shared.clone());
         let mut w = Walker::main(self.cfg.expect_configuration, self.cfg.section_footers);
+        w.set_mapped_ram(self.shared.has(Capability::MappedRam));
+        if let Some(m) = &self.mapped {
+            r.set_seekable(m.file().clone(), m.base());
+        }
         loop {
             match self.load(&mut r, &mut w) {
                 Ok(()) => break,
@@ -374,6 +419,9 @@ impl Loader {
                 Some(Flow::IgnoreShared) => w.set_ignore_shared(true),
                 Some(Flow::DeviceTail) => return self.device_tail(r),
                 Some(Flow::Eof) => return self.finish_after_eof(r),
+                Some(Flow::Seek(to)) => {
+                    r.seek_file(to).map_err(|source| LoadError::Io { at: to, source })?
+                }
             }
         }
     }
@@ -428,6 +476,13 @@ impl Loader {
                 return Ok((Flow::DeviceTail, false));
             }
             Item::Top(t) => self.top(t, off, w)?,
+            Item::Ram(RamRecord::MappedRamBlock { entry, header }) => {
+                let sid = if let Mode::Ram { section_id } = mode { section_id } else { 0 };
+                let to = self
+                    .mapped_ram_block(&entry, &header, off)
+                    .map_err(|e| e.in_ram_section(sid))?;
+                Flow::Seek(to)
+            }
             Item::Ram(rec) => {
                 if let Mode::Ram { section_id } = mode {
                     self.apply_ram(rec, off).map_err(|e| e.in_ram_section(section_id))?;

@@ -20,7 +20,30 @@ impl Loader {
 
     pub(super) fn apply_ram(&mut self, rec: RamRecord, off: u64) -> Result<(), LoadError> {
         let counters = self.shared.counters();
+        if self.shared.has(Capability::MappedRam) {
+            // QEMU's `ram_load_precopy()`: these flags are invalid with
+            // mapped-ram (EOS, and MEM_SIZE with its block entries, remain).
+            let flags = match &rec {
+                RamRecord::Page { .. } => Some(wire::consts::RAM_SAVE_FLAG_PAGE),
+                RamRecord::Zero { .. } => Some(wire::consts::RAM_SAVE_FLAG_ZERO),
+                RamRecord::Xbzrle { .. } => Some(wire::consts::RAM_SAVE_FLAG_XBZRLE),
+                RamRecord::CompressPage { .. } => Some(wire::consts::RAM_SAVE_FLAG_COMPRESS_PAGE),
+                RamRecord::MultifdFlush => Some(wire::consts::RAM_SAVE_FLAG_MULTIFD_FLUSH),
+                _ => None,
+            };
+            if let Some(f) = flags {
+                return Err(self.mapped_ram_refuses(f, off));
+            }
+        }
         match rec {
+            RamRecord::MappedRamSize { total } => self.mapped_ram_size(total, off)?,
+            // Handled by the loader (the stream continues elsewhere).
+            RamRecord::MappedRamBlock { .. } => {
+                return Err(LoadError::protocol(
+                    off,
+                    format!("mapped-ram block entry out of place at byte offset {off}"),
+                ));
+            }
             RamRecord::MemSize { total, blocks } => {
                 let ram = self.shared.ram();
                 if !ram.blocks().is_empty() {

@@ -301,6 +301,8 @@ pub(super) fn migrate_incoming(shared: &Shared, mut a: Args) -> QResult<Value> {
     if shared.lock().incoming_started {
         return Err(QmpErr::generic("The incoming migration has already been started"));
     }
+    let caps = shared.lock().capabilities;
+    crate::state::check_transport(&caps, &uri).map_err(|e| QmpErr::generic(e.to_string()))?;
     shared.start_incoming(&uri).map_err(QmpErr::generic)?;
     let mut g = shared.lock();
     g.incoming_started = true;

@@ -20,7 +20,8 @@ mod guest;
 mod status;
 
 pub use caps::{
-    compress_exists, machine_version, Capabilities, Capability, ComboError, KNOWN_CAPABILITIES,
+    check_transport, compress_exists, machine_version, Capabilities, Capability, ComboError,
+    TransportError, KNOWN_CAPABILITIES,
 };
 pub use counters::{Counters, MultifdChannelStats};
 pub use devices::DeviceSection;

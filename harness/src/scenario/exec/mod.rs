@@ -6,6 +6,7 @@
 pub mod check;
 mod end;
 mod migrate;
+mod save;
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,8 @@ pub struct Ctx {
     pub workload: Workload,
     /// Guest RAM size.
     pub mem: u64,
+    /// Files the variant wrote (saved streams), removed when it ends.
+    pub files: Vec<crate::vm::procs::PathGuard>,
 }
 
 /// Run one step.
@@ -31,6 +34,9 @@ pub async fn exec_step(ctx: &mut Ctx, step: &Step) -> Result<String> {
     let m = &mut ctx.m;
     match step {
         Step::Migrate { proxy } => migrate::migrate(m, proxy.as_ref()).await,
+        Step::SaveRestore { dir, timeout } => {
+            save::save_restore(&mut ctx.m, &mut ctx.files, dir.as_deref(), *timeout).await
+        }
         Step::Wait { what, side, timeout } => migrate::wait(m, what, *side, *timeout).await,
         Step::StartPostcopy { .. } => m.start_postcopy().await.map(|()| String::new()),
         Step::Stop { side } => m.stop(*side).await.map(|()| String::new()),
