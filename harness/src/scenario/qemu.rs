@@ -63,5 +63,10 @@ pub fn missing_prerequisite(v: &Variant) -> Option<String> {
             return Some(format!("{e:#}"));
         }
     }
+    if let Some(hp) = v.spec.source.hugepages {
+        // Source and destination each back all of guest RAM.
+        let pages = 2 * v.spec.source.memory / hp;
+        return crate::vm::hugepages::unavailable(hp, pages);
+    }
     None
 }
