@@ -56,10 +56,45 @@ fn read_num(p: &Path) -> std::io::Result<u64> {
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}")))
 }
 
+/// Gigantic pages (1 GiB) rarely fit in a machine's fragmented memory:
+/// from this size on [`unavailable`] asks the kernel once per process.
+const TRIAL_FROM: u64 = 1 << 30;
+
 /// Why `pages` huge pages of `size` bytes cannot be had here, or `None`.
-/// Changes nothing: whether the kernel finds that much contiguous memory is
-/// only known when [`HugeTlb::setup`] asks for it.
+/// For 2 MiB pages this changes nothing (whether the kernel finds that much
+/// contiguous memory is known when [`HugeTlb::setup`] asks for it); for
+/// gigantic pages, which a fragmented machine usually cannot provide, it
+/// grows the pool once per process and size and gives the pages back at
+/// once, so that such a machine skips the variant instead of failing it.
 pub fn unavailable(size: u64, pages: u64) -> Option<String> {
+    if let Some(why) = unavailable_static(size, pages) {
+        return Some(why);
+    }
+    if size < TRIAL_FROM {
+        return None;
+    }
+    static TRIED: Mutex<Vec<(u64, u64, Option<String>)>> = Mutex::new(Vec::new());
+    let mut tried = TRIED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((.., why)) = tried.iter().find(|(s, p, _)| (*s, *p) == (size, pages)) {
+        return why.clone();
+    }
+    let why = match change_pool(size, pages as i64) {
+        Ok(got) if got >= pages as i64 => {
+            let _ = change_pool(size, -got);
+            None
+        }
+        Ok(got) => Some(format!(
+            "the machine cannot provide {pages} huge pages of {} now (tried: the pool grew by {} only; memory is too fragmented)",
+            size_name(size),
+            got.max(0)
+        )),
+        Err(e) => Some(e.to_string()),
+    };
+    tried.push((size, pages, why.clone()));
+    why
+}
+
+fn unavailable_static(size: u64, pages: u64) -> Option<String> {
     let dir = pool_dir(size);
     if !dir.is_dir() {
         return Some(format!(
