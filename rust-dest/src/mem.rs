@@ -436,7 +436,7 @@ fn fd_page_size(f: &File) -> io::Result<usize> {
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    if st.f_type as i64 == libc::HUGETLBFS_MAGIC as i64 && st.f_bsize > 0 {
+    if st.f_type as i64 == libc::HUGETLBFS_MAGIC && st.f_bsize > 0 {
         Ok(st.f_bsize as usize)
     } else {
         Ok(host_page_size())
