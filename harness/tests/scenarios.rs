@@ -5,7 +5,8 @@
 //! A failing variant is run once more; a pass on the retry prints
 //! `FLAKY: ...` with the first error (real QEMU has timing-dependent bugs).
 //! Variants that need a QEMU build that is not installed are ignored, except
-//! under CI (`CI=true`), where they fail and say what to install.
+//! under CI (`CI=true`), where they fail and say what to install. Variants
+//! needing huge pages the machine cannot provide are ignored, also under CI.
 //! `CROSSMIG_REPORT_DIR=DIR` writes one JSON report per variant.
 
 use std::path::PathBuf;
@@ -32,7 +33,11 @@ fn main() {
                         harness::scenario::Kind::Stream => "stream",
                     };
                     let missing = harness::scenario::missing_prerequisite(&v);
-                    let ignored = missing.is_some() && !ci;
+                    // Hardware this machine lacks (huge pages) skips the
+                    // variant even under CI: nothing to install.
+                    let lacks = harness::scenario::machine_lacks(&v);
+                    let ignored = (missing.is_some() && !ci) || lacks.is_some();
+                    let missing = missing.or(lacks);
                     let rd = report_dir.clone();
                     let t = Trial::test(v.name(), move || {
                         if let Some(m) = missing {

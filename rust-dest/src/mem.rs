@@ -32,6 +32,10 @@ pub struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
     file: Option<(File, PathBuf)>,
+    /// The unit the kernel maps this memory in: the host's base page size,
+    /// or the huge page size of a file on hugetlbfs (QEMU's
+    /// `qemu_fd_getpagesize()`, `util/oslib-posix.c`).
+    page_size: usize,
 }
 
 // SAFETY: the mapping is plain memory owned by this struct; all access goes
@@ -66,18 +70,29 @@ impl Mapping {
             ptr: NonNull::new(p as *mut u8).expect("mmap returned null"),
             len,
             file: None,
+            page_size: host_page_size(),
         })
     }
 
     /// A shared mapping of `path`, created if missing and truncated/extended
     /// to exactly `len` bytes (like QEMU's memory-backend-file with share=on).
-    /// Existing contents are discarded so the block starts zeroed.
+    /// Existing contents are discarded so the block starts zeroed. A file on
+    /// hugetlbfs is mapped in huge pages; `len` must be a multiple of them.
     pub fn file_shared(path: &Path, len: usize) -> io::Result<Mapping> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "zero-length RAMBlock"));
         }
         let f =
             OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let page_size = fd_page_size(&f)?;
+        if !len.is_multiple_of(page_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "size {len:#x} is not a multiple of the file system's page size {page_size:#x}"
+                ),
+            ));
+        }
         f.set_len(0)?;
         f.set_len(len as u64)?;
         // SAFETY: maps a file we own an fd to, at a fresh address.
@@ -98,7 +113,18 @@ impl Mapping {
             ptr: NonNull::new(p as *mut u8).expect("mmap returned null"),
             len,
             file: Some((f, path.to_path_buf())),
+            page_size,
         })
+    }
+
+    /// The page size the memory is mapped in (see the field).
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// Huge pages (hugetlbfs): no UFFDIO_ZEROPAGE, whole-page placement.
+    pub fn is_huge(&self) -> bool {
+        self.page_size > host_page_size()
     }
 
     pub fn len(&self) -> usize {
@@ -440,6 +466,24 @@ impl Drop for Mapping {
         unsafe {
             libc::munmap(self.ptr.as_ptr() as *mut _, self.len);
         }
+    }
+}
+
+/// The page size of the file system holding `f`: its block size on
+/// hugetlbfs (the huge page size of the mount), else the host's base page
+/// size, as QEMU's `qemu_fd_getpagesize()` (`util/oslib-posix.c`).
+fn fd_page_size(f: &File) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid statfs (plain integers).
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `f` is an open fd for the call; `st` is a valid out pointer.
+    let r = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.f_type as i64 == libc::HUGETLBFS_MAGIC && st.f_bsize > 0 {
+        Ok(st.f_bsize as usize)
+    } else {
+        Ok(host_page_size())
     }
 }
 

@@ -67,7 +67,9 @@ impl AtomicBitmap {
 pub struct RamBlock {
     pub name: String,
     pub used_length: u64,
-    /// The block's page size (host page size for normal RAM).
+    /// The block's page size: the host page size for normal RAM, the huge
+    /// page size for memory on hugetlbfs (QEMU's `RAMBlock.page_size`).
+    /// Postcopy requests, places and discards whole pages of this size.
     pub page_size: u64,
     pub mapping: Mapping,
     pub received: AtomicBitmap,
@@ -85,6 +87,24 @@ impl std::fmt::Debug for RamBlock {
 impl RamBlock {
     pub fn pages(&self) -> u64 {
         self.used_length / TARGET_PAGE_SIZE
+    }
+
+    /// Target pages per page of this block (1 for normal RAM, 512 for
+    /// 2 MiB huge pages).
+    pub fn target_pages_per_page(&self) -> u64 {
+        self.page_size / TARGET_PAGE_SIZE
+    }
+
+    /// Whether the block is in huge pages (placed whole, never zero-paged).
+    pub fn is_huge(&self) -> bool {
+        self.page_size > TARGET_PAGE_SIZE && self.mapping.is_huge()
+    }
+
+    /// Mark the target pages of `[offset, offset + len)` received.
+    pub fn set_received(&self, offset: u64, len: u64) {
+        for p in offset / TARGET_PAGE_SIZE..(offset + len) / TARGET_PAGE_SIZE {
+            self.received.set(p);
+        }
     }
 
     pub fn backing_path(&self) -> Option<&std::path::Path> {
@@ -171,6 +191,23 @@ impl RamTable {
         &self.backends
     }
 
+    /// The page size of every backend's memory created at start-up or
+    /// announced since (by id): what QEMU's destination knows of its own
+    /// RAMBlocks before the stream's MEM_SIZE (`ram_pagesize_summary()`).
+    pub fn backend_page_sizes(&self) -> Vec<(String, u64)> {
+        let created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<(String, u64)> =
+            created.iter().map(|(id, m)| (id.clone(), m.page_size() as u64)).collect();
+        v.extend(
+            self.blocks()
+                .iter()
+                .filter(|b| self.backends.iter().any(|be| be.id == b.name))
+                .map(|b| (b.name.clone(), b.page_size)),
+        );
+        v.sort();
+        v
+    }
+
     pub fn max_ram(&self) -> u64 {
         self.max_ram
     }
@@ -194,12 +231,8 @@ impl RamTable {
 
     /// Create a RAMBlock. A block whose name is a memory backend's id lives in
     /// that backend's file; others are anonymous memory.
-    pub fn add(
-        &self,
-        name: &str,
-        used_length: u64,
-        page_size: u64,
-    ) -> Result<Arc<RamBlock>, RamError> {
+    /// The block's page size is its memory's ([`Mapping::page_size`]).
+    pub fn add(&self, name: &str, used_length: u64) -> Result<Arc<RamBlock>, RamError> {
         if !used_length.is_multiple_of(TARGET_PAGE_SIZE) || used_length == 0 {
             return Err(RamError::Unaligned { name: name.into(), len: used_length });
         }
@@ -232,6 +265,7 @@ impl RamTable {
             None => Mapping::anonymous(used_length as usize),
         }
         .map_err(|err| RamError::Map { name: name.into(), err })?;
+        let page_size = (mapping.page_size() as u64).max(TARGET_PAGE_SIZE);
         let b = Arc::new(RamBlock {
             name: name.into(),
             used_length,
@@ -251,8 +285,8 @@ mod tests {
     #[test]
     fn cap_enforced_before_allocation() {
         let t = RamTable::new(vec![], 1 << 20);
-        t.add("a", 512 << 10, 4096).unwrap();
-        let e = t.add("b", 1 << 20, 4096).unwrap_err();
+        t.add("a", 512 << 10).unwrap();
+        let e = t.add("b", 1 << 20).unwrap_err();
         assert!(e.to_string().contains("exceeds the configured cap"), "{e}");
         assert!(t.get("b").is_none());
     }
@@ -260,9 +294,9 @@ mod tests {
     #[test]
     fn duplicate_and_unaligned() {
         let t = RamTable::new(vec![], 1 << 30);
-        t.add("a", 8192, 4096).unwrap();
-        assert!(matches!(t.add("a", 8192, 4096), Err(RamError::Duplicate { .. })));
-        assert!(matches!(t.add("c", 100, 4096), Err(RamError::Unaligned { .. })));
+        t.add("a", 8192).unwrap();
+        assert!(matches!(t.add("a", 8192), Err(RamError::Duplicate { .. })));
+        assert!(matches!(t.add("c", 100), Err(RamError::Unaligned { .. })));
     }
 
     #[test]
@@ -278,8 +312,8 @@ mod tests {
             }],
             1 << 30,
         );
-        assert!(matches!(t.add("mem0", 2 << 20, 4096), Err(RamError::BackendSize { .. })));
-        let b = t.add("mem0", 1 << 20, 4096).unwrap();
+        assert!(matches!(t.add("mem0", 2 << 20), Err(RamError::BackendSize { .. })));
+        let b = t.add("mem0", 1 << 20).unwrap();
         b.mapping.write(4096, b"xyz");
         assert_eq!(&std::fs::read(&p).unwrap()[4096..4099], b"xyz");
         assert_eq!(b.backing_path(), Some(p.as_path()));
@@ -300,11 +334,11 @@ mod tests {
         assert!(t.blocks().is_empty());
         // A stream's size mismatch is still refused; the right size gets
         // the memory created at start-up.
-        assert!(matches!(t.add("mem0", 2 << 20, 4096), Err(RamError::BackendSize { .. })));
-        let b = t.add("mem0", 1 << 20, 4096).unwrap();
+        assert!(matches!(t.add("mem0", 2 << 20), Err(RamError::BackendSize { .. })));
+        let b = t.add("mem0", 1 << 20).unwrap();
         b.mapping.write(0, b"abc");
         assert_eq!(&std::fs::read(&p).unwrap()[..3], b"abc");
-        assert_eq!(t.add("ram1", 1 << 20, 4096).unwrap().used_length, 1 << 20);
+        assert_eq!(t.add("ram1", 1 << 20).unwrap().used_length, 1 << 20);
         // A backend whose file cannot be created fails at start-up.
         let bad = RamTable::new(vec![be("m", 4096, Some(d.path().join("no/such/dir")))], 1 << 30);
         assert!(matches!(bad.create_backends(), Err(RamError::Backend { .. })));

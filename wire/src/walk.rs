@@ -121,6 +121,12 @@ impl Walker {
     pub fn set_mapped_ram(&mut self, on: bool) {
         self.mapped_ram = on;
     }
+    /// Blocks whose MEM_SIZE entry carries a page size (the destination's
+    /// own blocks of another page size than the host's, once postcopy-ram
+    /// was advised; `migration/ram.c: parse_ramblock()`).
+    pub fn set_hugepage_blocks(&mut self, names: Vec<String>) {
+        self.ctx.hugepage_blocks = names;
+    }
     /// Continue the same stream on a new channel (recovery): the RAM section
     /// ids stay known.
     pub fn resume_headerless(&mut self) {

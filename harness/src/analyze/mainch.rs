@@ -224,6 +224,9 @@ impl Walk<'_> {
                 }
                 return Ok(());
             }
+            // Only a walker told about mapped-ram yields these; mapped-ram
+            // files are read by `analyze::mapped_ram`.
+            RamRecord::MappedRamSize { .. } | RamRecord::MappedRamBlock { .. } => return Ok(()),
         };
         let name = self.block_name(name, offset)?;
         if !self.ram.page(&name, addr, kind, Source::Main) {

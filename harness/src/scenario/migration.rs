@@ -21,6 +21,7 @@ use crate::images::Workload;
 use crate::qmp::MigrationStatus;
 use crate::verify::limits::RssProbe;
 use crate::vm::dest::start_dest;
+use crate::vm::hugepages::HugeTlb;
 use crate::vm::procs::{unique_name, PathGuard};
 use crate::vm::qemu::{QemuVm, VmConfig};
 
@@ -39,7 +40,15 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     let disk = workdir.join(format!("{tag}.img"));
     std::fs::copy(workload.image_path(), &disk)?;
     let disk_guard = PathGuard::new(&disk);
+    // Huge pages outlive both VMs (declared before them, dropped after).
+    let huge = match d.source.hugepages {
+        Some(hp) => Some(HugeTlb::setup(hp, 2 * mem / hp)?),
+        None => None,
+    };
     let mut scfg = VmConfig::new("scn-src", mem);
+    if let Some(h) = &huge {
+        scfg.mem_path = h.file(&format!("{tag}-src.ram"));
+    }
     scfg.machine = machine.clone();
     scfg.disk = Some(disk.clone());
     let serial = workdir.join(format!("{tag}-src.serial"));
@@ -54,6 +63,9 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
         src.execute("stop", Value::Null).await?;
     }
     let mut dcfg = VmConfig::new(&format!("scn-dst-{}", dest_kind.name()), mem);
+    if let Some(h) = &huge {
+        dcfg.mem_path = h.file(&format!("{tag}-dst.ram"));
+    }
     dcfg.machine = machine;
     dcfg.extra = d.dest.args.clone();
     let dst_log = workdir.join(format!("{tag}-dst.log"));

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 pub use file::{find_files, load, FileError, Variant};
 pub use outcome::{Outcome, StepResult};
-pub use qemu::{common_machine, missing_prerequisite, resolve_qemu, source_qemu};
+pub use qemu::{common_machine, machine_lacks, missing_prerequisite, resolve_qemu, source_qemu};
 pub use run::run_variant;
 pub use spec::{Kind, Spec, DEFAULT_TIMEOUT};
 

@@ -65,3 +65,13 @@ pub fn missing_prerequisite(v: &Variant) -> Option<String> {
     }
     None
 }
+
+/// Why this machine cannot run the variant whatever is installed (huge
+/// pages it cannot provide), or `None`. Such variants are skipped, also
+/// under CI.
+pub fn machine_lacks(v: &Variant) -> Option<String> {
+    let hp = v.spec.source.hugepages?;
+    // Source and destination each back all of guest RAM.
+    let pages = 2 * v.spec.source.memory / hp;
+    crate::vm::hugepages::unavailable(hp, pages)
+}

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 
-use super::{find_files, load, missing_prerequisite, run_variant};
+use super::{find_files, load, machine_lacks, missing_prerequisite, run_variant};
 
 /// What `crossmig run` was asked to do.
 #[derive(Clone, Debug, Default)]
@@ -59,7 +59,7 @@ pub async fn run_files(req: RunRequest) -> Result<bool> {
     let t0 = Instant::now();
     for (i, v) in variants.iter().enumerate() {
         eprint!("[{}/{}] {} ... ", i + 1, variants.len(), v.name());
-        let o = if let Some(m) = missing_prerequisite(v) {
+        let o = if let Some(m) = missing_prerequisite(v).or_else(|| machine_lacks(v)) {
             eprintln!("SKIPPED ({m})");
             continue;
         } else {

@@ -69,6 +69,7 @@ pub struct RawSource {
     pub qemu: Option<String>,
     pub machine: Option<String>,
     pub memory: Option<String>,
+    pub hugepages: Option<String>,
     pub workload: Option<String>,
     #[serde(default)]
     pub stopped: bool,
@@ -173,6 +174,8 @@ pub struct SourceSpec {
     pub qemu: Option<String>,
     pub machine: Option<String>,
     pub memory: u64,
+    /// Guest RAM of both sides in huge pages of this size (hugetlbfs).
+    pub hugepages: Option<u64>,
     pub workload: Workload,
     pub stopped: bool,
     pub capabilities: BTreeMap<String, bool>,
@@ -313,6 +316,28 @@ impl Spec {
                 .map_err(|e| err(At::Key(&["memory"]), format!("source.memory: {e}")))?,
             None => DEFAULT_MEMORY,
         };
+        let hugepages = match &d.source.hugepages {
+            Some(h) => {
+                let at = || At::Key(&["hugepages"]);
+                let hp = parse_size(h).map_err(|e| err(at(), format!("source.hugepages: {e}")))?;
+                if !hp.is_power_of_two() || hp < 2 << 20 {
+                    return Err(err(
+                        at(),
+                        format!("source.hugepages: {h:?} is not a huge page size (\"2M\", \"1G\")"),
+                    ));
+                }
+                if !memory.is_multiple_of(hp) {
+                    return Err(err(
+                        at(),
+                        format!(
+                        "source.memory ({memory} bytes) is not a multiple of source.hugepages ({h})"
+                    ),
+                    ));
+                }
+                Some(hp)
+            }
+            None => None,
+        };
         let workload = match &d.source.workload {
             Some(w) => w
                 .parse::<Workload>()
@@ -332,6 +357,7 @@ impl Spec {
                 qemu: d.source.qemu,
                 machine: d.source.machine,
                 memory,
+                hugepages,
                 workload,
                 stopped: d.source.stopped,
                 capabilities: d.source.capabilities,

@@ -1,6 +1,6 @@
 //! Parsing tests of the per-variant keys (no QEMU): `expect-error`,
 //! `[[expect]]` with `when`, the destination's end expectations and
-//! `[dest.vcpus]`, from scenario text to the typed spec.
+//! `[dest.vcpus]`, `[source] hugepages`, from scenario text to the typed spec.
 
 use std::path::Path;
 use std::time::Duration;
@@ -113,4 +113,22 @@ fn step_when_names_axes() {
     let e = load(&f).unwrap_err();
     assert!(e.starts_with("t.toml:3: steps[0]:") && e.contains("`dest`"), "{e}");
     assert!(load(&f.replace("dest = \"rust\"", "qemu = \"7.2\"")).is_ok());
+}
+
+#[test]
+fn source_hugepages() {
+    let f = format!(
+        "{AXES}[source]\nmemory = \"256M\"\nhugepages = \"2M\"\n[[steps]]\ndo = \"migrate\"\n"
+    );
+    let v = load(&f).unwrap();
+    assert_eq!(variant(&v, "10.0").spec.source.hugepages, Some(2 << 20));
+    assert!(load(&format!("{AXES}[[steps]]\ndo = \"migrate\"\n")).unwrap()[0]
+        .spec
+        .source
+        .hugepages
+        .is_none());
+    let e = load(&f.replace("\"2M\"", "\"3M\"")).unwrap_err();
+    assert!(e.contains("hugepages") && e.contains("not a huge page size"), "{e}");
+    let e = load(&f.replace("\"2M\"", "\"1G\"")).unwrap_err();
+    assert!(e.contains("not a multiple of source.hugepages"), "{e}");
 }

@@ -49,6 +49,14 @@ pub fn registered_paths() -> Vec<PathBuf> {
     with_registry(|r| r.paths.keys().cloned().collect())
 }
 
+/// Further cleanups run by [`cleanup_all`] (e.g. huge page pools).
+static HOOKS: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+
+/// Run `f` in [`cleanup_all`], after the processes are killed.
+pub fn on_cleanup(f: fn()) {
+    HOOKS.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+}
+
 /// Kill every registered process group and remove every registered path.
 /// Used by the signal handler; may also be called explicitly.
 pub fn cleanup_all() {
@@ -60,6 +68,10 @@ pub fn cleanup_all() {
     }
     for p in paths {
         remove_path(&p);
+    }
+    let hooks = HOOKS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for f in hooks {
+        f();
     }
 }
 

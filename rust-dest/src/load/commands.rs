@@ -176,19 +176,38 @@ impl Loader {
 
     /// Check a postcopy command against the rules for the current state.
     fn postcopy_step(&self, c: &Command, off: u64) -> Result<(PcState, Action), LoadError> {
+        let hps = crate::mem::host_page_size() as u64;
+        let summary = self.shared.ram().backend_page_sizes().iter().fold(hps, |s, (_, ps)| s | ps);
         let local = postcopy::Local {
             postcopy_ram: self.shared.has(Capability::PostcopyRam),
-            host_page_size: crate::mem::host_page_size() as u64,
+            ram_pagesize_summary: summary,
             target_page_size: TARGET_PAGE_SIZE,
         };
         postcopy::rules::step(self.pc_state, c, &local)
             .map_err(|source| LoadError::Postcopy { at: off, source })
     }
 
-    /// POSTCOPY_ADVISE.
+    /// POSTCOPY_ADVISE. With postcopy-ram on, the source's MEM_SIZE list
+    /// that follows carries the page size of every block whose page size
+    /// is not the host's: the walker learns which blocks those are here
+    /// (QEMU's `parse_ramblock()`, `migration/ram.c`, reads the field for
+    /// its own RAMBlocks of another page size once advised).
     fn postcopy_advise(&mut self, c: &Command, off: u64) -> Result<(), LoadError> {
         let (ns, _) = self.postcopy_step(c, off)?;
         self.set_pc_state(ns);
+        if matches!(c, Command::PostcopyAdvise(Some(_))) && self.shared.has(Capability::PostcopyRam)
+        {
+            let hps = crate::mem::host_page_size().max(TARGET_PAGE_SIZE as usize) as u64;
+            let huge: Vec<String> = self
+                .shared
+                .ram()
+                .backend_page_sizes()
+                .into_iter()
+                .filter(|(_, ps)| *ps != hps)
+                .map(|(id, _)| id)
+                .collect();
+            self.sized_blocks = Some(huge);
+        }
         Ok(())
     }
 
@@ -254,7 +273,6 @@ impl Loader {
             )));
         }
         Counters::add(&self.shared.counters().discard_commands, 1);
-        let hps = crate::mem::host_page_size() as u64;
         for &(start, len) in &d.ranges {
             // Looked up per range, as QEMU's `ram_discard_range()` does: a
             // DISCARD without ranges names no block that must exist.
@@ -267,9 +285,12 @@ impl Loader {
                     ),
                 )
             })?;
-            if start % hps != 0 || len % hps != 0 {
+            // Whole pages of the block: huge pages on hugetlbfs (QEMU's
+            // `ram_block_discard_range()` refuses anything else).
+            let ps = b.page_size;
+            if start % ps != 0 || len % ps != 0 {
                 return Err(LoadError::protocol(off, format!(
-                    "POSTCOPY_RAM_DISCARD {:?}: range start {start:#x} length {len:#x} is not aligned to the host page size {hps:#x} at byte offset {off}",
+                    "POSTCOPY_RAM_DISCARD {:?}: range start {start:#x} length {len:#x} is not aligned to the block's page size {ps:#x} at byte offset {off}",
                     d.block
                 )));
             }

@@ -244,7 +244,7 @@ impl Loader {
         let b = self
             .shared
             .ram()
-            .add(&entry.name, entry.used_length, TARGET_PAGE_SIZE)
+            .add(&entry.name, entry.used_length)
             .map_err(|source| LoadError::Ram { at: off, source })?;
         let shared = self.shared.clone();
         let m = self.mapped(off)?;

@@ -217,6 +217,11 @@ pub struct Loader {
     placing: bool,
     /// SWITCHOVER_ACK still to be sent.
     ack_pending: bool,
+    /// Set by POSTCOPY_ADVISE: the blocks whose MEM_SIZE entry carries a
+    /// page size, for the walker (applied after the record).
+    sized_blocks: Option<Vec<String>>,
+    /// The main channel's huge page being assembled (postcopy).
+    tmp_page: crate::postcopy::TmpPage,
     /// Machine type named by the stream's configuration section.
     stream_machine: Option<String>,
     /// The PACKAGED command whose blob comes next: (length, offset).
@@ -245,6 +250,8 @@ impl Loader {
             postcopy: None,
             placing: false,
             ack_pending: false,
+            sized_blocks: None,
+            tmp_page: crate::postcopy::TmpPage::default(),
             stream_machine: None,
             package: None,
             multifd: None,
@@ -362,6 +369,10 @@ impl Loader {
         self.rp = None;
         self.rp_open = false;
         self.last_block = None;
+        // A huge page half received is lost, as in QEMU's
+        // `postcopy_pause_incoming()`: its target pages are not marked
+        // received, so the source sends them again after recovery.
+        self.tmp_page.reset();
         if let Some(pc) = &self.postcopy {
             pc.set_rp(None);
         }
@@ -414,6 +425,9 @@ impl Loader {
             let flow = r
                 .next_record(w, |item, off, w| self.record(item, off, mode, w))
                 .map_err(|e| self.stopped(e, r, w))?;
+            if let Some(names) = self.sized_blocks.take() {
+                w.set_hugepage_blocks(names);
+            }
             match flow {
                 None | Some(Flow::Continue) => {}
                 Some(Flow::IgnoreShared) => w.set_ignore_shared(true),

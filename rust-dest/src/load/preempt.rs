@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::error::LoadError;
 use super::ram::{check_page_addr, resolve_block};
 use crate::channel::{ReadError, Reader};
-use crate::postcopy::{PostcopyRuntime, RuntimeSlot};
+use crate::postcopy::{PostcopyRuntime, RuntimeSlot, TmpPage};
 use crate::ram::RamBlock;
 use crate::state::{Counters, MigStatus, Shared};
 use wire::ramrec::RamRecord;
@@ -91,12 +91,15 @@ fn read_channel(
     let mut w = Walker::bare();
     let mut last: Option<Arc<RamBlock>> = None;
     let mut rt: Option<Arc<PostcopyRuntime>> = None;
+    // This channel's own huge page under assembly (QEMU keeps one per
+    // postcopy channel, `mis->postcopy_tmp_pages`).
+    let mut tmp = TmpPage::default();
     loop {
         let res = r.next_record(&mut w, |item, off, _| {
             let Item::Ram(rec) = item else {
                 return Err(PreemptError::Unexpected { at: off }.into());
             };
-            place(shared, slot, &mut last, &mut rt, rec, off).map_err(Stop::Err)?;
+            place(shared, slot, &mut last, &mut rt, &mut tmp, rec, off).map_err(Stop::Err)?;
             Ok::<_, Stop>(((), true))
         });
         match res {
@@ -112,6 +115,7 @@ fn place(
     slot: &RuntimeSlot,
     last: &mut Option<Arc<RamBlock>>,
     rt: &mut Option<Arc<PostcopyRuntime>>,
+    tmp: &mut TmpPage,
     rec: RamRecord,
     off: u64,
 ) -> Result<(), PreemptError> {
@@ -132,7 +136,7 @@ fn place(
         *rt = slot.wait();
     }
     let pc = rt.as_ref().ok_or(PreemptError::Ended)?;
-    pc.place(&b, addr, data).map_err(|e| PreemptError::Place(e.into()))?;
+    pc.place(tmp, &b, addr, data).map_err(|e| PreemptError::Place(e.into()))?;
     Counters::add(&shared.counters().preempt_pages, 1);
     Ok(())
 }

@@ -14,8 +14,8 @@ use crate::state::{compress_exists, machine_version, Capability, Counters, Share
 use wire::ramrec::{xbzrle_decode, BlockRef, RamRecord};
 
 impl Loader {
-    fn runtime(&self) -> &crate::postcopy::PostcopyRuntime {
-        self.postcopy.as_ref().expect("postcopy runtime exists while placing")
+    fn runtime(&self) -> Arc<crate::postcopy::PostcopyRuntime> {
+        self.postcopy.clone().expect("postcopy runtime exists while placing")
     }
 
     pub(super) fn apply_ram(&mut self, rec: RamRecord, off: u64) -> Result<(), LoadError> {
@@ -59,14 +59,20 @@ impl Loader {
                     )));
                 }
                 for b in blocks {
-                    if let Some(ps) = b.page_size {
-                        return Err(LoadError::unsupported(off, format!(
-                            "MEM_SIZE: block {:?} has page size {ps:#x}: hugepage blocks are not supported",
-                            b.name
-                        )));
-                    }
-                    ram.add(&b.name, b.used_length, TARGET_PAGE_SIZE)
+                    let blk = ram
+                        .add(&b.name, b.used_length)
                         .map_err(|source| LoadError::Ram { at: off, source })?;
+                    // Present for our blocks of another page size than the
+                    // host's once postcopy-ram was advised; both sides must
+                    // agree (QEMU's `parse_ramblock()`, `migration/ram.c`).
+                    if let Some(ps) = b.page_size {
+                        if ps != blk.page_size {
+                            return Err(LoadError::protocol(off, format!(
+                                "MEM_SIZE: mismatched RAM page size of block {:?}: {:#x} (local) != {ps:#x} (source) at byte offset {off}",
+                                b.name, blk.page_size
+                            )));
+                        }
+                    }
                 }
                 if let Some(mf) = &self.multifd {
                     mf.blocks_ready();
@@ -76,7 +82,7 @@ impl Loader {
                 let b = resolve_block(&self.shared, &mut self.last_block, block, off)?;
                 check_page_addr(&b, addr, off)?;
                 if self.placing {
-                    self.runtime().place(&b, addr, Some(data))?;
+                    self.runtime().place(&mut self.tmp_page, &b, addr, Some(data))?;
                 } else {
                     b.mapping.write(addr as usize, data);
                     b.received.set(addr / TARGET_PAGE_SIZE);
@@ -98,9 +104,9 @@ impl Loader {
                 if self.placing {
                     if fill != 0 {
                         let page = vec![fill; TARGET_PAGE_SIZE as usize];
-                        self.runtime().place(&b, addr, Some(&page))?;
+                        self.runtime().place(&mut self.tmp_page, &b, addr, Some(&page))?;
                     } else {
-                        self.runtime().place(&b, addr, None)?;
+                        self.runtime().place(&mut self.tmp_page, &b, addr, None)?;
                     }
                 } else {
                     let was = b.received.set(addr / TARGET_PAGE_SIZE);
@@ -134,7 +140,7 @@ impl Loader {
                     // A short page is completed with zeros (placement is
                     // by whole pages).
                     page.resize(TARGET_PAGE_SIZE as usize, 0);
-                    self.runtime().place(&b, addr, Some(&page))?;
+                    self.runtime().place(&mut self.tmp_page, &b, addr, Some(&page))?;
                 } else {
                     // Like QEMU 7.2, a stream of less than a page overwrites
                     // only the start of the page (verified:

@@ -16,8 +16,8 @@ pub enum RuleError {
     AdviseWithoutSizes,
     #[error("POSTCOPY_ADVISE for postcopy-ram but the postcopy-ram capability is not enabled on the destination")]
     AdviseWithoutCapability,
-    #[error("POSTCOPY_ADVISE: source RAM page size summary {source_size:#x} does not match destination host page size {dest:#x}")]
-    HostPageSize { source_size: u64, dest: u64 },
+    #[error("POSTCOPY_ADVISE: source RAM page size summary {source_size:#x} does not match the destination's {dest:#x} (its RAMBlocks' page sizes)")]
+    PageSizeSummary { source_size: u64, dest: u64 },
     #[error("POSTCOPY_ADVISE: source target page size {source_size:#x} does not match destination target page size {dest:#x}")]
     TargetPageSize { source_size: u64, dest: u64 },
 }
@@ -43,7 +43,10 @@ pub enum Action {
 pub struct Local {
     /// postcopy-ram capability on this side.
     pub postcopy_ram: bool,
-    pub host_page_size: u64,
+    /// The OR of the page sizes of this side's RAMBlocks (QEMU's
+    /// `ram_pagesize_summary()`, `migration/ram.c`): the host page size,
+    /// with the huge page size of each hugetlbfs backend ORed in.
+    pub ram_pagesize_summary: u64,
     pub target_page_size: u64,
 }
 
@@ -66,10 +69,10 @@ pub fn step(state: PcState, cmd: &Command, local: &Local) -> Result<(PcState, Ac
                     if !local.postcopy_ram {
                         return Err(RuleError::AdviseWithoutCapability);
                     }
-                    if *ram_pagesize_summary != local.host_page_size {
-                        return Err(RuleError::HostPageSize {
+                    if *ram_pagesize_summary != local.ram_pagesize_summary {
+                        return Err(RuleError::PageSizeSummary {
                             source_size: *ram_pagesize_summary,
-                            dest: local.host_page_size,
+                            dest: local.ram_pagesize_summary,
                         });
                     }
                     if *target_page_size != local.target_page_size {
@@ -109,7 +112,8 @@ mod tests {
     use super::*;
     use wire::command::Discard;
 
-    const L: Local = Local { postcopy_ram: true, host_page_size: 4096, target_page_size: 4096 };
+    const L: Local =
+        Local { postcopy_ram: true, ram_pagesize_summary: 4096, target_page_size: 4096 };
 
     fn cmds() -> Vec<(&'static str, Command)> {
         vec![
@@ -167,6 +171,14 @@ mod tests {
         }));
         let e = step(PcState::None, &c, &L).unwrap_err().to_string();
         assert!(e.contains("0x201000") && e.contains("0x1000"), "{e}");
+        // A destination with a 2 MiB hugetlbfs backend has that summary.
+        let huge = Local { ram_pagesize_summary: 0x201000, ..L };
+        assert_eq!(step(PcState::None, &c, &huge).unwrap().0, PcState::Advise);
+        let small = cmds()[0].1.clone();
+        assert!(matches!(
+            step(PcState::None, &small, &huge),
+            Err(RuleError::PageSizeSummary { source_size: 0x1000, dest: 0x201000 })
+        ));
         let c = Command::PostcopyAdvise(Some(Advise {
             ram_pagesize_summary: 4096,
             target_page_size: 1024,

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use userfaultfd::{Event, FeatureFlags, Uffd, UffdBuilder};
 
+use super::hugepage::{Assembled, NonSameHostPage, TmpPage};
 use super::vcpu::{vcpu_thread, Guest, Pattern, VcpuConfig};
 use crate::channel::ReturnPath;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
@@ -38,6 +39,8 @@ pub enum PlaceError {
     /// holds (it clears the dirty bit when sending).
     #[error("page {addr:#x} of RAMBlock {block:?} arrived but is already present (placed twice)")]
     Twice { addr: u64, block: String },
+    #[error(transparent)]
+    NonSameHostPage(#[from] NonSameHostPage),
 }
 
 struct Outstanding {
@@ -56,6 +59,11 @@ struct Inner {
     n_out: AtomicUsize,
     stop: Arc<AtomicBool>,
     run: AtomicBool,
+    /// A zeroed huge page of the largest huge page size (empty without
+    /// huge pages): hugetlbfs has no UFFDIO_ZEROPAGE, so a zero huge page
+    /// is copied from here, as QEMU copies `postcopy_tmp_zero_page`
+    /// (`migration/postcopy-ram.c: postcopy_place_page_zero()`).
+    zero_huge: Vec<u8>,
 }
 
 /// Postcopy run-time state, created at POSTCOPY_LISTEN.
@@ -75,11 +83,20 @@ impl PostcopyRuntime {
         vcpu: VcpuConfig,
     ) -> Result<PostcopyRuntime, StartError> {
         let blocks = shared.ram().blocks();
-        let needs_shmem = blocks.iter().any(|b| b.backing_path().is_some());
+        let needs_shmem = blocks.iter().any(|b| b.backing_path().is_some() && !b.is_huge());
+        let huge = blocks.iter().filter(|b| b.is_huge()).map(|b| b.page_size).max().unwrap_or(0);
         let mut builder = UffdBuilder::new();
         builder.close_on_exec(true).non_blocking(true).user_mode_only(true);
+        let mut features = FeatureFlags::empty();
         if needs_shmem {
-            builder.require_features(FeatureFlags::MISSING_SHMEM);
+            features |= FeatureFlags::MISSING_SHMEM;
+        }
+        if huge > 0 {
+            // QEMU's `ufd_check_and_apply()`: huge pages need this feature.
+            features |= FeatureFlags::MISSING_HUGETLBFS;
+        }
+        if !features.is_empty() {
+            builder.require_features(features);
         }
         let uffd = builder.create().map_err(StartError::Userfaultfd)?;
         for b in &blocks {
@@ -98,6 +115,7 @@ impl PostcopyRuntime {
             n_out: AtomicUsize::new(0),
             stop: Arc::new(AtomicBool::new(false)),
             run: AtomicBool::new(false),
+            zero_huge: vec![0u8; huge as usize],
         });
         let i2 = inner.clone();
         let h = std::thread::Builder::new()
@@ -116,24 +134,45 @@ impl PostcopyRuntime {
         self.inner.blocks.iter().position(|x| std::ptr::eq(x.as_ref(), b)).unwrap_or(usize::MAX)
     }
 
-    /// Place a page atomically (`None` = zero page), mark it received, and
-    /// account for the fault it may answer.
+    /// Take the target page at `addr` (`None` = zero page) of a channel
+    /// whose huge page under assembly is `tmp`: placed at once in a block
+    /// of target-size pages, once its huge page is complete otherwise.
     pub fn place(
         &self,
+        tmp: &mut TmpPage,
         b: &Arc<RamBlock>,
         addr: u64,
         data: Option<&[u8]>,
     ) -> Result<(), PlaceError> {
+        if !b.is_huge() {
+            return self.place_whole(b, addr, data);
+        }
+        match tmp.add(&b.name, b.page_size, addr, data)? {
+            Assembled::Partial => Ok(()),
+            Assembled::Whole { offset, data } => self.place_whole(b, offset, data),
+        }
+    }
+
+    /// Place a whole page of the block atomically (`None` = zero page),
+    /// mark its target pages received, and account for the fault it may
+    /// answer.
+    fn place_whole(&self, b: &RamBlock, addr: u64, data: Option<&[u8]>) -> Result<(), PlaceError> {
         let page = addr / TARGET_PAGE_SIZE;
+        let len = if b.is_huge() { b.page_size } else { TARGET_PAGE_SIZE };
         let placed = match data {
             Some(d) => b.mapping.uffd_copy(&self.inner.uffd, addr as usize, d),
-            None => b.mapping.uffd_zero(&self.inner.uffd, addr as usize, TARGET_PAGE_SIZE as usize),
+            None if b.is_huge() => b.mapping.uffd_copy(
+                &self.inner.uffd,
+                addr as usize,
+                &self.inner.zero_huge[..len as usize],
+            ),
+            None => b.mapping.uffd_zero(&self.inner.uffd, addr as usize, len as usize),
         }
         .map_err(|source| PlaceError::Uffd { addr, block: b.name.clone(), source })?;
         if !placed {
             return Err(PlaceError::Twice { addr, block: b.name.clone() });
         }
-        b.received.set(page);
+        b.set_received(addr, len);
         let c = self.inner.shared.counters();
         if self.inner.n_out.load(Ordering::Acquire) > 0 {
             let bi = self.block_index(b);
@@ -181,7 +220,7 @@ impl PostcopyRuntime {
             if b.received.get(page) {
                 continue;
             }
-            let m = request(&mut o, bi, &b.name, page * TARGET_PAGE_SIZE);
+            let m = request(&mut o, bi, b, page * TARGET_PAGE_SIZE);
             if rp.send(&m).is_ok() {
                 sent += 1;
             }
@@ -245,21 +284,29 @@ impl Drop for PostcopyRuntime {
     }
 }
 
-/// Discard pages that were never received so they fault once registered.
+/// Discard pages that were never received so they fault once registered,
+/// in the block's pages: a huge page with a target page missing is dropped
+/// whole and all of it counts as missing (a correct source never leaves
+/// one half sent: it sends and discards whole huge pages,
+/// `migration/ram.c: postcopy_chunk_hostpages_pass()`).
 fn drop_missing(b: &RamBlock) -> std::io::Result<()> {
-    let n = b.pages();
-    let mut p = 0;
-    while p < n {
-        if b.received.get(p) {
-            p += 1;
+    let per = b.target_pages_per_page();
+    let n = b.pages() / per;
+    let complete = |hp: u64| (hp * per..(hp + 1) * per).all(|p| b.received.get(p));
+    let mut hp = 0;
+    while hp < n {
+        if complete(hp) {
+            hp += 1;
             continue;
         }
-        let s = p;
-        while p < n && !b.received.get(p) {
-            p += 1;
+        let s = hp;
+        while hp < n && !complete(hp) {
+            for p in hp * per..(hp + 1) * per {
+                b.received.clear(p);
+            }
+            hp += 1;
         }
-        b.mapping
-            .discard((s * TARGET_PAGE_SIZE) as usize, ((p - s) * TARGET_PAGE_SIZE) as usize)?;
+        b.mapping.discard((s * b.page_size) as usize, ((hp - s) * b.page_size) as usize)?;
     }
     Ok(())
 }
@@ -300,7 +347,10 @@ fn handle_fault(inner: &Inner, addr: usize) {
     };
     let c = inner.shared.counters();
     Counters::add(&c.faults, 1);
-    let off = (addr - b.mapping.host_addr()) as u64 & !(TARGET_PAGE_SIZE - 1);
+    // The whole page of the block is requested and placed (QEMU's
+    // `postcopy_ram_fault_thread()` rounds down to `qemu_ram_pagesize()`).
+    let ps = if b.is_huge() { b.page_size } else { TARGET_PAGE_SIZE };
+    let off = (addr - b.mapping.host_addr()) as u64 & !(ps - 1);
     let page = off / TARGET_PAGE_SIZE;
     if b.received.get(page) {
         // Received but not present: a zero page that precopy never had to
@@ -328,7 +378,7 @@ fn handle_fault(inner: &Inner, addr: usize) {
             // Paused: keep the request; it is sent after POSTCOPY_RESUME.
             return;
         }
-        request(&mut o, bi, &b.name, off)
+        request(&mut o, bi, b, off)
     };
     let rp = inner.rp.lock().unwrap().clone();
     if let Some(rp) = &rp {
@@ -340,21 +390,30 @@ fn handle_fault(inner: &Inner, addr: usize) {
     }
 }
 
-fn request(o: &mut Outstanding, bi: usize, name: &str, off: u64) -> RpMessage {
+/// A page request for the whole page of `b` at `off` (a huge page on
+/// hugetlbfs: `migration/postcopy-ram.c: postcopy_request_page()`).
+fn request(o: &mut Outstanding, bi: usize, b: &RamBlock, off: u64) -> RpMessage {
+    let len = if b.is_huge() { b.page_size } else { TARGET_PAGE_SIZE } as u32;
     let m = if o.last_block == Some(bi) {
-        RpMessage::ReqPages { start: off, len: TARGET_PAGE_SIZE as u32 }
+        RpMessage::ReqPages { start: off, len }
     } else {
-        RpMessage::ReqPagesId { start: off, len: TARGET_PAGE_SIZE as u32, block: name.to_string() }
+        RpMessage::ReqPagesId { start: off, len, block: b.name.clone() }
     };
     o.last_block = Some(bi);
     m
 }
 
 fn resolve_present_or_zero(inner: &Inner, b: &RamBlock, off: u64) {
-    match b.mapping.uffd_zero(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize) {
+    let len = if b.is_huge() { b.page_size } else { TARGET_PAGE_SIZE } as usize;
+    let r = if b.is_huge() {
+        b.mapping.uffd_copy(&inner.uffd, off as usize, &inner.zero_huge[..len])
+    } else {
+        b.mapping.uffd_zero(&inner.uffd, off as usize, len)
+    };
+    match r {
         Ok(true) => Counters::add(&inner.shared.counters().zero_pages_on_fault, 1),
         Ok(false) => {
-            let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
+            let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, len);
         }
         Err(e) => {
             // Seen once after a recovery (ENOENT). Wake the faulting thread so
@@ -363,7 +422,7 @@ fn resolve_present_or_zero(inner: &Inner, b: &RamBlock, off: u64) {
                 "resolving fault at {off:#x} of {:?}: {e}; waking the faulting thread",
                 b.name
             );
-            let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, TARGET_PAGE_SIZE as usize);
+            let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, len);
         }
     }
 }

@@ -376,7 +376,7 @@ fn client_mode_connects_out() {
 #[test]
 fn slow_digest_does_not_block_other_clients() {
     let s = server();
-    let _b = s.shared.ram().add("big", 256 << 20, 4096).unwrap();
+    let _b = s.shared.ram().add("big", 256 << 20).unwrap();
     let mut a = Client::ready(&s.sock);
     let mut b = Client::ready(&s.sock);
     a.send("{\"execute\":\"x-crossmig-ram-digests\",\"id\":\"d\"}\n");

@@ -121,7 +121,7 @@ fn postcopy_stats() {
 fn ram_digests_dump_and_blocks() {
     let s = server();
     let mut c = Client::ready(&s.sock);
-    let b = s.shared.ram().add("pc.ram", 1 << 20, 4096).unwrap();
+    let b = s.shared.ram().add("pc.ram", 1 << 20).unwrap();
     let page: Vec<u8> = (0..4096).map(|i| (i % 251) as u8).collect();
     b.mapping.write(3 * 4096, &page);
     b.received.set(3);

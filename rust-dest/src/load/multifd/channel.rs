@@ -10,7 +10,7 @@ use super::decomp::{DecompressError, Decompressor};
 use super::recv::{runs, ChanReader};
 use super::MultifdRecv;
 use crate::channel::Sock;
-use crate::postcopy::PlaceError;
+use crate::postcopy::{PlaceError, TmpPage};
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, MultifdChannelStats};
 use wire::consts::MULTIFD_MAGIC;
@@ -139,7 +139,8 @@ fn packets(mf: &MultifdRecv, r: &mut ChanReader, id: u8) -> Result<(), ChannelEr
         source,
     })?;
     let io_err = |at, source| ChannelError::Io { ch: id.to_string(), at, source };
-    let mut st = Placing { dec, block: None, runs: Vec::new(), out: Vec::new() };
+    let mut st =
+        Placing { dec, block: None, runs: Vec::new(), out: Vec::new(), tmp: TmpPage::default() };
     loop {
         let at = r.offset();
         let got = r.read_header(hlen).map_err(|e| io_err(at, e))?;
@@ -192,6 +193,8 @@ struct Placing {
     runs: Vec<(usize, usize)>,
     /// Decompressed pages that do not go straight into guest RAM.
     out: Vec<u8>,
+    /// The huge page this channel assembles once postcopy listens.
+    tmp: TmpPage,
 }
 
 /// Read a packet's payload and place its pages: normal pages from the
@@ -258,8 +261,9 @@ fn apply(
         } else {
             r.payload(plen)
         };
-        let place = |off: u64, d: Option<&[u8]>| {
-            pc.place(&b, off, d).map_err(|source| ChannelError::Place { id, at, source })
+        let tmp = &mut st.tmp;
+        let mut place = |off: u64, d: Option<&[u8]>| {
+            pc.place(tmp, &b, off, d).map_err(|source| ChannelError::Place { id, at, source })
         };
         for (i, &off) in normal.iter().enumerate() {
             place(off, Some(&data[i * ps..(i + 1) * ps]))?;

@@ -324,7 +324,7 @@ fn pages_after_listen_are_placed_through_userfaultfd() {
         g.capabilities.set(Capability::Multifd, true);
         g.parameters.insert("multifd-channels".into(), json!(1));
     }
-    let b = shared.ram().add("mem0", 16 * PAGE as u64, PAGE as u64).unwrap();
+    let b = shared.ram().add("mem0", 16 * PAGE as u64).unwrap();
     // Page 1 came in precopy.
     b.mapping.write(PAGE, &[0x11; PAGE]);
     b.received.set(1);
