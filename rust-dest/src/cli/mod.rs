@@ -56,10 +56,13 @@ rust-dest: a QEMU-compatible live-migration destination (precopy, postcopy, mult
 Usage: rust-dest [QEMU-style options] [rust-dest options]
 
 QEMU-style options (same syntax as qemu-system-x86_64):
-  -incoming tcp:HOST:PORT | unix:PATH | file:PATH | defer
+  -incoming tcp:HOST:PORT | unix:PATH | file:PATH[,offset=N] | fd:N
+            | exec:COMMAND | defer
                         where to accept the migration ('file:' reads a
-                        recorded stream; 'defer': wait for the QMP command
-                        migrate-incoming)
+                        saved stream from an offset, also /dev/fdset/N of
+                        add-fd; 'fd:' an inherited descriptor or one passed
+                        with getfd; 'exec:' the stdout of a /bin/sh -c
+                        command; 'defer': wait for migrate-incoming)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
                         QMP monitor (may be given several times)
   -chardev socket,id=ID,path=PATH|host=H,port=P|fd=N,server=on,wait=off

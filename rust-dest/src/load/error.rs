@@ -79,6 +79,9 @@ pub enum LoadError {
     /// The `globalstate` section's run state is refused.
     #[error("{source} (section at byte offset {at})")]
     GlobalState { at: u64, source: GlobalStateError },
+    /// The configuration section's capabilities or UUID are refused.
+    #[error("configuration: {0}")]
+    Configuration(#[from] super::config::ConfigError),
     /// `source` happened inside `context` (a section, the package, a channel).
     #[error("{context}: {source}")]
     Context { context: String, source: Box<LoadError> },
