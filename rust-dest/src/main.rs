@@ -115,6 +115,7 @@ fn main() {
     };
     let deferred = opts.incoming.as_deref() == Some("defer");
     let session = Session::new(shared.clone(), Dest::new(cfg));
+    let _ = session.compat.set(compat);
     {
         let se = session.clone();
         shared.set_incoming_starter(Box::new(move |uri: &str| {

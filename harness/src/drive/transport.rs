@@ -6,6 +6,7 @@
 //! usual checks (statuses, page-by-page RAM) follow.
 
 use std::fs::OpenOptions;
+use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::Duration;
@@ -28,7 +29,8 @@ pub enum Transport {
     Unix,
     /// `file:PATH[,offset=N]`.
     File,
-    /// `fd:NAME`, the file's descriptor passed with `getfd`.
+    /// `fd:NAME`: a pipe's end passed with `getfd`, the harness copying
+    /// between the pipe and the file (QEMU 11 refuses `fd:` of a file).
     Fd,
     /// `file:/dev/fdset/N[,offset=N]`, the descriptor passed with `add-fd`.
     Fdset,
@@ -118,35 +120,55 @@ impl SaveRestore {
 pub async fn save_restore(m: &mut Migration, p: &SaveRestore) -> Result<String> {
     let path = std::env::temp_dir().join(format!("{}.mig", unique_name("save")));
     m.guards.push(PathGuard::new(&path));
-    let uri = save(&m.src, p, &path).await?;
+    let (uri, copier) = save(&m.src, p, &path).await?;
     m.reset_clock();
     m.execute(Side::Source, "migrate", json!({ "uri": uri })).await?;
     let done = StatusWait::until([MigrationStatus::Completed]).failing_on([MigrationStatus::Failed]);
     m.wait_status(Side::Source, &done, SAVE_TIMEOUT).await.context("source saving")?;
+    if let Some(c) = copier {
+        // The source closes its end when it completes: the copy ends.
+        tokio::time::timeout(SAVE_TIMEOUT, c)
+            .await
+            .context("copying the saved stream out of the pipe: timed out")??
+            .context("copying the saved stream out of the pipe")?;
+    }
     let len = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
     let args = restore(&m.dst, p, &path).await?;
     m.dst.execute("migrate-incoming", args.clone()).await.context("destination migrate-incoming")?;
     Ok(format!("source → {uri} ({len} bytes); destination ← {args}"))
 }
 
-/// Prepare the source's side (files, descriptors); returns its URI.
-async fn save(src: &QemuVm, p: &SaveRestore, path: &Path) -> Result<String> {
+/// A blocking copy between a pipe and the saved file.
+type Copier = tokio::task::JoinHandle<std::io::Result<u64>>;
+
+fn copy_in_background(mut from: impl Read + Send + 'static, mut to: impl Write + Send + 'static) -> Copier {
+    tokio::task::spawn_blocking(move || std::io::copy(&mut from, &mut to))
+}
+
+/// Prepare the source's side (files, descriptors); returns its URI and,
+/// for a pipe, the copy into the file.
+async fn save(src: &QemuVm, p: &SaveRestore, path: &Path) -> Result<(String, Option<Copier>)> {
     let shown = path.display();
-    Ok(match p.save {
+    if p.save == Transport::Fd {
+        let (r, w) = nix::unistd::pipe()?;
+        let f = std::fs::File::create(path)?;
+        pass_fd(src, "getfd", json!({ "fdname": "crossmig-save" }), &w).await?;
+        drop(w);
+        let copier = copy_in_background(std::fs::File::from(r), f);
+        return Ok(("fd:crossmig-save".into(), Some(copier)));
+    }
+    Ok((match p.save {
         Transport::File => format!("file:{shown}{}", p.offset_suffix()),
         Transport::Exec => format!("exec:cat > {shown}"),
-        Transport::Fd => {
-            let f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
-            pass_fd(src, "getfd", json!({ "fdname": "crossmig-save" }), &f).await?;
-            "fd:crossmig-save".into()
-        }
         Transport::Fdset => {
             let f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
             let info = pass_fd(src, "add-fd", json!({ "opaque": "crossmig save" }), &f).await?;
             format!("file:/dev/fdset/{}{}", fdset_id(&info)?, p.offset_suffix())
         }
-        Transport::Tcp | Transport::Unix => bail!("{} does not save", p.save.name()),
-    })
+        Transport::Fd | Transport::Tcp | Transport::Unix => {
+            bail!("{} does not save to a file", p.save.name())
+        }
+    }, None))
 }
 
 /// Prepare the destination's side; returns the `migrate-incoming` arguments.
@@ -162,8 +184,12 @@ async fn restore(dst: &QemuVm, p: &SaveRestore, path: &Path) -> Result<Value> {
             (format!("exec:{cmd}"), json!({ "transport": "exec", "args": ["/bin/sh", "-c", cmd] }))
         }
         Transport::Fd => {
-            let f = std::fs::File::open(path)?;
-            pass_fd(dst, "getfd", json!({ "fdname": "crossmig-restore" }), &f).await?;
+            let (r, w) = nix::unistd::pipe()?;
+            pass_fd(dst, "getfd", json!({ "fdname": "crossmig-restore" }), &r).await?;
+            drop(r);
+            // Ends on its own: at the file's end, or when the destination
+            // closes the pipe.
+            drop(copy_in_background(std::fs::File::open(path)?, std::fs::File::from(w)));
             (
                 "fd:crossmig-restore".to_string(),
                 json!({ "transport": "socket", "type": "fd", "str": "crossmig-restore" }),
@@ -185,7 +211,7 @@ async fn restore(dst: &QemuVm, p: &SaveRestore, path: &Path) -> Result<Value> {
 }
 
 /// Run `cmd` with `f`'s descriptor attached.
-async fn pass_fd(vm: &QemuVm, cmd: &str, args: Value, f: &std::fs::File) -> Result<Value> {
+async fn pass_fd(vm: &QemuVm, cmd: &str, args: Value, f: &impl AsFd) -> Result<Value> {
     vm.qmp.execute_with_fd(cmd, args, f.as_fd()).await.with_context(|| format!("{cmd} (SCM_RIGHTS)"))
 }
 

@@ -39,6 +39,8 @@ pub enum ListenError {
     NeedsMultiChannel,
     #[error("Migration requires seekable transport (e.g. file)")]
     NeedsSeekable,
+    #[error("fd: migration to a file is not supported. Use file: instead.")]
+    FdFile,
     #[error("{0}")]
     Thread(std::io::Error),
 }
@@ -81,6 +83,25 @@ pub fn open_file(path: &std::path::Path, offset: u64) -> Result<IncomingFile, Li
         file.seek(SeekFrom::Start(offset)).map_err(|source| ListenError::Seek { offset, source })?;
     }
     Ok(IncomingFile { file, offset, path: path.to_path_buf() })
+}
+
+/// `fd:` takes sockets and pipes; any other descriptor (a file) is refused
+/// by QEMU 11 and deprecated before (`migration/fd.c`).
+fn check_fd_kind(session: &Session, fd: &std::os::fd::OwnedFd) -> Result<(), ListenError> {
+    use crate::compat::{QemuVersion, Rule};
+    use nix::sys::stat::{fstat, SFlag};
+    use std::os::fd::AsRawFd;
+    let Ok(st) = fstat(fd.as_raw_fd()) else { return Ok(()) };
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFSOCK || kind == SFlag::S_IFIFO {
+        return Ok(());
+    }
+    let compat = session.compat.get().copied().unwrap_or(QemuVersion::NEWEST);
+    if compat.has(Rule::FdFileRefused) {
+        return Err(ListenError::FdFile);
+    }
+    tracing::warn!("fd: migration to a file is deprecated. Use file: instead.");
+    Ok(())
 }
 
 /// QEMU's transport check before listening: multifd and postcopy-preempt
@@ -130,6 +151,7 @@ pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
         }
         IncomingUri::Fd(name) => {
             let fd = super::fds::take_fd_param(&name)?;
+            check_fd_kind(&session, &fd)?;
             session.on_fd(fd);
             Ok(())
         }

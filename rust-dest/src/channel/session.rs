@@ -113,6 +113,9 @@ struct St {
 /// Shared by the accept loops, the loader and the preempt reader.
 pub struct Session {
     pub shared: Shared,
+    /// The QEMU version whose rules apply (set once by `main`; unset: the
+    /// newest).
+    pub compat: std::sync::OnceLock<crate::compat::QemuVersion>,
     incoming: Arc<dyn Incoming>,
     st: Mutex<St>,
     cv: Condvar,
@@ -122,6 +125,7 @@ impl Session {
     pub fn new(shared: Shared, incoming: Arc<dyn Incoming>) -> Arc<Session> {
         let s = Arc::new(Session {
             shared: shared.clone(),
+            compat: std::sync::OnceLock::new(),
             incoming,
             st: Mutex::new(St::default()),
             cv: Condvar::new(),
