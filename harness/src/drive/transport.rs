@@ -89,7 +89,12 @@ pub struct SaveRestore {
 
 impl SaveRestore {
     /// Check the combination (validation, before anything runs).
-    pub fn new(save: Transport, restore: Transport, offset: u64, channels: bool) -> Result<Self, String> {
+    pub fn new(
+        save: Transport,
+        restore: Transport,
+        offset: u64,
+        channels: bool,
+    ) -> Result<Self, String> {
         if !save.saves() || !restore.saves() {
             return Err(format!(
                 "`save` {:?} and `transport` {:?} must both be file, fd, fdset or exec",
@@ -123,7 +128,8 @@ pub async fn save_restore(m: &mut Migration, p: &SaveRestore) -> Result<String> 
     let (uri, copier) = save(&m.src, p, &path).await?;
     m.reset_clock();
     m.execute(Side::Source, "migrate", json!({ "uri": uri })).await?;
-    let done = StatusWait::until([MigrationStatus::Completed]).failing_on([MigrationStatus::Failed]);
+    let done =
+        StatusWait::until([MigrationStatus::Completed]).failing_on([MigrationStatus::Failed]);
     m.wait_status(Side::Source, &done, SAVE_TIMEOUT).await.context("source saving")?;
     if let Some(c) = copier {
         // The source closes its end when it completes: the copy ends.
@@ -134,14 +140,20 @@ pub async fn save_restore(m: &mut Migration, p: &SaveRestore) -> Result<String> 
     }
     let len = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
     let args = restore(&m.dst, p, &path).await?;
-    m.dst.execute("migrate-incoming", args.clone()).await.context("destination migrate-incoming")?;
+    m.dst
+        .execute("migrate-incoming", args.clone())
+        .await
+        .context("destination migrate-incoming")?;
     Ok(format!("source → {uri} ({len} bytes); destination ← {args}"))
 }
 
 /// A blocking copy between a pipe and the saved file.
 type Copier = tokio::task::JoinHandle<std::io::Result<u64>>;
 
-fn copy_in_background(mut from: impl Read + Send + 'static, mut to: impl Write + Send + 'static) -> Copier {
+fn copy_in_background(
+    mut from: impl Read + Send + 'static,
+    mut to: impl Write + Send + 'static,
+) -> Copier {
     tokio::task::spawn_blocking(move || std::io::copy(&mut from, &mut to))
 }
 
@@ -157,18 +169,21 @@ async fn save(src: &QemuVm, p: &SaveRestore, path: &Path) -> Result<(String, Opt
         let copier = copy_in_background(std::fs::File::from(r), f);
         return Ok(("fd:crossmig-save".into(), Some(copier)));
     }
-    Ok((match p.save {
-        Transport::File => format!("file:{shown}{}", p.offset_suffix()),
-        Transport::Exec => format!("exec:cat > {shown}"),
-        Transport::Fdset => {
-            let f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
-            let info = pass_fd(src, "add-fd", json!({ "opaque": "crossmig save" }), &f).await?;
-            format!("file:/dev/fdset/{}{}", fdset_id(&info)?, p.offset_suffix())
-        }
-        Transport::Fd | Transport::Tcp | Transport::Unix => {
-            bail!("{} does not save to a file", p.save.name())
-        }
-    }, None))
+    Ok((
+        match p.save {
+            Transport::File => format!("file:{shown}{}", p.offset_suffix()),
+            Transport::Exec => format!("exec:cat > {shown}"),
+            Transport::Fdset => {
+                let f = OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+                let info = pass_fd(src, "add-fd", json!({ "opaque": "crossmig save" }), &f).await?;
+                format!("file:/dev/fdset/{}{}", fdset_id(&info)?, p.offset_suffix())
+            }
+            Transport::Fd | Transport::Tcp | Transport::Unix => {
+                bail!("{} does not save to a file", p.save.name())
+            }
+        },
+        None,
+    ))
 }
 
 /// Prepare the destination's side; returns the `migrate-incoming` arguments.
@@ -212,7 +227,10 @@ async fn restore(dst: &QemuVm, p: &SaveRestore, path: &Path) -> Result<Value> {
 
 /// Run `cmd` with `f`'s descriptor attached.
 async fn pass_fd(vm: &QemuVm, cmd: &str, args: Value, f: &impl AsFd) -> Result<Value> {
-    vm.qmp.execute_with_fd(cmd, args, f.as_fd()).await.with_context(|| format!("{cmd} (SCM_RIGHTS)"))
+    vm.qmp
+        .execute_with_fd(cmd, args, f.as_fd())
+        .await
+        .with_context(|| format!("{cmd} (SCM_RIGHTS)"))
 }
 
 fn fdset_id(info: &Value) -> Result<i64> {

@@ -595,7 +595,11 @@ async fn reader_task(
 
 /// Write (the start of) `line` with `fd` attached as SCM_RIGHTS; returns
 /// how many bytes went out (the rest is written normally).
-async fn send_with_fd(sock: &UnixStream, line: &[u8], fd: std::os::fd::RawFd) -> std::io::Result<usize> {
+async fn send_with_fd(
+    sock: &UnixStream,
+    line: &[u8],
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<usize> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
     use std::os::fd::AsRawFd;
     let raw = sock.as_raw_fd();

@@ -417,17 +417,12 @@ fn via(
     let t = transport.as_deref().map(Transport::parse).transpose()?.unwrap_or(Transport::Tcp);
     let save = save.as_deref().map(Transport::parse).transpose()?;
     match t {
-        Transport::Tcp | Transport::Unix if save.is_some() || offset.is_some() || channels => {
-            Err(format!("`save`, `offset` and `channels` need a saving transport, not {:?}", t.name()))
-        }
+        Transport::Tcp | Transport::Unix if save.is_some() || offset.is_some() || channels => Err(
+            format!("`save`, `offset` and `channels` need a saving transport, not {:?}", t.name()),
+        ),
         Transport::Tcp => Ok(Via::Tcp),
         Transport::Unix => Ok(Via::Unix),
-        _ => Ok(Via::Saved(SaveRestore::new(
-            save.unwrap_or(t),
-            t,
-            offset.unwrap_or(0),
-            channels,
-        )?)),
+        _ => Ok(Via::Saved(SaveRestore::new(save.unwrap_or(t), t, offset.unwrap_or(0), channels)?)),
     }
 }
 

@@ -181,12 +181,19 @@ mod tests {
             take_fd_param("t-named").unwrap_err().to_string(),
             "File descriptor named 't-named' has not been found"
         );
-        assert_eq!(closefd("t-nope").unwrap_err().to_string(), "File descriptor named 't-nope' not found");
+        assert_eq!(
+            closefd("t-nope").unwrap_err().to_string(),
+            "File descriptor named 't-nope' not found"
+        );
         assert_eq!(add_fd(Some(-1), None, file()), Err(FdError::NegativeSet));
         let info = add_fd(Some(77), Some("x".into()), file()).unwrap();
         assert_eq!(info["fdset-id"], 77);
         let q = query_fdsets();
-        assert!(q.as_array().unwrap().iter().any(|s| s["fdset-id"] == 77 && s["fds"][0]["opaque"] == "x"));
+        assert!(q
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["fdset-id"] == 77 && s["fds"][0]["opaque"] == "x"));
         assert!(open_fdset_read("/dev/fdset/77").unwrap().is_ok());
         assert_eq!(
             open_fdset_read("/dev/fdset/78").unwrap().unwrap_err().to_string(),

@@ -4,7 +4,6 @@
 
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::fds::FdError;
@@ -47,24 +46,7 @@ pub enum ListenError {
 
 pub use super::uri::{parse_uri, IncomingUri};
 
-/// The file of a `file:` (or `file:/dev/fdset/N`) migration as the loader
-/// can reach it through [`Session::incoming_file`]: a seekable file and the
-/// offset at which the stream starts. The main channel reads a clone of
-/// `file` positioned at `offset`; random access (mapped-ram) uses
-/// `FileExt::read_at` on `file` with absolute file offsets.
-#[derive(Debug)]
-pub struct IncomingFile {
-    pub file: std::fs::File,
-    pub offset: u64,
-    /// The path as given (`/dev/fdset/N` for a descriptor set).
-    pub path: PathBuf,
-}
-
-impl IncomingFile {
-    pub fn try_clone(&self) -> std::io::Result<IncomingFile> {
-        Ok(IncomingFile { file: self.file.try_clone()?, offset: self.offset, path: self.path.clone() })
-    }
-}
+pub use super::file::IncomingFile;
 
 /// Open `file:PATH[,offset=N]` for reading, positioned at the offset.
 pub fn open_file(path: &std::path::Path, offset: u64) -> Result<IncomingFile, ListenError> {
@@ -80,7 +62,8 @@ pub fn open_file(path: &std::path::Path, offset: u64) -> Result<IncomingFile, Li
             let source = std::io::Error::from_raw_os_error(libc::EINVAL);
             return Err(ListenError::Seek { offset, source });
         }
-        file.seek(SeekFrom::Start(offset)).map_err(|source| ListenError::Seek { offset, source })?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|source| ListenError::Seek { offset, source })?;
     }
     Ok(IncomingFile { file, offset, path: path.to_path_buf() })
 }

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::listen::IncomingFile;
+use super::file::IncomingFile;
 use crate::state::{Capability, Shared};
 
 /// How long a connection of a multifd migration may stay silent before it
@@ -315,7 +315,8 @@ impl Session {
         let reader = match f.file.try_clone() {
             Ok(r) => r,
             Err(e) => {
-                self.shared.fail(format!("cannot clone the incoming file {}: {e}", f.path.display()));
+                self.shared
+                    .fail(format!("cannot clone the incoming file {}: {e}", f.path.display()));
                 return;
             }
         };
@@ -363,13 +364,14 @@ impl Session {
         };
         self.lock().main_taken = true;
         self.start_stream("incoming-exec", Box::new(out), Box::new(inp));
-        let _ = std::thread::Builder::new().name("incoming-exec-wait".into()).spawn(move || {
-            match child.wait() {
-                Ok(st) if st.success() => tracing::info!("exec command {cmd:?} exited"),
-                Ok(st) => tracing::warn!("exec command {cmd:?} exited: {st}"),
-                Err(e) => tracing::warn!("exec command {cmd:?}: wait: {e}"),
-            }
-        });
+        let _ =
+            std::thread::Builder::new().name("incoming-exec-wait".into()).spawn(
+                move || match child.wait() {
+                    Ok(st) if st.success() => tracing::info!("exec command {cmd:?} exited"),
+                    Ok(st) => tracing::warn!("exec command {cmd:?} exited: {st}"),
+                    Err(e) => tracing::warn!("exec command {cmd:?}: wait: {e}"),
+                },
+            );
     }
 
     fn start_stream(

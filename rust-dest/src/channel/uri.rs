@@ -49,7 +49,10 @@ pub enum IncomingUri {
     Unix(PathBuf),
     /// `file:PATH[,offset=N]`: the stream starts `offset` bytes into the file
     /// (a path under `/dev/fdset/` names a descriptor set of `add-fd`).
-    File { path: PathBuf, offset: u64 },
+    File {
+        path: PathBuf,
+        offset: u64,
+    },
     /// `fd:NAME`: a descriptor passed with `getfd`, or (a name starting
     /// with a digit) a descriptor number inherited by the process.
     Fd(String),

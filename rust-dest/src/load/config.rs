@@ -76,9 +76,14 @@ pub fn check_capabilities(stream: &[String], local: &Capabilities) -> Result<(),
 
 /// Check the stream's UUID against `-uuid`. `Ok(Some(warning))` when the
 /// destination has none.
-pub fn check_uuid(stream: &[u8; 16], local: Option<[u8; 16]>) -> Result<Option<String>, ConfigError> {
+pub fn check_uuid(
+    stream: &[u8; 16],
+    local: Option<[u8; 16]>,
+) -> Result<Option<String>, ConfigError> {
     match local {
-        None => Ok(Some(format!("UUID is received {}, but local uuid isn't set", fmt_uuid(stream)))),
+        None => {
+            Ok(Some(format!("UUID is received {}, but local uuid isn't set", fmt_uuid(stream))))
+        }
         Some(l) if &l == stream => Ok(None),
         Some(l) => Err(ConfigError::UuidMismatch { stream: fmt_uuid(stream), local: fmt_uuid(&l) }),
     }
@@ -99,7 +104,10 @@ mod tests {
         let mut local = Capabilities::default();
         assert_eq!(check_capabilities(&[], &local), Ok(()));
         let e = check_capabilities(&["x-ignore-shared".into()], &local).unwrap_err();
-        assert_eq!(e.to_string(), "Capability x-ignore-shared is off, but received capability is on");
+        assert_eq!(
+            e.to_string(),
+            "Capability x-ignore-shared is off, but received capability is on"
+        );
         local.set(Capability::XIgnoreShared, true);
         assert_eq!(check_capabilities(&["x-ignore-shared".into()], &local), Ok(()));
         local.set(Capability::MappedRam, true);
