@@ -526,6 +526,18 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert!(step("do = \"migrate\"\nproxy = { stall-at = \"1M\" }").is_err());
+        let s = step("do = \"migrate\"\ntransport = \"fd\"\nsave = \"file\"").unwrap();
+        match s.step {
+            Step::Migrate { via: Via::Saved(p), .. } => {
+                assert_eq!((p.save, p.restore, p.offset), (Transport::File, Transport::Fd, 0))
+            }
+            o => panic!("{o:?}"),
+        }
+        let s = step("do = \"migrate\"\ntransport = \"unix\"").unwrap();
+        assert!(matches!(s.step, Step::Migrate { via: Via::Unix, .. }));
+        assert!(step("do = \"migrate\"\ntransport = \"unix\"\noffset = 4096").is_err());
+        assert!(step("do = \"migrate\"\ntransport = \"exec\"\noffset = 4096").is_err());
+        assert!(step("do = \"migrate\"\ntransport = \"file\"\nproxy = {}").is_err());
         assert!(step("do = \"expect\"\ncounter = \"a.b\"\nop = \"=~\"\nvalue = 1").is_err());
         assert!(step("do = \"recover\"\nfail = \"x\"").is_err());
         // Durations that overflowed a deadline or Duration itself.
