@@ -38,6 +38,10 @@ pub enum Rule {
     /// (`migration/global_state.c`, 9.0, from QEMU's history; observed on
     /// 10.0 and 11.1); before, 100 bytes.
     RunstateBuffer32,
+    /// `fd:` of a descriptor that is neither a socket nor a pipe is refused
+    /// ("fd: migration to a file is not supported", `migration/fd.c`;
+    /// observed on 11.1, only a deprecation warning in 10.2's source).
+    FdFileRefused,
 }
 
 impl Rule {
@@ -50,6 +54,7 @@ impl Rule {
             Rule::SavevmInMessages => Since::Until(QemuVersion::new(11, 1)),
             Rule::TooOldDoubleSpace => Since::Until(QemuVersion::new(11, 1)),
             Rule::RunstateBuffer32 => Since::From(QemuVersion::new(9, 0)),
+            Rule::FdFileRefused => Since::From(QemuVersion::new(11, 0)),
         }
     }
 }

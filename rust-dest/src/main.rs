@@ -113,8 +113,21 @@ fn main() {
         devices,
         ..Config::default()
     };
+    for a in &opts.add_fds {
+        let added = rust_dest::mem::adopt_inherited_fd(a.fd)
+            .map_err(|_| "fd is not valid or already in use".to_string())
+            .and_then(|fd| {
+                rust_dest::channel::fds::add_fd(Some(a.set), a.opaque.clone(), fd)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = added {
+            eprintln!("rust-dest: -add-fd fd={},set={}: {e}", a.fd, a.set);
+            std::process::exit(1);
+        }
+    }
     let deferred = opts.incoming.as_deref() == Some("defer");
     let session = Session::new(shared.clone(), Dest::new(cfg));
+    let _ = session.compat.set(compat);
     {
         let se = session.clone();
         shared.set_incoming_starter(Box::new(move |uri: &str| {

@@ -511,6 +511,16 @@ pub fn adopt_inherited_fd(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
+/// Take ownership of a descriptor just received with SCM_RIGHTS
+/// (`qmp::fdpass`).
+pub fn adopt_received_fd(fd: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the kernel installed `fd` in this process's table for this
+    // recvmsg() call alone; no other code knows its number, so the OwnedFd
+    // is its only owner.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::drive::recorder::Route;
 use crate::qmp::{MigrationStatus, PassProgress, StatusWait};
 use crate::vm::dest::DestKind;
-use crate::vm::procs::free_tcp_port;
+use crate::vm::procs::{free_tcp_port, unique_name, PathGuard};
 use crate::vm::qemu::QemuVm;
 
 /// How often the sampler queries both sides.
@@ -109,6 +109,11 @@ pub struct Migration {
     pub dst: QemuVm,
     pub dest_kind: DestKind,
     pub route: Route,
+    /// Listen on unix sockets instead of TCP (`migrate`, `recover`).
+    pub unix: bool,
+    /// Files of this migration (unix sockets, saved streams), removed when
+    /// it is dropped.
+    pub guards: Vec<PathGuard>,
     t0: Instant,
     samples: Vec<Sample>,
 }
@@ -120,6 +125,8 @@ impl Migration {
             dst,
             dest_kind,
             route: Route::Direct,
+            unix: false,
+            guards: Vec::new(),
             t0: Instant::now(),
             samples: Vec::new(),
         }
@@ -217,9 +224,36 @@ impl Migration {
         Ok(())
     }
 
+    /// Restart the sampler's clock (a migration started by other means).
+    pub fn reset_clock(&mut self) {
+        self.t0 = Instant::now();
+    }
+
+    /// A new unix socket path for the destination to listen on (removed
+    /// with the migration).
+    pub fn unix_uri(&mut self) -> String {
+        let p = std::env::temp_dir().join(format!("{}.sock", unique_name("mig")));
+        self.guards.push(PathGuard::new(&p));
+        format!("unix:{}", p.display())
+    }
+
     /// [`listen`](Self::listen), optionally [`wait_listening`](Self::wait_listening),
-    /// then [`start`](Self::start) through the [`Route`]. Returns the source's URI.
+    /// then [`start`](Self::start) through the [`Route`] (with
+    /// [`unix`](Self::unix): straight to a unix socket). Returns the
+    /// source's URI.
     pub async fn migrate(&mut self, wait_listening: bool) -> Result<String> {
+        if self.unix {
+            let uri = self.unix_uri();
+            self.dst
+                .execute("migrate-incoming", json!({ "uri": uri }))
+                .await
+                .context("destination migrate-incoming")?;
+            if wait_listening {
+                self.wait_listening().await?;
+            }
+            self.start(&uri).await?;
+            return Ok(uri);
+        }
         let port = self.listen().await?;
         if wait_listening {
             self.wait_listening().await?;
@@ -453,6 +487,24 @@ impl Migration {
                 detail += "source paused again after a failed reconnect; ";
             }
             None => {}
+        }
+        if self.unix {
+            if fault.is_some() {
+                bail!("a failing recovery attempt is only scripted over tcp");
+            }
+            let uri = self.unix_uri();
+            self.dst
+                .execute("migrate-recover", json!({ "uri": uri }))
+                .await
+                .context("destination migrate-recover")?;
+            self.src
+                .execute("migrate", json!({ "uri": uri, "resume": true }))
+                .await
+                .context("source migrate resume=true")?;
+            let resumed =
+                StatusWait::until([MigrationStatus::PostcopyActive, MigrationStatus::Completed]);
+            self.wait_status(Side::Both, &resumed, to).await.context("resuming")?;
+            return Ok(format!("{detail}resumed via {uri}"));
         }
         let port = free_tcp_port();
         self.dst

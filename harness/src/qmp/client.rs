@@ -332,7 +332,22 @@ impl Qmp {
                 })
             }
         }
-        self.send_and_wait(cmd, id, msg, timeout).await
+        self.send_and_wait(cmd, id, msg, timeout, None).await
+    }
+
+    /// Execute a command with descriptor `fd` attached (SCM_RIGHTS), as
+    /// `getfd` and `add-fd` need. The receiver gets its own copy; `fd` stays
+    /// open here.
+    pub async fn execute_with_fd(
+        &self,
+        cmd: &str,
+        args: Value,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> std::result::Result<Value, QmpError> {
+        use std::os::fd::AsRawFd;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let msg = json!({ "execute": cmd, "id": id, "arguments": args });
+        self.send_and_wait(cmd, id, msg, self.timeout(), Some(fd.as_raw_fd())).await
     }
 
     /// Execute a typed command from qapi's generated schema
@@ -346,7 +361,7 @@ impl Qmp {
             serde_json::to_value(qapi::Execute::<C, u64>::with_id(command, id)).map_err(|e| {
                 QmpError::Protocol { cmd: C::NAME.into(), msg: format!("serializing: {e}") }
             })?;
-        let ret = self.send_and_wait(C::NAME, id, msg, self.timeout()).await?;
+        let ret = self.send_and_wait(C::NAME, id, msg, self.timeout(), None).await?;
         serde_json::from_value(ret).map_err(|e| QmpError::Protocol {
             cmd: C::NAME.into(),
             msg: format!("decoding reply: {e}"),
@@ -359,6 +374,7 @@ impl Qmp {
         id: u64,
         msg: Value,
         timeout: Duration,
+        fd: Option<std::os::fd::RawFd>,
     ) -> std::result::Result<Value, QmpError> {
         let disconnected = |shared: &Shared| QmpError::Disconnected {
             cmd: cmd.into(),
@@ -388,9 +404,12 @@ impl Qmp {
         let fut = async {
             {
                 let mut w = self.writer.lock().await;
-                w.write_all(&line)
-                    .await
-                    .map_err(|e| QmpError::Io { cmd: cmd.into(), source: e })?;
+                let io_err = |e| QmpError::Io { cmd: cmd.into(), source: e };
+                let sent = match fd {
+                    Some(fd) => send_with_fd(w.as_ref(), &line, fd).await.map_err(io_err)?,
+                    None => 0,
+                };
+                w.write_all(&line[sent..]).await.map_err(io_err)?;
                 w.flush().await.map_err(|e| QmpError::Io { cmd: cmd.into(), source: e })?;
             }
             match rx.await {
@@ -572,4 +591,30 @@ async fn reader_task(
     };
     tracing::debug!(target: "qmp", "QMP reader finished: {reason}");
     shared.close(reason);
+}
+
+/// Write (the start of) `line` with `fd` attached as SCM_RIGHTS; returns
+/// how many bytes went out (the rest is written normally).
+async fn send_with_fd(
+    sock: &UnixStream,
+    line: &[u8],
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let raw = sock.as_raw_fd();
+    loop {
+        sock.writable().await?;
+        let r = sock.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(line)];
+            let fds = [fd];
+            sendmsg::<()>(raw, &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+                .map_err(std::io::Error::from)
+        });
+        match r {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }

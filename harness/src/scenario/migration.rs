@@ -51,6 +51,7 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     }
     scfg.machine = machine.clone();
     scfg.disk = Some(disk.clone());
+    scfg.extra = d.source.args.clone();
     let serial = workdir.join(format!("{tag}-src.serial"));
     let _serial_guard = PathGuard::new(&serial);
     scfg.serial_log = Some(serial);

@@ -77,6 +77,8 @@ pub struct RawSource {
     pub capabilities: BTreeMap<String, bool>,
     #[serde(default)]
     pub parameters: toml::Table,
+    #[serde(default)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -181,6 +183,8 @@ pub struct SourceSpec {
     pub capabilities: BTreeMap<String, bool>,
     /// `migrate-set-parameters` arguments (empty object: none).
     pub parameters: Value,
+    /// Extra source command-line arguments (e.g. `["-uuid", "..."]`).
+    pub args: Vec<String>,
 }
 
 /// `[dest]`, typed.
@@ -360,6 +364,7 @@ impl Spec {
                 hugepages,
                 workload,
                 stopped: d.source.stopped,
+                args: d.source.args.clone(),
                 capabilities: d.source.capabilities,
                 parameters: params(&d.source.parameters, "source")?,
             },

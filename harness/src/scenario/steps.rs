@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::drive::transport::{SaveRestore, Transport};
 use crate::qmp::{MigrationStatus, StatusWait};
 use wire::units::parse_size;
 
@@ -118,6 +119,16 @@ pub struct CounterCheck {
     pub value: i64,
 }
 
+/// How a `migrate` step reaches the destination.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Via {
+    Tcp,
+    /// Unix sockets (also for multifd, preempt and recovery).
+    Unix,
+    /// Saved by the source, then restored (`drive::transport`).
+    Saved(SaveRestore),
+}
+
 /// One step of a migration scenario.
 #[derive(Clone, Debug)]
 pub enum Step {
@@ -125,6 +136,7 @@ pub enum Step {
     /// (through the harness's proxy with `proxy`).
     Migrate {
         proxy: Option<ProxyOpts>,
+        via: Via,
     },
     /// Save the source to a file (`migrate file:PATH`, waiting until the
     /// source completes), then `migrate-incoming file:PATH` on the
@@ -210,6 +222,11 @@ enum RawStep {
     Migrate {
         #[serde(default)]
         proxy: Option<RawProxy>,
+        transport: Option<String>,
+        save: Option<String>,
+        offset: Option<u64>,
+        #[serde(default)]
+        channels: bool,
     },
     SaveRestore {
         dir: Option<String>,
@@ -333,11 +350,17 @@ pub fn parse_step(t: &toml::Table) -> Result<StepSpec, String> {
 
 fn typed(raw: RawStep) -> Result<Step, String> {
     Ok(match raw {
-        RawStep::Migrate { proxy } => Step::Migrate { proxy: proxy.map(proxy_opts).transpose()? },
         RawStep::SaveRestore { dir, timeout } => Step::SaveRestore {
             dir,
             timeout: timeout.as_deref().map(duration).transpose()?.unwrap_or(DEFAULT_WAIT),
         },
+        RawStep::Migrate { proxy, transport, save, offset, channels } => {
+            let via = via(transport, save, offset, channels)?;
+            if proxy.is_some() && via != Via::Tcp {
+                return Err("`proxy` only works with transport \"tcp\"".into());
+            }
+            Step::Migrate { proxy: proxy.map(proxy_opts).transpose()?, via }
+        }
         RawStep::Wait { status, side, passes, time, serial, timeout } => {
             let what = match (status, passes, time, serial) {
                 (Some(s), None, None, None) => WaitFor::Status(StatusWait::parse_any(&s)?),
@@ -399,6 +422,25 @@ fn typed(raw: RawStep) -> Result<Step, String> {
     })
 }
 
+/// The `migrate` step's `transport`, `save`, `offset` and `channels`.
+fn via(
+    transport: Option<String>,
+    save: Option<String>,
+    offset: Option<u64>,
+    channels: bool,
+) -> Result<Via, String> {
+    let t = transport.as_deref().map(Transport::parse).transpose()?.unwrap_or(Transport::Tcp);
+    let save = save.as_deref().map(Transport::parse).transpose()?;
+    match t {
+        Transport::Tcp | Transport::Unix if save.is_some() || offset.is_some() || channels => Err(
+            format!("`save`, `offset` and `channels` need a saving transport, not {:?}", t.name()),
+        ),
+        Transport::Tcp => Ok(Via::Tcp),
+        Transport::Unix => Ok(Via::Unix),
+        _ => Ok(Via::Saved(SaveRestore::new(save.unwrap_or(t), t, offset.unwrap_or(0), channels)?)),
+    }
+}
+
 fn proxy_opts(p: RawProxy) -> Result<ProxyOpts, String> {
     let size = |s: &Option<String>| s.as_deref().map(parse_size).transpose();
     let (stall_at, throttle, cut_at) = (size(&p.stall_at)?, size(&p.throttle)?, size(&p.cut_at)?);
@@ -419,8 +461,18 @@ impl Step {
     /// A short description for results.
     pub fn label(&self) -> String {
         match self {
-            Step::Migrate { proxy } => {
-                format!("migrate{}", if proxy.is_some() { " (proxy)" } else { "" })
+            Step::Migrate { proxy, via } => {
+                let how = match via {
+                    Via::Tcp => "",
+                    Via::Unix => " (unix)",
+                    Via::Saved(p) => &format!(
+                        " (save {}, restore {}{})",
+                        p.save.name(),
+                        p.restore.name(),
+                        if p.offset != 0 { format!(" at {}", p.offset) } else { String::new() }
+                    ),
+                };
+                format!("migrate{}{how}", if proxy.is_some() { " (proxy)" } else { "" })
             }
             Step::SaveRestore { dir, .. } => match dir {
                 Some(d) => format!("save-restore (file in {d})"),
@@ -487,12 +539,24 @@ mod tests {
         let s =
             step("do = \"migrate\"\nproxy = { stall-at = \"1M\", stall-for = \"2s\" }").unwrap();
         match s.step {
-            Step::Migrate { proxy: Some(p) } => {
+            Step::Migrate { proxy: Some(p), .. } => {
                 assert_eq!(p.stall, Some((1 << 20, Duration::from_secs(2))))
             }
             o => panic!("{o:?}"),
         }
         assert!(step("do = \"migrate\"\nproxy = { stall-at = \"1M\" }").is_err());
+        let s = step("do = \"migrate\"\ntransport = \"fd\"\nsave = \"file\"").unwrap();
+        match s.step {
+            Step::Migrate { via: Via::Saved(p), .. } => {
+                assert_eq!((p.save, p.restore, p.offset), (Transport::File, Transport::Fd, 0))
+            }
+            o => panic!("{o:?}"),
+        }
+        let s = step("do = \"migrate\"\ntransport = \"unix\"").unwrap();
+        assert!(matches!(s.step, Step::Migrate { via: Via::Unix, .. }));
+        assert!(step("do = \"migrate\"\ntransport = \"unix\"\noffset = 4096").is_err());
+        assert!(step("do = \"migrate\"\ntransport = \"exec\"\noffset = 4096").is_err());
+        assert!(step("do = \"migrate\"\ntransport = \"file\"\nproxy = {}").is_err());
         assert!(step("do = \"expect\"\ncounter = \"a.b\"\nop = \"=~\"\nvalue = 1").is_err());
         assert!(step("do = \"recover\"\nfail = \"x\"").is_err());
         // Durations that overflowed a deadline or Duration itself.

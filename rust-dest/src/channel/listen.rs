@@ -1,74 +1,105 @@
-//! Accepting incoming connections (`-incoming tcp:…|unix:…`) and handing the
+//! Accepting incoming connections (`-incoming tcp:…|unix:…`), opening
+//! `file:`, `fd:` and `exec:` sources, and handing the
 //! main channel to the loader.
 
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::fds::FdError;
 use super::session::{Session, Sock};
-use crate::state::MigStatus;
+use super::uri::UriError;
+use crate::state::{Capability, MigStatus};
 
 /// Why an incoming URI could not be listened on. The texts are what
 /// `migrate-incoming` / `migrate-recover` report.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("invalid tcp address {0:?} (expected HOST:PORT)")]
-    TcpAddress(String),
-    #[error("file: URI without a path")]
-    FileWithoutPath,
-    #[error("unix: URI without a path")]
-    UnixWithoutPath,
-    #[error("unknown migration protocol: {0:?} (rust-dest supports tcp:, unix:, file: and defer)")]
-    UnknownProtocol(String),
+    #[error("{0}")]
+    Uri(#[from] UriError),
     #[error("The incoming migration has already been started")]
     AlreadyStarted,
     #[error("'defer' cannot be used here")]
     Defer,
     #[error("Failed to open file {path}: {source}")]
     Open { path: String, source: std::io::Error },
+    /// `qio_channel_io_seek()` (QEMU prints the offset as a signed number).
+    #[error("Unable to seek to offset {} whence 0 in file: {source}", *.offset as i64)]
+    Seek { offset: u64, source: std::io::Error },
+    #[error("{0}")]
+    Fd(#[from] FdError),
     #[error("Failed to bind socket {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
+    #[error("Failed to spawn exec command {cmd:?}: {source}")]
+    Exec { cmd: String, source: std::io::Error },
+    /// `migration_channels_and_transport_compatible()` in
+    /// `migration/migration.c`.
+    #[error("Migration requires multi-channel URIs (e.g. tcp)")]
+    NeedsMultiChannel,
+    #[error("Migration requires seekable transport (e.g. file)")]
+    NeedsSeekable,
+    #[error("fd: migration to a file is not supported. Use file: instead.")]
+    FdFile,
     #[error("{0}")]
     Thread(std::io::Error),
 }
 
-/// A parsed incoming URI.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum IncomingUri {
-    Tcp(String),
-    Unix(PathBuf),
-    /// A recorded stream file (`file:PATH`): read once, no return path.
-    File(PathBuf),
-    Defer,
+pub use super::uri::{parse_uri, IncomingUri};
+
+pub use super::file::IncomingFile;
+
+/// Open `file:PATH[,offset=N]` for reading, positioned at the offset.
+pub fn open_file(path: &std::path::Path, offset: u64) -> Result<IncomingFile, ListenError> {
+    use std::io::{Seek, SeekFrom};
+    let p = path.display().to_string();
+    let mut file = match super::fds::open_fdset_read(&p) {
+        Some(r) => r?,
+        None => std::fs::File::open(path)
+            .map_err(|source| ListenError::Open { path: p.clone(), source })?,
+    };
+    if offset != 0 {
+        if offset > i64::MAX as u64 {
+            let source = std::io::Error::from_raw_os_error(libc::EINVAL);
+            return Err(ListenError::Seek { offset, source });
+        }
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|source| ListenError::Seek { offset, source })?;
+    }
+    Ok(IncomingFile { file, offset, path: path.to_path_buf() })
 }
 
-pub fn parse_uri(uri: &str) -> Result<IncomingUri, ListenError> {
-    if uri == "defer" {
-        return Ok(IncomingUri::Defer);
+/// `fd:` takes sockets and pipes; any other descriptor (a file) is refused
+/// by QEMU 11 and deprecated before (`migration/fd.c`).
+fn check_fd_kind(session: &Session, fd: &std::os::fd::OwnedFd) -> Result<(), ListenError> {
+    use crate::compat::{QemuVersion, Rule};
+    use nix::sys::stat::{fstat, SFlag};
+    use std::os::fd::AsRawFd;
+    let Ok(st) = fstat(fd.as_raw_fd()) else { return Ok(()) };
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    if kind == SFlag::S_IFSOCK || kind == SFlag::S_IFIFO {
+        return Ok(());
     }
-    if let Some(rest) = uri.strip_prefix("tcp:") {
-        let addr = rest.split(',').next().unwrap_or("");
-        let addr = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_string() };
-        if !addr.contains(':') {
-            return Err(ListenError::TcpAddress(rest.to_string()));
-        }
-        return Ok(IncomingUri::Tcp(addr));
+    let compat = session.compat.get().copied().unwrap_or(QemuVersion::NEWEST);
+    if compat.has(Rule::FdFileRefused) {
+        return Err(ListenError::FdFile);
     }
-    if let Some(p) = uri.strip_prefix("file:") {
-        let p = p.split(',').next().unwrap_or("");
-        if p.is_empty() {
-            return Err(ListenError::FileWithoutPath);
-        }
-        return Ok(IncomingUri::File(PathBuf::from(p)));
+    tracing::warn!("fd: migration to a file is deprecated. Use file: instead.");
+    Ok(())
+}
+
+/// QEMU's transport check before listening: multifd and postcopy-preempt
+/// need a multi-channel transport, mapped-ram a seekable one.
+fn check_transport(session: &Session, uri: &IncomingUri) -> Result<(), ListenError> {
+    let mapped_ram = session.shared.has(Capability::MappedRam);
+    if mapped_ram && !uri.seekable() {
+        return Err(ListenError::NeedsSeekable);
     }
-    if let Some(p) = uri.strip_prefix("unix:") {
-        if p.is_empty() {
-            return Err(ListenError::UnixWithoutPath);
-        }
-        return Ok(IncomingUri::Unix(PathBuf::from(p)));
+    let multi =
+        session.shared.has(Capability::Multifd) || session.shared.has(Capability::PostcopyPreempt);
+    if multi && !uri.multi_channel(mapped_ram) {
+        return Err(ListenError::NeedsMultiChannel);
     }
-    Err(ListenError::UnknownProtocol(uri.to_string()))
+    Ok(())
 }
 
 /// Bind the listener now (so errors are reported to the caller) and accept
@@ -93,12 +124,29 @@ pub fn start(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
 
 /// Bind another listener for the same session (`migrate-recover URI`).
 pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
-    match parse_uri(uri)? {
+    let uri = parse_uri(uri)?;
+    check_transport(&session, &uri)?;
+    match uri {
         IncomingUri::Defer => Err(ListenError::Defer),
-        IncomingUri::File(p) => {
-            let f = std::fs::File::open(&p)
-                .map_err(|source| ListenError::Open { path: p.display().to_string(), source })?;
-            session.on_file(f);
+        IncomingUri::File { path, offset } => {
+            session.on_file(open_file(&path, offset)?);
+            Ok(())
+        }
+        IncomingUri::Fd(name) => {
+            let fd = super::fds::take_fd_param(&name)?;
+            check_fd_kind(&session, &fd)?;
+            session.on_fd(fd);
+            Ok(())
+        }
+        IncomingUri::Exec(cmd) => {
+            let child = std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&cmd)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|source| ListenError::Exec { cmd: cmd.clone(), source })?;
+            session.on_exec(cmd, child);
             Ok(())
         }
         IncomingUri::Tcp(addr) => {
@@ -137,25 +185,5 @@ pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
                 .map_err(ListenError::Thread)?;
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[test]
-    fn uris() {
-        assert_eq!(
-            parse_uri("tcp:127.0.0.1:4444").unwrap(),
-            IncomingUri::Tcp("127.0.0.1:4444".into())
-        );
-        assert_eq!(parse_uri("tcp::4444").unwrap(), IncomingUri::Tcp("0.0.0.0:4444".into()));
-        assert_eq!(parse_uri("unix:/tmp/x").unwrap(), IncomingUri::Unix("/tmp/x".into()));
-        assert_eq!(parse_uri("defer").unwrap(), IncomingUri::Defer);
-        assert!(matches!(parse_uri("exec:cat"), Err(ListenError::UnknownProtocol(_))));
-        assert!(parse_uri("exec:cat")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown migration protocol"));
     }
 }

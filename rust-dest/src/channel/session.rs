@@ -9,6 +9,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::file::IncomingFile;
 use crate::state::{Capability, Shared};
 
 /// How long a connection of a multifd migration may stay silent before it
@@ -111,11 +112,16 @@ struct St {
     awaiting_recovery: bool,
     recovery: Option<Sock>,
     ended: bool,
+    /// The file of a `file:` migration.
+    file: Option<IncomingFile>,
 }
 
 /// Shared by the accept loops, the loader and the preempt reader.
 pub struct Session {
     pub shared: Shared,
+    /// The QEMU version whose rules apply (set once by `main`; unset: the
+    /// newest).
+    pub compat: std::sync::OnceLock<crate::compat::QemuVersion>,
     incoming: Arc<dyn Incoming>,
     st: Mutex<St>,
     cv: Condvar,
@@ -125,6 +131,7 @@ impl Session {
     pub fn new(shared: Shared, incoming: Arc<dyn Incoming>) -> Arc<Session> {
         let s = Arc::new(Session {
             shared: shared.clone(),
+            compat: std::sync::OnceLock::new(),
             incoming,
             st: Mutex::new(St::default()),
             cv: Condvar::new(),
@@ -307,16 +314,88 @@ impl Session {
             .spawn(move || me.incoming.clone().preempt_channel(me, r));
     }
 
-    /// A recorded stream from a file: the main channel, no return path
-    /// (writes go nowhere).
-    pub fn on_file(self: &Arc<Session>, mut f: std::fs::File) {
-        self.lock().main_taken = true;
+    /// A stream from a file (`file:PATH[,offset=N]`, `file:/dev/fdset/N`):
+    /// the main channel reads from the offset, no return path (writes go
+    /// nowhere). The file stays reachable through [`Session::incoming_file`].
+    pub fn on_file(self: &Arc<Session>, f: IncomingFile) {
+        let reader = match f.file.try_clone() {
+            Ok(r) => r,
+            Err(e) => {
+                self.shared
+                    .fail(format!("cannot clone the incoming file {}: {e}", f.path.display()));
+                return;
+            }
+        };
+        let base = f.offset;
+        {
+            let mut g = self.lock();
+            g.main_taken = true;
+            g.file = Some(f);
+        }
+        // Read like a main channel from `base`, unless the loader needs the
+        // file itself (mapped-ram: pages at fixed offsets).
         let me = self.clone();
-        // The stream starts where the file is positioned (`,offset=N`).
-        let base = io::Seek::stream_position(&mut f).unwrap_or(0);
         let _ = std::thread::Builder::new()
             .name("incoming-file".into())
-            .spawn(move || me.incoming.clone().file_channel(me, f, base));
+            .spawn(move || me.incoming.clone().file_channel(me, reader, base));
+    }
+
+    /// The file of a `file:` migration (a clone: its own descriptor, the
+    /// same open file). `None` for other transports.
+    pub fn incoming_file(&self) -> Option<IncomingFile> {
+        self.lock().file.as_ref().and_then(|f| f.try_clone().ok())
+    }
+
+    /// `fd:NAME`: a connected socket is a connection like any accepted one
+    /// (return path included); any other descriptor (a file, a pipe) is read
+    /// as the main channel without a return path.
+    pub fn on_fd(self: &Arc<Session>, fd: std::os::fd::OwnedFd) {
+        use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        let family = getsockname::<SockaddrStorage>(fd.as_raw_fd()).ok().and_then(|a| a.family());
+        match family {
+            Some(AddressFamily::Unix) => self.on_connection(Sock::Unix(UnixStream::from(fd))),
+            Some(AddressFamily::Inet | AddressFamily::Inet6) => {
+                self.on_connection(Sock::Tcp(TcpStream::from(fd)))
+            }
+            _ => {
+                self.lock().main_taken = true;
+                let f = std::fs::File::from(fd);
+                self.start_stream("incoming-fd", Box::new(f), Box::new(io::sink()));
+            }
+        }
+    }
+
+    /// `exec:COMMAND`: the command's stdout is the main channel, its stdin
+    /// the return path. The command is reaped when it exits; its exit status
+    /// is logged only (the stream itself decides the outcome).
+    pub fn on_exec(self: &Arc<Session>, cmd: String, mut child: std::process::Child) {
+        let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
+            self.shared.fail(format!("exec command {cmd:?}: no pipes"));
+            return;
+        };
+        self.lock().main_taken = true;
+        self.start_stream("incoming-exec", Box::new(out), Box::new(inp));
+        let _ =
+            std::thread::Builder::new().name("incoming-exec-wait".into()).spawn(
+                move || match child.wait() {
+                    Ok(st) if st.success() => tracing::info!("exec command {cmd:?} exited"),
+                    Ok(st) => tracing::warn!("exec command {cmd:?} exited: {st}"),
+                    Err(e) => tracing::warn!("exec command {cmd:?}: wait: {e}"),
+                },
+            );
+    }
+
+    fn start_stream(
+        self: &Arc<Session>,
+        name: &str,
+        r: Box<dyn Read + Send>,
+        w: Box<dyn Write + Send>,
+    ) {
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || me.incoming.clone().main_channel(me, r, w));
     }
 
     pub fn preempt_closed(&self) {

@@ -4,6 +4,7 @@
 //! and `query-cpus-fast`) or accepted with a warning. Texts verified on the
 //! QEMU 10.0 binary (`system/vl.c`, `hw/core/machine-smp.c`).
 
+use super::props::split_opts;
 use super::props::Props;
 use super::CliError;
 
@@ -207,6 +208,44 @@ pub fn parse_global(arg: &str) -> Result<(String, String, String), CliError> {
         (Some(d), Some(pr), Some(v)) => Ok((d, pr, v)),
         _ => Err(CliError::arg(&opt, format!("Invalid parameter '{arg}'"))),
     }
+}
+
+/// One `-add-fd fd=N,set=S[,opaque=TEXT]` (QEMU's `system/vl.c`): an
+/// inherited descriptor put in a descriptor set at start-up. The texts are
+/// QEMU 10.0's; whether `fd` is open is checked when it is adopted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddFd {
+    pub fd: i32,
+    pub set: i64,
+    pub opaque: Option<String>,
+}
+
+pub fn parse_add_fd(v: &str) -> Result<AddFd, CliError> {
+    let opt = format!("-add-fd {v}");
+    let err = |m: &str| CliError::arg(&opt, m);
+    let (mut fd, mut set, mut opaque) = (None, None, None);
+    for kv in split_opts(v) {
+        let (k, val) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+        let num = |val: &str| {
+            val.parse::<i64>().map_err(|_| err(&format!("Parameter '{k}' expects a number")))
+        };
+        match k {
+            "fd" => fd = Some(num(val)?),
+            "set" => set = Some(num(val)?),
+            "opaque" => opaque = Some(val.to_string()),
+            _ => return Err(err(&format!("Invalid parameter '{k}'"))),
+        }
+    }
+    let fd = fd
+        .filter(|f| (0..=i64::from(i32::MAX)).contains(f))
+        .ok_or_else(|| err("fd option is required and must be non-negative"))?;
+    let set = set
+        .filter(|s| *s >= 0)
+        .ok_or_else(|| err("set option is required and must be non-negative"))?;
+    if fd <= 2 {
+        return Err(err("fd cannot be a standard I/O stream"));
+    }
+    Ok(AddFd { fd: fd as i32, set, opaque })
 }
 
 #[cfg(test)]

@@ -56,10 +56,16 @@ rust-dest: a QEMU-compatible live-migration destination (precopy, postcopy, mult
 Usage: rust-dest [QEMU-style options] [rust-dest options]
 
 QEMU-style options (same syntax as qemu-system-x86_64):
-  -incoming tcp:HOST:PORT | unix:PATH | file:PATH | defer
+  -incoming tcp:HOST:PORT | unix:PATH | file:PATH[,offset=N] | fd:N
+            | exec:COMMAND | defer
                         where to accept the migration ('file:' reads a
-                        recorded stream; 'defer': wait for the QMP command
-                        migrate-incoming)
+                        saved stream from an offset, also /dev/fdset/N of
+                        add-fd; 'fd:' an inherited descriptor or one passed
+                        with getfd; 'exec:' the stdout of a /bin/sh -c
+                        command; 'defer': wait for migrate-incoming)
+  -add-fd fd=N,set=S[,opaque=TEXT]
+                        put inherited descriptor N in descriptor set S
+                        (for file:/dev/fdset/S)
   -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off
                         QMP monitor (may be given several times)
   -chardev socket,id=ID,path=PATH|host=H,port=P|fd=N,server=on,wait=off
@@ -141,6 +147,8 @@ pub struct Options {
     pub log: String,
     pub warnings: Vec<String>,
     pub pidfile: Option<PathBuf>,
+    /// `-add-fd`: descriptors put in descriptor sets at start-up.
+    pub add_fds: Vec<misc::AddFd>,
     /// `-uuid`: the raw 16 bytes (checked against multifd initial packets).
     pub uuid: Option<[u8; 16]>,
     /// `-name guest=NAME`.
@@ -178,6 +186,7 @@ impl Default for Options {
             log: "info".into(),
             warnings: Vec::new(),
             pidfile: None,
+            add_fds: Vec::new(),
             uuid: None,
             name: None,
             smp: Smp::default(),
@@ -353,6 +362,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, CliError
                 }
             }
             "pidfile" => o.pidfile = Some(PathBuf::from(val(&mut it)?)),
+            "add-fd" => o.add_fds.push(misc::parse_add_fd(&val(&mut it)?)?),
             "max-ram" => {
                 let v = val(&mut it)?;
                 o.max_ram = parse_size(&v).map_err(|e| CliError::arg("--max-ram", e.to_string()))?

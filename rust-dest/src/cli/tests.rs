@@ -238,3 +238,23 @@ fn old_machine_types_imply_their_stream_format() {
     let o = p(&format!("-machine pc-i440fx-2.2,suppress-vmdesc=off -global migration.send-section-footer=on -incoming defer {QMP}")).unwrap();
     assert!(!o.suppress_vmdesc && o.send_section_footer && !o.send_configuration);
 }
+
+#[test]
+fn add_fd() {
+    use super::misc::{parse_add_fd, AddFd};
+    assert_eq!(
+        parse_add_fd("fd=5,set=2,opaque=x").unwrap(),
+        AddFd { fd: 5, set: 2, opaque: Some("x".into()) }
+    );
+    // QEMU 10.0's texts.
+    for (a, e) in [
+        ("set=1", "fd option is required and must be non-negative"),
+        ("fd=3", "set option is required and must be non-negative"),
+        ("fd=x,set=1", "Parameter 'fd' expects a number"),
+        ("fd=3,set=-1", "set option is required and must be non-negative"),
+        ("fd=1,set=1", "fd cannot be a standard I/O stream"),
+        ("fd=3,set=1,bogus=2", "Invalid parameter 'bogus'"),
+    ] {
+        assert_eq!(parse_add_fd(a).unwrap_err().to_string(), format!("-add-fd {a}: {e}"));
+    }
+}

@@ -83,6 +83,9 @@ pub enum LoadError {
     /// A mapped-ram block entry (at byte offset `at`) could not be loaded.
     #[error("{source} (block entry at byte offset {at})")]
     MappedRam { at: u64, source: MappedRamError },
+    /// The configuration section's capabilities or UUID are refused.
+    #[error("configuration: {0}")]
+    Configuration(#[from] super::config::ConfigError),
     /// `source` happened inside `context` (a section, the package, a channel).
     #[error("{context}: {source}")]
     Context { context: String, source: Box<LoadError> },

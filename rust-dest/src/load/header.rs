@@ -16,6 +16,7 @@ impl Loader {
         self.check_machine(&cfg.machine)?;
         self.shared.lock().stream_machine = Some(cfg.machine.clone());
         self.stream_machine = Some(cfg.machine.clone());
+        self.check_configuration(cfg)?;
         if let Some(caps) = &cfg.capabilities {
             if caps.iter().any(|c| c == "x-ignore-shared") {
                 flow = Flow::IgnoreShared;

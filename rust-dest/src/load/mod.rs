@@ -23,6 +23,7 @@ use wire::stream::{SectionKind, TopRecord};
 use wire::walk::{Item, Mode, Walker};
 
 mod commands;
+mod config;
 mod device;
 mod error;
 mod header;

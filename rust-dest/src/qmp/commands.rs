@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 use super::args::{Args, QResult, QmpErr};
 use super::schema::{self, ObjTy, Ty, EMPTY};
 use super::types as t;
-use super::{crossmig, info, migration, params};
+use super::{crossmig, fdcmds, info, migration, params};
 use crate::state::{MigStatus, RunState, Shared};
 
 /// A synchronous handler.
@@ -110,6 +110,11 @@ pub const COMMANDS: &[CommandDef] = &[
         s.recover(&uri).map_err(QmpErr::generic)?;
         Ok(json!({}))
     }),
+    sync("getfd", &t::FDNAME_ARGS, OK, fdcmds::getfd),
+    sync("closefd", &t::FDNAME_ARGS, OK, fdcmds::closefd),
+    sync("add-fd", &t::ADD_FD_ARGS, Ty::Obj(&t::ADDFD_INFO), fdcmds::add_fd),
+    sync("remove-fd", &t::REMOVE_FD_ARGS, OK, fdcmds::remove_fd),
+    query("query-fdsets", t::FDSET_LIST, fdcmds::query_fdsets),
     query("cont", OK, |s, a| {
         a.finish()?;
         cont(s)

@@ -248,7 +248,11 @@ fn channel_addr_uri(mut addr: Args) -> QResult<String> {
                     }
                 }
             }
-            format!("exec:{}", words.join(" "))
+            // The URI form runs its command through `/bin/sh -c`; quoting
+            // every word makes that shell run exactly this argv.
+            let quoted: Vec<String> =
+                words.iter().map(|w| format!("'{}'", w.replace('\'', "'\\''"))).collect();
+            format!("exec:exec {}", quoted.join(" "))
         }
         "rdma" => format!("rdma:{}", host_port(&mut addr)?),
         _ => {

@@ -29,6 +29,8 @@ use crate::state::Shared;
 mod args;
 mod commands;
 mod crossmig;
+mod fdcmds;
+mod fdpass;
 mod info;
 mod migration;
 mod params;
@@ -314,7 +316,7 @@ pub fn spawn(shared: Shared, spec: &str) -> io::Result<std::thread::JoinHandle<(
                     Ok(l) => loop {
                         match l.accept().await {
                             Ok((s, _)) => {
-                                tokio::spawn(serve_conn(shared.clone(), s));
+                                tokio::spawn(serve_unix(shared.clone(), s));
                             }
                             Err(e) => accept_error(e).await,
                         }
@@ -326,7 +328,7 @@ pub fn spawn(shared: Shared, spec: &str) -> io::Result<std::thread::JoinHandle<(
                         match l.accept().await {
                             Ok((s, _)) => {
                                 let _ = s.set_nodelay(true);
-                                tokio::spawn(serve_conn(shared.clone(), s));
+                                tokio::spawn(serve_conn(shared.clone(), s, Default::default()));
                             }
                             Err(e) => accept_error(e).await,
                         }
@@ -346,17 +348,24 @@ pub fn spawn(shared: Shared, spec: &str) -> io::Result<std::thread::JoinHandle<(
 fn start_conn(shared: &Shared, c: Conn) {
     match c {
         Conn::Unix(s) => match tokio::net::UnixStream::from_std(s) {
-            Ok(s) => drop(tokio::spawn(serve_conn(shared.clone(), s))),
+            Ok(s) => drop(tokio::spawn(serve_unix(shared.clone(), s))),
             Err(e) => tracing::error!("QMP: cannot register connection: {e}"),
         },
         Conn::Tcp(s) => match tokio::net::TcpStream::from_std(s) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                drop(tokio::spawn(serve_conn(shared.clone(), s)))
+                drop(tokio::spawn(serve_conn(shared.clone(), s, Default::default())))
             }
             Err(e) => tracing::error!("QMP: cannot register connection: {e}"),
         },
     }
+}
+
+/// A unix connection: descriptors sent with SCM_RIGHTS are kept for
+/// `getfd` / `add-fd`.
+async fn serve_unix(shared: Shared, s: tokio::net::UnixStream) {
+    let fds = fdpass::PassedFds::default();
+    serve_conn(shared, fdpass::FdStream::new(s, fds.clone()), fds).await
 }
 
 async fn accept_error(e: io::Error) {

@@ -11,6 +11,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::args::{invalid_type, not_accepted, Args, QResult, QmpErr};
 use super::commands::{self, dispatch, version};
+use super::fdpass::{with_fds, PassedFds};
 use crate::state::{Event, Shared};
 
 fn greeting() -> Value {
@@ -239,6 +240,7 @@ async fn worker_task(
     session: Arc<Session>,
     mut rx: mpsc::UnboundedReceiver<Work>,
     out: OutTx,
+    fds: PassedFds,
 ) {
     let mut events: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(w) = rx.recv().await {
@@ -261,7 +263,7 @@ async fn worker_task(
         } else if !negotiated {
             Err(QmpErr::not_found("Expecting capabilities negotiation with 'qmp_capabilities'"))
         } else {
-            dispatch(&shared, &req.name, req.args).await
+            with_fds(fds.clone(), dispatch(&shared, &req.name, req.args)).await
         };
         let quit = req.name == "quit" && ret.is_ok();
         send(&out, &reply(ret, req.id));
@@ -281,6 +283,7 @@ async fn worker_task(
 pub(super) async fn serve_conn<S: AsyncRead + AsyncWrite + Send + 'static>(
     shared: Shared,
     stream: S,
+    fds: PassedFds,
 ) {
     let (mut rd, wr) = tokio::io::split(stream);
     let (out, out_rx) = mpsc::unbounded_channel();
@@ -288,7 +291,8 @@ pub(super) async fn serve_conn<S: AsyncRead + AsyncWrite + Send + 'static>(
     send(&out, &greeting());
     let session = Arc::new(Session::default());
     let (work_tx, work_rx) = mpsc::unbounded_channel();
-    let worker = tokio::spawn(worker_task(shared.clone(), session.clone(), work_rx, out.clone()));
+    let worker =
+        tokio::spawn(worker_task(shared.clone(), session.clone(), work_rx, out.clone(), fds));
 
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];

@@ -243,6 +243,17 @@ pub static INCOMING_ARGS: ObjTy = ObjTy {
 };
 pub static RECOVER_ARGS: ObjTy = ObjTy { members: &[req("uri", Str)] };
 
+// --- descriptors (monitor/fds.c) ----------------------------------------------
+
+pub static FDNAME_ARGS: ObjTy = ObjTy { members: &[req("fdname", Str)] };
+pub static ADD_FD_ARGS: ObjTy = ObjTy { members: &[opt("fdset-id", Int), opt("opaque", Str)] };
+pub static ADDFD_INFO: ObjTy = ObjTy { members: &[req("fdset-id", Int), req("fd", Int)] };
+pub static REMOVE_FD_ARGS: ObjTy = ObjTy { members: &[req("fdset-id", Int), opt("fd", Int)] };
+static FDSET_FD_INFO: ObjTy = ObjTy { members: &[req("fd", Int), opt("opaque", Str)] };
+static FDSET_INFO: ObjTy =
+    ObjTy { members: &[req("fdset-id", Int), req("fds", Ty::Array(&obj(&FDSET_FD_INFO)))] };
+pub static FDSET_LIST: Ty = Ty::Array(&obj(&FDSET_INFO));
+
 // --- x-crossmig ------------------------------------------------------------
 
 pub static DIGESTS_ARGS: ObjTy = ObjTy { members: &[opt("block", Str), opt("pages", Bool)] };

@@ -1,4 +1,5 @@
-//! The `migrate` step (optionally through the harness's proxy) and the
+//! The `migrate` step (optionally through the harness's proxy, over unix
+//! sockets, or saved and restored, `drive::transport`) and the
 //! `wait` step (statuses, RAM passes, time, serial text), on the session's
 //! one status sampler.
 
@@ -9,11 +10,21 @@ use anyhow::Result;
 use crate::drive::proxy::ProxyPlan;
 use crate::drive::recorder::Route;
 use crate::drive::session::Migration;
-use crate::scenario::steps::{ProxyOpts, Side, WaitFor};
+use crate::drive::transport::save_restore;
+use crate::scenario::steps::{ProxyOpts, Side, Via, WaitFor};
 
 /// `migrate-incoming` on the destination, `migrate` on the source (through a
 /// proxy with this plan, if any; a recovery then goes through a proxy too).
-pub(super) async fn migrate(m: &mut Migration, proxy: Option<&ProxyOpts>) -> Result<String> {
+pub(super) async fn migrate(
+    m: &mut Migration,
+    proxy: Option<&ProxyOpts>,
+    via: &Via,
+) -> Result<String> {
+    match via {
+        Via::Tcp => {}
+        Via::Unix => m.unix = true,
+        Via::Saved(p) => return save_restore(m, p).await,
+    }
     if let Some(p) = proxy {
         m.route = Route::proxy(plan(p));
     }

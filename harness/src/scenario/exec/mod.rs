@@ -33,10 +33,10 @@ pub struct Ctx {
 pub async fn exec_step(ctx: &mut Ctx, step: &Step) -> Result<String> {
     let m = &mut ctx.m;
     match step {
-        Step::Migrate { proxy } => migrate::migrate(m, proxy.as_ref()).await,
         Step::SaveRestore { dir, timeout } => {
             save::save_restore(&mut ctx.m, &mut ctx.files, dir.as_deref(), *timeout).await
         }
+        Step::Migrate { proxy, via } => migrate::migrate(m, proxy.as_ref(), via).await,
         Step::Wait { what, side, timeout } => migrate::wait(m, what, *side, *timeout).await,
         Step::StartPostcopy { .. } => m.start_postcopy().await.map(|()| String::new()),
         Step::Stop { side } => m.stop(*side).await.map(|()| String::new()),
