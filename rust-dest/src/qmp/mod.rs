@@ -38,6 +38,7 @@ pub mod types;
 
 pub use args::{QResult, QmpErr};
 pub use commands::{version, CommandDef, COMMANDS};
+pub(crate) use server::parse_input;
 use server::serve_conn;
 
 // ---------------------------------------------------------------------------

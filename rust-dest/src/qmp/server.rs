@@ -210,6 +210,26 @@ fn drain_values(buf: &mut Vec<u8>, skip_line: &mut bool, out: &mut Vec<Result<Va
     }
 }
 
+/// The input side of one connection without its socket (for the fuzz
+/// targets, `crate::fuzzing`): `data` arrives in reads of `chunk` bytes, is
+/// split into JSON values and each checked as a request (with `oob` once a
+/// request asked for it). Returns how many requests were well-formed.
+pub(crate) fn parse_input(data: &[u8], chunk: usize) -> usize {
+    let (mut buf, mut skip_line, mut values, mut ok, mut oob) =
+        (Vec::new(), false, Vec::new(), 0, false);
+    for part in data.chunks(chunk.max(1)) {
+        buf.extend_from_slice(part);
+        drain_values(&mut buf, &mut skip_line, &mut values);
+        for v in values.drain(..).flatten() {
+            if let Ok((req, _)) = parse_request(v, oob) {
+                oob |= req.name == "qmp_capabilities";
+                ok += 1;
+            }
+        }
+    }
+    ok
+}
+
 /// Handle `qmp_capabilities` (the only command before negotiation).
 fn capabilities_cmd(session: &Session, args: Map<String, Value>) -> QResult<Value> {
     if session.negotiated.load(Ordering::Acquire) {
