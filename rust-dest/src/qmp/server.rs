@@ -230,6 +230,15 @@ pub(crate) fn parse_input(data: &[u8], chunk: usize) -> usize {
     ok
 }
 
+#[cfg(test)]
+pub(super) fn drain_values_for_tests(
+    buf: &mut Vec<u8>,
+    skip_line: &mut bool,
+    out: &mut Vec<Result<Value, String>>,
+) {
+    drain_values(buf, skip_line, out)
+}
+
 /// Handle `qmp_capabilities` (the only command before negotiation).
 fn capabilities_cmd(session: &Session, args: Map<String, Value>) -> QResult<Value> {
     if session.negotiated.load(Ordering::Acquire) {
