@@ -10,9 +10,12 @@ use super::{Incoming, Session, Sock};
 use crate::ram::RamTable;
 use crate::state::{Capability, Shared};
 
+/// Which handlers got a channel, and their readers (kept open).
+type Channels = (Vec<&'static str>, Vec<Box<dyn Read + Send>>);
+
 /// Records which handler got a channel and keeps its reader open.
 #[derive(Default)]
-struct Seen(Mutex<(Vec<&'static str>, Vec<Box<dyn Read + Send>>)>);
+struct Seen(Mutex<Channels>);
 
 impl Incoming for Seen {
     fn main_channel(&self, _: Arc<Session>, r: Box<dyn Read + Send>, _: Box<dyn Write + Send>) {
