@@ -22,10 +22,11 @@ fuzz_target!(|data: &[u8]| {
     if sel & 0x20 != 0 {
         w.set_ignore_shared(true);
     }
-    let read = 1 + ((sel >> 6) as usize) * 4093;
+    // Reads of 509 bytes up to 12 KiB: records end mid-read and span reads.
+    let read = 509 + ((sel >> 6) as usize) * 4093;
     let mut pos = 0usize;
     let mut have = read.min(bytes.len());
-    for _ in 0..100_000 {
+    for _ in 0..20_000 {
         let before = w.clone();
         match w.next(&bytes[pos..have], pos as u64) {
             Ok(Walked::End) | Err(_) => return,
