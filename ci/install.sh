@@ -53,3 +53,10 @@ if ! "$VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q qemu.qmp
 fi
+
+# The fuzz targets (fuzz/, ci/fuzz-smoke.sh): libFuzzer needs nightly Rust
+# and cargo-fuzz. Installed only where rustup manages the toolchains.
+if command -v rustup >/dev/null; then
+  cargo +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+  cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+fi

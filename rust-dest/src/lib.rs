@@ -17,6 +17,7 @@
 //!   preempt channel.
 //! - [`qmp`]: the QMP server.
 //! - [`cli`]: the QEMU-style command line.
+//! - `fuzzing` (hidden): in-memory entry points for the fuzz targets in `fuzz/`.
 //!
 //! The wire codec (bytes in, records out, and back; no I/O) is the `wire`
 //! crate, shared with the harness.
@@ -25,6 +26,8 @@ pub mod catalogue;
 pub mod channel;
 pub mod cli;
 pub mod compat;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod globalstate;
 pub mod load;
 pub mod mem;

@@ -355,6 +355,24 @@ mod tests {
         assert!(parse_raw(MIG_CMD_RECV_BITMAP, &[5, b'a']).is_err());
     }
 
+    /// Every fixed-length command (QEMU's `mig_cmd_args[]`) refuses any
+    /// other length, one byte short or long and the largest a be16 holds.
+    #[test]
+    fn fixed_length_commands_refuse_any_other_length() {
+        for cmd in 1..MIG_CMD_MAX {
+            let Some(fixed) = command_fixed_len(cmd) else { continue };
+            let fixed = fixed as usize;
+            for len in [fixed.wrapping_sub(1), fixed + 1, u16::MAX as usize] {
+                if len > u16::MAX as usize {
+                    continue;
+                }
+                let e = parse_raw(cmd, &vec![0; len]).unwrap_err().to_string();
+                let want = format!("length {len} does not match the expected {fixed}");
+                assert!(e.contains(&want), "{}: {e}", command_name(cmd));
+            }
+        }
+    }
+
     #[test]
     fn discard_errors() {
         let ok = discard_payload(0, b"pc.ram", Some(0), &[(0, 4096)]);

@@ -93,12 +93,17 @@ impl Reader {
         self.start += n;
     }
 
-    /// Read more bytes (at least one, and room for `need` more). Returns
-    /// false on end of stream.
+    /// Read more bytes (at least one). `need` is how many more the record
+    /// being read still lacks, as the peer declared it: the window grows
+    /// towards it only as bytes arrive (at most doubling per read), so a
+    /// length the peer declares but never sends (a PACKAGED command of
+    /// 0xFFFFFFFF bytes) allocates nothing ahead of the data. Returns false
+    /// on end of stream.
     pub fn fill(&mut self, need: usize) -> io::Result<bool> {
         let avail = self.end - self.start;
-        let want_cap = avail + need.max(READ_CHUNK);
-        if self.start > 0 && (self.buf.len() - self.end < need.max(READ_CHUNK / 4)) {
+        let grow = need.clamp(READ_CHUNK, avail.max(READ_CHUNK));
+        let want_cap = avail + grow;
+        if self.start > 0 && self.buf.len() - self.end < grow {
             self.buf.copy_within(self.start..self.end, 0);
             self.base += self.start as u64;
             self.end -= self.start;
@@ -153,5 +158,51 @@ impl Reader {
                 Err(source) => return Err(ReadError::Io { at: self.offset(), source }.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::ram::RamTable;
+
+    /// Serves `data`, then ends (or would block forever: the test only
+    /// needs the bytes it gets before the end).
+    fn reader(data: Vec<u8>) -> Reader {
+        let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
+        Reader::new(Box::new(io::Cursor::new(data)), shared)
+    }
+
+    /// A record that declares 4 GiB and sends 100 bytes: the window grows
+    /// with what arrives, never to the declared length.
+    #[test]
+    fn a_declared_length_allocates_nothing_ahead_of_the_bytes() {
+        let mut r = reader(vec![7; 100]);
+        let mut w = Walker::with_mode(Mode::Package { len: u32::MAX }, true);
+        let e = r.next_record(&mut w, |_, _, _| Ok::<_, ReadError>(((), true))).unwrap_err();
+        assert!(
+            matches!(e, ReadError::Truncated { at: 0, needed, .. } if needed == u32::MAX as usize - 100),
+            "{e:?}"
+        );
+        assert!(r.buf.len() <= 8 * READ_CHUNK, "window grew to {} bytes", r.buf.len());
+    }
+
+    /// A record that does arrive in full, larger than any read, is
+    /// delivered whole; the window at most doubles what arrived.
+    #[test]
+    fn a_large_record_that_arrives_is_delivered() {
+        let len = 9 * READ_CHUNK + 5;
+        let mut r = reader(vec![1; len]);
+        let mut w = Walker::with_mode(Mode::Package { len: len as u32 }, true);
+        let got = r
+            .next_record(&mut w, |item, _, _| match item {
+                Item::Package(b) => Ok::<_, ReadError>((b.len(), true)),
+                other => panic!("{other:?}"),
+            })
+            .unwrap();
+        assert_eq!(got, Some(len));
+        assert!(r.buf.len() <= 2 * len + READ_CHUNK, "window {} for {len}", r.buf.len());
     }
 }

@@ -108,6 +108,8 @@ struct St {
     preempt_active: bool,
     /// Multifd channels classified so far.
     multifd_seen: u32,
+    /// Connections of a multifd migration still being classified.
+    classifying: u32,
     /// The loader is in postcopy-paused and waits for a new main channel.
     awaiting_recovery: bool,
     recovery: Option<Sock>,
@@ -159,12 +161,41 @@ impl Session {
     /// while paused, the next one is the recovery main channel; with
     /// postcopy-preempt, the next one is the preempt channel. With multifd,
     /// by its first four bytes like QEMU 8.0+ (see [`Session::classify`]).
+    ///
+    /// Once every channel the capabilities call for is connected, a further
+    /// connection (other than a recovery while paused) is refused: closed at
+    /// once, nothing read (QEMU's `socket_accept_incoming_migration()`:
+    /// "Extra incoming migration connection; ignoring"). Connections still
+    /// being classified are bounded by the number of channels expected.
     pub fn on_connection(self: &Arc<Session>, sock: Sock) {
         if self.shared.has(Capability::Multifd) {
+            let channels = self.multifd_channels();
+            let preempt = self.shared.has(Capability::PostcopyPreempt);
+            {
+                let mut g = self.lock();
+                if !g.awaiting_recovery {
+                    let all = g.main_taken
+                        && g.multifd_seen >= channels
+                        && (!preempt || g.preempt_active);
+                    // main + multifd + preempt, and one spare for a
+                    // connection that closes without a byte.
+                    let expected = 2 + channels + u32::from(preempt);
+                    if all || g.classifying >= expected {
+                        tracing::warn!(
+                            "extra incoming migration connection refused: {} ({} channel(s) being classified, {channels} multifd channel(s) expected)",
+                            if all { "every channel is connected" } else { "too many unclassified connections" },
+                            g.classifying
+                        );
+                        return;
+                    }
+                }
+                g.classifying += 1;
+            }
             let me = self.clone();
-            let _ = std::thread::Builder::new()
-                .name("incoming-classify".into())
-                .spawn(move || me.classify(sock));
+            let _ = std::thread::Builder::new().name("incoming-classify".into()).spawn(move || {
+                me.classify(sock);
+                me.lock().classifying -= 1;
+            });
             return;
         }
         let mut g = self.lock();
@@ -179,7 +210,7 @@ impl Session {
             drop(g);
             self.start_preempt(sock, Box::new(io::empty()));
         } else {
-            tracing::warn!("extra incoming connection ignored (no multifd; preempt channel already connected or not enabled)");
+            tracing::warn!("extra incoming migration connection refused (no multifd; preempt channel already connected or not enabled)");
         }
     }
 
@@ -440,3 +471,6 @@ impl Session {
         self.cv.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -40,7 +40,11 @@ pub mod types;
 
 pub use args::{QResult, QmpErr};
 pub use commands::{version, CommandDef, COMMANDS};
+pub(crate) use server::parse_input;
 use server::serve_conn;
+
+#[cfg(test)]
+mod limit_tests;
 
 // ---------------------------------------------------------------------------
 // Address specification (`-qmp` argument)
@@ -54,7 +58,8 @@ pub enum QmpEndpoint {
     /// A Linux abstract-namespace unix socket (`abstract=on`); the name
     /// excludes the leading NUL.
     UnixAbstract(String),
-    /// A TCP socket; `host` has no IPv6 brackets and may be empty (= any).
+    /// A TCP socket; `host` has no IPv6 brackets and may be empty (=
+    /// loopback).
     Tcp { host: String, port: u16 },
     /// An inherited descriptor (`-chardev socket,fd=N`): a listening socket
     /// with `server`, a connected one without; unix or TCP.
@@ -208,7 +213,19 @@ fn bind_unix(path: &std::path::Path) -> io::Result<StdUnixListener> {
             std::fs::remove_file(path)?;
         }
     }
-    StdUnixListener::bind(path)
+    let l = StdUnixListener::bind(path)?;
+    // Only this user may connect (connect(2) needs write permission on the
+    // socket file): the monitor can stop, quit or redirect the migration.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Bind a `-qmp tcp:` server. Without a host (`tcp::PORT`) it binds the
+/// loopback address only (QEMU would bind every address): a monitor is
+/// reachable from other machines only when an address is given.
+fn bind_tcp(host: &str, port: u16) -> io::Result<std::net::TcpListener> {
+    std::net::TcpListener::bind((tcp_host(host), port))
 }
 
 fn abstract_addr(name: &str) -> io::Result<std::os::unix::net::SocketAddr> {
@@ -235,9 +252,10 @@ fn inherited(fd: i32) -> io::Result<(std::os::fd::OwnedFd, bool)> {
     Ok((crate::mem::adopt_inherited_fd(fd)?, unix))
 }
 
+/// The host a `tcp:` endpoint names; loopback when none is given.
 fn tcp_host(host: &str) -> &str {
     if host.is_empty() {
-        "0.0.0.0"
+        "127.0.0.1"
     } else {
         host
     }
@@ -258,9 +276,7 @@ pub fn spawn(shared: Shared, spec: &str) -> io::Result<std::thread::JoinHandle<(
             QmpEndpoint::UnixAbstract(n) => {
                 Listener::Unix(StdUnixListener::bind_addr(&abstract_addr(n)?)?)
             }
-            QmpEndpoint::Tcp { host, port } => {
-                Listener::Tcp(std::net::TcpListener::bind((tcp_host(host), *port))?)
-            }
+            QmpEndpoint::Tcp { host, port } => Listener::Tcp(bind_tcp(host, *port)?),
             QmpEndpoint::Fd(fd) => match inherited(*fd)? {
                 (fd, true) => Listener::Unix(StdUnixListener::from(fd)),
                 (fd, false) => Listener::Tcp(std::net::TcpListener::from(fd)),

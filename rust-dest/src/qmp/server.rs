@@ -156,39 +156,106 @@ fn parse_request(v: Value, oob_enabled: bool) -> Result<(Request, bool), Value> 
     }
 }
 
+/// Where the input of one connection stands between reads: inside a line
+/// being discarded after a syntax error, and how far the bytes of a request
+/// not yet complete were scanned. The scan follows strings and nesting, so
+/// the JSON parser runs only when a top-level value may have ended: each
+/// read costs its own bytes, not the whole request again (a 64 MiB request
+/// arriving in 64 KiB reads would otherwise be parsed a thousand times).
+#[derive(Default)]
+pub(super) struct InputState {
+    skip_line: bool,
+    pos: usize,
+    depth: usize,
+    in_str: bool,
+    esc: bool,
+    /// Inside a top-level number or literal.
+    scalar: bool,
+}
+
+impl InputState {
+    /// Scan `buf` from where the last scan stopped; true when a top-level
+    /// value may have ended (or a byte only the parser can judge came).
+    fn scan(&mut self, buf: &[u8]) -> bool {
+        let mut maybe = false;
+        for &b in &buf[self.pos.min(buf.len())..] {
+            if self.in_str {
+                match b {
+                    _ if self.esc => self.esc = false,
+                    b'\\' => self.esc = true,
+                    b'"' => {
+                        self.in_str = false;
+                        maybe |= self.depth == 0;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            let scalar =
+                !matches!(b, b'"' | b'{' | b'[' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n');
+            if self.depth == 0 && !scalar && std::mem::take(&mut self.scalar) {
+                // A top-level number or literal ends at the next delimiter.
+                maybe = true;
+            }
+            match b {
+                b'"' => self.in_str = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    maybe |= self.depth <= 1;
+                    self.depth = self.depth.saturating_sub(1);
+                }
+                _ if scalar && self.depth == 0 => self.scalar = true,
+                _ => {}
+            }
+        }
+        self.pos = buf.len();
+        maybe
+    }
+
+    /// The bytes scanned so far were consumed or dropped.
+    fn rescan(&mut self) {
+        let skip_line = self.skip_line;
+        *self = InputState { skip_line, ..InputState::default() };
+    }
+}
+
 /// Split complete JSON values off the front of `buf`. Incomplete input stays
 /// in `buf`; after a syntax error the rest of that line is discarded.
-fn drain_values(buf: &mut Vec<u8>, skip_line: &mut bool, out: &mut Vec<Result<Value, String>>) {
+fn drain_values(buf: &mut Vec<u8>, st: &mut InputState, out: &mut Vec<Result<Value, String>>) {
     loop {
-        if *skip_line {
+        if st.skip_line {
             match buf.iter().position(|&b| b == b'\n') {
                 Some(p) => {
                     buf.drain(..=p);
-                    *skip_line = false;
+                    st.skip_line = false;
+                    st.rescan();
                 }
                 None => {
                     buf.clear();
+                    st.rescan();
                     return;
                 }
             }
+        }
+        if !st.scan(buf) {
+            too_large(buf, st, out);
+            return;
         }
         let mut it = serde_json::Deserializer::from_slice(buf).into_iter::<Value>();
         match it.next() {
             None => {
                 buf.clear();
+                st.rescan();
                 return;
             }
             Some(Ok(v)) => {
                 let off = it.byte_offset();
                 buf.drain(..off);
+                st.rescan();
                 out.push(Ok(v));
             }
             Some(Err(e)) if e.is_eof() => {
-                if buf.len() > MAX_REQUEST {
-                    out.push(Err("JSON parse error, request too large".into()));
-                    buf.clear();
-                    *skip_line = true;
-                }
+                too_large(buf, st, out);
                 return;
             }
             Some(Err(e)) => {
@@ -205,10 +272,51 @@ fn drain_values(buf: &mut Vec<u8>, skip_line: &mut bool, out: &mut Vec<Result<Va
                 let msg = e.to_string();
                 let msg = msg.split(" at line ").next().unwrap_or(&msg);
                 out.push(Err(format!("JSON parse error, {msg}")));
-                *skip_line = true;
+                st.skip_line = true;
+                st.rescan();
             }
         }
     }
+}
+
+/// An incomplete request above [`MAX_REQUEST`] is refused and dropped up to
+/// its line's end.
+fn too_large(buf: &mut Vec<u8>, st: &mut InputState, out: &mut Vec<Result<Value, String>>) {
+    if buf.len() > MAX_REQUEST {
+        out.push(Err("JSON parse error, request too large".into()));
+        buf.clear();
+        st.skip_line = true;
+        st.rescan();
+    }
+}
+
+/// The input side of one connection without its socket (for the fuzz
+/// targets, `crate::fuzzing`): `data` arrives in reads of `chunk` bytes, is
+/// split into JSON values and each checked as a request (with `oob` once a
+/// request asked for it). Returns how many requests were well-formed.
+pub(crate) fn parse_input(data: &[u8], chunk: usize) -> usize {
+    let (mut buf, mut values, mut ok, mut oob) = (Vec::new(), Vec::new(), 0, false);
+    let mut skip_line = InputState::default();
+    for part in data.chunks(chunk.max(1)) {
+        buf.extend_from_slice(part);
+        drain_values(&mut buf, &mut skip_line, &mut values);
+        for v in values.drain(..).flatten() {
+            if let Ok((req, _)) = parse_request(v, oob) {
+                oob |= req.name == "qmp_capabilities";
+                ok += 1;
+            }
+        }
+    }
+    ok
+}
+
+#[cfg(test)]
+pub(super) fn drain_values_for_tests(
+    buf: &mut Vec<u8>,
+    st: &mut InputState,
+    out: &mut Vec<Result<Value, String>>,
+) {
+    drain_values(buf, st, out)
 }
 
 /// Handle `qmp_capabilities` (the only command before negotiation).
@@ -296,7 +404,7 @@ pub(super) async fn serve_conn<S: AsyncRead + AsyncWrite + Send + 'static>(
 
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 << 10];
-    let mut skip_line = false;
+    let mut skip_line = InputState::default();
     let mut values = Vec::new();
     loop {
         let n = match rd.read(&mut chunk).await {
@@ -350,7 +458,7 @@ mod tests {
 
     fn drain(input: &[&[u8]]) -> Vec<Result<Value, String>> {
         let mut buf = Vec::new();
-        let mut skip = false;
+        let mut skip = InputState::default();
         let mut out = Vec::new();
         for chunk in input {
             buf.extend_from_slice(chunk);

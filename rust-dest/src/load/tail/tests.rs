@@ -201,3 +201,33 @@ fn discard_looks_the_block_up_per_range() {
     assert!(e.contains("unknown RAMBlock \"nosuchblock\""), "{e}");
     assert_eq!(shared.lock().status, MigStatus::Failed);
 }
+
+/// A vmdesc above what rust-dest keeps (16 MiB) is read to its end, as QEMU
+/// reads it, and not kept: the migration completes without it.
+#[test]
+fn a_vmdesc_above_the_kept_limit_is_read_not_kept() {
+    let mut e = Encoder::new();
+    let cfg = Configuration { machine: "pc-q35-10.0".into(), ..Default::default() };
+    encode_header(&mut e, &Header { version: 3, configuration: Some(cfg) });
+    encode_eof(&mut e);
+    let mut json = br#"{"page_size":4096,"devices":[],"pad":""#.to_vec();
+    json.resize(json.len() + super::MAX_VMDESC_KEPT, b'x');
+    json.extend_from_slice(br#""}"#);
+    let mut b = e.buf.clone();
+    b.push(0x06);
+    b.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    b.extend_from_slice(&json);
+    let (shared, _, res) = load(&b, false);
+    res.unwrap();
+    assert_eq!(shared.lock().status, MigStatus::Completed);
+    assert!(shared.lock().vmdesc.is_none(), "a vmdesc above the limit was kept");
+    // The same JSON within the limit is kept.
+    let small = br#"{"page_size":4096,"devices":[]}"#;
+    let mut b = e.buf.clone();
+    b.push(0x06);
+    b.extend_from_slice(&(small.len() as u32).to_be_bytes());
+    b.extend_from_slice(small);
+    let (shared, _, res) = load(&b, false);
+    res.unwrap();
+    assert!(shared.lock().vmdesc.is_some());
+}
