@@ -2,6 +2,7 @@
 //! and verify guest memory page by page. See ARCHITECTURE.md for the map.
 
 pub mod bench;
+pub mod defects;
 pub mod drive;
 pub mod images;
 pub mod provision;

@@ -1,0 +1,318 @@
+//! Device state, checked beyond transport: every device section the
+//! destination received is compared with what the source sent (the
+//! recording of the main channel, taken before any change on the way), and
+//! the first difference is reported as section and field, decoded with the
+//! source's vmdesc (`wire::vmdesc`).
+//!
+//! Two checks come from here:
+//! * `device state identical to what the source sent` (rust-dest: its kept
+//!   sections over QMP, `x-crossmig-query-devices`/`x-crossmig-device-data`;
+//!   QEMU: the destination saves its state again to a file, compared with
+//!   the source's state saved again the same way, so both went through the
+//!   same QEMU `pre_save` code);
+//! * `device sections in vmdesc order` (the stream the destination was sent:
+//!   sections in the order the source's vmdesc lists them, as QEMU's
+//!   `migration/savevm.c` saves them).
+
+use std::ops::Range;
+
+use anyhow::Result;
+use serde_json::Value;
+use wire::stream::{SectionKind, TopRecord};
+use wire::tail::{parse_tail, AfterEof};
+use wire::vmdesc::{package_section_ends, split_exact};
+use wire::walk::{Item, Walker};
+
+use crate::verify::Check;
+
+/// One device section: who it is and its data bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceSection {
+    pub idstr: String,
+    pub instance_id: u32,
+    pub version_id: u32,
+    pub data: Vec<u8>,
+}
+
+impl DeviceSection {
+    fn key(&self) -> String {
+        format!("{}/{}", self.idstr, self.instance_id)
+    }
+}
+
+/// The device sections of a recorded main stream, in stream order (the
+/// precopy tail or the postcopy package), and the vmdesc JSON if sent.
+pub fn sections_of_stream(bytes: &[u8]) -> (Vec<DeviceSection>, Option<Value>) {
+    let mut out = Vec::new();
+    let mut vmdesc = None;
+    let split = |buf: &[u8], ranges: &mut Vec<(usize, usize)>, out: &mut Vec<DeviceSection>| {
+        ranges.sort();
+        for &(a, b) in ranges.iter() {
+            if let Ok((s, _)) = split_exact(buf, a, b, 0) {
+                out.push(DeviceSection {
+                    idstr: s.idstr,
+                    instance_id: s.instance_id,
+                    version_id: s.version_id,
+                    data: buf[s.data].to_vec(),
+                });
+            }
+        }
+    };
+    for r in Walker::main(true, true).records(bytes) {
+        let Ok((off, item)) = r else { break };
+        match item {
+            Item::Top(TopRecord::SectionOpen { kind: SectionKind::Full, .. }) => {
+                let tail = &bytes[off as usize..];
+                if let Some(p) = parse_tail(tail) {
+                    let mut ranges = p.sections.clone();
+                    split(tail, &mut ranges, &mut out);
+                    if let AfterEof::Vmdesc { json: Some(j), .. } = p.after {
+                        vmdesc = Some(j);
+                    }
+                }
+                break;
+            }
+            Item::Package(blob) => {
+                if let Some(ends) = package_section_ends(blob) {
+                    let mut ranges: Vec<(usize, usize)> = ends.into_iter().collect();
+                    split(blob, &mut ranges, &mut out);
+                }
+            }
+            Item::VmDesc(j) => vmdesc = serde_json::from_slice(j).ok(),
+            _ => {}
+        }
+    }
+    (out, vmdesc)
+}
+
+/// The vmdesc entry of a section.
+fn desc_of<'a>(vmdesc: Option<&'a Value>, s: &DeviceSection) -> Option<&'a Value> {
+    vmdesc?["devices"].as_array()?.iter().find(|d| {
+        d["name"].as_str() == Some(&s.idstr)
+            && d["instance_id"].as_u64() == Some(u64::from(s.instance_id))
+    })
+}
+
+/// The field holding byte `at` of a section's data, by its vmdesc
+/// description (fields, arrays, structs, subsections).
+pub fn field_at(desc: &Value, at: usize) -> Option<String> {
+    fn walk(desc: &Value, at: usize, base: &mut usize) -> Option<String> {
+        for f in desc["fields"].as_array().into_iter().flatten() {
+            let size = f["size"].as_u64()? as usize;
+            let n = f["array_len"].as_u64().unwrap_or(1) as usize;
+            let span: Range<usize> = *base..*base + size * n;
+            if span.contains(&at) {
+                let name = f["name"].as_str().unwrap_or("?");
+                let i = (at - span.start) / size.max(1);
+                let idx = if n > 1 { format!("[{i}]") } else { String::new() };
+                let inner = at - span.start - i * size;
+                if f.get("struct").is_some() {
+                    let mut b = 0;
+                    if let Some(x) = walk(&f["struct"], inner, &mut b) {
+                        return Some(format!("{name}{idx}.{x}"));
+                    }
+                }
+                return Some(format!("{name}{idx} (byte {inner} of {size})"));
+            }
+            *base = span.end;
+        }
+        for s in desc["subsections"].as_array().into_iter().flatten() {
+            let name = s["vmsd_name"].as_str().unwrap_or("?");
+            let hdr = 1 + 1 + name.len() + 4;
+            if (*base..*base + hdr).contains(&at) {
+                return Some(format!("subsection {name} header"));
+            }
+            *base += hdr;
+            if let Some(x) = walk(s, at, base) {
+                return Some(format!("{name}: {x}"));
+            }
+        }
+        None
+    }
+    let mut b = 0;
+    walk(desc, at, &mut b)
+}
+
+/// The first difference between the sections sent and received (matched
+/// by idstr and instance, in order), or None when identical.
+pub fn first_difference(
+    sent: &[DeviceSection],
+    received: &[DeviceSection],
+    vmdesc: Option<&Value>,
+) -> Option<String> {
+    use std::collections::BTreeMap;
+    let mut by: BTreeMap<String, (Vec<&DeviceSection>, Vec<&DeviceSection>)> = BTreeMap::new();
+    for s in sent {
+        by.entry(s.key()).or_default().0.push(s);
+    }
+    for r in received {
+        by.entry(r.key()).or_default().1.push(r);
+    }
+    // Report in the order the source sent.
+    let mut keys: Vec<String> = sent.iter().map(|s| s.key()).collect();
+    keys.extend(received.iter().map(|r| r.key()));
+    let mut done = std::collections::HashSet::new();
+    for k in keys {
+        if !done.insert(k.clone()) {
+            continue;
+        }
+        let (s, r) = &by[&k];
+        if s.len() != r.len() {
+            return Some(format!(
+                "section {k}: sent {} time(s), received {} time(s)",
+                s.len(),
+                r.len()
+            ));
+        }
+        for (a, b) in s.iter().zip(r) {
+            if a.version_id != b.version_id {
+                return Some(format!(
+                    "section {k}: version {} sent, {} received",
+                    a.version_id, b.version_id
+                ));
+            }
+            if a.data != b.data {
+                let at = a.data.iter().zip(&b.data).position(|(x, y)| x != y);
+                let at = at.unwrap_or(a.data.len().min(b.data.len()));
+                let field = desc_of(vmdesc, a)
+                    .and_then(|d| field_at(d, at))
+                    .unwrap_or_else(|| "no vmdesc field".into());
+                return Some(format!(
+                    "section {k}: data differs at byte {at} ({field}): sent {}, received {} ({} vs {} bytes)",
+                    a.data.get(at).map_or("end".into(), |x| format!("{x:#04x}")),
+                    b.data.get(at).map_or("end".into(), |x| format!("{x:#04x}")),
+                    a.data.len(),
+                    b.data.len()
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Check name: device sections compared with what the source sent.
+pub const DEVICE_STATE: &str = "device state identical to what the source sent";
+/// Check name: stream order of the device sections against the vmdesc.
+pub const DEVICE_ORDER: &str = "device sections delivered as the vmdesc lists them";
+
+/// [`DEVICE_STATE`] from the sections both sides hold.
+pub fn check_device_state(
+    sent: &[DeviceSection],
+    received: &[DeviceSection],
+    vmdesc: Option<&Value>,
+    how: &str,
+) -> Check {
+    match first_difference(sent, received, vmdesc) {
+        None => Check::new(
+            DEVICE_STATE,
+            !sent.is_empty(),
+            if sent.is_empty() {
+                "no device section found in the recording".into()
+            } else {
+                format!("{} sections identical ({how})", sent.len())
+            },
+        ),
+        Some(d) => Check::new(DEVICE_STATE, false, format!("{d} ({how})")),
+    }
+}
+
+/// [`DEVICE_ORDER`]: the sections `delivered` (in stream order) are those
+/// of the vmdesc's device list, each once, in its order.
+pub fn check_order(delivered: &[DeviceSection], vmdesc: Option<&Value>) -> Option<Check> {
+    let list = vmdesc?["devices"].as_array()?;
+    let pos = |s: &DeviceSection| {
+        list.iter().position(|d| {
+            d["name"].as_str() == Some(&s.idstr)
+                && d["instance_id"].as_u64() == Some(u64::from(s.instance_id))
+        })
+    };
+    let mut last: Option<(usize, &DeviceSection)> = None;
+    for s in delivered {
+        let Some(p) = pos(s) else { continue };
+        if let Some((lp, ls)) = last {
+            if p <= lp {
+                return Some(Check::new(
+                    DEVICE_ORDER,
+                    false,
+                    format!("section {} arrived after {} (vmdesc order: #{p} before #{lp})", s.key(), ls.key()),
+                ));
+            }
+        }
+        last = Some((p, s));
+    }
+    let missing: Vec<String> = list
+        .iter()
+        .filter(|d| {
+            !delivered.iter().any(|s| {
+                d["name"].as_str() == Some(&s.idstr)
+                    && d["instance_id"].as_u64() == Some(u64::from(s.instance_id))
+            })
+        })
+        .map(|d| format!("{}/{}", d["name"].as_str().unwrap_or("?"), d["instance_id"]))
+        .collect();
+    if !missing.is_empty() {
+        return Some(Check::new(
+            DEVICE_ORDER,
+            false,
+            format!("listed in the vmdesc but never delivered: {}", missing.join(", ")),
+        ));
+    }
+    Some(Check::new(DEVICE_ORDER, true, format!("{} sections, each once, in order", delivered.len())))
+}
+
+/// rust-dest's kept sections over QMP.
+pub async fn rust_dest_sections(qmp: &crate::qmp::client::Qmp) -> Result<Vec<DeviceSection>> {
+    let q = qmp.execute("x-crossmig-query-devices", Value::Null).await?;
+    let mut out = Vec::new();
+    for s in q["sections"].as_array().into_iter().flatten() {
+        let idstr = s["idstr"].as_str().unwrap_or_default().to_string();
+        let inst = s["instance-id"].as_u64().unwrap_or(0);
+        let d = qmp
+            .execute(
+                "x-crossmig-device-data",
+                serde_json::json!({"idstr": idstr, "instance-id": inst}),
+            )
+            .await?;
+        let hex = d["data"].as_str().unwrap_or_default();
+        let data = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap_or(0))
+            .collect();
+        out.push(DeviceSection {
+            idstr,
+            instance_id: inst as u32,
+            version_id: s["version-id"].as_u64().unwrap_or(0) as u32,
+            data,
+        });
+    }
+    Ok(out)
+}
+
+/// A QEMU's device state saved again: migrate it (paused) to a file through
+/// `exec:cat` (any QEMU version) and take the device sections of that stream.
+pub async fn resave_sections(
+    qmp: &crate::qmp::client::Qmp,
+    path: &std::path::Path,
+) -> Result<Vec<DeviceSection>> {
+    let _guard = crate::vm::procs::PathGuard::new(path);
+    let _ = qmp
+        .execute("migrate-set-parameters", serde_json::json!({"max-bandwidth": 10u64 << 30}))
+        .await;
+    let uri = format!("exec:cat > {}", path.display());
+    qmp.execute("migrate", serde_json::json!({ "uri": uri })).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let q = qmp.execute("query-migrate", Value::Null).await?;
+        match q["status"].as_str() {
+            Some("completed") => break,
+            Some("failed") | Some("cancelled") => {
+                anyhow::bail!("saving the device state again failed: {q}")
+            }
+            _ if std::time::Instant::now() > deadline => {
+                anyhow::bail!("saving the device state again timed out: {q}")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    let bytes = std::fs::read(path)?;
+    Ok(sections_of_stream(&bytes).0)
+}
