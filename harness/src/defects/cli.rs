@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use super::catalogue::{default_dir, load_dir};
-use super::runner::{run_all, RunConfig};
+use super::runner::{control_passed, controls, run_all, RunConfig};
 use super::table::{markdown, row, totals, Report};
 
 /// What `crossmig defects` was asked.
@@ -35,6 +35,26 @@ pub async fn run_defects(req: DefectsRequest) -> Result<bool> {
         all.retain(|d| d.fast);
     }
     let t = std::time::Instant::now();
+    // Controls first: no defect, every check must pass.
+    let ctl = run_all(&controls(), &RunConfig::default(), |_| {}).await;
+    let mut controls_ok = true;
+    for r in &ctl {
+        let ok = control_passed(r);
+        controls_ok &= ok;
+        let why: Vec<String> = [&r.rust, &r.qemu]
+            .into_iter()
+            .flatten()
+            .filter(|o| o.caught())
+            .map(|o| o.detail.clone())
+            .chain(r.error.clone())
+            .collect();
+        println!(
+            "{:<28} {}{}",
+            r.defect.name,
+            if ok { "ok: every check passed into rust-dest and QEMU" } else { "FAILED" },
+            if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
+        );
+    }
     let results = run_all(&all, &RunConfig::default(), |r| {
         let w = row(r);
         let ms: u64 = [&r.rust, &r.qemu].into_iter().flatten().map(|o| o.ms).sum();
@@ -60,5 +80,5 @@ pub async fn run_defects(req: DefectsRequest) -> Result<bool> {
         };
         std::fs::write(p, serde_json::to_string_pretty(&rep)?)?;
     }
-    Ok(results.iter().all(|r| r.crossmig_caught()))
+    Ok(controls_ok && results.iter().all(|r| r.crossmig_caught()))
 }

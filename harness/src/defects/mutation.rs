@@ -42,10 +42,12 @@ pub enum Mutation {
     MemSizeShort,
     /// Postcopy: RUN is left out of the package (the destination never runs).
     DropPostcopyRun,
+    /// Nothing changed: the control run (every check must pass).
+    Nothing,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 16] = [
+    pub const ALL: [Mutation; 17] = [
         Mutation::StaleRedirtiedPage,
         Mutation::DropDiscardRange,
         Mutation::ShiftPage,
@@ -62,6 +64,7 @@ impl Mutation {
         Mutation::ListenAfterDevices,
         Mutation::MemSizeShort,
         Mutation::DropPostcopyRun,
+        Mutation::Nothing,
     ];
 
     pub fn name(self) -> &'static str {
@@ -82,6 +85,7 @@ impl Mutation {
             Mutation::ListenAfterDevices => "listen-after-devices",
             Mutation::MemSizeShort => "mem-size-short",
             Mutation::DropPostcopyRun => "drop-postcopy-run",
+            Mutation::Nothing => "none",
         }
     }
 

@@ -40,7 +40,7 @@ pub struct RunOutcome {
     pub invariant_ok: Option<bool>,
     /// What the mutation changed (source side); empty = not injected.
     pub applied: Vec<String>,
-    /// The first failing check's detail or the error.
+    /// Every failing check's detail, or the error.
     pub detail: String,
     pub ms: u64,
 }
@@ -100,7 +100,31 @@ fn mode_of(d: &Defect) -> Result<(Mode, Vec<(String, bool)>)> {
 fn stopped(d: &Defect) -> bool {
     d.migration == MigrationKind::Precopy
         && d.side == Side::Source
-        && d.mutation().is_ok_and(|m| m != Mutation::StaleRedirtiedPage)
+        && d.mutation().is_ok_and(|m| !matches!(m, Mutation::StaleRedirtiedPage | Mutation::Nothing))
+}
+
+/// The control runs: no defect, live precopy and postcopy, into both
+/// destinations. Every check must pass there, or the table's "caught"
+/// means nothing.
+pub fn controls() -> Vec<Defect> {
+    [MigrationKind::Precopy, MigrationKind::Postcopy]
+        .into_iter()
+        .map(|k| Defect {
+            name: format!("control-{}", k.name()),
+            side: Side::Source,
+            inject: Mutation::Nothing.name().into(),
+            class: "none (control: every check must pass)".into(),
+            reference: String::new(),
+            migration: k,
+            qemu: "10.0".into(),
+            fast: true,
+        })
+        .collect()
+}
+
+/// A control run passed: it ran, and no check failed anywhere.
+pub fn control_passed(r: &DefectResult) -> bool {
+    r.error.is_none() && [&r.rust, &r.qemu].into_iter().all(|o| o.as_ref().is_some_and(|o| !o.caught()))
 }
 
 /// The seeded-defects rust-dest: `$CROSSMIG_DEFECT_RUST_DEST`, else
@@ -175,7 +199,11 @@ async fn run_one(d: &Defect, dest: DestKind, cfg: &RunConfig) -> Result<RunOutco
                 failed: failed.iter().map(|c| c.name.clone()).collect(),
                 invariant_ok: rep.checks.iter().find(|c| c.name.contains("invariant")).map(|c| c.ok),
                 applied,
-                detail: failed.first().map(|c| c.detail.clone()).unwrap_or_default(),
+                detail: failed
+                    .iter()
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
                 ms,
             }
         }
@@ -211,7 +239,8 @@ pub async fn run_defect(d: &Defect, cfg: &RunConfig) -> DefectResult {
             .flatten()
             .filter(|o| o.applied.is_empty())
             .count();
-        if not_injected > 0 && res.error.is_none() {
+        let control = d.mutation().is_ok_and(|m| m == Mutation::Nothing);
+        if not_injected > 0 && res.error.is_none() && !control {
             res.error = Some(format!(
                 "the mutation found nothing to change in {not_injected} of 2 runs (not injected)"
             ));
