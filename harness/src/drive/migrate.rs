@@ -528,16 +528,18 @@ async fn check_devices(
     let c = if opts.dest == DestKind::Rust {
         let received = devices::rust_dest_sections(&m.dst.qmp).await?;
         let how = "recorded from the source vs rust-dest's kept sections";
-        devices::check_device_state(&sent, &received, vmdesc.as_ref(), how)
+        devices::check_device_state(&sent, &received, vmdesc.as_ref(), &[], how)
     } else {
         // QEMU keeps no copy of what it loaded: it saves its state again
         // (paused, so nothing changed since the load) and that is compared.
         let path = workdir.join(format!("{tag}-dst.resave"));
         match devices::resave_sections(&m.dst.qmp, &path).await {
-            Ok(d) => devices::check_device_state(
+            // Postcopy sends no vmdesc: the destination's own then decodes fields.
+            Ok((d, dvm)) => devices::check_device_state(
                 &sent,
                 &d,
-                vmdesc.as_ref(),
+                vmdesc.as_ref().or(dvm.as_ref()),
+                devices::QEMU_RESAVE_VOLATILE,
                 "recorded from the source vs the QEMU destination's state saved again",
             ),
             Err(e) => Check::new(devices::DEVICE_STATE, false, format!("saving the destination's state again failed: {e:#}")),
