@@ -141,7 +141,11 @@ fn on_item(m: Mutation, st: &mut State, sh: &Shared, item: &Item, raw: &[u8], ou
             }
             out.extend_from_slice(raw);
         }
-        Item::Package(blob) => match st.pkg_cmd.take() {
+        Item::Package(blob) => match {
+            // The package ends with RUN: what follows is the postcopy phase.
+            st.run_seen = true;
+            st.pkg_cmd.take()
+        } {
             Some(cmd) => device::mutate_package(m, st, sh, &cmd, blob, out),
             None => out.extend_from_slice(raw),
         },

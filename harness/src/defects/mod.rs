@@ -15,3 +15,6 @@ mod ram;
 pub mod runner;
 mod state;
 pub mod table;
+
+#[cfg(test)]
+mod tests;

@@ -122,7 +122,8 @@ pub(super) fn on_ram(
                 }
                 emit_ram(st, &h, out);
             }
-            if guest {
+            // Any page of the guest's RAM (low memory too: its pages differ).
+            if st.src_block.as_deref() == Some(GUEST_BLOCK) {
                 st.held = Some(raw.to_vec());
                 return;
             }

@@ -522,8 +522,10 @@ async fn check_devices(
     };
     let Some(main) = rec.files.first() else { return Ok(Vec::new()) };
     let (sent, vmdesc) = devices::sections_of_stream(&std::fs::read(main)?);
-    let (got, _) = devices::sections_of_stream(&std::fs::read(delivered)?);
+    let delivered = std::fs::read(delivered)?;
+    let (got, _) = devices::sections_of_stream(&delivered);
     let mut checks = Vec::new();
+    checks.extend(devices::check_package_order(&delivered));
     checks.extend(devices::check_order(&got, vmdesc.as_ref()));
     let c = if opts.dest == DestKind::Rust {
         let received = devices::rust_dest_sections(&m.dst.qmp).await?;

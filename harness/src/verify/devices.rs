@@ -20,7 +20,8 @@ use anyhow::Result;
 use serde_json::Value;
 use wire::stream::{SectionKind, TopRecord};
 use wire::tail::{parse_tail, AfterEof};
-use wire::vmdesc::{package_section_ends, split_exact};
+use wire::consts::{MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RUN, QEMU_VM_COMMAND, QEMU_VM_EOF, QEMU_VM_SECTION_FULL};
+use wire::vmdesc::{package_section_ends, split_exact, split_one_by_footer};
 use wire::walk::{Item, Walker};
 
 use crate::verify::Check;
@@ -47,6 +48,7 @@ pub fn sections_of_stream(bytes: &[u8]) -> (Vec<DeviceSection>, Option<Value>) {
     let mut vmdesc = None;
     let split = |buf: &[u8], ranges: &mut Vec<(usize, usize)>, out: &mut Vec<DeviceSection>| {
         ranges.sort();
+        ranges.dedup();
         for &(a, b) in ranges.iter() {
             if let Ok((s, _)) = split_exact(buf, a, b, 0) {
                 out.push(DeviceSection {
@@ -63,13 +65,27 @@ pub fn sections_of_stream(bytes: &[u8]) -> (Vec<DeviceSection>, Option<Value>) {
         match item {
             Item::Top(TopRecord::SectionOpen { kind: SectionKind::Full, .. }) => {
                 let tail = &bytes[off as usize..];
-                if let Some(p) = parse_tail(tail) {
-                    let mut ranges = p.sections.clone();
-                    split(tail, &mut ranges, &mut out);
-                    if let AfterEof::Vmdesc { json: Some(j), .. } = p.after {
-                        vmdesc = Some(j);
+                let p = parse_tail(tail);
+                if let Some(AfterEof::Vmdesc { json: Some(j), .. }) = p.as_ref().map(|p| &p.after) {
+                    vmdesc = Some(j.clone());
+                }
+                // Section by section through the footers up to the EOF byte
+                // (a section sent twice stays two); else the ranked parse.
+                let mut ranges = Vec::new();
+                let mut pos = 0;
+                while pos < tail.len() && tail[pos] != QEMU_VM_EOF {
+                    match split_one_by_footer(tail, pos, 0) {
+                        Ok((s, end)) => {
+                            ranges.push((s.header_pos, end));
+                            pos = end;
+                        }
+                        Err(_) => {
+                            ranges = p.as_ref().map(|p| p.sections.clone()).unwrap_or_default();
+                            break;
+                        }
                     }
                 }
+                split(tail, &mut ranges, &mut out);
                 break;
             }
             Item::Package(blob) => {
@@ -287,6 +303,46 @@ pub fn check_order(delivered: &[DeviceSection], vmdesc: Option<&Value>) -> Optio
         ));
     }
     Some(Check::new(DEVICE_ORDER, true, format!("{} sections, each once, in order", delivered.len())))
+}
+
+/// Check name: the postcopy package's order.
+pub const PACKAGE_ORDER: &str = "postcopy package: LISTEN, device state, RUN";
+
+/// [`PACKAGE_ORDER`] on a delivered main channel (None without a package):
+/// QEMU's source packages LISTEN first, then the device state, then RUN
+/// (`migration/migration.c: postcopy_start`), so that no device is loaded
+/// before the destination listens for page faults.
+pub fn check_package_order(bytes: &[u8]) -> Option<Check> {
+    let blob = Walker::main(true, true).records(bytes).find_map(|r| match r {
+        Ok((_, Item::Package(b))) => Some(b),
+        _ => None,
+    })?;
+    let ends = package_section_ends(blob).unwrap_or_default();
+    let mut seq = Vec::new();
+    let mut p = 0;
+    while p < blob.len() {
+        if blob[p] == QEMU_VM_COMMAND && p + 5 <= blob.len() {
+            let c = u16::from_be_bytes([blob[p + 1], blob[p + 2]]);
+            seq.push(match c {
+                MIG_CMD_POSTCOPY_LISTEN => "LISTEN".to_string(),
+                MIG_CMD_POSTCOPY_RUN => "RUN".to_string(),
+                c => format!("command {c}"),
+            });
+            p += 5 + u16::from_be_bytes([blob[p + 3], blob[p + 4]]) as usize;
+        } else if let (QEMU_VM_SECTION_FULL, Some(&e)) = (blob[p], ends.get(&p)) {
+            if seq.last().map(String::as_str) != Some("device state") {
+                seq.push("device state".into());
+            }
+            p = e;
+        } else {
+            seq.push(format!("undelimited bytes at {p}"));
+            break;
+        }
+    }
+    let ok = seq.first().map(String::as_str) == Some("LISTEN")
+        && seq.last().map(String::as_str) == Some("RUN")
+        && seq.iter().filter(|s| *s == "LISTEN" || *s == "RUN").count() == 2;
+    Some(Check::new(PACKAGE_ORDER, ok, seq.join(", ")))
 }
 
 /// rust-dest's kept sections over QMP.
