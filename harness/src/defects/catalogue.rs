@@ -103,10 +103,14 @@ pub fn default_dir() -> PathBuf {
 pub fn load_file(path: &Path) -> Result<Vec<Defect>, CatalogueError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| CatalogueError::Read { path: path.into(), source })?;
-    let f: File =
-        toml::from_str(&text).map_err(|source| CatalogueError::Parse { path: path.into(), source })?;
+    let f: File = toml::from_str(&text)
+        .map_err(|source| CatalogueError::Parse { path: path.into(), source })?;
     for d in &f.defect {
-        let bad = |what: String| CatalogueError::Invalid { path: path.into(), name: d.name.clone(), what };
+        let bad = |what: String| CatalogueError::Invalid {
+            path: path.into(),
+            name: d.name.clone(),
+            what,
+        };
         if d.name.is_empty()
             || !d.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         {

@@ -48,7 +48,15 @@ impl ChannelMutator {
         c
     }
     fn with(m: Mutation, walker: Walker, shared: Arc<Shared>) -> ChannelMutator {
-        ChannelMutator { m, walker, buf: Vec::new(), base: 0, pass: false, st: State::default(), shared }
+        ChannelMutator {
+            m,
+            walker,
+            buf: Vec::new(),
+            base: 0,
+            pass: false,
+            st: State::default(),
+            shared,
+        }
     }
 
     /// Feed bytes from the source; what the destination gets is appended to `out`.
@@ -141,14 +149,14 @@ fn on_item(m: Mutation, st: &mut State, sh: &Shared, item: &Item, raw: &[u8], ou
             }
             out.extend_from_slice(raw);
         }
-        Item::Package(blob) => match {
+        Item::Package(blob) => {
             // The package ends with RUN: what follows is the postcopy phase.
             st.run_seen = true;
-            st.pkg_cmd.take()
-        } {
-            Some(cmd) => device::mutate_package(m, st, sh, &cmd, blob, out),
-            None => out.extend_from_slice(raw),
-        },
+            match st.pkg_cmd.take() {
+                Some(cmd) => device::mutate_package(m, st, sh, &cmd, blob, out),
+                None => out.extend_from_slice(raw),
+            }
+        }
         Item::Footer { .. } | Item::Top(_) => {
             flush_held(st, out);
             out.extend_from_slice(raw);
@@ -156,4 +164,3 @@ fn on_item(m: Mutation, st: &mut State, sh: &Shared, item: &Item, raw: &[u8], ou
         _ => out.extend_from_slice(raw),
     }
 }
-

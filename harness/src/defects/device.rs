@@ -10,8 +10,8 @@ use wire::consts::*;
 use wire::tail::parse_tail;
 use wire::vmdesc::package_section_ends;
 
-use super::state::{Shared, State};
 use super::mutation::Mutation;
+use super::state::{Shared, State};
 
 /// Sections never picked: their loss or change stops QEMU at once and says
 /// nothing about the device-state checks.
@@ -56,7 +56,10 @@ fn mutate_sections(
         Mutation::DuplicateDeviceSection => {
             let k = sections[pick(blob, &secs, 1, 1)?];
             order.insert(k + 1, parts[k].clone());
-            sh.note(format!("device section {:?} sent twice", section_name_data(blob, &parts[k]).0));
+            sh.note(format!(
+                "device section {:?} sent twice",
+                section_name_data(blob, &parts[k]).0
+            ));
         }
         Mutation::DropDeviceSection => {
             let k = sections[pick(blob, &secs, 1, 1)?];

@@ -66,7 +66,8 @@ impl DefectProxy {
                 };
                 let sh = shared.clone();
                 let t = tokio::spawn(async move {
-                    if let Err(e) = run_conn(sock, upstream, mutator, [rec, out], sh, i == 0).await {
+                    if let Err(e) = run_conn(sock, upstream, mutator, [rec, out], sh, i == 0).await
+                    {
                         tracing::debug!("defect proxy connection {i}: {e:#}");
                     }
                 });
@@ -168,9 +169,11 @@ async fn back(
             let mut c = Cursor::new(&pending, 0);
             loop {
                 match decode_rp(&mut c) {
-                    Ok(RpMessage::ReqPages { start, .. }) => {
-                        shared.requested.lock().unwrap_or_else(|e| e.into_inner()).push_back((None, start))
-                    }
+                    Ok(RpMessage::ReqPages { start, .. }) => shared
+                        .requested
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_back((None, start)),
                     Ok(RpMessage::ReqPagesId { start, block, .. }) => shared
                         .requested
                         .lock()

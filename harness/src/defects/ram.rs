@@ -9,8 +9,8 @@ use wire::consts::*;
 use wire::ramrec::{BlockRef, RamRecord};
 use wire::units::TARGET_PAGE_SIZE;
 
-use super::state::{build_ram, emit_ram, ram_parts, Shared, State};
 use super::mutation::Mutation;
+use super::state::{build_ram, emit_ram, ram_parts, Shared, State};
 
 /// The guest RAM block of the test VMs (`-object memory-backend-file,id=mem0`).
 const GUEST_BLOCK: &str = "mem0";
@@ -50,7 +50,11 @@ pub(super) fn on_ram(
             if m == Mutation::MemSizeShort && !st.done {
                 if let Some(b) = blocks.iter().find(|b| b.name == GUEST_BLOCK) {
                     st.done = true;
-                    sh.note(format!("MEM_SIZE: {GUEST_BLOCK} announced as {:#x} instead of {:#x}", b.used_length - PAGE, b.used_length));
+                    sh.note(format!(
+                        "MEM_SIZE: {GUEST_BLOCK} announced as {:#x} instead of {:#x}",
+                        b.used_length - PAGE,
+                        b.used_length
+                    ));
                     out.extend_from_slice(&mem_size_short(raw, b.used_length));
                     return;
                 }
@@ -85,7 +89,9 @@ pub(super) fn on_ram(
             }
             if st.target.is_none() && st.seen.contains(&addr) {
                 st.target = Some(addr);
-                sh.note(format!("{GUEST_BLOCK}@{addr:#x}: re-sent page dropped (and every later re-send)"));
+                sh.note(format!(
+                    "{GUEST_BLOCK}@{addr:#x}: re-sent page dropped (and every later re-send)"
+                ));
                 return;
             }
             st.seen.insert(addr);
@@ -214,7 +220,13 @@ fn mem_size_short(raw: &[u8], len: u64) -> Vec<u8> {
 
 /// POSTCOPY_RAM_DISCARD with its first range left out (the command dropped
 /// when that was its only range).
-pub(super) fn drop_discard(st: &mut State, sh: &Shared, payload: &[u8], raw: &[u8], out: &mut Vec<u8>) {
+pub(super) fn drop_discard(
+    st: &mut State,
+    sh: &Shared,
+    payload: &[u8],
+    raw: &[u8],
+    out: &mut Vec<u8>,
+) {
     let n = payload.get(1).copied().unwrap_or(0) as usize;
     let name = payload.get(2..2 + n).unwrap_or_default();
     // Version, counted name, a terminating 0 byte, then (start, length) pairs.

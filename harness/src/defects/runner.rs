@@ -100,7 +100,8 @@ fn mode_of(d: &Defect) -> Result<(Mode, Vec<(String, bool)>)> {
 fn stopped(d: &Defect) -> bool {
     d.migration == MigrationKind::Precopy
         && d.side == Side::Source
-        && d.mutation().is_ok_and(|m| !matches!(m, Mutation::StaleRedirtiedPage | Mutation::Nothing))
+        && d.mutation()
+            .is_ok_and(|m| !matches!(m, Mutation::StaleRedirtiedPage | Mutation::Nothing))
 }
 
 /// The control runs: no defect, live precopy and postcopy, into both
@@ -124,7 +125,8 @@ pub fn controls() -> Vec<Defect> {
 
 /// A control run passed: it ran, and no check failed anywhere.
 pub fn control_passed(r: &DefectResult) -> bool {
-    r.error.is_none() && [&r.rust, &r.qemu].into_iter().all(|o| o.as_ref().is_some_and(|o| !o.caught()))
+    r.error.is_none()
+        && [&r.rust, &r.qemu].into_iter().all(|o| o.as_ref().is_some_and(|o| !o.caught()))
 }
 
 /// The seeded-defects rust-dest: `$CROSSMIG_DEFECT_RUST_DEST`, else
@@ -197,7 +199,11 @@ async fn run_one(d: &Defect, dest: DestKind, cfg: &RunConfig) -> Result<RunOutco
             RunOutcome {
                 completed: true,
                 failed: failed.iter().map(|c| c.name.clone()).collect(),
-                invariant_ok: rep.checks.iter().find(|c| c.name.contains("invariant")).map(|c| c.ok),
+                invariant_ok: rep
+                    .checks
+                    .iter()
+                    .find(|c| c.name.contains("invariant"))
+                    .map(|c| c.ok),
                 applied,
                 detail: failed
                     .iter()
@@ -234,11 +240,8 @@ pub async fn run_defect(d: &Defect, cfg: &RunConfig) -> DefectResult {
             Ok(o) => res.qemu = Some(o),
             Err(e) => res.error = Some(format!("{e:#}")),
         }
-        let not_injected = [&res.rust, &res.qemu]
-            .into_iter()
-            .flatten()
-            .filter(|o| o.applied.is_empty())
-            .count();
+        let not_injected =
+            [&res.rust, &res.qemu].into_iter().flatten().filter(|o| o.applied.is_empty()).count();
         let control = d.mutation().is_ok_and(|m| m == Mutation::Nothing);
         if not_injected > 0 && res.error.is_none() && !control {
             res.error = Some(format!(

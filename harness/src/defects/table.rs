@@ -96,7 +96,13 @@ pub fn markdown(rs: &[DefectResult]) -> String {
         let err = w.error.as_deref().map(|e| format!(" **error: {e}**")).unwrap_or_default();
         s += &format!(
             "| {}{err} | {} | {} | {} | {} | {} | {} |\n",
-            w.name, w.side, w.class, w.a_crossmig_rust_dest, w.b_crossmig_qemu_dest, w.c_qemu_dest_alone, w.d_invariant_only
+            w.name,
+            w.side,
+            w.class,
+            w.a_crossmig_rust_dest,
+            w.b_crossmig_qemu_dest,
+            w.c_qemu_dest_alone,
+            w.d_invariant_only
         );
     }
     let t = totals(rs);

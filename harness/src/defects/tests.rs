@@ -9,9 +9,8 @@ use super::mutation::Mutation;
 use crate::verify::devices::sections_of_stream;
 
 fn stream(name: &str) -> Vec<u8> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../wire/tests/streams")
-        .join(name);
+    let p =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wire/tests/streams").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -40,14 +39,18 @@ fn nothing_changes_nothing() {
 #[test]
 fn ram_mutations_change_one_record() {
     let b = stream("qemu-10.0-precopy.bin");
-    for m in [Mutation::PageToZero, Mutation::ShiftPage, Mutation::SwapPages, Mutation::DropRamEos] {
+    for m in [Mutation::PageToZero, Mutation::ShiftPage, Mutation::SwapPages, Mutation::DropRamEos]
+    {
         let (out, notes) = mutate(m, &b);
         assert_eq!(notes.len(), 1, "{m}: {notes:?}");
         assert!(out != b, "{m}: nothing changed");
         // The device state is untouched (after a lost EOS the stream no
         // longer parses up to it).
         if m != Mutation::DropRamEos {
-            assert!(sections_of_stream(&out).0 == sections_of_stream(&b).0, "{m}: device state changed");
+            assert!(
+                sections_of_stream(&out).0 == sections_of_stream(&b).0,
+                "{m}: device state changed"
+            );
         }
     }
     let (out, _) = mutate(Mutation::PageToZero, &b);
@@ -71,9 +74,14 @@ fn device_mutations_change_the_sections() {
     assert_eq!(r.len(), n);
     assert!(r != sent);
     let f = got(Mutation::FlipDeviceByte);
-    let diff: usize = f.iter().zip(&sent).map(|(a, b)| a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count()).sum();
+    let diff: usize = f
+        .iter()
+        .zip(&sent)
+        .map(|(a, b)| a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count())
+        .sum();
     assert_eq!(diff, 1);
-    let d = crate::verify::devices::first_difference(&sent, &f, vmdesc.as_ref(), &[]).expect("a difference");
+    let d = crate::verify::devices::first_difference(&sent, &f, vmdesc.as_ref(), &[])
+        .expect("a difference");
     assert!(d.contains("field "), "{d}");
 }
 
@@ -111,5 +119,8 @@ fn bad_catalogue_entries_are_refused() {
     let e = super::catalogue::load_file(&p).expect_err("unknown mutation");
     assert!(matches!(e, super::catalogue::CatalogueError::Invalid { .. }), "{e}");
     std::fs::write(&p, entry("page-to-zero").replace("precopy", "sideways")).expect("write");
-    assert!(matches!(super::catalogue::load_file(&p), Err(super::catalogue::CatalogueError::Parse { .. })));
+    assert!(matches!(
+        super::catalogue::load_file(&p),
+        Err(super::catalogue::CatalogueError::Parse { .. })
+    ));
 }

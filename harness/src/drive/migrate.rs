@@ -544,7 +544,11 @@ async fn check_devices(
                 devices::QEMU_RESAVE_VOLATILE,
                 "recorded from the source vs the QEMU destination's state saved again",
             ),
-            Err(e) => Check::new(devices::DEVICE_STATE, false, format!("saving the destination's state again failed: {e:#}")),
+            Err(e) => Check::new(
+                devices::DEVICE_STATE,
+                false,
+                format!("saving the destination's state again failed: {e:#}"),
+            ),
         }
     };
     checks.push(c);

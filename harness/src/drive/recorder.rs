@@ -92,7 +92,12 @@ pub enum Route {
 
 impl Route {
     /// A route through defect proxies applying `mutation`; recordings in `dir`.
-    pub fn mutate(dir: &std::path::Path, tag: &str, mutation: Mutation, shared: Arc<Shared>) -> Route {
+    pub fn mutate(
+        dir: &std::path::Path,
+        tag: &str,
+        mutation: Mutation,
+        shared: Arc<Shared>,
+    ) -> Route {
         Route::Mutate {
             proxies: Vec::new(),
             rec: Recorder::new(dir, tag),

@@ -18,9 +18,12 @@ use std::ops::Range;
 
 use anyhow::Result;
 use serde_json::Value;
+use wire::consts::{
+    MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RUN, QEMU_VM_COMMAND, QEMU_VM_EOF,
+    QEMU_VM_SECTION_FULL,
+};
 use wire::stream::{SectionKind, TopRecord};
 use wire::tail::{parse_tail, AfterEof};
-use wire::consts::{MIG_CMD_POSTCOPY_LISTEN, MIG_CMD_POSTCOPY_RUN, QEMU_VM_COMMAND, QEMU_VM_EOF, QEMU_VM_SECTION_FULL};
 use wire::vmdesc::{package_section_ends, split_exact, split_one_by_footer};
 use wire::walk::{Item, Walker};
 
@@ -213,7 +216,9 @@ pub fn first_difference(
                 }
                 let f = desc.and_then(|d| field_at(d, i));
                 !f.is_some_and(|(path, inner, _)| {
-                    ignore.iter().any(|(id, p, r)| *id == a.idstr && path == *p && r.contains(&inner))
+                    ignore
+                        .iter()
+                        .any(|(id, p, r)| *id == a.idstr && path == *p && r.contains(&inner))
                 })
             });
             if let Some(at) = first {
@@ -279,7 +284,11 @@ pub fn check_order(delivered: &[DeviceSection], vmdesc: Option<&Value>) -> Optio
                 return Some(Check::new(
                     DEVICE_ORDER,
                     false,
-                    format!("section {} arrived after {} (vmdesc order: #{p} before #{lp})", s.key(), ls.key()),
+                    format!(
+                        "section {} arrived after {} (vmdesc order: #{p} before #{lp})",
+                        s.key(),
+                        ls.key()
+                    ),
                 ));
             }
         }
@@ -302,7 +311,11 @@ pub fn check_order(delivered: &[DeviceSection], vmdesc: Option<&Value>) -> Optio
             format!("listed in the vmdesc but never delivered: {}", missing.join(", ")),
         ));
     }
-    Some(Check::new(DEVICE_ORDER, true, format!("{} sections, each once, in order", delivered.len())))
+    Some(Check::new(
+        DEVICE_ORDER,
+        true,
+        format!("{} sections, each once, in order", delivered.len()),
+    ))
 }
 
 /// Check name: the postcopy package's order.
