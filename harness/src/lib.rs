@@ -3,6 +3,7 @@
 
 pub mod analyze;
 pub mod bench;
+pub mod defects;
 pub mod drive;
 pub mod images;
 pub mod provision;

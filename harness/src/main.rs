@@ -34,6 +34,21 @@ enum Cmd {
     /// Provision and list QEMU builds (7.2, 10.0, 11.1) side by side in a cache folder.
     #[command(subcommand)]
     Qemu(harness::provision::cli::QemuCmd),
+    /// Run the seeded-defects catalogue (harness/defects/*.toml): each defect into rust-dest and QEMU's destination, with what caught it.
+    Defects {
+        /// Only the defect of this name.
+        #[arg(long)]
+        only: Option<String>,
+        /// Only the fast subset (`fast = true`).
+        #[arg(long)]
+        fast: bool,
+        /// Write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Catalogue folder (default: the harness's defects/).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Run scenario files (or directories of them): every variant, with live progress and a result table.
     Run {
         /// Scenario files or directories (default: scenarios/).
@@ -129,6 +144,10 @@ async fn run(cli: Cli) -> Result<bool> {
         Cmd::Qemu(c) => {
             harness::provision::cli::run_qemu_cmd(c).await?;
             Ok(true)
+        }
+        Cmd::Defects { only, fast, json, dir } => {
+            let req = harness::defects::cli::DefectsRequest { only, fast, json, dir };
+            harness::defects::cli::run_defects(req).await
         }
         Cmd::Run { files, filter, list, check, json } => {
             run_files(RunRequest { files, filter, list, check, json }).await

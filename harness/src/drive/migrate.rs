@@ -3,12 +3,15 @@
 //! statuses, run states and guest memory page by page.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::defects::channel::Shared;
+use crate::defects::mutation::Mutation;
 use crate::drive::recorder::{Recorder, Route};
 use crate::drive::session::{
     desc_suffix, query_failed, u64_at, Migration, Side, RECOVER_TIMEOUT, SAMPLE_EVERY,
@@ -16,10 +19,10 @@ use crate::drive::session::{
 use crate::images::Workload;
 use crate::qmp::{error_desc, MigrationStatus, RunState};
 use crate::verify::memory::{self, BlockCompare};
-use crate::verify::{guest, stream, Check};
-use crate::vm::dest::{start_dest, DestKind};
+use crate::verify::{devices, guest, stream, Check};
+use crate::vm::dest::{start_dest_with, DestKind};
 use crate::vm::procs::{unique_name, PathGuard};
-use crate::vm::qemu::{QemuBinary, QemuVm, VmConfig};
+use crate::vm::qemu::{LaunchOpts, QemuBinary, QemuVm, VmConfig};
 
 pub use crate::drive::session::{wait_incoming_listening, Sample};
 
@@ -82,6 +85,13 @@ pub struct MigrateOpts {
     /// Keep the recordings (every connection, and its return path) in this
     /// directory for `crossmig analyze`, instead of removing them.
     pub keep_recording: Option<PathBuf>,
+    /// A seeded source-side defect: route through a defect proxy applying
+    /// this mutation (the recording is taken before it; `crossmig defects`).
+    pub mutation: Option<(Mutation, Arc<Shared>)>,
+    /// rust-dest: this binary instead of the usual one, with this
+    /// environment (the `seeded-defects` build and its `CROSSMIG_DEFECT`).
+    pub rust_dest: Option<PathBuf>,
+    pub dest_env: Vec<(String, String)>,
 }
 
 impl MigrateOpts {
@@ -106,6 +116,9 @@ impl MigrateOpts {
             postcopy_bandwidth: if mode == Mode::Postcopy { 64 << 20 } else { 0 },
             record: dest == DestKind::Rust,
             keep_recording: None,
+            mutation: None,
+            rust_dest: None,
+            dest_env: Vec::new(),
         }
     }
 }
@@ -243,17 +256,16 @@ pub async fn migrate(
         dcfg.extra.extend(["--vcpu-rate".to_string(), "5000".to_string()]);
     }
     let dq = opts.dest_qemu.clone().unwrap_or_else(|| opts.qemu.clone());
-    let dst = start_dest(
-        opts.dest,
-        &dq,
-        dcfg,
-        workdir.join(format!("{tag}-dst-{}.log", opts.dest.name())),
-    )
-    .await?;
+    let mut launch = LaunchOpts::new(workdir.join(format!("{tag}-dst-{}.log", opts.dest.name())));
+    launch.rust_dest = opts.rust_dest.clone();
+    launch.env = opts.dest_env.clone();
+    let dst = start_dest_with(opts.dest, &dq, dcfg, launch).await?;
     dst.qmp.set_timeout(Duration::from_secs(30));
 
     let mut m = Migration::new(src, dst, opts.dest);
-    if opts.record || opts.keep_recording.is_some() {
+    if let Some((mu, sh)) = &opts.mutation {
+        m.route = Route::mutate(&workdir, &tag, *mu, sh.clone());
+    } else if opts.record || opts.keep_recording.is_some() {
         let mut r = Recorder::new(&workdir, &tag);
         r.keep = opts.keep_recording.clone();
         m.route = Route::Record(r);
@@ -266,7 +278,7 @@ pub async fn migrate(
             return Err(anyhow!(msg));
         }
     };
-    let checked = check(opts, &m, &run).await;
+    let checked = check(opts, &m, &run, &workdir, &tag).await;
     let samples = m.take_samples();
     m.quit().await;
     let (checks, blocks) = checked?;
@@ -418,6 +430,8 @@ async fn check(
     opts: &MigrateOpts,
     m: &Migration,
     run: &RunOut,
+    workdir: &std::path::Path,
+    tag: &str,
 ) -> Result<(Vec<Check>, Vec<BlockCompare>)> {
     let (src, dst) = (&m.src, &m.dst);
     let mut checks = Vec::new();
@@ -494,8 +508,55 @@ async fn check(
             blocks.extend(cmps);
         }
     }
+    checks.extend(check_devices(opts, m, workdir, tag).await?);
     // The guest's own invariant on the destination's copy.
     let dram = std::fs::read(&dst.cfg.mem_path)?;
     checks.push(guest::check_workload(opts.workload, &dram, opts.mem_bytes));
     Ok((checks, blocks))
+}
+
+/// Device state against what the source sent, and the delivered sections
+/// against the vmdesc (`verify/devices.rs`), when the stream was recorded.
+async fn check_devices(
+    opts: &MigrateOpts,
+    m: &Migration,
+    workdir: &std::path::Path,
+    tag: &str,
+) -> Result<Vec<Check>> {
+    let (Some(rec), Some(delivered)) = (m.route.recorder(), m.route.delivered_main()) else {
+        return Ok(Vec::new());
+    };
+    let Some(main) = rec.files.first() else { return Ok(Vec::new()) };
+    let (sent, vmdesc) = devices::sections_of_stream(&std::fs::read(main)?);
+    let delivered = std::fs::read(delivered)?;
+    let (got, _) = devices::sections_of_stream(&delivered);
+    let mut checks = Vec::new();
+    checks.extend(devices::check_package_order(&delivered));
+    checks.extend(devices::check_order(&got, vmdesc.as_ref()));
+    let c = if opts.dest == DestKind::Rust {
+        let received = devices::rust_dest_sections(&m.dst.qmp).await?;
+        let how = "recorded from the source vs rust-dest's kept sections";
+        devices::check_device_state(&sent, &received, vmdesc.as_ref(), &[], how)
+    } else {
+        // QEMU keeps no copy of what it loaded: it saves its state again
+        // (paused, so nothing changed since the load) and that is compared.
+        let path = workdir.join(format!("{tag}-dst.resave"));
+        match devices::resave_sections(&m.dst.qmp, &path).await {
+            // Postcopy sends no vmdesc: the destination's own then decodes fields.
+            Ok((d, dvm)) => devices::check_device_state(
+                &sent,
+                &d,
+                vmdesc.as_ref().or(dvm.as_ref()),
+                devices::QEMU_RESAVE_VOLATILE,
+                "recorded from the source vs the QEMU destination's state saved again",
+            ),
+            Err(e) => Check::new(
+                devices::DEVICE_STATE,
+                false,
+                format!("saving the destination's state again failed: {e:#}"),
+            ),
+        }
+    };
+    checks.push(c);
+    Ok(checks)
 }

@@ -7,6 +7,11 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
+use std::sync::Arc;
+
+use crate::defects::channel::Shared;
+use crate::defects::mutation::Mutation;
+use crate::defects::proxy::DefectProxy;
 use crate::drive::proxy::{Proxy, ProxyHandle, ProxyPlan};
 use crate::verify::stream::Replay;
 
@@ -100,9 +105,35 @@ pub enum Route {
     /// cut); later (recovery) connections through a plain proxy, which
     /// replaces the previous one.
     Proxy { plan: Option<ProxyPlan>, proxy: Option<Proxy>, handle: Option<ProxyHandle> },
+    /// Every connection through a defect proxy applying one mutation to the
+    /// main channel; `rec` holds what the source sent, before the change.
+    /// `delivered` holds the main channel as the destination got it.
+    Mutate {
+        proxies: Vec<DefectProxy>,
+        rec: Recorder,
+        delivered: Recorder,
+        mutation: Mutation,
+        shared: Arc<Shared>,
+    },
 }
 
 impl Route {
+    /// A route through defect proxies applying `mutation`; recordings in `dir`.
+    pub fn mutate(
+        dir: &std::path::Path,
+        tag: &str,
+        mutation: Mutation,
+        shared: Arc<Shared>,
+    ) -> Route {
+        Route::Mutate {
+            proxies: Vec::new(),
+            rec: Recorder::new(dir, tag),
+            delivered: Recorder::new(dir, tag),
+            mutation,
+            shared,
+        }
+    }
+
     /// A route through a proxy whose first connection follows `plan`.
     pub fn proxy(plan: ProxyPlan) -> Route {
         Route::Proxy { plan: Some(plan), proxy: None, handle: None }
@@ -121,6 +152,26 @@ impl Route {
                 *proxy = Some(px);
                 Ok(uri)
             }
+            Route::Mutate { rec, delivered, mutation, shared, proxies } => {
+                let k = proxies.len();
+                let files: Vec<PathBuf> = (0..CONNECTIONS)
+                    .map(|c| rec.dir.join(format!("{}-src{k}-conn{c}.bin", rec.tag)))
+                    .collect();
+                rec.files.extend(files.iter().cloned());
+                let out = rec.dir.join(format!("{}-delivered{k}.bin", rec.tag));
+                delivered.files.push(out.clone());
+                let px = DefectProxy::start(
+                    ([127, 0, 0, 1], port).into(),
+                    *mutation,
+                    shared.clone(),
+                    files,
+                    out,
+                )
+                .await?;
+                let uri = px.uri();
+                proxies.push(px);
+                Ok(uri)
+            }
         }
     }
 
@@ -132,10 +183,19 @@ impl Route {
         }
     }
 
+    /// The first main channel as the destination received it, when recorded.
+    pub fn delivered_main(&self) -> Option<&std::path::Path> {
+        match self {
+            Route::Record(r) => r.files.first().map(|p| p.as_path()),
+            Route::Mutate { delivered, .. } => delivered.files.first().map(|p| p.as_path()),
+            _ => None,
+        }
+    }
+
     /// The recorder, when recording.
     pub fn recorder(&self) -> Option<&Recorder> {
         match self {
-            Route::Record(r) => Some(r),
+            Route::Record(r) | Route::Mutate { rec: r, .. } => Some(r),
             _ => None,
         }
     }

@@ -4,6 +4,7 @@
 //! model of a synthetic source's script checked against a destination
 //! ([`model`]), and the [`Check`](report::Check) they all produce ([`report`]).
 
+pub mod devices;
 pub mod guest;
 pub mod limits;
 pub mod memory;

@@ -101,7 +101,10 @@ pub async fn start_dest_with(
     cfg.paused = true;
     cfg.disk = None;
     cfg.serial_log = None;
-    let bin = dest_binary(kind, qemu)?;
+    let bin = match (&opts.rust_dest, kind) {
+        (Some(p), DestKind::Rust) => QemuBinary::new(p),
+        _ => dest_binary(kind, qemu)?,
+    };
     let mut opts = opts;
     if kind == DestKind::Rust {
         opts.extra_args.extend(rust_dest_version_args(qemu));

@@ -227,6 +227,11 @@ pub struct LaunchOpts {
     /// the way a management stack writes it). It must put the QMP monitor
     /// on `cfg.qmp_socket`; `cfg.mem_path` is still removed on drop.
     pub argv: Option<Vec<String>>,
+    /// Environment variables set for the process. `CROSSMIG_DEFECT` (the
+    /// seeded-defects build's switch) is never inherited, only set here.
+    pub env: Vec<(String, String)>,
+    /// A destination: this rust-dest binary instead of the usual one.
+    pub rust_dest: Option<PathBuf>,
 }
 
 impl LaunchOpts {
@@ -240,6 +245,8 @@ impl LaunchOpts {
             serial_poll: Duration::from_millis(50),
             extra_args: Vec::new(),
             argv: None,
+            env: Vec::new(),
+            rust_dest: None,
         }
     }
 }
@@ -306,6 +313,8 @@ impl QemuVm {
             None => cmd.args(vm_args(&cfg)),
         };
         cmd.args(&opts.extra_args);
+        cmd.env_remove("CROSSMIG_DEFECT");
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         let cmdline = format!("{cmd:?}");
         tracing::debug!("starting QEMU: {cmdline}");
         let t = Instant::now();

@@ -1,0 +1,268 @@
+//! Running the catalogue: each source-side defect into rust-dest and into
+//! QEMU's destination (the same mutation on the same kind of migration),
+//! each destination-side defect into rust-dest's `seeded-defects` build;
+//! what caught it is recorded per column of the table (`table.rs`):
+//! (a) crossmig against rust-dest, (b) crossmig against QEMU's destination,
+//! (c) QEMU's destination on its own (does the migration fail), (d) the
+//! guest's own invariant alone (the sweep guest's pattern, as QEMU's qtest
+//! checks memory; a migration that does not complete counts as caught there
+//! too, since such a test notices that).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use serde::Serialize;
+
+use super::catalogue::{Defect, MigrationKind, Side};
+use super::channel::Shared;
+use super::mutation::Mutation;
+use crate::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
+use crate::scenario::qemu::resolve_qemu;
+use crate::vm::dest::{rust_dest_binary, DestKind};
+
+/// Guest RAM of every defect run (small: the catalogue runs in minutes).
+const MEM: u64 = 64 << 20;
+/// A defect that hangs a migration is caught by this timeout.
+const TIMEOUT: Duration = Duration::from_secs(25);
+/// Name of the verdict when a migration does not complete.
+pub const NOT_COMPLETED: &str = "migration completes";
+
+/// What one migration with the defect showed.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOutcome {
+    /// The migration completed on both sides.
+    pub completed: bool,
+    /// Names of the checks that failed (or [`NOT_COMPLETED`]).
+    pub failed: Vec<String>,
+    /// The guest invariant held on the destination (None: not completed).
+    pub invariant_ok: Option<bool>,
+    /// What the mutation changed (source side); empty = not injected.
+    pub applied: Vec<String>,
+    /// Every failing check's detail, or the error.
+    pub detail: String,
+    pub ms: u64,
+}
+
+impl RunOutcome {
+    /// Caught by crossmig: any check failed, or the migration did not complete.
+    pub fn caught(&self) -> bool {
+        !self.failed.is_empty()
+    }
+    /// Caught by the guest invariant alone.
+    pub fn invariant_caught(&self) -> bool {
+        !self.completed || self.invariant_ok == Some(false)
+    }
+}
+
+/// One catalogue entry's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct DefectResult {
+    pub defect: Defect,
+    /// Into rust-dest (both sides).
+    pub rust: Option<RunOutcome>,
+    /// Into QEMU's destination (source side only).
+    pub qemu: Option<RunOutcome>,
+    /// The defect could not be run (not injected, build failed, ...).
+    pub error: Option<String>,
+}
+
+impl DefectResult {
+    /// crossmig caught it everywhere it ran, and it was injected.
+    pub fn crossmig_caught(&self) -> bool {
+        self.error.is_none()
+            && self.rust.as_ref().is_some_and(|r| r.caught())
+            && self.qemu.as_ref().is_none_or(|r| r.caught())
+    }
+}
+
+/// How to run the catalogue.
+#[derive(Clone, Debug, Default)]
+pub struct RunConfig {
+    /// The seeded-defects rust-dest (default: built on demand, see [`defect_rust_dest`]).
+    pub defect_rust_dest: Option<PathBuf>,
+}
+
+fn mode_of(d: &Defect) -> Result<(Mode, Vec<(String, bool)>)> {
+    Ok(match d.migration {
+        MigrationKind::Precopy => (Mode::Precopy, Vec::new()),
+        MigrationKind::Postcopy => (Mode::Postcopy, Vec::new()),
+        MigrationKind::PostcopyPreempt => (Mode::Postcopy, vec![("postcopy-preempt".into(), true)]),
+        MigrationKind::Multifd => (Mode::Precopy, vec![("multifd".into(), true)]),
+        MigrationKind::PostcopyRecovery => (Mode::Postcopy, Vec::new()),
+    })
+}
+
+/// Precopy mutations of pages sent once run with a stopped guest (every
+/// page is sent exactly once, so a changed page is never re-sent); the
+/// others need a live guest (re-sent pages, discards, page requests).
+fn stopped(d: &Defect) -> bool {
+    d.migration == MigrationKind::Precopy
+        && d.side == Side::Source
+        && d.mutation()
+            .is_ok_and(|m| !matches!(m, Mutation::StaleRedirtiedPage | Mutation::Nothing))
+}
+
+/// The control runs: no defect, live precopy and postcopy, into both
+/// destinations. Every check must pass there, or the table's "caught"
+/// means nothing.
+pub fn controls() -> Vec<Defect> {
+    [MigrationKind::Precopy, MigrationKind::Postcopy]
+        .into_iter()
+        .map(|k| Defect {
+            name: format!("control-{}", k.name()),
+            side: Side::Source,
+            inject: Mutation::Nothing.name().into(),
+            class: "none (control: every check must pass)".into(),
+            reference: String::new(),
+            migration: k,
+            qemu: "10.0".into(),
+            fast: true,
+        })
+        .collect()
+}
+
+/// A control run passed: it ran, and no check failed anywhere.
+pub fn control_passed(r: &DefectResult) -> bool {
+    r.error.is_none()
+        && [&r.rust, &r.qemu].into_iter().all(|o| o.as_ref().is_some_and(|o| !o.caught()))
+}
+
+/// The seeded-defects rust-dest: `$CROSSMIG_DEFECT_RUST_DEST`, else
+/// `target/defects/debug/rust-dest`, built when missing with
+/// `cargo build -p rust-dest --features seeded-defects --target-dir target/defects`.
+pub fn defect_rust_dest() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("CROSSMIG_DEFECT_RUST_DEST").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
+    let bin = root.join("target/defects/debug/rust-dest");
+    if !bin.exists() {
+        let out = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
+            .current_dir(root)
+            .args(["build", "-p", "rust-dest", "--features", "seeded-defects"])
+            .args(["--target-dir", "target/defects"])
+            .output()
+            .context("running cargo build for the seeded-defects rust-dest")?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last: Vec<&str> = err.lines().rev().take(6).collect();
+            bail!(
+                "building rust-dest with --features seeded-defects failed: {}",
+                last.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            );
+        }
+    }
+    Ok(bin)
+}
+
+/// One migration with the defect into `dest`.
+async fn run_one(d: &Defect, dest: DestKind, cfg: &RunConfig) -> Result<RunOutcome> {
+    let qemu = resolve_qemu(Some(&d.qemu))?;
+    let (mode, caps) = mode_of(d)?;
+    let mut o = MigrateOpts::new(dest, mode, qemu);
+    o.mem_bytes = MEM;
+    o.timeout = TIMEOUT;
+    o.stopped = stopped(d);
+    o.extra_caps = caps;
+    o.record = true;
+    let shared = Arc::new(Shared::default());
+    match d.side {
+        Side::Source => o.mutation = Some((d.mutation()?, shared.clone())),
+        Side::Dest => {
+            let bin = match &cfg.defect_rust_dest {
+                Some(p) => p.clone(),
+                None => defect_rust_dest()?,
+            };
+            if !bin.exists() {
+                bail!("seeded-defects rust-dest {} does not exist", bin.display());
+            }
+            o.rust_dest = Some(bin);
+            o.dest_env = vec![("CROSSMIG_DEFECT".into(), d.inject.clone())];
+        }
+    }
+    if o.rust_dest.is_none() {
+        // Every other run uses the normal rust-dest, never the defects build.
+        let normal = rust_dest_binary()?;
+        if normal.components().any(|c| c.as_os_str() == "defects") {
+            bail!("the normal rust-dest {} looks like the seeded-defects build", normal.display());
+        }
+    }
+    let t = Instant::now();
+    let r: Result<MigrateReport> = migrate(&o, |_| {}).await;
+    let ms = t.elapsed().as_millis() as u64;
+    let applied = shared.applied();
+    Ok(match r {
+        Ok(rep) => {
+            let failed: Vec<&crate::verify::Check> = rep.checks.iter().filter(|c| !c.ok).collect();
+            RunOutcome {
+                completed: true,
+                failed: failed.iter().map(|c| c.name.clone()).collect(),
+                invariant_ok: rep
+                    .checks
+                    .iter()
+                    .find(|c| c.name.contains("invariant"))
+                    .map(|c| c.ok),
+                applied,
+                detail: failed
+                    .iter()
+                    .map(|c| format!("{}: {}", c.name, c.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                ms,
+            }
+        }
+        Err(e) => RunOutcome {
+            completed: false,
+            failed: vec![NOT_COMPLETED.into()],
+            invariant_ok: None,
+            applied,
+            detail: format!("{e:#}").lines().next().unwrap_or_default().to_string(),
+            ms,
+        },
+    })
+}
+
+/// Run one catalogue entry: into rust-dest, and for source-side defects
+/// into QEMU's destination too.
+pub async fn run_defect(d: &Defect, cfg: &RunConfig) -> DefectResult {
+    let mut res = DefectResult { defect: d.clone(), rust: None, qemu: None, error: None };
+    match run_one(d, DestKind::Rust, cfg).await {
+        Ok(o) => res.rust = Some(o),
+        Err(e) => {
+            res.error = Some(format!("{e:#}"));
+            return res;
+        }
+    }
+    if d.side == Side::Source {
+        match run_one(d, DestKind::Qemu, cfg).await {
+            Ok(o) => res.qemu = Some(o),
+            Err(e) => res.error = Some(format!("{e:#}")),
+        }
+        let not_injected =
+            [&res.rust, &res.qemu].into_iter().flatten().filter(|o| o.applied.is_empty()).count();
+        let control = d.mutation().is_ok_and(|m| m == Mutation::Nothing);
+        if not_injected > 0 && res.error.is_none() && !control {
+            res.error = Some(format!(
+                "the mutation found nothing to change in {not_injected} of 2 runs (not injected)"
+            ));
+        }
+    }
+    res
+}
+
+/// Run `defects` in order, calling `each` after every one.
+pub async fn run_all(
+    defects: &[Defect],
+    cfg: &RunConfig,
+    mut each: impl FnMut(&DefectResult),
+) -> Vec<DefectResult> {
+    let mut out = Vec::new();
+    for d in defects {
+        let r = run_defect(d, cfg).await;
+        each(&r);
+        out.push(r);
+    }
+    out
+}
