@@ -17,6 +17,8 @@
 //!   preempt channel.
 //! - [`qmp`]: the QMP server.
 //! - [`cli`]: the QEMU-style command line.
+//! - [`defects`]: seeded defects (issue 13), compiled only with the
+//!   `seeded-defects` feature.
 //!
 //! The wire codec (bytes in, records out, and back; no I/O) is the `wire`
 //! crate, shared with the harness.
@@ -25,6 +27,7 @@ pub mod catalogue;
 pub mod channel;
 pub mod cli;
 pub mod compat;
+pub mod defects;
 pub mod globalstate;
 pub mod load;
 pub mod mem;

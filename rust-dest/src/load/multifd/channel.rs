@@ -10,6 +10,7 @@ use super::decomp::{DecompressError, Decompressor};
 use super::recv::{runs, ChanReader};
 use super::MultifdRecv;
 use crate::channel::Sock;
+use crate::defects::{self, Defect};
 use crate::postcopy::PlaceError;
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, MultifdChannelStats};
@@ -305,7 +306,12 @@ fn apply(
         for &off in normal {
             b.received.set(off / TARGET_PAGE_SIZE);
         }
-        for &off in p.zero_offsets() {
+        // Seeded defect: the packet's zero-page list is dropped.
+        let zeros = match defects::active(Defect::MultifdDropZeroList) {
+            true => &[][..],
+            false => p.zero_offsets(),
+        };
+        for &off in zeros {
             if b.received.set(off / TARGET_PAGE_SIZE) {
                 b.mapping.fill(off as usize, ps, 0);
             }
