@@ -36,7 +36,8 @@ fn defect_binary() -> PathBuf {
 /// One `crossmig migrate` into the defect build; returns the exit code and
 /// the JSON report (when the migration ran to its checks).
 fn migrate(bin: &Path, defect: &str, args: &[&str], tag: &str) -> (Option<i32>, Option<Value>) {
-    let json = std::env::temp_dir().join(format!("crossmig-defect-{}-{tag}.json", std::process::id()));
+    let json =
+        std::env::temp_dir().join(format!("crossmig-defect-{}-{tag}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_crossmig"))
         .arg("migrate")
         .args(args)
@@ -70,7 +71,10 @@ fn seeded_dest_defects_are_caught() {
     let (code, report) = migrate(&bin, "hugepage-offset", &["--mode", "precopy"], "offset");
     assert_eq!(code, Some(1), "a check must fail (exit 1)");
     let failed = failed_checks(&report.expect("report written"));
-    assert!(failed.iter().any(|n| n.starts_with("guest RAM identical")), "failed checks: {failed:?}");
+    assert!(
+        failed.iter().any(|n| n.starts_with("guest RAM identical")),
+        "failed checks: {failed:?}"
+    );
 
     // A vCPU never woken: RAM is right; only the wake-up check sees it.
     let (code, report) = migrate(&bin, "never-wake", &["--mode", "postcopy"], "wake");

@@ -41,11 +41,17 @@ pub enum Defect {
     IgnoreStartPaused,
     /// The 3rd full page read on the postcopy-preempt channel is never placed.
     PreemptDropPage,
+    /// The 3rd multifd packet with pages (precopy) is written one page
+    /// higher than its offsets say.
+    MultifdOffsetShift,
+    /// POSTCOPY_RUN leaves the guest paused although it was to run
+    /// (autostart, or `cont` during the incoming migration).
+    RunStaysPaused,
 }
 
 impl Defect {
     /// Every defect, in catalogue order.
-    pub const ALL: [Defect; 12] = [
+    pub const ALL: [Defect; 14] = [
         Defect::SkipDiscard,
         Defect::DiscardOverrun,
         Defect::HugepageOffset,
@@ -58,6 +64,8 @@ impl Defect {
         Defect::ErrorReportsCompleted,
         Defect::IgnoreStartPaused,
         Defect::PreemptDropPage,
+        Defect::MultifdOffsetShift,
+        Defect::RunStaysPaused,
     ];
 
     /// The `CROSSMIG_DEFECT` value.
@@ -75,6 +83,8 @@ impl Defect {
             Defect::ErrorReportsCompleted => "error-reports-completed",
             Defect::IgnoreStartPaused => "ignore-start-paused",
             Defect::PreemptDropPage => "preempt-drop-page",
+            Defect::MultifdOffsetShift => "multifd-offset-shift",
+            Defect::RunStaysPaused => "run-stays-paused",
         }
     }
 

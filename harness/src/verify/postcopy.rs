@@ -49,7 +49,9 @@ pub fn rust_dest_checks(source: &Value, dest: &Value, recoveries: u32) -> Vec<Ch
         stuck == Some(0),
         match stuck {
             Some(0) => "no simulated vCPU blocked on a placed page at the end".to_string(),
-            Some(n) => format!("{n} simulated vCPU(s) still blocked on a page that had been placed (never woken)"),
+            Some(n) => format!(
+                "{n} simulated vCPU(s) still blocked on a page that had been placed (never woken)"
+            ),
             None => "x-crossmig.vcpus-never-woken missing".to_string(),
         },
     ));

@@ -240,7 +240,7 @@ impl Loader {
     fn postcopy_run(&mut self, off: u64) -> Result<(), LoadError> {
         let (ns, _) = self.postcopy_step(&Command::PostcopyRun, off)?;
         self.set_pc_state(ns);
-        let paused = self.shared.lock().start_paused;
+        let paused = self.shared.lock().start_paused || defects::active(Defect::RunStaysPaused);
         if let Some(pc) = &self.postcopy {
             self.shared.set_run_state(if paused { RunState::Paused } else { RunState::Running });
             pc.run();

@@ -235,7 +235,19 @@ fn apply(
     p.check_offsets(fmt, b.used_length, at)
         .map_err(|source| ChannelError::Packet { id, source })?;
     let ps = TARGET_PAGE_SIZE as usize;
-    let normal = p.normal_offsets();
+    let shifted: Vec<u64>;
+    let normal = if defects::nth(Defect::MultifdOffsetShift, 3) {
+        // Seeded defect: every page of this packet one page too high.
+        let top = b.used_length - TARGET_PAGE_SIZE;
+        shifted = p
+            .normal_offsets()
+            .iter()
+            .map(|&o| if o < top { o + TARGET_PAGE_SIZE } else { o })
+            .collect();
+        &shifted[..]
+    } else {
+        p.normal_offsets()
+    };
     let want = normal.len() * ps;
     let compressed = !matches!(st.dec, Decompressor::None);
     let decomp_err = |source| ChannelError::Decompress { id, at, source };
