@@ -18,6 +18,8 @@
 //! - [`qmp`]: the QMP server.
 //! - [`cli`]: the QEMU-style command line.
 //! - `fuzzing` (hidden): in-memory entry points for the fuzz targets in `fuzz/`.
+//! - [`defects`]: seeded defects (issue 13), compiled only with the
+//!   `seeded-defects` feature.
 //!
 //! The wire codec (bytes in, records out, and back; no I/O) is the `wire`
 //! crate, shared with the harness.
@@ -28,6 +30,7 @@ pub mod cli;
 pub mod compat;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod defects;
 pub mod globalstate;
 pub mod load;
 pub mod mem;

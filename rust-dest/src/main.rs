@@ -6,12 +6,29 @@ use rust_dest::catalogue::{Catalogue, DeviceCheck};
 use rust_dest::channel::{listen, Session};
 use rust_dest::cli::{self, Parsed};
 use rust_dest::compat::QemuVersion;
+use rust_dest::defects::{self, Startup};
 use rust_dest::load::{Config, Dest};
 use rust_dest::qmp;
 use rust_dest::ram::RamTable;
 use rust_dest::state::Shared;
 
 fn main() {
+    // Seeded defects (issue 13): refused when unknown in a `seeded-defects`
+    // build, ignored (with a warning) in a normal one.
+    match rust_dest::defects::init() {
+        Ok(Startup::None) => {}
+        Ok(Startup::Ignored(v)) => eprintln!(
+            "rust-dest: warning: {}={v} ignored: this build has no seeded defects (feature seeded-defects is off)",
+            defects::ENV
+        ),
+        Ok(Startup::Active(d)) => {
+            eprintln!("rust-dest: warning: SEEDED DEFECT ACTIVE: {} (this build is for testing crossmig's checks)", d.name())
+        }
+        Err(e) => {
+            eprintln!("rust-dest: {e}");
+            std::process::exit(1);
+        }
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match cli::parse(args) {
         Ok(Parsed::Run(o)) => *o,

@@ -367,6 +367,18 @@ impl Mapping {
         offset: usize,
         data: &[u8],
     ) -> io::Result<bool> {
+        self.uffd_copy_wake(uffd, offset, data, true)
+    }
+
+    /// [`Mapping::uffd_copy`], waking the faulting threads only if `wake`
+    /// (`UFFDIO_COPY_MODE_DONTWAKE` otherwise).
+    pub fn uffd_copy_wake(
+        &self,
+        uffd: &userfaultfd::Uffd,
+        offset: usize,
+        data: &[u8],
+        wake: bool,
+    ) -> io::Result<bool> {
         self.check(offset, data.len());
         let mut retries = 0;
         loop {
@@ -377,7 +389,7 @@ impl Mapping {
                     data.as_ptr() as *const libc::c_void,
                     self.ptr.as_ptr().add(offset) as *mut libc::c_void,
                     data.len(),
-                    true,
+                    wake,
                 )
             };
             match r {
@@ -404,12 +416,23 @@ impl Mapping {
         offset: usize,
         len: usize,
     ) -> io::Result<bool> {
+        self.uffd_zero_wake(uffd, offset, len, true)
+    }
+
+    /// [`Mapping::uffd_zero`], waking the faulting threads only if `wake`.
+    pub fn uffd_zero_wake(
+        &self,
+        uffd: &userfaultfd::Uffd,
+        offset: usize,
+        len: usize,
+        wake: bool,
+    ) -> io::Result<bool> {
         self.check(offset, len);
         let mut retries = 0;
         loop {
             // SAFETY: range checked and registered with this uffd.
             let r = unsafe {
-                uffd.zeropage(self.ptr.as_ptr().add(offset) as *mut libc::c_void, len, true)
+                uffd.zeropage(self.ptr.as_ptr().add(offset) as *mut libc::c_void, len, wake)
             };
             match r {
                 Ok(_) => return Ok(true),

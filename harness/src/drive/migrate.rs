@@ -374,6 +374,15 @@ async fn run(
                 desc_suffix(&dv)
             );
         }
+        // Recoveries pause and resume within one iteration: a destination
+        // seen paused here paused on its own (a load error during postcopy).
+        if ds == MigrationStatus::PostcopyPaused {
+            bail!(
+                "destination paused postcopy on its own: source {ss}{}, destination {ds}{}",
+                desc_suffix(&sv),
+                desc_suffix(&dv)
+            );
+        }
         if opts.mode == Mode::Postcopy
             && passes_at_postcopy.is_none()
             && ss == MigrationStatus::Active
@@ -474,6 +483,13 @@ async fn check(
             "postcopy page requests served by the source",
             format!("{reqs}{lat}"),
         ));
+        if opts.dest == DestKind::Rust {
+            checks.extend(crate::verify::postcopy::rust_dest_checks(
+                &run.source_final,
+                &run.dest_final,
+                run.recoveries,
+            ));
+        }
     }
 
     // Memory: the guest RAM block lives in both memory-backend files.

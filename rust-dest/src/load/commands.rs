@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::header::machine_at_least;
 use super::{LoadError, Loader};
 use crate::compat::Rule;
+use crate::defects::{self, Defect};
 use crate::postcopy::{self, Action, PcState, PostcopyRuntime};
 use crate::ram::TARGET_PAGE_SIZE;
 use crate::state::{Capability, Counters, MigStatus, RunState};
@@ -170,7 +171,11 @@ impl Loader {
             .clone();
         let mut e = Encoder::new();
         RpMessage::RecvBitmap { block: b.to_string() }.encode(&mut e);
-        wire::rp::encode_recv_bitmap_data(&mut e, &blk.received.to_le_bytes());
+        let mut bitmap = blk.received.to_le_bytes();
+        if defects::active(Defect::RecvBitmapShift) {
+            defects::shift_bitmap_le(&mut bitmap);
+        }
+        wire::rp::encode_recv_bitmap_data(&mut e, &bitmap);
         rp.send_raw(&e.buf).map_err(rp_err(format!("the received bitmap of {b:?}")))
     }
 
@@ -254,7 +259,7 @@ impl Loader {
     fn postcopy_run(&mut self, off: u64) -> Result<(), LoadError> {
         let (ns, _) = self.postcopy_step(&Command::PostcopyRun, off)?;
         self.set_pc_state(ns);
-        let paused = self.shared.lock().start_paused;
+        let paused = self.shared.lock().start_paused || defects::active(Defect::RunStaysPaused);
         if let Some(pc) = &self.postcopy {
             self.shared.set_run_state(if paused { RunState::Paused } else { RunState::Running });
             pc.run();
@@ -300,7 +305,15 @@ impl Loader {
                     d.block, b.used_length
                 )));
             }
-            b.mapping.discard(start as usize, len as usize).map_err(|e| LoadError::Protocol {
+            if defects::active(Defect::SkipDiscard) {
+                continue;
+            }
+            // Seeded defect: one host page too many (when the block has it).
+            let dlen = match defects::active(Defect::DiscardOverrun) {
+                true if start + len + ps <= b.used_length => len + ps,
+                _ => len,
+            };
+            b.mapping.discard(start as usize, dlen as usize).map_err(|e| LoadError::Protocol {
                 at: Some(off),
                 msg: format!(
                     "POSTCOPY_RAM_DISCARD {:?}: discarding {start:#x}+{len:#x}: {e}",

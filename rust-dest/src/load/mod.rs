@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use crate::catalogue::DeviceCheck;
 use crate::channel::{Incoming, ReadError, Reader, ReturnPath, Session, Sock};
 use crate::compat::QemuVersion;
+use crate::defects::{self, Defect};
 use crate::postcopy::{PcState, PostcopyRuntime, RuntimeSlot, VcpuConfig};
 use crate::ram::RamBlock;
 use crate::state::{Capability, Counters, MigStatus, RunState, Shared};
@@ -311,6 +312,11 @@ impl Loader {
                     if self.pc_state == PcState::Running
                         && self.shared.has(Capability::PostcopyRam) =>
                 {
+                    if defects::active(Defect::ErrorReportsCompleted) {
+                        // Seeded defect: the error is swallowed.
+                        self.shared.set_status(MigStatus::Completed);
+                        break;
+                    }
                     tracing::warn!("postcopy paused: {e}");
                     self.pause(&e);
                     let Some(sock) = self.session.as_ref().and_then(|s| s.wait_recovery()) else {
@@ -592,7 +598,8 @@ impl Loader {
             let g = self.shared.lock();
             (g.start_paused, g.globalstate.clone())
         };
-        let run = !paused && gs.as_deref().is_none_or(|s| s == "running");
+        let run = (!paused || defects::active(Defect::IgnoreStartPaused))
+            && gs.as_deref().is_none_or(|s| s == "running");
         // Run state first, so a client that sees `completed` also sees it.
         if self.shared.lock().run_state == RunState::InMigrate {
             self.shared.set_run_state(if run { RunState::Running } else { RunState::Paused });

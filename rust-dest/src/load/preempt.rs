@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::error::LoadError;
 use super::ram::{check_page_addr, resolve_block};
 use crate::channel::{ReadError, Reader};
+use crate::defects::{self, Defect};
 use crate::postcopy::{PostcopyRuntime, RuntimeSlot, TmpPage};
 use crate::ram::RamBlock;
 use crate::state::{Counters, MigStatus, Shared};
@@ -136,6 +137,10 @@ fn place(
         *rt = slot.wait();
     }
     let pc = rt.as_ref().ok_or(PreemptError::Ended)?;
+    if data.is_some() && defects::nth(Defect::PreemptDropPage, 3) {
+        // Seeded defect: the page was read off the channel, then lost.
+        return Ok(());
+    }
     pc.place(tmp, &b, addr, data).map_err(|e| PreemptError::Place(e.into()))?;
     Counters::add(&shared.counters().preempt_pages, 1);
     Ok(())

@@ -9,6 +9,7 @@ use super::error::LoadError;
 use super::multifd::flush_after_each_section;
 use super::Loader;
 use crate::compat::Rule;
+use crate::defects::{self, Defect};
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{compress_exists, machine_version, Capability, Counters, Shared};
 use wire::ramrec::{xbzrle_decode, BlockRef, RamRecord};
@@ -84,7 +85,7 @@ impl Loader {
                 if self.placing {
                     self.runtime().place(&mut self.tmp_page, &b, addr, Some(data))?;
                 } else {
-                    b.mapping.write(addr as usize, data);
+                    b.mapping.write(defects::precopy_page_offset(addr) as usize, data);
                     b.received.set(addr / TARGET_PAGE_SIZE);
                 }
                 Counters::add(&counters.normal_pages, 1);
@@ -110,7 +111,7 @@ impl Loader {
                     }
                 } else {
                     let was = b.received.set(addr / TARGET_PAGE_SIZE);
-                    if was || fill != 0 {
+                    if (was && !defects::active(Defect::ZeroKeepsStale)) || fill != 0 {
                         b.mapping.fill(addr as usize, TARGET_PAGE_SIZE as usize, fill);
                     }
                 }
@@ -243,6 +244,9 @@ pub fn resolve_block(
     off: u64,
 ) -> Result<Arc<RamBlock>, LoadError> {
     match b {
+        BlockRef::Continue if defects::active(Defect::ContinueFirstBlock) => {
+            shared.ram().blocks().first().cloned().ok_or(LoadError::NoPreviousBlock { at: off })
+        }
         BlockRef::Continue => last.clone().ok_or(LoadError::NoPreviousBlock { at: off }),
         BlockRef::Named(n) => {
             let blk = shared

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use userfaultfd::{Event, FeatureFlags, Uffd, UffdBuilder};
 
 use super::hugepage::{Assembled, NonSameHostPage, TmpPage};
-use super::vcpu::{vcpu_thread, Guest, Pattern, VcpuConfig};
+use super::vcpu::{blocked_on_placed, vcpu_thread, Guest, Pattern, VcpuConfig};
 use crate::channel::ReturnPath;
+use crate::defects::{self, Defect};
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, Shared};
 use wire::rp::RpMessage;
@@ -43,6 +44,11 @@ pub enum PlaceError {
     NonSameHostPage(#[from] NonSameHostPage),
 }
 
+/// How long a vCPU blocked on a placed page at the end of postcopy gets to
+/// move on before it counts as never woken (a woken thread needs only to be
+/// scheduled once; generous for a loaded machine).
+const NEVER_WOKEN_GRACE: Duration = Duration::from_secs(2);
+
 struct Outstanding {
     /// (block index, page) → time the fault was read.
     map: HashMap<(usize, u64), Instant>,
@@ -70,6 +76,8 @@ struct Inner {
 pub struct PostcopyRuntime {
     inner: Arc<Inner>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Per simulated vCPU: the page it is reading (see `vcpu::Guest`).
+    inflight: Mutex<Vec<Arc<AtomicU64>>>,
     vcpu: VcpuConfig,
     finished: AtomicBool,
 }
@@ -125,6 +133,7 @@ impl PostcopyRuntime {
         Ok(PostcopyRuntime {
             inner,
             threads: Mutex::new(vec![h]),
+            inflight: Mutex::new(Vec::new()),
             vcpu,
             finished: AtomicBool::new(false),
         })
@@ -158,15 +167,15 @@ impl PostcopyRuntime {
     /// answer.
     fn place_whole(&self, b: &RamBlock, addr: u64, data: Option<&[u8]>) -> Result<(), PlaceError> {
         let page = addr / TARGET_PAGE_SIZE;
+        let (uffd, at) = (&self.inner.uffd, addr as usize);
+        let wake = !defects::active(Defect::NeverWake);
         let len = if b.is_huge() { b.page_size } else { TARGET_PAGE_SIZE };
         let placed = match data {
-            Some(d) => b.mapping.uffd_copy(&self.inner.uffd, addr as usize, d),
-            None if b.is_huge() => b.mapping.uffd_copy(
-                &self.inner.uffd,
-                addr as usize,
-                &self.inner.zero_huge[..len as usize],
-            ),
-            None => b.mapping.uffd_zero(&self.inner.uffd, addr as usize, len as usize),
+            Some(d) => b.mapping.uffd_copy_wake(uffd, at, d, wake),
+            None if b.is_huge() => {
+                b.mapping.uffd_copy_wake(uffd, at, &self.inner.zero_huge[..len as usize], wake)
+            }
+            None => b.mapping.uffd_zero_wake(uffd, at, len as usize, wake),
         }
         .map_err(|source| PlaceError::Uffd { addr, block: b.name.clone(), source })?;
         if !placed {
@@ -237,10 +246,13 @@ impl PostcopyRuntime {
         }
         let mut th = self.threads.lock().unwrap();
         for i in 0..self.vcpu.threads.max(1) {
+            let inflight = Arc::new(AtomicU64::new(0));
+            self.inflight.lock().unwrap().push(inflight.clone());
             let guest = Guest {
                 shared: self.inner.shared.clone(),
                 blocks: self.inner.blocks.clone(),
                 stop: self.inner.stop.clone(),
+                inflight,
             };
             let cfg = self.vcpu.clone();
             if let Ok(h) = std::thread::Builder::new()
@@ -252,8 +264,18 @@ impl PostcopyRuntime {
         }
     }
 
-    /// Postcopy ended (EOF): stop threads and unregister RAM.
+    /// Postcopy ended (EOF): count the vCPUs blocked on a placed page (never
+    /// woken: `x-crossmig` `vcpus-never-woken`), stop threads and unregister
+    /// RAM.
     pub fn finish(&self) {
+        if !self.finished.load(Ordering::Acquire) {
+            let inflight = self.inflight.lock().unwrap().clone();
+            let n = blocked_on_placed(&self.inner.blocks, &inflight, NEVER_WOKEN_GRACE);
+            if n > 0 {
+                tracing::warn!("{n} vCPU(s) still blocked on a placed page at the end of postcopy (never woken)");
+                Counters::add(&self.inner.shared.counters().vcpus_never_woken, n as u64);
+            }
+        }
         self.stop_all();
     }
 
@@ -380,6 +402,11 @@ fn handle_fault(inner: &Inner, addr: usize) {
         }
         request(&mut o, bi, b, off)
     };
+    if defects::nth(Defect::LosePageRequest, 8) {
+        // Seeded defect: accounted for as sent, never written.
+        Counters::add(&c.page_requests, 1);
+        return;
+    }
     let rp = inner.rp.lock().unwrap().clone();
     if let Some(rp) = &rp {
         if let Err(e) = rp.send(&msg) {
@@ -405,13 +432,15 @@ fn request(o: &mut Outstanding, bi: usize, b: &RamBlock, off: u64) -> RpMessage 
 
 fn resolve_present_or_zero(inner: &Inner, b: &RamBlock, off: u64) {
     let len = if b.is_huge() { b.page_size } else { TARGET_PAGE_SIZE } as usize;
+    let wake = !defects::active(Defect::NeverWake);
     let r = if b.is_huge() {
-        b.mapping.uffd_copy(&inner.uffd, off as usize, &inner.zero_huge[..len])
+        b.mapping.uffd_copy_wake(&inner.uffd, off as usize, &inner.zero_huge[..len], wake)
     } else {
-        b.mapping.uffd_zero(&inner.uffd, off as usize, len)
+        b.mapping.uffd_zero_wake(&inner.uffd, off as usize, len, wake)
     };
     match r {
         Ok(true) => Counters::add(&inner.shared.counters().zero_pages_on_fault, 1),
+        Ok(false) if defects::active(Defect::NeverWake) => {}
         Ok(false) => {
             let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, len);
         }

@@ -1,7 +1,7 @@
 //! Simulated vCPUs: threads that touch guest RAM after POSTCOPY_RUN so that
 //! missing pages fault and get requested, like a running guest would.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,6 +54,43 @@ pub(super) struct Guest {
     pub blocks: Vec<Arc<RamBlock>>,
     /// Set when postcopy ends or fails.
     pub stop: Arc<AtomicBool>,
+    /// The page this vCPU is reading right now (index over all blocks, + 1;
+    /// 0 between reads), so the end of postcopy can tell a vCPU blocked on
+    /// a page that was placed but never woken ([`blocked_on_placed`]).
+    pub inflight: Arc<AtomicU64>,
+}
+
+/// Which of `inflight` are blocked on a page already received, after
+/// `grace` for them to move on: the vCPUs never woken (QEMU's faulting vCPU
+/// waits in the kernel until placement wakes it, `migration/postcopy-ram.c`).
+pub(super) fn blocked_on_placed(
+    blocks: &[Arc<RamBlock>],
+    inflight: &[Arc<AtomicU64>],
+    grace: Duration,
+) -> usize {
+    let received = |g: u64| {
+        let mut rem = g;
+        for b in blocks {
+            if rem < b.pages() {
+                return b.received.get(rem);
+            }
+            rem -= b.pages();
+        }
+        false
+    };
+    let seen: Vec<u64> = inflight.iter().map(|a| a.load(Ordering::Acquire)).collect();
+    let stuck = |i: usize| {
+        let v = inflight[i].load(Ordering::Acquire);
+        v != 0 && v == seen[i] && received(v - 1)
+    };
+    let t0 = std::time::Instant::now();
+    loop {
+        let n = (0..inflight.len()).filter(|&i| stuck(i)).count();
+        if n == 0 || t0.elapsed() >= grace {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 pub(super) fn vcpu_thread(guest: Guest, cfg: VcpuConfig, idx: usize) {
@@ -106,7 +143,9 @@ pub(super) fn vcpu_thread(guest: Guest, cfg: VcpuConfig, idx: usize) {
             let mut rem = g;
             for b in &blocks {
                 if rem < b.pages() {
+                    guest.inflight.store(g + 1, Ordering::Release);
                     sink ^= b.mapping.touch((rem * TARGET_PAGE_SIZE) as usize);
+                    guest.inflight.store(0, Ordering::Release);
                     break;
                 }
                 rem -= b.pages();

@@ -117,6 +117,7 @@ pub(super) fn query_migrate(shared: &Shared) -> Value {
             "discarded-pages": C::get(&c.discarded_pages),
             "pings": C::get(&c.pings),
             "fault-latency-us": percentiles(&g.fault_latencies_us),
+            "vcpus-never-woken": C::get(&c.vcpus_never_woken),
             "multifd-channels": g.multifd_channels.values().map(|m| json!({
                 "id": m.id,
                 "bytes": m.bytes,

@@ -30,6 +30,9 @@ pub struct Counters {
     pub preempt_pages: AtomicU64,
     /// Sum of fault-to-placement latencies in microseconds.
     pub fault_latency_us_total: AtomicU64,
+    /// Simulated vCPUs still blocked at the end of postcopy on a page that
+    /// had been placed: a faulting thread that was never woken.
+    pub vcpus_never_woken: AtomicU64,
     // --- multifd ---
     /// Bytes read from the multifd channels (initial packets, headers,
     /// payloads): QEMU's `multifd-bytes` as 8.0+ sources count it (7.2

@@ -10,6 +10,7 @@ use super::decomp::{DecompressError, Decompressor};
 use super::recv::{runs, ChanReader};
 use super::MultifdRecv;
 use crate::channel::Sock;
+use crate::defects::{self, Defect};
 use crate::postcopy::{PlaceError, TmpPage};
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
 use crate::state::{Counters, MultifdChannelStats};
@@ -237,7 +238,19 @@ fn apply(
     p.check_offsets(fmt, b.used_length, at)
         .map_err(|source| ChannelError::Packet { id, source })?;
     let ps = TARGET_PAGE_SIZE as usize;
-    let normal = p.normal_offsets();
+    let shifted: Vec<u64>;
+    let normal = if defects::nth(Defect::MultifdOffsetShift, 3) {
+        // Seeded defect: every page of this packet one page too high.
+        let top = b.used_length - TARGET_PAGE_SIZE;
+        shifted = p
+            .normal_offsets()
+            .iter()
+            .map(|&o| if o < top { o + TARGET_PAGE_SIZE } else { o })
+            .collect();
+        &shifted[..]
+    } else {
+        p.normal_offsets()
+    };
     let want = normal.len() * ps;
     let compressed = !matches!(st.dec, Decompressor::None);
     let decomp_err = |source| ChannelError::Decompress { id, at, source };
@@ -309,7 +322,12 @@ fn apply(
         for &off in normal {
             b.received.set(off / TARGET_PAGE_SIZE);
         }
-        for &off in p.zero_offsets() {
+        // Seeded defect: the packet's zero-page list is dropped.
+        let zeros = match defects::active(Defect::MultifdDropZeroList) {
+            true => &[][..],
+            false => p.zero_offsets(),
+        };
+        for &off in zeros {
             if b.received.set(off / TARGET_PAGE_SIZE) {
                 b.mapping.fill(off as usize, ps, 0);
             }
