@@ -1,10 +1,12 @@
 //! Driving a migration: the primitives of one migration between two VMs
 //! ([`session`]), how the source reaches the destination ([`recorder`]),
 //! the harness's TCP proxy that records or damages what passes ([`proxy`]),
-//! and the verified-migration flow built on them ([`migrate`]).
+//! the verified-migration flow built on them ([`migrate`]) and its
+//! repetition with random postcopy interruptions ([`soak`]).
 
 pub mod console;
 pub mod migrate;
 pub mod proxy;
 pub mod recorder;
 pub mod session;
+pub mod soak;

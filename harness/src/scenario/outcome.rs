@@ -30,6 +30,10 @@ pub struct Outcome {
     pub samples: Vec<Sample>,
     /// Stream scenarios: each destination's verdict and details.
     pub destinations: Vec<Value>,
+    /// Set when this is the second run of a variant whose first run failed
+    /// on a known QEMU bug (`known_bugs.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<super::known_bugs::Retry>,
 }
 
 /// `s` without terminal escape sequences (ANSI colours from log tails: CSI
@@ -107,6 +111,7 @@ mod tests {
             steps: vec![],
             samples: vec![],
             destinations: vec![serde_json::json!({"error": "\u{1b}[33my\u{1b}[0m", "ms": 1})],
+            retry: None,
         };
         o.clean_text();
         assert_eq!(o.error.as_deref(), Some("x"));
