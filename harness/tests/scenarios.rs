@@ -15,7 +15,8 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use harness::scenario::known_bugs::{known_bug, Retry};
+use harness::scenario::known_bugs::known_bug;
+use harness::scenario::outcome::Retry;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 

@@ -5,8 +5,6 @@
 //! on typed facts ([`FirstFailure`]), never on error text. Any other first
 //! failure fails the test at once.
 
-use serde::Serialize;
-
 use super::file::Variant;
 use super::outcome::Outcome;
 use crate::synth::VerdictKind;
@@ -100,16 +98,6 @@ pub const KNOWN_BUGS: &[KnownBug] = &[
 pub fn known_bug(v: &Variant, out: &Outcome) -> Option<&'static KnownBug> {
     let f = FirstFailure::of(v, out);
     KNOWN_BUGS.iter().find(|b| b.matches(&f))
-}
-
-/// A retry, as the test summary and the JSON report list it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Retry {
-    pub variant: String,
-    /// `docs/qemu-bugs.md#<anchor>`.
-    pub known_bug: String,
-    pub first_error: String,
-    pub passed_on_retry: bool,
 }
 
 #[cfg(test)]
