@@ -75,13 +75,13 @@ impl KnownBug {
 /// Every known bug a variant may be retried for.
 pub const KNOWN_BUGS: &[KnownBug] = &[
     KnownBug {
-        anchor: "intermittent-abort-on-advise-after-listen-in-the-package-72221002",
+        anchor: "intermittent-abort-on-advise-after-listen-in-the-package-7222-1002",
         reproducer: "stream-advise-after-listen-in-package",
         versions: &["7.2", "10.0"],
         qemu_dest: VerdictKind::Crashed,
     },
     KnownBug {
-        anchor: "intermittent-abort-after-refusing-a-second-listen-72221002",
+        anchor: "intermittent-abort-after-refusing-a-second-listen-7222-1002",
         reproducer: "stream-listen-twice",
         versions: &["7.2", "10.0"],
         qemu_dest: VerdictKind::Crashed,
