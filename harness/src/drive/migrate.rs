@@ -413,6 +413,7 @@ async fn run(
             && in_postcopy
             && ds == MigrationStatus::PostcopyActive
             && postcopy_since.is_some_and(|t| t.elapsed() >= plan.after)
+            && dest_postcopy_runs(opts, m).await
         {
             async {
                 match plan.how {
@@ -450,6 +451,16 @@ async fn run(
         bail!("postcopy completed after {recoveries} of {} recovery cycles", opts.recover_cuts);
     }
     Ok(RunOut { migration_ms, passes_at_postcopy, recoveries, source_final: sv, dest_final: dv })
+}
+
+/// Whether the destination processed POSTCOPY_RUN, so an interruption now
+/// pauses it: until RUN (device state still loading), QEMU's destination and
+/// rust-dest fail on a lost connection instead (`migration/savevm.c`:
+/// only POSTCOPY_INCOMING_RUNNING is recoverable). rust-dest runs once RUN
+/// is processed (it was `cont`-ed before); a QEMU destination stays paused,
+/// so for it the status alone decides.
+async fn dest_postcopy_runs(opts: &MigrateOpts, m: &Migration) -> bool {
+    opts.dest != DestKind::Rust || matches!(m.dst.qmp.run_state().await, Ok(RunState::Running))
 }
 
 /// Statuses, run states and memory after a completed migration.
