@@ -115,6 +115,34 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         keep_recording: Option<PathBuf>,
     },
+    /// Postcopy cut and recovered again and again at random points (rust-dest destination): counts
+    /// completions, stalls and RAM mismatches; exits 1 on any of them.
+    Soak {
+        /// Number of cycles (verified migrations, each cut and recovered 1-3 times).
+        #[arg(long, default_value_t = 20)]
+        cycles: u32,
+        /// QEMU series the cycles go round, comma-separated.
+        #[arg(long, default_value = "10.0,11.1", value_delimiter = ',')]
+        qemu: Vec<String>,
+        /// postcopy-preempt: both (alternating), on or off.
+        #[arg(long, value_enum, default_value = "both")]
+        preempt: harness::drive::soak::PreemptChoice,
+        /// Seed of the random interruption plans (default: from the clock; printed).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Guest RAM size per cycle.
+        #[arg(long, default_value = "256M", value_parser = parse_size)]
+        mem: u64,
+        /// Seconds a cycle may take until both sides completed (longer = a stall).
+        #[arg(long, default_value_t = 120)]
+        cycle_timeout: u64,
+        /// Start no new cycle after this many minutes.
+        #[arg(long)]
+        minutes: Option<u64>,
+        /// Where the JSON report goes.
+        #[arg(long, default_value = "soak-report.json")]
+        json: PathBuf,
+    },
 }
 
 fn main() {
@@ -188,6 +216,31 @@ async fn run(cli: Cli) -> Result<bool> {
             }
             o.keep_recording = keep_recording;
             run_one(&o, json.as_deref()).await
+        }
+        Cmd::Soak { cycles, qemu, preempt, seed, mem, cycle_timeout, minutes, json } => {
+            let seed = seed.unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+            let o = harness::drive::soak::SoakOpts {
+                cycles,
+                versions: qemu,
+                preempt,
+                seed,
+                mem_bytes: mem,
+                cycle_timeout: Duration::from_secs(cycle_timeout),
+                time_limit: minutes.map(|m| Duration::from_secs(m * 60)),
+                json,
+            };
+            eprintln!(
+                "crossmig soak: {cycles} cycle(s), QEMU {}, preempt {preempt:?}, seed {seed}",
+                o.versions.join(",")
+            );
+            let rep = harness::drive::soak::soak(&o).await?;
+            print!("{}", rep.summary());
+            eprintln!("report written to {}", o.json.display());
+            Ok(rep.clean())
         }
     }
 }

@@ -2,16 +2,27 @@
 //! as one test named `scenario[axis=value,...]`, run through libtest-mimic
 //! (usual filters, `--list`, `--exact`, `--skip`, `--test-threads`).
 //!
-//! A failing variant is run once more; a pass on the retry prints
-//! `FLAKY: ...` with the first error (real QEMU has timing-dependent bugs).
+//! A failing variant is run once more only when its first failure matches a
+//! known QEMU bug (`harness::scenario::known_bugs`, written down in
+//! `docs/qemu-bugs.md` with its reproducer); any other first failure fails
+//! the test. Every retry is printed as `RETRY: ...` when it happens, listed
+//! again after the test summary, and recorded in the variant's JSON report
+//! (`retry`) and in `retries.json`.
 //! Variants that need a QEMU build that is not installed are ignored, except
 //! under CI (`CI=true`), where they fail and say what to install. Variants
 //! needing huge pages the machine cannot provide are ignored, also under CI.
 //! `CROSSMIG_REPORT_DIR=DIR` writes one JSON report per variant.
 
 use std::path::PathBuf;
+use std::sync::Mutex;
+
+use harness::scenario::known_bugs::known_bug;
+use harness::scenario::outcome::Retry;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+/// Every retry of this run, listed after the test summary.
+static RETRIES: Mutex<Vec<Retry>> = Mutex::new(Vec::new());
 
 fn main() {
     let args = Arguments::from_args();
@@ -52,16 +63,25 @@ fn main() {
                         };
                         let mut out = run();
                         if !out.ok {
-                            // One retry: real QEMU has timing-dependent bugs
-                            // (see docs/qemu-versions-verified.md). A pass on
-                            // retry is reported as flaky, never hidden.
-                            let first = out.error.clone().unwrap_or_default();
-                            out = run();
-                            if out.ok {
+                            // Only a known QEMU bug earns a second run.
+                            if let Some(bug) = known_bug(&v, &out) {
+                                let first = out.error.clone().unwrap_or_default();
+                                out = run();
+                                let r = Retry {
+                                    variant: out.name.clone(),
+                                    known_bug: format!("docs/qemu-bugs.md#{}", bug.anchor),
+                                    first_error: first,
+                                    passed_on_retry: out.ok,
+                                };
                                 eprintln!(
-                                    "FLAKY: {} failed once, passed on retry; first error: {first}",
-                                    out.name
+                                    "RETRY: {} (known QEMU bug {}): first error: {}; retry {}",
+                                    r.variant,
+                                    r.known_bug,
+                                    r.first_error,
+                                    if r.passed_on_retry { "passed" } else { "failed" }
                                 );
+                                out.retry = Some(r.clone());
+                                RETRIES.lock().unwrap_or_else(|e| e.into_inner()).push(r);
                             }
                         }
                         if let Some(d) = rd {
@@ -102,5 +122,24 @@ fn main() {
             }
         }
     }
-    libtest_mimic::run(&args, trials).exit();
+    let conclusion = libtest_mimic::run(&args, trials);
+    let retries = std::mem::take(&mut *RETRIES.lock().unwrap_or_else(|e| e.into_inner()));
+    eprintln!("retries: {} (only for known QEMU bugs, docs/qemu-bugs.md)", retries.len());
+    for r in &retries {
+        eprintln!(
+            "  {} -> {}: {} on retry; first error: {}",
+            r.variant,
+            r.known_bug,
+            if r.passed_on_retry { "passed" } else { "failed" },
+            r.first_error.lines().next().unwrap_or("")
+        );
+    }
+    if let Some(d) = report_dir {
+        let _ = std::fs::create_dir_all(&d);
+        let _ = std::fs::write(
+            d.join("retries.json"),
+            serde_json::to_vec_pretty(&retries).unwrap_or_default(),
+        );
+    }
+    conclusion.exit();
 }

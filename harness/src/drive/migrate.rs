@@ -14,7 +14,7 @@ use crate::defects::channel::Shared;
 use crate::defects::mutation::Mutation;
 use crate::drive::recorder::{Recorder, Route};
 use crate::drive::session::{
-    desc_suffix, query_failed, u64_at, Migration, Side, RECOVER_TIMEOUT, SAMPLE_EVERY,
+    desc_suffix, query_failed, u64_at, Migration, Side, WaitExpired, RECOVER_TIMEOUT, SAMPLE_EVERY,
 };
 use crate::images::Workload;
 use crate::qmp::{error_desc, MigrationStatus, RunState};
@@ -42,6 +42,31 @@ impl std::str::FromStr for Mode {
             o => Err(format!("unknown mode {o:?} (expected precopy or postcopy)")),
         }
     }
+}
+
+/// How a recovery cycle interrupts postcopy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Interrupt {
+    /// `migrate-pause` on the source.
+    PauseSource,
+    /// `migrate-pause` on the destination.
+    PauseDest,
+    /// Reset every connection through the harness's proxy ("the network
+    /// breaks"); needs a proxy route (recording, the default into rust-dest).
+    Cut,
+}
+
+/// One planned interruption: how, and how long after postcopy (re)started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Interruption {
+    pub how: Interrupt,
+    #[serde(serialize_with = "ser_ms")]
+    pub after: Duration,
+}
+
+fn ser_ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
 }
 
 /// Everything that defines one migration run.
@@ -73,6 +98,10 @@ pub struct MigrateOpts {
     pub recover_cuts: u32,
     /// Issue `migrate-pause` on the destination instead of the source.
     pub pause_on_dest: bool,
+    /// How (and when) each recovery cycle interrupts postcopy; a cycle
+    /// without an entry here pauses (per `pause_on_dest`) 50 ms into
+    /// postcopy.
+    pub interruptions: Vec<Interruption>,
     /// Postcopy bandwidth cap on the source (bytes/s, 0 = unlimited;
     /// default 64 MiB/s so the postcopy phase lasts long enough for
     /// demand faults). 16 MiB/s while recovery cuts are pending.
@@ -113,6 +142,7 @@ impl MigrateOpts {
             parameters: Value::Null,
             recover_cuts: 0,
             pause_on_dest: false,
+            interruptions: Vec::new(),
             postcopy_bandwidth: if mode == Mode::Postcopy { 64 << 20 } else { 0 },
             record: dest == DestKind::Rust,
             keep_recording: None,
@@ -120,6 +150,16 @@ impl MigrateOpts {
             rust_dest: None,
             dest_env: Vec::new(),
         }
+    }
+}
+
+impl MigrateOpts {
+    /// The interruption of recovery cycle `i` (0-based).
+    pub fn interruption(&self, i: u32) -> Interruption {
+        self.interruptions.get(i as usize).copied().unwrap_or(Interruption {
+            how: if self.pause_on_dest { Interrupt::PauseDest } else { Interrupt::PauseSource },
+            after: Duration::from_millis(50),
+        })
     }
 }
 
@@ -395,14 +435,19 @@ async fn run(
         if in_postcopy && postcopy_since.is_none() {
             postcopy_since = Some(Instant::now());
         }
+        let plan = opts.interruption(recoveries);
         if recoveries < opts.recover_cuts
             && in_postcopy
             && ds == MigrationStatus::PostcopyActive
-            && postcopy_since.is_some_and(|t| t.elapsed() >= Duration::from_millis(50))
+            && postcopy_since.is_some_and(|t| t.elapsed() >= plan.after)
+            && dest_postcopy_runs(opts, m).await
         {
-            let who = if opts.pause_on_dest { Side::Dest } else { Side::Source };
             async {
-                m.pause(who).await?;
+                match plan.how {
+                    Interrupt::PauseSource => m.pause(Side::Source).await?,
+                    Interrupt::PauseDest => m.pause(Side::Dest).await?,
+                    Interrupt::Cut => m.route.cut_now()?,
+                }
                 m.wait_paused(RECOVER_TIMEOUT).await.context("pausing")?;
                 m.recover(None).await
             }
@@ -420,7 +465,8 @@ async fn run(
             break (sv, dv);
         }
         if Instant::now() > deadline {
-            bail!("timed out after {:?}: source {ss}, destination {ds}", opts.timeout);
+            let e = WaitExpired { timeout: opts.timeout, source_status: ss, dest_status: ds };
+            return Err(anyhow::Error::new(e).context("waiting for both sides to complete"));
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
     };
@@ -432,6 +478,16 @@ async fn run(
         bail!("postcopy completed after {recoveries} of {} recovery cycles", opts.recover_cuts);
     }
     Ok(RunOut { migration_ms, passes_at_postcopy, recoveries, source_final: sv, dest_final: dv })
+}
+
+/// Whether the destination processed POSTCOPY_RUN, so an interruption now
+/// pauses it: until RUN (device state still loading), QEMU's destination and
+/// rust-dest fail on a lost connection instead (`migration/savevm.c`:
+/// only POSTCOPY_INCOMING_RUNNING is recoverable). rust-dest runs once RUN
+/// is processed (it was `cont`-ed before); a QEMU destination stays paused,
+/// so for it the status alone decides.
+async fn dest_postcopy_runs(opts: &MigrateOpts, m: &Migration) -> bool {
+    opts.dest != DestKind::Rust || matches!(m.dst.qmp.run_state().await, Ok(RunState::Running))
 }
 
 /// Statuses, run states and memory after a completed migration.

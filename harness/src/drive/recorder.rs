@@ -175,6 +175,33 @@ impl Route {
         }
     }
 
+    /// Reset every open connection of the current proxy now ("the network
+    /// breaks"); later connections are forwarded normally.
+    pub fn cut_now(&self) -> Result<()> {
+        match self {
+            Route::Direct => {
+                anyhow::bail!("cannot cut a direct connection (no proxy in the route)")
+            }
+            Route::Record(r) => match r.proxies.last() {
+                Some(p) => {
+                    p.cut_now();
+                    Ok(())
+                }
+                None => anyhow::bail!("no connection to cut yet"),
+            },
+            Route::Proxy { handle, .. } => match handle {
+                Some(h) => {
+                    h.cut_now();
+                    Ok(())
+                }
+                None => anyhow::bail!("no connection to cut yet"),
+            },
+            Route::Mutate { .. } => {
+                anyhow::bail!("cannot cut a defect proxy's connection (a seeded defect run)")
+            }
+        }
+    }
+
     /// The handle of the current fault proxy, if any.
     pub fn proxy_handle(&self) -> Option<&ProxyHandle> {
         match self {

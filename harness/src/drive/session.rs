@@ -78,6 +78,17 @@ impl RecoverFault {
     }
 }
 
+/// A bounded wait on both sides' statuses expired: the migration stalled
+/// (neither reached what was awaited nor failed). Typed so that callers
+/// (`crossmig soak`, the suite's retry rule) tell a stall from a failure.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("timed out after {timeout:?}: source {source_status}, destination {dest_status}")]
+pub struct WaitExpired {
+    pub timeout: Duration,
+    pub source_status: MigrationStatus,
+    pub dest_status: MigrationStatus,
+}
+
 /// What ended a [`Migration::wait_until`].
 #[derive(Clone, Debug)]
 pub enum WaitDone {
@@ -392,7 +403,7 @@ impl Migration {
                 }
             }
             if Instant::now() > deadline {
-                bail!("timed out after {timeout:?}: source {ss}, destination {ds}");
+                return Err(WaitExpired { timeout, source_status: ss, dest_status: ds }.into());
             }
             tokio::time::sleep(SAMPLE_EVERY).await;
         }

@@ -17,6 +17,7 @@ pub mod cases;
 pub mod exec;
 pub mod expect;
 pub mod file;
+pub mod known_bugs;
 pub mod migration;
 pub mod outcome;
 pub mod qemu;

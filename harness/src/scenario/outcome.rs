@@ -17,6 +17,17 @@ pub struct StepResult {
     pub detail: String,
 }
 
+/// A retry (of a variant whose first run failed on a known QEMU bug,
+/// `known_bugs.rs`), as the test summary and the JSON report list it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Retry {
+    pub variant: String,
+    /// `docs/qemu-bugs.md#<anchor>`.
+    pub known_bug: String,
+    pub first_error: String,
+    pub passed_on_retry: bool,
+}
+
 /// The result of one variant.
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
@@ -30,6 +41,10 @@ pub struct Outcome {
     pub samples: Vec<Sample>,
     /// Stream scenarios: each destination's verdict and details.
     pub destinations: Vec<Value>,
+    /// Set when this is the second run of a variant whose first run failed
+    /// on a known QEMU bug (`known_bugs.rs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
 }
 
 /// `s` without terminal escape sequences (ANSI colours from log tails: CSI
@@ -107,6 +122,7 @@ mod tests {
             steps: vec![],
             samples: vec![],
             destinations: vec![serde_json::json!({"error": "\u{1b}[33my\u{1b}[0m", "ms": 1})],
+            retry: None,
         };
         o.clean_text();
         assert_eq!(o.error.as_deref(), Some("x"));

@@ -22,6 +22,7 @@ pub async fn run_variant(v: &Variant) -> Outcome {
         steps: vec![],
         samples: vec![],
         destinations: vec![],
+        retry: None,
     };
     let res = tokio::time::timeout(limit, async {
         match &v.spec.body {

@@ -214,6 +214,7 @@ mod tests {
             steps: vec![],
             samples: vec![],
             destinations: vec![],
+            retry: None,
         }
     }
 

@@ -16,6 +16,21 @@ use crate::state::{Capability, Shared};
 /// is taken for the (possibly silent) postcopy-preempt channel.
 pub const CLASSIFY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the main channel may stay silent while postcopy places pages
+/// before the destination pauses (`postcopy-paused`, error-desc naming the
+/// silence): a source in postcopy sends until EOF without pause, so silence
+/// this long means the connection is lost without an error.
+pub const POSTCOPY_SILENCE_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long a return-path write may block (the source does not read its
+/// return path) before it fails; a failed write pauses a postcopy.
+pub const RP_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a pause waits for the preempt reader to stop (QEMU's
+/// `postcopy_pause_incoming()` shuts the preempt channel and waits for its
+/// thread before reporting `postcopy-paused`).
+pub const PREEMPT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What runs on the channels a session classifies (the loader implements
 /// it; the session never calls the loader directly).
 pub trait Incoming: Send + Sync + 'static {
@@ -57,6 +72,12 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.set_read_timeout(d),
             Sock::Unix(s) => s.set_read_timeout(d),
+        }
+    }
+    pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.set_write_timeout(d),
+            Sock::Unix(s) => s.set_write_timeout(d),
         }
     }
     pub fn shutdown(&self) {
@@ -106,6 +127,10 @@ struct St {
     /// A shutdown handle for the current main channel (migrate-pause).
     main_sock: Option<Sock>,
     preempt_active: bool,
+    /// The current preempt channel: its number and a shutdown handle.
+    preempt: Option<(u64, Sock)>,
+    /// Preempt channels started so far.
+    preempt_started: u64,
     /// Multifd channels classified so far.
     multifd_seen: u32,
     /// Connections of a multifd migration still being classified.
@@ -206,7 +231,14 @@ impl Session {
             tracing::info!("recovery connection accepted as the new main channel");
             g.recovery = Some(sock);
             self.cv.notify_all();
-        } else if self.shared.has(Capability::PostcopyPreempt) && !g.preempt_active {
+        } else if self.shared.has(Capability::PostcopyPreempt) {
+            if let Some((_, old)) = g.preempt.take() {
+                // A new preempt channel (after a recovery) replaces one whose
+                // reader has not noticed its end yet: never leave the new one
+                // unread (the source would block writing to it).
+                tracing::warn!("new postcopy-preempt channel replaces the previous one");
+                old.shutdown();
+            }
             drop(g);
             self.start_preempt(sock, Box::new(io::empty()));
         } else {
@@ -317,7 +349,10 @@ impl Session {
     /// Start the main channel on `sock`, reading `prefix` first.
     fn start_main(self: &Arc<Session>, sock: Sock, prefix: Box<dyn Read + Send>) {
         let (w, h) = match (sock.try_clone(), sock.try_clone()) {
-            (Ok(w), Ok(h)) => (w, h),
+            (Ok(w), Ok(h)) => {
+                let _ = w.set_write_timeout(Some(RP_WRITE_TIMEOUT));
+                (w, h)
+            }
             (Err(e), _) | (_, Err(e)) => {
                 self.shared.fail(format!("cannot clone the main channel socket: {e}"));
                 return;
@@ -336,13 +371,60 @@ impl Session {
     }
 
     fn start_preempt(self: &Arc<Session>, sock: Sock, prefix: Box<dyn Read + Send>) {
-        self.lock().preempt_active = true;
+        let n = {
+            let mut g = self.lock();
+            g.preempt_active = true;
+            g.preempt_started += 1;
+            let n = g.preempt_started;
+            g.preempt = sock.try_clone().ok().map(|h| (n, h));
+            n
+        };
         tracing::info!("postcopy-preempt channel connected");
         let me = self.clone();
         let r: Box<dyn Read + Send> = Box::new(prefix.chain(sock));
-        let _ = std::thread::Builder::new()
-            .name("incoming-preempt".into())
-            .spawn(move || me.incoming.clone().preempt_channel(me, r));
+        let _ = std::thread::Builder::new().name("incoming-preempt".into()).spawn(move || {
+            me.incoming.clone().preempt_channel(me.clone(), r);
+            me.preempt_ended(n);
+        });
+    }
+
+    /// Preempt channel `n`'s reader returned.
+    fn preempt_ended(&self, n: u64) {
+        let mut g = self.lock();
+        if g.preempt_started == n {
+            g.preempt_active = false;
+        }
+        if g.preempt.as_ref().is_some_and(|(k, _)| *k == n) {
+            g.preempt = None;
+        }
+        self.cv.notify_all();
+    }
+
+    /// Shut the preempt channel down and wait (at most `timeout`) until its
+    /// reader stopped, so that no page of the interrupted connection is
+    /// placed after the pause (the received bitmap sent at recovery must
+    /// be final). False when the reader did not stop in time.
+    pub fn stop_preempt(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self.lock();
+        if let Some((_, s)) = &g.preempt {
+            s.shutdown();
+        }
+        while g.preempt_active {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self.cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+
+    /// Bound reads of the current main channel (`None`: block).
+    pub fn set_main_read_timeout(&self, d: Option<Duration>) {
+        if let Some(s) = &self.lock().main_sock {
+            let _ = s.set_read_timeout(d);
+        }
     }
 
     /// A stream from a file (`file:PATH[,offset=N]`, `file:/dev/fdset/N`):
@@ -429,10 +511,6 @@ impl Session {
             .spawn(move || me.incoming.clone().main_channel(me, r, w));
     }
 
-    pub fn preempt_closed(&self) {
-        self.lock().preempt_active = false;
-    }
-
     /// Enter postcopy-paused: forget the old main channel, accept the next
     /// connection as the recovery main channel.
     pub fn begin_pause(&self) {
@@ -474,3 +552,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod recovery_tests;

@@ -252,6 +252,10 @@ impl Loader {
         self.slot.set(Some(rt.clone()));
         self.postcopy = Some(rt);
         self.placing = true;
+        // From now on a silent main channel is a lost connection (pause).
+        if let Some(s) = &self.session {
+            s.set_main_read_timeout(Some(crate::channel::session::POSTCOPY_SILENCE_LIMIT));
+        }
         Ok(())
     }
 

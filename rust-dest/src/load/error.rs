@@ -30,6 +30,10 @@ pub enum LoadError {
     /// The main channel closed inside a RAM section while postcopy places pages.
     #[error("main channel closed by the source during postcopy inside section 'ram' (id {section_id}) at byte offset {at}")]
     ClosedDuringPostcopyRam { at: u64, section_id: u32 },
+    /// No byte on the main channel for the silence limit while postcopy
+    /// places pages (`channel::session::POSTCOPY_SILENCE_LIMIT`).
+    #[error("main channel silent for {secs} s during postcopy at byte offset {at}: connection presumed lost")]
+    Silent { at: u64, secs: u64 },
     /// Reading the main channel failed.
     #[error("read error on the main channel at byte offset {at}: {source}")]
     Io { at: u64, source: io::Error },
@@ -122,6 +126,7 @@ impl LoadError {
             | LoadError::ClosedDuringPostcopy { at, .. }
             | LoadError::ClosedDuringPostcopyRam { at, .. }
             | LoadError::Io { at, .. }
+            | LoadError::Silent { at, .. }
             | LoadError::Postcopy { at, .. }
             | LoadError::Userfaultfd { at, .. }
             | LoadError::Ram { at, .. }

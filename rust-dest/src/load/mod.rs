@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 
 use crate::catalogue::DeviceCheck;
+use crate::channel::session::{POSTCOPY_SILENCE_LIMIT, PREEMPT_STOP_TIMEOUT, RP_WRITE_TIMEOUT};
 use crate::channel::{Incoming, ReadError, Reader, ReturnPath, Session, Sock};
 use crate::compat::QemuVersion;
 use crate::defects::{self, Defect};
@@ -154,8 +155,8 @@ impl Incoming for Dest {
     }
 
     fn preempt_channel(&self, session: Arc<Session>, r: Box<dyn Read + Send>) {
+        // The session notes the end (`Session::start_preempt`).
         preempt::run(&session.shared, &self.slot, r);
-        session.preempt_closed();
     }
 
     fn multifd_channel(&self, session: Arc<Session>, r: Box<dyn Read + Send>, sock: Sock) {
@@ -324,7 +325,10 @@ impl Loader {
                         break;
                     };
                     let wr = match sock.try_clone() {
-                        Ok(wr) => wr,
+                        Ok(wr) => {
+                            let _ = wr.set_write_timeout(Some(RP_WRITE_TIMEOUT));
+                            wr
+                        }
                         Err(io) => {
                             self.fail(format!("recovery channel: {io}"));
                             outcome = Err(e);
@@ -338,6 +342,9 @@ impl Loader {
                     // recovery channel (no OPEN_RETURN_PATH command).
                     self.open_rp();
                     w.resume_headerless();
+                    if let Some(s) = &self.session {
+                        s.set_main_read_timeout(Some(POSTCOPY_SILENCE_LIMIT));
+                    }
                 }
                 Err(e) => {
                     self.fail(e.to_string());
@@ -384,6 +391,13 @@ impl Loader {
             pc.set_rp(None);
         }
         if let Some(s) = &self.session {
+            // Like QEMU's `postcopy_pause_incoming()`: the preempt channel
+            // goes too, and its reader stops before `postcopy-paused`.
+            if !s.stop_preempt(PREEMPT_STOP_TIMEOUT) {
+                tracing::warn!(
+                    "postcopy-preempt reader still running {PREEMPT_STOP_TIMEOUT:?} after the pause"
+                );
+            }
             s.begin_pause();
         }
         self.shared.set_status(MigStatus::PostcopyPaused);
@@ -455,6 +469,15 @@ impl Loader {
             Stop::Read(e) => e,
         };
         match e {
+            ReadError::Io { at, source }
+                if self.placing
+                    && matches!(
+                        source.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+            {
+                LoadError::Silent { at, secs: POSTCOPY_SILENCE_LIMIT.as_secs() }
+            }
             ReadError::Io { at, source } => LoadError::Io { at, source },
             ReadError::Truncated { at, needed, empty, mode } => match mode {
                 Mode::Header { expect_cfg } => self.header_truncated(r, expect_cfg, at, needed),

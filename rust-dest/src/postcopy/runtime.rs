@@ -410,7 +410,15 @@ fn handle_fault(inner: &Inner, addr: usize) {
     let rp = inner.rp.lock().unwrap().clone();
     if let Some(rp) = &rp {
         if let Err(e) = rp.send(&msg) {
-            tracing::warn!("return path: page request failed: {e}");
+            // The request stays outstanding (re-sent after a recovery). A
+            // return path that cannot be written (closed, or blocked for
+            // `RP_WRITE_TIMEOUT`) is a lost connection: pause, as a read
+            // error on the main channel would, rather than leave the
+            // faulting reader waiting on a request never sent.
+            tracing::warn!("return path: page request failed: {e}; pausing");
+            if let Err(p) = inner.shared.pause() {
+                tracing::warn!("cannot pause after the failed page request: {p}");
+            }
         } else {
             Counters::add(&c.page_requests, 1);
         }
@@ -444,10 +452,14 @@ fn resolve_present_or_zero(inner: &Inner, b: &RamBlock, off: u64) {
         Ok(false) => {
             let _ = b.mapping.uffd_wake(&inner.uffd, off as usize, len);
         }
+        Err(_) if inner.stop.load(Ordering::Acquire) => {
+            // Postcopy ended while this fault was queued: RAM is no longer
+            // registered (ENOENT), and unregistering woke the reader.
+        }
         Err(e) => {
-            // Seen once after a recovery (ENOENT). Wake the faulting thread so
-            // it retries the access rather than waiting for ever.
-            tracing::warn!(
+            // Not registered any more without the runtime stopping cannot
+            // happen; wake the reader so it retries rather than waits.
+            tracing::error!(
                 "resolving fault at {off:#x} of {:?}: {e}; waking the faulting thread",
                 b.name
             );
