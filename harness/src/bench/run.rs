@@ -84,10 +84,7 @@ async fn tcp_inner(
         .context("starting the source")?;
     rec.set(&ov("src_start_ms"), ms(src.startup));
     let t = Instant::now();
-    let marker = match sc.workload {
-        Workload::Sweep => 'B',
-        Workload::Fill => 'F',
-    };
+    let marker = sc.workload.ready_marker();
     src.wait_serial(|s| s.contains(marker), Duration::from_secs(300))
         .await
         .context("waiting for the guest")?;
