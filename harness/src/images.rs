@@ -93,6 +93,29 @@ impl Workload {
         }
     }
 
+    /// rust-dest arguments that make its simulated vCPUs touch RAM the way
+    /// this guest does (`--vcpu-pattern`, `--vcpu-range`), so that rust-dest
+    /// and QEMU's destination, which runs the migrated guest, fault in the
+    /// same order. Nothing when `extra` already chooses a pattern.
+    pub fn rust_vcpu_args(self, ram_bytes: u64, extra: &[String]) -> Vec<String> {
+        if extra.iter().any(|a| a == "--vcpu-pattern") {
+            return Vec::new();
+        }
+        let (start, end) = self.touched_range(ram_bytes);
+        let pattern = match self {
+            Workload::Sweep => "sweep",
+            Workload::Random => "random",
+            // The fill guest idles once written: nothing touches RAM.
+            Workload::Fill => return vec!["--vcpu-pattern".into(), "none".into()],
+        };
+        vec![
+            "--vcpu-pattern".into(),
+            pattern.into(),
+            "--vcpu-range".into(),
+            format!("{start:#x}-{end:#x}"),
+        ]
+    }
+
     /// Guest-physical range `[start, end)` the workload touches in a guest
     /// with `ram_bytes` of RAM (q35).
     pub fn touched_range(self, ram_bytes: u64) -> (u64, u64) {

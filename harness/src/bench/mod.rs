@@ -33,6 +33,7 @@ mod ingest;
 mod memcpy;
 mod metrics;
 mod poller;
+mod postcopy;
 mod probe;
 mod report;
 mod run;
@@ -119,7 +120,6 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
         tmp.path().to_path_buf()
     };
     let ctx = Ctx {
-        rust_vcpu_pattern: cfg.rust_vcpu_pattern.clone(),
         qemu: qemu.clone(),
         rust_dest: rust_dest.clone(),
         machine: cfg.machine.clone(),
@@ -161,46 +161,31 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
 
     let mut tcp: Vec<TcpScenario> = Vec::new();
     if cfg.has(Part::Precopy) {
-        tcp.push(TcpScenario {
-            name: "precopy",
-            postcopy: false,
-            workload: Workload::Fill,
-            mem: cfg.mem_bytes,
-            multifd: None,
-        });
+        tcp.push(TcpScenario::precopy("precopy", Workload::Fill, cfg.mem_bytes));
     }
     if cfg.has(Part::Postcopy) {
-        tcp.push(TcpScenario {
-            name: "postcopy",
-            postcopy: true,
-            workload: Workload::Sweep,
-            mem: cfg.postcopy_mem_bytes,
-            multifd: None,
-        });
+        for pc in postcopy::selected(cfg.postcopy_matrix) {
+            tcp.push(TcpScenario {
+                postcopy: true,
+                preempt: pc.preempt,
+                capped: pc.capped,
+                ..TcpScenario::precopy(pc.name, pc.workload, cfg.postcopy_mem_bytes)
+            });
+        }
     }
     if cfg.has(Part::Multifd) {
         // A stopped fill guest of --mem, like precopy (2 GiB by default, as
         // issue 11 asks; 1 GiB with --quick).
-        let mem = cfg.mem_bytes;
         for (name, comp) in MULTIFD_SCENARIOS {
             tcp.push(TcpScenario {
-                name,
-                postcopy: false,
-                workload: Workload::Fill,
-                mem,
                 multifd: Some(comp),
+                ..TcpScenario::precopy(name, Workload::Fill, cfg.mem_bytes)
             });
         }
     }
     if cfg.has(Part::Overhead) && tcp.is_empty() {
         // Overhead alone: a minimal scenario (stopped sweep guest, precopy).
-        tcp.push(TcpScenario {
-            name: "minimal",
-            postcopy: false,
-            workload: Workload::Sweep,
-            mem: cfg.mem_bytes,
-            multifd: None,
-        });
+        tcp.push(TcpScenario::precopy("minimal", Workload::Sweep, cfg.mem_bytes));
     }
     for sc in &tcp {
         overhead_scenarios.push(sc.name);
@@ -265,13 +250,16 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
     let metrics = summarize(&defs, &runs, cfg.reps);
     let mut hists = BTreeMap::new();
     if cfg.has(Part::Postcopy) {
-        for side in sides {
-            let all: Vec<u64> = runs
-                .iter()
-                .filter(|r| r.scenario == "postcopy" && r.side == side)
-                .flat_map(|r| r.latencies_us.iter().copied())
-                .collect();
-            hists.insert(side.name().to_string(), histogram(&all));
+        // One histogram per scenario and side: never two patterns together.
+        for pc in postcopy::selected(cfg.postcopy_matrix) {
+            for side in sides {
+                let all: Vec<u64> = runs
+                    .iter()
+                    .filter(|r| r.scenario == pc.name && r.side == side)
+                    .flat_map(|r| r.latencies_us.iter().copied())
+                    .collect();
+                hists.insert(format!("{}/{}", pc.name, side.name()), histogram(&all));
+            }
         }
     }
     let ok = runs.iter().all(|r| r.ok) && !runs.is_empty();

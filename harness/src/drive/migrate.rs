@@ -227,6 +227,10 @@ pub async fn migrate(
     let mut dcfg = VmConfig::new(&format!("dst-{}", opts.dest.name()), opts.mem_bytes);
     dcfg.machine = opts.machine.clone();
     dcfg.extra = opts.dest_extra.clone();
+    if opts.dest == DestKind::Rust {
+        let vcpu = opts.workload.rust_vcpu_args(opts.mem_bytes, &dcfg.extra);
+        dcfg.extra.extend(vcpu);
+    }
     if opts.dest == DestKind::Rust
         && opts.recover_cuts > 0
         && !dcfg.extra.iter().any(|a| a == "--vcpu-rate")
