@@ -57,10 +57,11 @@ pub struct BenchArgs {
     /// Output directory (bench.json, bench.html).
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
-    /// QEMU binary for the sources and the QEMU destination
-    /// (default: $CROSSMIG_QEMU or qemu-system-x86_64 on PATH).
+    /// QEMU for the sources and the QEMU destination: a provisioned version
+    /// (e.g. 11.1, whose destination reports its own postcopy latency) or a
+    /// binary path (default: $CROSSMIG_QEMU or qemu-system-x86_64 on PATH).
     #[arg(long)]
-    pub qemu: Option<PathBuf>,
+    pub qemu: Option<String>,
     /// rust-dest binary (default: $CROSSMIG_RUST_DEST, else next to this
     /// executable). Use a release build for meaningful numbers.
     #[arg(long)]

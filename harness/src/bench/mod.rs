@@ -49,7 +49,6 @@ use serde_json::json;
 
 use crate::images::Workload;
 use crate::vm::dest::{rust_dest_binary, DestKind};
-use crate::vm::qemu::QemuBinary;
 
 pub use args::{parse_args, BenchArgs, BenchConfig, Part};
 pub use host::{proc_cpu_seconds, proc_mem, ProcMem};
@@ -84,10 +83,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
     let mut host = host_info();
     let started_unix =
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let qemu = match &args.qemu {
-        Some(p) => QemuBinary::new(p),
-        None => QemuBinary::system()?,
-    };
+    let qemu = crate::scenario::qemu::resolve_qemu(args.qemu.as_deref())?;
     let rust_dest = match &args.rust_dest {
         Some(p) => p.clone(),
         None => rust_dest_binary()?,
@@ -261,6 +257,29 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
                 hists.insert(format!("{}/{}", pc.name, side.name()), histogram(&all));
             }
         }
+    }
+    // Another process competing for the CPU makes timings meaningless.
+    let competed: Vec<String> = runs
+        .iter()
+        .filter_map(|r| {
+            let f = r.details.get("foreign_cpu_s")?.as_f64()?;
+            let wall = r.details.get("measured_wall_s")?.as_f64()?;
+            (f > 0.1 * wall.max(0.1)).then(|| {
+                format!(
+                    "{} rep {} {} ({f:.2} s in {wall:.2} s)",
+                    r.scenario,
+                    r.rep + 1,
+                    r.side.name()
+                )
+            })
+        })
+        .collect();
+    if !competed.is_empty() {
+        warnings.push(format!(
+            "other processes used the CPU during {} run(s) (more than 10% of a core): {}; their figures are not trustworthy",
+            competed.len(),
+            competed.join(", ")
+        ));
     }
     let ok = runs.iter().all(|r| r.ok) && !runs.is_empty();
     host["loadavg_end"] = json!(loadavg());

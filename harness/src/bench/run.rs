@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use wire::units::TARGET_PAGE_SIZE;
 
 use super::ctx::{launch, Ctx, UNLIMITED_BW};
-use super::host::{proc_cpu_seconds, proc_mem};
+use super::host::{proc_cpu_seconds, proc_mem, ForeignCpu};
 use super::metrics::{percentiles, RunRecord};
 use super::poller::Poller;
 use super::postcopy::{record_own_figures, POSTCOPY_CAP};
@@ -192,6 +192,7 @@ async fn tcp_inner(
     let (dst_pid, src_pid) = (m.dst.pid(), m.src.pid());
     let cpu0 = proc_cpu_seconds(dst_pid);
     let src_cpu0 = proc_cpu_seconds(src_pid);
+    let foreign = ForeignCpu::start(&[dst_pid, src_pid]);
     let t0 = Instant::now();
     rec.set(&ov("to_migration_ms"), ms(t0 - t_scn));
     m.start(&format!("tcp:127.0.0.1:{port}")).await?;
@@ -205,6 +206,10 @@ async fn tcp_inner(
     let (peak_nonshmem_kib, dst_done_poll) =
         (peak_nonshmem_kib.into_inner()?, dst_done_poll.into_inner()?);
     let (pc_seen, pc_pages_before) = (pc_seen.into_inner()?, pc_pages_before.into_inner()?);
+    if let Some(f) = foreign.end() {
+        rec.detail("foreign_cpu_s", json!(f));
+        rec.detail("measured_wall_s", json!(t0.elapsed().as_secs_f64()));
+    }
     let cpu1 = proc_cpu_seconds(dst_pid);
     let src_cpu1 = proc_cpu_seconds(src_pid);
     let pm = proc_mem(dst_pid).unwrap_or_default();
