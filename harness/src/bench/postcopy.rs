@@ -195,6 +195,7 @@ pub(super) fn record_own_figures(rec: &mut RunRecord, p: &str, dv: &Value) {
     }
     if let Some(d) = dv.get("postcopy-latency-dist").and_then(Value::as_array) {
         let dist: Vec<u64> = d.iter().filter_map(Value::as_u64).collect();
+        rec.set(&format!("{p}.remote_faults"), dist.iter().sum::<u64>() as f64);
         for (k, q) in [("latency_dist_p50_us", 50), ("latency_dist_p99_us", 99)] {
             if let Some(v) = dist_percentile_us(&dist, q) {
                 rec.set(&format!("{p}.{k}"), v);
