@@ -1,9 +1,10 @@
 //! Build the crossmig test guests from `images/guest.S`.
 //!
-//! The boot sector is assembled twice (MODE=0 -> sweep.img, MODE=1 ->
-//! fill.img) with GNU binutils, padded to a 1 MiB raw disk image and the
-//! absolute paths are exported to the crate as `CROSSMIG_SWEEP_IMG` and
-//! `CROSSMIG_FILL_IMG` (read with `env!` in `src/images.rs`).
+//! The boot sector is assembled three times (MODE=0 -> sweep.img, MODE=1 ->
+//! fill.img, MODE=2 -> random.img) with GNU binutils, padded to a 1 MiB raw
+//! disk image and the absolute paths are exported to the crate as
+//! `CROSSMIG_SWEEP_IMG`, `CROSSMIG_FILL_IMG` and `CROSSMIG_RANDOM_IMG` (read
+//! with `env!` in `src/images.rs`).
 //!
 //! Tools can be overridden with the env vars `CROSSMIG_AS`, `CROSSMIG_LD`
 //! and `CROSSMIG_OBJCOPY`.
@@ -106,7 +107,9 @@ fn main() {
 
     let sweep = build_image(&src, &out_dir, "sweep", 0);
     let fill = build_image(&src, &out_dir, "fill", 1);
+    let random = build_image(&src, &out_dir, "random", 2);
 
     println!("cargo:rustc-env=CROSSMIG_SWEEP_IMG={}", sweep.display());
     println!("cargo:rustc-env=CROSSMIG_FILL_IMG={}", fill.display());
+    println!("cargo:rustc-env=CROSSMIG_RANDOM_IMG={}", random.display());
 }

@@ -4,6 +4,7 @@
 #
 #   as --32 --defsym MODE=0 -o sweep.o guest.S     # "sweep" workload
 #   as --32 --defsym MODE=1 -o fill.o  guest.S     # "fill"  workload
+#   as --32 --defsym MODE=2 -o random.o guest.S    # "random" workload
 #   ld -m elf_i386 -Ttext=0x7c00 -e _start -o x.elf x.o
 #   objcopy -O binary -j .text x.elf x.bin         # exactly 512 bytes
 #
@@ -15,10 +16,10 @@
 # Written from scratch for crossmig; no third-party code.
 
         .ifndef MODE
-        .error "assemble with --defsym MODE=0 (sweep) or --defsym MODE=1 (fill)"
+        .error "assemble with --defsym MODE=0 (sweep), 1 (fill) or 2 (random)"
         .endif
-        .if (MODE != 0) && (MODE != 1)
-        .error "MODE must be 0 (sweep) or 1 (fill)"
+        .if (MODE != 0) && (MODE != 1) && (MODE != 2)
+        .error "MODE must be 0 (sweep), 1 (fill) or 2 (random)"
         .endif
 
         .set COM1,          0x3f8
@@ -32,6 +33,9 @@
         .set PAGE,          4096
         .set PASSES_PER_B,  64              # power of two (mask below)
         .set FILL_SEED,     0x2545f491      # xorshift32 state before 1st step
+        .set RAND_A,        1664525         # LCG multiplier (= 1 mod 4)
+        .set RAND_C,        1013904223      # LCG increment (odd)
+        .set DELAY_OFFSET,  496             # sector offset of the delay word
         .set INFO_ADDR,     0x500           # info block (free BDA-adjacent RAM)
         .set STACK_TOP,     0x7c00
 
@@ -141,6 +145,50 @@ sweep_page:
         movb    $'B', %al
         call    putc
         jmp     sweep_pass
+.elseif MODE == 2
+# ----------------------------------------------------------- MODE 2: random
+        # Every page of [1 MiB, top) once per pass, in the order of a
+        # full-period LCG x -> (A*x + C) mod 2^k over the page indices
+        # (2^k = pages rounded up to a power of two; indices >= pages are
+        # skipped). The order is the same every pass.
+        movl    %esi, INFO_ADDR + 12    # END = top of low RAM
+        movl    $LOW_START, %edi
+2:      movb    $0, (%edi)
+        addl    $PAGE, %edi
+        cmpl    %esi, %edi
+        jb      2b
+        subl    $LOW_START, %esi
+        shrl    $12, %esi               # %esi = pages
+        movl    $1, %ebx
+3:      cmpl    %esi, %ebx
+        jae     4f
+        shll    $1, %ebx
+        jmp     3b
+4:      decl    %ebx                    # %ebx = 2^k - 1
+        movb    $'A', %al
+        call    putc
+        xorl    %edi, %edi              # x, the LCG state
+        xorl    %ebp, %ebp              # steps done in this pass
+rand_step:
+        imull   $RAND_A, %edi, %edi
+        addl    $RAND_C, %edi
+        andl    %ebx, %edi
+        cmpl    %esi, %edi
+        jae     5f
+        movl    %edi, %eax
+        shll    $12, %eax
+        incb    LOW_START(%eax)
+        movl    rand_delay, %ecx        # busy-wait iterations per touch
+        jecxz   5f
+6:      loop    6b
+5:      cmpl    %ebx, %ebp
+        je      7f
+        incl    %ebp
+        jmp     rand_step
+7:      xorl    %ebp, %ebp              # 2^k steps: one pass, back at x = 0
+        movb    $'B', %al
+        call    putc
+        jmp     rand_step
 .else
 # ------------------------------------------------------------- MODE 1: fill
         movl    %esi, INFO_ADDR + 12
@@ -204,6 +252,11 @@ gdt_end:
 gdt_ptr:
         .word   gdt_end - gdt - 1
         .long   gdt
+
+# ------------------------------------------- random: patchable delay word
+        .org    DELAY_OFFSET
+rand_delay:
+        .long   0                       # the harness may patch this
 
 # ------------------------------------------------------- boot signature
         .org    510

@@ -16,18 +16,22 @@ const REQUIRED: &[&str] = &[
     "precopy.throughput_mib_s",
     "precopy.dest_cpu_s",
     "precopy.dest_rss_beyond_mib",
-    "postcopy.fault_p50_us",
-    "postcopy.fault_p99_us",
-    "postcopy.fault_max_us",
-    "postcopy.pages_per_s",
-    "postcopy.postcopy_ms",
+    "postcopy_sweep.fault_p50_us",
+    "postcopy_sweep.fault_p99_us",
+    "postcopy_sweep.fault_max_us",
+    "postcopy_sweep.pages_per_s",
+    "postcopy_sweep.postcopy_ms",
+    "postcopy_random.fault_p50_us",
+    "postcopy_random.pages_per_s",
+    "postcopy_random.postcopy_ms",
     "ingest.gb_s",
     "ingest.startup_ms",
     "ingest.e2e_ms",
     "overhead.precopy.to_migration_ms",
     "overhead.precopy.guest_boot_ms",
     "overhead.precopy.total_ms",
-    "overhead.postcopy.total_ms",
+    "overhead.postcopy_sweep.total_ms",
+    "overhead.postcopy_random.total_ms",
     "multifd_none.migration_ms",
     "multifd_none.dest_cpu_s",
     "multifd_none.dest_rss_beyond_mib",
@@ -50,6 +54,10 @@ fn leftovers(pid: u32) -> Vec<String> {
         }
     }
     out
+}
+
+fn metrics_of<'a>(j: &'a Value, key: &str) -> &'a Value {
+    j["metrics"].as_array().unwrap().iter().find(|m| m["key"] == key).unwrap_or(&Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +113,9 @@ async fn bench_quick_smoke() {
         // The multifd part's scenarios are multifd_<compression>.
         let first = it.next().unwrap().split('_').next().unwrap();
         // overhead.<scenario>.<phase> needs both the overhead part and the scenario.
-        parts.contains(&first) && (first != "overhead" || parts.contains(&it.next().unwrap()))
+        let scenario_part = |s: &str| s.split('_').next().unwrap().to_string();
+        parts.contains(&first)
+            && (first != "overhead" || parts.contains(&scenario_part(it.next().unwrap()).as_str()))
     };
     let metrics = j["metrics"].as_array().unwrap();
     for key in REQUIRED.iter().filter(|k| wanted(k)) {
@@ -121,14 +131,23 @@ async fn bench_quick_smoke() {
     }
     // Histograms and plots for both destinations; memcpy reference.
     if parts.contains(&"postcopy") {
-        for side in ["rust", "qemu"] {
-            let h = &j["latency_histograms"][side];
-            assert!(h["total"].as_u64().unwrap_or(0) > 0, "no per-fault latencies for {side}: {h}");
-            assert!(
-                html.contains(&format!("id=\"hist-{side}\"")),
-                "no histogram for {side} in bench.html"
-            );
+        // One histogram per scenario and side (never two patterns in one).
+        for sc in ["postcopy_sweep", "postcopy_random"] {
+            for side in ["rust", "qemu"] {
+                let h = &j["latency_histograms"][format!("{sc}/{side}")];
+                assert!(
+                    h["total"].as_u64().unwrap_or(0) > 0,
+                    "no per-fault latencies for {sc} {side}: {h}"
+                );
+                assert!(
+                    html.contains(&format!("id=\"hist-{sc}-{side}\"")),
+                    "no histogram for {sc} {side} in bench.html"
+                );
+            }
         }
+        // rust-dest breaks its faults into stages.
+        let stages = metrics_of(&j, "postcopy_random.stage_own_p50_us");
+        assert!(stages["rust"]["median"].is_number(), "no fault stages from rust-dest: {stages}");
     }
     for (part, id) in [
         ("precopy", "tput-precopy"),

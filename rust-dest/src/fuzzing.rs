@@ -26,7 +26,7 @@ pub fn load_from_memory(bytes: &[u8], postcopy: bool) -> (MigStatus, Vec<u8>) {
         shared.lock().capabilities.set(Capability::PostcopyRam, true);
     }
     let cfg = Config {
-        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
         ..Config::default()
     };
     let sink = RecordingSink::default();

@@ -28,9 +28,9 @@ pub mod catalogue;
 pub mod channel;
 pub mod cli;
 pub mod compat;
+pub mod defects;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod defects;
 pub mod globalstate;
 pub mod load;
 pub mod mem;

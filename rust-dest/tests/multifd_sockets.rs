@@ -51,7 +51,7 @@ fn start(channels: u64, compression: &str) -> Dst {
         g.parameters.insert("multifd-compression".into(), compression.into());
     }
     let cfg = Config {
-        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
         ..Config::default()
     };
     let session = Session::new(shared.clone(), Dest::new(cfg));

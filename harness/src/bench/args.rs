@@ -41,11 +41,11 @@ impl Part {
 /// (A B A B, medians, min–max and rust-dest/QEMU ratios).
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Short run: 1 GiB guest instead of 2 GiB, 1 repetition per side
-    /// instead of 3, postcopy with half the guest RAM.
+    /// Short run: 1 GiB guest instead of 2 GiB, postcopy with half the
+    /// guest RAM; still 3 repetitions per side (medians need them).
     #[arg(long)]
     pub quick: bool,
-    /// Repetitions per destination (default 3, or 1 with --quick).
+    /// Repetitions per destination (default 3; at least 3 gives a median).
     #[arg(long)]
     pub reps: Option<u32>,
     /// Guest RAM for precopy, multifd and ingest (default 2G, or 1G with --quick).
@@ -57,10 +57,11 @@ pub struct BenchArgs {
     /// Output directory (bench.json, bench.html).
     #[arg(long, default_value = "bench-out")]
     pub out: PathBuf,
-    /// QEMU binary for the sources and the QEMU destination
-    /// (default: $CROSSMIG_QEMU or qemu-system-x86_64 on PATH).
+    /// QEMU for the sources and the QEMU destination: a provisioned version
+    /// (e.g. 11.1, whose destination reports its own postcopy latency) or a
+    /// binary path (default: $CROSSMIG_QEMU or qemu-system-x86_64 on PATH).
     #[arg(long)]
-    pub qemu: Option<PathBuf>,
+    pub qemu: Option<String>,
     /// rust-dest binary (default: $CROSSMIG_RUST_DEST, else next to this
     /// executable). Use a release build for meaningful numbers.
     #[arg(long)]
@@ -77,11 +78,11 @@ pub struct BenchArgs {
     /// Keep every process log (and QEMU/rust-dest traces) in OUT/logs.
     #[arg(long)]
     pub keep_logs: bool,
-    /// Postcopy: rust-dest's simulated vCPU access pattern (random = all
-    /// RAM in random order, as specified; sweep = address order, like
-    /// QEMU's destination running the sweep guest).
-    #[arg(long, default_value = "random", value_parser = ["random", "sweep", "hot"])]
-    pub rust_vcpu_pattern: String,
+    /// Postcopy: every combination of access pattern (sweep, random),
+    /// postcopy-preempt (off, on) and postcopy bandwidth (uncapped, capped
+    /// at 64 MiB/s) instead of the two patterns uncapped without preempt.
+    #[arg(long)]
+    pub postcopy_matrix: bool,
 }
 
 #[derive(clap::Parser)]
@@ -114,7 +115,7 @@ pub struct BenchConfig {
     pub machine: String,
     pub memcpy_bytes: u64,
     pub out: PathBuf,
-    pub rust_vcpu_pattern: String,
+    pub postcopy_matrix: bool,
 }
 
 impl BenchConfig {
@@ -130,7 +131,7 @@ impl BenchConfig {
         let mut parts = if a.only.is_empty() { Part::ALL.to_vec() } else { a.only.clone() };
         parts.sort();
         parts.dedup();
-        let reps = a.reps.unwrap_or(if a.quick { 1 } else { 3 });
+        let reps = a.reps.unwrap_or(3);
         if reps == 0 {
             bail!("--reps must be at least 1");
         }
@@ -143,7 +144,7 @@ impl BenchConfig {
             machine: a.machine.clone(),
             memcpy_bytes: a.memcpy_size.max(MIB),
             out: a.out.clone(),
-            rust_vcpu_pattern: a.rust_vcpu_pattern.clone(),
+            postcopy_matrix: a.postcopy_matrix,
         })
     }
     pub fn has(&self, p: Part) -> bool {
@@ -169,7 +170,8 @@ mod tests {
         .unwrap();
         let c = BenchConfig::from_args(&a).unwrap();
         assert_eq!(c.parts, vec![Part::Precopy, Part::Ingest, Part::Overhead]);
-        assert_eq!((c.reps, c.mem_bytes, c.postcopy_mem_bytes), (1, 256 << 20, 128 << 20));
+        assert_eq!((c.reps, c.mem_bytes, c.postcopy_mem_bytes), (3, 256 << 20, 128 << 20));
+        assert!(!c.postcopy_matrix);
         let c = BenchConfig::from_args(&parse_args(Vec::<String>::new()).unwrap()).unwrap();
         assert_eq!((c.reps, c.mem_bytes, c.parts.len()), (3, 2 << 30, 5));
         let c = BenchConfig::from_args(&parse_args(["--only", "multifd"]).unwrap()).unwrap();

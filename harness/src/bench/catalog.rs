@@ -62,45 +62,9 @@ pub(super) fn metric_defs(cfg: &BenchConfig, overhead_scenarios: &[&str]) -> Vec
         ));
     }
     if cfg.has(Part::Postcopy) {
-        d.push(def("postcopy.fault_p50_us", "postcopy", "fault latency p50", "µs", Better::Lower));
-        d.push(def("postcopy.fault_p99_us", "postcopy", "fault latency p99", "µs", Better::Lower));
-        d.push(def("postcopy.fault_max_us", "postcopy", "fault latency max", "µs", Better::Lower));
-        d.push(def("postcopy.faults", "postcopy", "faults measured", "", Better::Info));
-        d.push(def(
-            "postcopy.blocktime_ms",
-            "postcopy",
-            "postcopy-blocktime (see notes)",
-            "ms",
-            Better::Info,
-        ));
-        d.push(def(
-            "postcopy.pages_per_s",
-            "postcopy",
-            "pages placed per second (postcopy phase)",
-            "pages/s",
-            Better::Higher,
-        ));
-        d.push(def(
-            "postcopy.postcopy_ms",
-            "postcopy",
-            "total postcopy time (postcopy-active → destination completed)",
-            "ms",
-            Better::Lower,
-        ));
-        d.push(def(
-            "postcopy.migration_ms",
-            "postcopy",
-            "migrate → destination completed",
-            "ms",
-            Better::Lower,
-        ));
-        d.push(def(
-            "postcopy.dest_cpu_s",
-            "postcopy",
-            "destination CPU, user+sys (incl. its guest/vCPUs)",
-            "s",
-            Better::Info,
-        ));
+        for pc in super::postcopy::selected(cfg.postcopy_matrix) {
+            d.extend(pc.metric_defs());
+        }
     }
     if cfg.has(Part::Multifd) {
         for (sc, comp) in super::MULTIFD_SCENARIOS {

@@ -39,7 +39,6 @@ pub(super) async fn launch(
 
 /// Everything the scenarios share.
 pub(super) struct Ctx {
-    pub(super) rust_vcpu_pattern: String,
     pub(super) qemu: QemuBinary,
     pub(super) rust_dest: PathBuf,
     pub(super) machine: String,

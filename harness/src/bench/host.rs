@@ -49,6 +49,43 @@ pub fn proc_mem(pid: u32) -> Option<ProcMem> {
     Some(m)
 }
 
+/// CPU seconds the whole machine spent busy (every CPU: user, nice,
+/// system, irq, softirq, steal) since boot, from /proc/stat.
+pub fn system_busy_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7)?;
+    Some(busy as f64 / crate::sys::clock_ticks_per_second() as f64)
+}
+
+/// CPU seconds that neither the bench's own processes (`pids`, this
+/// process) used between two readings: other work competing for the CPU.
+#[derive(Clone, Debug)]
+pub(super) struct ForeignCpu {
+    busy0: Option<f64>,
+    own0: Option<f64>,
+    pids: Vec<u32>,
+}
+
+impl ForeignCpu {
+    pub(super) fn start(pids: &[u32]) -> ForeignCpu {
+        let pids: Vec<u32> = pids.iter().copied().chain([std::process::id()]).collect();
+        ForeignCpu { busy0: system_busy_seconds(), own0: own_cpu(&pids), pids }
+    }
+    /// Foreign CPU seconds since [`ForeignCpu::start`].
+    pub(super) fn end(&self) -> Option<f64> {
+        let busy = system_busy_seconds()? - self.busy0?;
+        let own = own_cpu(&self.pids)? - self.own0?;
+        Some((busy - own).max(0.0))
+    }
+}
+
+fn own_cpu(pids: &[u32]) -> Option<f64> {
+    pids.iter().map(|p| proc_cpu_seconds(*p)).sum()
+}
+
 pub(super) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))

@@ -128,20 +128,19 @@ pre{{background:#f8f8f8;padding:.6em;overflow-x:auto;font-size:12px}}svg{{displa
     }
     if c.has(Part::Postcopy) {
         let _ = write!(h, "<h2>2. Postcopy demand paging</h2>{}", html_metric_rows(r, "postcopy"));
-        for (side, color, label) in
-            [("rust", RUST_COLOR, "rust-dest"), ("qemu", QEMU_COLOR, "QEMU")]
-        {
-            if let Some(hist) = r.latency_histograms.get(side) {
-                h += &svg_histogram(
-                    &format!("hist-{side}"),
-                    &format!("Postcopy fault latency: {label}"),
-                    hist,
-                    color,
-                );
-            }
+        for (key, hist) in &r.latency_histograms {
+            let (scenario, side) = key.split_once('/').unwrap_or((key.as_str(), ""));
+            let (color, label) =
+                if side == "rust" { (RUST_COLOR, "rust-dest") } else { (QEMU_COLOR, "QEMU") };
+            h += &svg_histogram(
+                &format!("hist-{}", key.replace('/', "-")),
+                &format!("Postcopy fault latency, {scenario}: {label}"),
+                hist,
+                color,
+            );
         }
         let runs: Vec<&RunRecord> =
-            r.runs.iter().filter(|x| x.scenario == "postcopy" && x.ok).collect();
+            r.runs.iter().filter(|x| x.scenario.starts_with("postcopy") && x.ok).collect();
         h += &svg_lines(
             "tput-postcopy",
             "Postcopy: source throughput over time (50 ms samples)",

@@ -33,6 +33,7 @@ mod ingest;
 mod memcpy;
 mod metrics;
 mod poller;
+mod postcopy;
 mod probe;
 mod report;
 mod run;
@@ -48,7 +49,6 @@ use serde_json::json;
 
 use crate::images::Workload;
 use crate::vm::dest::{rust_dest_binary, DestKind};
-use crate::vm::qemu::QemuBinary;
 
 pub use args::{parse_args, BenchArgs, BenchConfig, Part};
 pub use host::{proc_cpu_seconds, proc_mem, ProcMem};
@@ -83,10 +83,7 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
     let mut host = host_info();
     let started_unix =
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let qemu = match &args.qemu {
-        Some(p) => QemuBinary::new(p),
-        None => QemuBinary::system()?,
-    };
+    let qemu = crate::scenario::qemu::resolve_qemu(args.qemu.as_deref())?;
     let rust_dest = match &args.rust_dest {
         Some(p) => p.clone(),
         None => rust_dest_binary()?,
@@ -119,7 +116,6 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
         tmp.path().to_path_buf()
     };
     let ctx = Ctx {
-        rust_vcpu_pattern: cfg.rust_vcpu_pattern.clone(),
         qemu: qemu.clone(),
         rust_dest: rust_dest.clone(),
         machine: cfg.machine.clone(),
@@ -161,46 +157,31 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
 
     let mut tcp: Vec<TcpScenario> = Vec::new();
     if cfg.has(Part::Precopy) {
-        tcp.push(TcpScenario {
-            name: "precopy",
-            postcopy: false,
-            workload: Workload::Fill,
-            mem: cfg.mem_bytes,
-            multifd: None,
-        });
+        tcp.push(TcpScenario::precopy("precopy", Workload::Fill, cfg.mem_bytes));
     }
     if cfg.has(Part::Postcopy) {
-        tcp.push(TcpScenario {
-            name: "postcopy",
-            postcopy: true,
-            workload: Workload::Sweep,
-            mem: cfg.postcopy_mem_bytes,
-            multifd: None,
-        });
+        for pc in postcopy::selected(cfg.postcopy_matrix) {
+            tcp.push(TcpScenario {
+                postcopy: true,
+                preempt: pc.preempt,
+                capped: pc.capped,
+                ..TcpScenario::precopy(pc.name, pc.workload, cfg.postcopy_mem_bytes)
+            });
+        }
     }
     if cfg.has(Part::Multifd) {
         // A stopped fill guest of --mem, like precopy (2 GiB by default, as
         // issue 11 asks; 1 GiB with --quick).
-        let mem = cfg.mem_bytes;
         for (name, comp) in MULTIFD_SCENARIOS {
             tcp.push(TcpScenario {
-                name,
-                postcopy: false,
-                workload: Workload::Fill,
-                mem,
                 multifd: Some(comp),
+                ..TcpScenario::precopy(name, Workload::Fill, cfg.mem_bytes)
             });
         }
     }
     if cfg.has(Part::Overhead) && tcp.is_empty() {
         // Overhead alone: a minimal scenario (stopped sweep guest, precopy).
-        tcp.push(TcpScenario {
-            name: "minimal",
-            postcopy: false,
-            workload: Workload::Sweep,
-            mem: cfg.mem_bytes,
-            multifd: None,
-        });
+        tcp.push(TcpScenario::precopy("minimal", Workload::Sweep, cfg.mem_bytes));
     }
     for sc in &tcp {
         overhead_scenarios.push(sc.name);
@@ -265,14 +246,40 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
     let metrics = summarize(&defs, &runs, cfg.reps);
     let mut hists = BTreeMap::new();
     if cfg.has(Part::Postcopy) {
-        for side in sides {
-            let all: Vec<u64> = runs
-                .iter()
-                .filter(|r| r.scenario == "postcopy" && r.side == side)
-                .flat_map(|r| r.latencies_us.iter().copied())
-                .collect();
-            hists.insert(side.name().to_string(), histogram(&all));
+        // One histogram per scenario and side: never two patterns together.
+        for pc in postcopy::selected(cfg.postcopy_matrix) {
+            for side in sides {
+                let all: Vec<u64> = runs
+                    .iter()
+                    .filter(|r| r.scenario == pc.name && r.side == side)
+                    .flat_map(|r| r.latencies_us.iter().copied())
+                    .collect();
+                hists.insert(format!("{}/{}", pc.name, side.name()), histogram(&all));
+            }
         }
+    }
+    // Another process competing for the CPU makes timings meaningless.
+    let competed: Vec<String> = runs
+        .iter()
+        .filter_map(|r| {
+            let f = r.details.get("foreign_cpu_s")?.as_f64()?;
+            let wall = r.details.get("measured_wall_s")?.as_f64()?;
+            (f > 0.1 * wall.max(0.1)).then(|| {
+                format!(
+                    "{} rep {} {} ({f:.2} s in {wall:.2} s)",
+                    r.scenario,
+                    r.rep + 1,
+                    r.side.name()
+                )
+            })
+        })
+        .collect();
+    if !competed.is_empty() {
+        warnings.push(format!(
+            "other processes used the CPU during {} run(s) (more than 10% of a core): {}; their figures are not trustworthy",
+            competed.len(),
+            competed.join(", ")
+        ));
     }
     let ok = runs.iter().all(|r| r.ok) && !runs.is_empty();
     host["loadavg_end"] = json!(loadavg());

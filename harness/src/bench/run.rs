@@ -9,9 +9,10 @@ use serde_json::{json, Value};
 use wire::units::TARGET_PAGE_SIZE;
 
 use super::ctx::{launch, Ctx, UNLIMITED_BW};
-use super::host::{proc_cpu_seconds, proc_mem};
+use super::host::{proc_cpu_seconds, proc_mem, ForeignCpu};
 use super::metrics::{percentiles, RunRecord};
 use super::poller::Poller;
+use super::postcopy::{record_own_figures, POSTCOPY_CAP};
 use super::probe::{
     compare_pages, event_time, ms, page_digests, sample_pages, src_pages, VERIFY_PAGES,
 };
@@ -34,6 +35,25 @@ pub(super) struct TcpScenario {
     /// Multifd with [`MULTIFD_CHANNELS`] channels and this
     /// `multifd-compression` on both sides.
     pub(super) multifd: Option<&'static str>,
+    /// Postcopy: postcopy-preempt on both sides.
+    pub(super) preempt: bool,
+    /// Postcopy: `max-postcopy-bandwidth` at [`POSTCOPY_CAP`] (else 0, unlimited).
+    pub(super) capped: bool,
+}
+
+impl TcpScenario {
+    /// A precopy scenario (no postcopy variant fields).
+    pub(super) fn precopy(name: &'static str, workload: Workload, mem: u64) -> TcpScenario {
+        TcpScenario {
+            name,
+            postcopy: false,
+            workload,
+            mem,
+            multifd: None,
+            preempt: false,
+            capped: false,
+        }
+    }
 }
 
 /// Channels of the multifd scenarios.
@@ -84,10 +104,7 @@ async fn tcp_inner(
         .context("starting the source")?;
     rec.set(&ov("src_start_ms"), ms(src.startup));
     let t = Instant::now();
-    let marker = match sc.workload {
-        Workload::Sweep => 'B',
-        Workload::Fill => 'F',
-    };
+    let marker = sc.workload.ready_marker();
     src.wait_serial(|s| s.contains(marker), Duration::from_secs(300))
         .await
         .context("waiting for the guest")?;
@@ -100,17 +117,11 @@ async fn tcp_inner(
     let mut dcfg = ctx.dest_cfg(side, sc.mem, "defer");
     if sc.postcopy {
         match side {
-            DestKind::Rust => dcfg.extra.extend(
-                [
-                    "--vcpu-pattern",
-                    ctx.rust_vcpu_pattern.as_str(),
-                    "--vcpu-rate",
-                    "0",
-                    "--log",
-                    RUST_FAULT_TRACE,
-                ]
-                .map(String::from),
-            ),
+            DestKind::Rust => {
+                // The same access order as the guest QEMU's destination runs.
+                dcfg.extra.extend(sc.workload.rust_vcpu_args(sc.mem, &[]));
+                dcfg.extra.extend(["--vcpu-rate", "0", "--log", RUST_FAULT_TRACE].map(String::from))
+            }
             DestKind::Qemu => dcfg.extra.extend(
                 [
                     "-trace",
@@ -135,6 +146,9 @@ async fn tcp_inner(
     let mut caps = vec![("events", true)];
     if sc.postcopy {
         caps.push(("postcopy-ram", true));
+        if sc.preempt {
+            caps.push(("postcopy-preempt", true));
+        }
     }
     if sc.multifd.is_some() {
         caps.push(("multifd", true));
@@ -151,7 +165,11 @@ async fn tcp_inner(
     }
     m.set_parameters(
         Side::Source,
-        &json!({"max-bandwidth": UNLIMITED_BW, "downtime-limit": 300, "max-postcopy-bandwidth": 0}),
+        &json!({
+            "max-bandwidth": UNLIMITED_BW,
+            "downtime-limit": 300,
+            "max-postcopy-bandwidth": if sc.capped { POSTCOPY_CAP } else { 0 },
+        }),
     )
     .await?;
     if sc.postcopy {
@@ -174,6 +192,7 @@ async fn tcp_inner(
     let (dst_pid, src_pid) = (m.dst.pid(), m.src.pid());
     let cpu0 = proc_cpu_seconds(dst_pid);
     let src_cpu0 = proc_cpu_seconds(src_pid);
+    let foreign = ForeignCpu::start(&[dst_pid, src_pid]);
     let t0 = Instant::now();
     rec.set(&ov("to_migration_ms"), ms(t0 - t_scn));
     m.start(&format!("tcp:127.0.0.1:{port}")).await?;
@@ -187,6 +206,10 @@ async fn tcp_inner(
     let (peak_nonshmem_kib, dst_done_poll) =
         (peak_nonshmem_kib.into_inner()?, dst_done_poll.into_inner()?);
     let (pc_seen, pc_pages_before) = (pc_seen.into_inner()?, pc_pages_before.into_inner()?);
+    if let Some(f) = foreign.end() {
+        rec.detail("foreign_cpu_s", json!(f));
+        rec.detail("measured_wall_s", json!(t0.elapsed().as_secs_f64()));
+    }
     let cpu1 = proc_cpu_seconds(dst_pid);
     let src_cpu1 = proc_cpu_seconds(src_pid);
     let pm = proc_mem(dst_pid).unwrap_or_default();
@@ -254,17 +277,7 @@ async fn tcp_inner(
         rec.set(&format!("{p}.pages_per_s"), placed as f64 / pc.as_secs_f64().max(1e-9));
         rec.detail("pages_placed_in_postcopy", json!(placed));
         rec.detail("source_postcopy_requests", json!(u64_at(&sv, &["ram", "postcopy-requests"])));
-        if let Some(bt) = dv.get("postcopy-blocktime").and_then(Value::as_f64) {
-            rec.set(&format!("{p}.blocktime_ms"), bt);
-        }
-        rec.detail(
-            "postcopy_blocktime",
-            dv.get("postcopy-blocktime").cloned().unwrap_or(Value::Null),
-        );
-        rec.detail(
-            "postcopy_vcpu_blocktime",
-            dv.get("postcopy-vcpu-blocktime").cloned().unwrap_or(Value::Null),
-        );
+        record_own_figures(rec, p, &dv);
     }
 
     // --- teardown ---

@@ -271,11 +271,8 @@ pub async fn migrate(
     scfg.serial_log = Some(workdir.join(format!("{tag}-src.serial")));
     let src = QemuVm::start(&opts.qemu, scfg, workdir.join(format!("{tag}-src.log"))).await?;
     src.qmp.set_timeout(Duration::from_secs(30));
-    // The guest prints 'A' once set up; the sweep guest 'B' every 64 passes.
-    let want = match opts.workload {
-        Workload::Sweep => 'B',
-        Workload::Fill => 'F',
-    };
+    // The guest prints 'A' once set up, then its workload's ready marker.
+    let want = opts.workload.ready_marker();
     src.wait_serial(|s| s.contains(want), Duration::from_secs(60))
         .await
         .context("waiting for the guest to run")?;
@@ -287,6 +284,10 @@ pub async fn migrate(
     let mut dcfg = VmConfig::new(&format!("dst-{}", opts.dest.name()), opts.mem_bytes);
     dcfg.machine = opts.machine.clone();
     dcfg.extra = opts.dest_extra.clone();
+    if opts.dest == DestKind::Rust {
+        let vcpu = opts.workload.rust_vcpu_args(opts.mem_bytes, &dcfg.extra);
+        dcfg.extra.extend(vcpu);
+    }
     if opts.dest == DestKind::Rust
         && opts.recover_cuts > 0
         && !dcfg.extra.iter().any(|a| a == "--vcpu-rate")

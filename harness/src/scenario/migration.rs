@@ -17,10 +17,10 @@ use super::qemu::{common_machine, resolve_qemu, source_qemu};
 use super::spec::Spec;
 use super::steps::{Side, Step, StepSpec};
 use crate::drive::session::Migration;
-use crate::images::Workload;
+
 use crate::qmp::MigrationStatus;
 use crate::verify::limits::RssProbe;
-use crate::vm::dest::start_dest;
+use crate::vm::dest::{start_dest, DestKind};
 use crate::vm::hugepages::HugeTlb;
 use crate::vm::procs::{unique_name, PathGuard};
 use crate::vm::qemu::{QemuVm, VmConfig};
@@ -58,7 +58,7 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     let src_log = workdir.join(format!("{tag}-src.log"));
     let _l1 = PathGuard::new(&src_log);
     let src = QemuVm::start(&qemu, scfg, src_log).await?;
-    let marker = if workload == Workload::Fill { 'F' } else { 'B' };
+    let marker = workload.ready_marker();
     src.wait_serial(|s| s.contains(marker), Duration::from_secs(60)).await?;
     if d.source.stopped {
         src.execute("stop", Value::Null).await?;
@@ -69,6 +69,10 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     }
     dcfg.machine = machine;
     dcfg.extra = d.dest.args.clone();
+    if dest_kind == DestKind::Rust {
+        let vcpu = workload.rust_vcpu_args(mem, &dcfg.extra);
+        dcfg.extra.extend(vcpu);
+    }
     let dst_log = workdir.join(format!("{tag}-dst.log"));
     let _l2 = PathGuard::new(&dst_log);
     let dst = start_dest(dest_kind, &dq, dcfg, dst_log).await?;

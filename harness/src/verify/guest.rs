@@ -54,7 +54,7 @@ impl fmt::Display for SweepCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "sweep check {}: {} pages, {} edge(s) {:x?}, {} bad page(s)",
+            "pass-order check {}: {} pages, {} edge(s) {:x?}, {} bad page(s)",
             if self.ok() { "OK" } else { "FAILED" },
             self.pages_checked,
             self.edges,
@@ -87,13 +87,28 @@ impl fmt::Display for SweepCheck {
 /// change the expected value, so a single stale page yields a single bad
 /// entry.
 pub fn check_sweep_invariant(ram: &[u8], start: u64, end: u64) -> SweepCheck {
+    let pages = end.saturating_sub(start) / PAGE_SIZE;
+    check_pass_order(ram, (0..pages).map(|i| start + i * PAGE_SIZE))
+}
+
+/// The random workload's invariant over `[start, end)`: the sweep's rule,
+/// with the pages walked in the order the guest touches them
+/// ([`images::random_order`]) instead of address order.
+pub fn check_random_invariant(ram: &[u8], start: u64, end: u64) -> SweepCheck {
+    let pages = end.saturating_sub(start) / PAGE_SIZE;
+    check_pass_order(ram, images::random_order(pages).map(|i| start + i * PAGE_SIZE))
+}
+
+/// A workload that increments byte 0 of each page once per pass, always in
+/// the order `offsets`: in a consistent snapshot every page equals the one
+/// before it in that order, except at one edge where it is one less.
+fn check_pass_order(ram: &[u8], offsets: impl Iterator<Item = u64>) -> SweepCheck {
     let mut r = SweepCheck::default();
     let mut expected: Option<u8> = None;
-    let mut off = start;
-    while off < end {
+    for off in offsets {
         let Some(&found) = usize::try_from(off).ok().and_then(|o| ram.get(o)) else {
-            r.missing_pages = (end - off).div_ceil(PAGE_SIZE);
-            break;
+            r.missing_pages += 1;
+            continue;
         };
         r.pages_checked += 1;
         match expected {
@@ -117,7 +132,6 @@ pub fn check_sweep_invariant(ram: &[u8], start: u64, end: u64) -> SweepCheck {
             }
         }
         r.last_value = Some(found);
-        off += PAGE_SIZE;
     }
     r
 }
@@ -251,6 +265,10 @@ pub fn check_workload(workload: Workload, ram: &[u8], mem_bytes: u64) -> Check {
             let c = check_fill(ram, images::SWEEP_START, images::fill_end(mem_bytes));
             Check::new("fill guest data on the destination", c.ok(), c.to_string())
         }
+        Workload::Random => {
+            let c = check_random_invariant(ram, images::SWEEP_START, images::random_end(mem_bytes));
+            Check::new("random guest invariant on the destination", c.ok(), c.to_string())
+        }
     }
 }
 
@@ -280,6 +298,32 @@ mod tests {
         assert_eq!(r.pages_checked, 100);
         assert_eq!(r.edges, 0);
         assert_eq!(r.passes_mod_256(), Some(7));
+    }
+
+    #[test]
+    fn random_order_snapshot_ok_address_order_edge_bad() {
+        let pages = 1000u64;
+        let order: Vec<u64> = images::random_order(pages).collect();
+        // The guest got 300 touches into a pass: those pages are one ahead.
+        let mut pos = vec![0usize; pages as usize];
+        for (i, &p) in order.iter().enumerate() {
+            pos[p as usize] = i;
+        }
+        let (ram, end) = ram_with(pages, |i| if pos[i as usize] < 300 { 6 } else { 5 });
+        let r = check_random_invariant(&ram, SWEEP_START, end);
+        assert!(r.ok(), "{r}");
+        assert_eq!(r.edges, 1);
+        // The same memory is not a sweep snapshot ...
+        assert!(!check_sweep_invariant(&ram, SWEEP_START, end).ok());
+        // ... and a sweep snapshot is not a random one.
+        let (ram, end) = ram_with(pages, |i| if i < 300 { 6 } else { 5 });
+        assert!(!check_random_invariant(&ram, SWEEP_START, end).ok());
+        // One stale page (kept from before the pass) is caught.
+        let (ram, end) =
+            ram_with(pages, |i| if pos[i as usize] < 300 && i != order[10] { 6 } else { 5 });
+        let r = check_random_invariant(&ram, SWEEP_START, end);
+        assert!(!r.ok(), "{r}");
+        assert!(r.bad_count > 0, "{r}");
     }
 
     #[test]
@@ -540,6 +584,30 @@ mod tests {
             // tables in the top ~17 MiB of low RAM, so skip that part).
             let quiet_end = (info.ram_top - (32 << 20)) as usize;
             assert!(ram[end as usize..quiet_end].iter().all(|&b| b == 0));
+        }
+
+        #[test]
+        #[ignore = "boots QEMU"]
+        fn qemu_random_256m() {
+            let mem = 256u64;
+            let mut vm = Vm::boot(Workload::Random, mem);
+            vm.wait_serial(Duration::from_secs(30), |s| count(s, b'B') >= 3);
+            let b0 = count(&vm.serial(), b'B');
+            std::thread::sleep(Duration::from_secs(3));
+            println!(
+                "random @{mem} MiB: {:.0} passes/s",
+                (count(&vm.serial(), b'B') - b0) as f64 / 3.0
+            );
+            vm.qmp_stop();
+            let ram = vm.ram();
+            let top = images::guest_ram_top(mem << 20);
+            let info = read_guest_info(&ram).expect("guest info block");
+            assert_eq!(info, GuestInfo { mode: 2, ram_top: top, end: top });
+            let r = check_random_invariant(&ram, images::SWEEP_START, top);
+            println!("{r}");
+            assert!(r.ok(), "{r}");
+            // Address order is not the guest's order: the sweep rule fails.
+            assert!(!check_sweep_invariant(&ram, images::SWEEP_START, top).ok() || r.edges == 0);
         }
 
         #[test]

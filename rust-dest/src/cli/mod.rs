@@ -102,8 +102,11 @@ QEMU-style options (same syntax as qemu-system-x86_64):
 rust-dest options:
   --max-ram SIZE        refuse streams announcing more RAM than this
                         (default 64G); checked before any allocation
-  --vcpu-pattern P      postcopy guest simulation: random (default), sweep
-                        (address order, like the test guest), hot, none
+  --vcpu-pattern P      postcopy guest simulation: random (default; the random
+                        test guest's order), sweep (address order, like the
+                        sweep test guest), hot, none
+  --vcpu-range S-E      walk only bytes [S, E) of the largest RAMBlock (q35
+                        pc.ram: guest-physical), e.g. 1M-100M like the guest
   --vcpu-threads N      simulated vCPU threads (default 1)
   --vcpu-rate N         page touches per second per thread (default 50000;
                         0 = unlimited)
@@ -371,6 +374,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, CliError
                 o.vcpu.pattern = val(&mut it)?
                     .parse::<Pattern>()
                     .map_err(|e| CliError::arg("--vcpu-pattern", e))?
+            }
+            "vcpu-range" => {
+                o.vcpu.range = Some(
+                    crate::postcopy::vcpu::parse_range(&val(&mut it)?)
+                        .map_err(|e| CliError::arg("--vcpu-range", e))?,
+                )
             }
             "vcpu-threads" => {
                 o.vcpu.threads = val(&mut it)?

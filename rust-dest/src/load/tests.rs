@@ -28,7 +28,7 @@ pub(super) fn load(bytes: &[u8], postcopy: bool) -> (Shared, RecordingSink, Resu
         shared.lock().capabilities.set(Capability::PostcopyRam, true);
     }
     let cfg = Config {
-        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
         ..Config::default()
     };
     let sink = RecordingSink::default();
@@ -396,7 +396,7 @@ fn load_compressed(bytes: &[u8], machine: &str, compress: bool) -> (Shared, Stri
     let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
     shared.lock().capabilities.set(Capability::Compress, compress);
     let cfg = Config {
-        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
         machine: Some(machine.into()),
         ..Config::default()
     };

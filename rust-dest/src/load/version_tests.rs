@@ -37,7 +37,7 @@ fn load_as(v: &str, bytes: &[u8], postcopy: bool) -> (Shared, Result<(), LoadErr
         shared.lock().capabilities.set(Capability::PostcopyRam, true);
     }
     let cfg = Config {
-        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
         compat: v.parse().unwrap(),
         devices: Some(DeviceCheck { catalogue: Arc::new(catalogue(v)), instances_known: true }),
         ..Config::default()

@@ -167,6 +167,7 @@ impl PostcopyRuntime {
     /// answer.
     fn place_whole(&self, b: &RamBlock, addr: u64, data: Option<&[u8]>) -> Result<(), PlaceError> {
         let page = addr / TARGET_PAGE_SIZE;
+        let received = Instant::now();
         let (uffd, at) = (&self.inner.uffd, addr as usize);
         let wake = !defects::active(Defect::NeverWake);
         let len = if b.is_huge() { b.page_size } else { TARGET_PAGE_SIZE };
@@ -192,7 +193,9 @@ impl PostcopyRuntime {
                 t
             };
             if let Some(t0) = t {
-                let us = t0.elapsed().as_micros() as u64;
+                let now = Instant::now();
+                self.inner.shared.fault_stats().placed((bi, page), received, now);
+                let us = now.saturating_duration_since(t0).as_micros() as u64;
                 Counters::add(&c.pages_placed_requested, 1);
                 Counters::add(&c.fault_latency_us_total, us);
                 self.inner.shared.lock().fault_latencies_us.push(us);
@@ -231,6 +234,7 @@ impl PostcopyRuntime {
             }
             let m = request(&mut o, bi, b, page * TARGET_PAGE_SIZE);
             if rp.send(&m).is_ok() {
+                self.inner.shared.fault_stats().requested((bi, page), Instant::now());
                 sent += 1;
             }
         }
@@ -242,8 +246,10 @@ impl PostcopyRuntime {
     pub fn run(&self) {
         self.inner.run.store(true, Ordering::Release);
         if self.vcpu.pattern == Pattern::None {
+            self.inner.shared.fault_stats().start(0);
             return;
         }
+        self.inner.shared.fault_stats().start(self.vcpu.threads.max(1));
         let mut th = self.threads.lock().unwrap();
         for i in 0..self.vcpu.threads.max(1) {
             let inflight = Arc::new(AtomicU64::new(0));
@@ -386,7 +392,9 @@ fn handle_fault(inner: &Inner, addr: usize) {
         if o.map.contains_key(&(bi, page)) {
             return;
         }
-        o.map.insert((bi, page), Instant::now());
+        let now = Instant::now();
+        o.map.insert((bi, page), now);
+        inner.shared.fault_stats().read((bi, page), now);
         inner.n_out.store(o.map.len(), Ordering::Release);
         // The page may have landed between the check and the insert.
         if b.received.get(page) {
@@ -420,6 +428,7 @@ fn handle_fault(inner: &Inner, addr: usize) {
                 tracing::warn!("cannot pause after the failed page request: {p}");
             }
         } else {
+            inner.shared.fault_stats().requested((bi, page), Instant::now());
             Counters::add(&c.page_requests, 1);
         }
     }

@@ -95,13 +95,12 @@ pub(super) fn query_migrate(shared: &Shared) -> Value {
         }),
     );
     let faults = C::get(&c.faults);
-    let lat_total_us = C::get(&c.fault_latency_us_total);
     if faults > 0 && g.capabilities.get(Capability::PostcopyBlocktime) {
-        out.insert(
-            "postcopy-blocktime".into(),
-            json!((lat_total_us / 1000).min(u32::MAX as u64) as u32),
-        );
-        out.insert("postcopy-latency".into(), json!(lat_total_us.saturating_mul(1000) / faults));
+        // QEMU's definitions (`qapi/migration.json`): blocktime = time all
+        // vCPUs waited at once (ms), latencies of remote faults (ns).
+        for (k, v) in shared.fault_stats().qmp_members() {
+            out.insert(k.into(), v);
+        }
     }
     out.insert(
         "x-crossmig".into(),
@@ -118,6 +117,7 @@ pub(super) fn query_migrate(shared: &Shared) -> Value {
             "pings": C::get(&c.pings),
             "fault-latency-us": percentiles(&g.fault_latencies_us),
             "vcpus-never-woken": C::get(&c.vcpus_never_woken),
+            "fault-stages-us": shared.fault_stats().stages_json(),
             "multifd-channels": g.multifd_channels.values().map(|m| json!({
                 "id": m.id,
                 "bytes": m.bytes,

@@ -174,7 +174,11 @@ pub static MIGRATION_INFO: ObjTy = ObjTy {
         opt("total-time", Int),
         opt("error-desc", Str),
         opt("postcopy-blocktime", Int),
+        opt("postcopy-vcpu-blocktime", Ty::Array(&Int)),
         opt("postcopy-latency", Int),
+        opt("postcopy-latency-dist", Ty::Array(&Int)),
+        opt("postcopy-vcpu-latency", Ty::Array(&Int)),
+        opt("postcopy-non-vcpu-latency", Int),
         opt("socket-address", Ty::Array(&Any)),
         // rust-dest's postcopy and multifd metrics.
         opt("x-crossmig", Any),

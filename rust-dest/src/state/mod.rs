@@ -16,6 +16,7 @@ mod caps;
 mod counters;
 mod devices;
 mod events;
+pub mod fault_stats;
 mod guest;
 mod status;
 
@@ -26,6 +27,7 @@ pub use caps::{
 pub use counters::{Counters, MultifdChannelStats};
 pub use devices::DeviceSection;
 pub use events::Event;
+pub use fault_stats::FaultStats;
 pub use guest::{GuestInfo, VcpuIds};
 pub use status::{MigStatus, PcState, RunState};
 
@@ -79,6 +81,8 @@ pub struct Shared(Arc<SharedInner>);
 pub struct SharedInner {
     inner: Mutex<Inner>,
     pub counters: Counters,
+    /// Postcopy fault stages, blocktime and latency (kept after postcopy).
+    pub fault_stats: FaultStats,
     events: tokio::sync::broadcast::Sender<Event>,
     /// Guest RAM, once the RAMBlock list has been received (or pre-created
     /// from `-object memory-backend-file`).
@@ -118,6 +122,7 @@ impl Shared {
                 guest: GuestInfo::default(),
             }),
             counters: Counters::default(),
+            fault_stats: FaultStats::default(),
             events: tx,
             ram,
             starter: Mutex::new(None),
@@ -133,6 +138,11 @@ impl Shared {
 
     pub fn counters(&self) -> &Counters {
         &self.0.counters
+    }
+
+    /// Postcopy fault statistics ([`FaultStats`]).
+    pub fn fault_stats(&self) -> &FaultStats {
+        &self.0.fault_stats
     }
 
     pub fn ram(&self) -> &Arc<RamTable> {

@@ -115,7 +115,7 @@ pub(super) async fn check_memory(ctx: &Ctx, invariant: bool) -> Result<String> {
             Some(_) => {}
         }
     }
-    if invariant && ctx.workload == Workload::Sweep {
+    if invariant && ctx.workload != Workload::Fill {
         let ram = std::fs::read(&dst.mem_path)?;
         let c = guest::check_workload(ctx.workload, &ram, ctx.mem);
         if !c.ok {

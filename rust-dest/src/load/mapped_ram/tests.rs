@@ -85,7 +85,7 @@ fn load(bytes: &[u8], caps: &[Capability], channels: u64) -> (Shared, Result<(),
     }
     shared.lock().parameters.insert("multifd-channels".into(), channels.into());
     let cfg = Config {
-        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
         ..Config::default()
     };
     let f = std::fs::File::open(tmp.path()).unwrap();
@@ -225,7 +225,7 @@ fn direct_io_channels_use_o_direct() {
         assert_ne!(flags & libc::O_DIRECT as i64, 0, "{info}");
     }
     let cfg = Config {
-        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
         ..Config::default()
     };
     let l = Loader::new(shared.clone(), cfg, Box::new(std::io::sink())).with_mapped_ram(m);

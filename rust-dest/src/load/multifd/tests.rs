@@ -103,7 +103,7 @@ fn load_via(
         })
         .collect();
     let cfg = Config {
-        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
         ..Config::default()
     };
     let sink = RecordingSink::default();
@@ -330,7 +330,7 @@ fn pages_after_listen_are_placed_through_userfaultfd() {
     b.received.set(1);
     let mf = MultifdRecv::new(shared.clone(), MultifdConfig::from_shared(&shared, [0; 16]));
     mf.blocks_ready();
-    let vcpu = VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 };
+    let vcpu = VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None };
     let rt = match PostcopyRuntime::start(shared.clone(), None, vcpu) {
         Ok(rt) => Arc::new(rt),
         Err(e) => return eprintln!("skipped: no userfaultfd here ({e})"),

@@ -116,7 +116,7 @@ fn load_open(bytes: &[u8], suppress_vmdesc: bool, wait: Duration) -> MigStatus {
     let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
     let cfg = Config {
         suppress_vmdesc,
-        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0 },
+        vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
         ..Config::default()
     };
     let (mut tx, rx) = UnixStream::pair().unwrap();
