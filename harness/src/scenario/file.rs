@@ -161,6 +161,7 @@ pub fn load_str(path: &Path, text: &str) -> Result<Vec<Variant>, FileError> {
     if !fixed_qemu && !axes.iter().any(|(k, _)| k == "qemu") {
         axes.push(("qemu".into(), matrix_versions().into_iter().map(Value::String).collect()));
     }
+    restrict_to_default_matrix(&raw, &mut axes, text).map_err(|(line, msg)| ferr(line, msg))?;
     let excludes: Vec<toml::Table> = match raw.get("exclude") {
         None => vec![],
         Some(Value::Array(a)) => a
@@ -267,6 +268,41 @@ fn find_key_line(text: &str, key: &str) -> Option<usize> {
         .map(|(i, _)| i + 1)
 }
 
+/// Whether every variant runs (`CROSSMIG_FULL_MATRIX=1`) or, for files with
+/// a `[default-matrix]`, only its representative subset.
+pub fn full_matrix() -> bool {
+    std::env::var("CROSSMIG_FULL_MATRIX").is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// `[default-matrix]`: unless [`full_matrix`], keep only the listed values
+/// of each named axis (the implicit `qemu` axis included). Values no
+/// provisioned version offers are ignored; if none is left the axis keeps
+/// its first value, so a file always runs somewhere.
+fn restrict_to_default_matrix(
+    raw: &toml::Table,
+    axes: &mut [(String, Vec<Value>)],
+    text: &str,
+) -> Result<(), (Option<usize>, String)> {
+    let Some(dm) = raw.get("default-matrix") else { return Ok(()) };
+    let line = find_key_line(text, "default-matrix");
+    let t = dm.as_table().ok_or((line, "`default-matrix` must be a table".to_string()))?;
+    for (k, v) in t {
+        let keep = v
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .ok_or((line, format!("default-matrix.{k} must be a non-empty list of values")))?;
+        let Some((_, vals)) = axes.iter_mut().find(|(a, _)| a == k) else {
+            return Err((line, format!("default-matrix names `{k}`, which is not an axis")));
+        };
+        if full_matrix() {
+            continue;
+        }
+        let kept: Vec<Value> = vals.iter().filter(|x| keep.iter().any(|y| same(x, y))).cloned().collect();
+        *vals = if kept.is_empty() { vals[..1].to_vec() } else { kept };
+    }
+    Ok(())
+}
+
 /// The QEMU versions every scenario runs against: `$CROSSMIG_QEMU_VERSIONS`
 /// (comma separated, e.g. "10.0,11.1"), else every provisioned version
 /// (`crossmig qemu list`), else the host's QEMU ("system").
@@ -340,6 +376,25 @@ status = "completed"
             steps[1].step
         );
         assert_eq!(r5.spec.dest.kind, crate::vm::dest::DestKind::Rust);
+    }
+
+    #[test]
+    fn default_matrix_keeps_the_representative_values() {
+        let f = F.replace("[dest]\nkind", "[default-matrix]\npasses = [1, 7]\n[source]\nqemu = \"system\"\n[dest]\nkind");
+        let names = |f: &str| -> Vec<String> {
+            load_str(Path::new("demo.toml"), f).unwrap().iter().map(|x| x.name()).collect()
+        };
+        if !full_matrix() {
+            assert_eq!(names(&f), vec!["demo[dest=rust,passes=1]", "demo[dest=qemu,passes=1]"]);
+        }
+        // No listed value exists: the axis keeps its first value.
+        let g = f.replace("passes = [1, 7]", "passes = [9]");
+        if !full_matrix() {
+            assert_eq!(names(&g), vec!["demo[dest=rust,passes=0]", "demo[dest=qemu,passes=0]"]);
+        }
+        let bad = f.replace("passes = [1, 7]", "pases = [1]");
+        let e = load_str(Path::new("demo.toml"), &bad).unwrap_err().to_string();
+        assert!(e.contains("`pases`, which is not an axis"), "{e}");
     }
 
     #[test]

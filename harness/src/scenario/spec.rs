@@ -49,6 +49,10 @@ pub struct RawDoc {
     pub axes: BTreeMap<String, Vec<TomlValue>>,
     #[serde(default)]
     pub exclude: Vec<BTreeMap<String, TomlValue>>,
+    /// Axis values of the representative default run (the rest only with
+    /// `CROSSMIG_FULL_MATRIX=1`); applied by the file loader.
+    #[serde(default)]
+    pub default_matrix: BTreeMap<String, Vec<TomlValue>>,
     #[serde(default)]
     pub capabilities: BTreeMap<String, bool>,
     #[serde(default)]
