@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod bench;
 pub mod drive;
+pub mod fuzz;
 pub mod images;
 pub mod provision;
 pub mod qmp;
