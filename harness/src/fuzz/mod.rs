@@ -263,7 +263,13 @@ pub struct Mutant {
 /// bit, replaced by a random value, or set to 0x00/0xff; framing and postcopy
 /// mutants are sometimes a cut instead (the stream ends there). `None` when
 /// the stream has no such region.
-pub fn mutate(orig: &[u8], spans: &[Span], region: Region, seed: u64, index: u64) -> Option<Mutant> {
+pub fn mutate(
+    orig: &[u8],
+    spans: &[Span],
+    region: Region,
+    seed: u64,
+    index: u64,
+) -> Option<Mutant> {
     let mine: Vec<&Span> = spans.iter().filter(|s| s.region == region).collect();
     if mine.is_empty() {
         return None;
@@ -323,7 +329,10 @@ mod tests {
             }
             assert!(v.last().unwrap().1 <= b.len() as u64);
             // PAGE data spans are whole pages; the vmdesc is the last span.
-            assert!(spans.iter().filter(|s| s.region == Region::RamData).all(|s| s.end - s.start == 4096));
+            assert!(spans
+                .iter()
+                .filter(|s| s.region == Region::RamData)
+                .all(|s| s.end - s.start == 4096));
             if !postcopy {
                 let last = spans.iter().max_by_key(|s| s.end).unwrap();
                 assert_eq!((last.what.as_str(), last.end), ("vmdesc", b.len() as u64));

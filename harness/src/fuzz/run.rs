@@ -237,7 +237,14 @@ pub async fn fuzz(a: &FuzzArgs, mut progress: impl FnMut(&Case)) -> Result<Repor
 pub fn case_line(c: &Case) -> String {
     let head = format!(
         "[{} {} #{}] {:<10} {} ({}): qemu {}, rust-dest {}",
-        c.qemu, c.stream, c.index, c.region.as_str(), c.change, c.span.what, c.qemu_verdict, c.rust_verdict
+        c.qemu,
+        c.stream,
+        c.index,
+        c.region.as_str(),
+        c.change,
+        c.span.what,
+        c.qemu_verdict,
+        c.rust_verdict
     );
     if c.agree {
         return head;

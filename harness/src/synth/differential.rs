@@ -130,10 +130,8 @@ pub async fn run_script(
     tag: &str,
 ) -> Result<DestRun> {
     let t0 = Instant::now();
-    let mut cfg = VmConfig::new(
-        &format!("synth-{tag}-{}", kind.name()),
-        opts.guest_mem.unwrap_or(GUEST_MEM),
-    );
+    let mut cfg =
+        VmConfig::new(&format!("synth-{tag}-{}", kind.name()), opts.guest_mem.unwrap_or(GUEST_MEM));
     if let Some(m) = &opts.machine {
         cfg.machine = m.clone();
     }

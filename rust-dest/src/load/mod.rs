@@ -24,6 +24,8 @@ use wire::walk::{Item, Mode, Walker};
 mod commands;
 mod device;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod header;
 pub mod multifd;
 mod package;
