@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod bench;
 pub mod defects;
 pub mod drive;
+pub mod fuzz;
 pub mod images;
 pub mod provision;
 pub mod qmp;

@@ -31,6 +31,8 @@ enum Cmd {
     Analyze(harness::analyze::cli::AnalyzeArgs),
     /// Benchmarks: rust-dest against QEMU's own destination, side by side (A B A B), with ratios, JSON and an HTML report.
     Bench(harness::bench::BenchArgs),
+    /// Differential fuzzing: mutate recorded real streams one region at a time, feed each mutant to QEMU's destination and to rust-dest, report verdict agreement per region.
+    Fuzz(harness::fuzz::run::FuzzArgs),
     /// Provision and list QEMU builds (7.2, 10.0, 11.1) side by side in a cache folder.
     #[command(subcommand)]
     Qemu(harness::provision::cli::QemuCmd),
@@ -169,6 +171,7 @@ async fn run(cli: Cli) -> Result<bool> {
     match cli.cmd {
         Cmd::Analyze(a) => harness::analyze::cli::run(&a),
         Cmd::Bench(a) => harness::bench::run_bench(a).await,
+        Cmd::Fuzz(a) => harness::fuzz::run::run_cli(&a).await,
         Cmd::Qemu(c) => {
             harness::provision::cli::run_qemu_cmd(c).await?;
             Ok(true)

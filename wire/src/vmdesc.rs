@@ -109,6 +109,40 @@ fn section_header(c: &mut Cursor, start: u64) -> Result<(u32, String, u32, u32)>
 /// `buf.len()`) using the vmdesc `devices` list. `base` is `buf[0]`'s
 /// absolute stream offset (for errors).
 pub fn split_with_vmdesc(buf: &[u8], base: u64, vmdesc: &Value) -> Result<Vec<SplitSection>> {
+    split_impl(buf, base, vmdesc, &mut None)
+}
+
+/// A footer marker (0x7e) right where the vmdesc says a device section ends,
+/// naming another section: QEMU's destination, which reads the device's
+/// fields, fails there ("Mismatched section id in footer", in
+/// `migration/savevm.c`), so a destination that delimits with the vmdesc
+/// must too.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("device section {name:?} (id {expected}) at byte offset {section_at}: mismatched section id in footer at byte offset {at}: read {read}, expected {expected}")]
+pub struct FooterMismatch {
+    pub section_at: u64,
+    pub at: u64,
+    pub name: String,
+    pub read: u32,
+    pub expected: u32,
+}
+
+/// Walk `buf` as [`split_with_vmdesc`] does and return the first footer
+/// mismatch, if that is where the walk stops.
+pub fn footer_mismatch(buf: &[u8], base: u64, vmdesc: &Value) -> Option<FooterMismatch> {
+    let mut m = None;
+    match split_impl(buf, base, vmdesc, &mut m) {
+        Ok(_) => None,
+        Err(_) => m,
+    }
+}
+
+fn split_impl(
+    buf: &[u8],
+    base: u64,
+    vmdesc: &Value,
+    mismatch: &mut Option<FooterMismatch>,
+) -> Result<Vec<SplitSection>> {
     let devices = vmdesc
         .get("devices")
         .and_then(|d| d.as_array())
@@ -148,6 +182,19 @@ pub fn split_with_vmdesc(buf: &[u8], base: u64, vmdesc: &Value) -> Result<Vec<Sp
             DecodeError::invalid(start, format!("device section {name:?}: vmdesc size {size} runs past the buffered device state"))
         })?;
         let dend = c.pos();
+        if let [QEMU_VM_SECTION_FOOTER, a, b, cc, d, ..] = buf[dend..] {
+            let read = u32::from_be_bytes([a, b, cc, d]);
+            if read != id {
+                let (at, expected) = (base + dend as u64, id);
+                *mismatch = Some(FooterMismatch {
+                    section_at: start,
+                    at,
+                    name: name.clone(),
+                    read,
+                    expected,
+                });
+            }
+        }
         super::stream::decode_footer(&mut c, id)
             .map_err(|e| e.context(&format!("device section {name:?} (vmdesc size {size})")))?;
         out.push(SplitSection {

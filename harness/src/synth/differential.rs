@@ -49,6 +49,9 @@ pub struct RunOpts {
     /// Extra command-line arguments of a rust-dest destination (e.g. its
     /// simulated vCPUs: `--vcpu-pattern sweep`).
     pub rust_args: Vec<String>,
+    /// The destinations' guest RAM size (None: [`GUEST_MEM`]); a replayed
+    /// recording needs the size it was recorded with.
+    pub guest_mem: Option<u64>,
 }
 
 impl Default for RunOpts {
@@ -63,6 +66,7 @@ impl Default for RunOpts {
             capabilities: Vec::new(),
             parameters: None,
             rust_args: Vec::new(),
+            guest_mem: None,
         }
     }
 }
@@ -126,7 +130,8 @@ pub async fn run_script(
     tag: &str,
 ) -> Result<DestRun> {
     let t0 = Instant::now();
-    let mut cfg = VmConfig::new(&format!("synth-{tag}-{}", kind.name()), GUEST_MEM);
+    let mut cfg =
+        VmConfig::new(&format!("synth-{tag}-{}", kind.name()), opts.guest_mem.unwrap_or(GUEST_MEM));
     if let Some(m) = &opts.machine {
         cfg.machine = m.clone();
     }

@@ -28,6 +28,8 @@ mod commands;
 mod config;
 mod device;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod header;
 pub mod mapped_ram;
 pub mod multifd;

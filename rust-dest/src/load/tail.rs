@@ -80,6 +80,12 @@ impl Loader {
                 self.shared.lock().vmdesc = Some(json);
                 return Ok(true);
             }
+            // A footer marker exactly where the vmdesc ends a section, naming
+            // another section: QEMU fails there (differential fuzzing,
+            // docs/differential-fuzz.md).
+            if let Some(m) = vmdesc::footer_mismatch(&tail[..eof_pos], base, &json) {
+                return Err(LoadError::Decode(wire::DecodeError::invalid(m.at, m.to_string())));
+            }
         }
         let Some(p) = parse_tail(tail) else { return Ok(false) };
         let certain = match p.after {
