@@ -297,7 +297,8 @@ fn restrict_to_default_matrix(
         if full_matrix() {
             continue;
         }
-        let kept: Vec<Value> = vals.iter().filter(|x| keep.iter().any(|y| same(x, y))).cloned().collect();
+        let kept: Vec<Value> =
+            vals.iter().filter(|x| keep.iter().any(|y| same(x, y))).cloned().collect();
         *vals = if kept.is_empty() { vals[..1].to_vec() } else { kept };
     }
     Ok(())
@@ -380,7 +381,10 @@ status = "completed"
 
     #[test]
     fn default_matrix_keeps_the_representative_values() {
-        let f = F.replace("[dest]\nkind", "[default-matrix]\npasses = [1, 7]\n[source]\nqemu = \"system\"\n[dest]\nkind");
+        let f = F.replace(
+            "[dest]\nkind",
+            "[default-matrix]\npasses = [1, 7]\n[source]\nqemu = \"system\"\n[dest]\nkind",
+        );
         let names = |f: &str| -> Vec<String> {
             load_str(Path::new("demo.toml"), f).unwrap().iter().map(|x| x.name()).collect()
         };
