@@ -218,6 +218,14 @@ async fn run(cli: Cli) -> Result<bool> {
                 o.record = false;
             }
             o.keep_recording = keep_recording;
+            // A seeded defect named in our environment goes to rust-dest
+            // only (every launch drops CROSSMIG_DEFECT otherwise, so no QEMU
+            // and no other run inherits it; docs/seeded-defects.md).
+            if let Some(d) = std::env::var("CROSSMIG_DEFECT").ok().filter(|d| !d.is_empty()) {
+                if dest == DestKind::Rust {
+                    o.dest_env.push(("CROSSMIG_DEFECT".into(), d));
+                }
+            }
             run_one(&o, json.as_deref()).await
         }
         Cmd::Soak { cycles, qemu, preempt, seed, mem, cycle_timeout, minutes, json } => {
