@@ -55,8 +55,9 @@ if ! "$VENV/bin/python" -c 'import qemu.qmp' 2>/dev/null; then
 fi
 
 # The fuzz targets (fuzz/, ci/fuzz-smoke.sh): libFuzzer needs nightly Rust
-# and cargo-fuzz. Installed only where rustup manages the toolchains.
-if command -v rustup >/dev/null; then
+# and cargo-fuzz. Installed only with CROSSMIG_FUZZ_SMOKE=1 and where rustup
+# manages the toolchains.
+if [ "${CROSSMIG_FUZZ_SMOKE:-0}" = 1 ] && command -v rustup >/dev/null; then
   cargo +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
   cargo +nightly fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 fi
