@@ -105,9 +105,21 @@ fn postcopy_stats() {
         g.fault_latencies_us = vec![1000, 2000, 3000, 4000];
         g.postcopy_state = PcState::Running;
     }
+    // One simulated vCPU waits 10 ms for a page it requested (QEMU's
+    // definitions: blocktime = all vCPUs blocked, latency of remote faults).
+    let (st, t) = (s.shared.fault_stats(), std::time::Instant::now());
+    let ms = |n: u64| t + std::time::Duration::from_millis(n);
+    st.start(1);
+    st.vcpu_blocked(t);
+    st.read((0, 7), t);
+    st.requested((0, 7), ms(1));
+    st.placed((0, 7), ms(2), ms(2));
+    st.vcpu_woken(0, (0, 7), t, ms(10));
     let m = c.ok("query-migrate", Value::Null);
     assert_eq!(m["postcopy-blocktime"], 10);
-    assert_eq!(m["postcopy-latency"], 2_500_000);
+    assert_eq!(m["postcopy-vcpu-blocktime"], json!([10]));
+    assert_eq!(m["postcopy-latency"], 10_000_000);
+    assert_eq!(m["x-crossmig"]["fault-stages-us"]["count"], 1);
     assert_eq!(m["ram"]["normal"], 3);
     assert_eq!(m["ram"]["normal-bytes"], 3 * 4096);
     assert_eq!(m["ram"]["duplicate"], 5);
