@@ -119,7 +119,9 @@ impl SoakReport {
     }
 }
 
-/// splitmix64: a small deterministic generator (a seed replays a run's plan).
+/// splitmix64: a small deterministic generator (a seed replays a run's plan,
+/// and `crossmig fuzz`'s mutants).
+#[derive(Clone, Debug)]
 pub struct Rng(u64);
 
 impl Rng {

@@ -198,27 +198,9 @@ fn ram_kind(r: &wire::ramrec::RamRecord) -> &'static str {
     }
 }
 
-/// A small deterministic generator (splitmix64): the same seed gives the
-/// same mutants on every machine.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
+/// The same deterministic generator as the soak's (splitmix64): the same
+/// seed gives the same mutants on every machine.
+pub use crate::drive::soak::Rng;
 
 /// What a mutant did to the original stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
