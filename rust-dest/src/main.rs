@@ -56,6 +56,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+    if opts.sched_stats {
+        rust_dest::state::sched::enable();
+    }
     for w in &opts.warnings {
         tracing::warn!("{w}");
     }
@@ -128,6 +131,7 @@ fn main() {
         uuid: opts.uuid.unwrap_or([0; 16]),
         compat,
         devices,
+        postcopy_window: opts.postcopy_window,
         ..Config::default()
     };
     for a in &opts.add_fds {

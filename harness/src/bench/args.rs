@@ -80,7 +80,9 @@ pub struct BenchArgs {
     pub keep_logs: bool,
     /// Postcopy: every combination of access pattern (sweep, random),
     /// postcopy-preempt (off, on) and postcopy bandwidth (uncapped, capped
-    /// at 64 MiB/s) instead of the two patterns uncapped without preempt.
+    /// at 64 MiB/s), plus random order on 2 MiB huge pages (hugetlbfs on
+    /// both sides; skipped where the machine has none) with and without
+    /// preempt, instead of the two patterns uncapped without preempt.
     #[arg(long)]
     pub postcopy_matrix: bool,
 }

@@ -161,10 +161,18 @@ pub async fn run_bench(args: BenchArgs) -> Result<bool> {
     }
     if cfg.has(Part::Postcopy) {
         for pc in postcopy::selected(cfg.postcopy_matrix) {
+            if let Some(hp) = pc.hugepages {
+                let pages = 2 * cfg.postcopy_mem_bytes / hp;
+                if let Some(why) = crate::vm::hugepages::unavailable(hp, pages) {
+                    eprintln!("bench: skipping {}: {why}", pc.name);
+                    continue;
+                }
+            }
             tcp.push(TcpScenario {
                 postcopy: true,
                 preempt: pc.preempt,
                 capped: pc.capped,
+                hugepages: pc.hugepages,
                 ..TcpScenario::precopy(pc.name, pc.workload, cfg.postcopy_mem_bytes)
             });
         }

@@ -5,7 +5,8 @@
 //! rust-dest's simulated vCPUs reproduce the same order over the same range
 //! (`Workload::rust_vcpu_args`), so every ratio compares one access
 //! pattern on both destinations. Variants: postcopy-preempt on or off,
-//! postcopy bandwidth capped ([`POSTCOPY_CAP`]) or not.
+//! postcopy bandwidth capped ([`POSTCOPY_CAP`]) or not, guest RAM on 2 MiB
+//! huge pages (hugetlbfs, both sides) or not.
 //!
 //! Figures per run: fault latency p50/p99/max (rust-dest: fault read →
 //! placed; QEMU: its trace points, page request queued → placed), the
@@ -30,15 +31,22 @@ pub(super) struct PostcopyScenario {
     pub(super) workload: Workload,
     pub(super) preempt: bool,
     pub(super) capped: bool,
+    /// Guest RAM on hugetlbfs with pages of this size, on both sides.
+    pub(super) hugepages: Option<u64>,
 }
 
 const fn pc(name: &'static str, w: Workload, preempt: bool, capped: bool) -> PostcopyScenario {
-    PostcopyScenario { name, workload: w, preempt, capped }
+    PostcopyScenario { name, workload: w, preempt, capped, hugepages: None }
+}
+
+/// A scenario on 2 MiB huge pages (uncapped).
+const fn huge(name: &'static str, w: Workload, preempt: bool) -> PostcopyScenario {
+    PostcopyScenario { name, workload: w, preempt, capped: false, hugepages: Some(2 << 20) }
 }
 
 /// Every postcopy scenario; the first two run by default, all of them with
 /// `--postcopy-matrix`.
-pub(super) const ALL: [PostcopyScenario; 8] = [
+pub(super) const ALL: [PostcopyScenario; 10] = [
     pc("postcopy_sweep", Workload::Sweep, false, false),
     pc("postcopy_random", Workload::Random, false, false),
     pc("postcopy_sweep_preempt", Workload::Sweep, true, false),
@@ -47,6 +55,8 @@ pub(super) const ALL: [PostcopyScenario; 8] = [
     pc("postcopy_random_capped", Workload::Random, false, true),
     pc("postcopy_sweep_preempt_capped", Workload::Sweep, true, true),
     pc("postcopy_random_preempt_capped", Workload::Random, true, true),
+    huge("postcopy_random_huge2m", Workload::Random, false),
+    huge("postcopy_random_preempt_huge2m", Workload::Random, true),
 ];
 
 /// The scenarios a run measures.
@@ -70,6 +80,9 @@ impl PostcopyScenario {
         s += if self.preempt { ", preempt" } else { ", no preempt" };
         if self.capped {
             s += &format!(", capped {} MiB/s", POSTCOPY_CAP >> 20);
+        }
+        if let Some(hp) = self.hugepages {
+            s += &format!(", {} huge pages", crate::vm::hugepages::size_name(hp));
         }
         s
     }
@@ -145,6 +158,30 @@ impl PostcopyScenario {
                 Better::Info,
             ),
             def("stage_own_p99_us", "rust-dest's own share per fault, p99", "µs", Better::Info),
+            def(
+                "stage_own_runq_p50_us",
+                "of the own share: waiting for a CPU (run queue), p50",
+                "µs",
+                Better::Info,
+            ),
+            def(
+                "stage_own_runq_p99_us",
+                "of the own share: waiting for a CPU (run queue), p99",
+                "µs",
+                Better::Info,
+            ),
+            def(
+                "stage_own_excl_runq_p50_us",
+                "rust-dest's own share without run-queue wait, p50",
+                "µs",
+                Better::Info,
+            ),
+            def(
+                "stage_own_excl_runq_p99_us",
+                "rust-dest's own share without run-queue wait, p99",
+                "µs",
+                Better::Info,
+            ),
             def("stage_total_p50_us", "fault read → vCPU woken, p50", "µs", Better::Info),
             def("stage_total_p99_us", "fault read → vCPU woken, p99", "µs", Better::Info),
             def(
@@ -223,6 +260,10 @@ pub(super) fn record_own_figures(rec: &mut RunRecord, p: &str, dv: &Value) {
             ("placed-to-woken", "p50"),
             ("own", "p50"),
             ("own", "p99"),
+            ("own-runq", "p50"),
+            ("own-runq", "p99"),
+            ("own-excl-runq", "p50"),
+            ("own-excl-runq", "p99"),
             ("total", "p50"),
             ("total", "p99"),
         ] {
@@ -245,11 +286,12 @@ mod tests {
     #[test]
     fn scenarios_never_mix_patterns() {
         assert_eq!(selected(false).len(), 2);
-        assert_eq!(selected(true).len(), 8);
+        assert_eq!(selected(true).len(), 10);
         let mut names: Vec<_> = ALL.iter().map(|s| s.name).collect();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), 8);
+        assert_eq!(names.len(), 10);
+        assert_eq!(ALL[9].describe(), "random order, preempt, 2M huge pages");
         for s in ALL {
             let w = if s.name.contains("random") { Workload::Random } else { Workload::Sweep };
             assert_eq!(s.workload, w, "{}", s.name);
@@ -285,6 +327,7 @@ mod tests {
                 "count": 3,
                 "read-to-request": {"count": 3, "p50": 4, "p99": 9, "max": 9},
                 "own": {"count": 3, "p50": 7, "p99": 20, "max": 20},
+                "own-excl-runq": {"count": 3, "p50": 5, "p99": 8, "max": 8},
                 "total": {"count": 0, "p50": 0, "p99": 0, "max": 0},
             }},
         });
@@ -294,6 +337,7 @@ mod tests {
         assert_eq!(r.metrics["postcopy_random.latency_dist_p50_us"], 32.0);
         assert_eq!(r.metrics["postcopy_random.stage_read_to_request_p99_us"], 9.0);
         assert_eq!(r.metrics["postcopy_random.stage_own_p50_us"], 7.0);
+        assert_eq!(r.metrics["postcopy_random.stage_own_excl_runq_p99_us"], 8.0);
         assert!(!r.metrics.contains_key("postcopy_random.stage_total_p50_us"));
     }
 }

@@ -21,6 +21,7 @@ use crate::drive::session::{u64_at, Migration, Side};
 use crate::images::Workload;
 use crate::qmp::{MigrationStatus, StatusWait};
 use crate::vm::dest::DestKind;
+use crate::vm::hugepages::HugeTlb;
 use crate::vm::procs::{file_tail, unique_name, PathGuard};
 use crate::vm::qemu::VmConfig;
 
@@ -39,6 +40,8 @@ pub(super) struct TcpScenario {
     pub(super) preempt: bool,
     /// Postcopy: `max-postcopy-bandwidth` at [`POSTCOPY_CAP`] (else 0, unlimited).
     pub(super) capped: bool,
+    /// Guest RAM of both sides on hugetlbfs with pages of this size.
+    pub(super) hugepages: Option<u64>,
 }
 
 impl TcpScenario {
@@ -52,6 +55,7 @@ impl TcpScenario {
             multifd: None,
             preempt: false,
             capped: false,
+            hugepages: None,
         }
     }
 }
@@ -93,7 +97,15 @@ async fn tcp_inner(
     let disk = ctx.workdir.join(format!("{tag}.img"));
     std::fs::copy(sc.workload.image_path(), &disk).context("copying the guest image")?;
     let _disk = PathGuard::new(&disk);
+    // Huge pages outlive both VMs (declared before them, dropped after).
+    let huge = match sc.hugepages {
+        Some(hp) => Some(HugeTlb::setup(hp, 2 * sc.mem / hp).context("huge pages")?),
+        None => None,
+    };
     let mut scfg = VmConfig::new("bench-src", sc.mem);
+    if let Some(h) = &huge {
+        scfg.mem_path = h.file(&format!("{tag}-src.ram"));
+    }
     scfg.machine = ctx.machine.clone();
     scfg.disk = Some(disk.clone());
     let serial = ctx.workdir.join(format!("{tag}-src.serial"));
@@ -115,12 +127,19 @@ async fn tcp_inner(
 
     // --- destination ---
     let mut dcfg = ctx.dest_cfg(side, sc.mem, "defer");
+    if let Some(h) = &huge {
+        dcfg.mem_path = h.file(&format!("{tag}-dst.ram"));
+    }
     if sc.postcopy {
         match side {
             DestKind::Rust => {
                 // The same access order as the guest QEMU's destination runs.
                 dcfg.extra.extend(sc.workload.rust_vcpu_args(sc.mem, &[]));
-                dcfg.extra.extend(["--vcpu-rate", "0", "--log", RUST_FAULT_TRACE].map(String::from))
+                // --sched-stats: how much of each stage was run-queue wait
+                // (read outside the timed intervals).
+                dcfg.extra.extend(
+                    ["--vcpu-rate", "0", "--sched-stats", "--log", RUST_FAULT_TRACE].map(String::from),
+                )
             }
             DestKind::Qemu => dcfg.extra.extend(
                 [

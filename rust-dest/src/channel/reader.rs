@@ -39,6 +39,8 @@ pub struct Reader {
     /// A file that can be repositioned (mapped-ram) and the file offset of
     /// stream byte 0; `src` reads a duplicate sharing its position.
     seekable: Option<(Arc<File>, u64)>,
+    /// Most bytes one read takes from the source ([`Reader::set_max_read`]).
+    max_read: usize,
 }
 
 impl Reader {
@@ -51,7 +53,15 @@ impl Reader {
             base: 0,
             shared,
             seekable: None,
+            max_read: usize::MAX,
         }
+    }
+
+    /// Take at most `n` bytes (at least 1) per read from the source: in
+    /// postcopy the bytes buffered here but not yet loaded are a queue a
+    /// requested page waits behind (`--postcopy-window`).
+    pub fn set_max_read(&mut self, n: usize) {
+        self.max_read = n.max(1);
     }
 
     /// `src` is a duplicate of `f` (same file position) whose stream starts
@@ -112,8 +122,9 @@ impl Reader {
         if self.buf.len() < want_cap {
             self.buf.resize(want_cap, 0);
         }
+        let lim = self.buf.len().min(self.end.saturating_add(self.max_read));
         loop {
-            match self.src.read(&mut self.buf[self.end..]) {
+            match self.src.read(&mut self.buf[self.end..lim]) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.end += n;
@@ -204,5 +215,26 @@ mod tests {
             .unwrap();
         assert_eq!(got, Some(len));
         assert!(r.buf.len() <= 2 * len + READ_CHUNK, "window {} for {len}", r.buf.len());
+    }
+    /// In postcopy a read takes at most the window, so what is buffered
+    /// but not loaded stays short; a record longer than that still
+    /// arrives whole, read by read.
+    #[test]
+    fn max_read_bounds_each_read() {
+        let mut r = reader(vec![3; 3 * READ_CHUNK]);
+        r.set_max_read(4096);
+        assert!(r.fill(1).unwrap());
+        assert_eq!(r.window().0.len(), 4096);
+        assert!(r.fill(1).unwrap());
+        assert_eq!(r.window().0.len(), 8192);
+        let mut w = Walker::with_mode(Mode::Package { len: 100_000 }, true);
+        let got = r
+            .next_record(&mut w, |item, _, _| match item {
+                Item::Package(b) => Ok::<_, ReadError>((b.len(), true)),
+                other => panic!("{other:?}"),
+            })
+            .unwrap();
+        assert_eq!(got, Some(100_000));
+        assert!(r.window().0.len() < 4096, "read past the record by more than one read");
     }
 }

@@ -80,6 +80,16 @@ impl Sock {
             Sock::Unix(s) => s.set_write_timeout(d),
         }
     }
+    /// Limit the socket's receive buffer to `bytes` (`SO_RCVBUF`; the
+    /// kernel doubles it and stops autotuning it).
+    pub fn set_recv_buffer(&self, bytes: usize) -> io::Result<()> {
+        use nix::sys::socket::{setsockopt, sockopt::RcvBuf};
+        match self {
+            Sock::Tcp(s) => setsockopt(s, RcvBuf, &bytes),
+            Sock::Unix(s) => setsockopt(s, RcvBuf, &bytes),
+        }
+        .map_err(io::Error::from)
+    }
     pub fn shutdown(&self) {
         let _ = match self {
             Sock::Tcp(s) => s.shutdown(Shutdown::Both),
@@ -424,6 +434,17 @@ impl Session {
     pub fn set_main_read_timeout(&self, d: Option<Duration>) {
         if let Some(s) = &self.lock().main_sock {
             let _ = s.set_read_timeout(d);
+        }
+    }
+
+    /// Postcopy's receive window on the main channel (`--postcopy-window`):
+    /// without preempt a requested page queues behind everything in flight
+    /// on this channel, so keep that short.
+    pub fn set_main_recv_buffer(&self, bytes: usize) {
+        if let Some(s) = &self.lock().main_sock {
+            if let Err(e) = s.set_recv_buffer(bytes) {
+                tracing::warn!("main channel: cannot set the postcopy receive buffer: {e}");
+            }
         }
     }
 

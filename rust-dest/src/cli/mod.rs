@@ -110,6 +110,16 @@ rust-dest options:
   --vcpu-threads N      simulated vCPU threads (default 1)
   --vcpu-rate N         page touches per second per thread (default 50000;
                         0 = unlimited)
+  --postcopy-window SIZE
+                        from POSTCOPY_LISTEN on, the main channel's receive
+                        buffer and largest read (default 256K; 0 = leave the
+                        kernel's autotuning): without postcopy-preempt a
+                        requested page waits behind what is in flight there
+  --sched-stats         profile postcopy faults: how much of each stage the
+                        fault thread and the vCPU spent waiting for a CPU
+                        (x-crossmig fault-stages-us runq-*; reads
+                        /proc/thread-self/schedstat, ~1-2 us per read,
+                        outside the timed intervals)
   --device-catalogue FILE
                         refuse device sections the QEMU version described by
                         FILE refuses (unknown names, versions out of range,
@@ -164,6 +174,10 @@ pub struct Options {
     pub compat_version: Option<QemuVersion>,
     /// `-nodefaults` was given (no default devices).
     pub nodefaults: bool,
+    /// `--sched-stats`: the fault-path run-queue profile (`state::sched`).
+    pub sched_stats: bool,
+    /// `--postcopy-window SIZE` (0: leave the kernel's autotuning).
+    pub postcopy_window: usize,
     /// Options that add, remove or change devices (so the device instances
     /// are not those of a catalogue's reference configuration).
     pub device_changes: Vec<String>,
@@ -196,6 +210,8 @@ impl Default for Options {
             device_catalogue: None,
             compat_version: None,
             nodefaults: false,
+            sched_stats: false,
+            postcopy_window: crate::load::POSTCOPY_WINDOW,
             device_changes: Vec::new(),
         }
     }
@@ -400,6 +416,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, CliError
                     })?)
             }
             "nodefaults" => o.nodefaults = true,
+            "sched-stats" => o.sched_stats = true,
+            "postcopy-window" => {
+                let v = val(&mut it)?;
+                o.postcopy_window =
+                    parse_size(&v).map_err(|e| CliError::arg("--postcopy-window", e.to_string()))? as usize
+            }
             n if REFUSED.contains(&n) => {
                 return Err(CliError::arg(
                     &format!("-{n}"),

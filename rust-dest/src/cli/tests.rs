@@ -176,6 +176,12 @@ fn sizes_and_errors() {
     assert_eq!(p(&format!("-m 128 {q}")).unwrap().mem_size, Some(128 << 20));
     assert!(p(&format!("-machine pc-q35-10.0,suppress-vmdesc=on {q}")).unwrap().suppress_vmdesc);
     assert!(p(&format!("--vcpu-pattern zigzag {q}")).is_err());
+    assert_eq!(p(q).unwrap().postcopy_window, crate::load::POSTCOPY_WINDOW);
+    assert_eq!(p(&format!("--postcopy-window 1M {q}")).unwrap().postcopy_window, 1 << 20);
+    assert_eq!(p(&format!("--postcopy-window 0 {q}")).unwrap().postcopy_window, 0);
+    assert!(p(&format!("--postcopy-window lots {q}")).is_err());
+    assert!(!p(q).unwrap().sched_stats);
+    assert!(p(&format!("--sched-stats {q}")).unwrap().sched_stats);
     assert_eq!(
         p(&format!("-machine pc-q35-10.0,bogus=on {q}")).unwrap_err(),
         "Property 'pc-q35-10.0-machine.bogus' not found"

@@ -255,6 +255,9 @@ impl Loader {
         // From now on a silent main channel is a lost connection (pause).
         if let Some(s) = &self.session {
             s.set_main_read_timeout(Some(crate::channel::session::POSTCOPY_SILENCE_LIMIT));
+            if self.cfg.postcopy_window > 0 {
+                s.set_main_recv_buffer(self.cfg.postcopy_window);
+            }
         }
         Ok(())
     }

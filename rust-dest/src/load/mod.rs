@@ -46,6 +46,12 @@ pub use error::LoadError;
 use mapped_ram::MappedRamFile;
 use multifd::{MultifdConfig, MultifdRecv};
 
+/// Default `--postcopy-window`: 256 KiB (the kernel doubles `SO_RCVBUF`).
+/// Without it the kernel autotunes the main channel's window to many MiB
+/// once rust-dest reads in large chunks, and a requested page waits behind
+/// all of it (docs/postcopy-latency.md).
+pub const POSTCOPY_WINDOW: usize = 256 << 10;
+
 /// Loader configuration (from the command line).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -67,6 +73,9 @@ pub struct Config {
     pub compat: QemuVersion,
     /// Device sections are checked against this catalogue, if any.
     pub devices: Option<DeviceCheck>,
+    /// `--postcopy-window`: from POSTCOPY_LISTEN on, the main channel's
+    /// receive buffer and the most one read takes (0: unchanged).
+    pub postcopy_window: usize,
 }
 
 impl Default for Config {
@@ -78,6 +87,7 @@ impl Default for Config {
             machine: None,
             max_device_state: 64 << 20,
             vcpu: VcpuConfig::default(),
+            postcopy_window: POSTCOPY_WINDOW,
             uuid: [0; 16],
             compat: QemuVersion::NEWEST,
             devices: None,
@@ -346,6 +356,9 @@ impl Loader {
                     w.resume_headerless();
                     if let Some(s) = &self.session {
                         s.set_main_read_timeout(Some(POSTCOPY_SILENCE_LIMIT));
+                        if self.cfg.postcopy_window > 0 {
+                            s.set_main_recv_buffer(self.cfg.postcopy_window);
+                        }
                     }
                 }
                 Err(e) => {
@@ -450,6 +463,9 @@ impl Loader {
                 .map_err(|e| self.stopped(e, r, w))?;
             if let Some(names) = self.sized_blocks.take() {
                 w.set_hugepage_blocks(names);
+            }
+            if self.placing && self.cfg.postcopy_window > 0 {
+                r.set_max_read(self.cfg.postcopy_window);
             }
             match flow {
                 None | Some(Flow::Continue) => {}

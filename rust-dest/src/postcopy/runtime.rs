@@ -17,6 +17,7 @@ use super::vcpu::{blocked_on_placed, vcpu_thread, Guest, Pattern, VcpuConfig};
 use crate::channel::ReturnPath;
 use crate::defects::{self, Defect};
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
+use crate::state::sched::{self, ThreadRunq};
 use crate::state::{Counters, Shared};
 use wire::rp::RpMessage;
 
@@ -234,7 +235,7 @@ impl PostcopyRuntime {
             }
             let m = request(&mut o, bi, b, page * TARGET_PAGE_SIZE);
             if rp.send(&m).is_ok() {
-                self.inner.shared.fault_stats().requested((bi, page), Instant::now());
+                self.inner.shared.fault_stats().requested((bi, page), Instant::now(), 0);
                 sent += 1;
             }
         }
@@ -341,6 +342,7 @@ fn drop_missing(b: &RamBlock) -> std::io::Result<()> {
 
 fn fault_thread(inner: Arc<Inner>) {
     let mut buf = userfaultfd::EventBuffer::new(64);
+    let runq = ThreadRunq::for_current_thread();
     while !inner.stop.load(Ordering::Acquire) {
         let ready = {
             let fd = inner.uffd.as_fd();
@@ -360,13 +362,13 @@ fn fault_thread(inner: Arc<Inner>) {
         };
         for ev in events {
             if let Event::Pagefault { addr, .. } = ev {
-                handle_fault(&inner, addr as usize);
+                handle_fault(&inner, &runq, addr as usize);
             }
         }
     }
 }
 
-fn handle_fault(inner: &Inner, addr: usize) {
+fn handle_fault(inner: &Inner, runq: &ThreadRunq, addr: usize) {
     let Some((bi, b)) = inner.blocks.iter().enumerate().find(|(_, b)| {
         addr >= b.mapping.host_addr() && addr < b.mapping.host_addr() + b.mapping.len()
     }) else {
@@ -387,6 +389,9 @@ fn handle_fault(inner: &Inner, addr: usize) {
         resolve_present_or_zero(inner, b, off);
         return;
     }
+    // Read before the fault's timestamp and again after the request's, so
+    // the profile's own cost stays outside the timed stage.
+    let runq0 = runq.wait_ns();
     let msg = {
         let mut o = inner.out.lock().unwrap();
         if o.map.contains_key(&(bi, page)) {
@@ -428,7 +433,9 @@ fn handle_fault(inner: &Inner, addr: usize) {
                 tracing::warn!("cannot pause after the failed page request: {p}");
             }
         } else {
-            inner.shared.fault_stats().requested((bi, page), Instant::now());
+            let at = Instant::now();
+            let waited = sched::delta_us(runq0, runq.wait_ns());
+            inner.shared.fault_stats().requested((bi, page), at, waited);
             Counters::add(&c.page_requests, 1);
         }
     }

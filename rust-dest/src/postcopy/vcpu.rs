@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ram::{RamBlock, TARGET_PAGE_SIZE};
+use crate::state::sched::{self, ThreadRunq};
 use crate::state::{RunState, Shared};
 
 /// Multiplier and increment of the random test guest's LCG
@@ -216,6 +217,7 @@ pub(super) fn vcpu_thread(guest: Guest, cfg: VcpuConfig, idx: usize) {
     let mut sink = 0u8;
     let mut touched: u64 = 0;
     let stats = guest.shared.fault_stats();
+    let runq = ThreadRunq::for_current_thread();
     while !guest.stop.load(Ordering::Acquire) {
         if guest.shared.lock().run_state != RunState::Running {
             std::thread::sleep(Duration::from_millis(2));
@@ -243,6 +245,8 @@ pub(super) fn vcpu_thread(guest: Guest, cfg: VcpuConfig, idx: usize) {
             if let Some((bi, page)) = walk.locate(g) {
                 let b = &guest.blocks[bi];
                 let missing = !b.received.get(page);
+                // Run-queue wait read outside the timed access.
+                let runq0 = if missing { runq.wait_ns() } else { None };
                 let t0 = Instant::now();
                 if missing {
                     stats.vcpu_blocked(t0);
@@ -252,7 +256,12 @@ pub(super) fn vcpu_thread(guest: Guest, cfg: VcpuConfig, idx: usize) {
                 sink ^= b.mapping.touch((page * TARGET_PAGE_SIZE) as usize);
                 guest.inflight.store(0, Ordering::Release);
                 if missing {
-                    stats.vcpu_woken(idx, (bi, page), t0, Instant::now());
+                    let at = Instant::now();
+                    let waited = sched::delta_us(runq0, runq.wait_ns());
+                    // A fault is keyed by the block's page (a whole huge
+                    // page on hugetlbfs), as the fault thread requests it.
+                    let per = (b.page_size / TARGET_PAGE_SIZE).max(1);
+                    stats.vcpu_woken(idx, (bi, page - page % per), t0, at, waited);
                 }
             }
             if guest.stop.load(Ordering::Relaxed) {

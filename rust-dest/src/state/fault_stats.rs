@@ -41,12 +41,15 @@ pub type FaultKey = (usize, u64);
 struct Pending {
     read: Instant,
     request: Option<Instant>,
+    /// µs the fault thread waited on a run queue between read and request.
+    request_runq: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Placed {
     read: Instant,
     request: Option<Instant>,
+    request_runq: u64,
     received: Instant,
     placed: Instant,
 }
@@ -58,6 +61,11 @@ pub struct StageSample {
     pub request_to_received: u64,
     pub received_to_placed: u64,
     pub placed_to_woken: u64,
+    /// Of `read_to_request`, µs the fault thread waited for a CPU
+    /// (`--sched-stats`; 0 without it).
+    pub read_to_request_runq: u64,
+    /// Of `placed_to_woken`, µs the woken vCPU waited for a CPU.
+    pub placed_to_woken_runq: u64,
 }
 
 impl StageSample {
@@ -68,6 +76,15 @@ impl StageSample {
     }
     pub fn total(&self) -> u64 {
         self.own() + self.request_to_received
+    }
+    /// Run-queue wait inside the own share.
+    pub fn own_runq(&self) -> u64 {
+        self.read_to_request_runq + self.placed_to_woken_runq
+    }
+    /// The own share without the time spent waiting for a CPU: what
+    /// rust-dest's code and its system calls cost.
+    pub fn own_excl_runq(&self) -> u64 {
+        self.own().saturating_sub(self.own_runq())
     }
 }
 
@@ -141,14 +158,18 @@ impl FaultStats {
 
     /// The fault thread read a fault on a missing page.
     pub fn read(&self, key: FaultKey, at: Instant) {
-        self.lock().pending.entry(key).or_insert(Pending { read: at, request: None });
+        self.lock().pending.entry(key).or_insert(Pending { read: at, request: None, request_runq: 0 });
     }
 
     /// Its page request went out on the return path (the first one counts;
     /// a request re-sent after a recovery does not move it).
-    pub fn requested(&self, key: FaultKey, at: Instant) {
+    /// `runq_us`: how long the fault thread waited for a CPU since the read.
+    pub fn requested(&self, key: FaultKey, at: Instant, runq_us: u64) {
         if let Some(p) = self.lock().pending.get_mut(&key) {
-            p.request.get_or_insert(at);
+            if p.request.is_none() {
+                p.request = Some(at);
+                p.request_runq = runq_us;
+            }
         }
     }
 
@@ -157,7 +178,8 @@ impl FaultStats {
     pub fn placed(&self, key: FaultKey, received: Instant, placed: Instant) {
         let mut g = self.lock();
         if let Some(p) = g.pending.remove(&key) {
-            g.placed.insert(key, Placed { read: p.read, request: p.request, received, placed });
+            let request_runq = p.request_runq;
+            g.placed.insert(key, Placed { read: p.read, request: p.request, request_runq, received, placed });
         }
     }
 
@@ -171,8 +193,9 @@ impl FaultStats {
     }
 
     /// vCPU `vcpu`, which waited since `since`, runs again at `at`; `key`
-    /// is the page it waited for.
-    pub fn vcpu_woken(&self, vcpu: usize, key: FaultKey, since: Instant, at: Instant) {
+    /// is the page it waited for; `runq_us`: how long it waited for a CPU
+    /// after being woken.
+    pub fn vcpu_woken(&self, vcpu: usize, key: FaultKey, since: Instant, at: Instant, runq_us: u64) {
         let mut g = self.lock();
         g.blocked.waiting = g.blocked.waiting.saturating_sub(1);
         if let Some(s) = g.blocked.all_since.take() {
@@ -191,6 +214,8 @@ impl FaultStats {
                     request_to_received: us(req, p.received),
                     received_to_placed: us(p.received, p.placed),
                     placed_to_woken: us(p.placed, at),
+                    read_to_request_runq: p.request_runq,
+                    placed_to_woken_runq: runq_us,
                 });
             }
         }
@@ -247,6 +272,10 @@ impl FaultStats {
             "placed-to-woken": col(|s| s.placed_to_woken),
             "own": col(StageSample::own),
             "total": col(StageSample::total),
+            "runq-read-to-request": col(|s| s.read_to_request_runq),
+            "runq-placed-to-woken": col(|s| s.placed_to_woken_runq),
+            "own-runq": col(StageSample::own_runq),
+            "own-excl-runq": col(StageSample::own_excl_runq),
         })
     }
 }
@@ -278,9 +307,9 @@ mod tests {
         s.start(1);
         s.vcpu_blocked(at(t, 0));
         s.read((0, 7), at(t, 5));
-        s.requested((0, 7), at(t, 8));
+        s.requested((0, 7), at(t, 8), 2);
         s.placed((0, 7), at(t, 100), at(t, 104));
-        s.vcpu_woken(0, (0, 7), at(t, 0), at(t, 110));
+        s.vcpu_woken(0, (0, 7), at(t, 0), at(t, 110), 5);
         let st = s.stages_json();
         assert_eq!(st["count"], 1);
         assert_eq!(st["read-to-request"]["p50"], 3);
@@ -289,6 +318,11 @@ mod tests {
         assert_eq!(st["placed-to-woken"]["p50"], 6);
         assert_eq!(st["own"]["p50"], 13);
         assert_eq!(st["total"]["p50"], 105);
+        // Of the own 13 µs, 2 + 5 were spent waiting for a CPU.
+        assert_eq!(st["runq-read-to-request"]["p50"], 2);
+        assert_eq!(st["runq-placed-to-woken"]["p50"], 5);
+        assert_eq!(st["own-runq"]["p50"], 7);
+        assert_eq!(st["own-excl-runq"]["p50"], 6);
         let m: HashMap<_, _> = s.qmp_members().into_iter().collect();
         assert_eq!(m["postcopy-latency"], 105_000);
         assert_eq!(m["postcopy-vcpu-latency"], json!([105_000]));
@@ -306,8 +340,8 @@ mod tests {
         // vCPU 0 waits 0..40 ms, vCPU 1 waits 10..30 ms: all blocked 20 ms.
         s.vcpu_blocked(at(t, 0));
         s.vcpu_blocked(at(t, 10_000));
-        s.vcpu_woken(1, (0, 1), at(t, 10_000), at(t, 30_000));
-        s.vcpu_woken(0, (0, 2), at(t, 0), at(t, 40_000));
+        s.vcpu_woken(1, (0, 1), at(t, 10_000), at(t, 30_000), 0);
+        s.vcpu_woken(0, (0, 2), at(t, 0), at(t, 40_000), 0);
         let m: HashMap<_, _> = s.qmp_members().into_iter().collect();
         assert_eq!(m["postcopy-blocktime"], 20);
         assert_eq!(m["postcopy-vcpu-blocktime"], json!([40, 20]));
@@ -322,7 +356,7 @@ mod tests {
         let t = Instant::now();
         s.start(1);
         s.read((1, 3), at(t, 0));
-        s.requested((1, 3), at(t, 1));
+        s.requested((1, 3), at(t, 1), 0);
         s.placed((1, 3), at(t, 50), at(t, 51));
         let m: HashMap<_, _> = s.qmp_members().into_iter().collect();
         assert_eq!(m["postcopy-non-vcpu-latency"], 51_000);

@@ -18,6 +18,7 @@ mod devices;
 mod events;
 pub mod fault_stats;
 mod guest;
+pub mod sched;
 mod status;
 
 pub use caps::{
