@@ -29,6 +29,8 @@ fn invariant(o: Option<&RunOutcome>) -> String {
         None => "-".into(),
         Some(o) if !o.completed => "caught (no completion)".into(),
         Some(o) if o.invariant_ok == Some(false) => "caught (invariant broken)".into(),
+        // A stream script has no guest: nothing but the model sees memory.
+        Some(o) if !o.guest => "missed (no guest: completes)".into(),
         Some(_) => "missed".into(),
     }
 }

@@ -157,11 +157,14 @@ pub fn field_at(desc: &Value, at: usize) -> Option<(String, usize, usize)> {
 /// saved again differs from what the source sent without any defect:
 /// (section idstr, field path, bytes within the field).
 /// `hw/rtc/mc146818rtc.c`: the clock registers of `cmos_data` (seconds to
-/// year, and the century byte 0x32) and the host-clock bases follow the
-/// time of the save.
+/// year, and the century byte 0x32), register C's interrupt flags and the
+/// host-clock bases follow the time of the save.
 pub const QEMU_RESAVE_VOLATILE: &[(&str, &str, Range<usize>)] = &[
     ("mc146818rtc", "cmos_data", 0..10),
     ("mc146818rtc", "cmos_data", 0x32..0x33),
+    // Register C (interrupt flags): the update-ended flag is set as the
+    // RTC's clock (the host clock) passes a second, also while paused.
+    ("mc146818rtc", "cmos_data", 12..13),
     ("mc146818rtc", "base_rtc", 0..usize::MAX),
     ("mc146818rtc", "last_update", 0..usize::MAX),
     ("mc146818rtc", "offset", 0..usize::MAX),
