@@ -124,9 +124,13 @@ fn stopped(d: &Defect) -> bool {
 /// destinations. Every check must pass there, or the table's "caught"
 /// means nothing.
 pub fn controls() -> Vec<Defect> {
-    [MigrationKind::Precopy, MigrationKind::Postcopy]
-        .into_iter()
-        .map(|k| Defect {
+    live_controls(&[MigrationKind::Precopy, MigrationKind::Postcopy])
+}
+
+fn live_controls(kinds: &[MigrationKind]) -> Vec<Defect> {
+    kinds
+        .iter()
+        .map(|&k| Defect {
             name: format!("control-{}", k.name()),
             side: Side::Source,
             inject: Mutation::Nothing.name().into(),
@@ -140,11 +144,18 @@ pub fn controls() -> Vec<Defect> {
         .collect()
 }
 
-/// The controls of `defects`: [`controls`], and for every stream scenario
-/// they play, the same script into the normal rust-dest and QEMU (every
-/// judgement must pass there).
+/// The controls of `defects`: [`controls`], one more live control for
+/// every other kind of migration they run (postcopy-preempt, recovery,
+/// multifd), and for every stream scenario they play, the same script into
+/// the normal rust-dest and QEMU (every judgement must pass there).
 pub fn controls_for(defects: &[Defect]) -> Vec<Defect> {
-    let mut c = controls();
+    let mut kinds = vec![MigrationKind::Precopy, MigrationKind::Postcopy];
+    for d in defects.iter().filter(|d| d.scenario.is_none()) {
+        if !kinds.contains(&d.migration) {
+            kinds.push(d.migration);
+        }
+    }
+    let mut c = live_controls(&kinds);
     for d in defects {
         let Some(sc) = &d.scenario else { continue };
         if c.iter().any(|x| x.scenario.as_ref() == Some(sc) && x.qemu == d.qemu) {
@@ -213,6 +224,10 @@ async fn run_one(d: &Defect, dest: DestKind, cfg: &RunConfig) -> Result<RunOutco
     o.stopped = stopped(d);
     o.extra_caps = caps;
     o.record = true;
+    if d.migration == MigrationKind::PostcopyRecovery {
+        // One pause and recovery during postcopy (`crossmig migrate --recover 1`).
+        o.recover_cuts = 1;
+    }
     let shared = Arc::new(Shared::default());
     match d.side {
         Side::Source => o.mutation = Some((d.mutation()?, shared.clone())),
