@@ -11,6 +11,7 @@ pub mod channel;
 pub mod cli;
 mod device;
 pub mod mutation;
+pub mod outcome;
 pub mod proxy;
 mod ram;
 pub mod runner;

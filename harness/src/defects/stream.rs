@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::catalogue::{scenarios_dir, Defect, Side};
 use super::mutation::Mutation;
-use super::runner::{RunConfig, RunOutcome, NOT_COMPLETED};
+use super::outcome::{defect_rust_dest, RunConfig, RunOutcome, NOT_COMPLETED};
 use crate::scenario::file::load;
 use crate::scenario::qemu::source_qemu;
 use crate::scenario::spec::Body;
@@ -65,7 +65,7 @@ pub async fn run_stream_defect(d: &Defect, cfg: &RunConfig) -> Result<RunOutcome
         Side::Dest => {
             let bin = match &cfg.defect_rust_dest {
                 Some(p) => p.clone(),
-                None => super::runner::defect_rust_dest()?,
+                None => defect_rust_dest()?,
             };
             if !bin.exists() {
                 bail!("seeded-defects rust-dest {} does not exist", bin.display());
