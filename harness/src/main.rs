@@ -36,7 +36,7 @@ enum Cmd {
     /// Provision and list QEMU builds (7.2, 10.0, 11.1) side by side in a cache folder.
     #[command(subcommand)]
     Qemu(harness::provision::cli::QemuCmd),
-    /// Run the seeded-defects catalogue (harness/defects/*.toml): each defect into rust-dest and QEMU's destination, with what caught it.
+    /// Run the seeded-defects catalogue (harness/defects/*.toml) after its control runs: each source-side defect into rust-dest and QEMU's destination, each destination-side one into the seeded-defects rust-dest (a live migration or a stream scenario), with what caught it.
     Defects {
         /// Only the defect of this name.
         #[arg(long)]
