@@ -36,7 +36,7 @@ enum Cmd {
     /// Provision and list QEMU builds (7.2, 10.0, 11.1) side by side in a cache folder.
     #[command(subcommand)]
     Qemu(harness::provision::cli::QemuCmd),
-    /// Run the seeded-defects catalogue (harness/defects/*.toml): each defect into rust-dest and QEMU's destination, with what caught it.
+    /// Run the seeded-defects catalogue (harness/defects/*.toml) after its control runs: each source-side defect into rust-dest and QEMU's destination, each destination-side one into the seeded-defects rust-dest (a live migration or a stream scenario), with what caught it.
     Defects {
         /// Only the defect of this name.
         #[arg(long)]
@@ -50,6 +50,9 @@ enum Cmd {
         /// Catalogue folder (default: the harness's defects/).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Migrations run at once (default: the available cores, at most 4).
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// Run scenario files (or directories of them): every variant, with live progress and a result table.
     Run {
@@ -176,8 +179,8 @@ async fn run(cli: Cli) -> Result<bool> {
             harness::provision::cli::run_qemu_cmd(c).await?;
             Ok(true)
         }
-        Cmd::Defects { only, fast, json, dir } => {
-            let req = harness::defects::cli::DefectsRequest { only, fast, json, dir };
+        Cmd::Defects { only, fast, json, dir, jobs } => {
+            let req = harness::defects::cli::DefectsRequest { only, fast, json, dir, jobs };
             harness::defects::cli::run_defects(req).await
         }
         Cmd::Run { files, filter, list, check, json } => {

@@ -3,9 +3,11 @@
 //! and checks that `crossmig migrate` catches two of them with its default
 //! checks: a page written at the wrong offset (the page-by-page RAM
 //! comparison) and a faulting vCPU never woken in postcopy (the check added
-//! for it, `verify/postcopy.rs`). The whole catalogue runs under
-//! `crossmig defects`; this test only keeps the defect build and the
-//! harness's view of it honest. Needs real QEMU (ci/install.sh).
+//! for it, `verify/postcopy.rs`); and that `crossmig defects` catches one
+//! that only a stream scenario shows (a page left stale by a ZERO record).
+//! The whole catalogue runs under `crossmig defects`; this test only keeps
+//! the defect build and the harness's view of it honest. Needs real QEMU
+//! (ci/install.sh).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -81,4 +83,29 @@ fn seeded_dest_defects_are_caught() {
     assert_eq!(code, Some(1), "a check must fail (exit 1)");
     let failed = failed_checks(&report.expect("report written"));
     assert_eq!(failed, ["faulting vCPUs were woken"], "failed checks");
+}
+
+/// A defect only a stream script shows (a zero record after the page was
+/// received, left stale): `crossmig defects` plays its scenario into the
+/// defect build and QEMU's destination, after the controls (the same script
+/// into the normal rust-dest), and catches it with the model comparison.
+#[test]
+fn stream_scenario_dest_defect_is_caught() {
+    let bin = defect_binary();
+    let json = std::env::temp_dir().join(format!("crossmig-defects-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_crossmig"))
+        .args(["defects", "--only", "dest-zero-keeps-stale", "--json"])
+        .arg(&json)
+        .env("CROSSMIG_DEFECT_RUST_DEST", &bin)
+        .output()
+        .expect("run crossmig");
+    eprintln!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("json");
+    let _ = std::fs::remove_file(&json);
+    assert_eq!(out.status.code(), Some(0), "controls pass and the defect is caught");
+    let row = &report["rows"][0];
+    assert_eq!(row["name"], "dest-zero-keeps-stale");
+    let a = row["a_crossmig_rust_dest"].as_str().expect("column a");
+    assert!(a.contains("memory equals the script's model"), "{a}");
 }

@@ -65,6 +65,12 @@ pub struct Defect {
     /// Part of the fast subset run by `cargo test`.
     #[serde(default)]
     pub fast: bool,
+    /// Destination side only: instead of a live migration, play this stream
+    /// scenario (`scenarios/<scenario>.toml`, its variant for `qemu`) through
+    /// the synthetic source into the defect build and QEMU's destination
+    /// (the oracle); `migration` then names the kind of stream it plays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<String>,
 }
 
 impl Defect {
@@ -99,6 +105,11 @@ pub fn default_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("defects")
 }
 
+/// The stream scenarios folder (`scenarios/` of the workspace).
+pub fn scenarios_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios")
+}
+
 /// Load one file and check every entry.
 pub fn load_file(path: &Path) -> Result<Vec<Defect>, CatalogueError> {
     let text = std::fs::read_to_string(path)
@@ -118,6 +129,17 @@ pub fn load_file(path: &Path) -> Result<Vec<Defect>, CatalogueError> {
         }
         if d.side == Side::Source {
             d.mutation().map_err(|e| bad(e.to_string()))?;
+        }
+        if let Some(sc) = &d.scenario {
+            if d.side != Side::Dest {
+                return Err(bad(
+                    "a scenario runs a destination-side defect only (side = \"dest\")".into(),
+                ));
+            }
+            let f = scenarios_dir().join(format!("{sc}.toml"));
+            if !sc.starts_with("stream-") || !f.is_file() {
+                return Err(bad(format!("scenario {sc:?}: no stream scenario {}", f.display())));
+            }
         }
         if d.inject.is_empty() || d.class.is_empty() {
             return Err(bad("inject and class must not be empty".into()));

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 
 use super::catalogue::{default_dir, load_dir};
-use super::runner::{control_passed, controls, run_all, RunConfig};
+use super::runner::{control_passed, controls_for, default_jobs, run_all, RunConfig};
 use super::table::{markdown, row, totals, Report};
 
 /// What `crossmig defects` was asked.
@@ -20,6 +20,8 @@ pub struct DefectsRequest {
     pub json: Option<PathBuf>,
     /// Catalogue folder (default: `harness/defects/`).
     pub dir: Option<PathBuf>,
+    /// Migrations at once (None: [`default_jobs`]).
+    pub jobs: Option<usize>,
 }
 
 pub async fn run_defects(req: DefectsRequest) -> Result<bool> {
@@ -34,9 +36,11 @@ pub async fn run_defects(req: DefectsRequest) -> Result<bool> {
     if req.fast {
         all.retain(|d| d.fast);
     }
+    let cfg = RunConfig { jobs: req.jobs.unwrap_or_else(default_jobs), ..RunConfig::default() };
+    println!("{} defect(s), {} migration(s) at once", all.len(), cfg.jobs.max(1));
     let t = std::time::Instant::now();
     // Controls first: no defect, every check must pass.
-    let ctl = run_all(&controls(), &RunConfig::default(), |_| {}).await;
+    let ctl = run_all(&controls_for(&all), &cfg, |_| {}).await;
     let mut controls_ok = true;
     for r in &ctl {
         let ok = control_passed(r);
@@ -51,11 +55,15 @@ pub async fn run_defects(req: DefectsRequest) -> Result<bool> {
         println!(
             "{:<28} {}{}",
             r.defect.name,
-            if ok { "ok: every check passed into rust-dest and QEMU" } else { "FAILED" },
+            match (ok, &r.defect.scenario) {
+                (true, None) => "ok: every check passed into rust-dest and QEMU".to_string(),
+                (true, Some(sc)) => format!("ok: {sc} passes into rust-dest and QEMU"),
+                (false, _) => "FAILED".to_string(),
+            },
             if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
         );
     }
-    let results = run_all(&all, &RunConfig::default(), |r| {
+    let results = run_all(&all, &cfg, |r| {
         let w = row(r);
         let ms: u64 = [&r.rust, &r.qemu].into_iter().flatten().map(|o| o.ms).sum();
         println!(

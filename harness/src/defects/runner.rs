@@ -6,18 +6,23 @@
 //! (c) QEMU's destination on its own (does the migration fail), (d) the
 //! guest's own invariant alone (the sweep guest's pattern, as QEMU's qtest
 //! checks memory; a migration that does not complete counts as caught there
-//! too, since such a test notices that).
+//! too, since such a test notices that). Destination-side entries with a
+//! `scenario` play a stream script instead (`stream.rs`). [`run_all`] runs
+//! up to `jobs` migrations at once (a source-side defect's two runs, into
+//! rust-dest and QEMU, side by side).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use super::catalogue::{Defect, MigrationKind, Side};
 use super::channel::Shared;
 use super::mutation::Mutation;
+pub use super::outcome::{
+    default_jobs, defect_rust_dest, DefectResult, RunConfig, RunOutcome, NOT_COMPLETED,
+};
 use crate::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
 use crate::scenario::qemu::resolve_qemu;
 use crate::vm::dest::{rust_dest_binary, DestKind};
@@ -26,64 +31,6 @@ use crate::vm::dest::{rust_dest_binary, DestKind};
 const MEM: u64 = 64 << 20;
 /// A defect that hangs a migration is caught by this timeout.
 const TIMEOUT: Duration = Duration::from_secs(25);
-/// Name of the verdict when a migration does not complete.
-pub const NOT_COMPLETED: &str = "migration completes";
-
-/// What one migration with the defect showed.
-#[derive(Clone, Debug, Serialize)]
-pub struct RunOutcome {
-    /// The migration completed on both sides.
-    pub completed: bool,
-    /// Names of the checks that failed (or [`NOT_COMPLETED`]).
-    pub failed: Vec<String>,
-    /// The guest invariant held on the destination (None: not completed).
-    pub invariant_ok: Option<bool>,
-    /// What the mutation changed (source side); empty = not injected.
-    pub applied: Vec<String>,
-    /// Every failing check's detail, or the error.
-    pub detail: String,
-    pub ms: u64,
-}
-
-impl RunOutcome {
-    /// Caught by crossmig: any check failed, or the migration did not complete.
-    pub fn caught(&self) -> bool {
-        !self.failed.is_empty()
-    }
-    /// Caught by the guest invariant alone.
-    pub fn invariant_caught(&self) -> bool {
-        !self.completed || self.invariant_ok == Some(false)
-    }
-}
-
-/// One catalogue entry's result.
-#[derive(Clone, Debug, Serialize)]
-pub struct DefectResult {
-    pub defect: Defect,
-    /// Into rust-dest (both sides).
-    pub rust: Option<RunOutcome>,
-    /// Into QEMU's destination (source side only).
-    pub qemu: Option<RunOutcome>,
-    /// The defect could not be run (not injected, build failed, ...).
-    pub error: Option<String>,
-}
-
-impl DefectResult {
-    /// crossmig caught it everywhere it ran, and it was injected.
-    pub fn crossmig_caught(&self) -> bool {
-        self.error.is_none()
-            && self.rust.as_ref().is_some_and(|r| r.caught())
-            && self.qemu.as_ref().is_none_or(|r| r.caught())
-    }
-}
-
-/// How to run the catalogue.
-#[derive(Clone, Debug, Default)]
-pub struct RunConfig {
-    /// The seeded-defects rust-dest (default: built on demand, see [`defect_rust_dest`]).
-    pub defect_rust_dest: Option<PathBuf>,
-}
-
 fn mode_of(d: &Defect) -> Result<(Mode, Vec<(String, bool)>)> {
     Ok(match d.migration {
         MigrationKind::Precopy => (Mode::Precopy, Vec::new()),
@@ -108,9 +55,13 @@ fn stopped(d: &Defect) -> bool {
 /// destinations. Every check must pass there, or the table's "caught"
 /// means nothing.
 pub fn controls() -> Vec<Defect> {
-    [MigrationKind::Precopy, MigrationKind::Postcopy]
-        .into_iter()
-        .map(|k| Defect {
+    live_controls(&[MigrationKind::Precopy, MigrationKind::Postcopy])
+}
+
+fn live_controls(kinds: &[MigrationKind]) -> Vec<Defect> {
+    kinds
+        .iter()
+        .map(|&k| Defect {
             name: format!("control-{}", k.name()),
             side: Side::Source,
             inject: Mutation::Nothing.name().into(),
@@ -119,42 +70,51 @@ pub fn controls() -> Vec<Defect> {
             migration: k,
             qemu: "10.0".into(),
             fast: true,
+            scenario: None,
         })
         .collect()
 }
 
-/// A control run passed: it ran, and no check failed anywhere.
-pub fn control_passed(r: &DefectResult) -> bool {
-    r.error.is_none()
-        && [&r.rust, &r.qemu].into_iter().all(|o| o.as_ref().is_some_and(|o| !o.caught()))
-}
-
-/// The seeded-defects rust-dest: `$CROSSMIG_DEFECT_RUST_DEST`, else
-/// `target/defects/debug/rust-dest`, built when missing with
-/// `cargo build -p rust-dest --features seeded-defects --target-dir target/defects`.
-pub fn defect_rust_dest() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("CROSSMIG_DEFECT_RUST_DEST").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("workspace root")?;
-    let bin = root.join("target/defects/debug/rust-dest");
-    if !bin.exists() {
-        let out = std::process::Command::new(std::env::var("CARGO").unwrap_or("cargo".into()))
-            .current_dir(root)
-            .args(["build", "-p", "rust-dest", "--features", "seeded-defects"])
-            .args(["--target-dir", "target/defects"])
-            .output()
-            .context("running cargo build for the seeded-defects rust-dest")?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let last: Vec<&str> = err.lines().rev().take(6).collect();
-            bail!(
-                "building rust-dest with --features seeded-defects failed: {}",
-                last.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            );
+/// The controls of `defects`: [`controls`], one more live control for
+/// every other kind of migration they run (postcopy-preempt, recovery,
+/// multifd), and for every stream scenario they play, the same script into
+/// the normal rust-dest and QEMU (every judgement must pass there).
+pub fn controls_for(defects: &[Defect]) -> Vec<Defect> {
+    let mut kinds = vec![MigrationKind::Precopy, MigrationKind::Postcopy];
+    for d in defects.iter().filter(|d| d.scenario.is_none()) {
+        if !kinds.contains(&d.migration) {
+            kinds.push(d.migration);
         }
     }
-    Ok(bin)
+    let mut c = live_controls(&kinds);
+    for d in defects {
+        let Some(sc) = &d.scenario else { continue };
+        if c.iter().any(|x| x.scenario.as_ref() == Some(sc) && x.qemu == d.qemu) {
+            continue;
+        }
+        c.push(Defect {
+            name: format!("control-{sc}"),
+            side: Side::Source,
+            inject: Mutation::Nothing.name().into(),
+            class: "none (control: the stream scenario passes into the normal rust-dest)".into(),
+            reference: String::new(),
+            migration: d.migration,
+            qemu: d.qemu.clone(),
+            fast: true,
+            scenario: Some(sc.clone()),
+        });
+    }
+    c
+}
+
+/// A control run passed: it ran, and no check failed anywhere.
+pub fn control_passed(r: &DefectResult) -> bool {
+    // A stream control has no separate QEMU run: its oracle must meet the
+    // script's expectation, or the run is an error.
+    let qemu_ran = r.defect.scenario.is_none();
+    r.error.is_none()
+        && r.rust.as_ref().is_some_and(|o| !o.caught())
+        && (!qemu_ran || r.qemu.as_ref().is_some_and(|o| !o.caught()))
 }
 
 /// One migration with the defect into `dest`.
@@ -167,6 +127,10 @@ async fn run_one(d: &Defect, dest: DestKind, cfg: &RunConfig) -> Result<RunOutco
     o.stopped = stopped(d);
     o.extra_caps = caps;
     o.record = true;
+    if d.migration == MigrationKind::PostcopyRecovery {
+        // One pause and recovery during postcopy (`crossmig migrate --recover 1`).
+        o.recover_cuts = 1;
+    }
     let shared = Arc::new(Shared::default());
     match d.side {
         Side::Source => o.mutation = Some((d.mutation()?, shared.clone())),
@@ -199,6 +163,7 @@ async fn run_one(d: &Defect, dest: DestKind, cfg: &RunConfig) -> Result<RunOutco
             RunOutcome {
                 completed: true,
                 failed: failed.iter().map(|c| c.name.clone()).collect(),
+                guest: true,
                 invariant_ok: rep
                     .checks
                     .iter()
@@ -217,6 +182,7 @@ async fn run_one(d: &Defect, dest: DestKind, cfg: &RunConfig) -> Result<RunOutco
             completed: false,
             failed: vec![NOT_COMPLETED.into()],
             invariant_ok: None,
+            guest: true,
             applied,
             detail: format!("{e:#}").lines().next().unwrap_or_default().to_string(),
             ms,
@@ -225,25 +191,44 @@ async fn run_one(d: &Defect, dest: DestKind, cfg: &RunConfig) -> Result<RunOutco
 }
 
 /// Run one catalogue entry: into rust-dest, and for source-side defects
-/// into QEMU's destination too.
+/// into QEMU's destination too (up to `cfg.jobs` migrations at once).
 pub async fn run_defect(d: &Defect, cfg: &RunConfig) -> DefectResult {
+    run_defect_in(d, cfg, &Semaphore::new(cfg.jobs.max(1))).await
+}
+
+/// [`run_defect`], each migration holding one permit of `limit`.
+async fn run_defect_in(d: &Defect, cfg: &RunConfig, limit: &Semaphore) -> DefectResult {
     let mut res = DefectResult { defect: d.clone(), rust: None, qemu: None, error: None };
-    match run_one(d, DestKind::Rust, cfg).await {
-        Ok(o) => res.rust = Some(o),
-        Err(e) => {
-            res.error = Some(format!("{e:#}"));
-            return res;
+    let one = |dest: DestKind| async move {
+        let _permit = limit.acquire().await.context("the job limit is closed")?;
+        match (&d.scenario, dest) {
+            (Some(_), _) => super::stream::run_stream_defect(d, cfg).await,
+            (None, dest) => run_one(d, dest, cfg).await,
+        }
+    };
+    let (rust, qemu) = if d.side == Side::Source && d.scenario.is_none() {
+        let (r, q) = tokio::join!(one(DestKind::Rust), one(DestKind::Qemu));
+        (r, Some(q))
+    } else {
+        (one(DestKind::Rust).await, None)
+    };
+    for (slot, r) in [(&mut res.rust, Some(rust)), (&mut res.qemu, qemu)] {
+        match r {
+            Some(Ok(o)) => *slot = Some(o),
+            Some(Err(e)) => {
+                res.error.get_or_insert_with(|| format!("{e:#}"));
+            }
+            None => {}
         }
     }
-    if d.side == Side::Source {
-        match run_one(d, DestKind::Qemu, cfg).await {
-            Ok(o) => res.qemu = Some(o),
-            Err(e) => res.error = Some(format!("{e:#}")),
-        }
+    if res.error.is_some() {
+        return res;
+    }
+    if d.side == Side::Source && d.scenario.is_none() {
         let not_injected =
             [&res.rust, &res.qemu].into_iter().flatten().filter(|o| o.applied.is_empty()).count();
         let control = d.mutation().is_ok_and(|m| m == Mutation::Nothing);
-        if not_injected > 0 && res.error.is_none() && !control {
+        if not_injected > 0 && !control {
             res.error = Some(format!(
                 "the mutation found nothing to change in {not_injected} of 2 runs (not injected)"
             ));
@@ -252,15 +237,29 @@ pub async fn run_defect(d: &Defect, cfg: &RunConfig) -> DefectResult {
     res
 }
 
-/// Run `defects` in order, calling `each` after every one.
+/// Run `defects`, up to `cfg.jobs` migrations at once, calling `each` with
+/// every result in catalogue order; the results in catalogue order.
 pub async fn run_all(
     defects: &[Defect],
     cfg: &RunConfig,
     mut each: impl FnMut(&DefectResult),
 ) -> Vec<DefectResult> {
+    let limit = Arc::new(Semaphore::new(cfg.jobs.max(1)));
+    let handles: Vec<_> = defects
+        .iter()
+        .map(|d| {
+            let (d, cfg, limit) = (d.clone(), cfg.clone(), limit.clone());
+            tokio::spawn(async move { run_defect_in(&d, &cfg, &limit).await })
+        })
+        .collect();
     let mut out = Vec::new();
-    for d in defects {
-        let r = run_defect(d, cfg).await;
+    for (d, h) in defects.iter().zip(handles) {
+        let r = h.await.unwrap_or_else(|e| DefectResult {
+            defect: d.clone(),
+            rust: None,
+            qemu: None,
+            error: Some(format!("the run of {} panicked: {e}", d.name)),
+        });
         each(&r);
         out.push(r);
     }

@@ -29,6 +29,8 @@ fn invariant(o: Option<&RunOutcome>) -> String {
         None => "-".into(),
         Some(o) if !o.completed => "caught (no completion)".into(),
         Some(o) if o.invariant_ok == Some(false) => "caught (invariant broken)".into(),
+        // A stream script has no guest: nothing but the model sees memory.
+        Some(o) if !o.guest => "missed (no guest: completes)".into(),
         Some(_) => "missed".into(),
     }
 }
@@ -39,6 +41,8 @@ pub struct Row {
     pub name: String,
     pub side: String,
     pub class: String,
+    /// QEMU commit or bug report of the class ("" when none is known).
+    pub reference: String,
     pub a_crossmig_rust_dest: String,
     pub b_crossmig_qemu_dest: String,
     pub c_qemu_dest_alone: String,
@@ -53,6 +57,7 @@ pub fn row(r: &DefectResult) -> Row {
         name: r.defect.name.clone(),
         side: format!("{:?}", r.defect.side).to_lowercase(),
         class: r.defect.class.clone(),
+        reference: r.defect.reference.clone(),
         a_crossmig_rust_dest: cell(r.rust.as_ref()),
         b_crossmig_qemu_dest: cell(r.qemu.as_ref()),
         c_qemu_dest_alone: alone(r.qemu.as_ref()),
@@ -94,11 +99,15 @@ pub fn markdown(rs: &[DefectResult]) -> String {
     for r in rs {
         let w = row(r);
         let err = w.error.as_deref().map(|e| format!(" **error: {e}**")).unwrap_or_default();
+        let class = match w.reference.as_str() {
+            "" => w.class.clone(),
+            r => format!("{} ({r})", w.class),
+        };
         s += &format!(
             "| {}{err} | {} | {} | {} | {} | {} | {} |\n",
             w.name,
             w.side,
-            w.class,
+            class,
             w.a_crossmig_rust_dest,
             w.b_crossmig_qemu_dest,
             w.c_qemu_dest_alone,
@@ -107,7 +116,7 @@ pub fn markdown(rs: &[DefectResult]) -> String {
     }
     let t = totals(rs);
     s += &format!(
-        "\ncrossmig caught {}/{}; QEMU's destination alone failed {}/{} of the runs into it; the guest invariant alone caught {}/{}.\n",
+        "\ncrossmig caught {}/{}; QEMU's destination alone failed {}/{} of the runs into it (source-side defects; a destination-side defect lives in rust-dest only); the guest invariant alone caught {}/{}.\n",
         t.crossmig, t.defects, t.qemu_alone, t.qemu_runs, t.invariant_only, t.defects
     );
     s

@@ -124,3 +124,32 @@ fn bad_catalogue_entries_are_refused() {
         Err(super::catalogue::CatalogueError::Parse { .. })
     ));
 }
+
+#[test]
+fn stream_scenario_entries_are_checked() {
+    use super::catalogue::{default_dir, load_dir, load_file, CatalogueError};
+    use super::runner::controls_for;
+    let all = load_dir(&default_dir()).expect("catalogue");
+    let streams: Vec<_> = all.iter().filter(|d| d.scenario.is_some()).collect();
+    assert_eq!(streams.len(), 3, "stream-scenario defects");
+    // One control per scenario, and one per kind of live migration.
+    let c = controls_for(&all);
+    for d in &streams {
+        assert!(c.iter().any(|x| x.scenario == d.scenario), "no control for {}", d.name);
+    }
+    assert!(c.iter().any(|x| x.name == "control-postcopy-recovery"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let p = dir.path().join("dest.toml");
+    let entry = |side: &str, sc: &str| {
+        format!("[[defect]]\nname = \"x\"\nside = \"{side}\"\ninject = \"zero-keeps-stale\"\nclass = \"c\"\nreference = \"\"\nmigration = \"precopy\"\nscenario = \"{sc}\"\n")
+    };
+    std::fs::write(&p, entry("dest", "stream-zero-after-page")).expect("write");
+    load_file(&p).expect("a dest entry with a stream scenario");
+    for (side, sc) in
+        [("dest", "stream-no-such-file"), ("dest", "cancel"), ("source", "stream-zero-after-page")]
+    {
+        std::fs::write(&p, entry(side, sc)).expect("write");
+        let e = load_file(&p).expect_err("refused");
+        assert!(matches!(e, CatalogueError::Invalid { .. }), "{side} {sc}: {e}");
+    }
+}

@@ -15,13 +15,22 @@ use crate::synth;
 use crate::vm::dest::DestKind;
 use crate::vm::procs::unique_name;
 
-/// Run a stream variant's `records`, recording one step result in `out`.
-pub async fn run_stream(
+/// What playing a stream variant needs: the source QEMU (the oracle's
+/// version), its layout, the script with its vmdesc filled in, and the
+/// destinations' options from the variant's `[capabilities]` and `[dest]`.
+pub struct StreamSetup {
+    pub qemu: crate::vm::qemu::QemuBinary,
+    pub layout: std::sync::Arc<synth::SourceLayout>,
+    pub script: Vec<synth::Step>,
+    pub opts: synth::RunOpts,
+}
+
+/// Prepare a stream variant's `records` for playing ([`StreamSetup`]).
+pub async fn stream_setup(
     v: &Variant,
     records: &[synth::Step],
     exp: &StreamExpect,
-    out: &mut Outcome,
-) -> Result<()> {
+) -> Result<StreamSetup> {
     let qemu = resolve_qemu(source_qemu(v).as_deref())?;
     let layout = synth::source_layout(&qemu, synth::GUEST_MEM).await?;
     // A `vmdesc` record describes this script's device sections.
@@ -45,7 +54,7 @@ pub async fn run_stream(
         .map(|(c, on)| (c.clone(), *on))
         .collect();
     let parameters = v.spec.dest.parameters.as_object().filter(|p| !p.is_empty());
-    let mut opts = synth::RunOpts {
+    let opts = synth::RunOpts {
         postcopy_ram: v.spec.capabilities.get("postcopy-ram").copied().unwrap_or(false),
         check_memory: exp.memory,
         // `source.machine`: the destinations' machine (the header's machine
@@ -55,6 +64,17 @@ pub async fn run_stream(
         parameters: parameters.map(|p| serde_json::Value::Object(p.clone())),
         ..Default::default()
     };
+    Ok(StreamSetup { qemu, layout, script, opts })
+}
+
+/// Run a stream variant's `records`, recording one step result in `out`.
+pub async fn run_stream(
+    v: &Variant,
+    records: &[synth::Step],
+    exp: &StreamExpect,
+    out: &mut Outcome,
+) -> Result<()> {
+    let StreamSetup { qemu, layout, script, mut opts } = stream_setup(v, records, exp).await?;
     let workdir = tempfile::Builder::new().prefix("crossmig-stream-").tempdir()?;
     let tag = unique_name("s");
     if let Some(vcpus) = &v.spec.dest.vcpus {

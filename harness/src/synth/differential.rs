@@ -52,6 +52,11 @@ pub struct RunOpts {
     /// The destinations' guest RAM size (None: [`GUEST_MEM`]); a replayed
     /// recording needs the size it was recorded with.
     pub guest_mem: Option<u64>,
+    /// rust-dest: this binary instead of the usual one, with this
+    /// environment (the `seeded-defects` build and its `CROSSMIG_DEFECT`;
+    /// `crossmig defects`).
+    pub rust_dest: Option<PathBuf>,
+    pub rust_env: Vec<(String, String)>,
 }
 
 impl Default for RunOpts {
@@ -67,6 +72,8 @@ impl Default for RunOpts {
             parameters: None,
             rust_args: Vec::new(),
             guest_mem: None,
+            rust_dest: None,
+            rust_env: Vec::new(),
         }
     }
 }
@@ -140,7 +147,11 @@ pub async fn run_script(
     }
     let paths = vec![cfg.mem_path.clone(), cfg.qmp_socket.clone()];
     let log = workdir.join(format!("{}.log", cfg.vm_name()));
-    let launch = LaunchOpts { command_timeout: Some(QMP_TIMEOUT), ..LaunchOpts::new(log) };
+    let mut launch = LaunchOpts { command_timeout: Some(QMP_TIMEOUT), ..LaunchOpts::new(log) };
+    if kind == DestKind::Rust {
+        launch.rust_dest = opts.rust_dest.clone();
+        launch.env = opts.rust_env.clone();
+    }
     let vm = start_dest_with(kind, qemu, cfg, launch).await?;
     let pid = vm.pid();
     // The destination reads multifd packets in its own version's layout.

@@ -157,11 +157,19 @@ pub fn field_at(desc: &Value, at: usize) -> Option<(String, usize, usize)> {
 /// saved again differs from what the source sent without any defect:
 /// (section idstr, field path, bytes within the field).
 /// `hw/rtc/mc146818rtc.c`: the clock registers of `cmos_data` (seconds to
-/// year, and the century byte 0x32) and the host-clock bases follow the
-/// time of the save.
+/// year, and the century byte 0x32), register C's interrupt flags, the
+/// update timer and next alarm, and the host-clock bases follow the time
+/// of the save.
 pub const QEMU_RESAVE_VOLATILE: &[(&str, &str, Range<usize>)] = &[
     ("mc146818rtc", "cmos_data", 0..10),
     ("mc146818rtc", "cmos_data", 0x32..0x33),
+    // Register C (interrupt flags): the update-ended flag is set as the
+    // RTC's clock (the host clock) passes a second, also while paused; the
+    // update timer's deadline and the next alarm follow it (the timer moves
+    // to the next alarm once the flag is set).
+    ("mc146818rtc", "cmos_data", 12..13),
+    ("mc146818rtc", "update_timer", 0..usize::MAX),
+    ("mc146818rtc", "next_alarm_time", 0..usize::MAX),
     ("mc146818rtc", "base_rtc", 0..usize::MAX),
     ("mc146818rtc", "last_update", 0..usize::MAX),
     ("mc146818rtc", "offset", 0..usize::MAX),
@@ -397,7 +405,10 @@ pub async fn resave_sections(
         .execute("migrate-set-parameters", serde_json::json!({"max-bandwidth": 10u64 << 30}))
         .await;
     // A plain precopy save to a pipe: no return path, so no postcopy.
-    for cap in ["postcopy-ram", "postcopy-preempt", "multifd"] {
+    // postcopy-preempt first: QEMU refuses postcopy-ram off while it is on
+    // (`migration/options.c`), and a save left with postcopy-ram on waits
+    // in `device` for a return path that never comes.
+    for cap in ["postcopy-preempt", "postcopy-ram", "multifd"] {
         let caps = serde_json::json!({"capabilities": [{"capability": cap, "state": false}]});
         let _ = qmp.execute("migrate-set-capabilities", caps).await;
     }
