@@ -99,7 +99,12 @@ async fn tcp_inner(
     let _disk = PathGuard::new(&disk);
     // Huge pages outlive both VMs (declared before them, dropped after).
     let huge = match sc.hugepages {
-        Some(hp) => Some(HugeTlb::setup(hp, 2 * sc.mem / hp).context("huge pages")?),
+        Some(hp) => {
+            let h = HugeTlb::setup(hp, 2 * sc.mem / hp).context("huge pages")?;
+            // Both sides get pages the host has backed (`HugeTlb::prefault`).
+            h.prefault().context("prefaulting the huge pages")?;
+            Some(h)
+        }
         None => None,
     };
     let mut scfg = VmConfig::new("bench-src", sc.mem);
