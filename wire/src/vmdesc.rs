@@ -18,6 +18,8 @@
 
 use serde_json::Value;
 
+pub mod check;
+
 use super::consts::*;
 use super::cursor::{Cursor, DecodeError, Result};
 
