@@ -19,22 +19,22 @@ pub const RECORDED_MEM: u64 = 64 << 20;
 
 #[derive(Args, Debug, Clone)]
 pub struct FuzzArgs {
-    /// Mutants per QEMU version, spread over the regions and the recorded streams (precopy and postcopy).
+    /// Mutants per QEMU version, spread over the regions and the recorded streams (precopy, postcopy, multifd).
     #[arg(long, default_value_t = 24)]
     pub count: u64,
     /// Seed: the same seed gives the same mutants.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Only this region: framing, ram-header, ram-data, device, postcopy.
+    /// Only this region: framing, ram-header, ram-data, device, postcopy, multifd.
     #[arg(long)]
     pub region: Option<Region>,
     /// QEMU versions (comma-separated); each version's recordings go to a destination of the same version.
     #[arg(long, default_value = "10.0,11.1", value_delimiter = ',')]
     pub qemu: Vec<String>,
-    /// Directory of recorded streams (qemu-VERSION-precopy.bin, qemu-VERSION-postcopy.bin).
+    /// Directory of recorded streams (qemu-VERSION-precopy.bin, qemu-VERSION-postcopy.bin, qemu-VERSION-multifd2.json and its channels).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../wire/tests/streams"))]
     pub streams: PathBuf,
-    /// Only the precopy or the postcopy recording.
+    /// Only the precopy, the postcopy or the multifd recording (precopy, postcopy, multifd).
     #[arg(long)]
     pub mode: Option<String>,
     /// Where the mutants that disagree are saved.
@@ -46,7 +46,7 @@ pub struct FuzzArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Feed this saved mutant (with --qemu ONE_VERSION --mode precopy|postcopy) to both destinations and print the verdicts.
+    /// Feed this saved mutant (with --qemu ONE_VERSION --mode precopy|postcopy|multifd) to both destinations and print the verdicts.
     #[arg(long, value_name = "FILE")]
     pub replay: Option<PathBuf>,
 }
@@ -179,19 +179,26 @@ pub async fn fuzz(a: &FuzzArgs, mut progress: impl FnMut(&Case)) -> Result<Repor
     let mut rep = Report { seed: a.seed, ..Default::default() };
     let modes: Vec<&str> = match a.mode.as_deref() {
         Some(m) => vec![m],
-        None => vec!["precopy", "postcopy"],
+        None => vec!["precopy", "postcopy", "multifd"],
     };
     for v in &a.qemu {
+        // (mode, original bytes, spans, the multifd recording in multifd mode)
         let mut streams = Vec::new();
         for m in &modes {
+            if *m == "multifd" {
+                let rec = super::multifd::load(&a.streams, v)?;
+                let (b, spans) = (rec.joined.clone(), rec.spans.clone());
+                streams.push((*m, b, spans, Some(rec)));
+                continue;
+            }
             let p = a.streams.join(format!("qemu-{v}-{m}.bin"));
             let b = std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?;
             let spans = regions(&p, &b)?;
-            streams.push((*m, p, b, spans));
+            streams.push((*m, b, spans, None));
         }
         // Round robin over (stream, region) pairs that exist.
         let mut slots = Vec::new();
-        for (si, (_, _, _, spans)) in streams.iter().enumerate() {
+        for (si, (_, _, spans, _)) in streams.iter().enumerate() {
             for r in Region::ALL {
                 if a.region.is_none_or(|x| x == r) && spans.iter().any(|s| s.region == r) {
                     slots.push((si, r));
@@ -201,16 +208,25 @@ pub async fn fuzz(a: &FuzzArgs, mut progress: impl FnMut(&Case)) -> Result<Repor
         anyhow::ensure!(!slots.is_empty(), "no stream of QEMU {v} has the region asked for");
         for index in 0..a.count {
             let (si, region) = slots[(index % slots.len() as u64) as usize];
-            let (mode, _, orig, spans) = &streams[si];
+            let (mode, orig, spans, rec) = &streams[si];
             let m = mutate(orig, spans, region, a.seed, index).expect("slot has spans");
             let tag = format!("fz{index}");
             let timeout = Duration::from_secs(a.verdict_timeout);
-            let (q, r) = run_bytes(v, m.bytes.clone(), *mode == "postcopy", timeout, &tag).await?;
+            let (q, r) = match rec {
+                Some(rec) => {
+                    let chans = rec.split(&m.bytes);
+                    super::multifd::run_multifd(v, rec.main.clone(), chans, timeout, &tag).await?
+                }
+                None => run_bytes(v, m.bytes.clone(), *mode == "postcopy", timeout, &tag).await?,
+            };
             let ((qv, qe), (rv, re)) = (class(&q), class(&r));
             let ok = agree(&qv, &rv);
             let mut case = Case {
                 qemu: v.clone(),
-                stream: format!("qemu-{v}-{mode}.bin"),
+                stream: match mode {
+                    &"multifd" => format!("qemu-{v}-multifd2 (ch1+ch2)"),
+                    _ => format!("qemu-{v}-{mode}.bin"),
+                },
                 region,
                 index,
                 seed: a.seed,
@@ -274,7 +290,7 @@ pub fn case_line(c: &Case) -> String {
         c.seed,
         c.index,
         c.qemu,
-        if c.stream.contains("postcopy") { "postcopy" } else { "precopy" },
+        ["postcopy", "multifd"].into_iter().find(|m| c.stream.contains(m)).unwrap_or("precopy"),
         c.saved.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_default(),
         c.qemu_error.lines().next().unwrap_or(""),
         c.rust_error.lines().next().unwrap_or(""),
@@ -286,9 +302,21 @@ pub async fn run_cli(a: &FuzzArgs) -> Result<bool> {
     if let Some(f) = &a.replay {
         let b = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
         let v = a.qemu.first().context("--qemu names no version")?;
-        let postcopy = a.mode.as_deref() == Some("postcopy");
         let t = Duration::from_secs(a.verdict_timeout);
-        let (q, r) = run_bytes(v, b, postcopy, t, "fzr").await?;
+        let (q, r) = match a.mode.as_deref() {
+            Some("multifd") => {
+                let rec = super::multifd::load(&a.streams, v)?;
+                anyhow::ensure!(
+                    b.len() == rec.joined.len(),
+                    "{}: {} bytes, the multifd channels of qemu-{v}-multifd2 have {}",
+                    f.display(),
+                    b.len(),
+                    rec.joined.len()
+                );
+                super::multifd::run_multifd(v, rec.main.clone(), rec.split(&b), t, "fzr").await?
+            }
+            m => run_bytes(v, b, m == Some("postcopy"), t, "fzr").await?,
+        };
         let ((qv, qe), (rv, re)) = (class(&q), class(&r));
         println!("qemu {v}: {qv} {qe}\nrust-dest: {rv} {re}");
         return Ok(agree(&qv, &rv));
