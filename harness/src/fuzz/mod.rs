@@ -338,7 +338,8 @@ mod tests {
     fn mutants_are_deterministic_and_inside_their_region() {
         let (p, b) = stream("qemu-10.0-postcopy.bin");
         let spans = regions(&p, &b).unwrap();
-        for r in Region::ALL {
+        // The multifd region has its own recording (fuzz::multifd's test).
+        for r in Region::ALL.into_iter().filter(|r| *r != Region::Multifd) {
             for i in 0..20 {
                 let m = mutate(&b, &spans, r, 7, i).unwrap();
                 let again = mutate(&b, &spans, r, 7, i).unwrap();

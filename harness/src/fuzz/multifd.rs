@@ -160,6 +160,14 @@ mod tests {
             let syncs = r.spans.iter().filter(|s| s.what.contains("SYNC")).count();
             assert!(syncs >= 2, "{v}: {syncs} SYNC packets");
             assert!(r.spans.iter().any(|s| s.what.ends_with("pages")), "{v}");
+            // A mutant changes one byte of one channel; the split keeps lengths.
+            for i in 0..10 {
+                let m = super::super::mutate(&r.joined, &r.spans, Region::Multifd, 3, i).unwrap();
+                let chans = r.split(&m.bytes);
+                let changed: Vec<usize> = (0..2).filter(|&k| chans[k] != r.channels[k]).collect();
+                assert_eq!(changed.len(), 1, "{v} mutant {i}: {}", m.change);
+                assert_eq!(chans[changed[0]].len(), r.channels[changed[0]].len());
+            }
         }
     }
 }
