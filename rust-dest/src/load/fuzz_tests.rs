@@ -70,3 +70,32 @@ fn missing_subsection_marker_fails() {
         res.unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// `crossmig fuzz --qemu 10.0 --seed 3`, mutants 58 and 118: the section id
+/// in the footer of a device section inside the postcopy package changed
+/// (`i2c_bus`, byte 0x12eb5 0x1b → 0x19; `kvm-tpr-opt`, byte 0xba3a 0x05 →
+/// 0x00). QEMU 10.0.2: "Mismatched section id in footer for i2c_bus - read
+/// 0x19 expected 0x1b", failed; rust-dest used to complete (its package
+/// parse found no parse ending with RUN and fell back to the first footer
+/// of the right id further on).
+#[test]
+fn package_footer_naming_another_section_fails() {
+    let real = recorded("qemu-10.0-postcopy").expect("wire/tests/streams/qemu-10.0-postcopy.bin");
+    for (at, old, new, name, read, expected) in
+        [(0x12eb5, 0x1b, 0x19, "i2c_bus", 0x19, 0x1b), (0xba3a, 0x05, 0x00, "kvm-tpr-opt", 0, 5)]
+    {
+        let mut b = real.clone();
+        assert_eq!(b[at], old);
+        b[at] = new;
+        let (_, _, res) = load(&b, true);
+        let msg = res.expect_err("a footer naming another section must fail").to_string();
+        assert!(msg.contains("PACKAGED at byte offset"), "{msg}");
+        let want = format!("{name:?} (id {expected}) at byte offset");
+        assert!(msg.contains(&want), "{msg}");
+        let want = format!(
+            "mismatched section id in footer at byte offset {}: read {read}, expected {expected}",
+            at - 4
+        );
+        assert!(msg.contains(&want), "{msg}");
+    }
+}
