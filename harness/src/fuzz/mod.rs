@@ -15,6 +15,9 @@ use wire::walk::{Item, Mode, Walked, Walker};
 
 use crate::analyze::{analyze, EventKind};
 
+/// Guest RAM of the recordings in `wire/tests/streams/` (its README).
+pub const RECORDED_MEM: u64 = 64 << 20;
+
 /// A part of a stream a mutant is aimed at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]

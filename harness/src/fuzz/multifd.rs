@@ -121,7 +121,7 @@ pub async fn run_multifd(
     let qemu = resolve_qemu(Some(version))?;
     let opts = RunOpts {
         check_memory: false,
-        guest_mem: Some(super::run::RECORDED_MEM),
+        guest_mem: Some(super::RECORDED_MEM),
         verdict_timeout,
         capabilities: vec![("multifd".into(), true)],
         parameters: Some(serde_json::json!({ "multifd-channels": channels.len() })),

@@ -14,8 +14,7 @@ use super::{mutate, regions, Change, Region, Span};
 use crate::scenario::qemu::resolve_qemu;
 use crate::synth::{differential_parts, DestRun, Observed, RunOpts, SourceLayout, Step};
 
-/// Guest RAM of the recordings in `wire/tests/streams/` (its README).
-pub const RECORDED_MEM: u64 = 64 << 20;
+pub use super::RECORDED_MEM;
 
 #[derive(Args, Debug, Clone)]
 pub struct FuzzArgs {

@@ -200,7 +200,7 @@ impl Walk<'_> {
     fn value(&mut self, f: &Value, at: usize, size: usize, path: &str) {
         let b = &self.data[at..at + size];
         match f.get("type").and_then(Value::as_str) {
-            Some("pci irq state") if size % 4 == 0 => {
+            Some("pci irq state") if size.is_multiple_of(4) => {
                 for (i, w) in b.chunks_exact(4).enumerate() {
                     let value = u32::from_be_bytes(w.try_into().expect("4 bytes"));
                     if value > 1 {

@@ -25,8 +25,7 @@ fn recorded(name: &str) -> Vec<u8> {
 
 /// The device sections of a recorded stream and the offset of the first.
 fn sections(bytes: &[u8]) -> (usize, Vec<SplitSection>) {
-    let mut w = Walker::main(true, true).records(bytes);
-    while let Some(r) = w.next() {
+    for r in Walker::main(true, true).records(bytes) {
         let (off, item) = r.expect("the recording decodes");
         if let Item::Top(TopRecord::SectionOpen { kind: SectionKind::Full, .. }) = item {
             let f = off as usize;
