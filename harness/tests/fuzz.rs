@@ -74,3 +74,27 @@ async fn multifd_recordings_replay_on_both() {
         );
     }
 }
+
+/// The QEMU bug of docs/qemu-bugs.md ("Abort on an ACPI table size in
+/// fw_cfg/acpi_mr too large for its RAMBlock"): `crossmig fuzz --qemu 10.0
+/// --seed 3` mutant 203 made `table_mr_size` 0x20000020000; QEMU's
+/// destination aborts in `qemu_ram_resize()`. rust-dest, which does not
+/// model fw_cfg, completes (docs/differential-fuzz.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fw_cfg_acpi_table_size_aborts_qemu() {
+    use harness::fuzz::run::run_bytes;
+    use std::time::Duration;
+    for v in ["10.0", "11.1"] {
+        let p =
+            format!("{}/../wire/tests/streams/qemu-{v}-precopy.bin", env!("CARGO_MANIFEST_DIR"));
+        let mut b = std::fs::read(p).unwrap();
+        let pat = b"\x05\x0efw_cfg/acpi_mr\x00\x00\x00\x01";
+        let at = b.windows(pat.len()).position(|w| w == pat).unwrap() + pat.len();
+        assert_eq!(&b[at..at + 8], &0x20000u64.to_be_bytes(), "{v}: table_mr_size");
+        b[at + 2] = 0x02;
+        let (q, r) = run_bytes(v, b, false, Duration::from_secs(8), "fzc").await.unwrap();
+        assert_eq!(q.observed().to_string(), "crashed", "{v}: {}", q.verdict.error());
+        assert!(q.verdict.error().contains("Size too large: /rom@etc/acpi/tables"), "{v}");
+        assert_eq!(r.observed().to_string(), "completed", "{v}: {}", r.verdict.error());
+    }
+}
