@@ -139,11 +139,13 @@ impl Walk<'_> {
                 f.get("size").and_then(Value::as_u64).ok_or_else(|| format!("{fpath}: no size"))?
                     as usize;
             let n = f.get("array_len").and_then(Value::as_u64).unwrap_or(1) as usize;
-            let total = size.checked_mul(n).filter(|t| p + t <= end);
+            let total = size.checked_mul(n).filter(|t| p.checked_add(*t).is_some_and(|e| e <= end));
             let total =
                 total.ok_or_else(|| format!("{fpath}: {n} x {size} bytes run past {end}"))?;
             let nested = f.get("struct").or_else(|| f.get("fields").map(|_| f));
-            for i in 0..n {
+            // Zero-sized elements hold nothing to check (and a damaged
+            // `array_len` must not make this loop long).
+            for i in 0..if size == 0 { 0 } else { n } {
                 let at = p + i * size;
                 match nested {
                     Some(sub) => {

@@ -147,3 +147,20 @@ fn a_description_that_does_not_add_up_checks_nothing() {
     *inner = serde_json::json!(inner.as_u64().unwrap() + 1);
     assert!(matches!(check_section(&real[f..], s, f as u64), Checked::Undescribed(_)));
 }
+
+/// A damaged description (a huge `array_len` of a zero-sized field, sizes
+/// near `usize::MAX`) is "undescribed" or passes, quickly, never a panic.
+#[test]
+fn damaged_descriptions_do_not_panic_or_spin() {
+    let real = recorded("qemu-10.0-precopy");
+    let (f, secs) = sections(&real);
+    let s = secs.iter().find(|s| s.idstr == "pckbd").unwrap().clone();
+    for (len, size) in [(u64::MAX, 0u64), (2, u64::MAX / 2 + 1), (1, u64::MAX)] {
+        let mut t = s.clone();
+        let d = t.vmdesc.as_mut().unwrap();
+        d["fields"][0]["struct"]["fields"][0]["array_len"] = serde_json::json!(len);
+        d["fields"][0]["struct"]["fields"][0]["size"] = serde_json::json!(size);
+        let c = check_section(&real[f..], &t, f as u64);
+        assert!(matches!(c, Checked::Undescribed(_)), "{len} x {size}: {c:?}");
+    }
+}
