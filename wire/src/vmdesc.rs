@@ -18,6 +18,8 @@
 
 use serde_json::Value;
 
+pub mod check;
+
 use super::consts::*;
 use super::cursor::{Cursor, DecodeError, Result};
 
@@ -308,6 +310,53 @@ pub fn split_exact(buf: &[u8], pos: usize, end: usize, base: u64) -> Result<(Spl
 /// right. Returns section start → position after its footer, or None when no
 /// such parse exists (the caller then falls back to [`split_one_by_footer`]).
 pub fn package_section_ends(buf: &[u8]) -> Option<std::collections::HashMap<usize, usize>> {
+    package_parse(buf, false)
+}
+
+/// The package's sections as [`package_section_ends`] finds them, unless
+/// the parse that takes any `0x7e <be32>` as a footer finds more sections
+/// (the strict parse then ran past a changed footer to a later footer-like
+/// pattern of the same id, swallowing whole sections) or is the only one:
+/// then that parse, with its first footer naming another section than its
+/// header. QEMU's destination, which reads each device with its model,
+/// fails there ("Mismatched section id in footer", `migration/savevm.c`;
+/// differential fuzzing, docs/differential-fuzz.md). `base` is `buf[0]`'s
+/// stream offset.
+#[allow(clippy::type_complexity)]
+pub fn package_sections(
+    buf: &[u8],
+    base: u64,
+) -> Option<(std::collections::HashMap<usize, usize>, Option<FooterMismatch>)> {
+    let strict = package_parse(buf, false);
+    let Some(lenient) = package_parse(buf, true) else { return strict.map(|m| (m, None)) };
+    if strict.as_ref().is_some_and(|s| s.len() >= lenient.len()) {
+        return strict.map(|m| (m, None));
+    }
+    let mut ends: Vec<_> = lenient.iter().map(|(&s, &e)| (s, e)).collect();
+    ends.sort();
+    let mismatches: Vec<FooterMismatch> = ends
+        .into_iter()
+        .filter_map(|(s, e)| {
+            let mut c = Cursor::new(buf, base);
+            c.set_pos(s);
+            let (id, name, _, _) = section_header(&mut c, base + s as u64).ok()?;
+            let read = u32::from_be_bytes(buf[e - 4..e].try_into().ok()?);
+            (read != id).then(|| FooterMismatch {
+                section_at: base + s as u64,
+                at: base + (e - 5) as u64,
+                name,
+                read,
+                expected: id,
+            })
+        })
+        .collect();
+    match (strict, mismatches.len()) {
+        (Some(s), n) if n != 1 => Some((s, None)),
+        _ => Some((lenient, mismatches.into_iter().next())),
+    }
+}
+
+fn package_parse(buf: &[u8], lenient: bool) -> Option<std::collections::HashMap<usize, usize>> {
     fn full_header(b: &[u8], p: usize) -> Option<(u32, usize)> {
         if p + 6 > b.len() || b[p] != QEMU_VM_SECTION_FULL {
             return None;
@@ -373,7 +422,9 @@ pub fn package_section_ends(buf: &[u8]) -> Option<std::collections::HashMap<usiz
             let mut q = dstart.max(cand);
             let mut found = None;
             while q + 5 <= len {
-                if buf[q] == QEMU_VM_SECTION_FOOTER && buf[q + 1..q + 5] == id.to_be_bytes() {
+                if buf[q] == QEMU_VM_SECTION_FOOTER
+                    && (lenient || buf[q + 1..q + 5] == id.to_be_bytes())
+                {
                     found = Some(q);
                     break;
                 }

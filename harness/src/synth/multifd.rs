@@ -100,6 +100,11 @@ pub enum MultifdStep {
     },
     /// A sync packet as 9.0+ sends it: `SYNC`, all counts 0, no block name.
     Sync { channel: u8, packet_num: u64 },
+    /// Recorded bytes of a whole channel (initial packet included), written
+    /// by a task of their own while the script goes on, so a destination
+    /// that reads the channels in any order gets them all (`crossmig fuzz`
+    /// replays a recorded multifd stream this way).
+    Raw { channel: u8, bytes: Vec<u8> },
 }
 
 impl MultifdStep {
@@ -121,7 +126,8 @@ impl MultifdStep {
             MultifdStep::Connect { channel }
             | MultifdStep::Init { channel, .. }
             | MultifdStep::Ram { channel, .. }
-            | MultifdStep::Sync { channel, .. } => *channel,
+            | MultifdStep::Sync { channel, .. }
+            | MultifdStep::Raw { channel, .. } => *channel,
         }
     }
 
@@ -137,6 +143,9 @@ impl MultifdStep {
                 if *sync { ", SYNC" } else { "" }
             ),
             MultifdStep::Sync { channel, .. } => format!("MultifdSync({channel})"),
+            MultifdStep::Raw { channel, bytes } => {
+                format!("MultifdRaw({channel}: {} bytes)", bytes.len())
+            }
         }
     }
 
@@ -210,6 +219,9 @@ impl MultifdStep {
                 let p =
                     RamPacket { flags: FLAG_SYNC, packet_num: *packet_num, ..Default::default() };
                 p.encode(e, fmt);
+            }
+            MultifdStep::Raw { bytes, .. } => {
+                e.bytes(bytes);
             }
         }
     }

@@ -257,6 +257,7 @@ pub async fn play_with(
     let mut enc = Enc::new(layout);
     enc.multifd_fmt = PacketFormat::x86(packet_layout);
     let mut channels: HashMap<u8, TcpStream> = HashMap::new();
+    let mut writers = Vec::new();
     let mut st = RpState::default();
     let mut res = PlayResult::default();
     let mut serving = false;
@@ -366,6 +367,22 @@ pub async fn play_with(
                     }
                 }
             }
+            Step::Multifd(MultifdStep::Raw { channel, bytes }) => {
+                let Some(mut ch) = channels.remove(channel) else {
+                    res.aborted = Some(format!(
+                        "step {i} ({}): multifd channel {channel} is not connected",
+                        step.name()
+                    ));
+                    break 'steps;
+                };
+                let b = bytes.clone();
+                res.bytes_sent += b.len() as u64;
+                writers.push(tokio::spawn(async move {
+                    let r = write_all(&mut ch, &b, tdeadline).await;
+                    let _ = ch.shutdown().await;
+                    (ch, r)
+                }));
+            }
             Step::Multifd(m) => {
                 let mut e = Encoder::new();
                 enc.encode(step, &mut e).map_err(|m| anyhow!("step {i} ({}): {m}", step.name()))?;
@@ -399,6 +416,20 @@ pub async fn play_with(
         res.steps_done = i + 1;
     }
 
+    // Channels written by their own task (MultifdStep::Raw): wait until all
+    // their bytes are out or the destination stopped reading (the deadline).
+    let mut kept = Vec::new();
+    for w in writers {
+        match w.await {
+            Ok((ch, r)) => {
+                if let (Err(m), None) = (r, &res.aborted) {
+                    res.aborted = Some(format!("multifd channel: {m}"));
+                }
+                kept.push(ch);
+            }
+            Err(e) => res.aborted = Some(format!("multifd channel writer: {e}")),
+        }
+    }
     // Half-close: the destination sees the end of the stream after our data;
     // keep reading the return path until it closes.
     let _ = wr.shutdown().await;
@@ -417,6 +448,7 @@ pub async fn play_with(
     st.drain(&mut rx);
     drop(wr);
     drop(channels);
+    drop(kept);
     res.rp_messages = st.msgs;
     res.rp_end = st.closed;
     res.page_request_errors.extend(st.req_errors);

@@ -81,6 +81,10 @@ pub enum LoadError {
     /// catalogue).
     #[error("device section at byte offset {at}: {source}")]
     Device { at: u64, source: DeviceError },
+    /// A device section's bytes break what its vmdesc description allows
+    /// (`wire::vmdesc::check`: subsection markers, versions, value checks).
+    #[error("{0}")]
+    DeviceCheck(Box<wire::vmdesc::check::CheckError>),
     /// The `globalstate` section's run state is refused.
     #[error("{source} (section at byte offset {at})")]
     GlobalState { at: u64, source: GlobalStateError },
@@ -137,6 +141,7 @@ impl LoadError {
             | LoadError::Device { at, .. }
             | LoadError::GlobalState { at, .. }
             | LoadError::MappedRam { at, .. } => Some(*at),
+            LoadError::DeviceCheck(e) => Some(e.at),
             LoadError::Decode(DecodeError::Incomplete { at, .. }) => Some(*at),
             LoadError::Decode(DecodeError::Invalid { offset, .. }) => Some(*offset),
             LoadError::Protocol { at, .. } | LoadError::Unsupported { at, .. } => *at,

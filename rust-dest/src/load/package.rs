@@ -19,7 +19,12 @@ impl Loader {
         let ctx = || format!("PACKAGED at byte offset {off}");
         // Where each device section ends, from the one parse of the whole
         // blob that ends with RUN (robust against footer-like device bytes).
-        let ends = vmdesc::package_section_ends(blob);
+        // With no such parse, the one where a footer names another section
+        // (QEMU fails at that section).
+        let (ends, mismatch) = match vmdesc::package_sections(blob, blob_off) {
+            Some((e, m)) => (Some(e), m),
+            None => (None, None),
+        };
         let mut pos = 0usize;
         while pos < blob.len() {
             let mut c = Cursor::new(blob, blob_off);
@@ -37,6 +42,10 @@ impl Loader {
             };
             match rec {
                 TopRecord::SectionOpen { kind: SectionKind::Full, .. } => {
+                    if let Some(m) = mismatch.as_ref().filter(|m| m.section_at == rec_off) {
+                        let e = wire::DecodeError::invalid(m.at, m.to_string());
+                        return Err(LoadError::Decode(e).within(ctx()));
+                    }
                     let (s, next) = match ends.as_ref().and_then(|m| m.get(&pos)) {
                         Some(&end) => vmdesc::split_exact(blob, pos, end, blob_off),
                         None => vmdesc::split_one_by_footer(blob, pos, blob_off),

@@ -16,6 +16,7 @@ use crate::channel::Reader;
 use wire::consts::QEMU_VM_VMDESCRIPTION;
 use wire::tail::{parse_tail, AfterEof};
 use wire::vmdesc;
+use wire::vmdesc::check::Checked;
 
 /// What a vmdesc may hold at most before rust-dest stops keeping its bytes
 /// (it still reads them all, as QEMU does).
@@ -75,7 +76,19 @@ impl Loader {
         if let Some((eof_pos, json)) = vmdesc::find_vmdesc_tail(tail) {
             if let Ok(secs) = vmdesc::split_with_vmdesc(&tail[..eof_pos], base, &json) {
                 for s in &secs {
+                    // The catalogue's version checks first (QEMU checks the
+                    // header before the fields), then what QEMU's device
+                    // code would refuse that the vmdesc shows
+                    // (docs/differential-fuzz.md).
                     self.keep_device(tail, s, base, false)?;
+                    match vmdesc::check::check_section(tail, s, base) {
+                        Checked::Ok => {}
+                        Checked::Failed(e) => return Err(LoadError::DeviceCheck(e)),
+                        Checked::Undescribed(why) => tracing::warn!(
+                            "device section {:?}: the vmdesc does not add up ({why}); its fields are not checked",
+                            s.idstr
+                        ),
+                    }
                 }
                 self.shared.lock().vmdesc = Some(json);
                 return Ok(true);
