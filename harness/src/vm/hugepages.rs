@@ -174,8 +174,23 @@ fn unmount(dir: &Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let _ = Command::new("umount").arg(dir).status();
+    // After a signal the processes mapping the files were just SIGKILLed
+    // and may not have exited yet (EBUSY): retry for a while.
+    for _ in 0..50 {
+        let out = Command::new("umount").arg(dir).stderr(std::process::Stdio::null()).status();
+        if out.is_ok_and(|s| s.success()) || !mounted(dir) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// Whether `dir` is a mount point (`/proc/self/mounts`).
+fn mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*d))
 }
 
 /// A hugetlbfs mount with its pages reserved in the pool; undone on drop.
