@@ -141,8 +141,11 @@ static LIVE: Mutex<Vec<(PathBuf, u64, u64)>> = Mutex::new(Vec::new());
 
 /// Undo every live setup (signal cleanup; drops do it otherwise).
 fn undo_all() {
-    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
-    for (dir, size, pages) in live {
+    // The lock is held until everything is undone: a variant ending on
+    // the main thread meanwhile (its processes were just killed) waits in
+    // `HugeTlb::drop` instead of letting the process exit mid-unmount.
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    for (dir, size, pages) in live.drain(..) {
         unmount(&dir);
         let _ = change_pool(size, -(pages as i64));
     }
