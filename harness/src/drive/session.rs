@@ -89,6 +89,26 @@ pub struct WaitExpired {
     pub dest_status: MigrationStatus,
 }
 
+/// A status wait that can no longer succeed: an awaited side stayed for
+/// [`DEAD_END_GRACE`] in a status the migration does not leave by itself
+/// (e.g. `completed` while `postcopy-paused` is awaited: a fault that came
+/// after the migration ended). Ends the wait at once instead of at its
+/// timeout; typed so that it is never taken for a stall.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{side} stayed {status} while waiting for {want}, which it cannot reach any more (source {source_status}, destination {dest_status})")]
+pub struct WaitDeadEnd {
+    pub side: &'static str,
+    pub status: MigrationStatus,
+    pub want: String,
+    pub source_status: MigrationStatus,
+    pub dest_status: MigrationStatus,
+}
+
+/// How long an awaited side must stay in a dead-end status before a wait
+/// gives up ([`WaitDeadEnd`]); a new `migrate` leaves `completed` or
+/// `cancelled` well within it.
+pub const DEAD_END_GRACE: Duration = Duration::from_secs(2);
+
 /// What ended a [`Migration::wait_until`].
 #[derive(Clone, Debug)]
 pub enum WaitDone {
@@ -365,6 +385,8 @@ impl Migration {
         timeout: Duration,
     ) -> Result<WaitDone> {
         let deadline = Instant::now() + timeout;
+        // Since when each side (source, destination) sits in a dead end.
+        let mut dead_since: [Option<Instant>; 2] = [None, None];
         loop {
             let (s, d) = self.sample().await;
             let (ss, ds) = (MigrationStatus::of(&s), MigrationStatus::of(&d));
@@ -389,6 +411,19 @@ impl Migration {
                             bail!("{n} failed while waiting for {want}: {}", desc_or_null(v));
                         }
                         bail!("{n} reached {st} while waiting for {want}: {}", desc_or_null(v));
+                    }
+                    let since = &mut dead_since[usize::from(n != "source")];
+                    if !w.dead_end(st) {
+                        *since = None;
+                    } else if since.get_or_insert_with(Instant::now).elapsed() >= DEAD_END_GRACE {
+                        return Err(WaitDeadEnd {
+                            side: n,
+                            status: st.clone(),
+                            want,
+                            source_status: ss,
+                            dest_status: ds,
+                        }
+                        .into());
                     }
                 }
             }

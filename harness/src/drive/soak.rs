@@ -81,6 +81,11 @@ pub struct SoakReport {
     pub stalls: u32,
     pub mismatches: u32,
     pub failed: u32,
+    /// Recoveries carried out in all (cut or paused, then recovered).
+    pub recoveries: u32,
+    /// Completed cycles whose postcopy ended before the whole plan ran
+    /// (fewer recoveries than interruptions planned).
+    pub short_plans: u32,
     pub total_ms: u64,
     pub ms_per_cycle: u64,
     pub cycles: Vec<Cycle>,
@@ -94,7 +99,7 @@ impl SoakReport {
 
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "soak: {} of {} cycle(s) run (seed {}): {} completed, {} stall(s), {} RAM mismatch(es), {} other failure(s); {:.1} s per cycle, {:.1} min in all\n",
+            "soak: {} of {} cycle(s) run (seed {}): {} completed, {} stall(s), {} RAM mismatch(es), {} other failure(s); {} recoveries ({} cycle(s) completed before their whole plan); {:.1} s per cycle, {:.1} min in all\n",
             self.cycles_run,
             self.cycles_asked,
             self.seed,
@@ -102,6 +107,8 @@ impl SoakReport {
             self.stalls,
             self.mismatches,
             self.failed,
+            self.recoveries,
+            self.short_plans,
             self.ms_per_cycle as f64 / 1000.0,
             self.total_ms as f64 / 60_000.0
         );
@@ -212,6 +219,7 @@ pub async fn soak(opts: &SoakOpts) -> Result<SoakReport> {
         o.timeout = opts.cycle_timeout;
         o.recover_cuts = plan.len() as u32;
         o.interruptions = plan.clone();
+        o.recoveries_best_effort = true;
         if preempt {
             o.extra_caps = vec![("postcopy-preempt".into(), true)];
         }
@@ -254,6 +262,11 @@ pub async fn soak(opts: &SoakOpts) -> Result<SoakReport> {
         stalls: count(Verdict::Stall),
         mismatches: count(Verdict::Mismatch),
         failed: count(Verdict::Failed),
+        recoveries: cycles.iter().map(|c| c.recoveries).sum(),
+        short_plans: cycles
+            .iter()
+            .filter(|c| c.verdict == Verdict::Completed && (c.recoveries as usize) < c.plan.len())
+            .count() as u32,
         total_ms,
         ms_per_cycle: total_ms.checked_div(run as u64).unwrap_or(0),
         cycles,

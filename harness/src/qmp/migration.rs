@@ -57,6 +57,13 @@ impl StatusWait {
         self.fail_on.contains(st)
     }
 
+    /// A status from which no goal can be reached any more: one the
+    /// migration does not leave by itself (completed, failed, cancelled)
+    /// that is neither a goal nor a failure of this wait.
+    pub fn dead_end(&self, st: &MigrationStatus) -> bool {
+        st.is_terminal() && !self.reached(st) && !self.failed(st)
+    }
+
     /// The goals as QEMU spells them (`["postcopy-active", "completed"]`).
     pub fn goal_names(&self) -> Vec<&str> {
         self.goals.iter().map(MigrationStatus::as_str).collect()
@@ -213,6 +220,25 @@ mod tests {
         assert_eq!(w.goal_names(), ["postcopy-active", "completed"]);
         assert!(StatusWait::until([MigrationStatus::Failed]).fail_on.is_empty());
         assert!(StatusWait::parse_any("done").is_err());
+    }
+
+    /// The hang of issue 14 (hugepage recovery from 11.1): the cut came
+    /// after both sides completed, and the wait for `postcopy-paused` ran
+    /// into its 120 s timeout. `completed` is a dead end for that wait.
+    #[test]
+    fn dead_ends() {
+        use MigrationStatus as S;
+        let paused = StatusWait::until([S::PostcopyPaused]);
+        assert!(paused.dead_end(&S::Completed));
+        assert!(paused.dead_end(&S::Cancelled));
+        // `failed` ends the wait as a failure, not as a dead end.
+        assert!(!paused.dead_end(&S::Failed) && paused.failed(&S::Failed));
+        for st in [S::PostcopyActive, S::PostcopyDevice, S::PostcopyRecover, S::Active, S::None] {
+            assert!(!paused.dead_end(&st), "{st}");
+        }
+        // A goal is never a dead end.
+        assert!(!StatusWait::until([S::Completed]).dead_end(&S::Completed));
+        assert!(!StatusWait::until([S::Failed]).dead_end(&S::Failed));
     }
 
     /// A QEMU 11.1.3 source with `postcopy-ram`, 256 MiB guest, 67 ms into

@@ -57,7 +57,7 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     scfg.serial_log = Some(serial);
     let src_log = workdir.join(format!("{tag}-src.log"));
     let _l1 = PathGuard::new(&src_log);
-    let src = QemuVm::start(&qemu, scfg, src_log).await?;
+    let src = QemuVm::start(&qemu, scfg, src_log.clone()).await?;
     let marker = workload.ready_marker();
     src.wait_serial(|s| s.contains(marker), Duration::from_secs(60)).await?;
     if d.source.stopped {
@@ -75,7 +75,7 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     }
     let dst_log = workdir.join(format!("{tag}-dst.log"));
     let _l2 = PathGuard::new(&dst_log);
-    let dst = start_dest(dest_kind, &dq, dcfg, dst_log).await?;
+    let dst = start_dest(dest_kind, &dq, dcfg, dst_log.clone()).await?;
     let probe = RssProbe::start(dst.pid());
     let mut ctx = Ctx { m: Migration::new(src, dst, dest_kind), workload, mem, files: Vec::new() };
     let res = match setup(d, &ctx.m).await {
@@ -100,8 +100,30 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     }
     out.samples = ctx.m.take_samples();
     ctx.m.quit().await;
+    if res.is_err() || out.steps.iter().any(|s| !s.ok) {
+        keep_logs(&[&src_log, &dst_log]);
+    }
     drop(disk_guard);
     res
+}
+
+/// `CROSSMIG_KEEP_LOGS=DIR`: a failed variant's process logs (source and
+/// destination, e.g. rust-dest's with `RUST_DEST_LOG=debug`) are copied
+/// into DIR before they are removed.
+fn keep_logs(logs: &[&std::path::Path]) {
+    let Some(dir) = std::env::var_os("CROSSMIG_KEEP_LOGS") else { return };
+    let dir = std::path::PathBuf::from(dir);
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        tracing::warn!("CROSSMIG_KEEP_LOGS: {}: {e}", dir.display());
+        return;
+    }
+    for l in logs {
+        if let Some(name) = l.file_name() {
+            if let Err(e) = std::fs::copy(l, dir.join(name)) {
+                tracing::warn!("CROSSMIG_KEEP_LOGS: copying {}: {e}", l.display());
+            }
+        }
+    }
 }
 
 /// Capabilities (`events`, the common ones, then each side's) and each

@@ -141,8 +141,11 @@ static LIVE: Mutex<Vec<(PathBuf, u64, u64)>> = Mutex::new(Vec::new());
 
 /// Undo every live setup (signal cleanup; drops do it otherwise).
 fn undo_all() {
-    let live = std::mem::take(&mut *LIVE.lock().unwrap_or_else(|e| e.into_inner()));
-    for (dir, size, pages) in live {
+    // The lock is held until everything is undone: a variant ending on
+    // the main thread meanwhile (its processes were just killed) waits in
+    // `HugeTlb::drop` instead of letting the process exit mid-unmount.
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    for (dir, size, pages) in live.drain(..) {
         unmount(&dir);
         let _ = change_pool(size, -(pages as i64));
     }
@@ -174,8 +177,23 @@ fn unmount(dir: &Path) {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    let _ = Command::new("umount").arg(dir).status();
+    // After a signal the processes mapping the files were just SIGKILLed
+    // and may not have exited yet (EBUSY): retry for a while.
+    for _ in 0..50 {
+        let out = Command::new("umount").arg(dir).stderr(std::process::Stdio::null()).status();
+        if out.is_ok_and(|s| s.success()) || !mounted(dir) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let _ = std::fs::remove_dir(dir);
+}
+
+/// Whether `dir` is a mount point (`/proc/self/mounts`).
+fn mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let d = dir.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*d))
 }
 
 /// A hugetlbfs mount with its pages reserved in the pool; undone on drop.

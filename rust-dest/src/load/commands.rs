@@ -51,7 +51,7 @@ impl Loader {
         if self.rp_open {
             return Ok(());
         }
-        self.open_rp();
+        self.open_rp(true);
         if !self.rp_open {
             return Err(LoadError::Protocol {
                 at: None,
@@ -142,7 +142,16 @@ impl Loader {
             })?
             .clone();
         rp.send(&RpMessage::ResumeAck(MIGRATION_RESUME_ACK_VALUE)).map_err(rp_err("RESUME_ACK"))?;
+        // Page requests go out again only now, as from QEMU's destination,
+        // whose fault thread waits for the resume while paused
+        // (`migration/postcopy-ram.c`, `migration/savevm.c:
+        // loadvm_postcopy_handle_resume()`). A source with postcopy-preempt
+        // re-connects its preempt channel after the RECV_BITMAP exchange and
+        // before it sends RESUME; a request before that aborts an 11.1.3
+        // source (`ram_save_queue_pages: Assertion 'pss->pss_channel'
+        // failed`, docs/qemu-bugs.md).
         if let Some(pc) = &self.postcopy {
+            pc.set_rp(Some(rp));
             pc.resend_outstanding();
         }
         Ok(())

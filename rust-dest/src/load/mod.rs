@@ -351,8 +351,9 @@ impl Loader {
                     self.rp_writer = Some(Box::new(wr));
                     r = Reader::new(Box::new(sock), self.shared.clone());
                     // The source opens the return path itself on the
-                    // recovery channel (no OPEN_RETURN_PATH command).
-                    self.open_rp();
+                    // recovery channel (no OPEN_RETURN_PATH command). Page
+                    // requests wait for POSTCOPY_RESUME (`commands.rs`).
+                    self.open_rp(false);
                     w.resume_headerless();
                     if let Some(s) = &self.session {
                         s.set_main_read_timeout(Some(POSTCOPY_SILENCE_LIMIT));
@@ -418,12 +419,15 @@ impl Loader {
         self.shared.set_status(MigStatus::PostcopyPaused);
     }
 
-    fn open_rp(&mut self) {
+    /// Open the return path; `requests`: page requests of the postcopy
+    /// runtime may go out on it at once (not on a recovery channel, see
+    /// `postcopy_resume()`).
+    fn open_rp(&mut self, requests: bool) {
         if let Some(w) = self.rp_writer.take() {
             let rp = Arc::new(ReturnPath::new(w));
             self.rp = Some(rp.clone());
             self.rp_open = true;
-            if let Some(pc) = &self.postcopy {
+            if let Some(pc) = self.postcopy.as_ref().filter(|_| requests) {
                 pc.set_rp(Some(rp));
             }
         }

@@ -447,3 +447,55 @@ fn legacy_compressed_pages_follow_machine_and_capability() {
     let (_, err) = load_compressed(&long, "pc-q35-7.2", true);
     assert!(err.contains("expected at most one page"), "{err}");
 }
+
+/// A reader that gives `bytes`, then fails as a socket whose read timeout
+/// expired (`POSTCOPY_SILENCE_LIMIT` on the main channel) would.
+struct ThenSilent(std::io::Cursor<Vec<u8>>);
+
+impl std::io::Read for ThenSilent {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.0.read(buf)? {
+            0 => Err(std::io::Error::new(std::io::ErrorKind::WouldBlock, "read timed out")),
+            n => Ok(n),
+        }
+    }
+}
+
+/// The bound on the main channel (issue 14): a read timeout once postcopy
+/// places pages pauses (`postcopy-paused`, error-desc naming the silence),
+/// so that the migration can be recovered; in precopy the same error fails
+/// the migration (no bound is set there: a source may wait, as QEMU's
+/// destination lets it).
+#[test]
+fn a_silent_main_channel_pauses_postcopy_and_fails_precopy() {
+    for name in RECORDED.iter().filter(|n| n.ends_with("postcopy")) {
+        let Some(bytes) = recorded(name) else { continue };
+        let (_, tops) = replay(&bytes);
+        // The last top-level record (EOF) comes after LISTEN and RUN; the
+        // second is the first after the header, still precopy.
+        for (cut, want) in
+            [(tops[tops.len() - 1], MigStatus::PostcopyPaused), (tops[1], MigStatus::Failed)]
+        {
+            let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
+            shared.lock().capabilities.set(Capability::PostcopyRam, true);
+            let cfg = Config {
+                vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
+                ..Config::default()
+            };
+            let src = ThenSilent(std::io::Cursor::new(bytes[..cut as usize].to_vec()));
+            let res = Loader::new(shared.clone(), cfg, Box::new(RecordingSink::default()))
+                .run(Box::new(src));
+            let e = res.expect_err("silent");
+            let (st, desc) = {
+                let g = shared.lock();
+                (g.status, g.error_desc.clone().unwrap_or_default())
+            };
+            assert_eq!(st, want, "{name} cut {cut}: {e}");
+            let silent = matches!(e, LoadError::Silent { at, .. } if at == cut);
+            assert_eq!(silent, want == MigStatus::PostcopyPaused, "{name} cut {cut}: {e}");
+            if silent {
+                assert!(desc.contains("main channel silent for 60 s during postcopy"), "{desc}");
+            }
+        }
+    }
+}

@@ -210,7 +210,8 @@ impl PostcopyRuntime {
         Ok(())
     }
 
-    /// Swap the return path (None while postcopy is paused).
+    /// Swap the return path page requests go out on (None while postcopy
+    /// is paused or recovering, until POSTCOPY_RESUME).
     pub fn set_rp(&self, rp: Option<Arc<ReturnPath>>) {
         *self.inner.rp.lock().unwrap() = rp;
         if self.inner.rp.lock().unwrap().is_none() {
