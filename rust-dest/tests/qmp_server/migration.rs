@@ -112,9 +112,9 @@ fn postcopy_stats() {
     st.start(1);
     st.vcpu_blocked(t);
     st.read((0, 7), t);
-    st.requested((0, 7), ms(1));
+    st.requested((0, 7), ms(1), 0);
     st.placed((0, 7), ms(2), ms(2));
-    st.vcpu_woken(0, (0, 7), t, ms(10));
+    st.vcpu_woken(0, (0, 7), t, ms(10), 0);
     let m = c.ok("query-migrate", Value::Null);
     assert_eq!(m["postcopy-blocktime"], 10);
     assert_eq!(m["postcopy-vcpu-blocktime"], json!([10]));
