@@ -21,6 +21,8 @@ SMALL_DEVICES = {
     ("timer", 0), ("cpu_common", 0), ("fw_cfg", 0), ("dma", 0), ("dma", 1),
     ("pcspk", 0), ("globalstate", 0),
 }
+# The "cpu" seeds add the largest device with the most subsections.
+CPU_DEVICES = SMALL_DEVICES | {("cpu", 0), ("apic", 0)}
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -68,14 +70,16 @@ def main():
         put("ramrec", name, b"\x00" + ram_body(b)[:65536])
         put("command", name, b"\x00\x00" + b[:4096])
         # The stream targets get the streams cut down (seedstream.py): a
-        # few pages per RAM section, with every device ("-thin") or a few
-        # ("-small"); the whole 450 KB stream made each run read 16,000
-        # zero pages.
-        for kind, keep in (("thin", None), ("small", SMALL_DEVICES)):
+        # few pages per RAM section, with a few devices ("-small", "-cpu")
+        # and, for the walker, every device ("-thin"). The whole 450 KB
+        # stream made each run read 16,000 zero pages and a 44 KB vmdesc.
+        for kind, keep in (("thin", None), ("small", SMALL_DEVICES), ("cpu", CPU_DEVICES)):
             s = thin(b, keep)
             seed = f"{name}-{kind}"
             put("walk", seed, b"\x00" + s)
             put("walk", seed + "-4k", b"\x40" + s)
+            if keep is None:
+                continue
             if "postcopy" in name:
                 put("load_postcopy", seed, s)
             elif "precopy" in name or name.endswith(".ch0"):

@@ -168,14 +168,14 @@ def records(b, i, keep, keep_pages, keep_zero, state):
 def device_state(b, keep=None):
     """(vmdesc JSON, the device sections up to EOF) of the precopy stream
     `thin(b, keep)`, or (None, None)."""
-    s, st = _thin(b, keep, 2, 6)
+    s, st = _thin(b, keep, 1, 6)
     eof = s.rfind(b"\x00\x06")
     if st["dev_at"] is None or eof < 0:
         return None, None
     return s[eof + 6:], s[st["dev_at"]:eof]
 
 
-def thin(b, keep=None, keep_pages=2, keep_zero=6):
+def thin(b, keep=None, keep_pages=1, keep_zero=6):
     """The stream `b` with at most `keep_pages` PAGE and `keep_zero` ZERO
     records per RAM section and, when `keep` is a set of (idstr, instance),
     only those device sections (in the stream and in the vmdesc). Everything

@@ -16,11 +16,11 @@ use crate::state::{Capability, MigStatus, Shared};
 /// `wire/tests/streams/` announce 64 MiB and a few small ROM blocks.
 const FUZZ_MAX_RAM: u64 = 256 << 20;
 
-/// Reads from memory ask for 16 KiB at a time (a socket's default is
+/// Reads from memory ask for 64 KiB at a time (a socket's default is
 /// 1 MiB): a run allocates no megabyte buffer (with AddressSanitizer, each
 /// one freed costs a poisoning pass over its shadow), and records of the
 /// seeds span reads, as on a network.
-const FUZZ_READ_CHUNK: usize = 16 << 10;
+const FUZZ_READ_CHUNK: usize = 64 << 10;
 
 /// Load `bytes` as a whole incoming main channel (precopy, or postcopy with
 /// the `postcopy-ram` capability on: ADVISE, DISCARD, the PACKAGED blob,

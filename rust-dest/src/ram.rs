@@ -50,6 +50,22 @@ impl AtomicBitmap {
     pub fn get(&self, i: u64) -> bool {
         self.words[(i / 64) as usize].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0
     }
+    /// The first bit in `from..end` (`end` at most [`AtomicBitmap::len`])
+    /// whose value is `value`, a word at a time.
+    pub fn next_with(&self, value: bool, from: u64, end: u64) -> Option<u64> {
+        let end = end.min(self.nbits);
+        let mut i = from;
+        while i < end {
+            let w = self.words[(i / 64) as usize].load(Ordering::Acquire);
+            let w = if value { w } else { !w } >> (i % 64);
+            if w != 0 {
+                let at = i + w.trailing_zeros() as u64;
+                return (at < end).then_some(at);
+            }
+            i = (i / 64 + 1) * 64;
+        }
+        None
+    }
     pub fn count(&self) -> u64 {
         self.words.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as u64).sum()
     }
@@ -342,6 +358,22 @@ mod tests {
         // A backend whose file cannot be created fails at start-up.
         let bad = RamTable::new(vec![be("m", 4096, Some(d.path().join("no/such/dir")))], 1 << 30);
         assert!(matches!(bad.create_backends(), Err(RamError::Backend { .. })));
+    }
+
+    #[test]
+    fn bitmap_next_with_matches_bit_by_bit() {
+        let bm = AtomicBitmap::new(200);
+        for i in [0u64, 1, 2, 63, 64, 65, 127, 130, 131, 132, 199] {
+            bm.set(i);
+        }
+        for value in [false, true] {
+            for from in 0..=201 {
+                for end in [0u64, 1, 64, 65, 128, 131, 199, 200, 300] {
+                    let naive = (from..end.min(200)).find(|&i| bm.get(i) == value);
+                    assert_eq!(bm.next_with(value, from, end), naive, "{value} {from}..{end}");
+                }
+            }
+        }
     }
 
     #[test]
