@@ -50,6 +50,19 @@ impl AtomicBitmap {
     pub fn get(&self, i: u64) -> bool {
         self.words[(i / 64) as usize].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0
     }
+    /// Clear the bits `from..end` (`end` at most [`AtomicBitmap::len`]),
+    /// whole words at a time where the range covers them.
+    pub fn clear_range(&self, from: u64, end: u64) {
+        let end = end.min(self.nbits);
+        let mut i = from;
+        while i < end {
+            let (w, lo) = ((i / 64) as usize, i % 64);
+            let hi = (end - (i - lo)).min(64);
+            let mask = if hi - lo == 64 { u64::MAX } else { ((1u64 << (hi - lo)) - 1) << lo };
+            self.words[w].fetch_and(!mask, Ordering::AcqRel);
+            i += hi - lo;
+        }
+    }
     /// The first bit in `from..end` (`end` at most [`AtomicBitmap::len`])
     /// whose value is `value`, a word at a time.
     pub fn next_with(&self, value: bool, from: u64, end: u64) -> Option<u64> {
@@ -372,6 +385,22 @@ mod tests {
                     let naive = (from..end.min(200)).find(|&i| bm.get(i) == value);
                     assert_eq!(bm.next_with(value, from, end), naive, "{value} {from}..{end}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn bitmap_clear_range_matches_bit_by_bit() {
+        for (from, end) in
+            [(0u64, 0u64), (0, 1), (3, 64), (0, 64), (63, 65), (5, 190), (64, 128), (70, 300)]
+        {
+            let bm = AtomicBitmap::new(190);
+            for i in 0..190 {
+                bm.set(i);
+            }
+            bm.clear_range(from, end);
+            for i in 0..190 {
+                assert_eq!(bm.get(i), !(from..end).contains(&i), "{from}..{end}: bit {i}");
             }
         }
     }
