@@ -29,6 +29,8 @@ pub enum StartError {
     Block { name: String, source: std::io::Error },
     #[error("spawning fault thread: {0}")]
     Thread(std::io::Error),
+    #[error("creating the fault thread's stop pipe: {0}")]
+    Pipe(std::io::Error),
 }
 
 /// Placing a received page failed.
@@ -120,7 +122,7 @@ impl PostcopyRuntime {
             drop_missing(b).map_err(err)?;
             b.mapping.uffd_register(&uffd).map_err(err)?;
         }
-        let (stop_rx, stop_tx) = std::io::pipe().map_err(StartError::Thread)?;
+        let (stop_rx, stop_tx) = std::io::pipe().map_err(StartError::Pipe)?;
         let inner = Arc::new(Inner {
             shared,
             uffd,
