@@ -69,8 +69,15 @@ for t in "${targets[@]}"; do
   rc=$?
   set -e
   secs=$(( $(date +%s) - t0 ))
-  execs=$(cat "$out/$t.log" "$out/$t"/fuzz-*.log 2>/dev/null \
-    | sed -n 's/^stat::number_of_executed_units: *//p' | awk '{s += $1} END {print s + 0}')
+  # With jobs, the main log repeats each job's log: count the job logs.
+  logs=("$out/$t.log")
+  if [ "$jobs" -gt 1 ]; then
+    shopt -s nullglob
+    logs=("$out/$t"/fuzz-*.log)
+    shopt -u nullglob
+  fi
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "${logs[@]}" \
+    | awk '{s += $1} END {print s + 0}')
   findings=$(find "$art" -type f \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \
     -o -name 'leak-*' \) | wc -l)
   if [ "$rc" != 0 ] && [ "$findings" = 0 ]; then
