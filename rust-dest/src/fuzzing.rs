@@ -16,6 +16,12 @@ use crate::state::{Capability, MigStatus, Shared};
 /// `wire/tests/streams/` announce 64 MiB and a few small ROM blocks.
 const FUZZ_MAX_RAM: u64 = 256 << 20;
 
+/// Reads from memory ask for 64 KiB at a time (a socket's default is
+/// 1 MiB): a run allocates no megabyte buffer (with AddressSanitizer, each
+/// one freed costs a poisoning pass over its shadow), and records of the
+/// seeds span reads, as on a network.
+const FUZZ_READ_CHUNK: usize = 64 << 10;
+
 /// Load `bytes` as a whole incoming main channel (precopy, or postcopy with
 /// the `postcopy-ram` capability on: ADVISE, DISCARD, the PACKAGED blob,
 /// LISTEN/RUN and pages placed through userfaultfd). Returns the final
@@ -27,6 +33,7 @@ pub fn load_from_memory(bytes: &[u8], postcopy: bool) -> (MigStatus, Vec<u8>) {
     }
     let cfg = Config {
         vcpu: VcpuConfig { pattern: Pattern::None, threads: 1, rate: 0, range: None },
+        read_chunk: FUZZ_READ_CHUNK,
         ..Config::default()
     };
     let sink = RecordingSink::default();

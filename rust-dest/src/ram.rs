@@ -50,6 +50,35 @@ impl AtomicBitmap {
     pub fn get(&self, i: u64) -> bool {
         self.words[(i / 64) as usize].load(Ordering::Acquire) & (1u64 << (i % 64)) != 0
     }
+    /// Clear the bits `from..end` (`end` at most [`AtomicBitmap::len`]),
+    /// whole words at a time where the range covers them.
+    pub fn clear_range(&self, from: u64, end: u64) {
+        let end = end.min(self.nbits);
+        let mut i = from;
+        while i < end {
+            let (w, lo) = ((i / 64) as usize, i % 64);
+            let hi = (end - (i - lo)).min(64);
+            let mask = if hi - lo == 64 { u64::MAX } else { ((1u64 << (hi - lo)) - 1) << lo };
+            self.words[w].fetch_and(!mask, Ordering::AcqRel);
+            i += hi - lo;
+        }
+    }
+    /// The first bit in `from..end` (`end` at most [`AtomicBitmap::len`])
+    /// whose value is `value`, a word at a time.
+    pub fn next_with(&self, value: bool, from: u64, end: u64) -> Option<u64> {
+        let end = end.min(self.nbits);
+        let mut i = from;
+        while i < end {
+            let w = self.words[(i / 64) as usize].load(Ordering::Acquire);
+            let w = if value { w } else { !w } >> (i % 64);
+            if w != 0 {
+                let at = i + w.trailing_zeros() as u64;
+                return (at < end).then_some(at);
+            }
+            i = (i / 64 + 1) * 64;
+        }
+        None
+    }
     pub fn count(&self) -> u64 {
         self.words.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as u64).sum()
     }
@@ -342,6 +371,38 @@ mod tests {
         // A backend whose file cannot be created fails at start-up.
         let bad = RamTable::new(vec![be("m", 4096, Some(d.path().join("no/such/dir")))], 1 << 30);
         assert!(matches!(bad.create_backends(), Err(RamError::Backend { .. })));
+    }
+
+    #[test]
+    fn bitmap_next_with_matches_bit_by_bit() {
+        let bm = AtomicBitmap::new(200);
+        for i in [0u64, 1, 2, 63, 64, 65, 127, 130, 131, 132, 199] {
+            bm.set(i);
+        }
+        for value in [false, true] {
+            for from in 0..=201 {
+                for end in [0u64, 1, 64, 65, 128, 131, 199, 200, 300] {
+                    let naive = (from..end.min(200)).find(|&i| bm.get(i) == value);
+                    assert_eq!(bm.next_with(value, from, end), naive, "{value} {from}..{end}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bitmap_clear_range_matches_bit_by_bit() {
+        for (from, end) in
+            [(0u64, 0u64), (0, 1), (3, 64), (0, 64), (63, 65), (5, 190), (64, 128), (70, 300)]
+        {
+            let bm = AtomicBitmap::new(190);
+            for i in 0..190 {
+                bm.set(i);
+            }
+            bm.clear_range(from, end);
+            for i in 0..190 {
+                assert_eq!(bm.get(i), !(from..end).contains(&i), "{from}..{end}: bit {i}");
+            }
+        }
     }
 
     #[test]

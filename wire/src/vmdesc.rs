@@ -30,12 +30,17 @@ pub fn find_vmdesc_tail(buf: &[u8]) -> Option<(usize, Value)> {
     if buf.last() != Some(&b'}') || buf.len() < 7 {
         return None;
     }
-    // Candidate positions p of the 0x06 byte, scanning backwards: the JSON
-    // contains no NUL byte, so the EOF byte before 0x06 is the last NUL that
-    // can qualify; try each 0x06 preceded by 0x00.
-    let mut p = buf.len() - 6;
-    loop {
-        if buf[p] == QEMU_VM_VMDESCRIPTION && p >= 1 && buf[p - 1] == QEMU_VM_EOF {
+    // The JSON holds no NUL byte (JSON allows none outside a string and
+    // serde_json none inside one), so the last NUL of the buffer lies in
+    // the record's head: the EOF byte or one of the length's four bytes.
+    // The 0x06 byte p is therefore within z - 4 ..= z + 1, and each such
+    // 0x06 preceded by 0x00 is tried, backwards (no need to scan, or
+    // parse, anything before).
+    let z = buf.iter().rposition(|&b| b == QEMU_VM_EOF)?;
+    let lo = z.saturating_sub(4).max(1);
+    let hi = (z + 1).min(buf.len() - 6);
+    for p in (lo..=hi).rev() {
+        if buf[p] == QEMU_VM_VMDESCRIPTION && buf[p - 1] == QEMU_VM_EOF {
             let l = u32::from_be_bytes(buf[p + 1..p + 5].try_into().unwrap()) as usize;
             if p + 5 + l == buf.len() {
                 if let Ok(v) = serde_json::from_slice::<Value>(&buf[p + 5..]) {
@@ -43,11 +48,8 @@ pub fn find_vmdesc_tail(buf: &[u8]) -> Option<(usize, Value)> {
                 }
             }
         }
-        if p == 0 {
-            return None;
-        }
-        p -= 1;
     }
+    None
 }
 
 /// A FULL section delimited in a buffer.
@@ -589,5 +591,62 @@ mod tests {
         assert_eq!(&e.buf[s.data.clone()], &d[..]);
         assert_eq!(e.buf[next], QEMU_VM_COMMAND);
         use super::super::command::Command;
+    }
+
+    /// The search of every position `find_vmdesc_tail` replaced: each
+    /// 0x06 preceded by 0x00 whose length ends the buffer and whose JSON
+    /// parses, the last such one.
+    fn find_vmdesc_tail_scan(buf: &[u8]) -> Option<(usize, Value)> {
+        if buf.last() != Some(&b'}') || buf.len() < 7 {
+            return None;
+        }
+        (1..=buf.len() - 6).rev().find_map(|p| {
+            if buf[p] != QEMU_VM_VMDESCRIPTION || buf[p - 1] != QEMU_VM_EOF {
+                return None;
+            }
+            let l = u32::from_be_bytes(buf[p + 1..p + 5].try_into().unwrap()) as usize;
+            (p + 5 + l == buf.len())
+                .then(|| serde_json::from_slice::<Value>(&buf[p + 5..]).ok().map(|v| (p - 1, v)))
+                .flatten()
+        })
+    }
+
+    #[test]
+    fn vmdesc_tail_found_from_the_last_nul() {
+        // JSON lengths whose be32 has its last NUL at each place (0x100:
+        // 00 00 01 00; 0x10000: 00 01 00 00; 0x1234: 00 00 12 34), after
+        // device bytes with EOF-and-0x06 decoys.
+        for len in [0x100usize, 0x200, 0x1234, 0x10000, 9] {
+            let mut js = b"{\"a\": \"".to_vec();
+            js.resize(len - 2, b'x');
+            js.extend_from_slice(b"\"}");
+            assert_eq!(js.len(), len);
+            let mut e = Encoder::new();
+            e.bytes(&[0x00, 0x06, 0, 0, 0, 2, b'{', b'}', 0x7e, 0x00, 0x06]);
+            let eof = e.buf.len();
+            encode_eof(&mut e);
+            encode_vmdesc(&mut e, &js);
+            let got = find_vmdesc_tail(&e.buf);
+            assert_eq!(got.as_ref().map(|g| g.0), Some(eof), "length {len:#x}");
+            assert_eq!(got, find_vmdesc_tail_scan(&e.buf));
+            // Every cut and every byte changed to 0x00 or 0x06 near the
+            // head agrees with the full scan.
+            for cut in 0..eof + 8 {
+                assert_eq!(find_vmdesc_tail(&e.buf[cut..]), find_vmdesc_tail_scan(&e.buf[cut..]));
+            }
+            for i in eof.saturating_sub(4)..eof + 8 {
+                for v in [0x00, 0x06, 0x7d] {
+                    let mut b = e.buf.clone();
+                    b[i] = v;
+                    assert_eq!(find_vmdesc_tail(&b), find_vmdesc_tail_scan(&b), "byte {i} = {v}");
+                }
+            }
+        }
+        // A NUL inside the JSON string: no vmdesc either way.
+        let mut e = Encoder::new();
+        encode_eof(&mut e);
+        encode_vmdesc(&mut e, b"{\"a\": \"\x00\"}");
+        assert!(find_vmdesc_tail(&e.buf).is_none());
+        assert!(find_vmdesc_tail_scan(&e.buf).is_none());
     }
 }

@@ -11,7 +11,9 @@ use crate::state::{Counters, Shared};
 use wire::walk::{Item, Mode, Walked, Walker};
 use wire::DecodeError;
 
-const READ_CHUNK: usize = 1 << 20;
+/// The least a read asks for (and the window grows by) on a network
+/// channel; the window starts at four of them.
+pub const READ_CHUNK: usize = 1 << 20;
 
 /// Why [`Reader::next_record`] could not deliver a record.
 #[derive(Debug, thiserror::Error)]
@@ -41,19 +43,31 @@ pub struct Reader {
     seekable: Option<(Arc<File>, u64)>,
     /// Most bytes one read takes from the source ([`Reader::set_max_read`]).
     max_read: usize,
+    /// The least a read asks for ([`READ_CHUNK`] unless made smaller).
+    chunk: usize,
 }
 
 impl Reader {
     pub fn new(src: Box<dyn Read + Send>, shared: Shared) -> Reader {
+        Reader::with_chunk(src, shared, READ_CHUNK)
+    }
+
+    /// A reader whose reads ask for at least `chunk` bytes (at least 1; the
+    /// window starts at four chunks). The loader fed from memory by the fuzz
+    /// targets uses small ones: no megabytes allocated and freed per run,
+    /// and records span reads.
+    pub fn with_chunk(src: Box<dyn Read + Send>, shared: Shared, chunk: usize) -> Reader {
+        let chunk = chunk.max(1);
         Reader {
             src,
-            buf: vec![0; 4 * READ_CHUNK],
+            buf: vec![0; 4 * chunk],
             start: 0,
             end: 0,
             base: 0,
             shared,
             seekable: None,
             max_read: usize::MAX,
+            chunk,
         }
     }
 
@@ -111,7 +125,7 @@ impl Reader {
     /// on end of stream.
     pub fn fill(&mut self, need: usize) -> io::Result<bool> {
         let avail = self.end - self.start;
-        let grow = need.clamp(READ_CHUNK, avail.max(READ_CHUNK));
+        let grow = need.clamp(self.chunk, avail.max(self.chunk));
         let want_cap = avail + grow;
         if self.start > 0 && self.buf.len() - self.end < grow {
             self.buf.copy_within(self.start..self.end, 0);

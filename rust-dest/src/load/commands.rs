@@ -336,9 +336,7 @@ impl Loader {
                     d.block
                 ),
             })?;
-            for p in start / TARGET_PAGE_SIZE..(start + len) / TARGET_PAGE_SIZE {
-                b.received.clear(p);
-            }
+            b.received.clear_range(start / TARGET_PAGE_SIZE, (start + len) / TARGET_PAGE_SIZE);
             Counters::add(&self.shared.counters().discarded_pages, len / TARGET_PAGE_SIZE);
         }
         Ok(())

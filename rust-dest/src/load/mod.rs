@@ -76,6 +76,9 @@ pub struct Config {
     /// `--postcopy-window`: from POSTCOPY_LISTEN on, the main channel's
     /// receive buffer and the most one read takes (0: unchanged).
     pub postcopy_window: usize,
+    /// The least the main channel's reads ask for
+    /// ([`crate::channel::reader::READ_CHUNK`]; smaller when fed from memory).
+    pub read_chunk: usize,
 }
 
 impl Default for Config {
@@ -91,6 +94,7 @@ impl Default for Config {
             uuid: [0; 16],
             compat: QemuVersion::NEWEST,
             devices: None,
+            read_chunk: crate::channel::reader::READ_CHUNK,
         }
     }
 }
@@ -309,7 +313,7 @@ impl Loader {
         }
         self.shared.set_status(MigStatus::Active);
         let mut outcome = Ok(());
-        let mut r = Reader::new(src, self.shared.clone());
+        let mut r = Reader::with_chunk(src, self.shared.clone(), self.cfg.read_chunk);
         let mut w = Walker::main(self.cfg.expect_configuration, self.cfg.section_footers);
         w.set_mapped_ram(self.shared.has(Capability::MappedRam));
         if let Some(m) = &self.mapped {
@@ -349,7 +353,11 @@ impl Loader {
                     };
                     self.shared.set_status(MigStatus::PostcopyRecover);
                     self.rp_writer = Some(Box::new(wr));
-                    r = Reader::new(Box::new(sock), self.shared.clone());
+                    r = Reader::with_chunk(
+                        Box::new(sock),
+                        self.shared.clone(),
+                        self.cfg.read_chunk,
+                    );
                     // The source opens the return path itself on the
                     // recovery channel (no OPEN_RETURN_PATH command). Page
                     // requests wait for POSTCOPY_RESUME (`commands.rs`).
