@@ -143,7 +143,8 @@ async fn tcp_inner(
                 // --sched-stats: how much of each stage was run-queue wait
                 // (read outside the timed intervals).
                 dcfg.extra.extend(
-                    ["--vcpu-rate", "0", "--sched-stats", "--log", RUST_FAULT_TRACE].map(String::from),
+                    ["--vcpu-rate", "0", "--sched-stats", "--log", RUST_FAULT_TRACE]
+                        .map(String::from),
                 )
             }
             DestKind::Qemu => dcfg.extra.extend(

@@ -258,7 +258,7 @@ impl HugeTlb {
     pub fn prefault(&self) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
         let p = self.dir.join(".crossmig-prefault");
-        let f = OpenOptions::new().create(true).read(true).write(true).open(&p)?;
+        let f = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&p)?;
         let len = (self.size * self.pages) as i64;
         let r = nix::fcntl::fallocate(f.as_raw_fd(), nix::fcntl::FallocateFlags::empty(), 0, len);
         drop(f);

@@ -419,8 +419,9 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Parsed, CliError
             "sched-stats" => o.sched_stats = true,
             "postcopy-window" => {
                 let v = val(&mut it)?;
-                o.postcopy_window =
-                    parse_size(&v).map_err(|e| CliError::arg("--postcopy-window", e.to_string()))? as usize
+                o.postcopy_window = parse_size(&v)
+                    .map_err(|e| CliError::arg("--postcopy-window", e.to_string()))?
+                    as usize
             }
             n if REFUSED.contains(&n) => {
                 return Err(CliError::arg(

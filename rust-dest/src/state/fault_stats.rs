@@ -158,7 +158,11 @@ impl FaultStats {
 
     /// The fault thread read a fault on a missing page.
     pub fn read(&self, key: FaultKey, at: Instant) {
-        self.lock().pending.entry(key).or_insert(Pending { read: at, request: None, request_runq: 0 });
+        self.lock().pending.entry(key).or_insert(Pending {
+            read: at,
+            request: None,
+            request_runq: 0,
+        });
     }
 
     /// Its page request went out on the return path (the first one counts;
@@ -179,7 +183,10 @@ impl FaultStats {
         let mut g = self.lock();
         if let Some(p) = g.pending.remove(&key) {
             let request_runq = p.request_runq;
-            g.placed.insert(key, Placed { read: p.read, request: p.request, request_runq, received, placed });
+            g.placed.insert(
+                key,
+                Placed { read: p.read, request: p.request, request_runq, received, placed },
+            );
         }
     }
 
@@ -195,7 +202,14 @@ impl FaultStats {
     /// vCPU `vcpu`, which waited since `since`, runs again at `at`; `key`
     /// is the page it waited for; `runq_us`: how long it waited for a CPU
     /// after being woken.
-    pub fn vcpu_woken(&self, vcpu: usize, key: FaultKey, since: Instant, at: Instant, runq_us: u64) {
+    pub fn vcpu_woken(
+        &self,
+        vcpu: usize,
+        key: FaultKey,
+        since: Instant,
+        at: Instant,
+        runq_us: u64,
+    ) {
         let mut g = self.lock();
         g.blocked.waiting = g.blocked.waiting.saturating_sub(1);
         if let Some(s) = g.blocked.all_since.take() {
