@@ -30,6 +30,9 @@ pub struct DefectProxy {
     addr: SocketAddr,
     accept: AbortHandle,
     tasks: Arc<std::sync::Mutex<Vec<AbortHandle>>>,
+    /// The main channel's forwarding ended (the source closed it, or it
+    /// failed): the delivered recording is complete.
+    main_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl DefectProxy {
@@ -47,6 +50,8 @@ impl DefectProxy {
         let addr = listener.local_addr()?;
         let tasks: Arc<std::sync::Mutex<Vec<AbortHandle>>> = Arc::default();
         let t2 = tasks.clone();
+        let main_done: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let done2 = main_done.clone();
         let accept = tokio::spawn(async move {
             let mut i = 0usize;
             while let Ok((sock, _)) = listener.accept().await {
@@ -65,10 +70,14 @@ impl DefectProxy {
                     ChannelMutator::passthrough(m, shared.clone())
                 };
                 let sh = shared.clone();
+                let done = (i == 0).then(|| done2.clone());
                 let t = tokio::spawn(async move {
                     if let Err(e) = run_conn(sock, upstream, mutator, [rec, out], sh, i == 0).await
                     {
                         tracing::debug!("defect proxy connection {i}: {e:#}");
+                    }
+                    if let Some(d) = done {
+                        d.store(true, std::sync::atomic::Ordering::Release);
                     }
                 });
                 t2.lock().unwrap_or_else(|e| e.into_inner()).push(t.abort_handle());
@@ -76,7 +85,21 @@ impl DefectProxy {
             }
         })
         .abort_handle();
-        Ok(DefectProxy { addr, accept, tasks })
+        Ok(DefectProxy { addr, accept, tasks, main_done })
+    }
+
+    /// Wait (at most `limit`) until the main channel's forwarding has ended,
+    /// so its delivered recording holds everything the destination got and
+    /// everything the proxy still held. Returns whether it ended.
+    pub async fn main_settled(&self, limit: std::time::Duration) -> bool {
+        let t0 = std::time::Instant::now();
+        while !self.main_done.load(std::sync::atomic::Ordering::Acquire) {
+            if t0.elapsed() >= limit {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     pub fn uri(&self) -> String {

@@ -606,12 +606,25 @@ async fn check_devices(
         return Ok(Vec::new());
     };
     let Some(main) = rec.files.first() else { return Ok(Vec::new()) };
+    // The source closes the main channel once it has completed; only then
+    // has the proxy written everything it delivered (or still held).
+    m.route.settle_delivery(Duration::from_secs(10)).await;
     let (sent, vmdesc) = devices::sections_of_stream(&std::fs::read(main)?);
     let delivered = std::fs::read(delivered)?;
     let (got, _) = devices::sections_of_stream(&delivered);
     let mut checks = Vec::new();
     checks.extend(devices::check_package_order(&delivered));
-    checks.extend(devices::check_order(&got, vmdesc.as_ref()));
+    if let Some(mut c) = devices::check_order(&got, vmdesc.as_ref()) {
+        if !c.ok {
+            // Say what was compared, so a failure can be told from a cut recording.
+            let sent_len = std::fs::metadata(main).map(|m| m.len()).unwrap_or(0);
+            c.detail += &format!(
+                " (delivered main channel {} bytes, the source's recording {sent_len} bytes)",
+                delivered.len()
+            );
+        }
+        checks.push(c);
+    }
     let c = if opts.dest == DestKind::Rust {
         let received = devices::rust_dest_sections(&m.dst.qmp).await?;
         let how = "recorded from the source vs rust-dest's kept sections";

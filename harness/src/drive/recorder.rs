@@ -219,6 +219,18 @@ impl Route {
         }
     }
 
+    /// Wait (at most `limit` per proxy) until the defect proxies' main
+    /// channels are closed, so the delivered recordings are complete.
+    pub async fn settle_delivery(&self, limit: std::time::Duration) {
+        if let Route::Mutate { proxies, .. } = self {
+            for p in proxies {
+                if !p.main_settled(limit).await {
+                    tracing::warn!("defect proxy: main channel still open after {limit:?}; its delivered recording may be incomplete");
+                }
+            }
+        }
+    }
+
     /// The recorder, when recording.
     pub fn recorder(&self) -> Option<&Recorder> {
         match self {
