@@ -42,13 +42,17 @@ fn mode_of(d: &Defect) -> Result<(Mode, Vec<(String, bool)>)> {
 }
 
 /// Precopy mutations of pages sent once run with a stopped guest (every
-/// page is sent exactly once, so a changed page is never re-sent); the
-/// others need a live guest (re-sent pages, discards, page requests).
+/// page is sent exactly once, so a changed page is never re-sent), and so
+/// do destination-side multifd defects (a page misplaced in one pass would
+/// otherwise be repaired when a live guest redirties it, so whether the
+/// defect shows depended on timing); the others need a live guest
+/// (re-sent pages, discards, page requests).
 fn stopped(d: &Defect) -> bool {
-    d.migration == MigrationKind::Precopy
+    let source_page = d.migration == MigrationKind::Precopy
         && d.side == Side::Source
         && d.mutation()
-            .is_ok_and(|m| !matches!(m, Mutation::StaleRedirtiedPage | Mutation::Nothing))
+            .is_ok_and(|m| !matches!(m, Mutation::StaleRedirtiedPage | Mutation::Nothing));
+    source_page || (d.migration == MigrationKind::Multifd && d.side == Side::Dest)
 }
 
 /// The control runs: no defect, live precopy and postcopy, into both
