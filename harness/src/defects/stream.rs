@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 
 use super::catalogue::{scenarios_dir, Defect, Side};
 use super::mutation::Mutation;
-use super::outcome::{defect_rust_dest, RunConfig, RunOutcome, NOT_COMPLETED};
+use super::outcome::{RunConfig, RunOutcome, NOT_COMPLETED};
 use crate::scenario::file::load;
 use crate::scenario::qemu::source_qemu;
 use crate::scenario::spec::Body;
@@ -63,13 +63,7 @@ pub async fn run_stream_defect(d: &Defect, cfg: &RunConfig) -> Result<RunOutcome
     let StreamSetup { qemu, layout, script, mut opts } = stream_setup(&v, records, expect).await?;
     match d.side {
         Side::Dest => {
-            let bin = match &cfg.defect_rust_dest {
-                Some(p) => p.clone(),
-                None => defect_rust_dest()?,
-            };
-            if !bin.exists() {
-                bail!("seeded-defects rust-dest {} does not exist", bin.display());
-            }
+            let bin = super::runner::seeded_binary(cfg)?;
             opts.rust_dest = Some(bin);
             opts.rust_env = vec![("CROSSMIG_DEFECT".into(), d.inject.clone())];
         }
