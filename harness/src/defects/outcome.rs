@@ -108,3 +108,16 @@ pub fn defect_rust_dest() -> Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// The seeded-defects rust-dest a destination-side defect runs
+/// (`--defect-rust-dest`/`$CROSSMIG_DEFECT_RUST_DEST`, else built on demand).
+pub fn seeded_binary(cfg: &RunConfig) -> Result<std::path::PathBuf> {
+    let bin = match &cfg.defect_rust_dest {
+        Some(p) => p.clone(),
+        None => defect_rust_dest()?,
+    };
+    if !bin.exists() {
+        bail!("seeded-defects rust-dest {} does not exist", bin.display());
+    }
+    Ok(bin)
+}

@@ -41,19 +41,6 @@ fn mode_of(d: &Defect) -> Result<(Mode, Vec<(String, bool)>)> {
     })
 }
 
-/// The seeded-defects rust-dest a destination-side defect runs
-/// (`--defect-rust-dest`/`$CROSSMIG_DEFECT_RUST_DEST`, else built on demand).
-pub(super) fn seeded_binary(cfg: &RunConfig) -> Result<std::path::PathBuf> {
-    let bin = match &cfg.defect_rust_dest {
-        Some(p) => p.clone(),
-        None => defect_rust_dest()?,
-    };
-    if !bin.exists() {
-        bail!("seeded-defects rust-dest {} does not exist", bin.display());
-    }
-    Ok(bin)
-}
-
 /// Precopy mutations of pages sent once run with a stopped guest (every
 /// page is sent exactly once, so a changed page is never re-sent), and so
 /// do destination-side multifd defects (a page misplaced in one pass would
@@ -152,7 +139,7 @@ async fn run_one(d: &Defect, dest: DestKind, cfg: &RunConfig) -> Result<RunOutco
     match d.side {
         Side::Source => o.mutation = Some((d.mutation()?, shared.clone())),
         Side::Dest => {
-            let bin = seeded_binary(cfg)?;
+            let bin = super::outcome::seeded_binary(cfg)?;
             o.rust_dest = Some(bin);
             o.dest_env = vec![("CROSSMIG_DEFECT".into(), d.inject.clone())];
         }

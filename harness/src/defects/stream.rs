@@ -63,7 +63,7 @@ pub async fn run_stream_defect(d: &Defect, cfg: &RunConfig) -> Result<RunOutcome
     let StreamSetup { qemu, layout, script, mut opts } = stream_setup(&v, records, expect).await?;
     match d.side {
         Side::Dest => {
-            let bin = super::runner::seeded_binary(cfg)?;
+            let bin = super::outcome::seeded_binary(cfg)?;
             opts.rust_dest = Some(bin);
             opts.rust_env = vec![("CROSSMIG_DEFECT".into(), d.inject.clone())];
         }
