@@ -430,6 +430,21 @@ impl Session {
         true
     }
 
+    /// Wait (at most `timeout`) until the preempt reader stopped at the
+    /// source's EOS record or at the channel's end. False on timeout.
+    pub fn wait_preempt_end(&self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut g = self.lock();
+        while g.preempt_active {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            g = self.cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        true
+    }
+
     /// Bound reads of the current main channel (`None`: block).
     pub fn set_main_read_timeout(&self, d: Option<Duration>) {
         if let Some(s) = &self.lock().main_sock {

@@ -103,3 +103,30 @@ fn a_new_preempt_channel_replaces_a_lingering_one() {
     assert!(s.stop_preempt(Duration::from_millis(100)));
     s.end();
 }
+
+/// At the end of postcopy the loader waits for the preempt reader without
+/// cutting the channel: the reader still running holds the wait, its end
+/// (the source's EOS, or the channel closing) releases it.
+#[test]
+fn the_end_of_postcopy_waits_for_the_preempt_reader() {
+    let (s, p) = session();
+    let (main, _m) = connect();
+    s.on_connection(main);
+    let (pre, mut src) = connect();
+    s.on_connection(pre);
+    until("the preempt reader", || p.started.load(Ordering::SeqCst) == 1);
+    assert!(!s.wait_preempt_end(Duration::from_millis(200)), "returned while the reader ran");
+    assert_eq!(p.ended.load(Ordering::SeqCst), 0, "the wait must not shut the channel");
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        src.write_all(b"last").unwrap();
+        drop(src);
+    });
+    assert!(
+        s.wait_preempt_end(Duration::from_secs(5)),
+        "the reader's end did not release the wait"
+    );
+    assert_eq!(p.ended.load(Ordering::SeqCst), 1);
+    closer.join().unwrap();
+    s.end();
+}

@@ -641,6 +641,13 @@ impl Loader {
 
     fn complete(&mut self) -> Result<(), LoadError> {
         if let Some(pc) = self.postcopy.take() {
+            // Urgent pages may still be on the preempt channel: its EOS
+            // follows the main channel's EOF (module `preempt`).
+            if let Some(s) = &self.session {
+                if !s.wait_preempt_end(PREEMPT_STOP_TIMEOUT) {
+                    tracing::warn!("postcopy-preempt channel: no EOS {PREEMPT_STOP_TIMEOUT:?} after the main channel's EOF; pages still on it are lost");
+                }
+            }
             pc.finish();
         }
         for b in self.shared.ram().blocks() {

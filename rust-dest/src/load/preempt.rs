@@ -1,8 +1,13 @@
 //! The postcopy-preempt channel reader: a bare sequence of RAM page records
 //! (no sections, no commands) carrying urgent pages, read concurrently with
-//! the main channel and with its own CONTINUE state. 7.2-style sources
-//! connect it at setup and end it with an EOS record; 8.0+ sources connect
-//! it at postcopy start and just close it.
+//! the main channel and with its own CONTINUE state. 7.2 sources connect it
+//! at setup, 8.0+ sources at postcopy start. Every version ends it with one
+//! EOS record written after the main channel's EOF
+//! (`postcopy_preempt_shutdown_file()`, migration/ram.c); the reader stops
+//! there, and the loader waits for that before it unregisters guest RAM
+//! (QEMU's destination joins its preempt thread in
+//! `postcopy_ram_incoming_cleanup()`, migration/postcopy-ram.c), so an urgent
+//! page sent just before the end is placed, not lost.
 
 use std::io::Read;
 use std::sync::Arc;
@@ -67,7 +72,7 @@ impl From<PreemptError> for Stop {
 /// Read the preempt channel `src` until it ends; log how it ended.
 pub fn run(shared: &Shared, slot: &RuntimeSlot, src: Box<dyn Read + Send>) {
     match read_channel(shared, slot, src) {
-        Ok(()) => tracing::info!("postcopy-preempt channel ended"),
+        Ok(()) => tracing::info!("postcopy-preempt channel ended (EOS or closed)"),
         Err(e) => {
             let st = shared.lock().status;
             if st.is_terminal()
@@ -100,11 +105,16 @@ fn read_channel(
             let Item::Ram(rec) = item else {
                 return Err(PreemptError::Unexpected { at: off }.into());
             };
+            if matches!(rec, RamRecord::Eos) {
+                return Ok::<_, Stop>((true, true));
+            }
             place(shared, slot, &mut last, &mut rt, &mut tmp, rec, off).map_err(Stop::Err)?;
-            Ok::<_, Stop>(((), true))
+            Ok::<_, Stop>((false, true))
         });
         match res {
-            Ok(Some(())) => {}
+            // The source's last record on this channel.
+            Ok(Some(true)) => return Ok(()),
+            Ok(Some(false)) => {}
             Ok(None) | Err(Stop::Closed(_)) => return Ok(()),
             Err(Stop::Err(e)) => return Err(e),
         }
@@ -121,7 +131,6 @@ fn place(
     off: u64,
 ) -> Result<(), PreemptError> {
     let (addr, block, data) = match rec {
-        RamRecord::Eos => return Ok(()),
         RamRecord::Page { addr, block, data } => (addr, block, Some(data)),
         RamRecord::Zero { addr, block, fill } => {
             if fill != 0 {
@@ -144,4 +153,36 @@ fn place(
     pc.place(tmp, &b, addr, data).map_err(|e| PreemptError::Place(e.into()))?;
     Counters::add(&shared.counters().preempt_pages, 1);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ram::RamTable;
+
+    /// The source writes EOS after the main channel's EOF and keeps the
+    /// channel open until the destination's SHUT: the reader must return at
+    /// EOS (the loader waits for it before unregistering RAM), not at close.
+    #[test]
+    fn the_reader_stops_at_eos_with_the_channel_still_open() {
+        let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 20)), false);
+        let slot = RuntimeSlot::default();
+        let (mut src, ours) = UnixStream::pair().unwrap();
+        // EOS, then bytes that are not a record: never read.
+        src.write_all(&0x10u64.to_be_bytes()).unwrap();
+        src.write_all(&[0xff; 8]).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ =
+                tx.send(read_channel(&shared, &slot, Box::new(ours)).map_err(|e| e.to_string()));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(5)).expect("reader still running after EOS");
+        assert_eq!(got, Ok(()));
+        drop(src);
+    }
 }
