@@ -31,6 +31,15 @@ pub const RP_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// thread before reporting `postcopy-paused`).
 pub const PREEMPT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How [`Session::finish_preempt`] ends the preempt channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreemptEnd {
+    /// The source writes EOS on it after the main channel's EOF (7.2 style).
+    AwaitEos,
+    /// The source writes nothing after EOF: read what has arrived.
+    Drain,
+}
+
 /// What runs on the channels a session classifies (the loader implements
 /// it; the session never calls the loader directly).
 pub trait Incoming: Send + Sync + 'static {
@@ -91,9 +100,16 @@ impl Sock {
         .map_err(io::Error::from)
     }
     pub fn shutdown(&self) {
+        self.shutdown_how(Shutdown::Both);
+    }
+    /// Reads return what is already received, then end-of-stream.
+    pub fn shutdown_read(&self) {
+        self.shutdown_how(Shutdown::Read);
+    }
+    fn shutdown_how(&self, how: Shutdown) {
         let _ = match self {
-            Sock::Tcp(s) => s.shutdown(Shutdown::Both),
-            Sock::Unix(s) => s.shutdown(Shutdown::Both),
+            Sock::Tcp(s) => s.shutdown(how),
+            Sock::Unix(s) => s.shutdown(how),
         };
     }
 }
@@ -430,11 +446,18 @@ impl Session {
         true
     }
 
-    /// Wait (at most `timeout`) until the preempt reader stopped at the
-    /// source's EOS record or at the channel's end. False on timeout.
-    pub fn wait_preempt_end(&self, timeout: Duration) -> bool {
+    /// At the end of postcopy, wait (at most `timeout`) until the preempt
+    /// reader has placed what the source sent on it and stopped: at the
+    /// source's EOS record ([`PreemptEnd::AwaitEos`]), or, for a source that
+    /// sends none, at the end of what has already arrived
+    /// ([`PreemptEnd::Drain`]: reading is shut down, so the reader gets the
+    /// queued bytes, then end-of-stream). False on timeout.
+    pub fn finish_preempt(&self, how: PreemptEnd, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         let mut g = self.lock();
+        if let (PreemptEnd::Drain, Some((_, s))) = (how, &g.preempt) {
+            s.shutdown_read();
+        }
         while g.preempt_active {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {

@@ -17,6 +17,8 @@ use crate::state::Shared;
 struct Probe {
     started: AtomicUsize,
     ended: AtomicUsize,
+    /// Bytes the preempt readers read.
+    read: AtomicUsize,
 }
 
 impl Incoming for Probe {
@@ -32,7 +34,9 @@ impl Incoming for Probe {
     fn preempt_channel(&self, _s: Arc<Session>, mut r: Box<dyn Read + Send>) {
         self.started.fetch_add(1, Ordering::SeqCst);
         let mut b = [0u8; 64];
-        while matches!(r.read(&mut b), Ok(n) if n > 0) {}
+        while let Ok(n @ 1..) = r.read(&mut b) {
+            self.read.fetch_add(n, Ordering::SeqCst);
+        }
         self.ended.fetch_add(1, Ordering::SeqCst);
     }
     fn multifd_channel(&self, _s: Arc<Session>, _r: Box<dyn Read + Send>, _k: Sock) {}
@@ -115,7 +119,10 @@ fn the_end_of_postcopy_waits_for_the_preempt_reader() {
     let (pre, mut src) = connect();
     s.on_connection(pre);
     until("the preempt reader", || p.started.load(Ordering::SeqCst) == 1);
-    assert!(!s.wait_preempt_end(Duration::from_millis(200)), "returned while the reader ran");
+    assert!(
+        !s.finish_preempt(PreemptEnd::AwaitEos, Duration::from_millis(200)),
+        "returned while the reader ran"
+    );
     assert_eq!(p.ended.load(Ordering::SeqCst), 0, "the wait must not shut the channel");
     let closer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(100));
@@ -123,10 +130,28 @@ fn the_end_of_postcopy_waits_for_the_preempt_reader() {
         drop(src);
     });
     assert!(
-        s.wait_preempt_end(Duration::from_secs(5)),
+        s.finish_preempt(PreemptEnd::AwaitEos, Duration::from_secs(5)),
         "the reader's end did not release the wait"
     );
     assert_eq!(p.ended.load(Ordering::SeqCst), 1);
     closer.join().unwrap();
+    s.end();
+}
+
+/// A source that sends no EOS keeps its preempt channel open after the
+/// main channel's EOF: the end of postcopy reads what has arrived on it
+/// (the reader still gets the queued bytes) and then stops the reader.
+#[test]
+fn the_end_of_postcopy_drains_a_preempt_channel_without_eos() {
+    let (s, p) = session();
+    let (main, _m) = connect();
+    s.on_connection(main);
+    let (pre, mut src) = connect();
+    s.on_connection(pre);
+    until("the preempt reader", || p.started.load(Ordering::SeqCst) == 1);
+    src.write_all(&[7u8; 300]).unwrap();
+    assert!(s.finish_preempt(PreemptEnd::Drain, Duration::from_secs(5)), "the reader did not stop");
+    assert_eq!(p.ended.load(Ordering::SeqCst), 1);
+    assert_eq!(p.read.load(Ordering::SeqCst), 300, "bytes queued before the end were not all read");
     s.end();
 }

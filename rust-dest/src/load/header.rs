@@ -5,6 +5,7 @@
 use super::{Flow, LoadError, Loader};
 use crate::channel::Reader;
 use crate::ram::TARGET_PAGE_SIZE;
+use crate::state::machine_version;
 use wire::consts::QEMU_VM_EOF;
 use wire::stream::{decode_header, Header};
 use wire::Cursor;
@@ -89,26 +90,32 @@ impl Loader {
     }
 }
 
-/// The version of a versioned machine type (`pc-q35-10.0` → (10, 0)).
-pub fn machine_version(m: &str) -> Option<(u32, u32)> {
-    let v = m.rsplit('-').next()?;
-    let (a, b) = v.split_once('.')?;
-    Some((a.parse().ok()?, b.parse().ok()?))
-}
-
+/// Whether machine type `m` (of the stream's configuration section) is
+/// versioned and at least `v`.
 pub(super) fn machine_at_least(m: Option<&str>, v: (u32, u32)) -> bool {
     m.and_then(machine_version).is_some_and(|mv| mv >= v)
+}
+
+/// Whether a source with machine type `m` ends the postcopy-preempt channel
+/// with EOS: QEMU 7.2, and later versions for machine types up to 7.2
+/// (`x-preempt-pre-7-2`; migration/migration.c,
+/// `migration_completion_postcopy()`). Such a source also connects the
+/// channel at setup.
+pub(super) fn preempt_ends_with_eos(m: Option<&str>) -> bool {
+    m.and_then(machine_version).is_some_and(|mv| mv <= (7, 2))
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn machine_versions() {
-        assert_eq!(super::machine_version("pc-q35-10.0"), Some((10, 0)));
-        assert_eq!(super::machine_version("pc-i440fx-7.2"), Some((7, 2)));
-        assert_eq!(super::machine_version("q35"), None);
         assert!(super::machine_at_least(Some("pc-q35-11.1"), (11, 1)));
         assert!(!super::machine_at_least(Some("pc-q35-11.0"), (11, 1)));
         assert!(!super::machine_at_least(None, (11, 1)));
+        assert!(super::preempt_ends_with_eos(Some("pc-i440fx-7.2")));
+        assert!(super::preempt_ends_with_eos(Some("pc-q35-7.1")));
+        assert!(!super::preempt_ends_with_eos(Some("pc-q35-8.0")));
+        assert!(!super::preempt_ends_with_eos(Some("q35")));
+        assert!(!super::preempt_ends_with_eos(None));
     }
 }

@@ -11,7 +11,9 @@ use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
 
 use crate::catalogue::DeviceCheck;
-use crate::channel::session::{POSTCOPY_SILENCE_LIMIT, PREEMPT_STOP_TIMEOUT, RP_WRITE_TIMEOUT};
+use crate::channel::session::{
+    PreemptEnd, POSTCOPY_SILENCE_LIMIT, PREEMPT_STOP_TIMEOUT, RP_WRITE_TIMEOUT,
+};
 use crate::channel::{Incoming, ReadError, Reader, ReturnPath, Session, Sock};
 use crate::compat::QemuVersion;
 use crate::defects::{self, Defect};
@@ -641,11 +643,16 @@ impl Loader {
 
     fn complete(&mut self) -> Result<(), LoadError> {
         if let Some(pc) = self.postcopy.take() {
-            // Urgent pages may still be on the preempt channel: its EOS
-            // follows the main channel's EOF (module `preempt`).
+            // Urgent pages sent just before the end may still be on the
+            // preempt channel (module `preempt`): place them first.
+            let how = if header::preempt_ends_with_eos(self.stream_machine.as_deref()) {
+                PreemptEnd::AwaitEos
+            } else {
+                PreemptEnd::Drain
+            };
             if let Some(s) = &self.session {
-                if !s.wait_preempt_end(PREEMPT_STOP_TIMEOUT) {
-                    tracing::warn!("postcopy-preempt channel: no EOS {PREEMPT_STOP_TIMEOUT:?} after the main channel's EOF; pages still on it are lost");
+                if !s.finish_preempt(how, PREEMPT_STOP_TIMEOUT) {
+                    tracing::warn!("postcopy-preempt channel still read {PREEMPT_STOP_TIMEOUT:?} after the main channel's EOF ({how:?}); pages still on it are lost");
                 }
             }
             pc.finish();

@@ -1,13 +1,14 @@
 //! The postcopy-preempt channel reader: a bare sequence of RAM page records
 //! (no sections, no commands) carrying urgent pages, read concurrently with
-//! the main channel and with its own CONTINUE state. 7.2 sources connect it
-//! at setup, 8.0+ sources at postcopy start. Every version ends it with one
-//! EOS record written after the main channel's EOF
+//! the main channel and with its own CONTINUE state. 7.2-style sources
+//! (QEMU 7.2, or a machine type up to 7.2) connect it at setup and end it
+//! with one EOS record written after the main channel's EOF
 //! (`postcopy_preempt_shutdown_file()`, migration/ram.c); the reader stops
-//! there, and the loader waits for that before it unregisters guest RAM
-//! (QEMU's destination joins its preempt thread in
-//! `postcopy_ram_incoming_cleanup()`, migration/postcopy-ram.c), so an urgent
-//! page sent just before the end is placed, not lost.
+//! there, and the loader waits for that before it unregisters guest RAM (a
+//! 7.2 destination joins its preempt thread in
+//! `postcopy_ram_incoming_cleanup()`, migration/postcopy-ram.c), so an
+//! urgent page sent just before the end is placed, not lost. 8.0+ sources
+//! connect it at postcopy start and send no EOS; the channel just closes.
 
 use std::io::Read;
 use std::sync::Arc;
