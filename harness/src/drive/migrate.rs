@@ -609,7 +609,8 @@ async fn check_devices(
     // The source closes the main channel once it has completed; only then
     // has the proxy written everything it delivered (or still held).
     m.route.settle_delivery(Duration::from_secs(10)).await;
-    let (sent, vmdesc) = devices::sections_of_stream(&std::fs::read(main)?);
+    let sent_bytes = std::fs::read(main)?;
+    let (sent, vmdesc) = devices::sections_of_stream(&sent_bytes);
     let delivered = std::fs::read(delivered)?;
     let (got, _) = devices::sections_of_stream(&delivered);
     let mut checks = Vec::new();
@@ -617,10 +618,11 @@ async fn check_devices(
     if let Some(mut c) = devices::check_order(&got, vmdesc.as_ref()) {
         if !c.ok {
             // Say what was compared, so a failure can be told from a cut recording.
-            let sent_len = std::fs::metadata(main).map(|m| m.len()).unwrap_or(0);
             c.detail += &format!(
-                " (delivered main channel {} bytes, the source's recording {sent_len} bytes)",
-                delivered.len()
+                " (delivered main channel {} bytes, the source's recording {} bytes; {})",
+                delivered.len(),
+                sent_bytes.len(),
+                devices::describe_walk(&delivered, &sent_bytes)
             );
         }
         checks.push(c);

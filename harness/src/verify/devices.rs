@@ -104,6 +104,34 @@ pub fn sections_of_stream(bytes: &[u8]) -> (Vec<DeviceSection>, Option<Value>) {
     (out, vmdesc)
 }
 
+/// Where a walk of `bytes` as a main channel ended (its last record, its
+/// error), and the first byte where `bytes` and `other` differ: what a
+/// device-section check that found nothing in a delivered stream reports.
+pub fn describe_walk(bytes: &[u8], other: &[u8]) -> String {
+    let mut last = None;
+    let mut n = 0u64;
+    let mut end = "walked to the end".to_string();
+    for r in Walker::main(true, true).records(bytes) {
+        match r {
+            Ok((off, item)) => {
+                n += 1;
+                last = Some((off, format!("{item:?}").chars().take(80).collect::<String>()));
+            }
+            Err(e) => {
+                end = format!("walk stopped: {e}");
+                break;
+            }
+        }
+    }
+    let diff = match bytes.iter().zip(other).position(|(a, b)| a != b) {
+        Some(i) => format!("first difference from the recording at byte offset {i}"),
+        None if bytes.len() == other.len() => "identical to the recording".into(),
+        None => "a prefix of the recording (or the reverse)".into(),
+    };
+    let last = last.map_or("none".into(), |(o, d)| format!("at byte offset {o}: {d}"));
+    format!("{n} records, the last {last}; {end}; {diff}")
+}
+
 /// The vmdesc entry of a section.
 fn desc_of<'a>(vmdesc: Option<&'a Value>, s: &DeviceSection) -> Option<&'a Value> {
     vmdesc?["devices"].as_array()?.iter().find(|d| {
