@@ -98,12 +98,12 @@ fn after_eof(buf: &[u8], eof_pos: usize) -> AfterEof {
 /// one whose EOF comes last.
 pub fn parse_tail(buf: &[u8]) -> Option<TailParse> {
     // Footer-like positions by the section id they name.
+    // (memchr: device data is mostly bytes that are no footer marker.)
     let mut footers: HashMap<u32, Vec<usize>> = HashMap::new();
-    for q in 0..buf.len().saturating_sub(4) {
-        if buf[q] == QEMU_VM_SECTION_FOOTER {
-            let id = u32::from_be_bytes(buf[q + 1..q + 5].try_into().expect("4 bytes"));
-            footers.entry(id).or_default().push(q);
-        }
+    let scan = &buf[..buf.len().saturating_sub(4)];
+    for q in memchr::memchr_iter(QEMU_VM_SECTION_FOOTER, scan) {
+        let id = u32::from_be_bytes(buf[q + 1..q + 5].try_into().expect("4 bytes"));
+        footers.entry(id).or_default().push(q);
     }
     // Breadth-first over the positions where a record can start; `pred`
     // remembers the section that led to each.

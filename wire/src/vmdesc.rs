@@ -36,7 +36,7 @@ pub fn find_vmdesc_tail(buf: &[u8]) -> Option<(usize, Value)> {
     // The 0x06 byte p is therefore within z - 4 ..= z + 1, and each such
     // 0x06 preceded by 0x00 is tried, backwards (no need to scan, or
     // parse, anything before).
-    let z = buf.iter().rposition(|&b| b == QEMU_VM_EOF)?;
+    let z = memchr::memrchr(QEMU_VM_EOF, buf)?;
     let lo = z.saturating_sub(4).max(1);
     let hi = (z + 1).min(buf.len() - 6);
     for p in (lo..=hi).rev() {
