@@ -92,12 +92,6 @@ pub const KNOWN_BUGS: &[KnownBug] = &[
         versions: &["7.2"],
         qemu_dest: VerdictKind::Crashed,
     },
-    KnownBug {
-        anchor: "intermittent-hang-in-postcopy-device-after-a-load-error-in-the-package-1113",
-        reproducer: "stream-discard-after-listen",
-        versions: &["11.1"],
-        qemu_dest: VerdictKind::Stuck,
-    },
 ];
 
 /// The known bug a failed run matches, if any.

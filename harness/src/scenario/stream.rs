@@ -238,6 +238,33 @@ mod tests {
         }
     }
 
+    /// QEMU 11.1 can send SHUT(1) and stay in `postcopy-device`: it failed
+    /// (docs/qemu-bugs.md), and agrees with a failed rust-dest.
+    #[test]
+    fn a_destination_that_sent_shut_1_failed_whatever_its_status() {
+        use crate::qmp::MigrationStatus;
+        use wire::rp::RpMessage;
+        let judge = |shut: bool| {
+            let mut q = run(DestKind::Qemu, None);
+            q.verdict =
+                Verdict::Stuck { status: Some(MigrationStatus::PostcopyDevice), detail: "".into() };
+            q.play = shut.then(|| crate::synth::PlayResult {
+                rp_messages: vec![RpMessage::Pong(1), RpMessage::Shut(1)],
+                ..Default::default()
+            });
+            let mut r = run(DestKind::Rust, None);
+            r.verdict = Verdict::Failed("DISCARD in state listening".into());
+            let mut out = outcome();
+            record(&mut out, "s", 3, Expect::Failed.into(), Ok(q), Ok(r), Duration::ZERO);
+            out.steps.remove(0)
+        };
+        let s = judge(true);
+        assert!(s.ok, "{s:?}");
+        // Without SHUT(1) it is stuck: a disagreement.
+        let s = judge(false);
+        assert!(!s.ok && s.detail.contains("DISAGREEMENT"), "{s:?}");
+    }
+
     /// A check after the comparison failed (reading rust-dest's RAM file):
     /// both verdicts stay in the report, the step fails and says why.
     #[test]

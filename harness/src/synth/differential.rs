@@ -543,7 +543,10 @@ impl Differential {
     pub fn problems(&self) -> Vec<Problem> {
         let x = &self.expect;
         let mut p = Vec::new();
-        if x.qemu_verdict.is_none() && self.qemu.verdict.kind() != self.rust.verdict.kind() {
+        // Judged on what was observed: a QEMU that sent SHUT(1) has failed
+        // even while its status lags (`DestRun::observed`).
+        let (qo, ro) = (self.qemu.observed(), self.rust.observed());
+        if x.qemu_verdict.is_none() && std::mem::discriminant(&qo) != std::mem::discriminant(&ro) {
             p.push(Problem::Disagreement {
                 qemu: self.qemu.verdict.kind(),
                 rust: self.rust.verdict.kind(),

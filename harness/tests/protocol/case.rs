@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use harness::synth::{
-    source_layout, Differential, Expect, RunOpts, SourceLayout, Step, VerdictKind, GUEST_MEM,
-    QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
+    source_layout, Differential, Expect, Expectation, RunOpts, SourceLayout, Step, VerdictKind,
+    GUEST_MEM, QEMU_10_0_Q35_128M_BLOCKS, QEMU_10_0_Q35_MACHINE,
 };
 use harness::vm::qemu::QemuBinary;
 
@@ -30,6 +30,9 @@ pub struct Case {
     pub autostart: bool,
     /// Announce a different RAMBlock list than the real source's.
     pub layout: Option<fn(&SourceLayout) -> SourceLayout>,
+    /// What QEMU's destination does instead of `expect` because of a QEMU
+    /// bug, and the bug's `docs/qemu-bugs.md` reference.
+    pub qemu_bug: Option<(Expect, &'static str)>,
 }
 
 impl Case {
@@ -44,7 +47,14 @@ impl Case {
             check: None,
             autostart: false,
             layout: None,
+            qemu_bug: None,
         }
+    }
+    /// QEMU's destination may end `verdict` instead because of the written
+    /// down QEMU bug `doc` (no disagreement is reported then).
+    pub fn qemu_bug(mut self, verdict: Expect, doc: &'static str) -> Case {
+        self.qemu_bug = Some((verdict, doc));
+        self
     }
     pub fn errs(mut self, qemu: &'static [&'static str], rust: &'static [&'static str]) -> Case {
         self.qemu_err = qemu;
@@ -63,6 +73,15 @@ impl Case {
         self.layout = Some(f);
         self
     }
+}
+
+fn expectation(case: &Case) -> Expectation {
+    let mut e = Expectation::from(case.expect);
+    if let Some((v, doc)) = case.qemu_bug {
+        e.qemu_verdict = Some(v);
+        e.qemu_bug = Some(doc.into());
+    }
+    e
 }
 
 pub async fn layout() -> (QemuBinary, Arc<SourceLayout>) {
@@ -124,7 +143,7 @@ pub async fn run_cases(group: &str, cases: Vec<Case>) {
                 &qemu,
                 &layout,
                 &case.script,
-                case.expect,
+                expectation(&case),
                 &opts,
                 dir.path(),
             )

@@ -55,6 +55,11 @@ async fn postcopy_legal() {
     .await;
 }
 
+/// QEMU 10.0 (and 7.2) sometimes crash after refusing a command in the
+/// package after LISTEN, the listen thread running (SIGABRT or SIGSEGV).
+const PACKAGE_ERROR_CRASH: &str =
+    "docs/qemu-bugs.md#intermittent-abort-after-refusing-a-second-listen-7222-1002";
+
 /// 3. Illegal orderings of the postcopy commands.
 #[tokio::test]
 async fn illegal_orderings() {
@@ -118,7 +123,8 @@ async fn illegal_orderings() {
                 ])
             }),
         )
-        .errs(&["DISCARD"], &["DISCARD"]),
+        .errs(&["DISCARD"], &["DISCARD"])
+        .qemu_bug(Expect::FailedOrCrashed, PACKAGE_ERROR_CRASH),
         Case::new(
             "listen-twice",
             Expect::Failed,
@@ -128,7 +134,8 @@ async fn illegal_orderings() {
                     pkg(vec![Step::Listen, Step::Listen, globalstate(), Step::Ping(3), Step::Run])
             }),
         )
-        .errs(&["LISTEN"], &["LISTEN"]),
+        .errs(&["LISTEN"], &["LISTEN"])
+        .qemu_bug(Expect::FailedOrCrashed, PACKAGE_ERROR_CRASH),
     ];
     run_cases(
         "illegal-orderings",
