@@ -73,7 +73,12 @@ pub fn sections_of_stream(bytes: &[u8]) -> (Vec<DeviceSection>, Option<Value>) {
                     vmdesc = Some(j.clone());
                 }
                 // Section by section through the footers up to the EOF byte
-                // (a section sent twice stays two); else the ranked parse.
+                // (a section sent twice stays two), if that reaches the EOF
+                // the ranked parse found; else the ranked parse. Device data
+                // can hold its own footer followed by 0x00 (timer's
+                // cpu_ticks_offset ending in 0x7e, section id 0, then zeros):
+                // the first walk then stops at a false EOF.
+                let ranked = || p.as_ref().map(|p| p.sections.clone()).unwrap_or_default();
                 let mut ranges = Vec::new();
                 let mut pos = 0;
                 while pos < tail.len() && tail[pos] != QEMU_VM_EOF {
@@ -83,10 +88,13 @@ pub fn sections_of_stream(bytes: &[u8]) -> (Vec<DeviceSection>, Option<Value>) {
                             pos = end;
                         }
                         Err(_) => {
-                            ranges = p.as_ref().map(|p| p.sections.clone()).unwrap_or_default();
+                            ranges = ranked();
                             break;
                         }
                     }
+                }
+                if p.as_ref().is_some_and(|p| p.eof_pos != pos) {
+                    ranges = ranked();
                 }
                 split(tail, &mut ranges, &mut out);
                 break;
@@ -458,4 +466,35 @@ pub async fn resave_sections(
     }
     let bytes = std::fs::read(path)?;
     Ok(sections_of_stream(&bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Device data that holds its own section's footer followed by 0x00:
+    /// timer's `cpu_ticks_offset` ending in 0x7e, then the section id, then
+    /// zeros (the flake of 2026-12-01: every section after timer was
+    /// reported "never delivered"). The split must still find them all.
+    #[test]
+    fn a_false_footer_and_eof_inside_device_data() {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../wire/tests/streams/qemu-10.0-precopy.bin");
+        let mut b = std::fs::read(p).unwrap();
+        let (sent, _) = sections_of_stream(&b);
+        assert!(sent.len() > 10 && sent[0].idstr == "timer" && sent[0].data.len() == 24);
+        // FULL, be32 id, len 5, "timer", be32 instance, be32 version, data.
+        let at = b.windows(6).position(|w| w == b"\x05timer").unwrap() - 5;
+        assert_eq!(b[at], QEMU_VM_SECTION_FULL);
+        let id: [u8; 4] = b[at + 1..at + 5].try_into().unwrap();
+        let data = at + 6 + 5 + 8;
+        b[data + 7] = wire::consts::QEMU_VM_SECTION_FOOTER;
+        b[data + 8..data + 12].copy_from_slice(&id);
+        b[data + 12..data + 16].fill(0);
+        let (got, vmdesc) = sections_of_stream(&b);
+        assert!(vmdesc.is_some());
+        assert_eq!(got.len(), sent.len(), "{:?}", got.iter().map(|s| s.key()).collect::<Vec<_>>());
+        assert_eq!(got[0].data.len(), 24);
+        assert_eq!(&got[1..], &sent[1..]);
+    }
 }
