@@ -80,6 +80,13 @@ pub const KNOWN_BUGS: &[KnownBug] = &[
         versions: &["7.2", "10.0"],
         qemu_dest: VerdictKind::Crashed,
     },
+    // The same race once left 10.0's monitor hung instead (2026-12-01).
+    KnownBug {
+        anchor: "intermittent-abort-on-advise-after-listen-in-the-package-7222-1002",
+        reproducer: "stream-advise-after-listen-in-package",
+        versions: &["10.0"],
+        qemu_dest: VerdictKind::Stuck,
+    },
     KnownBug {
         anchor: "intermittent-abort-after-refusing-a-second-listen-7222-1002",
         reproducer: "stream-listen-twice",
