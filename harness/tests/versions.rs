@@ -5,7 +5,9 @@
 //!   precopy and postcopy, with identical RAM (machine `pc-q35-7.2` for 7.2,
 //!   `q35` otherwise);
 //! * (c) QEMU→QEMU across versions, both directions, precopy, identical RAM:
-//!   7.2↔10.0 (`pc-q35-7.2`) and 10.0↔11.1 (`pc-q35-10.0`).
+//!   7.2↔10.0 (`pc-q35-7.2`) and 10.0↔11.1 (`pc-q35-10.0`);
+//! * (d) `migrate-incoming` on a port that is taken: what each version's
+//!   state allows afterwards (`harness::vm::dest::listen_tcp`).
 //!
 //! Versions that are not installed are skipped with a message, except when
 //! `CI=true`: then a missing version fails (run `crossmig qemu install`),
@@ -25,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use harness::drive::migrate::{migrate, MigrateOpts, MigrateReport, Mode};
 use harness::provision::{self, series_matches, Installed, Status, KNOWN_VERSIONS};
-use harness::vm::dest::DestKind;
-use harness::vm::qemu::{parse_qemu_version, QemuBinary};
+use harness::vm::dest::{listen_tcp_on, start_dest, DestKind};
+use harness::vm::procs::free_tcp_port;
+use harness::vm::qemu::{parse_qemu_version, QemuBinary, VmConfig};
 
 /// One migration at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -302,4 +305,56 @@ fn installed_versions_are_consistent() {
         }
     }
     assert!(provision::binary("6.0").is_err());
+}
+
+// ---------------------------------------------------------------------------
+// (d) migrate-incoming on a port that is taken
+
+/// `listen_tcp_on` when the first port is already bound: QEMU 7.2 (and
+/// rust-dest) stay in state `none` and listen on the next port; QEMU 8.0+
+/// stay in `setup`, so the error must name the first failure (the bind),
+/// not the "Illegal migration incoming state" of a blind retry.
+async fn listen_on_a_taken_port(series: &str, kind: DestKind) {
+    let test = format!("listen_on_a_taken_port_{series}_{}", kind.name());
+    let Some(i) = need(&test, &[series]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = VmConfig::new(&format!("taken-{}", kind.name()), 64 << 20);
+    let vm = start_dest(kind, &i[0].binary, cfg, dir.path().join("dest.log")).await.unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut ports = [taken.local_addr().unwrap().port(), free_tcp_port()].into_iter();
+    let second = [ports.clone().nth(1).unwrap()];
+    let r = listen_tcp_on(&vm, || ports.next().expect("at most two attempts")).await;
+    vm.quit().await;
+    let retries = series == "7.2" || kind == DestKind::Rust;
+    match r {
+        Ok(p) if retries => assert_eq!([p], second, "{test}"),
+        Err(e) if !retries => {
+            let e = format!("{e:#}");
+            assert!(e.contains("Address already in use"), "{test}: {e}");
+            assert!(e.contains("\"setup\""), "{test}: {e}");
+        }
+        r => panic!("{test}: {r:?}"),
+    }
+}
+
+#[tokio::test]
+async fn listen_on_a_taken_port_7_2() {
+    listen_on_a_taken_port("7.2", DestKind::Qemu).await;
+}
+
+#[tokio::test]
+async fn listen_on_a_taken_port_10_0() {
+    listen_on_a_taken_port("10.0", DestKind::Qemu).await;
+}
+
+#[tokio::test]
+async fn listen_on_a_taken_port_11_1() {
+    listen_on_a_taken_port("11.1", DestKind::Qemu).await;
+}
+
+#[tokio::test]
+async fn listen_on_a_taken_port_rust() {
+    listen_on_a_taken_port("10.0", DestKind::Rust).await;
 }

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::drive::recorder::Route;
 use crate::qmp::{MigrationStatus, PassProgress, StatusWait};
-use crate::vm::dest::DestKind;
+use crate::vm::dest::{listen_tcp, DestKind};
 use crate::vm::procs::{free_tcp_port, unique_name, PathGuard};
 use crate::vm::qemu::QemuVm;
 
@@ -224,12 +224,7 @@ impl Migration {
 
     /// `migrate-incoming tcp:127.0.0.1:<free port>` on the destination.
     pub async fn listen(&self) -> Result<u16> {
-        let port = free_tcp_port();
-        self.dst
-            .execute("migrate-incoming", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))
-            .await
-            .context("destination migrate-incoming")?;
-        Ok(port)
+        listen_tcp(&self.dst).await.context("destination migrate-incoming")
     }
 
     /// Wait until the destination listens (see [`wait_incoming_listening`]).

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context as _, Result};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::layout::{BlockInfo, SourceLayout, GUEST_MEM};
 use super::multifd::layout_for_version;
@@ -18,8 +18,7 @@ use super::verdict::{await_verdict, Verdict, VerdictKind};
 use crate::qmp::MigrationStatus;
 use crate::verify::limits::{check_end, DestExpect, EndProblem, Measured, RssProbe};
 use crate::verify::model::{check_memory, MemCheck};
-use crate::vm::dest::{start_dest_with, DestKind};
-use crate::vm::procs::free_tcp_port;
+use crate::vm::dest::{listen_tcp, start_dest_with, DestKind};
 use crate::vm::qemu::{LaunchOpts, QemuBinary, QemuVm, VmConfig};
 use wire::multifd::PacketLayout;
 
@@ -227,19 +226,8 @@ async fn drive(
     if opts.autostart {
         vm.execute("cont", Value::Null).await.context("cont (autostart)")?;
     }
-    let mut attempt = 0;
-    let addr: SocketAddr = loop {
-        let port = free_tcp_port();
-        let uri = format!("tcp:127.0.0.1:{port}");
-        match vm.execute("migrate-incoming", json!({ "uri": uri })).await {
-            Ok(_) => break format!("127.0.0.1:{port}").parse().unwrap(),
-            Err(e) if attempt < 3 && vm.child.is_running() => {
-                tracing::warn!("migrate-incoming {uri}: {e:#}; retrying");
-                attempt += 1;
-            }
-            Err(e) => return Err(e.context("migrate-incoming")),
-        }
-    };
+    let port = listen_tcp(vm).await?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let t_incoming = Instant::now();
     let (play, play_error) =
         match play_with(addr, layout, script, opts.play_timeout, packet_layout).await {

@@ -2,9 +2,13 @@
 //! QEMU-style command line and driven through the same QMP client.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
+use serde_json::{json, Value};
 
+use crate::qmp::MigrationStatus;
+use crate::vm::procs::free_tcp_port;
 use crate::vm::qemu::{LaunchOpts, QemuBinary, QemuVm, VmConfig};
 
 /// Which destination receives the migration.
@@ -130,4 +134,85 @@ pub fn rust_dest_version_args(qemu: &QemuBinary) -> Vec<String> {
         None => tracing::warn!("no device catalogue for QEMU {major}.{minor}; rust-dest does not check device sections"),
     }
     a
+}
+
+/// `migrate-incoming tcp:127.0.0.1:PORT` on a destination, on a port from
+/// [`free_tcp_port`]; returns the port.
+///
+/// A failed `migrate-incoming` is not simply repeated: QEMU 8.0 and later
+/// move the incoming state to `setup` before binding and leave it there when
+/// the bind fails, so a second `migrate-incoming` on the same QEMU answers
+/// "Illegal migration incoming state: setup" and hides the first error
+/// (`migration_incoming_state_setup()` in QEMU's migration/migration.c). So
+/// after an error the destination is asked (`query-migrate`) what it did:
+/// * it lists our port in `socket-address`: the command took effect and only
+///   its answer was late (a command timeout on a loaded machine); go on;
+/// * it is still in state `none` (QEMU 7.2, rust-dest): try another port,
+///   at most three times;
+/// * anything else: fail with the first error and what the destination
+///   reports.
+pub async fn listen_tcp(vm: &QemuVm) -> Result<u16> {
+    listen_tcp_on(vm, free_tcp_port).await
+}
+
+/// [`listen_tcp`] on the ports `next_port` hands out, in turn.
+pub async fn listen_tcp_on(vm: &QemuVm, mut next_port: impl FnMut() -> u16) -> Result<u16> {
+    for attempt in 1.. {
+        let port = next_port();
+        let uri = format!("tcp:127.0.0.1:{port}");
+        let err = match vm.execute("migrate-incoming", json!({ "uri": uri })).await {
+            Ok(_) => return Ok(port),
+            Err(e) => e,
+        };
+        let state = match vm.child.is_running() {
+            true => vm
+                .qmp
+                .execute_timeout("query-migrate", Value::Null, Duration::from_secs(30))
+                .await
+                .map_err(|e| anyhow!("query-migrate after it: {e}")),
+            false => Err(anyhow!("the destination exited")),
+        };
+        match &state {
+            Ok(v) if listens_on(v, port) => {
+                tracing::warn!("migrate-incoming {uri}: {err:#}; the destination listens anyway");
+                return Ok(port);
+            }
+            Ok(v) if MigrationStatus::of(v) == MigrationStatus::None && attempt < 3 => {
+                tracing::warn!("migrate-incoming {uri}: {err:#}; retrying on another port");
+            }
+            Ok(v) => {
+                return Err(err.context(format!(
+                    "migrate-incoming {uri} (attempt {attempt}); the destination then reports {v}"
+                )))
+            }
+            Err(e) => return Err(err.context(format!("migrate-incoming {uri}; {e:#}"))),
+        }
+    }
+    unreachable!("the loop returns")
+}
+
+/// Does a destination's `query-migrate` reply list a socket on `port`?
+fn listens_on(v: &Value, port: u16) -> bool {
+    let port = port.to_string();
+    v.get("socket-address").and_then(Value::as_array).is_some_and(|list| {
+        list.iter().any(|a| match a.get("port") {
+            Some(Value::String(p)) => *p == port,
+            Some(Value::Number(n)) => n.to_string() == port,
+            _ => false,
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_address_names_the_port() {
+        let v = json!({"status": "setup", "socket-address": [
+            {"type": "inet", "host": "127.0.0.1", "port": "20001"}]});
+        assert!(listens_on(&v, 20001));
+        assert!(!listens_on(&v, 20002));
+        assert!(!listens_on(&json!({"status": "setup"}), 20001));
+    }
 }
