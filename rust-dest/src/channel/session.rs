@@ -31,12 +31,20 @@ pub const RP_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// thread before reporting `postcopy-paused`).
 pub const PREEMPT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How [`Session::finish_preempt`] ends the preempt channel.
+/// How [`Session::end_preempt`] ends the preempt channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PreemptEnd {
-    /// The source writes EOS on it after the main channel's EOF (7.2 style).
+    /// At a pause: shut the channel down now, so that no page of the
+    /// interrupted connection is placed after it (the received bitmap sent
+    /// at recovery must be final).
+    Cut,
+    /// At the end of postcopy, for a source that writes EOS on the preempt
+    /// channel after the main channel's EOF (machine types up to 7.2): read
+    /// up to that EOS.
     AwaitEos,
-    /// The source writes nothing after EOF: read what has arrived.
+    /// At the end of postcopy, for a source that writes nothing after EOF:
+    /// reading is shut down, so the reader gets what has already arrived,
+    /// then end-of-stream.
     Drain,
 }
 
@@ -426,37 +434,18 @@ impl Session {
         self.cv.notify_all();
     }
 
-    /// Shut the preempt channel down and wait (at most `timeout`) until its
-    /// reader stopped, so that no page of the interrupted connection is
-    /// placed after the pause (the received bitmap sent at recovery must
-    /// be final). False when the reader did not stop in time.
-    pub fn stop_preempt(&self, timeout: Duration) -> bool {
+    /// Stop the preempt reader and wait (at most `timeout`) until it has
+    /// returned; `how` says what it may still read (see [`PreemptEnd`]).
+    /// False when the reader did not stop in time.
+    pub fn end_preempt(&self, how: PreemptEnd, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         let mut g = self.lock();
         if let Some((_, s)) = &g.preempt {
-            s.shutdown();
-        }
-        while g.preempt_active {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return false;
+            match how {
+                PreemptEnd::Cut => s.shutdown(),
+                PreemptEnd::Drain => s.shutdown_read(),
+                PreemptEnd::AwaitEos => {}
             }
-            g = self.cv.wait_timeout(g, left).unwrap_or_else(|e| e.into_inner()).0;
-        }
-        true
-    }
-
-    /// At the end of postcopy, wait (at most `timeout`) until the preempt
-    /// reader has placed what the source sent on it and stopped: at the
-    /// source's EOS record ([`PreemptEnd::AwaitEos`]), or, for a source that
-    /// sends none, at the end of what has already arrived
-    /// ([`PreemptEnd::Drain`]: reading is shut down, so the reader gets the
-    /// queued bytes, then end-of-stream). False on timeout.
-    pub fn finish_preempt(&self, how: PreemptEnd, timeout: Duration) -> bool {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut g = self.lock();
-        if let (PreemptEnd::Drain, Some((_, s))) = (how, &g.preempt) {
-            s.shutdown_read();
         }
         while g.preempt_active {
             let left = deadline.saturating_duration_since(std::time::Instant::now());

@@ -63,18 +63,28 @@ fn until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// A session with its main channel and a running preempt reader; the
+/// source's ends of both channels.
+fn with_preempt() -> (Arc<Session>, Arc<Probe>, UnixStream, UnixStream) {
+    let (s, p) = session();
+    let (main, m) = connect();
+    s.on_connection(main);
+    let (pre, src) = connect();
+    s.on_connection(pre);
+    until("the preempt reader", || p.started.load(Ordering::SeqCst) == 1);
+    (s, p, m, src)
+}
+
 /// QEMU's `postcopy_pause_incoming()` closes the preempt channel: the pause
 /// must stop its reader even though the source keeps its end open, so that
 /// nothing of the old connection is placed after the pause.
 #[test]
 fn a_pause_stops_the_preempt_reader() {
-    let (s, p) = session();
-    let (main, _m) = connect();
-    s.on_connection(main);
-    let (pre, _p_src) = connect();
-    s.on_connection(pre);
-    until("the preempt reader", || p.started.load(Ordering::SeqCst) == 1);
-    assert!(s.stop_preempt(Duration::from_secs(5)), "the preempt reader did not stop");
+    let (s, p, _m, _p_src) = with_preempt();
+    assert!(
+        s.end_preempt(PreemptEnd::Cut, Duration::from_secs(5)),
+        "the preempt reader did not stop"
+    );
     assert_eq!(p.ended.load(Ordering::SeqCst), 1);
     s.end();
 }
@@ -84,12 +94,7 @@ fn a_pause_stops_the_preempt_reader() {
 /// sides stuck in postcopy-active).
 #[test]
 fn a_new_preempt_channel_replaces_a_lingering_one() {
-    let (s, p) = session();
-    let (main, _m) = connect();
-    s.on_connection(main);
-    let (pre, _p1) = connect();
-    s.on_connection(pre);
-    until("the first preempt reader", || p.started.load(Ordering::SeqCst) == 1);
+    let (s, p, _m, _p1) = with_preempt();
     // Paused without stopping the reader (as if it had not noticed yet).
     s.begin_pause();
     let (rec, _r) = connect();
@@ -104,7 +109,7 @@ fn a_new_preempt_channel_replaces_a_lingering_one() {
     p2.write_all(b"x").unwrap();
     drop(p2);
     until("the second reader's end", || p.ended.load(Ordering::SeqCst) == 2);
-    assert!(s.stop_preempt(Duration::from_millis(100)));
+    assert!(s.end_preempt(PreemptEnd::Cut, Duration::from_millis(100)));
     s.end();
 }
 
@@ -113,14 +118,9 @@ fn a_new_preempt_channel_replaces_a_lingering_one() {
 /// (the source's EOS, or the channel closing) releases it.
 #[test]
 fn the_end_of_postcopy_waits_for_the_preempt_reader() {
-    let (s, p) = session();
-    let (main, _m) = connect();
-    s.on_connection(main);
-    let (pre, mut src) = connect();
-    s.on_connection(pre);
-    until("the preempt reader", || p.started.load(Ordering::SeqCst) == 1);
+    let (s, p, _m, mut src) = with_preempt();
     assert!(
-        !s.finish_preempt(PreemptEnd::AwaitEos, Duration::from_millis(200)),
+        !s.end_preempt(PreemptEnd::AwaitEos, Duration::from_millis(200)),
         "returned while the reader ran"
     );
     assert_eq!(p.ended.load(Ordering::SeqCst), 0, "the wait must not shut the channel");
@@ -130,7 +130,7 @@ fn the_end_of_postcopy_waits_for_the_preempt_reader() {
         drop(src);
     });
     assert!(
-        s.finish_preempt(PreemptEnd::AwaitEos, Duration::from_secs(5)),
+        s.end_preempt(PreemptEnd::AwaitEos, Duration::from_secs(5)),
         "the reader's end did not release the wait"
     );
     assert_eq!(p.ended.load(Ordering::SeqCst), 1);
@@ -143,14 +143,9 @@ fn the_end_of_postcopy_waits_for_the_preempt_reader() {
 /// (the reader still gets the queued bytes) and then stops the reader.
 #[test]
 fn the_end_of_postcopy_drains_a_preempt_channel_without_eos() {
-    let (s, p) = session();
-    let (main, _m) = connect();
-    s.on_connection(main);
-    let (pre, mut src) = connect();
-    s.on_connection(pre);
-    until("the preempt reader", || p.started.load(Ordering::SeqCst) == 1);
+    let (s, p, _m, mut src) = with_preempt();
     src.write_all(&[7u8; 300]).unwrap();
-    assert!(s.finish_preempt(PreemptEnd::Drain, Duration::from_secs(5)), "the reader did not stop");
+    assert!(s.end_preempt(PreemptEnd::Drain, Duration::from_secs(5)), "the reader did not stop");
     assert_eq!(p.ended.load(Ordering::SeqCst), 1);
     assert_eq!(p.read.load(Ordering::SeqCst), 300, "bytes queued before the end were not all read");
     s.end();

@@ -419,7 +419,7 @@ impl Loader {
         if let Some(s) = &self.session {
             // Like QEMU's `postcopy_pause_incoming()`: the preempt channel
             // goes too, and its reader stops before `postcopy-paused`.
-            if !s.stop_preempt(PREEMPT_STOP_TIMEOUT) {
+            if !s.end_preempt(PreemptEnd::Cut, PREEMPT_STOP_TIMEOUT) {
                 tracing::warn!(
                     "postcopy-preempt reader still running {PREEMPT_STOP_TIMEOUT:?} after the pause"
                 );
@@ -651,7 +651,7 @@ impl Loader {
                 PreemptEnd::Drain
             };
             if let Some(s) = &self.session {
-                if !s.finish_preempt(how, PREEMPT_STOP_TIMEOUT) {
+                if !s.end_preempt(how, PREEMPT_STOP_TIMEOUT) {
                     tracing::warn!("postcopy-preempt channel still read {PREEMPT_STOP_TIMEOUT:?} after the main channel's EOF ({how:?}); pages still on it are lost");
                 }
             }
