@@ -79,23 +79,11 @@ pub fn sections_of_stream(bytes: &[u8]) -> (Vec<DeviceSection>, Option<Value>) {
                 // cpu_ticks_offset ending in 0x7e, section id 0, then zeros):
                 // the first walk then stops at a false EOF.
                 let ranked = || p.as_ref().map(|p| p.sections.clone()).unwrap_or_default();
-                let mut ranges = Vec::new();
-                let mut pos = 0;
-                while pos < tail.len() && tail[pos] != QEMU_VM_EOF {
-                    match split_one_by_footer(tail, pos, 0) {
-                        Ok((s, end)) => {
-                            ranges.push((s.header_pos, end));
-                            pos = end;
-                        }
-                        Err(_) => {
-                            ranges = ranked();
-                            break;
-                        }
-                    }
-                }
-                if p.as_ref().is_some_and(|p| p.eof_pos != pos) {
-                    ranges = ranked();
-                }
+                let mut ranges = match (footer_walk(tail), &p) {
+                    (Some((r, eof)), Some(p)) if p.eof_pos == eof => r,
+                    (Some((r, _)), None) => r,
+                    _ => ranked(),
+                };
                 split(tail, &mut ranges, &mut out);
                 break;
             }
@@ -110,6 +98,20 @@ pub fn sections_of_stream(bytes: &[u8]) -> (Vec<DeviceSection>, Option<Value>) {
         }
     }
     (out, vmdesc)
+}
+
+/// The sections of a device-state tail, one after the other through their
+/// footers, and the offset of the EOF byte that ends them; `None` when a
+/// section does not split.
+fn footer_walk(tail: &[u8]) -> Option<(Vec<(usize, usize)>, usize)> {
+    let mut ranges = Vec::new();
+    let mut pos = 0;
+    while pos < tail.len() && tail[pos] != QEMU_VM_EOF {
+        let (s, end) = split_one_by_footer(tail, pos, 0).ok()?;
+        ranges.push((s.header_pos, end));
+        pos = end;
+    }
+    Some((ranges, pos))
 }
 
 /// Where a walk of `bytes` as a main channel ended (its last record, its
