@@ -411,10 +411,44 @@ fn random_u32() -> u32 {
     }
 }
 
-/// Ports handed out by [`free_tcp_port`]: below Linux's default ephemeral
-/// range (32768-60999), so no outgoing connection of a parallel test can be
-/// given the port between our check and QEMU's bind.
+/// Ports handed out by [`free_tcp_port`] when the kernel's ephemeral range
+/// is Linux's default (32768-60999): below it, so no outgoing connection of
+/// a parallel test can be given the port between our check and QEMU's bind.
 const PORT_RANGE: std::ops::Range<u32> = 20000..32000;
+
+/// The ports [`free_tcp_port`] walks: [`PORT_RANGE`] unless this machine's
+/// ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`) overlaps it;
+/// then the larger stretch of 10000..65536 outside the ephemeral range, if
+/// it holds at least 2000 ports (else [`PORT_RANGE`] all the same).
+fn port_range() -> std::ops::Range<u32> {
+    let eph = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| parse_port_range(&s));
+    port_range_outside(eph)
+}
+
+fn parse_port_range(s: &str) -> Option<(u32, u32)> {
+    let mut it = s.split_whitespace().map(str::parse::<u32>);
+    match (it.next(), it.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Some((lo, hi)),
+        _ => None,
+    }
+}
+
+fn port_range_outside(ephemeral: Option<(u32, u32)>) -> std::ops::Range<u32> {
+    let Some((lo, hi)) = ephemeral else { return PORT_RANGE };
+    if hi < PORT_RANGE.start || lo >= PORT_RANGE.end {
+        return PORT_RANGE;
+    }
+    let below = 10000..lo.max(10000);
+    let above = (hi + 1).max(10000)..65536;
+    let best = if below.len() >= above.len() { below } else { above };
+    if best.len() >= 2000 {
+        best
+    } else {
+        PORT_RANGE
+    }
+}
 
 /// A TCP port on 127.0.0.1 that was free a moment ago and that this process
 /// has not handed out before.
@@ -423,12 +457,15 @@ const PORT_RANGE: std::ops::Range<u32> = 20000..32000;
 /// and once our probe socket closes, any test's outgoing connection may be
 /// given that same port as its local end before QEMU binds it ("Address
 /// already in use", seen in CI). Instead each process walks its own stretch
-/// of a range outside the ephemeral one, starting at a random point, and
-/// skips ports it cannot bind.
+/// of a range outside the ephemeral one ([`port_range`]), starting at a
+/// random point, and skips ports it cannot bind.
 pub fn free_tcp_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::OnceLock;
+    static RANGE: OnceLock<std::ops::Range<u32>> = OnceLock::new();
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let span = PORT_RANGE.end - PORT_RANGE.start;
+    let range = RANGE.get_or_init(port_range);
+    let span = range.end - range.start;
     if NEXT.load(Ordering::Relaxed) == u32::MAX {
         let _ = NEXT.compare_exchange(
             u32::MAX,
@@ -439,7 +476,7 @@ pub fn free_tcp_port() -> u16 {
     }
     for _ in 0..span {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = (PORT_RANGE.start + n % span) as u16;
+        let port = (range.start + n % span) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
@@ -451,4 +488,25 @@ pub fn free_tcp_port() -> u16 {
 /// Does a process with this pid exist (including zombies)?
 pub fn pid_exists(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_stay_outside_the_ephemeral_range() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("60999 32768"), None);
+        assert_eq!(parse_port_range(""), None);
+        // Linux's default, or no /proc: the fixed range.
+        assert_eq!(port_range_outside(Some((32768, 60999))), PORT_RANGE);
+        assert_eq!(port_range_outside(None), PORT_RANGE);
+        // A container that made almost every port ephemeral.
+        assert_eq!(port_range_outside(Some((1024, 65000))), PORT_RANGE);
+        // Overlapping from below: the ports above it.
+        assert_eq!(port_range_outside(Some((15000, 40000))), 40001..65536);
+        // Overlapping from above: the ports below it.
+        assert_eq!(port_range_outside(Some((25000, 64000))), 10000..25000);
+    }
 }
