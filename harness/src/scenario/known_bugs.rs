@@ -94,9 +94,9 @@ pub const KNOWN_BUGS: &[KnownBug] = &[
         qemu_dest: VerdictKind::Crashed,
     },
     KnownBug {
-        anchor: "intermittent-sigsegv-after-refusing-run-before-listen-7222",
+        anchor: "intermittent-crash-after-refusing-run-before-listen-7222-1002",
         reproducer: "stream-postcopy-no-discard",
-        versions: &["7.2"],
+        versions: &["7.2", "10.0"],
         qemu_dest: VerdictKind::Crashed,
     },
 ];
