@@ -120,7 +120,7 @@ enum Cmd {
         #[arg(long, value_name = "DIR")]
         keep_recording: Option<PathBuf>,
     },
-    /// Postcopy cut and recovered again and again at random points (rust-dest destination): counts
+    /// Postcopy cut, paused or partitioned and recovered again and again at random points (rust-dest destination): counts
     /// completions, stalls and RAM mismatches; exits 1 on any of them.
     Soak {
         /// Number of cycles (verified migrations, each cut and recovered 1-3 times).

@@ -55,6 +55,10 @@ pub enum Interrupt {
     /// Reset every connection through the harness's proxy ("the network
     /// breaks"); needs a proxy route (recording, the default into rust-dest).
     Cut,
+    /// A network partition: every connection through the proxy goes silent
+    /// (nothing forwarded, nothing closed), then `migrate-pause` on both
+    /// sides, as an operator recovers from one. Needs a proxy route.
+    Partition,
 }
 
 /// One planned interruption: how, and how long after postcopy (re)started.
@@ -454,6 +458,11 @@ async fn run(
                     Interrupt::PauseSource => m.pause(Side::Source).await?,
                     Interrupt::PauseDest => m.pause(Side::Dest).await?,
                     Interrupt::Cut => m.route.cut_now()?,
+                    Interrupt::Partition => {
+                        m.route.partition_now()?;
+                        m.pause(Side::Source).await?;
+                        m.pause(Side::Dest).await?;
+                    }
                 }
                 m.wait_paused(RECOVER_TIMEOUT).await.context("pausing")?;
                 m.recover(None).await

@@ -126,6 +126,9 @@ pub enum ConnEnd {
     Truncated,
     /// `cut_at` reached or [`ProxyHandle::cut_now`]/[`ProxyHandle::cut_conn`].
     Cut,
+    /// [`ProxyHandle::partition_now`]: nothing forwarded any more, both
+    /// sockets held open (silent) until the proxy is dropped.
+    Partitioned,
     /// Connecting upstream failed, or a socket error.
     Error(String),
 }
@@ -152,6 +155,7 @@ struct ConnState {
     down: AtomicU64,
     end: Mutex<Option<ConnEnd>>,
     cut: Notify,
+    partition: Notify,
 }
 
 impl ConnState {
@@ -230,6 +234,20 @@ impl ProxyHandle {
         if let Some(c) = self.0.conns.lock().unwrap().get(i) {
             if !c.ended() {
                 c.cut.notify_one();
+            }
+        }
+    }
+
+    /// Partition every open connection now ("the network goes silent"):
+    /// nothing more is forwarded in either direction and neither end is
+    /// closed or reset, so each side learns of it only by its own means
+    /// (a timeout, or `migrate-pause`), as after a real network partition.
+    /// The sockets stay open until the proxy is dropped; connections
+    /// accepted later are forwarded normally.
+    pub fn partition_now(&self) {
+        for c in self.0.conns.lock().unwrap().iter() {
+            if !c.ended() {
+                c.partition.notify_one();
             }
         }
     }
@@ -393,6 +411,7 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
                 down: AtomicU64::new(0),
                 end: Mutex::new(None),
                 cut: Notify::new(),
+                partition: Notify::new(),
             });
             conns.push(st.clone());
             st
@@ -462,6 +481,7 @@ async fn run_conn(
                     Err(e) => break ConnEnd::Error(e),
                 },
                 _ = st.cut.notified() => break ConnEnd::Cut,
+                _ = st.partition.notified() => break ConnEnd::Partitioned,
             }
         }
     };
@@ -496,6 +516,13 @@ async fn run_conn(
                 drop(s);
             }
             st.finish(ConnEnd::Cut);
+        }
+        ConnEnd::Partitioned => {
+            st.finish(ConnEnd::Partitioned);
+            // Hold all four halves, unread and unwritten, until the proxy
+            // is dropped (which aborts this task and closes them).
+            let _held = (cr, cw, ur, uw);
+            std::future::pending::<()>().await;
         }
         ConnEnd::Closed => st.finish(ConnEnd::Closed),
         ConnEnd::Error(e) => st.finish(ConnEnd::Error(e.clone())),

@@ -171,6 +171,39 @@ async fn cut_at_and_cut_now() {
 }
 
 #[tokio::test]
+async fn partition_keeps_both_ends_open_and_silent_until_the_proxy_drops() {
+    let (up, mut rx) = sink(vec![]).await;
+    let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new()).await.unwrap();
+    let mut c = send_all(p.addr(), b"abc").await;
+    p.handle()
+        .wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T)
+        .await
+        .unwrap();
+    p.handle().partition_now();
+    let s = p
+        .handle()
+        .wait_for("the partition", |s| s.first().is_some_and(|c| c.end.is_some()), T)
+        .await
+        .unwrap();
+    assert_eq!(s[0].end, Some(ConnEnd::Partitioned));
+    // Bytes written now go nowhere, and neither side is told anything: the
+    // source's socket stays writable and unread-from, the destination sees
+    // neither data nor EOF nor reset.
+    c.write_all(b"lost").await.unwrap();
+    let mut b = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_millis(300), c.read(&mut b)).await;
+    assert!(read.is_err(), "the source side must stay silent, got {read:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(rx.try_recv().is_err(), "the destination side must stay open");
+    assert_eq!(p.handle().bytes(0).0, 3);
+    // Dropping the proxy closes both ends at last.
+    drop(p);
+    let (got, res) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
+    assert_eq!(got, b"abc");
+    assert!(res.is_ok(), "the destination sees the close, got {res:?}");
+}
+
+#[tokio::test]
 async fn throttle_and_stall_timing() {
     // 200 KB at 400 KB/s: ~0.5 s
     let (up, rx) = sink(vec![]).await;

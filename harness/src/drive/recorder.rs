@@ -102,9 +102,11 @@ pub enum Route {
     /// Every connection (also recovery) through a new recording proxy.
     Record(Recorder),
     /// The first connection through a proxy with this plan (stall, throttle,
-    /// cut); later (recovery) connections through a plain proxy, which
-    /// replaces the previous one.
-    Proxy { plan: Option<ProxyPlan>, proxy: Option<Proxy>, handle: Option<ProxyHandle> },
+    /// cut); later (recovery) connections through a new plain proxy. Earlier
+    /// proxies live on until the route is dropped, so a partitioned
+    /// connection stays silent (not closed) after a recovery, as after a
+    /// real network partition.
+    Proxy { plan: Option<ProxyPlan>, proxies: Vec<Proxy>, handle: Option<ProxyHandle> },
     /// Every connection through a defect proxy applying one mutation to the
     /// main channel; `rec` holds what the source sent, before the change.
     /// `delivered` holds the main channel as the destination got it.
@@ -136,7 +138,7 @@ impl Route {
 
     /// A route through a proxy whose first connection follows `plan`.
     pub fn proxy(plan: ProxyPlan) -> Route {
-        Route::Proxy { plan: Some(plan), proxy: None, handle: None }
+        Route::Proxy { plan: Some(plan), proxies: Vec::new(), handle: None }
     }
 
     /// The URI the source should use for a destination listening on `port`.
@@ -144,12 +146,12 @@ impl Route {
         match self {
             Route::Direct => Ok(format!("tcp:127.0.0.1:{port}")),
             Route::Record(r) => r.uri_for(port).await,
-            Route::Proxy { plan, proxy, handle } => {
+            Route::Proxy { plan, proxies, handle } => {
                 let p = plan.take().unwrap_or_default();
                 let px = Proxy::start("127.0.0.1:0", ([127, 0, 0, 1], port).into(), p).await?;
                 let uri = px.uri();
                 *handle = Some(px.handle());
-                *proxy = Some(px);
+                proxies.push(px);
                 Ok(uri)
             }
             Route::Mutate { rec, delivered, mutation, shared, proxies } => {
@@ -178,26 +180,34 @@ impl Route {
     /// Reset every open connection of the current proxy now ("the network
     /// breaks"); later connections are forwarded normally.
     pub fn cut_now(&self) -> Result<()> {
+        self.live_proxy("cut")?.cut_now();
+        Ok(())
+    }
+
+    /// Partition every open connection of the current proxy now ("the
+    /// network goes silent": no byte, no close; [`ProxyHandle::partition_now`]);
+    /// later connections are forwarded normally.
+    pub fn partition_now(&self) -> Result<()> {
+        self.live_proxy("partition")?.partition_now();
+        Ok(())
+    }
+
+    /// The current proxy of a route that has one, for a connection fault.
+    fn live_proxy(&self, fault: &str) -> Result<ProxyHandle> {
         match self {
             Route::Direct => {
-                anyhow::bail!("cannot cut a direct connection (no proxy in the route)")
+                anyhow::bail!("cannot {fault} a direct connection (no proxy in the route)")
             }
             Route::Record(r) => match r.proxies.last() {
-                Some(p) => {
-                    p.cut_now();
-                    Ok(())
-                }
-                None => anyhow::bail!("no connection to cut yet"),
+                Some(p) => Ok(p.handle()),
+                None => anyhow::bail!("no connection to {fault} yet"),
             },
             Route::Proxy { handle, .. } => match handle {
-                Some(h) => {
-                    h.cut_now();
-                    Ok(())
-                }
-                None => anyhow::bail!("no connection to cut yet"),
+                Some(h) => Ok(h.clone()),
+                None => anyhow::bail!("no connection to {fault} yet"),
             },
             Route::Mutate { .. } => {
-                anyhow::bail!("cannot cut a defect proxy's connection (a seeded defect run)")
+                anyhow::bail!("cannot {fault} a defect proxy's connection (a seeded defect run)")
             }
         }
     }

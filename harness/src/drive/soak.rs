@@ -149,7 +149,8 @@ impl Rng {
 }
 
 /// The interruptions of one cycle: 1 to 3, mostly cuts through the proxy
-/// (some `migrate-pause` on either side), each 0–1500 ms into postcopy.
+/// (some `migrate-pause` on either side, some network partitions), each
+/// 0–1500 ms into postcopy.
 pub fn plan(rng: &mut Rng) -> Vec<Interruption> {
     let n = 1 + rng.below(3) as usize;
     (0..n)
@@ -157,6 +158,7 @@ pub fn plan(rng: &mut Rng) -> Vec<Interruption> {
             how: match rng.below(10) {
                 0 | 1 => Interrupt::PauseSource,
                 2 => Interrupt::PauseDest,
+                3 => Interrupt::Partition,
                 _ => Interrupt::Cut,
             },
             after: Duration::from_millis(rng.below(1501)),
@@ -289,7 +291,9 @@ mod tests {
             assert!(pa.iter().all(|p| p.after <= Duration::from_millis(1500)));
         }
         let hows: Vec<Interrupt> = (0..200).flat_map(|_| plan(&mut a)).map(|p| p.how).collect();
-        for h in [Interrupt::Cut, Interrupt::PauseSource, Interrupt::PauseDest] {
+        for h in
+            [Interrupt::Cut, Interrupt::PauseSource, Interrupt::PauseDest, Interrupt::Partition]
+        {
             assert!(hows.contains(&h), "{h:?} never planned");
         }
     }

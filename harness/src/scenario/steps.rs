@@ -27,6 +27,10 @@ fn both() -> Side {
 pub enum FaultKind {
     /// Reset every proxied connection now.
     Cut,
+    /// Every proxied connection goes silent now (no byte, no close, either
+    /// way) and stays so until the migration ends: a network partition,
+    /// which each side notices only through `migrate-pause`.
+    Partition,
     /// SIGKILL the process of `side`.
     Kill,
 }

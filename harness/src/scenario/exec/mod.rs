@@ -65,16 +65,25 @@ fn caps(c: &BTreeMap<String, bool>) -> Vec<(&str, bool)> {
     c.iter().map(|(k, v)| (k.as_str(), *v)).collect()
 }
 
-/// Cut every proxied connection, or SIGKILL the process(es) of `side`.
+/// Cut or partition every proxied connection, or SIGKILL the process(es)
+/// of `side`.
 fn fault_now(m: &mut Migration, fault: FaultKind, side: Side) -> Result<String> {
+    let proxied = |m: &Migration| {
+        m.route
+            .proxy_handle()
+            .cloned()
+            .ok_or_else(|| anyhow!("fault {fault:?} needs `migrate` with a proxy table"))
+    };
     match fault {
         FaultKind::Cut => {
-            let h = m
-                .route
-                .proxy_handle()
-                .ok_or_else(|| anyhow!("fault cut needs `migrate` with a proxy table"))?;
+            let h = proxied(m)?;
             h.cut_now();
             Ok(format!("{} connection(s) cut", h.connections()))
+        }
+        FaultKind::Partition => {
+            let h = proxied(m)?;
+            h.partition_now();
+            Ok(format!("{} connection(s) partitioned", h.connections()))
         }
         FaultKind::Kill => {
             m.kill(side);
