@@ -459,7 +459,7 @@ async fn run(
                     Interrupt::PauseDest => m.pause(Side::Dest).await?,
                     Interrupt::Cut => m.route.cut_now()?,
                     Interrupt::Partition => {
-                        m.route.partition_now()?;
+                        m.route.partition_now().await?;
                         m.pause(Side::Source).await?;
                         m.pause(Side::Dest).await?;
                     }

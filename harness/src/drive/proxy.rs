@@ -42,6 +42,9 @@ const TRUNCATE_DRAIN: Duration = Duration::from_secs(10);
 /// How long a cut waits for the forwarded bytes to leave the send queue
 /// before resetting the connection.
 const CUT_FLUSH: Duration = Duration::from_millis(500);
+/// How long [`ProxyHandle::partition_now`] waits for every connection to
+/// stop forwarding.
+const PARTITION_ACK: Duration = Duration::from_secs(10);
 /// Read/forward chunk size.
 const CHUNK: usize = 64 * 1024;
 
@@ -242,14 +245,29 @@ impl ProxyHandle {
     /// nothing more is forwarded in either direction and neither end is
     /// closed or reset, so each side learns of it only by its own means
     /// (a timeout, or `migrate-pause`), as after a real network partition.
-    /// The sockets stay open until the proxy is dropped; connections
-    /// accepted later are forwarded normally.
-    pub fn partition_now(&self) {
-        for c in self.0.conns.lock().unwrap().iter() {
-            if !c.ended() {
-                c.partition.notify_one();
-            }
-        }
+    /// Returns once every one of them has stopped forwarding (so a close
+    /// that a side makes afterwards is not passed on); returns the number
+    /// of connections partitioned. The sockets stay open until the proxy is
+    /// dropped; connections accepted later are forwarded normally.
+    pub async fn partition_now(&self) -> Result<usize> {
+        let open: Vec<usize> = {
+            let conns = self.0.conns.lock().unwrap();
+            conns
+                .iter()
+                .filter(|c| !c.ended())
+                .map(|c| {
+                    c.partition.notify_one();
+                    c.index
+                })
+                .collect()
+        };
+        self.wait_for(
+            "the partitioned connections to stop forwarding",
+            |s| open.iter().all(|&i| s[i].end.is_some()),
+            PARTITION_ACK,
+        )
+        .await?;
+        Ok(open.len())
     }
 
     /// Wait until `pred(stats)` holds (re-checked on every accept and every
@@ -463,7 +481,12 @@ async fn run_conn(
         tokio::pin!(back);
         let (mut fwd_eof, mut back_eof) = (false, false);
         loop {
+            // A cut or partition wins over bytes that became ready at the
+            // same time: nothing is forwarded once it was asked for.
             tokio::select! {
+                biased;
+                _ = st.cut.notified() => break ConnEnd::Cut,
+                _ = st.partition.notified() => break ConnEnd::Partitioned,
                 r = &mut fwd, if !fwd_eof => match r {
                     Fwd::Eof => {
                         fwd_eof = true;
@@ -480,8 +503,6 @@ async fn run_conn(
                     }
                     Err(e) => break ConnEnd::Error(e),
                 },
-                _ = st.cut.notified() => break ConnEnd::Cut,
-                _ = st.partition.notified() => break ConnEnd::Partitioned,
             }
         }
     };

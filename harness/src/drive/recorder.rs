@@ -187,9 +187,8 @@ impl Route {
     /// Partition every open connection of the current proxy now ("the
     /// network goes silent": no byte, no close; [`ProxyHandle::partition_now`]);
     /// later connections are forwarded normally.
-    pub fn partition_now(&self) -> Result<()> {
-        self.live_proxy("partition")?.partition_now();
-        Ok(())
+    pub async fn partition_now(&self) -> Result<usize> {
+        self.live_proxy("partition")?.partition_now().await
     }
 
     /// The current proxy of a route that has one, for a connection fault.

@@ -50,7 +50,7 @@ pub async fn exec_step(ctx: &mut Ctx, step: &Step) -> Result<String> {
             Ok(String::new())
         }
         Step::Cancel => m.cancel().await.map(|()| String::new()),
-        Step::Fault { fault, side } => fault_now(m, *fault, *side),
+        Step::Fault { fault, side } => fault_now(m, *fault, *side).await,
         Step::Pause { side } => m.pause(*side).await.map(|()| String::new()),
         Step::Recover { fail } => m.recover(*fail).await,
         Step::Expect { side, status, error, counter } => {
@@ -67,7 +67,7 @@ fn caps(c: &BTreeMap<String, bool>) -> Vec<(&str, bool)> {
 
 /// Cut or partition every proxied connection, or SIGKILL the process(es)
 /// of `side`.
-fn fault_now(m: &mut Migration, fault: FaultKind, side: Side) -> Result<String> {
+async fn fault_now(m: &mut Migration, fault: FaultKind, side: Side) -> Result<String> {
     let proxied = |m: &Migration| {
         m.route
             .proxy_handle()
@@ -81,9 +81,8 @@ fn fault_now(m: &mut Migration, fault: FaultKind, side: Side) -> Result<String> 
             Ok(format!("{} connection(s) cut", h.connections()))
         }
         FaultKind::Partition => {
-            let h = proxied(m)?;
-            h.partition_now();
-            Ok(format!("{} connection(s) partitioned", h.connections()))
+            let n = proxied(m)?.partition_now().await?;
+            Ok(format!("{n} connection(s) partitioned"))
         }
         FaultKind::Kill => {
             m.kill(side);
