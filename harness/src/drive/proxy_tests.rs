@@ -39,6 +39,20 @@ async fn send_all(addr: SocketAddr, data: &[u8]) -> TcpStream {
     c
 }
 
+/// A proxy with one open connection that has forwarded "abc" to a sink
+/// upstream and is idle: (proxy, source side, the sink's result).
+async fn idle_connection_after_abc(
+) -> (Proxy, TcpStream, oneshot::Receiver<(Vec<u8>, std::io::Result<()>)>) {
+    let (up, rx) = sink(vec![]).await;
+    let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new()).await.unwrap();
+    let c = send_all(p.addr(), b"abc").await;
+    p.handle()
+        .wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T)
+        .await
+        .unwrap();
+    (p, c, rx)
+}
+
 const T: Duration = Duration::from_secs(10);
 
 #[tokio::test]
@@ -154,13 +168,7 @@ async fn cut_at_and_cut_now() {
     assert!(w.is_err() || r.is_err(), "source side must be reset, got write {w:?}, read {r:?}");
 
     // cut_now on an idle open connection
-    let (up, rx) = sink(vec![]).await;
-    let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new()).await.unwrap();
-    let mut c = send_all(p.addr(), b"abc").await;
-    p.handle()
-        .wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T)
-        .await
-        .unwrap();
+    let (p, mut c, rx) = idle_connection_after_abc().await;
     p.cut_now();
     let (got, res) = tokio::time::timeout(T, rx).await.unwrap().unwrap();
     assert_eq!(got, b"abc");
@@ -172,13 +180,7 @@ async fn cut_at_and_cut_now() {
 
 #[tokio::test]
 async fn partition_keeps_both_ends_open_and_silent_until_the_proxy_drops() {
-    let (up, mut rx) = sink(vec![]).await;
-    let p = Proxy::start("127.0.0.1:0", up, ProxyPlan::new()).await.unwrap();
-    let mut c = send_all(p.addr(), b"abc").await;
-    p.handle()
-        .wait_for("3 bytes", |s| s.first().is_some_and(|c| c.src_to_dst == 3), T)
-        .await
-        .unwrap();
+    let (p, mut c, mut rx) = idle_connection_after_abc().await;
     assert_eq!(p.handle().partition_now().await.unwrap(), 1);
     // Done on return: the source may close at once and it is not passed on.
     assert_eq!(p.handle().stats()[0].end, Some(ConnEnd::Partitioned));
