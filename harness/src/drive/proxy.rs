@@ -531,8 +531,10 @@ async fn run_conn(
             wait_send_queue_empty(uw.as_ref(), CUT_FLUSH).await;
             // Reunite the halves: dropping an OwnedWriteHalf would send a
             // FIN first (shutdown on drop); closing with zero linger sends
-            // only a RST.
-            for s in [cr.reunite(cw), ur.reunite(uw)].into_iter().flatten() {
+            // only a RST. The destination's side first: it learns of the
+            // reset before the source can react to it (e.g. by closing its
+            // other connections).
+            for s in [ur.reunite(uw), cr.reunite(cw)].into_iter().flatten() {
                 let _ = s.set_zero_linger();
                 drop(s);
             }

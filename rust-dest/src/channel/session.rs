@@ -110,6 +110,19 @@ impl Sock {
     pub fn shutdown(&self) {
         self.shutdown_how(Shutdown::Both);
     }
+    /// The connection failed (e.g. reset by the peer), even if received
+    /// bytes still wait to be read; nothing is read or cleared.
+    pub fn error_pending(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let fd = match self {
+            Sock::Tcp(s) => s.as_fd(),
+            Sock::Unix(s) => s.as_fd(),
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::empty())];
+        matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(1))
+            && fds[0].revents().is_some_and(|r| r.contains(PollFlags::POLLERR))
+    }
     /// Reads return what is already received, then end-of-stream.
     pub fn shutdown_read(&self) {
         self.shutdown_how(Shutdown::Read);

@@ -24,6 +24,11 @@ pub enum LoadError {
     /// The source closed the channel inside the precopy device state.
     #[error("stream truncated: connection closed by the source at byte offset {at} while reading device state (started at byte offset {start}), before its end (EOF)")]
     TruncatedDeviceState { at: u64, start: u64 },
+    /// The main channel closed inside a record after the connection of
+    /// multifd channel `id` was reset (`at`: where its last applied packet
+    /// ended): the reset made the source give up.
+    #[error("multifd channel {id}: connection reset after byte offset {at}; then {main}")]
+    ChannelReset { id: u8, at: u64, main: Box<LoadError> },
     /// The main channel closed between records while postcopy places pages.
     #[error("main channel closed by the source during postcopy at byte offset {at} (postcopy state {state})")]
     ClosedDuringPostcopy { at: u64, state: PcState },

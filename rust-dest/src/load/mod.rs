@@ -373,6 +373,7 @@ impl Loader {
                     }
                 }
                 Err(e) => {
+                    let e = self.blame_reset_channel(e);
                     self.fail(e.to_string());
                     outcome = Err(e);
                     break;
@@ -381,6 +382,16 @@ impl Loader {
         }
         self.run_end();
         outcome
+    }
+
+    /// The main channel's truncation, or, when a multifd channel's
+    /// connection was reset before, that reset (its cause).
+    fn blame_reset_channel(&self, e: LoadError) -> LoadError {
+        let mf = self.multifd.as_ref().filter(|_| e.is_truncation());
+        match mf.and_then(|mf| mf.reset_channel()) {
+            Some((id, at)) => LoadError::ChannelReset { id, at, main: Box::new(e) },
+            None => e,
+        }
     }
 
     /// Release what waits on this loader: the runtime slot, the session,

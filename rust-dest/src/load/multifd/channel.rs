@@ -60,8 +60,9 @@ fn uuid_text(u: &[u8; 16]) -> String {
     format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
 }
 
-/// Read and check the initial packet; the channel id.
-fn initial(mf: &MultifdRecv, r: &mut ChanReader) -> Result<u8, ChannelError> {
+/// Read and check the initial packet; the channel id. `probe`: a second
+/// handle on the channel's socket ([`MultifdRecv::reset_channel`]).
+fn initial(mf: &MultifdRecv, r: &mut ChanReader, probe: Option<Sock>) -> Result<u8, ChannelError> {
     let ch = || "(id not yet known)".to_string();
     let base = r.offset();
     let got = r.read_header(INIT_PACKET_LEN).map_err(|source| ChannelError::Io {
@@ -94,7 +95,7 @@ fn initial(mf: &MultifdRecv, r: &mut ChanReader) -> Result<u8, ChannelError> {
     if u32::from(id) >= cfg.channels {
         return Err(ChannelError::IdOutOfRange { id, at: base + 24, channels: cfg.channels });
     }
-    if !mf.connect(id) {
+    if !mf.connect(id, probe) {
         return Err(ChannelError::Duplicate { id, at: base + 24 });
     }
     Ok(id)
@@ -108,8 +109,9 @@ pub(super) fn run(
     direct: Option<Sock>,
 ) -> Result<(), ChannelError> {
     let shared = mf.shared.clone();
+    let probe = direct.as_ref().and_then(|s| s.try_clone().ok());
     let mut r = ChanReader::new(src, direct, shared.clone());
-    let id = initial(mf, &mut r)?;
+    let id = initial(mf, &mut r, probe)?;
     tracing::info!(id, "multifd channel connected");
     // `multifd-bytes` counts every byte of the channel, as 8.0+ sources do
     // (7.2 sources leave the initial packets out).

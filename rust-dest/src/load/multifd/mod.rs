@@ -78,6 +78,9 @@ struct ChanState {
     closed_at: Option<u64>,
     /// Bytes read so far (progress for the stall timeout).
     bytes: u64,
+    /// A second handle on the channel's socket, to see a reset the
+    /// channel's thread has not read yet ([`MultifdRecv::reset_channel`]).
+    probe: Option<Sock>,
 }
 
 #[derive(Default)]
@@ -202,6 +205,7 @@ impl MultifdRecv {
         for s in g.socks.drain(..) {
             s.shutdown();
         }
+        g.chans.iter_mut().for_each(|c| c.probe = None);
         self.cv.notify_all();
     }
 
@@ -215,9 +219,22 @@ impl MultifdRecv {
             for s in g.socks.drain(..) {
                 s.shutdown();
             }
+            g.chans.iter_mut().for_each(|c| c.probe = None);
             self.cv.notify_all();
         }
         *self.placement_mut() = None;
+    }
+
+    /// A channel whose connection was reset, though its thread may still
+    /// be reading what arrived before the reset: its id and the byte offset
+    /// of the last packet it applied. When the main channel then closes
+    /// inside a record, the source gave up because of that reset, and the
+    /// reset is the migration's error, not the main channel's end.
+    pub fn reset_channel(&self) -> Option<(u8, u64)> {
+        let g = self.lock();
+        g.chans.iter().enumerate().find_map(|(id, c)| {
+            c.probe.as_ref().filter(|s| s.error_pending()).map(|_| (id as u8, c.bytes))
+        })
     }
 
     /// The main channel created the RAMBlocks of the MEM_SIZE list: packets
@@ -263,10 +280,14 @@ impl MultifdRecv {
         }
     }
 
-    /// Register channel `id` (false: already connected).
-    fn connect(&self, id: u8) -> bool {
+    /// Register channel `id` and its socket's `probe` (false: already
+    /// connected).
+    fn connect(&self, id: u8, probe: Option<Sock>) -> bool {
         let mut g = self.lock();
         let first = !std::mem::replace(&mut g.chans[id as usize].connected, true);
+        if first && !g.ended && g.failed.is_none() {
+            g.chans[id as usize].probe = probe;
+        }
         self.cv.notify_all();
         first
     }

@@ -422,3 +422,59 @@ fn main_channel_waits_for_every_channel() {
     assert!(bad.join().unwrap().is_err());
     assert_eq!(shared.lock().status, MigStatus::Failed);
 }
+
+/// Channel 0 arrives over TCP and is reset (a RST, zero linger) inside its
+/// first packet's pages; its thread waits for the RAMBlocks with the rest
+/// unread. The main channel then closes inside a record: the migration's
+/// error is the reset, not the main channel's end (the source gave up
+/// because of the reset).
+#[test]
+fn a_reset_channel_is_blamed_before_the_main_channels_end() {
+    use nix::sys::socket::{setsockopt, sockopt::Linger};
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut src = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (dst, _) = l.accept().unwrap();
+    let bytes = channel_bytes(&[(vec![3, 4], vec![])]);
+    src.write_all(&bytes[..bytes.len() - PAGE]).unwrap();
+    setsockopt(&src, Linger, &libc::linger { l_onoff: 1, l_linger: 0 }).unwrap();
+    drop(src);
+    let probe = Sock::Tcp(dst.try_clone().unwrap());
+    let t0 = std::time::Instant::now();
+    while !probe.error_pending() {
+        assert!(t0.elapsed().as_secs() < 10, "the reset never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+
+    let shared = Shared::new(Arc::new(RamTable::new(vec![], 1 << 30)), false);
+    shared.lock().capabilities.set(Capability::Multifd, true);
+    shared.lock().parameters.insert("multifd-channels".into(), json!(1));
+    let mf = MultifdRecv::new(shared.clone(), MultifdConfig::from_shared(&shared, [0; 16]));
+    let chan = {
+        let mf = mf.clone();
+        let direct = Some(Sock::Tcp(dst.try_clone().unwrap()));
+        std::thread::spawn(move || mf.run_channel_direct(Box::new(Sock::Tcp(dst)), direct))
+    };
+    // As the session does before it reads the main channel.
+    assert!(mf.wait_all_connected());
+    // The stream header and half the configuration section's header.
+    let main = recording("qemu-10.0-multifd2").map(|r| r.main[..12].to_vec());
+    let main = main.unwrap_or_else(|| vec![0x51, 0x45, 0x56, 0x4d, 0, 0, 0, 3, 7, 0]);
+    let res = Loader::new(shared.clone(), Config::default(), Box::new(RecordingSink::default()))
+        .with_multifd(mf)
+        .run(Box::new(std::io::Cursor::new(main)));
+    let e = res.expect_err("the main channel was truncated");
+    assert!(
+        matches!(&e, LoadError::ChannelReset { id: 0, at: 64, main } if main.is_truncation()),
+        "{e:?}"
+    );
+    let desc = shared.lock().error_desc.clone().unwrap();
+    assert!(
+        desc.starts_with(
+            "multifd channel 0: connection reset after byte offset 64; then stream truncated"
+        ),
+        "{desc}"
+    );
+    assert_eq!(shared.lock().status, MigStatus::Failed);
+    assert!(matches!(chan.join().unwrap(), Err(ChannelError::Ended { id: 0, .. })));
+}
