@@ -485,7 +485,7 @@ async fn run(
                 match plan.how {
                     Interrupt::PauseSource => m.pause(Side::Source).await?,
                     Interrupt::PauseDest => m.pause(Side::Dest).await?,
-                    Interrupt::Cut => m.route.cut_now()?,
+                    Interrupt::Cut => m.route.cut_now().map(drop)?,
                     Interrupt::Partition => {
                         m.route.partition_now().await?;
                         m.pause(Side::Source).await?;

@@ -222,14 +222,15 @@ impl ProxyHandle {
         self.0.conns.lock().unwrap().len()
     }
 
-    /// Cut (reset) every open connection now. Connections accepted later
-    /// are forwarded normally.
-    pub fn cut_now(&self) {
-        for c in self.0.conns.lock().unwrap().iter() {
-            if !c.ended() {
-                c.cut.notify_one();
-            }
+    /// Cut (reset) every open connection now; how many were open.
+    /// Connections accepted later are forwarded normally.
+    pub fn cut_now(&self) -> usize {
+        let conns = self.0.conns.lock().unwrap();
+        let open: Vec<_> = conns.iter().filter(|c| !c.ended()).collect();
+        for c in &open {
+            c.cut.notify_one();
         }
+        open.len()
     }
 
     /// Cut (reset) connection `i` now, if it is open.
@@ -396,7 +397,8 @@ impl Proxy {
         self.handle.stats()
     }
 
-    pub fn cut_now(&self) {
+    /// [`ProxyHandle::cut_now`].
+    pub fn cut_now(&self) -> usize {
         self.handle.cut_now()
     }
 }

@@ -178,10 +178,10 @@ impl Route {
     }
 
     /// Reset every open connection of the current proxy now ("the network
-    /// breaks"); later connections are forwarded normally.
-    pub fn cut_now(&self) -> Result<()> {
-        self.live_proxy("cut")?.cut_now();
-        Ok(())
+    /// breaks"); how many were open. Later connections are forwarded
+    /// normally.
+    pub fn cut_now(&self) -> Result<usize> {
+        Ok(self.live_proxy("cut")?.cut_now())
     }
 
     /// Partition every open connection of the current proxy now ("the
@@ -195,7 +195,9 @@ impl Route {
     fn live_proxy(&self, fault: &str) -> Result<ProxyHandle> {
         match self {
             Route::Direct => {
-                anyhow::bail!("cannot {fault} a direct connection (no proxy in the route)")
+                anyhow::bail!(
+                    "cannot {fault} a direct connection (no proxy in the route; in a scenario: `migrate` with `proxy = {{}}`)"
+                )
             }
             Route::Record(r) => match r.proxies.last() {
                 Some(p) => Ok(p.handle()),
@@ -208,14 +210,6 @@ impl Route {
             Route::Mutate { .. } => {
                 anyhow::bail!("cannot {fault} a defect proxy's connection (a seeded defect run)")
             }
-        }
-    }
-
-    /// The handle of the current fault proxy, if any.
-    pub fn proxy_handle(&self) -> Option<&ProxyHandle> {
-        match self {
-            Route::Proxy { handle, .. } => handle.as_ref(),
-            _ => None,
         }
     }
 

@@ -10,7 +10,7 @@ mod save;
 
 use std::collections::BTreeMap;
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 
 use super::steps::{FaultKind, Side, Step};
 use crate::drive::session::Migration;
@@ -68,21 +68,10 @@ fn caps(c: &BTreeMap<String, bool>) -> Vec<(&str, bool)> {
 /// Cut or partition every proxied connection, or SIGKILL the process(es)
 /// of `side`.
 async fn fault_now(m: &mut Migration, fault: FaultKind, side: Side) -> Result<String> {
-    let proxied = |m: &Migration| {
-        m.route
-            .proxy_handle()
-            .cloned()
-            .ok_or_else(|| anyhow!("fault {fault:?} needs `migrate` with a proxy table"))
-    };
     match fault {
-        FaultKind::Cut => {
-            let h = proxied(m)?;
-            h.cut_now();
-            Ok(format!("{} connection(s) cut", h.connections()))
-        }
+        FaultKind::Cut => Ok(format!("{} connection(s) cut", m.route.cut_now()?)),
         FaultKind::Partition => {
-            let n = proxied(m)?.partition_now().await?;
-            Ok(format!("{n} connection(s) partitioned"))
+            Ok(format!("{} connection(s) partitioned", m.route.partition_now().await?))
         }
         FaultKind::Kill => {
             m.kill(side);
