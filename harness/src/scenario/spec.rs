@@ -92,6 +92,9 @@ pub struct RawDest {
     pub qemu: Option<String>,
     #[serde(default)]
     pub args: Vec<String>,
+    /// Added to `args` when the destination is rust-dest.
+    #[serde(default)]
+    pub rust_args: Vec<String>,
     #[serde(default)]
     pub capabilities: BTreeMap<String, bool>,
     #[serde(default)]
@@ -196,6 +199,7 @@ pub struct SourceSpec {
 pub struct DestSpec {
     pub kind: DestKind,
     pub qemu: Option<String>,
+    /// Extra command-line arguments (for rust-dest, `rust-args` included).
     pub args: Vec<String>,
     pub capabilities: BTreeMap<String, bool>,
     pub parameters: Value,
@@ -375,7 +379,10 @@ impl Spec {
             dest: DestSpec {
                 kind: dest_kind,
                 qemu: d.dest.qemu,
-                args: d.dest.args,
+                args: match dest_kind {
+                    DestKind::Rust => [d.dest.args, d.dest.rust_args].concat(),
+                    DestKind::Qemu => d.dest.args,
+                },
                 capabilities: d.dest.capabilities,
                 parameters: params(&d.dest.parameters, "dest")?,
                 vcpus,

@@ -132,3 +132,17 @@ fn source_hugepages() {
     let e = load(&f.replace("\"2M\"", "\"1G\"")).unwrap_err();
     assert!(e.contains("not a multiple of source.hugepages"), "{e}");
 }
+
+#[test]
+fn dest_rust_args_only_for_rust_dest() {
+    let f = "[axes]\ndest = [\"rust\", \"qemu\"]\n[dest]\nkind = \"${dest}\"\n\
+             args = [\"-name\", \"x\"]\nrust-args = [\"--vcpu-rate\", \"20\"]\n\
+             [[steps]]\ndo = \"migrate\"\n";
+    let v = load(f).unwrap();
+    let args = |d: &str| {
+        let x = v.iter().find(|x| x.name().contains(&format!("dest={d}"))).unwrap();
+        x.spec.dest.args.clone()
+    };
+    assert_eq!(args("rust"), ["-name", "x", "--vcpu-rate", "20"]);
+    assert_eq!(args("qemu"), ["-name", "x"]);
+}
