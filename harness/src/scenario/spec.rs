@@ -493,7 +493,7 @@ fn stream_body(d: &RawDoc, e: Option<&RawExpect>) -> Result<Body, SpecError> {
     };
     let re = |r: Option<&String>| {
         r.map(|re| {
-            regex::Regex::new(re)
+            super::cases::pattern(re)
                 .map_err(|er| err(At::Key(&["error"]), format!("bad regex {re:?}: {er}")))
         })
         .transpose()

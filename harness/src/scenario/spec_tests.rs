@@ -146,3 +146,19 @@ fn dest_rust_args_only_for_rust_dest() {
     assert_eq!(args("rust"), ["-name", "x", "--vcpu-rate", "20"]);
     assert_eq!(args("qemu"), ["-name", "x"]);
 }
+
+/// A regex nesting deeper than `cases::PATTERN_NEST_LIMIT` is refused at
+/// once (the fuzzed pattern behind it took 0.2 s to compile per variant).
+#[test]
+fn deeply_nested_regexes_are_refused() {
+    let nested = |d: usize| format!("(?i){}x{}", "(?:a|".repeat(d), ")".repeat(d));
+    let file =
+        |re: &str| format!("{STREAM}{AXES}[[expect]]\nverdict = \"failed\"\nerror = '{re}'\n");
+    // A group with alternatives counts two levels.
+    let ok = load(&file(&nested(4))).expect("4 groups deep");
+    assert_eq!(ok.len(), 3);
+    let t0 = std::time::Instant::now();
+    let e = load(&file(&nested(9))).unwrap_err();
+    assert!(e.contains("bad regex") && e.contains("nested"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(1));
+}

@@ -410,7 +410,7 @@ fn typed(raw: RawStep) -> Result<Step, String> {
             let op = op.as_deref().map(str::parse::<CmpOp>).transpose()?;
             let error = error
                 .map(|e| {
-                    regex::Regex::new(&e).map_err(|er| format!("expect: bad regex {e:?}: {er}"))
+                    super::cases::pattern(&e).map_err(|er| format!("expect: bad regex {e:?}: {er}"))
                 })
                 .transpose()?;
             let counter = match (counter, op, value) {
