@@ -159,7 +159,7 @@ fn main() {
         }));
         let se = session.clone();
         shared.set_recover_handler(Box::new(move |uri: &str| {
-            listen::bind(se.clone(), uri).map_err(|e| e.to_string())
+            listen::bind(se.clone(), uri).map(drop).map_err(|e| e.to_string())
         }));
     }
     for (q, from) in opts.qmp.iter().zip(&opts.qmp_from) {

@@ -8,7 +8,6 @@ use anyhow::{anyhow, bail, Result};
 use serde_json::{json, Value};
 
 use crate::qmp::MigrationStatus;
-use crate::vm::procs::free_tcp_port;
 use crate::vm::qemu::{LaunchOpts, QemuBinary, QemuVm, VmConfig};
 
 /// Which destination receives the migration.
@@ -136,8 +135,58 @@ pub fn rust_dest_version_args(qemu: &QemuBinary) -> Vec<String> {
     a
 }
 
-/// `migrate-incoming tcp:127.0.0.1:PORT` on a destination, on a port from
-/// [`free_tcp_port`]; returns the port.
+/// `migrate-incoming tcp:127.0.0.1:0` on a destination: the kernel picks a
+/// free port while the destination binds it, and the destination reports
+/// it in `query-migrate`'s `socket-address` (as QEMU's own migration tests
+/// read it); returns that port. No port is chosen beforehand, so no other
+/// process can take it between the choice and the bind (a QEMU 10.0
+/// destination once failed "Address already in use" on a port
+/// `vm::procs::free_tcp_port` had found free a moment before).
+///
+/// If the command fails, the destination is asked what it did: a late
+/// answer (a command timeout on a loaded machine) after which it listens
+/// is fine; anything else fails with the command's error and the state.
+pub async fn listen_tcp(vm: &QemuVm) -> Result<u16> {
+    let uri = "tcp:127.0.0.1:0";
+    let res = vm.execute("migrate-incoming", json!({ "uri": uri })).await;
+    let state = vm
+        .qmp
+        .execute_timeout("query-migrate", Value::Null, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow!("query-migrate after migrate-incoming {uri}: {e}"));
+    match (res, state) {
+        (Ok(_), Ok(v)) => bound_port(&v)
+            .ok_or_else(|| anyhow!("migrate-incoming {uri}: no TCP port in `socket-address`: {v}")),
+        (Err(err), Ok(v)) => match bound_port(&v) {
+            Some(p) => {
+                tracing::warn!("migrate-incoming {uri}: {err:#}; the destination listens anyway");
+                Ok(p)
+            }
+            None => {
+                Err(err
+                    .context(format!("migrate-incoming {uri}; the destination then reports {v}")))
+            }
+        },
+        (Ok(_), Err(e)) => Err(e),
+        (Err(err), Err(e)) => Err(err.context(format!("migrate-incoming {uri}; {e:#}"))),
+    }
+}
+
+/// The TCP port of the first `inet` entry of a `query-migrate` reply's
+/// `socket-address`.
+fn bound_port(v: &Value) -> Option<u16> {
+    let list = v.get("socket-address")?.as_array()?;
+    list.iter().filter(|a| a.get("type").and_then(Value::as_str) == Some("inet")).find_map(|a| {
+        match a.get("port")? {
+            Value::String(p) => p.parse().ok(),
+            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            _ => None,
+        }
+    })
+}
+
+/// `migrate-incoming tcp:127.0.0.1:PORT` on the ports `next_port` hands
+/// out, in turn; returns the port.
 ///
 /// A failed `migrate-incoming` is not simply repeated: QEMU 8.0 and later
 /// move the incoming state to `setup` before binding and leave it there when
@@ -151,11 +200,6 @@ pub fn rust_dest_version_args(qemu: &QemuBinary) -> Vec<String> {
 ///   at most three times;
 /// * anything else: fail with the first error and what the destination
 ///   reports.
-pub async fn listen_tcp(vm: &QemuVm) -> Result<u16> {
-    listen_tcp_on(vm, free_tcp_port).await
-}
-
-/// [`listen_tcp`] on the ports `next_port` hands out, in turn.
 pub async fn listen_tcp_on(vm: &QemuVm, mut next_port: impl FnMut() -> u16) -> Result<u16> {
     for attempt in 1.. {
         let port = next_port();
@@ -206,6 +250,15 @@ fn listens_on(v: &Value, port: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bound_port_is_read_from_socket_address() {
+        let v = json!({"status": "setup", "socket-address": [
+            {"type": "unix", "path": "/x"}, {"type": "inet", "host": "127.0.0.1", "port": "41234"}]});
+        assert_eq!(bound_port(&v), Some(41234));
+        assert_eq!(bound_port(&json!({"socket-address": [{"type": "inet", "port": 7}]})), Some(7));
+        assert_eq!(bound_port(&json!({"status": "setup"})), None);
+    }
 
     #[test]
     fn a_socket_address_names_the_port() {

@@ -112,31 +112,33 @@ pub fn start(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
             return Err(ListenError::AlreadyStarted);
         }
     }
-    bind(session.clone(), uri)?;
+    let bound = bind(session.clone(), uri)?;
     {
         let mut g = session.shared.lock();
         g.incoming_started = true;
-        g.incoming_uri = Some(uri.to_string());
+        g.incoming_uri = Some(bound);
     }
     session.shared.set_status(MigStatus::Setup);
     Ok(())
 }
 
 /// Bind another listener for the same session (`migrate-recover URI`).
-pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
-    let uri = parse_uri(uri)?;
+/// The URI as bound: a TCP port 0 becomes the port the kernel chose, as
+/// QEMU's `socket-address` reports it.
+pub fn bind(session: Arc<Session>, raw: &str) -> Result<String, ListenError> {
+    let uri = parse_uri(raw)?;
     check_transport(&session, &uri)?;
     match uri {
         IncomingUri::Defer => Err(ListenError::Defer),
         IncomingUri::File { path, offset } => {
             session.on_file(open_file(&path, offset)?);
-            Ok(())
+            Ok(raw.to_string())
         }
         IncomingUri::Fd(name) => {
             let fd = super::fds::take_fd_param(&name)?;
             check_fd_kind(&session, &fd)?;
             session.on_fd(fd);
-            Ok(())
+            Ok(raw.to_string())
         }
         IncomingUri::Exec(cmd) => {
             let child = std::process::Command::new("/bin/sh")
@@ -147,11 +149,15 @@ pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
                 .spawn()
                 .map_err(|source| ListenError::Exec { cmd: cmd.clone(), source })?;
             session.on_exec(cmd, child);
-            Ok(())
+            Ok(raw.to_string())
         }
         IncomingUri::Tcp(addr) => {
             let l = TcpListener::bind(&addr)
                 .map_err(|source| ListenError::Bind { addr: addr.clone(), source })?;
+            let bound = match l.local_addr() {
+                Ok(a) => with_port(raw, a.port()),
+                Err(_) => raw.to_string(),
+            };
             std::thread::Builder::new()
                 .name("incoming-accept".into())
                 .spawn(move || {
@@ -166,7 +172,7 @@ pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
                     }
                 })
                 .map_err(ListenError::Thread)?;
-            Ok(())
+            Ok(bound)
         }
         IncomingUri::Unix(p) => {
             let _ = std::fs::remove_file(&p);
@@ -183,7 +189,17 @@ pub fn bind(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
                     }
                 })
                 .map_err(ListenError::Thread)?;
-            Ok(())
+            Ok(raw.to_string())
         }
+    }
+}
+
+/// `tcp:HOST:0[,OPTS]` with the port the kernel chose; any other URI as is.
+fn with_port(raw: &str, port: u16) -> String {
+    let Some(rest) = raw.strip_prefix("tcp:") else { return raw.to_string() };
+    let (addr, opts) = rest.split_at(rest.find(',').unwrap_or(rest.len()));
+    match addr.rsplit_once(':') {
+        Some((host, "0")) => format!("tcp:{host}:{port}{opts}"),
+        _ => raw.to_string(),
     }
 }
