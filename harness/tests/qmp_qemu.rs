@@ -517,3 +517,69 @@ async fn tolerant_of_unknown_events_and_statuses() {
     drop(qmp);
     server.await.unwrap();
 }
+
+/// A fake monitor that writes `before` (lines) ahead of its greeting, then
+/// answers `qmp_capabilities`.
+fn fake_monitor(sock: &Path, before: Vec<Value>) -> tokio::task::JoinHandle<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::UnixListener::bind(sock).unwrap();
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let (r, mut w) = s.into_split();
+        for v in before {
+            w.write_all(format!("{v}\r\n").as_bytes()).await.unwrap();
+        }
+        w.write_all(b"{\"QMP\": {\"version\": {\"qemu\": {\"micro\": 2, \"minor\": 0, \"major\": 10}, \"package\": \"\"}, \"capabilities\": [\"oob\"]}}\r\n").await.unwrap();
+        let mut lines = tokio::io::BufReader::new(r).lines();
+        while let Ok(Some(l)) = lines.next_line().await {
+            let v: Value = serde_json::from_str(&l).unwrap();
+            let reply = json!({"return": {}, "id": v["id"]});
+            if w.write_all(format!("{reply}\r\n").as_bytes()).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+/// QEMU writes events to a monitor whose connection it has accepted but not
+/// yet greeted (monitor/qmp.c sets negotiation mode only when it handles the
+/// open event); a source started without -S can so send RESUME first. The
+/// client keeps such events and connects.
+#[tokio::test]
+async fn an_event_ahead_of_the_greeting_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("early.qmp");
+    let resume =
+        json!({"timestamp": {"seconds": 1796134345, "microseconds": 124610}, "event": "RESUME"});
+    let server = fake_monitor(&sock, vec![resume]);
+    let qmp = harness::qmp::Qmp::connect(&sock, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(qmp.qemu_version(), Some((10, 0, 2)));
+    let ev = qmp.wait_event_named("RESUME", Duration::from_secs(1)).await.unwrap();
+    assert_eq!(ev.seq, 0);
+    assert!(ev.timestamp.is_some());
+    assert_eq!(qmp.event_count(), 1);
+    drop(qmp);
+    server.await.unwrap();
+}
+
+/// A peer whose first line is neither a greeting nor an event is not a QMP
+/// monitor, and neither is one that sends events without end.
+#[tokio::test]
+async fn a_peer_that_never_greets_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("reply.qmp");
+    let server = fake_monitor(&sock, vec![json!({"return": {}})]);
+    let err = harness::qmp::Qmp::connect(&sock, Duration::from_secs(5)).await.unwrap_err();
+    assert!(err.to_string().contains(r#"unexpected QMP greeting: {"return":{}}"#), "{err}");
+    server.abort();
+
+    let sock = dir.path().join("chatty.qmp");
+    let stop = json!({"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}});
+    let server = fake_monitor(&sock, vec![stop; 100]);
+    let err = harness::qmp::Qmp::connect(&sock, Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("unexpected QMP greeting") && err.to_string().contains("STOP"),
+        "{err}"
+    );
+    server.abort();
+}

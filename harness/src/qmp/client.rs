@@ -45,6 +45,10 @@ use super::status::MigrationStatus;
 pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often [`Qmp::connect`] retries a socket that is not there yet.
 pub const DEFAULT_CONNECT_RETRY: Duration = Duration::from_millis(20);
+/// Events accepted ahead of the greeting before the peer is refused as not
+/// a QMP monitor (QEMU sends at most the few emitted while a connection is
+/// being opened).
+const MAX_EVENTS_BEFORE_GREETING: usize = 16;
 
 /// Error of a single QMP command.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +117,27 @@ pub struct QmpEvent {
 }
 
 impl QmpEvent {
+    /// An event message (`{"event": NAME, "data": ..., "timestamp": ...}`)
+    /// as the `seq`-th event of its connection; `None` if `v` is not one.
+    fn parse(v: &Value, seq: usize) -> Option<QmpEvent> {
+        let name = v.get("event")?.as_str()?;
+        let timestamp = v.get("timestamp").and_then(|t| {
+            let s = t.get("seconds")?.as_i64()?;
+            let us = t.get("microseconds")?.as_i64()?;
+            if s < 0 || us < 0 {
+                return None;
+            }
+            Some(UNIX_EPOCH + Duration::from_secs(s as u64) + Duration::from_micros(us as u64))
+        });
+        Some(QmpEvent {
+            name: name.to_owned(),
+            data: v.get("data").cloned().unwrap_or(Value::Null),
+            timestamp,
+            received: Instant::now(),
+            seq,
+        })
+    }
+
     /// Convenience: `data[key]` as a string.
     pub fn data_str(&self, key: &str) -> Option<&str> {
         self.data.get(key).and_then(Value::as_str)
@@ -235,21 +260,38 @@ impl Qmp {
     async fn handshake(path: &Path, stream: UnixStream) -> Result<Qmp> {
         let (rd, wr) = stream.into_split();
         let mut lines = BufReader::new(rd).lines();
-        let greeting_line = lines
-            .next_line()
-            .await
-            .context("reading QMP greeting")?
-            .ok_or_else(|| anyhow!("QMP socket {} closed before greeting", path.display()))?;
-        let greeting: Value = serde_json::from_str(&greeting_line)
-            .with_context(|| format!("parsing QMP greeting {greeting_line:?}"))?;
-        if greeting.get("QMP").is_none() {
-            bail!("unexpected QMP greeting: {greeting_line}");
-        }
+        // QEMU can write an event ahead of the greeting: until a connection's
+        // open event has been handled, the monitor is not yet in capability
+        // negotiation mode (`mon->commands` is still NULL, monitor/qmp.c
+        // `monitor_qmp_event`), so `monitor_qapi_event_emit`
+        // (monitor/monitor.c) sends events to it, and the monitor's chardev
+        // runs in its own thread. A source started without -S emits RESUME
+        // at start-up, and a connect at that moment reads it first. Such
+        // events are kept in the event log; anything else is refused.
+        let mut early = Vec::new();
+        let greeting = loop {
+            let line =
+                lines.next_line().await.context("reading QMP greeting")?.ok_or_else(|| {
+                    anyhow!("QMP socket {} closed before greeting", path.display())
+                })?;
+            let v: Value = serde_json::from_str(&line)
+                .with_context(|| format!("parsing QMP greeting {line:?}"))?;
+            if v.get("QMP").is_some() {
+                break v;
+            }
+            match QmpEvent::parse(&v, early.len()) {
+                Some(ev) if early.len() < MAX_EVENTS_BEFORE_GREETING => {
+                    tracing::debug!(target: "qmp", "event before the greeting: {line}");
+                    early.push(ev);
+                }
+                _ => bail!("unexpected QMP greeting: {line}"),
+            }
+        };
 
         let (notify, _) = watch::channel(0u64);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
-            events: Mutex::new(Vec::new()),
+            events: Mutex::new(early),
             notify,
             closed: AtomicBool::new(false),
             close_reason: Mutex::new(None),
@@ -548,24 +590,13 @@ async fn reader_task(
                 continue;
             }
         };
-        if let Some(name) = v.get("event").and_then(Value::as_str) {
-            let timestamp = v.get("timestamp").and_then(|t| {
-                let s = t.get("seconds")?.as_i64()?;
-                let us = t.get("microseconds")?.as_i64()?;
-                if s < 0 || us < 0 {
-                    return None;
-                }
-                Some(UNIX_EPOCH + Duration::from_secs(s as u64) + Duration::from_micros(us as u64))
-            });
+        if v.get("event").is_some() {
             let mut evs = shared.events.lock().unwrap();
             let seq = evs.len();
-            evs.push(QmpEvent {
-                name: name.to_owned(),
-                data: v.get("data").cloned().unwrap_or(Value::Null),
-                timestamp,
-                received: Instant::now(),
-                seq,
-            });
+            match QmpEvent::parse(&v, seq) {
+                Some(ev) => evs.push(ev),
+                None => tracing::warn!(target: "qmp", "malformed QMP event {line}"),
+            }
             drop(evs);
             shared.notify.send_modify(|n| *n += 1);
             continue;
