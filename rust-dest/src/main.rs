@@ -10,7 +10,7 @@ use rust_dest::defects::{self, Startup};
 use rust_dest::load::{Config, Dest};
 use rust_dest::qmp;
 use rust_dest::ram::RamTable;
-use rust_dest::state::Shared;
+use rust_dest::state::{ListenAddr, Shared};
 
 fn main() {
     // Seeded defects (issue 13): refused when unknown in a `seeded-defects`
@@ -159,7 +159,7 @@ fn main() {
         }));
         let se = session.clone();
         shared.set_recover_handler(Box::new(move |uri: &str| {
-            listen::bind(se.clone(), uri).map(drop).map_err(|e| e.to_string())
+            listen::bind(se.clone(), uri).map_err(|e| e.to_string())
         }));
     }
     for (q, from) in opts.qmp.iter().zip(&opts.qmp_from) {
@@ -194,10 +194,8 @@ fn main() {
             }
         }
     }
-    if let Some(uri) = shared.lock().incoming_uri.clone() {
-        if let Ok(listen::IncomingUri::Unix(p)) = listen::parse_uri(&uri) {
-            let _ = std::fs::remove_file(p);
-        }
+    if let Some(ListenAddr::Unix(p)) = shared.lock().incoming.clone() {
+        let _ = std::fs::remove_file(p);
     }
     if let Some(p) = &opts.pidfile {
         let _ = std::fs::remove_file(p);

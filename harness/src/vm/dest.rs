@@ -142,47 +142,11 @@ pub fn rust_dest_version_args(qemu: &QemuBinary) -> Vec<String> {
 /// process can take it between the choice and the bind (a QEMU 10.0
 /// destination once failed "Address already in use" on a port
 /// `vm::procs::free_tcp_port` had found free a moment before).
-///
-/// If the command fails, the destination is asked what it did: a late
-/// answer (a command timeout on a loaded machine) after which it listens
-/// is fine; anything else fails with the command's error and the state.
 pub async fn listen_tcp(vm: &QemuVm) -> Result<u16> {
-    let uri = "tcp:127.0.0.1:0";
-    let res = vm.execute("migrate-incoming", json!({ "uri": uri })).await;
-    let state = vm
-        .qmp
-        .execute_timeout("query-migrate", Value::Null, Duration::from_secs(30))
-        .await
-        .map_err(|e| anyhow!("query-migrate after migrate-incoming {uri}: {e}"));
-    match (res, state) {
-        (Ok(_), Ok(v)) => bound_port(&v)
-            .ok_or_else(|| anyhow!("migrate-incoming {uri}: no TCP port in `socket-address`: {v}")),
-        (Err(err), Ok(v)) => match bound_port(&v) {
-            Some(p) => {
-                tracing::warn!("migrate-incoming {uri}: {err:#}; the destination listens anyway");
-                Ok(p)
-            }
-            None => {
-                Err(err
-                    .context(format!("migrate-incoming {uri}; the destination then reports {v}")))
-            }
-        },
-        (Ok(_), Err(e)) => Err(e),
-        (Err(err), Err(e)) => Err(err.context(format!("migrate-incoming {uri}; {e:#}"))),
+    match incoming(vm, None).await {
+        Incoming::Listening(port) => Ok(port),
+        Incoming::Idle(err) | Incoming::Failed(err) => Err(err),
     }
-}
-
-/// The TCP port of the first `inet` entry of a `query-migrate` reply's
-/// `socket-address`.
-fn bound_port(v: &Value) -> Option<u16> {
-    let list = v.get("socket-address")?.as_array()?;
-    list.iter().filter(|a| a.get("type").and_then(Value::as_str) == Some("inet")).find_map(|a| {
-        match a.get("port")? {
-            Value::String(p) => p.parse().ok(),
-            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-            _ => None,
-        }
-    })
 }
 
 /// `migrate-incoming tcp:127.0.0.1:PORT` on the ports `next_port` hands
@@ -192,59 +156,98 @@ fn bound_port(v: &Value) -> Option<u16> {
 /// move the incoming state to `setup` before binding and leave it there when
 /// the bind fails, so a second `migrate-incoming` on the same QEMU answers
 /// "Illegal migration incoming state: setup" and hides the first error
-/// (`migration_incoming_state_setup()` in QEMU's migration/migration.c). So
-/// after an error the destination is asked (`query-migrate`) what it did:
-/// * it lists our port in `socket-address`: the command took effect and only
-///   its answer was late (a command timeout on a loaded machine); go on;
-/// * it is still in state `none` (QEMU 7.2, rust-dest): try another port,
-///   at most three times;
-/// * anything else: fail with the first error and what the destination
-///   reports.
+/// (`migration_incoming_state_setup()` in QEMU's migration/migration.c).
+/// Only a destination still in state `none` (QEMU 7.2, rust-dest) is tried
+/// on another port, at most three times.
 pub async fn listen_tcp_on(vm: &QemuVm, mut next_port: impl FnMut() -> u16) -> Result<u16> {
     for attempt in 1.. {
-        let port = next_port();
-        let uri = format!("tcp:127.0.0.1:{port}");
-        let err = match vm.execute("migrate-incoming", json!({ "uri": uri })).await {
-            Ok(_) => return Ok(port),
-            Err(e) => e,
-        };
-        let state = match vm.child.is_running() {
-            true => vm
-                .qmp
-                .execute_timeout("query-migrate", Value::Null, Duration::from_secs(30))
-                .await
-                .map_err(|e| anyhow!("query-migrate after it: {e}")),
-            false => Err(anyhow!("the destination exited")),
-        };
-        match &state {
-            Ok(v) if listens_on(v, port) => {
-                tracing::warn!("migrate-incoming {uri}: {err:#}; the destination listens anyway");
-                return Ok(port);
+        match incoming(vm, Some(next_port())).await {
+            Incoming::Listening(port) => return Ok(port),
+            Incoming::Idle(err) if attempt < 3 => {
+                tracing::warn!("{err:#}; retrying on another port");
             }
-            Ok(v) if MigrationStatus::of(v) == MigrationStatus::None && attempt < 3 => {
-                tracing::warn!("migrate-incoming {uri}: {err:#}; retrying on another port");
+            Incoming::Idle(err) | Incoming::Failed(err) => {
+                return Err(err.context(format!("attempt {attempt}")))
             }
-            Ok(v) => {
-                return Err(err.context(format!(
-                    "migrate-incoming {uri} (attempt {attempt}); the destination then reports {v}"
-                )))
-            }
-            Err(e) => return Err(err.context(format!("migrate-incoming {uri}; {e:#}"))),
         }
     }
     unreachable!("the loop returns")
 }
 
-/// Does a destination's `query-migrate` reply list a socket on `port`?
-fn listens_on(v: &Value, port: u16) -> bool {
-    let port = port.to_string();
-    v.get("socket-address").and_then(Value::as_array).is_some_and(|list| {
-        list.iter().any(|a| match a.get("port") {
-            Some(Value::String(p)) => *p == port,
-            Some(Value::Number(n)) => n.to_string() == port,
-            _ => false,
+/// How one `migrate-incoming` ended.
+enum Incoming {
+    /// The destination listens on this port.
+    Listening(u16),
+    /// Refused, and the destination is still in state `none`: it can be
+    /// asked again.
+    Idle(anyhow::Error),
+    /// Anything else; the error names the command's error and what the
+    /// destination reports.
+    Failed(anyhow::Error),
+}
+
+/// `migrate-incoming` on `port` (`None`: port 0, the kernel's choice), then
+/// `query-migrate`. After an error the destination's report decides: a
+/// destination that lists the port in `socket-address` took the command
+/// and only answered late (a command timeout on a loaded machine).
+async fn incoming(vm: &QemuVm, port: Option<u16>) -> Incoming {
+    let uri = format!("tcp:127.0.0.1:{}", port.unwrap_or(0));
+    let res = vm.execute("migrate-incoming", json!({ "uri": uri })).await;
+    let state = match vm.child.is_running() {
+        true => vm
+            .qmp
+            .execute_timeout("query-migrate", Value::Null, Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow!("query-migrate after it: {e}")),
+        false => Err(anyhow!("the destination exited")),
+    };
+    let listening = state.as_ref().ok().and_then(|v| {
+        let mut ports = inet_ports(v);
+        match port {
+            Some(p) => ports.any(|q| q == p).then_some(p),
+            None => ports.next(),
+        }
+    });
+    if let Some(p) = listening {
+        if let Err(err) = &res {
+            tracing::warn!("migrate-incoming {uri}: {err:#}; the destination listens anyway");
+        }
+        return Incoming::Listening(p);
+    }
+    match (res, state, port) {
+        // A destination that does not list an explicit port: the command's
+        // answer is enough then.
+        (Ok(_), _, Some(p)) => Incoming::Listening(p),
+        (Ok(_), Ok(v), None) => Incoming::Failed(anyhow!(
+            "migrate-incoming {uri}: no TCP port in `socket-address`: {v}"
+        )),
+        (Ok(_), Err(e), None) => Incoming::Failed(e.context(format!("migrate-incoming {uri}"))),
+        (Err(err), Ok(v), _) => {
+            let err =
+                err.context(format!("migrate-incoming {uri}; the destination then reports {v}"));
+            match MigrationStatus::of(&v) == MigrationStatus::None {
+                true => Incoming::Idle(err),
+                false => Incoming::Failed(err),
+            }
+        }
+        (Err(err), Err(e), _) => {
+            Incoming::Failed(err.context(format!("migrate-incoming {uri}; {e:#}")))
+        }
+    }
+}
+
+/// The TCP ports of the `inet` entries of a `query-migrate` reply's
+/// `socket-address`, in order.
+fn inet_ports(v: &Value) -> impl Iterator<Item = u16> + '_ {
+    let list = v.get("socket-address").and_then(Value::as_array).map(Vec::as_slice);
+    list.unwrap_or_default()
+        .iter()
+        .filter(|a| a.get("type").and_then(Value::as_str) == Some("inet"))
+        .filter_map(|a| match a.get("port")? {
+            Value::String(p) => p.parse().ok(),
+            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            _ => None,
         })
-    })
 }
 
 #[cfg(test)]
@@ -252,20 +255,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bound_port_is_read_from_socket_address() {
+    fn the_ports_are_read_from_socket_address() {
         let v = json!({"status": "setup", "socket-address": [
-            {"type": "unix", "path": "/x"}, {"type": "inet", "host": "127.0.0.1", "port": "41234"}]});
-        assert_eq!(bound_port(&v), Some(41234));
-        assert_eq!(bound_port(&json!({"socket-address": [{"type": "inet", "port": 7}]})), Some(7));
-        assert_eq!(bound_port(&json!({"status": "setup"})), None);
-    }
-
-    #[test]
-    fn a_socket_address_names_the_port() {
-        let v = json!({"status": "setup", "socket-address": [
-            {"type": "inet", "host": "127.0.0.1", "port": "20001"}]});
-        assert!(listens_on(&v, 20001));
-        assert!(!listens_on(&v, 20002));
-        assert!(!listens_on(&json!({"status": "setup"}), 20001));
+            {"type": "unix", "path": "/x"}, {"type": "inet", "host": "127.0.0.1", "port": "41234"},
+            {"type": "inet", "host": "::1", "port": 7}]});
+        assert_eq!(inet_ports(&v).collect::<Vec<_>>(), [41234, 7]);
+        assert_eq!(inet_ports(&json!({"status": "setup"})).next(), None);
+        assert_eq!(
+            inet_ports(&json!({"socket-address": [{"type": "inet", "port": "x"}]})).next(),
+            None
+        );
     }
 }

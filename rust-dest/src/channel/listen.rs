@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use super::fds::FdError;
 use super::session::{Session, Sock};
-use super::uri::UriError;
-use crate::state::{Capability, MigStatus};
+use super::uri::{TransportError, UriError};
+use crate::state::{ListenAddr, MigStatus};
 
 /// Why an incoming URI could not be listened on. The texts are what
 /// `migrate-incoming` / `migrate-recover` report.
@@ -32,12 +32,8 @@ pub enum ListenError {
     Bind { addr: String, source: std::io::Error },
     #[error("Failed to spawn exec command {cmd:?}: {source}")]
     Exec { cmd: String, source: std::io::Error },
-    /// `migration_channels_and_transport_compatible()` in
-    /// `migration/migration.c`.
-    #[error("Migration requires multi-channel URIs (e.g. tcp)")]
-    NeedsMultiChannel,
-    #[error("Migration requires seekable transport (e.g. file)")]
-    NeedsSeekable,
+    #[error("{0}")]
+    Transport(#[from] TransportError),
     #[error("fd: migration to a file is not supported. Use file: instead.")]
     FdFile,
     #[error("{0}")]
@@ -87,25 +83,10 @@ fn check_fd_kind(session: &Session, fd: &std::os::fd::OwnedFd) -> Result<(), Lis
     Ok(())
 }
 
-/// QEMU's transport check before listening: multifd and postcopy-preempt
-/// need a multi-channel transport, mapped-ram a seekable one.
-fn check_transport(session: &Session, uri: &IncomingUri) -> Result<(), ListenError> {
-    let mapped_ram = session.shared.has(Capability::MappedRam);
-    if mapped_ram && !uri.seekable() {
-        return Err(ListenError::NeedsSeekable);
-    }
-    let multi =
-        session.shared.has(Capability::Multifd) || session.shared.has(Capability::PostcopyPreempt);
-    if multi && !uri.multi_channel(mapped_ram) {
-        return Err(ListenError::NeedsMultiChannel);
-    }
-    Ok(())
-}
-
 /// Bind the listener now (so errors are reported to the caller) and accept
 /// connections on a background thread. Marks the incoming migration started
-/// (status `setup`).
-pub fn start(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
+/// (status `setup`); returns where it listens.
+pub fn start(session: Arc<Session>, uri: &str) -> Result<ListenAddr, ListenError> {
     {
         let g = session.shared.lock();
         if g.incoming_started {
@@ -116,29 +97,29 @@ pub fn start(session: Arc<Session>, uri: &str) -> Result<(), ListenError> {
     {
         let mut g = session.shared.lock();
         g.incoming_started = true;
-        g.incoming_uri = Some(bound);
+        g.incoming = Some(bound.clone());
     }
     session.shared.set_status(MigStatus::Setup);
-    Ok(())
+    Ok(bound)
 }
 
-/// Bind another listener for the same session (`migrate-recover URI`).
-/// The URI as bound: a TCP port 0 becomes the port the kernel chose, as
-/// QEMU's `socket-address` reports it.
-pub fn bind(session: Arc<Session>, raw: &str) -> Result<String, ListenError> {
+/// Bind a listener for the session (also another one, for
+/// `migrate-recover URI`); returns where it listens.
+pub fn bind(session: Arc<Session>, raw: &str) -> Result<ListenAddr, ListenError> {
     let uri = parse_uri(raw)?;
-    check_transport(&session, &uri)?;
+    let caps = session.shared.lock().capabilities;
+    uri.check_transport(&caps)?;
     match uri {
         IncomingUri::Defer => Err(ListenError::Defer),
         IncomingUri::File { path, offset } => {
             session.on_file(open_file(&path, offset)?);
-            Ok(raw.to_string())
+            Ok(ListenAddr::NoSocket)
         }
         IncomingUri::Fd(name) => {
             let fd = super::fds::take_fd_param(&name)?;
             check_fd_kind(&session, &fd)?;
             session.on_fd(fd);
-            Ok(raw.to_string())
+            Ok(ListenAddr::NoSocket)
         }
         IncomingUri::Exec(cmd) => {
             let child = std::process::Command::new("/bin/sh")
@@ -149,15 +130,14 @@ pub fn bind(session: Arc<Session>, raw: &str) -> Result<String, ListenError> {
                 .spawn()
                 .map_err(|source| ListenError::Exec { cmd: cmd.clone(), source })?;
             session.on_exec(cmd, child);
-            Ok(raw.to_string())
+            Ok(ListenAddr::NoSocket)
         }
         IncomingUri::Tcp(addr) => {
             let l = TcpListener::bind(&addr)
                 .map_err(|source| ListenError::Bind { addr: addr.clone(), source })?;
-            let bound = match l.local_addr() {
-                Ok(a) => with_port(raw, a.port()),
-                Err(_) => raw.to_string(),
-            };
+            let bound = l
+                .local_addr()
+                .map_err(|source| ListenError::Bind { addr: addr.clone(), source })?;
             std::thread::Builder::new()
                 .name("incoming-accept".into())
                 .spawn(move || {
@@ -172,7 +152,7 @@ pub fn bind(session: Arc<Session>, raw: &str) -> Result<String, ListenError> {
                     }
                 })
                 .map_err(ListenError::Thread)?;
-            Ok(bound)
+            Ok(ListenAddr::Inet(bound))
         }
         IncomingUri::Unix(p) => {
             let _ = std::fs::remove_file(&p);
@@ -189,17 +169,7 @@ pub fn bind(session: Arc<Session>, raw: &str) -> Result<String, ListenError> {
                     }
                 })
                 .map_err(ListenError::Thread)?;
-            Ok(raw.to_string())
+            Ok(ListenAddr::Unix(p))
         }
-    }
-}
-
-/// `tcp:HOST:0[,OPTS]` with the port the kernel chose; any other URI as is.
-fn with_port(raw: &str, port: u16) -> String {
-    let Some(rest) = raw.strip_prefix("tcp:") else { return raw.to_string() };
-    let (addr, opts) = rest.split_at(rest.find(',').unwrap_or(rest.len()));
-    match addr.rsplit_once(':') {
-        Some((host, "0")) => format!("tcp:{host}:{port}{opts}"),
-        _ => raw.to_string(),
     }
 }

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use crate::state::{Capabilities, Capability};
+
 /// Why a URI could not be parsed. The texts are QEMU's where QEMU has one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UriError {
@@ -77,6 +79,34 @@ impl IncomingUri {
     pub fn seekable(&self) -> bool {
         matches!(self, IncomingUri::File { .. })
     }
+
+    /// Whether this transport can carry a migration with these
+    /// capabilities, checked before anything listens
+    /// (`migration_channels_and_transport_compatible()` in
+    /// `migration/migration.c`).
+    pub fn check_transport(&self, caps: &Capabilities) -> Result<(), TransportError> {
+        let mapped_ram = caps.get(Capability::MappedRam);
+        if mapped_ram && !self.seekable() {
+            return Err(TransportError::Seekable);
+        }
+        let multi = caps.get(Capability::Multifd) || caps.get(Capability::PostcopyPreempt);
+        if multi && !self.multi_channel(mapped_ram) {
+            return Err(TransportError::MultiChannel);
+        }
+        Ok(())
+    }
+}
+
+/// An incoming URI the capabilities rule out (QEMU's texts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// `mapped-ram` needs a file.
+    #[error("Migration requires seekable transport (e.g. file)")]
+    Seekable,
+    /// `multifd` and `postcopy-preempt` need several connections (tcp:,
+    /// unix:) or, with mapped-ram, a file.
+    #[error("Migration requires multi-channel URIs (e.g. tcp)")]
+    MultiChannel,
 }
 
 pub fn parse_uri(uri: &str) -> Result<IncomingUri, UriError> {
@@ -178,6 +208,31 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transports_the_capabilities_allow() {
+        let check = |c: &Capabilities, uri: &str| parse_uri(uri).unwrap().check_transport(c);
+        let mut c = Capabilities::default();
+        c.set(Capability::MappedRam, true);
+        assert_eq!(check(&c, "file:/x"), Ok(()));
+        assert_eq!(check(&c, "tcp:1.2.3.4:5"), Err(TransportError::Seekable));
+        c.set(Capability::Multifd, true);
+        assert_eq!(check(&c, "file:/x,offset=4096"), Ok(()));
+        c.set(Capability::MappedRam, false);
+        assert_eq!(check(&c, "file:/x"), Err(TransportError::MultiChannel));
+        assert_eq!(check(&c, "unix:/s"), Ok(()));
+        assert_eq!(check(&c, "tcp:1.2.3.4:5"), Ok(()));
+        assert_eq!(check(&c, "exec:cat"), Err(TransportError::MultiChannel));
+        assert_eq!(check(&c, "fd:mig"), Err(TransportError::MultiChannel));
+        c.set(Capability::Multifd, false);
+        c.set(Capability::PostcopyPreempt, true);
+        assert_eq!(check(&c, "exec:cat"), Err(TransportError::MultiChannel));
+        assert_eq!(check(&Capabilities::default(), "exec:cat"), Ok(()));
+        assert_eq!(
+            TransportError::Seekable.to_string(),
+            "Migration requires seekable transport (e.g. file)"
+        );
+    }
 
     #[test]
     fn uris() {

@@ -9,21 +9,18 @@ use serde_json::{json, Map, Value};
 use super::args::{invalid_type, list_elem, Args, QResult, QmpErr};
 use crate::ram::TARGET_PAGE_SIZE;
 use crate::state::{
-    compress_exists, machine_version, Capability, ComboError, MigStatus, Shared, KNOWN_CAPABILITIES,
+    compress_exists, machine_version, Capability, ComboError, ListenAddr, MigStatus, Shared,
+    KNOWN_CAPABILITIES,
 };
 
-/// `tcp:H:P` / `unix:PATH` → QAPI `SocketAddress` (for `socket-address`).
-fn uri_socket_address(uri: &str) -> Option<Value> {
-    if let Some(rest) = uri.strip_prefix("tcp:") {
-        let (host, port) = rest.split(',').next()?.rsplit_once(':')?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        Some(json!({ "type": "inet", "host": host, "port": port }))
-    } else if let Some(path) = uri.strip_prefix("unix:") {
-        Some(json!({ "type": "unix", "path": path }))
-    } else {
-        uri.strip_prefix("vsock:")
-            .and_then(|r| r.split_once(':'))
-            .map(|(cid, port)| json!({ "type": "vsock", "cid": cid, "port": port }))
+/// A listener as a QAPI `SocketAddress` (for `socket-address`).
+fn socket_address(addr: &ListenAddr) -> Option<Value> {
+    match addr {
+        ListenAddr::Inet(a) => Some(
+            json!({ "type": "inet", "host": a.ip().to_string(), "port": a.port().to_string() }),
+        ),
+        ListenAddr::Unix(p) => Some(json!({ "type": "unix", "path": p.display().to_string() })),
+        ListenAddr::NoSocket => None,
     }
 }
 
@@ -50,7 +47,7 @@ pub(super) fn query_migrate(shared: &Shared) -> Value {
     let g = shared.lock();
     let mut out = Map::new();
     // QEMU drops the listening addresses once the incoming side is done.
-    if let Some(sa) = g.incoming_uri.as_deref().and_then(uri_socket_address) {
+    if let Some(sa) = g.incoming.as_ref().and_then(socket_address) {
         if !g.status.is_terminal() {
             out.insert("socket-address".into(), json!([sa]));
         }
@@ -306,14 +303,10 @@ pub(super) fn migrate_incoming(shared: &Shared, mut a: Args) -> QResult<Value> {
     if shared.lock().incoming_started {
         return Err(QmpErr::generic("The incoming migration has already been started"));
     }
-    let caps = shared.lock().capabilities;
-    crate::state::check_transport(&caps, &uri).map_err(|e| QmpErr::generic(e.to_string()))?;
-    shared.start_incoming(&uri).map_err(QmpErr::generic)?;
+    let addr = shared.start_incoming(&uri).map_err(QmpErr::generic)?;
     let mut g = shared.lock();
     g.incoming_started = true;
-    if g.incoming_uri.is_none() {
-        g.incoming_uri = Some(uri);
-    }
+    g.incoming = Some(addr);
     Ok(json!({}))
 }
 

@@ -202,38 +202,6 @@ impl ComboError {
     }
 }
 
-/// An incoming URI the capabilities rule out (`migration/migration.c:
-/// migration_channels_and_transport_compatible()`, QEMU's texts, checked
-/// before anything listens).
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TransportError {
-    /// `mapped-ram` needs a file.
-    #[error("Migration requires seekable transport (e.g. file)")]
-    Seekable,
-    /// `multifd` and `postcopy-preempt` need several connections (tcp:,
-    /// unix:, vsock:) or, with mapped-ram, a file.
-    #[error("Migration requires multi-channel URIs (e.g. tcp)")]
-    MultiChannel,
-}
-
-/// Whether the incoming `uri` can carry a migration with these
-/// capabilities.
-pub fn check_transport(caps: &Capabilities, uri: &str) -> Result<(), TransportError> {
-    let file = uri.starts_with("file:");
-    if caps.get(Capability::MappedRam) && !file {
-        return Err(TransportError::Seekable);
-    }
-    let multi = if file {
-        caps.get(Capability::MappedRam)
-    } else {
-        ["tcp:", "unix:", "vsock:"].iter().any(|p| uri.starts_with(p))
-    };
-    if (caps.get(Capability::Multifd) || caps.get(Capability::PostcopyPreempt)) && !multi {
-        return Err(TransportError::MultiChannel);
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn mapped_ram_combinations_and_transports() {
+    fn mapped_ram_combinations() {
         let mut c = Capabilities::default();
         c.set(Capability::MappedRam, true);
         assert_eq!(ComboError::check_multifd(&c, (10, 0)), Ok(()));
@@ -305,20 +273,6 @@ mod tests {
         c.set(Capability::Xbzrle, false);
         c.set(Capability::PostcopyRam, true);
         assert_eq!(ComboError::check_multifd(&c, (11, 1)), Err(ComboError::MappedRamPostcopy));
-        c.set(Capability::PostcopyRam, false);
-        assert_eq!(check_transport(&c, "file:/x"), Ok(()));
-        assert_eq!(check_transport(&c, "tcp:1.2.3.4:5"), Err(TransportError::Seekable));
-        c.set(Capability::Multifd, true);
-        assert_eq!(check_transport(&c, "file:/x,offset=4096"), Ok(()));
-        c.set(Capability::MappedRam, false);
-        assert_eq!(check_transport(&c, "file:/x"), Err(TransportError::MultiChannel));
-        assert_eq!(check_transport(&c, "unix:/s"), Ok(()));
-        assert_eq!(check_transport(&c, "exec:cat"), Err(TransportError::MultiChannel));
-        assert_eq!(check_transport(&Capabilities::default(), "exec:cat"), Ok(()));
-        assert_eq!(
-            TransportError::Seekable.to_string(),
-            "Migration requires seekable transport (e.g. file)"
-        );
     }
 
     #[test]

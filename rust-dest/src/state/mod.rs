@@ -22,8 +22,7 @@ pub mod sched;
 mod status;
 
 pub use caps::{
-    check_transport, compress_exists, machine_version, Capabilities, Capability, ComboError,
-    TransportError, KNOWN_CAPABILITIES,
+    compress_exists, machine_version, Capabilities, Capability, ComboError, KNOWN_CAPABILITIES,
 };
 pub use counters::{Counters, MultifdChannelStats};
 pub use devices::DeviceSection;
@@ -32,9 +31,21 @@ pub use fault_stats::FaultStats;
 pub use guest::{GuestInfo, VcpuIds};
 pub use status::{MigStatus, PcState, RunState};
 
-/// Callback used by `migrate-incoming` (with `-incoming defer`) to start
-/// listening on a URI. Returns a QMP-style error text on failure.
-pub type IncomingStarter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+/// Callback used by `migrate-incoming` (with `-incoming defer`) and
+/// `migrate-recover` to start listening on a URI. Returns where it listens,
+/// or a QMP-style error text.
+pub type IncomingStarter = Box<dyn Fn(&str) -> Result<ListenAddr, String> + Send + Sync>;
+
+/// Where the incoming migration listens: what `query-migrate` reports in
+/// `socket-address` (QEMU lists the bound listener's address, so a TCP
+/// port 0 shows as the port the kernel chose).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Inet(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+    /// `file:`, `fd:` or `exec:`: no socket to report.
+    NoSocket,
+}
 
 /// Callback used by `migrate-pause`: shut the incoming main channel down.
 pub type PauseHandler = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -49,8 +60,8 @@ pub struct Inner {
     pub capabilities: Capabilities,
     /// Migration parameters (QEMU names), as JSON values.
     pub parameters: serde_json::Map<String, Value>,
-    /// URI we listen on (after `-incoming` or `migrate-incoming`).
-    pub incoming_uri: Option<String>,
+    /// Where we listen (after `-incoming` or `migrate-incoming`).
+    pub incoming: Option<ListenAddr>,
     /// True once a listener was started (a second migrate-incoming is refused).
     pub incoming_started: bool,
     pub started_at: Option<Instant>,
@@ -108,7 +119,7 @@ impl Shared {
                 start_paused,
                 capabilities: Capabilities::default(),
                 parameters: default_parameters(),
-                incoming_uri: None,
+                incoming: None,
                 incoming_started: false,
                 started_at: None,
                 finished_at: None,
@@ -228,7 +239,7 @@ impl Shared {
     }
 
     /// Start listening on `uri` (used by `migrate-incoming`).
-    pub fn start_incoming(&self, uri: &str) -> Result<(), String> {
+    pub fn start_incoming(&self, uri: &str) -> Result<ListenAddr, String> {
         let g = self.0.starter.lock().unwrap();
         match g.as_ref() {
             Some(f) => f(uri),
@@ -247,7 +258,7 @@ impl Shared {
         }
         let g = self.0.recover.lock().unwrap();
         match g.as_ref() {
-            Some(f) => f(uri),
+            Some(f) => f(uri).map(drop),
             None => Err("postcopy recovery is not available".into()),
         }
     }

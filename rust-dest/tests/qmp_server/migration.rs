@@ -4,7 +4,7 @@
 use std::io::BufRead;
 use std::sync::{Arc, Mutex};
 
-use rust_dest::state::{DeviceSection, MigStatus, PcState, RunState};
+use rust_dest::state::{DeviceSection, ListenAddr, MigStatus, PcState, RunState};
 use serde_json::{json, Value};
 use wire::digest;
 
@@ -230,7 +230,7 @@ fn migrate_incoming() {
             return Err(format!("Failed to bind {uri}"));
         }
         u2.lock().unwrap().push(uri.to_string());
-        Ok(())
+        Ok(ListenAddr::Inet("127.0.0.1:4444".parse().unwrap()))
     }));
     let mut c = Client::ready(&s.sock);
     assert_eq!(c.err("migrate-incoming", json!({})).0, "GenericError");
@@ -258,7 +258,7 @@ fn migrate_incoming_channels() {
     let u2 = uris.clone();
     s.shared.set_incoming_starter(Box::new(move |uri| {
         u2.lock().unwrap().push(uri.to_string());
-        Ok(())
+        Ok(ListenAddr::Unix("/tmp/mig.sock".into()))
     }));
     let mut c = Client::ready(&s.sock);
     let (_, desc) = c.err(
@@ -285,7 +285,7 @@ fn migrate_incoming_channels() {
     let u3 = uris.clone();
     s.shared.set_incoming_starter(Box::new(move |uri| {
         u3.lock().unwrap().push(uri.to_string());
-        Ok(())
+        Ok(ListenAddr::Inet("[::1]:4000".parse().unwrap()))
     }));
     let mut c = Client::ready(&s.sock);
     c.ok(
