@@ -11,6 +11,9 @@
 //! A `when` key that is not an axis is an error (a typo would otherwise
 //! silently never match).
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
 use serde::Deserialize;
 use toml::Value;
 
@@ -26,10 +29,27 @@ pub const PATTERN_NEST_LIMIT: u32 = 16;
 
 /// Compile a scenario's regex (`error`, `rust-error`, `qemu-error`,
 /// `expect-error`, a step's `error`), nesting at most
-/// [`PATTERN_NEST_LIMIT`] levels.
+/// [`PATTERN_NEST_LIMIT`] levels. Every variant of a file checks the same
+/// patterns, so each distinct pattern is compiled once per process (a
+/// `Regex` clone shares the compiled program); the cache is emptied when it
+/// holds [`PATTERN_CACHE_SIZE`] patterns.
 pub fn pattern(re: &str) -> Result<regex::Regex, regex::Error> {
-    regex::RegexBuilder::new(re).nest_limit(PATTERN_NEST_LIMIT).build()
+    static CACHE: LazyLock<Mutex<HashMap<String, regex::Regex>>> = LazyLock::new(Mutex::default);
+    let cache = || CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(r) = cache().get(re) {
+        return Ok(r.clone());
+    }
+    let r = regex::RegexBuilder::new(re).nest_limit(PATTERN_NEST_LIMIT).build()?;
+    let mut map = cache();
+    if map.len() >= PATTERN_CACHE_SIZE {
+        map.clear();
+    }
+    map.insert(re.to_owned(), r.clone());
+    Ok(r)
 }
+
+/// How many compiled patterns [`pattern`] keeps.
+const PATTERN_CACHE_SIZE: usize = 512;
 
 /// Check that every key of `when` is an axis, then match it.
 pub fn when_matches(when: &toml::Table, values: &[(String, Value)]) -> Result<bool, String> {
