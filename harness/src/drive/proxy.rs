@@ -439,9 +439,14 @@ async fn accept_loop(listener: TcpListener, inner: Arc<Inner>) {
         let plan = inner.plans.iter().find(|p| p.conn == st.index).cloned().unwrap_or_default();
         let record = inner.records.lock().unwrap().remove(&st.index);
         let record_back = inner.return_records.lock().unwrap().remove(&st.index);
+        // Upstream connections are made here, one after the other, so the
+        // destination accepts them in the order the source opened them: a
+        // QEMU 7.2 destination tells its main and preempt channels apart by
+        // that order alone (docs/wire-format.md section 8.6).
+        let up = connect_upstream(inner.upstream).await;
         let inner2 = inner.clone();
         let t = tokio::spawn(async move {
-            run_conn(sock, &st, inner2.upstream, &plan, [record, record_back]).await;
+            run_conn(sock, up, &st, &plan, [record, record_back]).await;
             inner2.changed.notify_waiters();
         });
         inner.tasks.lock().unwrap().push(t.abort_handle());
@@ -457,18 +462,31 @@ enum Fwd {
     Error(String),
 }
 
+/// How long connecting to the destination may take.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn connect_upstream(upstream: SocketAddr) -> Result<TcpStream, String> {
+    match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(format!("connecting upstream {upstream}: {e}")),
+        Err(_) => Err(format!(
+            "connecting upstream {upstream}: timed out after {UPSTREAM_CONNECT_TIMEOUT:?}"
+        )),
+    }
+}
+
 async fn run_conn(
     client: TcpStream,
+    up: Result<TcpStream, String>,
     st: &ConnState,
-    upstream: SocketAddr,
     plan: &ProxyPlan,
     [mut record, mut record_back]: [Option<File>; 2],
 ) {
     let _ = client.set_nodelay(true);
-    let up = match TcpStream::connect(upstream).await {
+    let up = match up {
         Ok(s) => s,
         Err(e) => {
-            st.finish(ConnEnd::Error(format!("connecting upstream {upstream}: {e}")));
+            st.finish(ConnEnd::Error(e));
             return;
         }
     };
