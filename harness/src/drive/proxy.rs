@@ -2,9 +2,10 @@
 //! its destination: it forwards every accepted connection to an upstream
 //! address and can record or damage the source→destination direction.
 //!
-//! * Every accepted connection gets its own upstream connection; connections
-//!   are numbered 0, 1, 2, … in accept order (a source may open several:
-//!   main channel, multifd, postcopy-preempt).
+//! * Every accepted connection gets its own upstream connection, made in
+//!   accept order (so the destination accepts them in the source's order);
+//!   connections are numbered 0, 1, 2, … in that order (a source may open
+//!   several: main channel, multifd, postcopy-preempt).
 //! * A [`ProxyPlan`] applies to the source→destination ("forward") direction
 //!   of one connection ([`ProxyPlan::conn`], default 0): record the forwarded
 //!   bytes, XOR bytes at given offsets, truncate or cut at an offset, stall
