@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use crate::drive::recorder::Route;
 use crate::qmp::{MigrationStatus, PassProgress, StatusWait};
-use crate::vm::dest::{listen_tcp, DestKind};
+use crate::vm::dest::{listen_tcp, recover_tcp, DestKind};
 use crate::vm::procs::{free_tcp_port, unique_name, PathGuard};
 use crate::vm::qemu::QemuVm;
 
@@ -476,11 +476,7 @@ impl Migration {
             .failing_on([MigrationStatus::Failed, MigrationStatus::Completed]);
         match fault {
             Some(RecoverFault::Handshake) => {
-                let port = free_tcp_port();
-                self.dst
-                    .execute("migrate-recover", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))
-                    .await
-                    .context("destination migrate-recover")?;
+                let port = recover_tcp(&self.dst).await.context("destination migrate-recover")?;
                 let cursor = self.dst.qmp.event_cursor();
                 {
                     use tokio::io::AsyncWriteExt;
@@ -547,11 +543,7 @@ impl Migration {
             self.wait_status(Side::Both, &resumed, to).await.context("resuming")?;
             return Ok(format!("{detail}resumed via {uri}"));
         }
-        let port = free_tcp_port();
-        self.dst
-            .execute("migrate-recover", json!({ "uri": format!("tcp:127.0.0.1:{port}") }))
-            .await
-            .context("destination migrate-recover")?;
+        let port = recover_tcp(&self.dst).await.context("destination migrate-recover")?;
         let uri = self.route.uri_for(port).await?;
         self.src
             .execute("migrate", json!({ "uri": uri, "resume": true }))

@@ -174,6 +174,24 @@ pub async fn listen_tcp_on(vm: &QemuVm, mut next_port: impl FnMut() -> u16) -> R
     unreachable!("the loop returns")
 }
 
+/// `migrate-recover tcp:127.0.0.1:0` on a paused postcopy destination;
+/// returns the port it listens on for the recovery channel. The destination
+/// releases its old listener first and lists the new one first in
+/// `socket-address` (`qmp_migrate_recover()` and `migrate_add_address()` in
+/// QEMU's migration/migration.c), so, as with [`listen_tcp`], no port is
+/// chosen before the bind.
+pub async fn recover_tcp(vm: &QemuVm) -> Result<u16> {
+    let uri = "tcp:127.0.0.1:0";
+    vm.execute("migrate-recover", json!({ "uri": uri })).await?;
+    let v = vm
+        .qmp
+        .execute_timeout("query-migrate", Value::Null, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow!("query-migrate after migrate-recover {uri}: {e}"))?;
+    let port = inet_ports(&v).next();
+    port.ok_or_else(|| anyhow!("migrate-recover {uri}: no TCP port in `socket-address`: {v}"))
+}
+
 /// How one `migrate-incoming` ended.
 enum Incoming {
     /// The destination listens on this port.

@@ -251,16 +251,20 @@ impl Shared {
         *self.0.recover.lock().unwrap() = Some(f);
     }
 
-    /// `migrate-recover URI` (only in postcopy-paused).
+    /// `migrate-recover URI` (only in postcopy-paused). The new listener
+    /// replaces the old one in `socket-address`, as in QEMU (which releases
+    /// the old transport first: `qmp_migrate_recover()` in
+    /// `migration/migration.c`).
     pub fn recover(&self, uri: &str) -> Result<(), String> {
         if self.lock().status != MigStatus::PostcopyPaused {
             return Err("Migrate recover can only be run when postcopy is paused.".into());
         }
-        let g = self.0.recover.lock().unwrap();
-        match g.as_ref() {
-            Some(f) => f(uri).map(drop),
-            None => Err("postcopy recovery is not available".into()),
-        }
+        let addr = match self.0.recover.lock().unwrap().as_ref() {
+            Some(f) => f(uri)?,
+            None => return Err("postcopy recovery is not available".into()),
+        };
+        self.lock().incoming = Some(addr);
+        Ok(())
     }
 
     pub fn set_pause_handler(&self, f: PauseHandler) {
