@@ -21,7 +21,7 @@ use crate::drive::session::{u64_at, Migration, Side};
 use crate::images::Workload;
 use crate::qmp::{MigrationStatus, StatusWait};
 use crate::vm::dest::DestKind;
-use crate::vm::hugepages::HugeTlb;
+use crate::vm::hugepages::{HugeTlb, POOL_WAIT};
 use crate::vm::procs::{file_tail, unique_name, PathGuard};
 use crate::vm::qemu::VmConfig;
 
@@ -100,7 +100,9 @@ async fn tcp_inner(
     // Huge pages outlive both VMs (declared before them, dropped after).
     let huge = match sc.hugepages {
         Some(hp) => {
-            let h = HugeTlb::setup(hp, 2 * sc.mem / hp).context("huge pages")?;
+            let h = HugeTlb::setup_waiting(hp, 2 * sc.mem / hp, POOL_WAIT)
+                .await
+                .context("huge pages")?;
             // Both sides get pages the host has backed (`HugeTlb::prefault`).
             h.prefault().context("prefaulting the huge pages")?;
             Some(h)

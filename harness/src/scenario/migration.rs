@@ -21,7 +21,7 @@ use crate::drive::session::Migration;
 use crate::qmp::MigrationStatus;
 use crate::verify::limits::RssProbe;
 use crate::vm::dest::{start_dest, DestKind};
-use crate::vm::hugepages::HugeTlb;
+use crate::vm::hugepages::{HugeTlb, POOL_WAIT};
 use crate::vm::procs::{unique_name, PathGuard};
 use crate::vm::qemu::{QemuVm, VmConfig};
 
@@ -42,7 +42,7 @@ pub async fn run_migration(v: &Variant, steps: &[StepSpec], out: &mut Outcome) -
     let disk_guard = PathGuard::new(&disk);
     // Huge pages outlive both VMs (declared before them, dropped after).
     let huge = match d.source.hugepages {
-        Some(hp) => Some(HugeTlb::setup(hp, 2 * mem / hp)?),
+        Some(hp) => Some(HugeTlb::setup_waiting(hp, 2 * mem / hp, POOL_WAIT).await?),
         None => None,
     };
     let mut scfg = VmConfig::new("scn-src", mem);

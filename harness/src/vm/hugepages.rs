@@ -17,6 +17,7 @@ use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::procs::{on_cleanup, unique_name};
 
@@ -136,6 +137,17 @@ fn unavailable_static(size: u64, pages: u64) -> Option<String> {
     None
 }
 
+/// How often [`HugeTlb::setup_waiting`] tries again.
+const POOL_RETRY: Duration = Duration::from_millis(250);
+
+/// How long a variant waits for huge pages that other variants hold.
+pub const POOL_WAIT: Duration = Duration::from_secs(180);
+
+/// Whether live setups of this process hold pages of `size`.
+fn held_here(size: u64) -> bool {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(_, s, _)| *s == size)
+}
+
 /// Live setups, undone by [`undo_all`] on a signal.
 static LIVE: Mutex<Vec<(PathBuf, u64, u64)>> = Mutex::new(Vec::new());
 
@@ -237,6 +249,31 @@ impl HugeTlb {
         }
         LIVE.lock().unwrap_or_else(|e| e.into_inner()).push((dir.clone(), size, pages));
         Ok(HugeTlb { dir, size, pages })
+    }
+
+    /// [`setup`](Self::setup), waiting up to `wait` while the pool is short
+    /// and other setups of this process hold pages of the same size:
+    /// parallel variants each take their pages, and a machine that finds
+    /// gigantic pages for one pair of VMs may not find them for four at
+    /// once (seen in a suite run: the pool grew by one 1 GiB page only).
+    /// They give their pages back when they end. With no other holder the
+    /// shortage is the machine's, and the error comes at once.
+    pub async fn setup_waiting(
+        size: u64,
+        pages: u64,
+        wait: Duration,
+    ) -> Result<HugeTlb, HugePageError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match Self::setup(size, pages) {
+                Err(HugePageError::TooFew { .. })
+                    if Instant::now() < deadline && held_here(size) =>
+                {
+                    tokio::time::sleep(POOL_RETRY).await;
+                }
+                r => return r,
+            }
+        }
     }
 
     /// A file name in the mount (for a memory-backend file).
