@@ -143,9 +143,13 @@ const POOL_RETRY: Duration = Duration::from_millis(250);
 /// How long a variant waits for huge pages that other variants hold.
 pub const POOL_WAIT: Duration = Duration::from_secs(180);
 
-/// Whether live setups of this process hold pages of `size`.
-fn held_here(size: u64) -> bool {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(_, s, _)| *s == size)
+/// Whether pages of `size` are held: by live setups of this process, or in
+/// the pool at all (a setup that has just grown the pool is not yet in
+/// [`LIVE`]; a pool the machine keeps for itself only makes a failing
+/// variant fail later).
+fn pool_in_use(size: u64) -> bool {
+    let live = LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(_, s, _)| *s == size);
+    live || read_num(&pool_dir(size).join("nr_hugepages")).is_ok_and(|n| n > 0)
 }
 
 /// Live setups, undone by [`undo_all`] on a signal.
@@ -252,12 +256,13 @@ impl HugeTlb {
     }
 
     /// [`setup`](Self::setup), waiting up to `wait` while the pool is short
-    /// and other setups of this process hold pages of the same size:
+    /// and other setups hold pages of the same size:
     /// parallel variants each take their pages, and a machine that finds
     /// gigantic pages for one pair of VMs may not find them for four at
     /// once (seen in a suite run: the pool grew by one 1 GiB page only).
-    /// They give their pages back when they end. With no other holder the
-    /// shortage is the machine's, and the error comes at once.
+    /// They give their pages back when they end. With no pages of that size
+    /// held at all the shortage is the machine's, and the error comes at
+    /// once.
     pub async fn setup_waiting(
         size: u64,
         pages: u64,
@@ -267,7 +272,7 @@ impl HugeTlb {
         loop {
             match Self::setup(size, pages) {
                 Err(HugePageError::TooFew { .. })
-                    if Instant::now() < deadline && held_here(size) =>
+                    if Instant::now() < deadline && pool_in_use(size) =>
                 {
                     tokio::time::sleep(POOL_RETRY).await;
                 }
