@@ -143,13 +143,22 @@ const POOL_RETRY: Duration = Duration::from_millis(250);
 /// How long a variant waits for huge pages that other variants hold.
 pub const POOL_WAIT: Duration = Duration::from_secs(180);
 
+/// How long [`HugeTlb::setup_waiting`] tries again even when no pages are
+/// held: memory a variant just gave back (its QEMU processes exiting) takes
+/// a moment to be whole again; seen in a suite run, where the variant that
+/// tried right after another ended got one 1 GiB page of two, and the two
+/// variants that started seconds later got theirs.
+const POOL_SETTLE: Duration = Duration::from_secs(20);
+
 /// Whether pages of `size` are held: by live setups of this process, or in
-/// the pool at all (a setup that has just grown the pool is not yet in
-/// [`LIVE`]; a pool the machine keeps for itself only makes a failing
-/// variant fail later).
+/// the pool at all, persistent or surplus (a setup that has just grown the
+/// pool is not yet in [`LIVE`]; pages given back while an exiting QEMU
+/// still maps them stay as surplus pages until it is gone; a pool the
+/// machine keeps for itself only makes a failing variant fail later).
 fn pool_in_use(size: u64) -> bool {
     let live = LIVE.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|(_, s, _)| *s == size);
-    live || read_num(&pool_dir(size).join("nr_hugepages")).is_ok_and(|n| n > 0)
+    let held = |f: &str| read_num(&pool_dir(size).join(f)).is_ok_and(|n| n > 0);
+    live || held("nr_hugepages") || held("surplus_hugepages")
 }
 
 /// Live setups, undone by [`undo_all`] on a signal.
@@ -261,18 +270,19 @@ impl HugeTlb {
     /// gigantic pages for one pair of VMs may not find them for four at
     /// once (seen in a suite run: the pool grew by one 1 GiB page only).
     /// They give their pages back when they end. With no pages of that size
-    /// held at all the shortage is the machine's, and the error comes at
-    /// once.
+    /// held at all the shortage is the machine's, and the error comes after
+    /// [`POOL_SETTLE`].
     pub async fn setup_waiting(
         size: u64,
         pages: u64,
         wait: Duration,
     ) -> Result<HugeTlb, HugePageError> {
-        let deadline = Instant::now() + wait;
+        let start = Instant::now();
         loop {
             match Self::setup(size, pages) {
                 Err(HugePageError::TooFew { .. })
-                    if Instant::now() < deadline && pool_in_use(size) =>
+                    if start.elapsed() < wait
+                        && (pool_in_use(size) || start.elapsed() < POOL_SETTLE) =>
                 {
                     tokio::time::sleep(POOL_RETRY).await;
                 }
