@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use serde_json::{json, Value};
 
 use crate::qmp::MigrationStatus;
@@ -183,13 +183,20 @@ pub async fn listen_tcp_on(vm: &QemuVm, mut next_port: impl FnMut() -> u16) -> R
 pub async fn recover_tcp(vm: &QemuVm) -> Result<u16> {
     let uri = "tcp:127.0.0.1:0";
     vm.execute("migrate-recover", json!({ "uri": uri })).await?;
-    let v = vm
-        .qmp
-        .execute_timeout("query-migrate", Value::Null, Duration::from_secs(30))
-        .await
-        .map_err(|e| anyhow!("query-migrate after migrate-recover {uri}: {e}"))?;
+    let v = query_migrate(vm).await.context(format!("after migrate-recover {uri}"))?;
     let port = inet_ports(&v).next();
     port.ok_or_else(|| anyhow!("migrate-recover {uri}: no TCP port in `socket-address`: {v}"))
+}
+
+/// The destination's `query-migrate` reply, asked after a listening command.
+async fn query_migrate(vm: &QemuVm) -> Result<Value> {
+    if !vm.child.is_running() {
+        bail!("the destination exited");
+    }
+    vm.qmp
+        .execute_timeout("query-migrate", Value::Null, Duration::from_secs(30))
+        .await
+        .map_err(|e| anyhow!("query-migrate after it: {e}"))
 }
 
 /// How one `migrate-incoming` ended.
@@ -211,14 +218,7 @@ enum Incoming {
 async fn incoming(vm: &QemuVm, port: Option<u16>) -> Incoming {
     let uri = format!("tcp:127.0.0.1:{}", port.unwrap_or(0));
     let res = vm.execute("migrate-incoming", json!({ "uri": uri })).await;
-    let state = match vm.child.is_running() {
-        true => vm
-            .qmp
-            .execute_timeout("query-migrate", Value::Null, Duration::from_secs(30))
-            .await
-            .map_err(|e| anyhow!("query-migrate after it: {e}")),
-        false => Err(anyhow!("the destination exited")),
-    };
+    let state = query_migrate(vm).await;
     let listening = state.as_ref().ok().and_then(|v| {
         let mut ports = inet_ports(v);
         match port {
